@@ -1,0 +1,1 @@
+"""The meshkit certificate authority: signing core, HTTP API, client and join tokens."""

@@ -1,0 +1,1 @@
+"""The resilient mesh client: httpx transports that wrap each other."""

@@ -1,0 +1,148 @@
+"""SPIFFE IDs: parse, format and validate them, and read a peer's from its certificate.
+
+A workload's identity is ``spiffe://<trust-domain>/ns/<namespace>/svc/<service>``
+(the layout Istio uses). Validation follows the SPIFFE ID specification
+(spiffe/spiffe standards/SPIFFE-ID.md): lowercase trust domain of ``[a-z0-9._-]``,
+no port, user info, query or fragment; path segments of ``[A-Za-z0-9._-]``, none
+empty, ``.`` or ``..``; at most 2048 bytes in all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from meshkit.errors import IdentityError
+
+_SCHEME = "spiffe://"
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_ID_BYTES = 2048
+_MAX_TRUST_DOMAIN = 255
+#: Key under which the server puts the caller's SpiffeId into the ASGI TLS extension.
+PEER_IDENTITY_KEY = "meshkit.peer_identity"
+
+
+@dataclass(frozen=True, slots=True)
+class SpiffeId:
+    """A validated SPIFFE ID. ``str(spiffe_id)`` gives the URI."""
+
+    trust_domain: str
+    path: str
+
+    def __post_init__(self) -> None:
+        _check_trust_domain(self.trust_domain)
+        _check_path(self.path)
+        if len(str(self).encode()) > _MAX_ID_BYTES:
+            raise IdentityError(f"SPIFFE ID longer than {_MAX_ID_BYTES} bytes")
+
+    @classmethod
+    def parse(cls, uri: str) -> SpiffeId:
+        """Parse and validate ``spiffe://trust-domain/path``."""
+        if not uri.startswith(_SCHEME):
+            raise IdentityError(f"not a SPIFFE ID (scheme must be spiffe://): {uri!r}")
+        rest = uri[len(_SCHEME) :]
+        if "?" in rest or "#" in rest:
+            raise IdentityError(f"SPIFFE ID must not have a query or fragment: {uri!r}")
+        trust_domain, slash, path = rest.partition("/")
+        return cls(trust_domain, slash + path)
+
+    @classmethod
+    def for_service(cls, trust_domain: str, namespace: str, service: str) -> SpiffeId:
+        return cls(trust_domain, f"/ns/{namespace}/svc/{service}")
+
+    @property
+    def namespace(self) -> str | None:
+        parts = self.path.split("/")
+        return parts[2] if _is_service_path(parts) else None
+
+    @property
+    def service(self) -> str | None:
+        """The service name for a ``/ns/<ns>/svc/<name>`` ID, else None."""
+        parts = self.path.split("/")
+        return parts[4] if _is_service_path(parts) else None
+
+    def __str__(self) -> str:
+        return f"{_SCHEME}{self.trust_domain}{self.path}"
+
+
+def _is_service_path(parts: list[str]) -> bool:
+    return len(parts) == 5 and parts[1] == "ns" and parts[3] == "svc"
+
+
+def _check_trust_domain(trust_domain: str) -> None:
+    if not trust_domain:
+        raise IdentityError("SPIFFE ID has an empty trust domain")
+    if ":" in trust_domain:
+        raise IdentityError(f"SPIFFE trust domain must not have a port: {trust_domain!r}")
+    if "@" in trust_domain:
+        raise IdentityError(f"SPIFFE trust domain must not have user info: {trust_domain!r}")
+    if len(trust_domain) > _MAX_TRUST_DOMAIN or not _TRUST_DOMAIN.fullmatch(trust_domain):
+        raise IdentityError(
+            f"SPIFFE trust domain must be lowercase letters, digits, '.', '-' or '_': "
+            f"{trust_domain!r}"
+        )
+
+
+def _check_path(path: str) -> None:
+    if not path:
+        raise IdentityError("SPIFFE ID of a workload must have a path")
+    if path.endswith("/"):
+        raise IdentityError(f"SPIFFE ID path must not end with '/': {path!r}")
+    for segment in path.split("/")[1:]:
+        if not segment:
+            raise IdentityError(f"SPIFFE ID path has an empty segment: {path!r}")
+        if segment in (".", ".."):
+            raise IdentityError(f"SPIFFE ID path has a relative segment: {path!r}")
+        if not _SEGMENT.fullmatch(segment):
+            raise IdentityError(f"SPIFFE ID path segment has invalid characters: {segment!r}")
+
+
+def identity_from_certificate(cert: x509.Certificate) -> SpiffeId | None:
+    """The SPIFFE ID of a certificate: its one URI SAN, else None (X.509-SVID rule)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return _single_spiffe_id(uris)
+
+
+def identity_from_peercert(peercert: Mapping[str, Any] | None) -> SpiffeId | None:
+    """The SPIFFE ID from ``SSLObject.getpeercert()``'s dict (cheap: no DER parsing)."""
+    if not peercert:
+        return None
+    uris = [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
+    return _single_spiffe_id(uris)
+
+
+def _single_spiffe_id(uris: list[str]) -> SpiffeId | None:
+    if len(uris) != 1:
+        return None
+    try:
+        return SpiffeId.parse(uris[0])
+    except IdentityError:
+        return None
+
+
+def peer_identity(request: Any) -> SpiffeId | None:
+    """The verified caller's SPIFFE ID, from a Starlette ``Request`` or an ASGI scope.
+
+    None when the connection was not mutual TLS or the certificate held no SPIFFE ID.
+    """
+    scope: Mapping[str, Any] = request if isinstance(request, Mapping) else request.scope
+    tls = scope.get("extensions", {}).get("tls")
+    if not tls:
+        return None
+    cached = tls.get(PEER_IDENTITY_KEY)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    chain = tls.get("client_cert_chain")
+    if not chain:
+        return None
+    # Another ASGI server provided the extension without our precomputed identity.
+    return identity_from_certificate(x509.load_pem_x509_certificate(chain[0].encode()))

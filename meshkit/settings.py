@@ -1,0 +1,202 @@
+"""MeshSettings: everything a mesh service is configured by, as one immutable value.
+
+Explicit keyword arguments are the API; ``MeshSettings.from_env()`` is the only place
+that reads the environment (``MESHKIT_*``, plus Consul's standard ``CONSUL_HTTP_ADDR``
+and ``CONSUL_HTTP_TOKEN``). An invalid value raises ``ConfigError`` naming the
+argument, or the variable when it came from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from meshkit.errors import ConfigError, IdentityError
+from meshkit.identity import SpiffeId
+
+TLSMode = Literal["strict", "permissive"]
+DefaultPolicy = Literal["allow-mesh", "deny"]
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class _FieldError(ValueError):
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshSettings:
+    """How one service instance joins the mesh. Every field has a safe default."""
+
+    service: str = "service"
+    namespace: str = "default"
+    trust_domain: str = "meshkit.local"
+    version: str = "0.0.0"
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: an ephemeral port; the registry publishes the real one
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
+    advertise_address: str | None = None
+    tls_mode: TLSMode = "strict"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    bundle_file: Path | None = None
+    cert_reload_interval: float = 1.0
+    data_dir: Path | None = None
+    ca_url: str | None = None
+    ca_fingerprint: str | None = None
+    join_token: str | None = field(default=None, repr=False)
+    consul_http_addr: str | None = "127.0.0.1:8500"
+    consul_token: str | None = field(default=None, repr=False)
+    deregister_delay: float = 1.0
+    drain_timeout: float = 30.0
+    default_policy: DefaultPolicy = "allow-mesh"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except _FieldError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _validate(self) -> None:
+        for name in ("service", "namespace"):
+            value = getattr(self, name)
+            if not _NAME.fullmatch(value):
+                raise _FieldError(name, f"must be a DNS label (a-z, 0-9, '-'), got {value!r}")
+        for name in ("port", "admin_port"):
+            _check_port(name, getattr(self, name))
+        for name in ("cert_reload_interval", "deregister_delay", "drain_timeout"):
+            if getattr(self, name) < 0:
+                raise _FieldError(name, "must not be negative")
+        if self.tls_mode not in ("strict", "permissive"):
+            raise _FieldError("tls_mode", f"must be strict or permissive, got {self.tls_mode!r}")
+        if self.default_policy not in ("allow-mesh", "deny"):
+            raise _FieldError(
+                "default_policy", f"must be allow-mesh or deny, got {self.default_policy!r}"
+            )
+        files = (self.cert_file, self.key_file, self.bundle_file)
+        if any(files) and not all(files):
+            raise _FieldError("cert_file", "cert_file, key_file and bundle_file go together")
+        if self.ca_url and not self.ca_fingerprint:
+            raise _FieldError("ca_fingerprint", "is required with ca_url (the pinned root)")
+        try:
+            SpiffeId.for_service(self.trust_domain, self.namespace, self.service)
+        except IdentityError as exc:
+            raise _FieldError("trust_domain", str(exc)) from None
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        return SpiffeId.for_service(self.trust_domain, self.namespace, self.service)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this instance keeps its key and certificate."""
+        return self.data_dir or Path(".meshkit") / self.service
+
+    def replace(self, **changes: Any) -> MeshSettings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> MeshSettings:
+        """Settings from ``MESHKIT_*`` / ``CONSUL_HTTP_*``; ``overrides`` win over both."""
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for name, (variable, parse) in _ENVIRONMENT.items():
+            raw = env.get(variable)
+            if raw is None or name in overrides:
+                continue
+            try:
+                kwargs[name] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{variable}={raw!r}: {exc}") from None
+        kwargs.update(overrides)
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(_name_variable(str(exc), kwargs, overrides)) from None
+
+
+def _check_port(name: str, port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise _FieldError(name, f"must be a port number 0-65535, got {port!r}")
+
+
+def _port(raw: str) -> int:
+    if not raw.strip().isdigit() or not 0 <= int(raw) <= 65535:
+        raise ValueError("expected a port number 0-65535")
+    return int(raw)
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if value < 0:
+        raise ValueError("expected a non-negative number of seconds")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+_ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "service": ("MESHKIT_SERVICE", _text),
+    "namespace": ("MESHKIT_NAMESPACE", _text),
+    "trust_domain": ("MESHKIT_TRUST_DOMAIN", _text),
+    "version": ("MESHKIT_VERSION", _text),
+    "host": ("MESHKIT_HOST", _text),
+    "port": ("MESHKIT_PORT", _port),
+    "admin_host": ("MESHKIT_ADMIN_HOST", _text),
+    "admin_port": ("MESHKIT_ADMIN_PORT", _port),
+    "advertise_address": ("MESHKIT_ADVERTISE_ADDRESS", _optional_text),
+    "tls_mode": ("MESHKIT_TLS_MODE", _text),
+    "cert_file": ("MESHKIT_CERT_FILE", _path),
+    "key_file": ("MESHKIT_KEY_FILE", _path),
+    "bundle_file": ("MESHKIT_BUNDLE_FILE", _path),
+    "cert_reload_interval": ("MESHKIT_CERT_RELOAD_INTERVAL", _seconds),
+    "data_dir": ("MESHKIT_DATA_DIR", _path),
+    "ca_url": ("MESHKIT_CA_URL", _optional_text),
+    "ca_fingerprint": ("MESHKIT_CA_FINGERPRINT", _optional_text),
+    "join_token": ("MESHKIT_JOIN_TOKEN", _optional_text),
+    "consul_http_addr": ("CONSUL_HTTP_ADDR", _optional_text),
+    "consul_token": ("CONSUL_HTTP_TOKEN", _optional_text),
+    "deregister_delay": ("MESHKIT_DEREGISTER_DELAY", _seconds),
+    "drain_timeout": ("MESHKIT_DRAIN_TIMEOUT", _seconds),
+    "default_policy": ("MESHKIT_DEFAULT_POLICY", _text),
+    "access_log": ("MESHKIT_ACCESS_LOG", _flag),
+}
+assert set(_ENVIRONMENT) == {f.name for f in fields(MeshSettings)}
+
+
+def _name_variable(message: str, kwargs: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """Rewrite 'field: problem' as 'VARIABLE=value: problem' when the value came from env."""
+    name, _, problem = message.partition(": ")
+    if name in kwargs and name not in overrides:
+        return f"{_ENVIRONMENT[name][0]}={kwargs[name]!s}: {problem}"
+    return message

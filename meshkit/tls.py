@@ -1,0 +1,208 @@
+"""TLS material and the SSLContexts built from it, swapped in place on rotation.
+
+``TLSContexts`` owns one server context that uvicorn listens with for the life of the
+process; its SNI callback (OpenSSL's servername callback, which runs on every
+handshake, SNI or not) moves each new connection onto the newest context. Rotating
+the certificate or the trust bundle therefore affects only new handshakes, and open
+keep-alive connections keep the context they were made with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import anyio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from meshkit.errors import CertificateError
+from meshkit.identity import SpiffeId, identity_from_certificate
+
+logger = logging.getLogger("meshkit.tls")
+
+
+@dataclass(frozen=True)
+class TLSMaterial:
+    """A workload's certificate chain (leaf first), its private key, and the trust bundle."""
+
+    chain_pem: str
+    key_pem: str = field(repr=False)
+    bundle_pem: str
+
+    @classmethod
+    def from_files(cls, cert_file: Path, key_file: Path, bundle_file: Path) -> TLSMaterial:
+        try:
+            material = cls(cert_file.read_text(), key_file.read_text(), bundle_file.read_text())
+        except OSError as exc:
+            raise CertificateError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        material.validate()
+        return material
+
+    @cached_property
+    def leaf(self) -> x509.Certificate:
+        try:
+            return x509.load_pem_x509_certificate(self.chain_pem.encode())
+        except ValueError as exc:
+            raise CertificateError(f"certificate is not valid PEM: {exc}") from exc
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        identity = identity_from_certificate(self.leaf)
+        if identity is None:
+            raise CertificateError("certificate has no single SPIFFE ID URI SAN")
+        return identity
+
+    @property
+    def not_after(self) -> float:
+        return self.leaf.not_valid_after_utc.timestamp()
+
+    def validate(self) -> None:
+        """Fail early, with a clear message, on a key that does not match the certificate."""
+        try:
+            key = serialization.load_pem_private_key(self.key_pem.encode(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise CertificateError(f"private key is not valid unencrypted PEM: {exc}") from exc
+        if key.public_key() != self.leaf.public_key():
+            raise CertificateError("private key does not match the certificate")
+        if "BEGIN CERTIFICATE" not in self.bundle_pem:
+            raise CertificateError("trust bundle holds no certificate")
+
+
+def _load_chain(context: ssl.SSLContext, material: TLSMaterial) -> None:
+    # The ssl module loads chains from files only; keep them private and short-lived.
+    with tempfile.TemporaryDirectory(prefix="meshkit-tls-") as directory:
+        cert_path = Path(directory, "chain.pem")
+        key_path = Path(directory, "key.pem")
+        cert_path.write_text(material.chain_pem)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w") as handle:
+            handle.write(material.key_pem)
+        try:
+            context.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise CertificateError(f"certificate chain or key rejected: {exc}") from exc
+
+
+def _load_trust(context: ssl.SSLContext, material: TLSMaterial) -> None:
+    try:
+        context.load_verify_locations(cadata=material.bundle_pem)
+    except ssl.SSLError as exc:
+        raise CertificateError(f"trust bundle rejected: {exc}") from exc
+
+
+def server_context(material: TLSMaterial, *, require_client_cert: bool = True) -> ssl.SSLContext:
+    """A server context: our chain, and client certificates verified against the bundle."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    context.set_alpn_protocols(["http/1.1"])
+    _load_trust(context, material)
+    _load_chain(context, material)
+    return context
+
+
+def client_context(material: TLSMaterial) -> ssl.SSLContext:
+    """A client context presenting our chain; the server's SPIFFE ID is checked by the caller,
+    since hostnames prove nothing in a mesh."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["http/1.1"])
+    _load_trust(context, material)
+    _load_chain(context, material)
+    return context
+
+
+class TLSContexts:
+    """The current server and client contexts of one workload; ``update`` rotates both."""
+
+    def __init__(self, material: TLSMaterial, *, require_client_cert: bool = True) -> None:
+        self._require_client_cert = require_client_cert
+        self._listeners: list[Callable[[TLSMaterial], None]] = []
+        self._install(material)
+        # uvicorn listens with this one context forever; _select moves handshakes onward.
+        self.listening_context = self._server
+
+    def _install(self, material: TLSMaterial) -> None:
+        material.validate()
+        server = server_context(material, require_client_cert=self._require_client_cert)
+        server.sni_callback = self._select
+        self._client = client_context(material)
+        self._server = server
+        self.material = material
+
+    def _select(
+        self, connection: ssl.SSLObject, server_name: str | None, current: ssl.SSLContext
+    ) -> None:
+        if current is not self._server:
+            connection.context = self._server
+
+    @property
+    def server(self) -> ssl.SSLContext:
+        return self._server
+
+    @property
+    def client(self) -> ssl.SSLContext:
+        return self._client
+
+    def update(self, material: TLSMaterial) -> None:
+        """Use ``material`` for every handshake from now on; open connections are untouched."""
+        self._install(material)
+        logger.info("TLS identity rotated: serial %x", material.leaf.serial_number)
+        for listener in self._listeners:
+            listener(material)
+
+    def on_update(self, listener: Callable[[TLSMaterial], None]) -> None:
+        """Call ``listener`` after every rotation (metrics, pools)."""
+        self._listeners.append(listener)
+
+
+class FileIdentityWatcher:
+    """Reload cert, key and bundle files when they change ("bring your own PKI").
+
+    Polls ``stat`` (cheap, and works on every filesystem, unlike inotify on some
+    volume mounts); a half-written set of files is retried on the next tick.
+    """
+
+    def __init__(
+        self, cert_file: Path, key_file: Path, bundle_file: Path, *, interval: float = 1.0
+    ) -> None:
+        self.paths = (cert_file, key_file, bundle_file)
+        self.interval = interval
+        self._seen = self._stamp()
+
+    def load(self) -> TLSMaterial:
+        return TLSMaterial.from_files(*self.paths)
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
+        stamps = []
+        for path in self.paths:
+            try:
+                st = path.stat()
+            except OSError:
+                stamps.append((0, 0, 0))
+            else:
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamps)
+
+    async def watch(self, contexts: TLSContexts) -> None:
+        while True:
+            await anyio.sleep(self.interval)
+            stamp = self._stamp()
+            if stamp == self._seen:
+                continue
+            try:
+                material = self.load()
+                contexts.update(material)
+            except CertificateError as exc:
+                logger.warning("identity files changed but cannot be used yet: %s", exc)
+                continue
+            self._seen = stamp
