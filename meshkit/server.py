@@ -88,20 +88,77 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
 
 class _QuietServer(uvicorn.Server):
     """A uvicorn Server that leaves signal handling to MeshServer, which orders shutdown,
-    and tells it when it listens."""
+    and tells it when it listens. With ``permissive=True`` it accepts connections itself
+    and serves TLS or plaintext on the same port, by the first byte the client sends."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, *, permissive: bool = False) -> None:
         super().__init__(config)
         self.listening = anyio.Event()
+        self._permissive = permissive
+        self._accepting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        if not self._permissive or not sockets:
+            await super().startup(sockets)
+        else:
+            await super().startup([])  # uvicorn listens on nothing; _accept does
+            if self.started:
+                self._accepting = asyncio.create_task(self._accept(sockets[0]))
         if self.started:
             self.listening.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+        await super().shutdown(sockets)
+
+    def _protocol(self) -> asyncio.Protocol:
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                connection, _ = await loop.sock_accept(sock)
+                task = asyncio.create_task(self._hand_over(connection))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _hand_over(self, connection: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            with anyio.fail_after(_FIRST_BYTE_TIMEOUT):
+                first = await _peek(loop, connection)
+            context = self.config.ssl if first == _TLS_HANDSHAKE else None
+            await loop.connect_accepted_socket(self._protocol, connection, ssl=context)
+        except (OSError, TimeoutError, ssl.SSLError):
+            connection.close()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+_TLS_HANDSHAKE = b"\x16"  # the content type of a TLS record that opens a handshake
+_FIRST_BYTE_TIMEOUT = 10.0
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> bytes:
+    """The first byte the client sent, left in the socket for whoever reads next."""
+    readable: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(connection.fileno(), readable.set_result, None)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(connection.fileno())
+    return connection.recv(1, socket.MSG_PEEK)
 
 
 def _mesh_lifespan(app: ServiceApp) -> type[LifespanOn]:
@@ -169,7 +226,8 @@ class MeshServer:
         service = _QuietServer(
             _uvicorn_config(
                 self.app, lifespan="on", timeout_graceful_shutdown=settings.drain_timeout
-            )
+            ),
+            permissive=settings.tls_mode == "permissive",
         )
         service.config.lifespan_class = _mesh_lifespan(self.app)
         admin = _QuietServer(_uvicorn_config(self.app.mesh.admin_app, lifespan="off"))

@@ -70,7 +70,7 @@ class ServiceProcess:
     def start(self, *, timeout: float = 30.0) -> ServiceProcess:
         env = {**os.environ, "MESHKIT_SERVICE": self.service, **self.env}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "meshkit", "run", self.target],
+            [sys.executable, "-m", "meshkit", "run", self.target, "--log-level", "info"],
             env=env,
             cwd=self.cwd,
             stdout=subprocess.DEVNULL,

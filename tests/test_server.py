@@ -4,6 +4,7 @@ graceful shutdown — all over real sockets against a real subprocess."""
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import signal
 import ssl
@@ -163,3 +164,36 @@ def test_missing_identity_is_one_clear_line() -> None:
     assert (
         completed.stderr.strip().splitlines()[-1].startswith("meshkit: error: no workload identity")
     )
+
+
+def test_permissive_mode_accepts_mtls_and_plaintext_on_one_port(
+    authority: LocalAuthority, tmp_path: Path
+) -> None:
+    process = ServiceProcess(
+        "tests.apps.echo:app",
+        service="echo",
+        identity=authority.issue("echo"),
+        identity_dir=tmp_path,
+        env={"MESHKIT_TLS_MODE": "permissive"},
+    )
+    with process:
+        web = authority.issue("web")
+        secure = Connection(process.port, context_for(web, authority.bundle_pem))
+        assert secure.get("/whoami")[1]["caller"] == str(web.spiffe_id)
+        secure.close()
+        plain = http.client.HTTPConnection("127.0.0.1", process.port, timeout=10)
+        plain.request("GET", "/whoami")
+        response = plain.getresponse()
+        assert (response.status, json.loads(response.read())) == (
+            200,
+            {"caller": None, "tls_version": None},
+        )
+        plain.close()
+
+
+def test_strict_mode_refuses_plaintext(echo: ServiceProcess) -> None:
+    plain = http.client.HTTPConnection("127.0.0.1", echo.port, timeout=10)
+    with pytest.raises((ConnectionError, http.client.BadStatusLine)):
+        plain.request("GET", "/whoami")
+        plain.getresponse()
+    plain.close()

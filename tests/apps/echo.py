@@ -12,7 +12,9 @@ from meshkit import ServiceApp, peer_identity
 
 async def whoami(request: Request) -> JSONResponse:
     caller = peer_identity(request)
-    tls = request.scope["extensions"]["tls"]
+    tls = request.scope.get("extensions", {}).get("tls")
+    if tls is None:
+        return JSONResponse({"caller": None, "tls_version": None})
     return JSONResponse(
         {
             "caller": str(caller) if caller else None,
