@@ -45,9 +45,7 @@ def material(authority: LocalAuthority, service: str, namespace: str = "default"
 
 
 @contextmanager
-def serve(
-    app: ASGIApp, tls: TLSMaterial, *, require_client_cert: bool = True
-) -> Iterator[str]:
+def serve(app: ASGIApp, tls: TLSMaterial, *, require_client_cert: bool = True) -> Iterator[str]:
     """Serve ``app`` with mTLS on 127.0.0.1:<ephemeral> in a thread; yields the base URL."""
     context = server_context(tls, require_client_cert=require_client_cert)
     config = uvicorn.Config(

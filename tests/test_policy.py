@@ -76,7 +76,12 @@ def test_conflicting_stacks_fail_at_decoration() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("100/s", (100.0, 1.0)), ("30/m", (30.0, 60.0)), ("5/10s", (5.0, 10.0)), ("1/h", (1.0, 3600.0))],
+    [
+        ("100/s", (100.0, 1.0)),
+        ("30/m", (30.0, 60.0)),
+        ("5/10s", (5.0, 10.0)),
+        ("1/h", (1.0, 3600.0)),
+    ],
 )
 def test_parse_rate(spec: str, expected: tuple[float, float]) -> None:
     assert parse_rate(spec) == expected
