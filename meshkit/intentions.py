@@ -149,7 +149,10 @@ class IntentionStore:
         try:
             return method(*args, **kwargs)
         except requests.RequestException as exc:
-            raise RegistryUnavailable(f"registry unreachable: {exc}") from exc
+            where = getattr(self._client.http, "base_uri", "")
+            raise RegistryUnavailable(
+                f"registry unreachable at {where} ({type(exc).__name__})"
+            ) from exc
         except consul.ConsulException as exc:
             raise RegistryError(f"registry refused an intentions request: {exc}") from exc
 

@@ -345,7 +345,8 @@ class RouteInfo:
 
 
 def iter_routes(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[RouteInfo]:
-    """Every endpoint route under ``routes``, descending into Mounts and Hosts."""
+    """Every endpoint route under ``routes``, descending into Mounts, Hosts and FastAPI's
+    included routers (which keep the original route objects and add a prefix)."""
     for route in routes:
         if isinstance(route, Route | WebSocketRoute):
             yield _route_info(route, prefix + route.path)
@@ -353,6 +354,9 @@ def iter_routes(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[Route
             yield from iter_routes(route.routes, prefix + route.path)
         elif isinstance(route, Host):
             yield from iter_routes(route.routes, prefix)
+        elif (included := getattr(route, "original_router", None)) is not None:
+            included_prefix = getattr(getattr(route, "include_context", None), "prefix", "")
+            yield from iter_routes(included.routes, prefix + included_prefix)
 
 
 def _route_info(route: Route | WebSocketRoute, path: str) -> RouteInfo:

@@ -1,8 +1,8 @@
 """Authorization on every route: who may call, then the route's limits, then the handler.
 
 ``AuthzMiddleware`` is a pure ASGI pass-through that, before the first request (and
-again if the route list grows), puts a ``PolicyGate`` in front of each route's ASGI
-app. The gate runs after Starlette's routing, so it knows its route without matching
+again if the route list grows), puts a ``PolicyGate`` in front of each route's
+handling. The gate runs after Starlette's routing, so it knows its route without matching
 paths again; its rules and limit stages were compiled once, at installation. Per
 request an allowed call costs the peer-identity lookup plus one dict hit: decisions
 are cached per caller and flushed whenever the intentions change.
@@ -148,10 +148,10 @@ class RouteAccess:
 
 
 class PolicyGate:
-    """Stands in front of one route's app: checks the caller, then runs the route's stages."""
+    """Stands in front of one route's handling: checks the caller, then runs its stages."""
 
     def __init__(self, app: ASGIApp, info: RouteInfo, authorizer: Authorizer) -> None:
-        self.app = app  # the route's original app, kept for inspection
+        self.app = app  # the route's own handle
         self.route = info.path
         self._authorizer = authorizer
         self._access = RouteAccess(authorizer, info.policies)
@@ -180,13 +180,17 @@ class PolicyGate:
 
 
 def install_gates(routes: Sequence[BaseRoute], authorizer: Authorizer) -> int:
-    """Put a PolicyGate in front of every route not yet gated; returns how many were added."""
+    """Put a PolicyGate in front of every route not yet gated; returns how many were added.
+
+    The gate replaces the route object's ``handle``: the one call every router (Starlette's,
+    and FastAPI's for directly added and included routes alike) makes after matching.
+    """
     added = 0
     for info in iter_routes(routes):
         route = info.route
-        if isinstance(route.app, PolicyGate):
+        if isinstance(vars(route).get("handle"), PolicyGate):
             continue
-        route.app = PolicyGate(route.app, info, authorizer)
+        route.handle = PolicyGate(route.handle, info, authorizer)  # type: ignore[method-assign]
         added += 1
     return added
 
