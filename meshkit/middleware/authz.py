@@ -110,7 +110,10 @@ class RouteAccess:
         self._allow_declared = policies.allow_declared
         self._anonymous = policies.anonymous
         self._mesh = policies.mesh
-        self._cache: dict[SpiffeId | None, str | None] = {}
+        # Keyed by id(): the server makes one SpiffeId per connection, and hashing the
+        # dataclass costs more than the rest of the check. The entry keeps the object, and
+        # ``is`` confirms it, so a recycled id() can never return another caller's answer.
+        self._cache: dict[int, tuple[SpiffeId | None, str | None]] = {}
         self._version = -1
 
     def check(self, caller: SpiffeId | None) -> str | None:
@@ -118,13 +121,13 @@ class RouteAccess:
         if self._version != self._intentions.version:
             self._cache.clear()
             self._version = self._intentions.version
-        try:
-            return self._cache[caller]
-        except KeyError:
-            pass
+        cached = self._cache.get(id(caller))
+        if cached is not None and cached[0] is caller:
+            return cached[1]
         if len(self._cache) >= _MAX_CACHED_CALLERS:
             self._cache.clear()
-        reason = self._cache[caller] = self._decide(caller)
+        reason = self._decide(caller)
+        self._cache[id(caller)] = (caller, reason)
         return reason
 
     def _decide(self, caller: SpiffeId | None) -> str | None:
