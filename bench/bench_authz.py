@@ -79,7 +79,7 @@ async def run(app: ASGIApp, path: str, count: int) -> float:
 
 
 async def measure() -> dict[str, float]:
-    intentions = Intentions([Intention("inventory", "web", "deny")])
+    intentions = Intentions([Intention("web", "inventory", "deny")])
     apps: dict[str, tuple[ASGIApp, str]] = {
         "baseline_plain": (build(False, intentions), "/plain"),
         "gated_mesh_default": (build(True, intentions), "/plain"),

@@ -45,12 +45,12 @@ ANY = "*"
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
-@dataclass(frozen=True, order=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class Intention:
     """``source`` may (allow) or may not (deny) call ``destination``."""
 
-    destination: str
     source: str
+    destination: str
     action: Action
 
     def __post_init__(self) -> None:
@@ -64,6 +64,9 @@ class Intention:
     @property
     def key(self) -> str:
         return intention_key(self.source, self.destination)
+
+    def sort_key(self) -> tuple[str, str]:
+        return (self.destination, self.source)
 
 
 def intention_key(source: str, destination: str) -> str:
@@ -97,7 +100,8 @@ class Intentions:
         return None
 
     def __iter__(self) -> Iterator[Intention]:
-        return iter(sorted(Intention(d, s, a) for (d, s), a in self._table.items()))
+        rules = (Intention(s, d, a) for (d, s), a in self._table.items())
+        return iter(sorted(rules, key=Intention.sort_key))
 
     def __len__(self) -> int:
         return len(self._table)
@@ -132,7 +136,7 @@ class IntentionStore:
         self._call(self._client.kv.put, intention.key, intention.action)
 
     def delete(self, source: str, destination: str) -> None:
-        Intention(destination, source, "deny")  # validates both names
+        Intention(source, destination, "deny")  # validates both names
         self._call(self._client.kv.delete, intention_key(source, destination))
 
     def rules(self) -> list[Intention]:
@@ -143,7 +147,7 @@ class IntentionStore:
         raw_index, items = self._call(
             self._client.kv.get, INTENTIONS_PREFIX, index=index or None, wait=wait, recurse=True
         )
-        return int(raw_index), sorted(_parse_items(items or ()))
+        return int(raw_index), sorted(_parse_items(items or ()), key=Intention.sort_key)
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -163,7 +167,7 @@ def _parse_items(items: Iterable[dict[str, Any]]) -> Iterator[Intention]:
         value = (item.get("Value") or b"").decode(errors="replace").strip().lower()
         destination, _, source = key[len(INTENTIONS_PREFIX) :].partition("/")
         try:
-            yield Intention(destination, source, value)  # type: ignore[arg-type]
+            yield Intention(source, destination, value)  # type: ignore[arg-type]
         except ConfigError as exc:
             logger.warning("ignoring intention key %s: %s", key, exc)
 

@@ -56,7 +56,7 @@ def _store() -> IntentionStore:
 
 
 def _set_intention(args: argparse.Namespace) -> int:
-    intention = Intention(args.destination, args.source, args.action)
+    intention = Intention(args.source, args.destination, args.action)
     _store().set(intention)
     print(f"{intention.source} -> {intention.destination}: {intention.action}")
     return 0

@@ -33,9 +33,9 @@ def test_most_specific_intention_wins() -> None:
     rules = Intentions(
         [
             Intention("*", "*", "deny"),
-            Intention("payments", "*", "deny"),
-            Intention("payments", "web", "allow"),
-            Intention("*", "cart", "allow"),
+            Intention("*", "payments", "deny"),
+            Intention("web", "payments", "allow"),
+            Intention("cart", "*", "allow"),
         ]
     )
     assert rules.action("web", "payments") == "allow"
@@ -49,23 +49,23 @@ def test_most_specific_intention_wins() -> None:
 @pytest.mark.parametrize(("src", "dst", "action"), [("Web", "p", "allow"), ("w", "p", "maybe")])
 def test_invalid_intentions_are_refused(src: str, dst: str, action: str) -> None:
     with pytest.raises(ConfigError):
-        Intention(dst, src, action)  # type: ignore[arg-type]
+        Intention(src, dst, action)  # type: ignore[arg-type]
 
 
 def test_store_round_trip_against_a_kv_server() -> None:
     with kv_server() as (address, state):
         store = _store(address)
         assert store.rules() == []
-        store.set(Intention("payments", "web", "allow"))
-        store.set(Intention("payments", "*", "deny"))
+        store.set(Intention("web", "payments", "allow"))
+        store.set(Intention("*", "payments", "deny"))
         state.write("meshkit/intentions/payments/cart", b"perhaps")  # ignored with a warning
         assert store.rules() == [
-            Intention("payments", "*", "deny"),
-            Intention("payments", "web", "allow"),
+            Intention("*", "payments", "deny"),
+            Intention("web", "payments", "allow"),
         ]
         store.delete("web", "payments")
         index, rules = store.fetch()
-        assert rules == [Intention("payments", "*", "deny")]
+        assert rules == [Intention("*", "payments", "deny")]
         assert index == state.index
 
 
@@ -78,13 +78,13 @@ def test_store_translates_an_unreachable_registry() -> None:
 async def test_watcher_follows_changes_live() -> None:
     with kv_server() as (address, _state):
         store = _store(address)
-        store.set(Intention("payments", "web", "allow"))
+        store.set(Intention("web", "payments", "allow"))
         intentions = Intentions()
         watcher = IntentionWatcher(store, intentions, wait=5)
         async with anyio.create_task_group() as tasks:
             await tasks.start(watcher.run)
-            assert list(intentions) == [Intention("payments", "web", "allow")]
-            await anyio.to_thread.run_sync(store.set, Intention("payments", "web", "deny"))
+            assert list(intentions) == [Intention("web", "payments", "allow")]
+            await anyio.to_thread.run_sync(store.set, Intention("web", "payments", "deny"))
             with anyio.fail_after(10):
                 while intentions.action("web", "payments") != "deny":  # noqa: ASYNC110 - polling is the point
                     await anyio.sleep(0.01)
@@ -93,7 +93,7 @@ async def test_watcher_follows_changes_live() -> None:
 
 @pytest.mark.anyio
 async def test_watcher_keeps_the_last_rules_while_the_registry_is_down() -> None:
-    intentions = Intentions([Intention("payments", "web", "deny")])
+    intentions = Intentions([Intention("web", "payments", "deny")])
     watcher = IntentionWatcher(_store(_closed_port_address()), intentions, wait=1)
     async with anyio.create_task_group() as tasks:
         await tasks.start(watcher.run)  # returns after the first (failed) attempt
