@@ -18,17 +18,21 @@ backoff.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import random
 import re
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
-import anyio.to_thread
+import anyio.from_thread
+import anyio.lowlevel
 import consul
 import requests
 from anyio.abc import TaskStatus
@@ -42,6 +46,7 @@ INTENTIONS_PREFIX = "meshkit/intentions/"
 Action = Literal["allow", "deny"]
 ACTIONS: tuple[Action, ...] = ("allow", "deny")
 ANY = "*"
+T = TypeVar("T")
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -191,8 +196,6 @@ class IntentionWatcher:
         self.intentions = intentions
         self._wait = f"{max(1, round(wait))}s"
         self._max_backoff = max_backoff
-        # Our own thread: a blocking query must not hold a slot of the shared pool.
-        self._limiter = anyio.CapacityLimiter(1)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         index, failures = 0, 0
@@ -200,12 +203,8 @@ class IntentionWatcher:
         while True:
             began = time.monotonic()
             try:
-                new_index, rules = await anyio.to_thread.run_sync(
-                    self.store.fetch,
-                    index,
-                    self._wait,
-                    limiter=self._limiter,
-                    abandon_on_cancel=True,
+                new_index, rules = await in_daemon_thread(
+                    functools.partial(self.store.fetch, index, self._wait)
                 )
             except RegistryError as exc:
                 failures += 1
@@ -231,6 +230,34 @@ class IntentionWatcher:
             logger.info("intentions: %d rules in force (index %d)", len(rules), new_index)
         # Consul: an index that went backwards (a restored store) means start over.
         return 0 if new_index < old_index else max(new_index, 1)
+
+
+async def in_daemon_thread(call: Callable[[], T]) -> T:
+    """``call()`` in a daemon thread of its own, awaited; cancelling abandons it.
+
+    Not ``anyio.to_thread``: its workers are joined at interpreter exit, so an abandoned
+    blocking query would hold up a stopping process for its whole wait. It also keeps
+    long-held queries out of the shared worker pool.
+    """
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        # RunFinishedError: the event loop is gone, so nobody is waiting any more.
+        with contextlib.suppress(anyio.RunFinishedError):
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=target, name="meshkit-intentions", daemon=True).start()
+    await done.wait()
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _backoff(failures: int, ceiling: float) -> float:
