@@ -198,31 +198,27 @@ class IntentionWatcher:
         self._max_backoff = max_backoff
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        index, failures = 0, 0
-        started = False
+        index, failures, started = 0, 0, False
         while True:
             began = time.monotonic()
             try:
                 new_index, rules = await in_daemon_thread(
                     functools.partial(self.store.fetch, index, self._wait)
                 )
+                index, failures = self._apply(index, new_index, rules), 0
             except RegistryError as exc:
-                failures += 1
+                index, failures = 0, failures + 1
                 logger.warning("intentions: %s (keeping %d rules)", exc, len(self.intentions))
-                index = 0
-                if not started:
-                    task_status.started()
-                    started = True
-                await anyio.sleep(_backoff(failures, self._max_backoff))
-                continue
-            failures = 0
-            index = self._apply(index, new_index, rules)
             if not started:
                 task_status.started()
                 started = True
-            if time.monotonic() - began < 0.01:
-                # A registry that answers a blocking query at once must not make us spin.
-                await anyio.sleep(0.05)
+            await anyio.sleep(self._pause(failures, time.monotonic() - began))
+
+    def _pause(self, failures: int, took: float) -> float:
+        if failures:
+            return _backoff(failures, self._max_backoff)
+        # A registry that answers a blocking query at once must not make us spin.
+        return 0.05 if took < 0.01 else 0.0
 
     def _apply(self, old_index: int, new_index: int, rules: list[Intention]) -> int:
         if (new_index != old_index or old_index == 0) and rules != list(self.intentions):
