@@ -122,13 +122,12 @@ def consul_client(settings: MeshSettings) -> consul.Consul:
         port = parts.port or 8500
     except ValueError as exc:
         raise ConfigError(f"consul_http_addr: {address!r}: {exc}") from exc
-    return consul.Consul(
-        host=parts.hostname or "127.0.0.1",
-        port=port,
-        scheme=parts.scheme or "http",
-        token=settings.consul_token,
-        verify=True,
+    client = consul.Consul(
+        host=parts.hostname or "127.0.0.1", port=port, scheme=parts.scheme or "http", verify=True
     )
+    # py-consul lets CONSUL_HTTP_TOKEN override its argument; only settings decide here.
+    client.token = settings.consul_token
+    return client
 
 
 class IntentionStore:
@@ -200,7 +199,7 @@ class IntentionWatcher:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         index, failures, started = 0, 0, False
         while True:
-            began = time.monotonic()
+            began, blocking = time.monotonic(), index != 0
             try:
                 new_index, rules = await in_daemon_thread(
                     functools.partial(self.store.fetch, index, self._wait)
@@ -212,13 +211,13 @@ class IntentionWatcher:
             if not started:
                 task_status.started()
                 started = True
-            await anyio.sleep(self._pause(failures, time.monotonic() - began))
+            await anyio.sleep(self._pause(failures, blocking and time.monotonic() - began < 0.01))
 
-    def _pause(self, failures: int, took: float) -> float:
+    def _pause(self, failures: int, answered_at_once: bool) -> float:
         if failures:
             return _backoff(failures, self._max_backoff)
         # A registry that answers a blocking query at once must not make us spin.
-        return 0.05 if took < 0.01 else 0.0
+        return 0.05 if answered_at_once else 0.0
 
     def _apply(self, old_index: int, new_index: int, rules: list[Intention]) -> int:
         if (new_index != old_index or old_index == 0) and rules != list(self.intentions):

@@ -145,3 +145,14 @@ def test_policy_export_prints_a_stable_manifest(capsys: pytest.CaptureFixture[st
     assert plain["access"] == "intentions-only"
     assert cli.main(["policy", "export", "tests.nowhere:app"]) == 1
     assert cli.main(["policy", "export", "tests.middleware.shop_app"]) == 1
+
+
+def test_consul_client_follows_settings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-environment")
+    client = consul_client(MeshSettings(consul_http_addr="https://consul.internal:8501"))
+    assert client.http.base_uri == "https://consul.internal:8501"
+    assert client.token is None
+    client = consul_client(MeshSettings(consul_http_addr="10.0.0.5", consul_token="t"))
+    assert (client.http.base_uri, client.token) == ("http://10.0.0.5:8500", "t")
+    with pytest.raises(ConfigError):
+        consul_client(MeshSettings(consul_http_addr=None))
