@@ -41,7 +41,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     export.add_argument(
         "--default-policy",
         choices=("allow-mesh", "deny"),
-        help="the mesh default to assume (default: MESHKIT_DEFAULT_POLICY or allow-mesh)",
+        help="the mesh default to assume (default: the app's, else MESHKIT_DEFAULT_POLICY)",
     )
     export.set_defaults(handler=_export)
 
@@ -84,14 +84,16 @@ def _list_intentions(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    settings = MeshSettings.from_env()
-    default: DefaultPolicy = args.default_policy or settings.default_policy
     app = load_app(args.app)
     routes = cast(list[BaseRoute], getattr(app, "routes", None))
     if routes is None:
         raise ConfigError(f"{args.app} has no routes (expected a Starlette or FastAPI app)")
-    service = getattr(getattr(app, "settings", None), "service", None) or settings.service
-    manifest = policy_manifest(routes, default_policy=default, service=service)
+    # A ServiceApp carries its settings; any other app is described with the environment's.
+    settings = getattr(app, "settings", None)
+    if not isinstance(settings, MeshSettings):
+        settings = MeshSettings.from_env()
+    default: DefaultPolicy = args.default_policy or settings.default_policy
+    manifest = policy_manifest(routes, default_policy=default, service=settings.service)
     json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
