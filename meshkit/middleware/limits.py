@@ -1,8 +1,9 @@
 """Per-route limits as ASGI stages: rate (429), concurrency (503) and time (504).
 
 ``build_pipeline`` stacks only the stages a route's policies ask for, outermost first:
-rate limits, concurrency, timeout, idempotency, then the route's own app. A request
-refused by a limit never reaches the idempotency store, so a retry of it runs fresh.
+rate limits, timeout (so time spent queued for a slot counts), concurrency,
+idempotency, then the route's own app. A request refused by a limit never reaches the
+idempotency store, so a retry of it runs fresh.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ def build_pipeline(
     """Wrap ``app`` in the stages ``policies`` ask for; ``app`` itself when none."""
     if policies.idempotent:
         app = IdempotencyStage(app, policies.idempotent, route=route, clock=clock)
-    if policies.timeout:
-        app = TimeoutStage(app, policies.timeout, route=route)
     if policies.concurrency:
         app = ConcurrencyStage(app, policies.concurrency, route=route)
+    if policies.timeout:
+        app = TimeoutStage(app, policies.timeout, route=route)
     for limit in reversed(policies.rate_limits):
         app = RateLimitStage(app, limit, route=route, clock=clock)
     return app

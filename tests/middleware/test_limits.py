@@ -151,3 +151,20 @@ async def test_idempotency_store_is_bounded_and_keys_are_checked() -> None:
         await call(stage, headers={"Idempotency-Key": key})
     assert [k for _, k in stage._entries] == [b"b", b"c"]
     assert (await call(stage, headers={"Idempotency-Key": "x" * 300})).status == 400
+
+
+async def test_timeout_covers_time_queued_for_a_slot() -> None:
+    handler = Handler()
+    handler.hold = True
+    policies = RoutePolicies(timeout=Timeout(0.05), concurrency=Concurrency(1, queue=1))
+    pipeline = build_pipeline(handler, policies, route="/x")
+    answers: list[Answer] = []
+
+    async def one() -> None:
+        answers.append(await call(pipeline))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(one)
+        tasks.start_soon(one)
+    assert [a.status for a in answers] == [504, 504]
+    assert handler.calls == 1  # the second timed out while queued
