@@ -338,7 +338,7 @@ class RouteInfo:
     """
 
     path: str
-    route: Route | WebSocketRoute
+    route: Route | WebSocketRoute | Mount | Host
     methods: tuple[str, ...]
     policies: RoutePolicies
     by_method: Mapping[str, RoutePolicies] = field(default_factory=dict)
@@ -350,6 +350,11 @@ def iter_routes(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[Route
     for route in routes:
         if isinstance(route, Route | WebSocketRoute):
             yield _route_info(route, prefix + route.path)
+        elif isinstance(route, Mount | Host) and not route.routes:
+            # A mounted app without routes (static files, another framework) is one
+            # endpoint: gated whole, with the policies attached to the app itself.
+            path = prefix + (route.path if isinstance(route, Mount) else "") + "/{path:path}"
+            yield RouteInfo(path, route, ("*",), RoutePolicies.merge(policies_of(route.app)))
         elif isinstance(route, Mount):
             yield from iter_routes(route.routes, prefix + route.path)
         elif isinstance(route, Host):

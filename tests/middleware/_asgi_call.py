@@ -37,11 +37,14 @@ async def call(
     identity: SpiffeId | None = None,
     headers: dict[str, str] | None = None,
     method: str = "GET",
+    path: str = "/x",
 ) -> Answer:
     scope: dict[str, Any] = {
         "type": "http",
         "method": method,
-        "path": "/x",
+        "path": path,
+        "root_path": "",
+        "query_string": b"",
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
         "extensions": {"tls": {PEER_IDENTITY_KEY: identity}},
     }

@@ -5,12 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from starlette.routing import WebSocketRoute
+from starlette.applications import Starlette
+from starlette.routing import Mount, WebSocketRoute
 
 from meshkit.identity import PEER_IDENTITY_KEY, SpiffeId
 from meshkit.intentions import Intention, Intentions
-from meshkit.middleware.authz import Authorizer, PolicyGate, RouteAccess, install_gates
-from meshkit.policy import Allow, Deny, RoutePolicies, iter_routes
+from meshkit.middleware.authz import (
+    Authorizer,
+    AuthzMiddleware,
+    PolicyGate,
+    RouteAccess,
+    install_gates,
+)
+from meshkit.policy import Allow, Deny, RoutePolicies, allow, iter_routes
+from tests.middleware._asgi_call import Handler, call
 
 WEB = SpiffeId.for_service("meshkit.local", "default", "web")
 CART = SpiffeId.for_service("meshkit.local", "default", "cart")
@@ -96,3 +104,20 @@ async def test_websocket_denial_closes_with_policy_violation() -> None:
     scope = {"type": "websocket", "path": "/ws", "extensions": {"tls": {PEER_IDENTITY_KEY: WEB}}}
     await gate(scope, None, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+@pytest.mark.anyio
+async def test_mounted_apps_without_routes_are_gated_whole() -> None:
+    open_files, partner_files = Handler(), Handler()
+    app = Starlette(
+        routes=[
+            Mount("/static", app=open_files),
+            Mount("/partner", app=allow("cart")(partner_files)),
+        ]
+    )
+    authorizer = Authorizer(service="payments", default_policy="deny")
+    app.add_middleware(AuthzMiddleware, routes=app.router.routes, authorizer=authorizer)
+    assert (await call(app, identity=WEB, path="/static/a.css")).status == 403
+    assert (await call(app, identity=WEB, path="/partner/x")).status == 403
+    assert (await call(app, identity=CART, path="/partner/x")).status == 200
+    assert (open_files.calls, partner_files.calls) == (0, 1)
