@@ -1,13 +1,8 @@
-"""Test-only: a real uvicorn mTLS server whose scope carries the caller's SPIFFE ID.
-
-Until meshkit.server lands, this reproduces what it does for policies: a uvicorn
-protocol subclass reads the verified client certificate once per connection and puts
-``{"tls": {PEER_IDENTITY_KEY: SpiffeId | None}}`` into each request's extensions.
-"""
+"""Test-only: a real uvicorn mTLS server in a thread, with meshkit's protocol class
+(the caller's SPIFFE ID in the TLS extension), for testing middleware on its own."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import threading
 import time
@@ -18,25 +13,10 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
+from meshkit.server import MeshHttpToolsProtocol
 from meshkit.tls import TLSMaterial, client_context, server_context
-
-
-class PeerIdentityProtocol(HttpToolsProtocol):
-    _tls: dict[str, Any]
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        peercert = ssl_object.getpeercert() if ssl_object is not None else None
-        self._tls = {PEER_IDENTITY_KEY: identity_from_peercert(peercert)}
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.scope["extensions"] = {"tls": self._tls}  # type: ignore[typeddict-unknown-key]
 
 
 def material(authority: LocalAuthority, service: str, namespace: str = "default") -> TLSMaterial:
@@ -53,7 +33,7 @@ def serve(app: ASGIApp, tls: TLSMaterial, *, require_client_cert: bool = True) -
         host="127.0.0.1",
         port=0,
         loop="asyncio",
-        http=PeerIdentityProtocol,
+        http=MeshHttpToolsProtocol,
         ssl_context_factory=lambda _config, _default: context,
         log_level="warning",
         lifespan="auto",
