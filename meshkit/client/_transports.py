@@ -191,13 +191,13 @@ class LimitTransport(AsyncBaseTransport):
         try:
             async with asyncio.timeout_at(deadline):
                 await waiter  # the releasing call hands its slot over: _active unchanged
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "deadline passed waiting for a free slot", destination=self._destination
-            ) from None
-        except asyncio.CancelledError:
+        except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # we were handed a slot we will not use
+                self._release()  # handed a slot just as we gave up: pass it on
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceeded(
+                    "deadline passed waiting for a free slot", destination=self._destination
+                ) from None
             raise
 
     def _release(self) -> None:
