@@ -284,7 +284,12 @@ class EndpointPool:
         if self.expected_identity is None:
             return
         identity = identity_from_peercert(connection.peercert)  # type: ignore[arg-type]
-        if identity is None or str(identity) != self.expected_identity:
+        # The registry's word is not enough: the certificate must also name the service.
+        if (
+            identity is None
+            or str(identity) != self.expected_identity
+            or identity.service != self.destination
+        ):
             raise PeerIdentityMismatch(
                 f"{self.address}:{self.port} presented {identity or 'no SPIFFE ID'}, "
                 f"expected {self.expected_identity}",

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import EndpointEjected, EndpointReadmitted, RetryBudgetSpent
 from meshkit.errors import PeerIdentityMismatch, RetryBudgetExhausted, UpstreamFailed
+from meshkit.registry.base import Endpoint
 from meshkit.tls import TLSContexts
 from tests.client.helpers import Recorder, StaticSource, contexts, endpoint, factory, serve
 
@@ -227,3 +228,16 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_registry_cannot_vouch_for_another_service(authority: LocalAuthority) -> None:
+    """An entry claiming the impostor's own SPIFFE ID for 'payments' is refused too."""
+    hits: Counter[str] = Counter()
+    tls = contexts(authority, "inventory")
+    async with serve(counting_app(hits, "impostor"), tls) as port:
+        forged = Endpoint("x", "payments", "127.0.0.1", port, spiffe_id=str(tls.material.spiffe_id))
+        mesh = factory(authority, StaticSource({"payments": [forged]}), **NO_BREAKER)
+        with pytest.raises(PeerIdentityMismatch):
+            await mesh.client("payments").get("/secret")
+        await mesh.aclose()
+    assert hits["impostor"] == 0
