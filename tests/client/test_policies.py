@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections import Counter
 from typing import Any
 
@@ -21,8 +22,11 @@ from meshkit.client import (
     BreakerChanged,
     CallEnded,
     CallStarted,
+    MeshClientFactory,
 )
 from meshkit.errors import CircuitOpen, NoHealthyInstances, Overloaded, UpstreamFailed
+from meshkit.settings import MeshSettings
+from meshkit.tls import TLSContexts, TLSMaterial
 from tests.client.helpers import Recorder, StaticSource, contexts, endpoint, factory, serve
 
 pytestmark = pytest.mark.anyio
@@ -207,3 +211,34 @@ async def test_absolute_urls_outside_the_mesh_pass_through(authority: LocalAutho
 async def test_base_hooks_are_a_no_op() -> None:
     hooks = BaseClientHooks()
     assert hooks.on_call_start(CallStarted("a", "GET", "/")) is None
+
+
+async def test_rotated_client_certificate_is_used_by_new_connections(
+    authority: LocalAuthority,
+) -> None:
+    handed: list[object] = []
+
+    class WatchedTLS(TLSContexts):
+        @property
+        def client(self) -> ssl.SSLContext:
+            context = super().client
+            handed.append(context)
+            return context
+
+    issued = authority.issue("caller")
+    tls = WatchedTLS(TLSMaterial(issued.chain_pem, issued.key_pem, issued.bundle_pem))
+    switch = Switch()
+    switch.delay = 0.1
+    async with serve(switch.app(), contexts(authority, "payments")) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        settings = MeshSettings(service="caller", trust_domain=authority.trust_domain)
+        mesh = MeshClientFactory(source, tls, settings)
+        client = mesh.client("payments")
+        assert (await client.get("/one")).status_code == 200
+        renewed = authority.issue("caller")
+        tls.update(TLSMaterial(renewed.chain_pem, renewed.key_pem, renewed.bundle_pem))
+        async with anyio.create_task_group() as group:  # two at once: one new connection
+            group.start_soon(client.get, "/two")
+            group.start_soon(client.get, "/three")
+        await mesh.aclose()
+    assert len(handed) == 2 and handed[1] is not handed[0]
