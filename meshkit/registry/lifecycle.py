@@ -1,0 +1,87 @@
+"""Keeping one instance registered for as long as it runs.
+
+``ServiceRegistration.run`` registers the instance (TTL + HTTP checks), reports
+``task_status.started()``, then heartbeats the TTL check forever. When a heartbeat finds the
+registry has forgotten the instance (the dev registry or a Consul agent restarted), it
+registers again at once; while the registry is unreachable it retries with jittered,
+capped backoff, so a restarted registry sees the instance again within seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import anyio
+
+from meshkit.errors import RegistryError, RegistryUnavailable
+from meshkit.registry.base import InstanceRegistration, Registry
+
+logger = logging.getLogger("meshkit.registry")
+
+MAX_HEARTBEAT_INTERVAL = 2.0  # bounds how long a restarted registry misses an instance
+RETRY_FIRST, RETRY_MAX = 0.1, 2.0
+
+
+class ServiceRegistration:
+    """Registers ``instance`` in ``registry`` and keeps it registered until cancelled."""
+
+    def __init__(self, registry: Registry, instance: InstanceRegistration) -> None:
+        self.registry = registry
+        self.instance = instance
+        self.registered = False
+        # Heartbeat well inside the TTL so one lost heartbeat never turns the check critical.
+        self.heartbeat_interval = min(instance.ttl / 3, MAX_HEARTBEAT_INTERVAL)
+
+    def __repr__(self) -> str:
+        return f"ServiceRegistration({self.instance.service!r}, {self.instance.instance_id!r})"
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self._register_until_done()
+        task_status.started()
+        while True:
+            await anyio.sleep(self.heartbeat_interval)
+            await self._heartbeat_until_done()
+
+    async def _register_until_done(self) -> None:
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await self.registry.register(self.instance)
+            except RegistryUnavailable as exc:
+                logger.warning("registry unreachable, retrying in %.1fs: %s", delay, exc)
+            else:
+                self.registered = True
+                return
+            delay = await _backoff(delay)
+
+    async def _heartbeat_until_done(self) -> None:
+        delay = RETRY_FIRST
+        while True:
+            try:
+                if await self.registry.heartbeat(self.instance.instance_id):
+                    return
+                logger.warning("registry forgot %s; registering again", self.instance.instance_id)
+                await self.registry.register(self.instance)
+                return
+            except RegistryUnavailable as exc:
+                logger.warning("registry unreachable, retrying in %.1fs: %s", delay, exc)
+            except RegistryError as exc:
+                # Refused (e.g. an ACL change): keep trying, a later heartbeat may succeed.
+                logger.error("heartbeat for %s refused: %s", self.instance.instance_id, exc)
+                return
+            delay = await _backoff(delay)
+
+    async def deregister(self) -> None:
+        """Remove the instance from the registry; safe to call twice or after a failed run."""
+        with anyio.CancelScope(shield=True):
+            await self.registry.deregister(self.instance.instance_id)
+        self.registered = False
+
+
+async def _backoff(delay: float) -> float:
+    """Sleep a jittered ``delay``; return the next, doubled up to RETRY_MAX."""
+    await anyio.sleep(random.uniform(delay / 2, delay))
+    return min(delay * 2, RETRY_MAX)
