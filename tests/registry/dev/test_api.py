@@ -351,7 +351,7 @@ def test_kv_put_get_keys_recurse_delete(client: Any) -> None:
     assert client.kv.put("app/config/a", "1")
     assert client.kv.put("app/config/b", b"2", flags=7)
     assert client.kv.put("app/other", None)
-    index, entry = client.kv.get("app/config/b")
+    _, entry = client.kv.get("app/config/b")
     assert (entry["Value"], entry["Flags"], entry["Key"]) == (b"2", 7, "app/config/b")
     assert client.kv.get("app/other")[1]["Value"] is None
     assert client.kv.get("missing")[1] is None
@@ -385,7 +385,6 @@ def test_kv_cas(client: Any) -> None:
 
 def test_kv_blocking_get_wakes_on_its_key_only(client: Any, registry: ThreadedRegistry) -> None:
     client.kv.put("watched", "1")
-    index, _ = client.kv.get("watched")
     client.kv.put("unrelated", "x")
     started = time.monotonic()
     client.kv.get("watched", index=client.kv.get("watched")[0], wait="200ms")
