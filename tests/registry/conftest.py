@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import anyio
 import consul
 import pytest
 import uvicorn
@@ -47,7 +48,8 @@ class ThreadedRegistry:
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
+            # Like a crash: blocked readers are dropped, not waited for.
+            self._server.should_exit = self._server.force_exit = True
             self._thread.join(timeout=10)
             self._server = self._thread = None
 
@@ -87,7 +89,9 @@ class HealthzServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -123,3 +127,11 @@ def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> 
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(interval)
+
+
+async def eventually(predicate: Any, *, within: float = 5.0, in_thread: bool = False) -> None:
+    """Poll ``predicate`` (in a worker thread if it blocks) until true, at most ``within`` s."""
+    with anyio.fail_after(within):
+        # Polling fits here: the state lives in another thread or process.
+        while not (await anyio.to_thread.run_sync(predicate) if in_thread else predicate()):  # noqa: ASYNC110
+            await anyio.sleep(0.02)

@@ -182,55 +182,53 @@ def test_deregister_removes_the_service_and_its_checks(client: Any) -> None:
     assert client.health.service("web")[1] == []
 
 
-@pytest.mark.parametrize(
-    ("body", "text"),
-    [
-        ({"ID": "x"}, "Missing service name"),
-        ({"Name": "web", "Address": "0.0.0.0"}, "Invalid service address"),
-        (
-            {"Name": "web", "Check": {"HTTP": "http://x"}},
-            "Invalid check: Interval must be > 0 "
-            "for Script, HTTP, H2PING, TCP, UDP or OSService checks",
-        ),
-        ({"Name": "web", "Check": {"Notes": "n"}}, "Invalid check: TTL must be > 0 for TTL checks"),
-        (
-            {"Name": "web", "Check": {"TTL": "1s", "Interval": "1s"}},
-            "Invalid check: Interval and TTL cannot both be specified",
-        ),
-        (
-            {"Name": "web", "Check": {"TTL": "1s", "Status": "bad"}},
-            "Status for checks must 'passing', 'warning', 'critical'",
-        ),
-        (
-            {"Name": "web", "Meta": {"a b": "c"}},
-            "Invalid Service Meta: Couldn't load metadata pair ('a b', 'c'): "
-            "Key contains invalid characters",
-        ),
-        (
-            {"Name": "web", "Meta": {"consul-x": "c"}},
-            "Invalid Service Meta: Couldn't load metadata pair ('consul-x', 'c'): "
-            "Key prefix 'consul-' is reserved for internal use",
-        ),
-        (
-            {"Name": "web", "Weights": {"Passing": 0}},
-            "Invalid Weights: Passing must be greater than 0",
-        ),
-        (
-            {"Name": "web", "Check": {"TTL": "soon"}},
-            'Request decode failed: time: invalid duration "soon"',
-        ),
-        (
-            {"Name": "web", "Port": "80"},
-            "Request decode failed: json: cannot unmarshal string "
-            "into Go struct field ServiceDefinition.Port of type int",
-        ),
-    ],
-)
-def test_bad_registrations_get_consuls_400_texts(
-    registry: ThreadedRegistry, body: Any, text: str
-) -> None:
-    response = _put(registry, "/v1/agent/service/register", body)
-    assert (response.status_code, response.text) == (400, text)
+BAD_REGISTRATIONS = [
+    ({"ID": "x"}, "Missing service name"),
+    ({"Name": "web", "Address": "0.0.0.0"}, "Invalid service address"),
+    (
+        {"Name": "web", "Check": {"HTTP": "http://x"}},
+        "Invalid check: Interval must be > 0 "
+        "for Script, HTTP, H2PING, TCP, UDP or OSService checks",
+    ),
+    ({"Name": "web", "Check": {"Notes": "n"}}, "Invalid check: TTL must be > 0 for TTL checks"),
+    (
+        {"Name": "web", "Check": {"TTL": "1s", "Interval": "1s"}},
+        "Invalid check: Interval and TTL cannot both be specified",
+    ),
+    (
+        {"Name": "web", "Check": {"TTL": "1s", "Status": "bad"}},
+        "Status for checks must 'passing', 'warning', 'critical'",
+    ),
+    (
+        {"Name": "web", "Meta": {"a b": "c"}},
+        "Invalid Service Meta: Couldn't load metadata pair ('a b', 'c'): "
+        "Key contains invalid characters",
+    ),
+    (
+        {"Name": "web", "Meta": {"consul-x": "c"}},
+        "Invalid Service Meta: Couldn't load metadata pair ('consul-x', 'c'): "
+        "Key prefix 'consul-' is reserved for internal use",
+    ),
+    (
+        {"Name": "web", "Weights": {"Passing": 0}},
+        "Invalid Weights: Passing must be greater than 0",
+    ),
+    (
+        {"Name": "web", "Check": {"TTL": "soon"}},
+        'Request decode failed: time: invalid duration "soon"',
+    ),
+    (
+        {"Name": "web", "Port": "80"},
+        "Request decode failed: json: cannot unmarshal string "
+        "into Go struct field ServiceDefinition.Port of type int",
+    ),
+]
+
+
+def test_bad_registrations_get_consuls_400_texts(registry: ThreadedRegistry) -> None:
+    for body, text in BAD_REGISTRATIONS:
+        response = _put(registry, "/v1/agent/service/register", body)
+        assert (response.status_code, response.text) == (400, text)
 
 
 def test_bad_registration_through_py_consul_raises_bad_request(client: Any) -> None:
