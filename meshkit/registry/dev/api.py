@@ -38,6 +38,7 @@ DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 LEADER = "127.0.0.1:8300"
 MAX_KV_SIZE = 512 * 1024
+HEALTH_CACHE_MAX = 20_000  # serialized /v1/health/service answers, keyed by query, per index
 
 
 @dataclass
@@ -220,7 +221,7 @@ class DevRegistryApp:
             # Consul spreads wake-ups of idle watchers with up to wait/16 of jitter.
             deadline = time.monotonic() + wait + random.uniform(0, wait / 16)
             topics = list(topics)
-            while index <= min_index and time.monotonic() < deadline:
+            while index <= min_index and time.monotonic() < deadline and not self.store.closing:
                 await self.store.wait(topics, deadline, prefix=prefix)
                 index, response = compute()
         response.headers = _query_headers(index) + response.headers
@@ -345,6 +346,8 @@ class DevRegistryApp:
             key = (name, passing, tags)
             cached = self._health_cache.get(key)
             if cached is None or cached[0] != index:
+                if len(self._health_cache) > HEALTH_CACHE_MAX:
+                    self._health_cache.clear()  # distinct queries are few; this only bounds abuse
                 cached = (index, _dump(self._health_entries(name, passing, tags)))
                 self._health_cache[key] = cached
             return index, Response(200, cached[1], "application/json")

@@ -33,9 +33,23 @@ def uvicorn_config(app: DevRegistryApp) -> uvicorn.Config:
         server_header=False,  # Consul sends none
         # Clients keep connections between blocking queries; Consul does not close them early.
         timeout_keep_alive=65,
-        # Blocked readers would otherwise hold a stop for up to their wait (minutes).
-        timeout_graceful_shutdown=1,
+        timeout_graceful_shutdown=5,
     )
+
+
+class RegistryServer(uvicorn.Server):
+    """uvicorn, answering parked blocking queries at once when asked to stop.
+
+    Otherwise each would hold the graceful shutdown until its wait ran out (minutes).
+    """
+
+    def __init__(self, app: DevRegistryApp) -> None:
+        super().__init__(uvicorn_config(app))
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.app.store.release_all()
+        await super().shutdown(sockets)
 
 
 def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
@@ -48,4 +62,4 @@ def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
         print("meshkit registry: script checks are enabled: registrations can run commands")
     sys.stdout.flush()
     app = DevRegistryApp(DevAgent(enable_script_checks=enable_script_checks))
-    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+    RegistryServer(app).run(sockets=[sock])

@@ -216,6 +216,7 @@ class Store:
         self._prefix_waiters: dict[str, set[anyio.Event]] = {}
         self._touched: set[str] = set()
         self._touched_keys: set[str] = set()
+        self.closing = False
 
     # -- indexes and wake-ups ------------------------------------------------------------
 
@@ -250,10 +251,21 @@ class Store:
         """Consul's per-service index; the services table's before the name ever existed."""
         return self._topic_index.get(f"svc:{name}") or self.topic_index("services")
 
+    def release_all(self) -> None:
+        """Answer every parked reader now and park no more (the server is stopping)."""
+        self.closing = True
+        for table in (self._waiters, self._prefix_waiters):
+            for events in table.values():
+                for event in events:
+                    event.set()
+            table.clear()
+
     async def wait(
         self, topics: Iterable[str], deadline: float, *, prefix: str | None = None
     ) -> None:
         """Park until one of ``topics`` (or a key under ``prefix``) changes, or the deadline."""
+        if self.closing:
+            return
         event = anyio.Event()
         topics = list(topics)
         for topic in topics:
