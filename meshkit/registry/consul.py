@@ -2,9 +2,10 @@
 
 Only Consul's documented HTTP API is used (agent registration, TTL check updates, health
 blocking queries, catalog listing), so the same code talks to a Consul cluster and to the
-embedded dev registry. py-consul is synchronous (requests): short calls run in anyio's
-worker threads; blocking queries, which may hold a connection for ``wait`` seconds, run in
-daemon threads so an abandoned long poll never holds up cancellation or process exit.
+embedded dev registry. py-consul is synchronous (requests): registration calls run in
+anyio's worker threads; health watches (blocking queries, which may hold a connection for
+``wait`` seconds) run in daemon threads, so an abandoned long poll never holds up
+cancellation or process exit, nor starves the worker threads heartbeats need.
 """
 
 from __future__ import annotations
@@ -104,8 +105,11 @@ class ConsulRegistry:
             self._local.client = client
         return client
 
-    async def _call(self, operation: Callable[[Any], T]) -> T:
-        return await anyio.to_thread.run_sync(self._translated, operation)
+    async def _call(self, operation: Callable[[Any], T], *, abandon: bool = False) -> T:
+        """Run one py-consul call in a worker thread; ``abandon``: cancellable mid-call."""
+        return await anyio.to_thread.run_sync(
+            self._translated, operation, abandon_on_cancel=abandon
+        )
 
     def _translated(self, operation: Callable[[Any], T]) -> T:
         try:
@@ -186,7 +190,7 @@ class ConsulRegistry:
 
     async def deregister(self, instance_id: str) -> None:
         # An unknown ID answers 404, which py-consul reports as False: already gone is fine.
-        await self._call(lambda client: client.agent.service.deregister(instance_id))
+        await self._call(lambda client: client.agent.service.deregister(instance_id), abandon=True)
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -199,8 +203,8 @@ class ConsulRegistry:
             )
             return int(raw_index), [endpoint_from_entry(e) for e in entries or ()]
 
-        if index <= 0:
-            return await self._call(query)
+        # Watches run here; a daemon thread each keeps them off the worker-thread pool
+        # that registration and heartbeats share, even when the registry hangs.
         return await _in_daemon_thread(lambda: self._translated(query))
 
     async def services(self) -> Sequence[ServiceSummary]:

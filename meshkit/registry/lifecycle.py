@@ -24,12 +24,24 @@ RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 
 
 class ServiceRegistration:
-    """Registers ``instance`` in ``registry`` and keeps it registered until cancelled."""
+    """Registers ``instance`` in ``registry`` and keeps it registered.
 
-    def __init__(self, registry: Registry, instance: InstanceRegistration) -> None:
+    Run ``run`` in the app's task group; call ``deregister`` at shutdown (before draining):
+    it removes the instance and makes ``run`` return instead of registering it again.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        instance: InstanceRegistration,
+        *,
+        deregister_timeout: float = 5.0,
+    ) -> None:
         self.registry = registry
         self.instance = instance
+        self.deregister_timeout = deregister_timeout
         self.registered = False
+        self._stopping = False
         # Heartbeat well inside the TTL so one lost heartbeat never turns the check critical.
         self.heartbeat_interval = min(instance.ttl / 3, MAX_HEARTBEAT_INTERVAL)
 
@@ -39,15 +51,17 @@ class ServiceRegistration:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        """Register, report started, then heartbeat until ``deregister`` or cancellation."""
         await self._register_until_done()
         task_status.started()
-        while True:
+        while not self._stopping:
             await anyio.sleep(self.heartbeat_interval)
-            await self._heartbeat_until_done()
+            if not self._stopping:
+                await self._heartbeat_until_done()
 
     async def _register_until_done(self) -> None:
         delay = RETRY_FIRST
-        while True:
+        while not self._stopping:
             try:
                 await self.registry.register(self.instance)
             except RegistryUnavailable as exc:
@@ -59,9 +73,11 @@ class ServiceRegistration:
 
     async def _heartbeat_until_done(self) -> None:
         delay = RETRY_FIRST
-        while True:
+        while not self._stopping:
             try:
                 if await self.registry.heartbeat(self.instance.instance_id):
+                    return
+                if self._stopping:  # deregistered meanwhile: forgotten on purpose
                     return
                 logger.warning("registry forgot %s; registering again", self.instance.instance_id)
                 await self.registry.register(self.instance)
@@ -69,15 +85,23 @@ class ServiceRegistration:
             except RegistryUnavailable as exc:
                 logger.warning("registry unreachable, retrying in %.1fs: %s", delay, exc)
             except RegistryError as exc:
-                # Refused (e.g. an ACL change): keep trying, a later heartbeat may succeed.
+                # Refused (e.g. an ACL change): log it; the next heartbeat tries again.
                 logger.error("heartbeat for %s refused: %s", self.instance.instance_id, exc)
                 return
             delay = await _backoff(delay)
 
     async def deregister(self) -> None:
-        """Remove the instance from the registry; safe to call twice or after a failed run."""
-        with anyio.CancelScope(shield=True):
-            await self.registry.deregister(self.instance.instance_id)
+        """Remove the instance and stop ``run``; idempotent, and bounded in time.
+
+        An unreachable registry is logged, not raised: shutdown goes on, and the TTL check
+        expires and DeregisterCriticalServiceAfter removes the instance later.
+        """
+        self._stopping = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.deregister_timeout):
+            try:
+                await self.registry.deregister(self.instance.instance_id)
+            except RegistryUnavailable as exc:
+                logger.warning("could not deregister %s: %s", self.instance.instance_id, exc)
         self.registered = False
 
 

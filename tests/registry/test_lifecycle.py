@@ -5,6 +5,7 @@ from typing import Any
 import anyio
 import pytest
 
+from meshkit.registry.cache import WatchedCache
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.registry.lifecycle import ServiceRegistration
 from tests.registry.conftest import HealthzServer, ThreadedRegistry, eventually, instance
@@ -68,3 +69,26 @@ async def test_waits_for_a_registry_that_is_not_up_yet(healthz: HealthzServer) -
             tg.cancel_scope.cancel()
     finally:
         await anyio.to_thread.run_sync(late.stop)
+
+
+async def test_deregister_stops_run_and_watchers_drop_the_instance(
+    registry: ThreadedRegistry, healthz: HealthzServer
+) -> None:
+    consul_registry = ConsulRegistry(address=registry.address)
+    registration = ServiceRegistration(consul_registry, instance(admin_port=healthz.port))
+    async with WatchedCache(consul_registry, wait=10) as cache, anyio.create_task_group() as tg:
+        await tg.start(registration.run)
+        assert [e.instance_id for e in await cache.prime("payments")] == ["payments-1"]
+        await registration.deregister()  # run() is still in the task group: it must stop
+        await eventually(lambda: cache.endpoints("payments") == ())
+        await anyio.sleep(registration.heartbeat_interval + 0.2)
+        assert cache.endpoints("payments") == ()  # not registered again
+    assert _passing_ids(registry.client()) == []
+
+
+async def test_deregister_with_the_registry_down_does_not_raise() -> None:
+    registration = ServiceRegistration(
+        ConsulRegistry(address="127.0.0.1:9", timeout=1), instance(), deregister_timeout=2
+    )
+    await registration.deregister()
+    assert not registration.registered
