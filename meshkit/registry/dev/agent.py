@@ -138,8 +138,10 @@ class DevAgent:
 
     def register_service(self, definition: ServiceDefinition, *, replace_checks: bool) -> None:
         service = self._validated_service(definition)
+        count = len(definition.checks)
         checks = [
-            self._service_check(service, d, i, definition) for i, d in enumerate(definition.checks)
+            (self._service_check(service, d, _default_check_id(service.id, i, count)), d)
+            for i, d in enumerate(definition.checks)
         ]
         if any(d.script_args for d in definition.checks) and not self.enable_script_checks:
             raise AgentError(500, SCRIPTS_DISABLED)
@@ -185,19 +187,12 @@ class DevAgent:
             kind=definition.kind,
         )
 
-    def _service_check(
-        self, service: Service, check: CheckDefinition, position: int, definition: ServiceDefinition
-    ) -> tuple[Check, CheckDefinition]:
-        check_id = check.check_id or (
-            f"service:{service.id}"
-            if len(definition.checks) == 1
-            else f"service:{service.id}:{position + 1}"
-        )
-        built = self._check_from_definition(check, check_id)
+    def _service_check(self, service: Service, check: CheckDefinition, default_id: str) -> Check:
+        built = self._check_from_definition(check, check.check_id or default_id)
         built.name = check.name or f"Service '{service.name}' check"
         built.service_id, built.service_name = service.id, service.name
         built.service_tags = list(service.tags)
-        return built, check
+        return built
 
     def _check_from_definition(self, definition: CheckDefinition, check_id: str) -> Check:
         return Check(
@@ -373,6 +368,11 @@ class DevAgent:
     def catalog_deregister(self, body: dict[str, Any]) -> None:
         with self._write():
             apply_deregister(self.store, body)
+
+
+def _default_check_id(service_id: str, position: int, count: int) -> str:
+    """Consul's IDs for unnamed service checks: service:<id>, or service:<id>:<n> for several."""
+    return f"service:{service_id}" if count == 1 else f"service:{service_id}:{position + 1}"
 
 
 def _http_probe(definition: CheckDefinition) -> HTTPProbe:
