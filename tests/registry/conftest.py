@@ -9,12 +9,11 @@ from typing import Any
 import anyio
 import consul
 import pytest
-import uvicorn
 
 from meshkit.registry.base import InstanceRegistration
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import DevRegistryApp
-from meshkit.registry.dev.serve import bind, uvicorn_config
+from meshkit.registry.dev.serve import RegistryServer, bind
 
 
 class ThreadedRegistry:
@@ -24,7 +23,7 @@ class ThreadedRegistry:
         self.port = port
         self.agent_options = agent_options
         self.agent: DevAgent | None = None
-        self._server: uvicorn.Server | None = None
+        self._server: RegistryServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -35,7 +34,7 @@ class ThreadedRegistry:
         sock = bind("127.0.0.1", self.port)
         self.port = sock.getsockname()[1]
         self.agent = DevAgent(**self.agent_options)
-        self._server = uvicorn.Server(uvicorn_config(DevRegistryApp(self.agent)))
+        self._server = RegistryServer(DevRegistryApp(self.agent))
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
         )
@@ -48,8 +47,7 @@ class ThreadedRegistry:
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
-            # Like a crash: blocked readers are dropped, not waited for.
-            self._server.should_exit = self._server.force_exit = True
+            self._server.should_exit = True
             self._thread.join(timeout=10)
             self._server = self._thread = None
 

@@ -92,6 +92,7 @@ def text_response(status: int, text: str) -> Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Selection = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]  # ?tag=..., ?node-meta=k:v
 
 
 class DevRegistryApp:
@@ -100,7 +101,7 @@ class DevRegistryApp:
     def __init__(self, agent: DevAgent) -> None:
         self.agent = agent
         self.store = agent.store
-        self._health_cache: dict[tuple[str, bool, tuple[str, ...]], tuple[int, bytes]] = {}
+        self._health_cache: dict[tuple[str, bool, Selection], tuple[int, bytes]] = {}
         get, put = "GET", "PUT"
         self._exact: dict[str, dict[str, Handler]] = {
             "/v1/agent/services": {get: self.agent_services},
@@ -177,11 +178,14 @@ class DevRegistryApp:
         request = Request(method, path, rest, query, await _read_body(receive))
         try:
             self._check_datacenter(request)
-            return await handler(request)
+            response = await handler(request)
         except AgentError as exc:
             return text_response(exc.status, exc.reason)
         except DecodeError as exc:
             return text_response(400, f"Request decode failed: {exc}")
+        if request.has("pretty") and response.content_type == "application/json":
+            response.body = json.dumps(json.loads(response.body), indent=4).encode() + b"\n"
+        return response
 
     def _route(self, path: str) -> tuple[dict[str, Handler] | None, str]:
         exact = self._exact.get(path)
@@ -339,24 +343,24 @@ class DevRegistryApp:
     async def health_service(self, request: Request) -> Response:
         name = request.rest
         passing = _passing_param(request)
-        tags = tuple(request.query.get("tag", ()))
+        selection = _selection(request)
 
         def compute() -> tuple[int, Response]:
             index = self.store.service_index(name)
-            key = (name, passing, tags)
+            key = (name, passing, selection)
             cached = self._health_cache.get(key)
             if cached is None or cached[0] != index:
                 if len(self._health_cache) > HEALTH_CACHE_MAX:
                     self._health_cache.clear()  # distinct queries are few; this only bounds abuse
-                cached = (index, _dump(self._health_entries(name, passing, tags)))
+                cached = (index, _dump(self._health_entries(name, passing, selection)))
                 self._health_cache[key] = cached
             return index, Response(200, cached[1], "application/json")
 
         return await self._blocking(request, [f"svc:{name}"], compute)
 
-    def _health_entries(self, name: str, passing: bool, tags: tuple[str, ...]) -> list[Any]:
+    def _health_entries(self, name: str, passing: bool, selection: Selection) -> list[Any]:
         entries = []
-        for service in self._tagged(self.store.instances(name), tags):
+        for service in self._selected(self.store.instances(name), selection):
             checks = sorted(
                 [
                     *self.store.node_checks(service.node),
@@ -375,10 +379,16 @@ class DevRegistryApp:
             )
         return entries
 
-    @staticmethod
-    def _tagged(services: list[Service], tags: tuple[str, ...]) -> list[Service]:
+    def _selected(self, services: list[Service], selection: Selection) -> list[Service]:
+        """?tag (all of them, case-insensitively) and ?node-meta (all pairs) filters."""
+        tags, node_meta = selection
         wanted = [t.lower() for t in tags]
-        return [s for s in services if all(t in {x.lower() for x in s.tags} for t in wanted)]
+        return [
+            s
+            for s in services
+            if all(t in {x.lower() for x in s.tags} for t in wanted)
+            and _has_meta(self.store.nodes[s.node].meta, node_meta)
+        ]
 
     async def health_checks(self, request: Request) -> Response:
         name = request.rest
@@ -431,20 +441,26 @@ class DevRegistryApp:
 
     async def catalog_service(self, request: Request) -> Response:
         name = request.rest
-        tags = tuple(request.query.get("tag", ()))
+        selection = _selection(request)
 
         def compute() -> tuple[int, Response]:
             entries = [
                 s.catalog_json(self.store.nodes[s.node])
-                for s in self._tagged(self.store.instances(name), tags)
+                for s in self._selected(self.store.instances(name), selection)
             ]
             return self.store.service_index(name), json_response(entries)
 
         return await self._blocking(request, [f"svc:{name}"], compute)
 
     async def catalog_nodes(self, request: Request) -> Response:
+        _, node_meta = _selection(request)
+
         def compute() -> tuple[int, Response]:
-            nodes = [n.to_json() for _, n in sorted(self.store.nodes.items())]
+            nodes = [
+                n.to_json()
+                for _, n in sorted(self.store.nodes.items())
+                if _has_meta(n.meta, node_meta)
+            ]
             return self.store.topic_index("nodes"), json_response(nodes)
 
         return await self._blocking(request, ["nodes"], compute)
@@ -616,6 +632,16 @@ def _blocking_params(request: Request) -> tuple[int, float]:
     if wait <= 0 or wait > MAX_WAIT:
         wait = min(MAX_WAIT, wait) if wait > 0 else DEFAULT_WAIT
     return index, wait
+
+
+def _selection(request: Request) -> Selection:
+    tags = tuple(request.query.get("tag", ()))
+    pairs = (raw.partition(":") for raw in request.query.get("node-meta", ()))
+    return tags, tuple((key, value) for key, _, value in pairs)
+
+
+def _has_meta(meta: dict[str, str], wanted: tuple[tuple[str, str], ...]) -> bool:
+    return all(meta.get(key) == value for key, value in wanted)
 
 
 def _enable_param(request: Request) -> bool:

@@ -449,3 +449,18 @@ def test_unknown_paths_and_methods(registry: ThreadedRegistry) -> None:
     assert response.status_code == 404
     response = requests.delete(f"http://{registry.address}/v1/agent/services", timeout=5)
     assert response.status_code == 405
+
+
+def test_pretty_json(registry: ThreadedRegistry) -> None:
+    response = requests.get(f"http://{registry.address}/v1/catalog/services?pretty", timeout=5)
+    assert response.text == '{\n    "consul": []\n}\n'
+
+
+def test_node_meta_filter(client: Any, registry: ThreadedRegistry) -> None:
+    for node, rack in (("ext", "a"), ("ext2", "b")):
+        body = {"Node": node, "Address": "10.1.1.1", "NodeMeta": {"rack": rack}}
+        assert _put(registry, "/v1/catalog/register", body | {"Service": {"Service": "db"}}).ok
+    _, entries = client.health.service("db", node_meta={"rack": "b"})
+    assert [e["Node"]["Node"] for e in entries] == ["ext2"]
+    _, nodes = client.catalog.nodes(node_meta={"rack": "a"})
+    assert [n["Node"] for n in nodes] == ["ext"]
