@@ -13,21 +13,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.types import Lifespan, Receive, Scope, Send
 
+from meshkit.client import MeshClient, MeshClientFactory
 from meshkit.errors import ConfigError, MeshError
 from meshkit.identity import SpiffeId
-from meshkit.intentions import Intentions
+from meshkit.intentions import Intentions, IntentionStore, IntentionWatcher, consul_client
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
+from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
 from meshkit.settings import MeshSettings
 from meshkit.tls import FileIdentityWatcher, TLSContexts
 
@@ -46,6 +51,9 @@ class MeshRuntime:
         self.startup_error: MeshError | None = None
         self.metrics_registry = CollectorRegistry(auto_describe=True)
         self.intentions = Intentions()
+        self.instance_id = f"{settings.service}-{uuid.uuid4().hex[:12]}"
+        self.registration: ServiceRegistration | None = None
+        self.clients: MeshClientFactory | None = None
         self.authorizer = Authorizer.from_settings(settings, intentions=self.intentions)
         self.admin_app = AdminApp(self)
 
@@ -76,23 +84,81 @@ class MeshRuntime:
         self.ready = ready
 
     async def leave(self) -> None:
-        """Step out of the mesh before draining: give watchers time to drop this instance."""
-        await anyio.sleep(self.settings.deregister_delay)
+        """Step out of the mesh before draining: leave the registry, then give watchers
+        time to drop this instance."""
+        if self.registration is not None:
+            await self.registration.deregister()
+            await anyio.sleep(self.settings.deregister_delay)
+
+    def client(self, service: str) -> MeshClient:
+        if self.clients is None:
+            raise ConfigError(
+                f"cannot call {service!r}: the mesh client needs a workload identity and a "
+                "registry (CONSUL_HTTP_ADDR), and the app's lifespan must be running"
+            )
+        return self.clients.client(service)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Own the mesh resources for the life of the app."""
+        started = False
         try:
-            async with anyio.create_task_group() as tg:
+            async with contextlib.AsyncExitStack() as stack:
+                tg = await stack.enter_async_context(anyio.create_task_group())
                 self._start_identity(tg)
+                if self.settings.consul_http_addr:
+                    await self._join_registry(stack, tg)
+                started = True
                 yield
+                await self._close()
                 tg.cancel_scope.cancel()
         except MeshError as exc:
-            self.startup_error = exc
-            logger.error("%s", exc)
+            if not started:
+                self.startup_error = exc
+                logger.error("%s", exc)
             raise
 
-    def _start_identity(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _join_registry(self, stack: contextlib.AsyncExitStack, tg: TaskGroup) -> None:
+        registry = ConsulRegistry.from_settings(self.settings)
+        cache = await stack.enter_async_context(WatchedCache(registry))
+        if self.tls is not None:
+            self.clients = MeshClientFactory(cache, self.tls, self.settings)
+            self.registration = ServiceRegistration(registry, self.instance())
+            tg.start_soon(self.registration.run)
+        watcher = IntentionWatcher(IntentionStore(consul_client(self.settings)), self.intentions)
+        tg.start_soon(watcher.run)
+
+    async def _close(self) -> None:
+        if self.registration is not None:
+            await self.registration.deregister()
+        if self.clients is not None:
+            await self.clients.aclose()
+
+    def instance(self) -> InstanceRegistration:
+        """What this instance publishes to the registry."""
+        settings = self.settings
+        return InstanceRegistration(
+            service=settings.service,
+            instance_id=self.instance_id,
+            address=self.advertise_address,
+            port=self.port,
+            admin_port=self.admin_port,
+            spiffe_id=str(settings.spiffe_id),
+            version=settings.version,
+            tags=(f"version={settings.version}",),
+            meta={"namespace": settings.namespace},
+        )
+
+    @property
+    def advertise_address(self) -> str:
+        settings = self.settings
+        if settings.advertise_address:
+            return settings.advertise_address
+        if settings.host in ("0.0.0.0", "::", ""):
+            return socket.gethostbyname(socket.gethostname())
+        return settings.host
+
+    def _start_identity(self, tg: TaskGroup) -> None:
         settings = self.settings
         if settings.cert_file and settings.key_file and settings.bundle_file:
             watcher = FileIdentityWatcher(
@@ -187,6 +253,10 @@ class ServiceApp(Starlette):
             0,
             Middleware(AuthzMiddleware, routes=self.router.routes, authorizer=self.mesh.authorizer),
         )
+
+    def client(self, service: str) -> MeshClient:
+        """The mesh client bound to ``service``: ``await app.client("payments").get("/")``."""
+        return self.mesh.client(service)
 
     def run(self, **overrides: Any) -> None:
         """Serve this app (``meshkit run`` does the same); ``overrides`` are MeshSettings."""

@@ -20,86 +20,81 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from meshkit.ca.x509 import IssuedIdentity
 from meshkit.errors import MeshError
 from meshkit.tls import TLSMaterial, client_context
 
 _SERVING = re.compile(r"serving mTLS on (?P<host>\S+):(?P<port>\d+), admin on \S+:(?P<admin>\d+)")
+_REGISTRY = re.compile(r"serving the Consul HTTP API on http://(?P<host>[^:/]+):(?P<port>\d+)")
 
 
-class ServiceProcess:
-    """``meshkit run`` in a subprocess: ``port`` and ``admin_port`` once started."""
+class MeshProcess:
+    """A ``python -m meshkit ...`` subprocess, ready once a line matches ``ready``.
+
+    Output of both streams is kept in ``lines``; ``match`` holds the ready line's match.
+    """
 
     def __init__(
         self,
-        target: str,
+        args: list[str],
         *,
-        service: str,
-        identity: IssuedIdentity | None = None,
-        identity_dir: Path | None = None,
+        ready: re.Pattern[str],
+        name: str,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
     ) -> None:
-        self.target = target
-        self.service = service
+        self.args = args
+        self.ready = ready
+        self.name = name
         self.env = dict(env or {})
         self.cwd = cwd
-        if identity is not None:
-            if identity_dir is None:
-                raise ValueError("identity_dir is required with identity")
-            cert, key, bundle = identity.write(identity_dir / service)
-            self.env.update(
-                MESHKIT_CERT_FILE=str(cert),
-                MESHKIT_KEY_FILE=str(key),
-                MESHKIT_BUNDLE_FILE=str(bundle),
-            )
         self.lines: list[str] = []
-        self.port = 0
-        self.admin_port = 0
+        self.match: re.Match[str] | None = None
         self._process: subprocess.Popen[str] | None = None
-        self._serving = threading.Event()
+        self._ready = threading.Event()
 
     @property
     def process(self) -> subprocess.Popen[str]:
         if self._process is None:
-            raise MeshError(f"{self.service} was not started")
+            raise MeshError(f"{self.name} was not started")
         return self._process
 
-    def start(self, *, timeout: float = 30.0) -> ServiceProcess:
-        env = {**os.environ, "MESHKIT_SERVICE": self.service, **self.env}
+    def start(self, *, timeout: float = 30.0) -> MeshProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self._ready.clear()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "meshkit", "run", self.target, "--log-level", "info"],
+            [sys.executable, "-m", "meshkit", *self.args],
             env=env,
             cwd=self.cwd,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        for stream in (self._process.stdout, self._process.stderr):
+            threading.Thread(target=self._read, args=(stream,), daemon=True).start()
         deadline = time.monotonic() + timeout
-        while not self._serving.wait(0.05):
+        while not self._ready.wait(0.05):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise MeshError(f"{self.service} did not start:\n" + "\n".join(self.lines[-20:]))
+                raise MeshError(f"{self.name} did not start:\n" + "\n".join(self.lines[-20:]))
         return self
 
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
+    def _read(self, stream: Any) -> None:
+        for line in stream:
             self.lines.append(line.rstrip("\n"))
-            match = _SERVING.search(line)
-            if match and not self._serving.is_set():
-                self.port = int(match["port"])
-                self.admin_port = int(match["admin"])
-                self._serving.set()
+            match = self.ready.search(line)
+            if match and not self._ready.is_set():
+                self.match = match
+                self._ready.set()
+        stream.close()
 
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 
     def kill(self) -> None:
-        """SIGKILL: the instance vanishes without deregistering (a crash)."""
+        """SIGKILL: the process vanishes without cleaning up (a crash)."""
         self.signal(signal.SIGKILL)
         self.process.wait()
 
@@ -117,8 +112,9 @@ class ServiceProcess:
             self._process.kill()
             return self._process.wait()
 
-    def __enter__(self) -> ServiceProcess:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
         self,
@@ -127,6 +123,68 @@ class ServiceProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class RegistryProcess(MeshProcess):
+    """``meshkit registry serve`` on an ephemeral port; ``address`` is host:port."""
+
+    def __init__(self, *, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(
+            ["registry", "serve", "--port", "0"], ready=_REGISTRY, name="registry", env=env
+        )
+
+    @property
+    def address(self) -> str:
+        assert self.match is not None
+        return f"{self.match['host']}:{self.match['port']}"
+
+
+class ServiceProcess(MeshProcess):
+    """``meshkit run MODULE:APP`` on ephemeral ports: ``port`` and ``admin_port`` once started.
+
+    With ``identity``, its certificate files are written under ``identity_dir/service``.
+    ``registry`` is the registry's host:port; without it the instance joins no registry.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        service: str,
+        identity: IssuedIdentity | None = None,
+        identity_dir: Path | None = None,
+        registry: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        settings_env = {"MESHKIT_SERVICE": service, "CONSUL_HTTP_ADDR": registry or ""}
+        if identity is not None:
+            if identity_dir is None:
+                raise ValueError("identity_dir is required with identity")
+            cert, key, bundle = identity.write(identity_dir / service)
+            settings_env.update(
+                MESHKIT_CERT_FILE=str(cert),
+                MESHKIT_KEY_FILE=str(key),
+                MESHKIT_BUNDLE_FILE=str(bundle),
+            )
+        super().__init__(
+            ["run", target, "--log-level", "info"],
+            ready=_SERVING,
+            name=service,
+            env={**settings_env, **(env or {})},
+            cwd=cwd,
+        )
+        self.service = service
+
+    @property
+    def port(self) -> int:
+        assert self.match is not None
+        return int(self.match["port"])
+
+    @property
+    def admin_port(self) -> int:
+        assert self.match is not None
+        return int(self.match["admin"])
 
 
 def context_for(identity: IssuedIdentity | None, bundle_pem: str) -> ssl.SSLContext:

@@ -1,0 +1,82 @@
+"""A ServiceApp in a real mesh: registered on startup, found by name, deregistered on
+SIGTERM — dev registry and services as real processes, py-consul as the observer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import consul
+import pytest
+
+from meshkit.ca.x509 import LocalAuthority
+from meshkit.testing import Connection, RegistryProcess, ServiceProcess, context_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def registry() -> Iterator[RegistryProcess]:
+    with RegistryProcess() as process:
+        yield process
+
+
+def _consul(registry: RegistryProcess) -> Any:
+    host, port = registry.address.split(":")
+    return consul.Consul(host=host, port=int(port))
+
+
+def _eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _service(
+    name: str, authority: LocalAuthority, tmp_path: Path, registry: RegistryProcess
+) -> ServiceProcess:
+    return ServiceProcess(
+        f"examples.hello.{name}:app",
+        service=name,
+        identity=authority.issue(name),
+        identity_dir=tmp_path,
+        registry=registry.address,
+        env={"MESHKIT_DEREGISTER_DELAY": "0.2", "MESHKIT_VERSION": "1.2.3"},
+    )
+
+
+def test_instance_registers_healthy_and_leaves_on_sigterm(
+    registry: RegistryProcess, authority: LocalAuthority, tmp_path: Path
+) -> None:
+    client = _consul(registry)
+    with _service("greeter", authority, tmp_path, registry) as greeter:
+
+        def passing() -> list[Any]:
+            return list(client.health.service("greeter", passing=True)[1])
+
+        _eventually(lambda: len(passing()) == 1)
+        entry = passing()[0]["Service"]
+        assert entry["Port"] == greeter.port
+        assert entry["Address"] == "127.0.0.1"
+        assert entry["Meta"]["spiffe_id"] == "spiffe://meshkit.local/ns/default/svc/greeter"
+        assert entry["Meta"]["admin_port"] == str(greeter.admin_port)
+        assert "version=1.2.3" in entry["Tags"]
+        assert greeter.stop() == 0
+    assert client.health.service("greeter")[1] == []
+
+
+def test_services_call_each_other_by_name(
+    registry: RegistryProcess, authority: LocalAuthority, tmp_path: Path
+) -> None:
+    with (
+        _service("greeter", authority, tmp_path, registry),
+        _service("frontend", authority, tmp_path, registry) as frontend,
+    ):
+        user = authority.issue("demo-user")
+        connection = Connection(frontend.port, context_for(user, authority.bundle_pem))
+        status, body = connection.get("/")
+        connection.close()
+    assert (status, body) == (200, {"frontend": "ok", "greeter said": "hello, frontend"})
