@@ -1,5 +1,6 @@
 """meshkit: a service mesh without sidecars for Python ASGI services."""
 
+from meshkit.app import ServiceApp
 from meshkit.errors import (
     CAError,
     CertificateError,
@@ -38,6 +39,7 @@ __all__ = [
     "RegistryUnavailable",
     "RequestError",
     "RetryBudgetExhausted",
+    "ServiceApp",
     "SpiffeId",
     "TLSMaterial",
     "peer_identity",

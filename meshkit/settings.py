@@ -104,10 +104,18 @@ class MeshSettings:
         return replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> MeshSettings:
-        """Settings from ``MESHKIT_*`` / ``CONSUL_HTTP_*``; ``overrides`` win over both."""
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        base: MeshSettings | None = None,
+        **overrides: Any,
+    ) -> MeshSettings:
+        """Settings from ``MESHKIT_*`` / ``CONSUL_HTTP_*`` over ``base`` (the code's defaults);
+        ``overrides`` win over both."""
         env = os.environ if environ is None else environ
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {} if base is None else _values(base)
+        from_environment: dict[str, str] = {}
         for name, (variable, parse) in _ENVIRONMENT.items():
             raw = env.get(variable)
             if raw is None or name in overrides:
@@ -116,11 +124,16 @@ class MeshSettings:
                 kwargs[name] = parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{variable}={raw!r}: {exc}") from None
+            from_environment[name] = raw
         kwargs.update(overrides)
         try:
             return cls(**kwargs)
         except ConfigError as exc:
-            raise ConfigError(_name_variable(str(exc), kwargs, overrides)) from None
+            raise ConfigError(_name_variable(str(exc), from_environment)) from None
+
+
+def _values(settings: MeshSettings) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
 
 
 def _check_port(name: str, port: int) -> None:
@@ -194,9 +207,9 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
 assert set(_ENVIRONMENT) == {f.name for f in fields(MeshSettings)}
 
 
-def _name_variable(message: str, kwargs: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+def _name_variable(message: str, from_environment: Mapping[str, str]) -> str:
     """Rewrite 'field: problem' as 'VARIABLE=value: problem' when the value came from env."""
     name, _, problem = message.partition(": ")
-    if name in kwargs and name not in overrides:
-        return f"{_ENVIRONMENT[name][0]}={kwargs[name]!s}: {problem}"
+    if name in from_environment:
+        return f"{_ENVIRONMENT[name][0]}={from_environment[name]}: {problem}"
     return message

@@ -66,3 +66,9 @@ def test_invalid_env_names_the_variable(env: dict[str, str], message: str) -> No
 def test_invalid_argument_names_the_argument() -> None:
     with pytest.raises(ConfigError, match=r"^port: must be a port number"):
         MeshSettings(port=-1)
+
+
+def test_env_wins_over_code_defaults() -> None:
+    base = MeshSettings(service="payments", port=8443)
+    settings = MeshSettings.from_env({"MESHKIT_PORT": "9443"}, base=base)
+    assert (settings.service, settings.port) == ("payments", 9443)

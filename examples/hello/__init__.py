@@ -1,0 +1,1 @@
+"""Two services, one calling the other over mTLS: ``python -m examples.hello``."""

@@ -1,0 +1,5 @@
+import sys
+
+from meshkit.cli import main
+
+sys.exit(main())

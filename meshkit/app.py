@@ -1,0 +1,190 @@
+"""ServiceApp: a Starlette application that is a member of the mesh.
+
+Its lifespan owns the mesh resources, in the order DESIGN.md gives: workload
+identity (certificate files or the CA) and the TLS contexts made from it, then
+registration, then readiness; and in reverse on the way out. The server
+(``meshkit.server``) asks the runtime for the listening TLS context, reports the
+bound ports, and flips readiness; the admin app answers ``/healthz``, ``/readyz``
+and ``/metrics`` on the plaintext admin port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+from starlette.types import Lifespan, Receive, Scope, Send
+
+from meshkit.errors import ConfigError, MeshError
+from meshkit.identity import SpiffeId
+from meshkit.settings import MeshSettings
+from meshkit.tls import FileIdentityWatcher, TLSContexts
+
+logger = logging.getLogger("meshkit.app")
+
+
+class MeshRuntime:
+    """The mesh side of one service instance: identity, readiness, admin endpoints."""
+
+    def __init__(self, settings: MeshSettings) -> None:
+        self.settings = settings
+        self.port = settings.port
+        self.admin_port = settings.admin_port
+        self.tls: TLSContexts | None = None
+        self.ready = False
+        self.startup_error: MeshError | None = None
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.admin_app = AdminApp(self)
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        return self.settings.spiffe_id
+
+    @property
+    def listening_context(self) -> ssl.SSLContext:
+        if self.tls is None:
+            raise ConfigError("the mesh runtime has no TLS identity (lifespan not started)")
+        return self.tls.listening_context
+
+    def check_identity_configured(self) -> None:
+        settings = self.settings
+        if settings.cert_file is None and settings.ca_url is None:
+            raise ConfigError(
+                "no workload identity: set MESHKIT_CERT_FILE, MESHKIT_KEY_FILE and "
+                "MESHKIT_BUNDLE_FILE, or MESHKIT_CA_URL and MESHKIT_CA_FINGERPRINT"
+            )
+
+    def bound(self, port: int, admin_port: int) -> None:
+        """The server reports the ports it actually listens on (they may be ephemeral)."""
+        self.port = port
+        self.admin_port = admin_port
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+
+    async def leave(self) -> None:
+        """Step out of the mesh before draining: give watchers time to drop this instance."""
+        await anyio.sleep(self.settings.deregister_delay)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Own the mesh resources for the life of the app."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._start_identity(tg)
+                yield
+                tg.cancel_scope.cancel()
+        except MeshError as exc:
+            self.startup_error = exc
+            logger.error("%s", exc)
+            raise
+
+    def _start_identity(self, tg: anyio.abc.TaskGroup) -> None:
+        settings = self.settings
+        if settings.cert_file and settings.key_file and settings.bundle_file:
+            watcher = FileIdentityWatcher(
+                settings.cert_file,
+                settings.key_file,
+                settings.bundle_file,
+                interval=settings.cert_reload_interval,
+            )
+            self.tls = TLSContexts(
+                watcher.load(), require_client_cert=settings.tls_mode == "strict"
+            )
+            tg.start_soon(watcher.watch, self.tls)
+
+
+class AdminApp:
+    """The plaintext admin port: ``/healthz``, ``/readyz`` and ``/metrics``, nothing else."""
+
+    def __init__(self, runtime: MeshRuntime) -> None:
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await _send(send, 405, {"error": "method not allowed"})
+        elif scope["path"] == "/healthz":
+            await _send(send, 200, {"status": "ok"})
+        elif scope["path"] == "/readyz":
+            ready = self.runtime.ready
+            await _send(send, 200 if ready else 503, {"ready": ready})
+        elif scope["path"] == "/metrics":
+            body = generate_latest(self.runtime.metrics_registry)
+            await _send_raw(send, 200, body, CONTENT_TYPE_LATEST.encode())
+        else:
+            await _send(send, 404, {"error": "not found"})
+
+
+async def _send(send: Send, status: int, payload: dict[str, Any]) -> None:
+    await _send_raw(send, status, json.dumps(payload).encode(), b"application/json")
+
+
+async def _send_raw(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _with_mesh(user_lifespan: Lifespan[Any] | None) -> Callable[[Any], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: ServiceApp) -> AsyncIterator[Any]:
+        async with app.mesh.running():
+            if user_lifespan is None:
+                yield None
+            else:
+                async with user_lifespan(app) as state:
+                    yield state
+
+    return lifespan
+
+
+class ServiceApp(Starlette):
+    """A Starlette app that registers in the mesh, serves mTLS and calls others by name.
+
+    Settings come from ``settings=`` when given; otherwise from the environment
+    (``MeshSettings.from_env``) over ``service=`` as the code's default name.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str | None = None,
+        settings: MeshSettings | None = None,
+        routes: Sequence[BaseRoute] | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        lifespan: Lifespan[Any] | None = None,
+        exception_handlers: dict[Any, Any] | None = None,
+        debug: bool = False,
+    ) -> None:
+        if settings is None:
+            base = MeshSettings(service=service) if service else None
+            settings = MeshSettings.from_env(base=base)
+        self.settings = settings
+        self.mesh = MeshRuntime(settings)
+        super().__init__(
+            debug=debug,
+            routes=routes,
+            middleware=middleware,
+            exception_handlers=exception_handlers,
+            lifespan=_with_mesh(lifespan),
+        )
+
+    def run(self, **overrides: Any) -> None:
+        """Serve this app (``meshkit run`` does the same); ``overrides`` are MeshSettings."""
+        from meshkit.server import serve
+
+        if overrides:
+            self.settings = self.settings.replace(**overrides)
+            self.mesh = MeshRuntime(self.settings)
+        serve(self)

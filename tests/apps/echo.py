@@ -1,0 +1,34 @@
+"""A small ServiceApp the server tests run with ``meshkit run tests.apps.echo:app``."""
+
+from __future__ import annotations
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from meshkit import ServiceApp, peer_identity
+
+
+async def whoami(request: Request) -> JSONResponse:
+    caller = peer_identity(request)
+    tls = request.scope.get("extensions", {}).get("tls")
+    if tls is None:
+        return JSONResponse({"caller": None, "tls_version": None})
+    return JSONResponse(
+        {
+            "caller": str(caller) if caller else None,
+            "tls_version": tls["tls_version"],
+            "cipher_suite": tls["cipher_suite"],
+            "client_cert_chain": len(tls["client_cert_chain"]),
+        }
+    )
+
+
+async def slow(request: Request) -> JSONResponse:
+    seconds = float(request.query_params.get("seconds", "1"))
+    await anyio.sleep(seconds)
+    return JSONResponse({"slept": seconds})
+
+
+app = ServiceApp(service="echo", routes=[Route("/whoami", whoami), Route("/slow", slow)])
