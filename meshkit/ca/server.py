@@ -15,12 +15,10 @@ sent, verified against the bundle during the handshake.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +39,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meshkit.ca.audit import AuditLog
 from meshkit.ca.authority import Authority, Issued
@@ -59,6 +56,7 @@ from meshkit.ca.x509 import (
 )
 from meshkit.errors import CAError, CARefused
 from meshkit.identity import SpiffeId
+from meshkit.server import MeshHttpToolsProtocol
 from meshkit.tls import TLSContexts, TLSMaterial
 
 logger = logging.getLogger("meshkit.ca")
@@ -315,34 +313,6 @@ class CAService:
         )
 
 
-class _ClientCertProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus the ASGI TLS extension in every request's scope.
-
-    The client certificate (verified in the handshake) is read once per connection.
-    Private stand-in until meshkit.server provides the shared one.
-    """
-
-    _tls: dict[object, object] | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is None:
-            return
-        der = ssl_object.getpeercert(binary_form=True)
-        chain = [ssl.DER_cert_to_PEM_cert(der)] if der else []
-        self._tls = {
-            "client_cert_chain": chain,
-            "tls_version": ssl_object.version(),
-            "cipher_suite": ssl_object.cipher()[0] if ssl_object.cipher() else None,
-        }
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._tls is not None:
-            self.scope["extensions"] = {"tls": self._tls}
-
-
 def server_material(authority: Authority, bundle_pem: str) -> TLSMaterial:
     """A fresh key and certificate for the CA's own HTTPS server."""
     key = new_private_key()
@@ -392,7 +362,7 @@ async def serve(
     )
     config = uvicorn.Config(
         service.app(),
-        http=_ClientCertProtocol,
+        http=MeshHttpToolsProtocol,
         ssl_context_factory=lambda _config, _default: contexts.listening_context,
         lifespan="off",
         log_level="warning",
