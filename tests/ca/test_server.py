@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -65,6 +66,27 @@ def test_sign_issues_the_token_identity(ca_server: CAProcess, ca_store: CAStore)
     )
     assert answer["chain"] == [answer["certificate"], certificate_pem(ca_store.intermediate)]
     assert dt.datetime.fromisoformat(answer["expires_at"]) == leaf.not_valid_after_utc
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_issued_certificates_pass_openssl_verify(
+    ca_server: CAProcess, ca_store: CAStore, tmp_path: Path
+) -> None:
+    _, _, answer = _sign(ca_server, ca_store, make_token(ca_store, "web"), _csr()[1])
+    (tmp_path / "leaf.pem").write_text(answer["chain"][0])
+    (tmp_path / "intermediate.pem").write_text(answer["chain"][1])
+    (tmp_path / "bundle.pem").write_text(answer["bundle"])
+    result = subprocess.run(
+        [
+            "openssl", "verify", "-purpose", "sslserver",
+            "-CAfile", str(tmp_path / "bundle.pem"),
+            "-untrusted", str(tmp_path / "intermediate.pem"),
+            str(tmp_path / "leaf.pem"),
+        ],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_replayed_token_is_refused(ca_server: CAProcess, ca_store: CAStore) -> None:
