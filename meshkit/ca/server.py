@@ -148,7 +148,9 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
 
 def _bearer(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
 def _client_certificate(request: Request) -> x509.Certificate | None:
