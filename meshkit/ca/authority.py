@@ -192,11 +192,12 @@ class Authority:
     ) -> Issued:
         """Sign, profile-check and verify a leaf for ``spiffe_id``; fail closed."""
         self.check_identity(spiffe_id)
-        return self._verified(self.issue_unchecked(request.public_key, spiffe_id, now=now))
+        leaf = self.issue_unchecked(request.public_key, spiffe_id, now=now)
+        return self._verified(leaf, request.public_key)
 
     def issue_server_certificate(self, public_key: PublicKey) -> Issued:
         """The CA's own HTTPS certificate, under the ID reserved for it."""
-        return self._verified(self.issue_unchecked(public_key, self.ca_id))
+        return self._verified(self.issue_unchecked(public_key, self.ca_id), public_key)
 
     def issue_unchecked(
         self, public_key: PublicKey, spiffe_id: SpiffeId, *, now: dt.datetime | None = None
@@ -210,7 +211,7 @@ class Authority:
             now=now,
         )
 
-    def _verified(self, leaf: x509.Certificate) -> Issued:
+    def _verified(self, leaf: x509.Certificate, public_key: PublicKey) -> Issued:
         try:
             spiffe_id = self.verify_svid(leaf)
         except CARefused as exc:
@@ -219,7 +220,7 @@ class Authority:
             certificate=leaf,
             spiffe_id=spiffe_id,
             chain_pem=(certificate_pem(leaf), self._issuer_pem),
-            public_key_sha256=public_key_sha256(leaf.public_key()),  # type: ignore[arg-type]
+            public_key_sha256=public_key_sha256(public_key),
         )
 
     def verify_svid(self, cert: x509.Certificate, *, now: dt.datetime | None = None) -> SpiffeId:
