@@ -26,6 +26,8 @@ from starlette.types import Lifespan, Receive, Scope, Send
 
 from meshkit.errors import ConfigError, MeshError
 from meshkit.identity import SpiffeId
+from meshkit.intentions import Intentions
+from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.settings import MeshSettings
 from meshkit.tls import FileIdentityWatcher, TLSContexts
 
@@ -43,6 +45,8 @@ class MeshRuntime:
         self.ready = False
         self.startup_error: MeshError | None = None
         self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.intentions = Intentions()
+        self.authorizer = Authorizer.from_settings(settings, intentions=self.intentions)
         self.admin_app = AdminApp(self)
 
     @property
@@ -178,6 +182,10 @@ class ServiceApp(Starlette):
             middleware=middleware,
             exception_handlers=exception_handlers,
             lifespan=_with_mesh(lifespan),
+        )
+        self.user_middleware.insert(
+            0,
+            Middleware(AuthzMiddleware, routes=self.router.routes, authorizer=self.mesh.authorizer),
         )
 
     def run(self, **overrides: Any) -> None:

@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "meshkit.server",
     "meshkit.ca.cli",
     "meshkit.registry.cli",
+    "meshkit.policy_cli",
 )
 
 

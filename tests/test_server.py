@@ -182,12 +182,16 @@ def test_permissive_mode_accepts_mtls_and_plaintext_on_one_port(
         assert secure.get("/whoami")[1]["caller"] == str(web.spiffe_id)
         secure.close()
         plain = http.client.HTTPConnection("127.0.0.1", process.port, timeout=10)
-        plain.request("GET", "/whoami")
+        plain.request("GET", "/public")
         response = plain.getresponse()
         assert (response.status, json.loads(response.read())) == (
             200,
             {"caller": None, "tls_version": None},
         )
+        # Plaintext is accepted, but an anonymous caller is still not a mesh identity.
+        plain.request("GET", "/whoami")
+        response = plain.getresponse()
+        assert (response.status, json.loads(response.read())["error"]) == (403, "denied")
         plain.close()
 
 

@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from meshkit import ServiceApp, peer_identity
+from meshkit.policy import allow
 
 
 async def whoami(request: Request) -> JSONResponse:
@@ -25,10 +26,18 @@ async def whoami(request: Request) -> JSONResponse:
     )
 
 
+@allow(anonymous=True, mesh=True)
+async def public(request: Request) -> JSONResponse:
+    return await whoami(request)
+
+
 async def slow(request: Request) -> JSONResponse:
     seconds = float(request.query_params.get("seconds", "1"))
     await anyio.sleep(seconds)
     return JSONResponse({"slept": seconds})
 
 
-app = ServiceApp(service="echo", routes=[Route("/whoami", whoami), Route("/slow", slow)])
+app = ServiceApp(
+    service="echo",
+    routes=[Route("/whoami", whoami), Route("/public", public), Route("/slow", slow)],
+)

@@ -1,0 +1,259 @@
+"""Central intentions: mesh-wide allow/deny rules source -> destination, watched live.
+
+Rules live in the registry's key/value store (Consul's KV API, which the dev registry
+serves too), one key per rule::
+
+    meshkit/intentions/<destination>/<source> = "allow" | "deny"
+
+``*`` stands for any service on either side. As in Consul, the most specific rule
+wins: exact destination and source, then exact destination with ``*`` source, then
+``*`` destination with exact source, then ``* -> *``. Sources are service names in
+the destination's trust domain and namespace; other callers match ``*`` rules only.
+
+``IntentionWatcher`` keeps an ``Intentions`` table current with blocking queries
+(``?index=&wait=``): a change reaches every service within one round trip. When the
+registry is unreachable the last rules stay in force and the watcher retries with
+backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import consul
+import requests
+from anyio.abc import TaskStatus
+
+from meshkit.errors import ConfigError, RegistryError, RegistryUnavailable
+from meshkit.settings import MeshSettings
+
+logger = logging.getLogger("meshkit.policy")
+
+INTENTIONS_PREFIX = "meshkit/intentions/"
+Action = Literal["allow", "deny"]
+ACTIONS: tuple[Action, ...] = ("allow", "deny")
+ANY = "*"
+T = TypeVar("T")
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True)
+class Intention:
+    """``source`` may (allow) or may not (deny) call ``destination``."""
+
+    source: str
+    destination: str
+    action: Action
+
+    def __post_init__(self) -> None:
+        for side in ("source", "destination"):
+            value = getattr(self, side)
+            if value != ANY and not _NAME.fullmatch(value):
+                raise ConfigError(f"intention {side} must be a service name or '*': {value!r}")
+        if self.action not in ACTIONS:
+            raise ConfigError(f"intention action must be allow or deny: {self.action!r}")
+
+    @property
+    def key(self) -> str:
+        return intention_key(self.source, self.destination)
+
+    def sort_key(self) -> tuple[str, str]:
+        return (self.destination, self.source)
+
+
+def intention_key(source: str, destination: str) -> str:
+    return f"{INTENTIONS_PREFIX}{destination}/{source}"
+
+
+class Intentions:
+    """The rules in force, replaced whole on each change; ``version`` counts changes."""
+
+    def __init__(self, rules: Iterable[Intention] = ()) -> None:
+        self.version = 0
+        self._table: dict[tuple[str, str], Action] = {}
+        self.replace(rules)
+
+    def replace(self, rules: Iterable[Intention]) -> None:
+        # A new dict swapped in one assignment: readers never see half an update.
+        self._table = {(rule.destination, rule.source): rule.action for rule in rules}
+        self.version += 1
+
+    def action(self, source: str | None, destination: str) -> Action | None:
+        """The most specific rule for ``source`` (None: not a local service name)."""
+        table = self._table
+        if not table:
+            return None
+        sources = (source, ANY) if source is not None else (ANY,)
+        for dest in (destination, ANY):
+            for src in sources:
+                found = table.get((dest, src))
+                if found is not None:
+                    return found
+        return None
+
+    def __iter__(self) -> Iterator[Intention]:
+        rules = (Intention(s, d, a) for (d, s), a in self._table.items())
+        return iter(sorted(rules, key=Intention.sort_key))
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+def consul_client(settings: MeshSettings) -> consul.Consul:
+    """A py-consul client for ``settings.consul_http_addr`` (``host:port`` or a URL)."""
+    if not settings.consul_http_addr:
+        raise ConfigError("consul_http_addr: no registry address (set CONSUL_HTTP_ADDR)")
+    address = settings.consul_http_addr
+    parts = urlsplit(address if "//" in address else f"//{address}")
+    try:
+        port = parts.port or 8500
+    except ValueError as exc:
+        raise ConfigError(f"consul_http_addr: {address!r}: {exc}") from exc
+    client = consul.Consul(
+        host=parts.hostname or "127.0.0.1", port=port, scheme=parts.scheme or "http", verify=True
+    )
+    # py-consul lets CONSUL_HTTP_TOKEN override its argument; only settings decide here.
+    client.token = settings.consul_token
+    return client
+
+
+class IntentionStore:
+    """Intentions in the registry's KV store: the one boundary to py-consul errors."""
+
+    def __init__(self, client: consul.Consul) -> None:
+        self._client = client
+
+    def set(self, intention: Intention) -> None:
+        self._call(self._client.kv.put, intention.key, intention.action)
+
+    def delete(self, source: str, destination: str) -> None:
+        Intention(source, destination, "deny")  # validates both names
+        self._call(self._client.kv.delete, intention_key(source, destination))
+
+    def rules(self) -> list[Intention]:
+        return self.fetch()[1]
+
+    def fetch(self, index: int = 0, wait: str | None = None) -> tuple[int, list[Intention]]:
+        """The rules and the KV index; with ``index``, block up to ``wait`` for a change."""
+        raw_index, items = self._call(
+            self._client.kv.get, INTENTIONS_PREFIX, index=index or None, wait=wait, recurse=True
+        )
+        return int(raw_index), sorted(_parse_items(items or ()), key=Intention.sort_key)
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except requests.RequestException as exc:
+            where = getattr(self._client.http, "base_uri", "")
+            raise RegistryUnavailable(
+                f"registry unreachable at {where} ({type(exc).__name__})"
+            ) from exc
+        except consul.ConsulException as exc:
+            raise RegistryError(f"registry refused an intentions request: {exc}") from exc
+
+
+def _parse_items(items: Iterable[dict[str, Any]]) -> Iterator[Intention]:
+    for item in items:
+        key: str = item["Key"]
+        value = (item.get("Value") or b"").decode(errors="replace").strip().lower()
+        destination, _, source = key[len(INTENTIONS_PREFIX) :].partition("/")
+        try:
+            yield Intention(source, destination, value)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            logger.warning("ignoring intention key %s: %s", key, exc)
+
+
+class IntentionWatcher:
+    """Keeps ``intentions`` equal to the registry's rules, by blocking queries.
+
+    Run ``run`` in the service's task group (``await tg.start(watcher.run)`` returns once
+    the first load succeeded or failed); cancel the group to stop it.
+    """
+
+    def __init__(
+        self,
+        store: IntentionStore,
+        intentions: Intentions,
+        *,
+        wait: float = 10.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.intentions = intentions
+        self._wait = f"{max(1, round(wait))}s"
+        self._max_backoff = max_backoff
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        index, failures, started = 0, 0, False
+        while True:
+            began, blocking = time.monotonic(), index != 0
+            try:
+                new_index, rules = await in_daemon_thread(
+                    functools.partial(self.store.fetch, index, self._wait)
+                )
+                index, failures = self._apply(index, new_index, rules), 0
+            except RegistryError as exc:
+                index, failures = 0, failures + 1
+                logger.warning("intentions: %s (keeping %d rules)", exc, len(self.intentions))
+            if not started:
+                task_status.started()
+                started = True
+            await anyio.sleep(self._pause(failures, blocking and time.monotonic() - began < 0.01))
+
+    def _pause(self, failures: int, answered_at_once: bool) -> float:
+        if failures:
+            return _backoff(failures, self._max_backoff)
+        # A registry that answers a blocking query at once must not make us spin.
+        return 0.05 if answered_at_once else 0.0
+
+    def _apply(self, old_index: int, new_index: int, rules: list[Intention]) -> int:
+        if (new_index != old_index or old_index == 0) and rules != list(self.intentions):
+            self.intentions.replace(rules)
+            logger.info("intentions: %d rules in force (index %d)", len(rules), new_index)
+        # Consul: an index that went backwards (a restored store) means start over.
+        return 0 if new_index < old_index else max(new_index, 1)
+
+
+async def in_daemon_thread(call: Callable[[], T]) -> T:
+    """``call()`` in a daemon thread of its own, awaited; cancelling abandons it.
+
+    Not ``anyio.to_thread``: its workers are joined at interpreter exit, so an abandoned
+    blocking query would hold up a stopping process for its whole wait. It also keeps
+    long-held queries out of the shared worker pool.
+    """
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        # RunFinishedError: the event loop is gone, so nobody is waiting any more.
+        with contextlib.suppress(anyio.RunFinishedError):
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=target, name="meshkit-intentions", daemon=True).start()
+    await done.wait()
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _backoff(failures: int, ceiling: float) -> float:
+    return random.uniform(0.5, 1.0) * min(ceiling, 0.5 * 2.0 ** min(failures, 10))

@@ -1,0 +1,118 @@
+"""`meshkit intentions ...` and `meshkit policy export` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any, cast
+
+from starlette.routing import BaseRoute
+
+from meshkit.errors import ConfigError
+from meshkit.intentions import Intention, IntentionStore, consul_client
+from meshkit.policy import policy_manifest
+from meshkit.settings import DefaultPolicy, MeshSettings
+
+
+def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    intentions = subparsers.add_parser(
+        "intentions", help="mesh-wide allow/deny rules source -> destination (in the registry)"
+    )
+    actions = intentions.add_subparsers(dest="intentions_command", metavar="ACTION", required=True)
+    for action in ("allow", "deny"):
+        parser = actions.add_parser(action, help=f"{action} calls from SOURCE to DESTINATION")
+        _add_pair(parser)
+        parser.set_defaults(handler=_set_intention, action=action)
+    delete = actions.add_parser("delete", help="remove the rule SOURCE -> DESTINATION")
+    _add_pair(delete)
+    delete.set_defaults(handler=_delete_intention)
+    listing = actions.add_parser("list", help="print the rules in force")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=_list_intentions)
+
+    policy = subparsers.add_parser("policy", help="handler policies")
+    policy_actions = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    export = policy_actions.add_parser(
+        "export", help="print every route of module:app with its effective policies (JSON)"
+    )
+    export.add_argument("app", help="the application, as module:attribute")
+    export.add_argument(
+        "--default-policy",
+        choices=("allow-mesh", "deny"),
+        help="the mesh default to assume (default: the app's, else MESHKIT_DEFAULT_POLICY)",
+    )
+    export.set_defaults(handler=_export)
+
+
+def _add_pair(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="calling service name, or * for any")
+    parser.add_argument("destination", help="called service name, or * for any")
+
+
+def _store() -> IntentionStore:
+    return IntentionStore(consul_client(MeshSettings.from_env()))
+
+
+def _set_intention(args: argparse.Namespace) -> int:
+    intention = Intention(args.source, args.destination, args.action)
+    _store().set(intention)
+    print(f"{intention.source} -> {intention.destination}: {intention.action}")
+    return 0
+
+
+def _delete_intention(args: argparse.Namespace) -> int:
+    _store().delete(args.source, args.destination)
+    print(f"{args.source} -> {args.destination}: deleted")
+    return 0
+
+
+def _list_intentions(args: argparse.Namespace) -> int:
+    rules = _store().rules()
+    if args.json:
+        as_dicts = [
+            {"source": r.source, "destination": r.destination, "action": r.action} for r in rules
+        ]
+        print(json.dumps(as_dicts, indent=2))
+        return 0
+    if not rules:
+        print("no intentions")
+    for rule in rules:
+        print(f"{rule.source} -> {rule.destination}: {rule.action}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    routes = cast(list[BaseRoute], getattr(app, "routes", None))
+    if routes is None:
+        raise ConfigError(f"{args.app} has no routes (expected a Starlette or FastAPI app)")
+    # A ServiceApp carries its settings; any other app is described with the environment's.
+    settings = getattr(app, "settings", None)
+    if not isinstance(settings, MeshSettings):
+        settings = MeshSettings.from_env()
+    default: DefaultPolicy = args.default_policy or settings.default_policy
+    manifest = policy_manifest(routes, default_policy=default, service=settings.service)
+    json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def load_app(reference: str) -> object:
+    """Import ``module:attribute`` (dots allowed in the attribute), from the current dir."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"expected module:attribute, got {reference!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise ConfigError(f"{module_name} has no attribute {attribute}") from exc
+    return target
