@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import shutil
 import socket
@@ -10,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -275,3 +277,30 @@ def test_serve_refuses_a_world_readable_key(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "intermediate-key.pem" in lines[0] and "chmod 600" in lines[0]
+
+
+def test_a_certificate_that_expires_on_a_kept_alive_connection_cannot_renew(
+    tmp_path: Path,
+) -> None:
+    store = init_ca(tmp_path / "ca", "example.org")
+    ca = CAProcess(store.directory, "--leaf-ttl", "2s").start()
+    try:
+        key_pem, csr = _csr()
+        _, _, answer = _sign(ca, store, make_token(store, "web"), csr)
+        chain = _identity_files(tmp_path, key_pem, answer["chain"])
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", ca.port, context=trusting(store.bundle_pem, client_chain=chain)
+        )
+        body = json.dumps({"csr": _csr()[1]})
+        connection.request("POST", "/v1/renew", body=body)
+        first = connection.getresponse()
+        assert first.status == 200 and json.loads(first.read())["spiffe_id"] == answer["spiffe_id"]
+        expires = dt.datetime.fromisoformat(answer["expires_at"])
+        time.sleep(max(0.0, (expires - utcnow()).total_seconds()) + 0.2)
+        # Same connection: the handshake was valid, the certificate no longer is.
+        connection.request("POST", "/v1/renew", body=body)
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read())["reason"]) == (403, "cert_expired")
+        connection.close()
+    finally:
+        ca.stop()
