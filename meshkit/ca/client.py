@@ -11,14 +11,12 @@ exchange (h11 over an anyio TLS stream): no pool, no dependency on the mesh clie
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import random
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -174,10 +172,11 @@ class CAIdentity:
             contexts.update(await self._renew_until_done(material))
 
     async def _renew_until_done(self, material: TLSMaterial) -> TLSMaterial:
-        for attempt in itertools.count():
+        attempt = 0
+        while True:
             try:
                 if material.not_after <= time.time() and self.settings.join_token:
-                    return await self.enroll()
+                    return await self.enroll()  # a multi-use token can re-enroll
                 return await self.renew(material)
             except MeshError as exc:
                 delay = _backoff(attempt, material)
@@ -189,7 +188,7 @@ class CAIdentity:
                     delay,
                 )
                 await anyio.sleep(delay)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     async def _request_certificate(
         self,
@@ -231,14 +230,6 @@ class CAIdentity:
         write_private(self.directory / KEY_FILE, material.key_pem)
         write_private(self.directory / CERT_FILE, material.chain_pem)
         write_private(self.directory / BUNDLE_FILE, material.bundle_pem)
-
-    @property
-    def paths(self) -> tuple[Path, Path, Path]:
-        return (
-            self.directory / CERT_FILE,
-            self.directory / KEY_FILE,
-            self.directory / BUNDLE_FILE,
-        )
 
 
 def _backoff(attempt: int, material: TLSMaterial) -> float:
