@@ -95,8 +95,6 @@ def _serve(args: argparse.Namespace) -> int:
             max_concurrency=args.max_concurrency,
             on_listening=listening,
         ),
-        # uvloop also sets TCP_NODELAY on accepted sockets; asyncio skips it for sockets
-        # from socket.create_server (proto 0), and Nagle then stalls each answer ~40 ms.
         backend_options={"use_uvloop": True},
     )
     return 0

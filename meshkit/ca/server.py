@@ -333,9 +333,14 @@ async def _rotate_server_certificate(
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        sock = socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
         raise CAError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    # Accepted sockets inherit it. asyncio only sets TCP_NODELAY itself for sockets made
+    # with proto=IPPROTO_TCP, and create_server uses 0: without this, Nagle and delayed
+    # ACKs stall every response written in two parts (headers, body) by ~40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 async def serve(
