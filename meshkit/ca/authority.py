@@ -93,6 +93,8 @@ class Authority:
         if leaf_ttl <= dt.timedelta(0):
             raise CAError("leaf TTL must be positive")
         self.trust_domain = ca_trust_domain(issuer)
+        #: The SPIFFE ID of the CA's own HTTPS server (validated once, compared per request).
+        self.ca_id = SpiffeId.for_service(self.trust_domain, CA_NAMESPACE, CA_SERVICE)
         self.issuer = issuer
         self.leaf_ttl = leaf_ttl
         self._issuer_key = issuer_key
@@ -108,11 +110,6 @@ class Authority:
             roots=[store.root],
             leaf_ttl=leaf_ttl,
         )
-
-    @property
-    def ca_id(self) -> SpiffeId:
-        """The SPIFFE ID of the CA's own HTTPS server."""
-        return SpiffeId.for_service(self.trust_domain, CA_NAMESPACE, CA_SERVICE)
 
     @property
     def not_after(self) -> dt.datetime:
