@@ -53,3 +53,72 @@ class EndpointSource(Protocol):
     def endpoints(self, service: str) -> Sequence[Endpoint] | None: ...
 
     async def prime(self, service: str) -> Sequence[Endpoint]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckState:
+    """One health check of an instance, as the registry last saw it."""
+
+    name: str
+    status: str  # "passing", "warning" or "critical"
+    output: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHealth:
+    """A registered instance with its check states, healthy or not (for operators)."""
+
+    instance_id: str
+    service: str
+    address: str
+    port: int
+    version: str | None = None
+    checks: Sequence[CheckState] = ()
+
+    @property
+    def status(self) -> str:
+        """The worst check state; an instance without checks is passing."""
+        order = ("passing", "warning", "critical")
+        worst = max((order.index(c.status) for c in self.checks if c.status in order), default=0)
+        return order[worst]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSummary:
+    name: str
+    healthy: int
+    total: int
+
+
+class Registry(Protocol):
+    """A service registry backend (Consul, or anything speaking its API).
+
+    Every method may raise ``RegistryUnavailable`` (not reachable) or ``RegistryError``
+    (reached, but refused).
+    """
+
+    async def register(self, instance: InstanceRegistration) -> None:
+        """Register (or re-register) the instance with its TTL and HTTP checks, passing."""
+        ...
+
+    async def heartbeat(self, instance_id: str) -> bool:
+        """Pass the instance's TTL check; False when the registry no longer knows it."""
+        ...
+
+    async def deregister(self, instance_id: str) -> None:
+        """Remove the instance; removing an unknown instance is not an error."""
+        ...
+
+    async def healthy_endpoints(
+        self, service: str, *, index: int = 0, wait: float = 30.0
+    ) -> tuple[int, Sequence[Endpoint]]:
+        """The passing instances and the registry's index for them.
+
+        With ``index`` > 0 this is a blocking query: it answers when the list may have
+        changed past ``index``, or after ``wait`` seconds.
+        """
+        ...
+
+    async def services(self) -> Sequence[ServiceSummary]: ...
+
+    async def instances(self, service: str) -> Sequence[InstanceHealth]: ...

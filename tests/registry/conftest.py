@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import anyio
+import consul
+import pytest
+
+from meshkit.registry.base import InstanceRegistration
+from meshkit.registry.dev.agent import DevAgent
+from meshkit.registry.dev.api import DevRegistryApp
+from meshkit.registry.dev.serve import RegistryServer, bind
+
+
+class ThreadedRegistry:
+    """The dev registry served by uvicorn in a thread, on a real 127.0.0.1 socket."""
+
+    def __init__(self, port: int = 0, **agent_options: Any) -> None:
+        self.port = port
+        self.agent_options = agent_options
+        self.agent: DevAgent | None = None
+        self._server: RegistryServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedRegistry:
+        sock = bind("127.0.0.1", self.port)
+        self.port = sock.getsockname()[1]
+        self.agent = DevAgent(**self.agent_options)
+        self._server = RegistryServer(DevRegistryApp(self.agent))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "dev registry did not start"
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._server = self._thread = None
+
+    def client(self) -> Any:
+        return consul.Consul(host="127.0.0.1", port=self.port)
+
+
+@pytest.fixture
+def registry() -> Iterator[ThreadedRegistry]:
+    server = ThreadedRegistry().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(registry: ThreadedRegistry) -> Any:
+    return registry.client()
+
+
+class HealthzServer:
+    """A plain HTTP server answering /healthz with a status the test controls."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = b"ok" if owner.status == 200 else b"unhealthy"
+                self.send_response(owner.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def healthz() -> Iterator[HealthzServer]:
+    server = HealthzServer()
+    yield server
+    server.close()
+
+
+def instance(
+    service: str = "payments", number: int = 1, *, admin_port: int = 9, **changes: Any
+) -> InstanceRegistration:
+    options: dict[str, Any] = {
+        "service": service,
+        "instance_id": f"{service}-{number}",
+        "address": "127.0.0.1",
+        "port": 8000 + number,
+        "admin_port": admin_port,
+        "spiffe_id": f"spiffe://meshkit.local/ns/default/svc/{service}",
+        "version": "1.2.0",
+    }
+    options.update(changes)
+    return InstanceRegistration(**options)
+
+
+def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(interval)
+
+
+async def eventually(predicate: Any, *, within: float = 5.0, in_thread: bool = False) -> None:
+    """Poll ``predicate`` (in a worker thread if it blocks) until true, at most ``within`` s."""
+    with anyio.fail_after(within):
+        # Polling fits here: the state lives in another thread or process.
+        while not (await anyio.to_thread.run_sync(predicate) if in_thread else predicate()):  # noqa: ASYNC110
+            await anyio.sleep(0.02)
