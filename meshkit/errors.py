@@ -5,6 +5,7 @@
     ├── IdentityError               a malformed SPIFFE ID, or a peer without one
     ├── CertificateError            unusable certificate, key or trust bundle
     ├── CAError                     the CA refused or could not be reached
+    │   └── CARefused               the CA refused a request; ``reason`` says why
     ├── RegistryError
     │   └── RegistryUnavailable     the registry did not answer
     ├── PolicyDenied                an authorization policy refused the caller
@@ -42,6 +43,14 @@ class CertificateError(MeshError):
 
 class CAError(MeshError):
     """The certificate authority refused a request or could not be reached."""
+
+
+class CARefused(CAError):
+    """The CA refused a request; ``reason`` is a short code (audit log, metrics, API)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RegistryError(MeshError):

@@ -1,10 +1,133 @@
-"""`meshkit ca ...` subcommands."""
+"""`meshkit ca ...` subcommands: init, serve, token create, bootstrap."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import re
+import sys
+from pathlib import Path
 from typing import Any
+
+import anyio
+
+from meshkit.errors import CAError, ConfigError, IdentityError
+from meshkit.identity import SpiffeId
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90s``, ``10m``, ``24h``, ``7d`` or plain seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive duration like 30s, 10m, 24h: {text!r}")
+    return dt.timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register the `ca` subcommands (not yet built)."""
+    """Register ``meshkit ca init|serve|token create|bootstrap``."""
+    ca = subparsers.add_parser("ca", help="run and use the mesh certificate authority")
+    commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
+
+    init = commands.add_parser("init", help="create a root and an intermediate CA in DIR")
+    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument("--trust-domain", required=True)
+    init.set_defaults(handler=_init)
+
+    serve = commands.add_parser("serve", help="serve the CA's HTTPS API")
+    serve.add_argument("--dir", type=Path, required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument("--leaf-ttl", type=parse_duration, default=dt.timedelta(hours=24))
+    serve.add_argument("--max-concurrency", type=int, default=256)
+    serve.add_argument(
+        "--dev", action="store_true", help="sign any identity without a token (demos only)"
+    )
+    serve.set_defaults(handler=_serve)
+
+    token = commands.add_parser("token", help="join tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    create = token_commands.add_parser("create", help="a join token bound to one service")
+    create.add_argument("--dir", type=Path, required=True)
+    create.add_argument("--service", required=True)
+    create.add_argument("--namespace", default="default")
+    create.add_argument("--ttl", type=parse_duration, default=dt.timedelta(minutes=10))
+    create.add_argument("--uses", type=int, default=1)
+    create.set_defaults(handler=_token_create)
+
+    bootstrap = commands.add_parser("bootstrap", help="fetch the trust bundle, pinned")
+    bootstrap.add_argument("--url", required=True)
+    bootstrap.add_argument("--fingerprint", required=True, help="sha256:<hex> of the root")
+    bootstrap.add_argument("--out", type=Path, required=True)
+    bootstrap.set_defaults(handler=_bootstrap)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from meshkit.ca.store import init_ca
+
+    store = init_ca(args.dir, args.trust_domain)
+    print(f"CA for trust domain {store.trust_domain} created in {args.dir}", file=sys.stderr)
+    print(store.root_fingerprint)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from meshkit.ca.server import DEV_WARNING, serve
+    from meshkit.ca.store import CAStore
+
+    store = CAStore.open(args.dir)
+    if args.dev:
+        print(DEV_WARNING, file=sys.stderr, flush=True)
+
+    def listening(host: str, port: int) -> None:
+        print(f"meshkit CA listening on https://{host}:{port}", flush=True)
+        print(f"root fingerprint {store.root_fingerprint}", flush=True)
+
+    anyio.run(
+        lambda: serve(
+            store,
+            host=args.host,
+            port=args.port,
+            dev=args.dev,
+            leaf_ttl=args.leaf_ttl,
+            max_concurrency=args.max_concurrency,
+            on_listening=listening,
+        ),
+        backend_options={"use_uvloop": True},
+    )
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from meshkit.ca.authority import CA_NAMESPACE, CA_SERVICE
+    from meshkit.ca.store import CAStore
+    from meshkit.ca.tokens import TokenStore
+
+    store = CAStore.open(args.dir)
+    try:
+        spiffe_id = SpiffeId.for_service(store.trust_domain, args.namespace, args.service)
+    except IdentityError as exc:
+        raise ConfigError(f"--service/--namespace: {exc}") from exc
+    if (args.namespace, args.service) == (CA_NAMESPACE, CA_SERVICE):
+        raise CAError(f"{spiffe_id} is reserved for the CA itself")
+    if args.uses < 1:
+        raise ConfigError("--uses must be at least 1")
+    tokens = TokenStore(store.tokens_path)
+    try:
+        token = tokens.create(spiffe_id, ttl=args.ttl.total_seconds(), uses=args.uses)
+    finally:
+        tokens.close()
+    print(f"join token for {spiffe_id}, {args.uses} use(s), expires in {args.ttl}")
+    print(token)
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from meshkit.ca.client import fetch_bundle
+
+    bundle = anyio.run(lambda: fetch_bundle(args.url, args.fingerprint))
+    args.out.write_text(bundle)
+    print(f"trust bundle pinned to {args.fingerprint} written to {args.out}", file=sys.stderr)
+    return 0

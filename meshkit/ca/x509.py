@@ -10,6 +10,7 @@ tests, examples and the CA daemon's signing core.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import secrets
@@ -19,8 +20,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
+from meshkit.errors import CertificateError, IdentityError
 from meshkit.identity import SpiffeId
 
 PrivateKey = ec.EllipticCurvePrivateKey
@@ -58,18 +60,24 @@ def _ca_key_usage() -> x509.KeyUsage:
     )
 
 
-def _leaf_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+# A leaf's fixed extensions are immutable values: built once, not per certificate
+# (the CA issues thousands per second).
+_LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+_LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_EXTENDED_KEY_USAGE = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
+_EMPTY_NAME = x509.Name([])
 
 
 def build_ca_certificate(
@@ -133,31 +141,157 @@ def build_leaf_certificate(
     not_after = min(now + ttl, issuer_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
+        .subject_name(_EMPTY_NAME)
         .issuer_name(issuer_cert.subject)
         .public_key(public_key)
         .serial_number(_serial())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_leaf_key_usage(), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+        .add_extension(_LEAF_KEY_USAGE, critical=True)
+        .add_extension(_LEAF_EXTENDED_KEY_USAGE, critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
+        .add_extension(_authority_key_id(issuer_cert), critical=False)
     )
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+@functools.lru_cache(maxsize=16)
+def _authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    # RFC 5280 4.2.1.1: a leaf's AKI is its issuer's SKI. Cached: the issuer rarely changes.
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def build_csr(key: PrivateKey, spiffe_id: SpiffeId | None = None) -> x509.CertificateSigningRequest:
+    """A CSR proving possession of ``key``. It names no identity (the CA takes that from the
+    join token) unless ``spiffe_id`` is given, which only a CA in dev mode accepts."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_EMPTY_NAME)
+    if spiffe_id is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]),
+            critical=True,
+        )
+    return builder.sign(key, hashes.SHA256())
+
+
+def csr_pem(csr: x509.CertificateSigningRequest) -> str:
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def check_svid(cert: x509.Certificate, *, issuer: x509.Certificate) -> SpiffeId:
+    """Check ``cert`` against the X.509-SVID leaf profile; return its SPIFFE ID.
+
+    Raises ``CertificateError`` naming the first rule broken. Run on every certificate the
+    CA issues before it leaves the process (fail closed), and by tests.
+    """
+    # One pass over the extensions: get_extension_for_class scans them all each call.
+    extensions = {extension.oid: extension for extension in cert.extensions}
+    try:
+        _check_svid(cert, issuer, extensions)
+        return _svid_identity(cert, extensions[ExtensionOID.SUBJECT_ALTERNATIVE_NAME])
+    except KeyError as exc:
+        raise CertificateError(f"SVID lacks a required extension: {exc.args[0]._name}") from exc
+
+
+def _check_svid(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    extensions: dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]],
+) -> None:
+    if cert.version is not x509.Version.v3:
+        raise CertificateError("SVID must be an X.509 v3 certificate")
+    public_key = cert.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise CertificateError("SVID key must be ECDSA P-256")
+    constraints = extensions[ExtensionOID.BASIC_CONSTRAINTS]
+    if not constraints.critical or constraints.value != _LEAF_BASIC_CONSTRAINTS:
+        raise CertificateError("SVID must carry a critical basicConstraints with cA=false")
+    usage = extensions[ExtensionOID.KEY_USAGE]
+    if not usage.critical or usage.value != _LEAF_KEY_USAGE:
+        raise CertificateError("SVID keyUsage must be critical digitalSignature only")
+    extended = extensions[ExtensionOID.EXTENDED_KEY_USAGE].value
+    if not {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(extended):  # type: ignore[call-overload]
+        raise CertificateError("SVID extendedKeyUsage must hold serverAuth and clientAuth")
+    extensions[ExtensionOID.SUBJECT_KEY_IDENTIFIER]
+    authority = extensions[ExtensionOID.AUTHORITY_KEY_IDENTIFIER].value
+    issuer_id = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    if authority.key_identifier != issuer_id.digest:  # type: ignore[attr-defined]
+        raise CertificateError("SVID authorityKeyIdentifier does not name its issuer")
+    if cert.not_valid_after_utc > issuer.not_valid_after_utc:
+        raise CertificateError("SVID must not outlive its issuer")
+
+
+def _svid_identity(cert: x509.Certificate, san: x509.Extension[x509.ExtensionType]) -> SpiffeId:
+    if len(cert.subject) == 0 and not san.critical:
+        raise CertificateError("SVID with an empty subject must mark its SAN critical")
+    names = san.value
+    assert isinstance(names, x509.SubjectAlternativeName)
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1 or len(names) != 1:
+        raise CertificateError("SVID must hold exactly one SAN, a SPIFFE ID URI")
+    try:
+        return SpiffeId.parse(uris[0])
+    except IdentityError as exc:
+        raise CertificateError(f"SVID URI SAN is not a SPIFFE ID: {exc}") from exc
+
+
+def ca_trust_domain(cert: x509.Certificate) -> str:
+    """The trust domain a meshkit CA certificate names in its ``spiffe://<td>`` URI SAN."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise CertificateError("CA certificate names no trust domain") from exc
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith("spiffe://") and "/" not in uri[len("spiffe://") :]:
+            return uri[len("spiffe://") :]
+    raise CertificateError("CA certificate names no spiffe:// trust domain")
+
+
+def public_key_sha256(public_key: PublicKey) -> str:
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo (what the audit log records)."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def load_certificates(pem: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM text, in order; ``CertificateError`` if none or invalid."""
+    try:
+        certificates = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError as exc:
+        raise CertificateError(f"not valid PEM certificates: {exc}") from exc
+    return certificates
+
+
+def load_private_key(pem: str) -> PrivateKey:
+    """An unencrypted PEM ECDSA key; ``CertificateError`` for anything else."""
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise CertificateError(f"private key is not valid unencrypted PEM: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError("private key is not an ECDSA key")
+    return key
+
+
+def renewal_time(cert: x509.Certificate, fraction: float = 0.5) -> float:
+    """Unix time at ``fraction`` of a leaf's lifetime, counted from its issuance.
+
+    Issuance is ``notBefore + BACKDATE`` (our CA backdates by that much for clock skew);
+    counting from notBefore would put the half-life of a short-lived leaf in the past.
+    """
+    not_before = cert.not_valid_before_utc.timestamp()
+    not_after = cert.not_valid_after_utc.timestamp()
+    issued = min(not_before + BACKDATE.total_seconds(), not_after)
+    return issued + (not_after - issued) * fraction
 
 
 def certificate_pem(cert: x509.Certificate) -> str:

@@ -1,0 +1,325 @@
+"""The CA client every ServiceApp uses: bootstrap trust, enroll, store, renew forever.
+
+Trust starts from one pin, the root's SHA-256 fingerprint (``MESHKIT_CA_FINGERPRINT``):
+the root is fetched over an unauthenticated connection and accepted only if it hashes
+to the pin; every later request verifies the CA server's chain against it and checks
+the server holds the CA's SPIFFE ID. The private key is generated here and never sent.
+
+HTTP is a few requests per certificate lifetime, so each is one short HTTP/1.1
+exchange (h11 over an anyio TLS stream): no pool, no dependency on the mesh client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import h11
+from anyio.streams.tls import TLSAttribute, TLSStream
+from cryptography import x509
+
+from meshkit.ca.authority import CA_NAMESPACE, CA_SERVICE
+from meshkit.ca.x509 import (
+    build_csr,
+    ca_trust_domain,
+    certificate_pem,
+    csr_pem,
+    fingerprint,
+    load_certificates,
+    new_private_key,
+    private_key_pem,
+    renewal_time,
+    write_private,
+)
+from meshkit.errors import CAError, CARefused, CertificateError, ConfigError, MeshError
+from meshkit.identity import SpiffeId, identity_from_certificate
+from meshkit.settings import MeshSettings
+from meshkit.tls import TLSContexts, TLSMaterial, client_context
+
+logger = logging.getLogger("meshkit.ca.client")
+_MAX_RESPONSE = 1024 * 1024
+REQUEST_TIMEOUT = 10.0  # seconds for one whole exchange: connect, TLS, request, answer
+CERT_FILE = "svid.pem"
+KEY_FILE = "svid-key.pem"
+BUNDLE_FILE = "bundle.pem"
+
+
+def ca_identity(trust_domain: str) -> SpiffeId:
+    return SpiffeId.for_service(trust_domain, CA_NAMESPACE, CA_SERVICE)
+
+
+def normalize_fingerprint(pin: str) -> str:
+    """``sha256:<64 hex>`` in lower case (colons between bytes tolerated)."""
+    digest = pin.strip().lower().removeprefix("sha256:").replace(":", "")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ConfigError(f"CA fingerprint must be sha256:<64 hex digits>, got {pin!r}")
+    return "sha256:" + digest
+
+
+def _trusting(bundle_pem: str) -> ssl.SSLContext:
+    # Hostnames prove nothing in the mesh: the CA is recognised by its SPIFFE ID.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cadata=bundle_pem)
+    return context
+
+
+def _unverified() -> ssl.SSLContext:
+    # Only to fetch the root a pin names; what comes back is checked by its hash.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def fetch_bundle(url: str, pin: str) -> str:
+    """The CA's trust bundle, authenticated by the pinned root; refused if it lacks it."""
+    pin = normalize_fingerprint(pin)
+    status, body = await _exchange(url, "GET", f"/v1/roots/{pin}", _unverified())
+    anchors = load_certificates(body.decode()) if status == 200 else []
+    if not anchors or fingerprint(anchors[0]) != pin:
+        raise CAError(f"the CA at {url} does not hold the pinned root {pin}")
+    anchor_pem = certificate_pem(anchors[0])
+    expected = ca_identity(ca_trust_domain(anchors[0]))
+    status, body = await _exchange(
+        url, "GET", "/v1/bundle", _trusting(anchor_pem), expect_peer=expected
+    )
+    if status != 200:
+        raise CAError(f"the CA at {url} answered {status} for its bundle")
+    bundle = body.decode()
+    if pin not in {fingerprint(cert) for cert in load_certificates(bundle)}:
+        raise CAError(f"the trust bundle from {url} lacks the pinned root {pin}; refusing it")
+    return bundle
+
+
+class CAIdentity:
+    """A workload's certificate from the meshkit CA, kept in ``settings.state_dir``."""
+
+    def __init__(self, settings: MeshSettings) -> None:
+        if not settings.ca_url or not settings.ca_fingerprint:
+            raise ConfigError("CAIdentity needs ca_url and ca_fingerprint")
+        self.settings = settings
+        self.url = settings.ca_url
+        self.pin = normalize_fingerprint(settings.ca_fingerprint)
+        self.directory = settings.state_dir
+        self._ca_id = ca_identity(settings.trust_domain)
+
+    async def obtain(self) -> TLSMaterial:
+        """The stored certificate while it is valid, else a new one from the CA."""
+        stored = self.load_stored()
+        if stored is not None:
+            logger.info("reusing stored certificate for %s", stored.spiffe_id)
+            return stored
+        return await self.enroll()
+
+    def load_stored(self) -> TLSMaterial | None:
+        paths = [self.directory / name for name in (CERT_FILE, KEY_FILE, BUNDLE_FILE)]
+        if not all(path.exists() for path in paths):
+            return None
+        try:
+            material = TLSMaterial.from_files(*paths)
+            self._check(material)
+        except CertificateError as exc:
+            logger.warning("stored certificate not reused: %s", exc)
+            return None
+        if material.not_after <= time.time():
+            return None
+        if self.pin not in {fingerprint(cert) for cert in load_certificates(material.bundle_pem)}:
+            return None  # pinned to another CA since it was stored
+        return material
+
+    async def enroll(self) -> TLSMaterial:
+        """A new key and certificate, authorized by the join token (or a dev-mode CA)."""
+        bundle = await fetch_bundle(self.url, self.pin)
+        token = self.settings.join_token
+        # Without a token only a CA in --dev mode signs, for the ID the CSR names.
+        named = None if token else self.settings.spiffe_id
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return await self._request_certificate("/v1/sign", _trusting(bundle), named, headers)
+
+    async def renew(self, current: TLSMaterial) -> TLSMaterial:
+        """A new key and certificate for the same identity, over mTLS with ``current``."""
+        if current.not_after <= time.time():
+            raise CAError("the certificate has expired: it cannot renew; a new token is needed")
+        return await self._request_certificate("/v1/renew", client_context(current), None, {})
+
+    async def renew_forever(
+        self,
+        contexts: TLSContexts,
+        *,
+        on_expiry: Callable[[float], None] | None = None,
+    ) -> None:
+        """Renew at 50% of each lifetime (±10% jitter) and swap it into ``contexts``.
+
+        While the CA is unreachable the current certificate stays in use and renewal
+        retries with jittered, capped backoff. ``on_expiry`` gets each notAfter (Unix
+        time), for the ``meshkit_cert_expiry_timestamp_seconds`` gauge.
+        """
+        while True:
+            material = contexts.material
+            if on_expiry is not None:
+                on_expiry(material.not_after)
+            fraction = random.uniform(0.4, 0.6)
+            await anyio.sleep(max(0.0, renewal_time(material.leaf, fraction) - time.time()))
+            contexts.update(await self._renew_until_done(material))
+
+    async def _renew_until_done(self, material: TLSMaterial) -> TLSMaterial:
+        attempt = 0
+        while True:
+            try:
+                if material.not_after <= time.time() and self.settings.join_token:
+                    return await self.enroll()  # a multi-use token can re-enroll
+                return await self.renew(material)
+            except MeshError as exc:
+                delay = _backoff(attempt, material)
+                logger.warning(
+                    "certificate renewal failed (%s); serving with the current one "
+                    "(expires %s), retrying in %.1fs",
+                    exc,
+                    material.leaf.not_valid_after_utc.isoformat(),
+                    delay,
+                )
+                await anyio.sleep(delay)
+                attempt += 1
+
+    async def _request_certificate(
+        self,
+        path: str,
+        context: ssl.SSLContext,
+        named: SpiffeId | None,
+        headers: Mapping[str, str],
+    ) -> TLSMaterial:
+        key = new_private_key()
+        body = json.dumps({"csr": csr_pem(build_csr(key, named))}).encode()
+        status, answer = await _exchange(
+            self.url,
+            "POST",
+            path,
+            context,
+            body=body,
+            headers={"content-type": "application/json", **headers},
+            expect_peer=self._ca_id,
+        )
+        document = _json(status, answer)
+        material = TLSMaterial("".join(document["chain"]), private_key_pem(key), document["bundle"])
+        self._check(material)
+        self._store(material)
+        logger.info(
+            "certificate for %s issued, expires %s", material.spiffe_id, document["expires_at"]
+        )
+        return material
+
+    def _check(self, material: TLSMaterial) -> None:
+        material.validate()
+        if material.spiffe_id != self.settings.spiffe_id:
+            raise CertificateError(
+                f"the CA issued {material.spiffe_id}, but this service is "
+                f"{self.settings.spiffe_id} (was the join token made for another service?)"
+            )
+
+    def _store(self, material: TLSMaterial) -> None:
+        # Key first: a crash between the writes leaves a pair load_stored rejects.
+        write_private(self.directory / KEY_FILE, material.key_pem)
+        write_private(self.directory / CERT_FILE, material.chain_pem)
+        write_private(self.directory / BUNDLE_FILE, material.bundle_pem)
+
+
+def _backoff(attempt: int, material: TLSMaterial) -> float:
+    # Capped at a tenth of the lifetime so short-lived certificates retry often enough.
+    leaf = material.leaf
+    lifetime = leaf.not_valid_after_utc.timestamp() - renewal_time(leaf, 0.0)
+    cap = max(0.2, min(30.0, lifetime / 10))
+    return min(cap, 0.2 * 2.0**attempt) * random.uniform(0.5, 1.0)
+
+
+def _json(status: int, body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise CAError(f"the CA answered {status} without a JSON body")
+    if status != 200:
+        raise CARefused(
+            f"the CA refused: {document.get('error', status)}",
+            reason=str(document.get("reason", status)),
+        )
+    if not isinstance(document.get("chain"), list) or not isinstance(document.get("bundle"), str):
+        raise CAError("the CA's answer lacks chain or bundle")
+    return document
+
+
+async def _exchange(
+    url: str,
+    method: str,
+    target: str,
+    context: ssl.SSLContext,
+    *,
+    body: bytes = b"",
+    headers: Mapping[str, str] | None = None,
+    expect_peer: SpiffeId | None = None,
+) -> tuple[int, bytes]:
+    """One HTTPS request on a fresh connection: (status, body)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"CA URL must be https://host[:port], got {url!r}")
+    host, port = parts.hostname, parts.port or 443
+    try:
+        with anyio.fail_after(REQUEST_TIMEOUT):
+            stream = await anyio.connect_tcp(
+                host, port, ssl_context=context, tls_standard_compatible=False
+            )
+            async with stream:
+                if expect_peer is not None:
+                    _check_peer(stream, expect_peer, url)
+                request = h11.Request(
+                    method=method,
+                    target=target,
+                    headers=[
+                        ("host", parts.netloc),
+                        ("content-length", str(len(body))),
+                        ("connection", "close"),
+                        *(headers or {}).items(),
+                    ],
+                )
+                return await _round_trip(stream, request, body)
+    except (OSError, TimeoutError, anyio.BrokenResourceError, h11.ProtocolError) as exc:
+        raise CAError(f"cannot reach the CA at {url}: {exc or type(exc).__name__}") from exc
+
+
+def _check_peer(stream: TLSStream, expected: SpiffeId, url: str) -> None:
+    der = stream.extra(TLSAttribute.peer_certificate_binary)
+    peer = identity_from_certificate(x509.load_der_x509_certificate(der)) if der else None
+    if peer != expected:
+        raise CAError(f"the server at {url} is {peer}, not the CA ({expected})")
+
+
+async def _round_trip(stream: TLSStream, request: h11.Request, body: bytes) -> tuple[int, bytes]:
+    connection = h11.Connection(h11.CLIENT)
+    outgoing = [connection.send(request), connection.send(h11.Data(data=body))]
+    outgoing.append(connection.send(h11.EndOfMessage()))
+    await stream.send(b"".join(chunk for chunk in outgoing if chunk))
+    status, received = 0, bytearray()
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            try:
+                connection.receive_data(await stream.receive())
+            except anyio.EndOfStream:
+                connection.receive_data(b"")
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            received += event.data
+            if len(received) > _MAX_RESPONSE:
+                raise CAError("the CA's answer is too large")
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            return status, bytes(received)
