@@ -27,6 +27,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.types import Lifespan, Receive, Scope, Send
 
+from meshkit.ca.client import CAIdentity
 from meshkit.client import MeshClient, MeshClientFactory
 from meshkit.errors import ConfigError, MeshError
 from meshkit.identity import SpiffeId
@@ -105,7 +106,7 @@ class MeshRuntime:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 tg = await stack.enter_async_context(anyio.create_task_group())
-                self._start_identity(tg)
+                await self._start_identity(tg)
                 if self.settings.consul_http_addr:
                     await self._join_registry(stack, tg)
                 started = True
@@ -158,8 +159,10 @@ class MeshRuntime:
             return socket.gethostbyname(socket.gethostname())
         return settings.host
 
-    def _start_identity(self, tg: TaskGroup) -> None:
+    async def _start_identity(self, tg: TaskGroup) -> None:
+        """Certificate files when given ("bring your own PKI"), else the meshkit CA."""
         settings = self.settings
+        require_client_cert = settings.tls_mode == "strict"
         if settings.cert_file and settings.key_file and settings.bundle_file:
             watcher = FileIdentityWatcher(
                 settings.cert_file,
@@ -167,10 +170,12 @@ class MeshRuntime:
                 settings.bundle_file,
                 interval=settings.cert_reload_interval,
             )
-            self.tls = TLSContexts(
-                watcher.load(), require_client_cert=settings.tls_mode == "strict"
-            )
+            self.tls = TLSContexts(watcher.load(), require_client_cert=require_client_cert)
             tg.start_soon(watcher.watch, self.tls)
+        elif settings.ca_url:
+            identity = CAIdentity(settings)
+            self.tls = TLSContexts(await identity.obtain(), require_client_cert=require_client_cert)
+            tg.start_soon(identity.renew_forever, self.tls)
 
 
 class AdminApp:

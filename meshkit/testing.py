@@ -27,6 +27,7 @@ from meshkit.errors import MeshError
 from meshkit.tls import TLSMaterial, client_context
 
 _SERVING = re.compile(r"serving mTLS on (?P<host>\S+):(?P<port>\d+), admin on \S+:(?P<admin>\d+)")
+_CA = re.compile(r"listening on https://(?P<host>[^:]+):(?P<port>\d+)")
 _REGISTRY = re.compile(r"serving the Consul HTTP API on http://(?P<host>[^:/]+):(?P<port>\d+)")
 
 
@@ -137,6 +138,38 @@ class RegistryProcess(MeshProcess):
     def address(self) -> str:
         assert self.match is not None
         return f"{self.match['host']}:{self.match['port']}"
+
+
+class CAProcess(MeshProcess):
+    """``meshkit ca serve --dir DIR`` (extra ``args``, e.g. ``--dev``); ``url`` once started.
+
+    ``port`` 0 picks an ephemeral port; restart it on the same ``port`` to bring the same
+    CA back at the same address.
+    """
+
+    def __init__(self, directory: Path, *args: str, port: int = 0) -> None:
+        self.directory = directory
+        self.extra_args = args
+        super().__init__([], ready=_CA, name="ca")
+        self._bind(port)
+
+    def _bind(self, port: int) -> None:
+        self.args = ["ca", "serve", "--dir", str(self.directory), "--port", str(port)]
+        self.args.extend(self.extra_args)
+
+    def start(self, *, timeout: float = 30.0) -> CAProcess:
+        super().start(timeout=timeout)
+        self._bind(self.port)  # a restart comes back on the same port
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.match is not None
+        return int(self.match["port"])
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
 
 
 class ServiceProcess(MeshProcess):

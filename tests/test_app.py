@@ -3,6 +3,7 @@ SIGTERM — dev registry and services as real processes, py-consul as the observ
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,8 +12,11 @@ from typing import Any
 import consul
 import pytest
 
+from meshkit.ca.store import init_ca
+from meshkit.ca.tokens import TokenStore
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.testing import Connection, RegistryProcess, ServiceProcess, context_for
+from meshkit.identity import SpiffeId
+from meshkit.testing import CAProcess, Connection, RegistryProcess, ServiceProcess, context_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -80,3 +84,42 @@ def test_services_call_each_other_by_name(
         status, body = connection.get("/")
         connection.close()
     assert (status, body) == (200, {"frontend": "ok", "greeter said": "hello, frontend"})
+
+
+def test_services_with_ca_issued_identities(registry: RegistryProcess, tmp_path: Path) -> None:
+    store = init_ca(tmp_path / "ca", "meshkit.local")
+    tokens = TokenStore(store.tokens_path)
+    with CAProcess(store.directory) as ca:
+        services = [
+            ServiceProcess(
+                f"examples.hello.{name}:app",
+                service=name,
+                registry=registry.address,
+                env={
+                    "MESHKIT_CA_URL": ca.url,
+                    "MESHKIT_CA_FINGERPRINT": store.root_fingerprint,
+                    "MESHKIT_JOIN_TOKEN": tokens.create(
+                        SpiffeId.for_service("meshkit.local", "default", name), ttl=60, uses=1
+                    ),
+                    "MESHKIT_DATA_DIR": str(tmp_path / name),
+                },
+            )
+            for name in ("greeter", "frontend")
+        ]
+        with services[0], services[1] as frontend:
+            ca.stop()  # the services keep serving with the certificates they hold
+            signer = (store.intermediate, store.intermediate_key, store.bundle_pem)
+            user = LocalAuthority("meshkit.local", signer=signer).issue("demo-user")
+            connection = Connection(frontend.port, context_for(user, store.bundle_pem))
+            assert connection.get("/") == (
+                200,
+                {"frontend": "ok", "greeter said": "hello, frontend"},
+            )
+            connection.close()
+            stranger = LocalAuthority("meshkit.local").issue("demo-user")
+            refused = Connection(frontend.port, context_for(stranger, store.bundle_pem))
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                refused.get("/")  # a certificate from outside this CA is not a mesh identity
+            refused.close()
+            assert oct((tmp_path / "frontend" / "svid-key.pem").stat().st_mode & 0o777) == "0o600"
+    tokens.close()

@@ -344,15 +344,28 @@ def write_private(path: Path, text: str) -> None:
 
 
 class LocalAuthority:
-    """A root and an intermediate CA held in memory, issuing leaf SVIDs."""
+    """A root and an intermediate CA held in memory, issuing leaf SVIDs.
 
-    def __init__(self, trust_domain: str = "meshkit.local") -> None:
+    ``signer`` (intermediate certificate, its key, the trust bundle PEM) issues from an
+    existing CA instead, e.g. a ``meshkit ca init`` directory's, for tests.
+    """
+
+    def __init__(
+        self,
+        trust_domain: str = "meshkit.local",
+        *,
+        signer: tuple[x509.Certificate, PrivateKey, str] | None = None,
+    ) -> None:
         self.trust_domain = trust_domain
-        self.root_key = new_private_key()
-        self.root = build_ca_certificate(
+        self.root: x509.Certificate | None = None
+        if signer is not None:
+            self.intermediate, self.intermediate_key, self.bundle_pem = signer
+            return
+        root_key = new_private_key()
+        root = build_ca_certificate(
             trust_domain=trust_domain,
             common_name="meshkit root CA",
-            key=self.root_key,
+            key=root_key,
             path_length=1,
             ttl=ROOT_TTL,
         )
@@ -361,14 +374,12 @@ class LocalAuthority:
             trust_domain=trust_domain,
             common_name="meshkit intermediate CA",
             key=self.intermediate_key,
-            issuer=(self.root, self.root_key),
+            issuer=(root, root_key),
             path_length=0,
             ttl=INTERMEDIATE_TTL,
         )
-
-    @property
-    def bundle_pem(self) -> str:
-        return certificate_pem(self.root)
+        self.root = root
+        self.bundle_pem = certificate_pem(root)
 
     def issue(
         self,

@@ -4,12 +4,7 @@ import http.client
 import json
 import os
 import re
-import signal
 import ssl
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,63 +14,10 @@ import pytest
 from meshkit.ca.store import CAStore, init_ca
 from meshkit.ca.tokens import TokenStore
 from meshkit.identity import SpiffeId
+from meshkit.testing import CAProcess
 
 TRUST_DOMAIN = "example.org"
 _LISTENING = re.compile(r"listening on https://(?P<host>[^:]+):(?P<port>\d+)")
-
-
-class CAProcess:
-    """``python -m meshkit ca serve`` in a subprocess; always stopped by its fixture."""
-
-    def __init__(self, directory: Path, *args: str, port: int = 0) -> None:
-        self.directory = directory
-        self.args = args
-        self.port = port
-        self.stderr: list[str] = []
-        self._process: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> CAProcess:
-        command = [sys.executable, "-m", "meshkit", "ca", "serve", "--dir", str(self.directory)]
-        process = subprocess.Popen(
-            [*command, "--port", str(self.port), *self.args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._process = process
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-        assert process.stdout is not None
-        deadline = time.monotonic() + timeout
-        for line in process.stdout:
-            match = _LISTENING.search(line)
-            if match:
-                self.port = int(match["port"])
-                threading.Thread(target=process.stdout.read, daemon=True).start()
-                return self
-            if time.monotonic() > deadline:
-                break
-        self.stop()
-        raise RuntimeError("CA did not start:\n" + "\n".join(self.stderr))
-
-    def _drain_stderr(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
-        for line in self._process.stderr:
-            self.stderr.append(line.rstrip("\n"))
-
-    def stop(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +27,8 @@ def ca_store(tmp_path_factory: pytest.TempPathFactory) -> CAStore:
 
 @pytest.fixture(scope="module")
 def ca_server(ca_store: CAStore) -> Iterator[CAProcess]:
-    process = CAProcess(ca_store.directory).start()
-    yield process
-    process.stop()
+    with CAProcess(ca_store.directory) as process:
+        yield process
 
 
 def make_token(store: CAStore, service: str, *, uses: int = 1, ttl: float = 600) -> str:

@@ -17,8 +17,9 @@ from meshkit.ca.store import CAStore, init_ca
 from meshkit.ca.x509 import renewal_time
 from meshkit.errors import CAError, CertificateError
 from meshkit.settings import MeshSettings
+from meshkit.testing import CAProcess
 from meshkit.tls import TLSContexts, TLSMaterial
-from tests.ca.conftest import CAProcess, make_token
+from tests.ca.conftest import make_token
 
 pytestmark = pytest.mark.anyio
 

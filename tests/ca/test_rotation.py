@@ -20,8 +20,9 @@ from meshkit.ca.store import CAStore, init_ca
 from meshkit.identity import peer_identity
 from meshkit.server import MeshHttpToolsProtocol
 from meshkit.settings import MeshSettings
+from meshkit.testing import CAProcess
 from meshkit.tls import TLSContexts
-from tests.ca.conftest import CAProcess, make_token
+from tests.ca.conftest import make_token
 
 pytestmark = pytest.mark.anyio
 

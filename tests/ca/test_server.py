@@ -32,7 +32,8 @@ from meshkit.ca.x509 import (
     write_private,
 )
 from meshkit.identity import SpiffeId
-from tests.ca.conftest import CAProcess, call, make_token, trusting
+from meshkit.testing import CAProcess
+from tests.ca.conftest import call, make_token, trusting
 from tests.ca.test_authority import tamper_signature
 
 
@@ -236,7 +237,7 @@ def test_dev_mode_signs_the_identity_the_csr_names_and_warns(
     wanted = SpiffeId.for_service("dev.local", "shop", "cart")
     status, _, answer = _sign(ca, store, None, _csr(wanted)[1])
     assert status == 200 and answer["spiffe_id"] == str(wanted)
-    assert any("DEV MODE" in line for line in ca.stderr)
+    assert any("DEV MODE" in line for line in ca.lines)
 
 
 def test_over_the_concurrency_cap_gets_429_with_retry_after(
