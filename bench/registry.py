@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import statistics
@@ -39,6 +40,12 @@ def start_registry() -> tuple[subprocess.Popen[str], str]:
         process.kill()
         raise SystemExit("the registry did not print its address")
     return process, match.group(0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -156,8 +163,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await populate(session, base, args.services, args.instances)
             total = args.services * args.instances
             print(f"registered {total} instances in {time.perf_counter() - started:.1f}s")
+            cpu_before, clock = cpu_seconds(process.pid), time.perf_counter()
             reads = await health_reads(session, base, args.services, args.seconds)
+            busy = (cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - clock)
             print(f"health reads: {reads:,.0f}/s (?passing, 16 concurrent clients)")
+            print(
+                f"  server CPU {busy * 100:.0f}% of a core, {busy / reads * 1e6:.0f} us per read "
+                f"(~{reads / busy:,.0f} reads/s per server core; the client shares the machine)"
+            )
             latencies, parked = await wake_latencies(
                 session, base, args.services, args.instances, args.changes
             )

@@ -11,8 +11,9 @@ cancellation or process exit, nor starves the worker threads heartbeats need.
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -78,7 +79,7 @@ class ConsulRegistry:
         self._token = token
         self._timeout = timeout
         self._verify = verify
-        self._local = threading.local()
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     @classmethod
     def from_settings(cls, settings: MeshSettings) -> ConsulRegistry:
@@ -89,21 +90,30 @@ class ConsulRegistry:
     def __repr__(self) -> str:
         return f"ConsulRegistry(address={self.address!r})"
 
-    def _client(self) -> Any:
-        """One py-consul client per thread: a requests.Session is not shared across threads."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = consul.Consul(
-                host=self.host,
-                port=self.port,
-                scheme=self.scheme,
-                verify=self._verify,
-                connections_timeout=self._timeout,
-            )
-            # py-consul lets CONSUL_HTTP_TOKEN override the argument; settings decide here.
-            client.token = self._token
-            self._local.client = client
+    def _new_client(self) -> Any:
+        client = consul.Consul(
+            host=self.host,
+            port=self.port,
+            scheme=self.scheme,
+            verify=self._verify,
+            connections_timeout=self._timeout,
+        )
+        # py-consul lets CONSUL_HTTP_TOKEN override the argument; settings decide here.
+        client.token = self._token
         return client
+
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[Any]:
+        """Lend a py-consul client to one thread at a time (a requests.Session is not
+        thread-safe); returned clients keep their connections for the next call."""
+        try:
+            client = self._idle.get_nowait()
+        except queue.Empty:
+            client = self._new_client()
+        try:
+            yield client
+        finally:
+            self._idle.put(client)
 
     async def _call(self, operation: Callable[[Any], T], *, abandon: bool = False) -> T:
         """Run one py-consul call in a worker thread; ``abandon``: cancellable mid-call."""
@@ -113,7 +123,8 @@ class ConsulRegistry:
 
     def _translated(self, operation: Callable[[Any], T]) -> T:
         try:
-            return operation(self._client())
+            with self._client() as client:
+                return operation(client)
         except OSError as exc:  # requests' errors are OSErrors
             raise RegistryUnavailable(
                 f"consul at {self.address} is unreachable ({type(exc).__name__})"

@@ -56,10 +56,35 @@ class ThreadedRegistry:
 
 
 @pytest.fixture
-def registry() -> Iterator[ThreadedRegistry]:
+def own_registry() -> Iterator[ThreadedRegistry]:
+    """A dev registry for one test (which may stop and restart it)."""
     server = ThreadedRegistry().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_registry() -> Iterator[ThreadedRegistry]:
+    server = ThreadedRegistry().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def registry(shared_registry: ThreadedRegistry) -> Iterator[ThreadedRegistry]:
+    """One dev registry per module, emptied through its own API after each test."""
+    yield shared_registry
+    client = shared_registry.client()
+    for service_id in client.agent.services():
+        client.agent.service.deregister(service_id)
+    for check_id in client.agent.checks():
+        client.agent.check.deregister(check_id)
+    assert shared_registry.agent is not None
+    for node in client.catalog.nodes()[1]:
+        if node["Node"] != shared_registry.agent.node_name:
+            client.catalog.deregister(node["Node"])
+    client.kv.delete("", recurse=True)
+    shared_registry.agent.deregister_minimum = 60.0
 
 
 @pytest.fixture
@@ -104,9 +129,24 @@ def healthz() -> Iterator[HealthzServer]:
     server.close()
 
 
+_admin_port = 9  # set to a live /healthz by the session fixture below
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_healthz() -> Iterator[HealthzServer]:
+    """A /healthz that stays up, so instances' HTTP checks pass unless a test says not."""
+    global _admin_port
+    server = HealthzServer()
+    _admin_port = server.port
+    yield server
+    server.close()
+
+
 def instance(
-    service: str = "payments", number: int = 1, *, admin_port: int = 9, **changes: Any
+    service: str = "payments", number: int = 1, *, admin_port: int | None = None, **changes: Any
 ) -> InstanceRegistration:
+    if admin_port is None:
+        admin_port = _admin_port
     options: dict[str, Any] = {
         "service": service,
         "instance_id": f"{service}-{number}",

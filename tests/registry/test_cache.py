@@ -45,7 +45,10 @@ async def test_only_passing_instances_are_endpoints(registry: ThreadedRegistry) 
         await eventually(lambda: _ids(cache) == ["payments-1"])
 
 
-async def test_registry_down_keeps_the_last_list_and_resumes(registry: ThreadedRegistry) -> None:
+async def test_registry_down_keeps_the_last_list_and_resumes(
+    own_registry: ThreadedRegistry,
+) -> None:
+    registry = own_registry
     consul_registry = ConsulRegistry(address=registry.address, timeout=2)
     await consul_registry.register(instance(number=1))
     async with WatchedCache(consul_registry, wait=5, retry_max=0.5) as cache:

@@ -36,8 +36,9 @@ async def test_registers_healthy_and_heartbeats_past_the_ttl(
 
 
 async def test_reregisters_after_the_registry_restarts(
-    registry: ThreadedRegistry, healthz: HealthzServer
+    own_registry: ThreadedRegistry, healthz: HealthzServer
 ) -> None:
+    registry = own_registry
     registration = ServiceRegistration(
         ConsulRegistry(address=registry.address, timeout=2), instance(admin_port=healthz.port)
     )

@@ -147,6 +147,21 @@ class Service:
         }
 
 
+_CHECK_CONTENT = (
+    "name",
+    "status",
+    "notes",
+    "output",
+    "service_id",
+    "service_name",
+    "service_tags",
+    "type",
+    "interval",
+    "timeout",
+    "definition",
+)
+
+
 @dataclass
 class Check:
     node: str
@@ -165,6 +180,9 @@ class Check:
     create_index: int = 0
     modify_index: int = 0
     critical_since: float | None = None  # monotonic; for DeregisterCriticalServiceAfter
+
+    def same_as(self, other: Check) -> bool:
+        return all(getattr(self, f) == getattr(other, f) for f in _CHECK_CONTENT)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -352,6 +370,8 @@ class Store:
 
     def upsert_check(self, check: Check) -> Check:
         existing = self.checks[check.node].get(check.check_id)
+        if existing is not None and existing.same_as(check):
+            return existing  # as Consul's state store: an identical write changes no index
         check.create_index = existing.create_index if existing else self.write_index
         check.modify_index = self.write_index
         if check.status == CRITICAL:

@@ -464,3 +464,11 @@ def test_node_meta_filter(client: Any, registry: ThreadedRegistry) -> None:
     assert [e["Node"]["Node"] for e in entries] == ["ext2"]
     _, nodes = client.catalog.nodes(node_meta={"rack": "a"})
     assert [n["Node"] for n in nodes] == ["ext"]
+
+
+def test_identical_reregistration_takes_no_index(client: Any) -> None:
+    check = {"CheckID": "hb", "TTL": "30s", "Status": "passing"}
+    client.agent.service.register("web", service_id="web-1", check=check)
+    index, _ = client.health.service("web")
+    client.agent.service.register("web", service_id="web-1", check=check)
+    assert client.health.service("web")[0] == index
