@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -24,15 +25,25 @@ from anyio.abc import TaskGroup
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 from starlette.types import Lifespan, Receive, Scope, Send
 
 from meshkit.ca.client import CAIdentity
 from meshkit.client import MeshClient, MeshClientFactory
-from meshkit.errors import ConfigError, MeshError
+from meshkit.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    MeshError,
+    PolicyDenied,
+    RequestError,
+    UpstreamFailed,
+)
 from meshkit.identity import SpiffeId
 from meshkit.intentions import Intentions, IntentionStore, IntentionWatcher, consul_client
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
+from meshkit.middleware.deadline import DeadlineMiddleware
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
 from meshkit.settings import MeshSettings
 from meshkit.tls import FileIdentityWatcher, TLSContexts
@@ -211,6 +222,28 @@ async def _send_raw(send: Send, status: int, body: bytes, content_type: bytes) -
     await send({"type": "http.response.body", "body": body})
 
 
+async def _mesh_error(request: Request, exc: Exception) -> Response:
+    """A mesh call failed inside a handler: answer for it instead of a bare 500."""
+    assert isinstance(exc, RequestError)
+    if isinstance(exc, DeadlineExceeded):
+        status = 504
+    else:
+        status = 502 if isinstance(exc, UpstreamFailed) else 503
+    code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+    body = {"error": code, "destination": exc.destination, "detail": str(exc)}
+    return JSONResponse(body, status_code=status)
+
+
+async def _policy_denied(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "denied", "detail": str(exc)}, status_code=403)
+
+
+_MESH_ERROR_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    RequestError: _mesh_error,
+    PolicyDenied: _policy_denied,
+}
+
+
 def _with_mesh(user_lifespan: Lifespan[Any] | None) -> Callable[[Any], Any]:
     @contextlib.asynccontextmanager
     async def lifespan(app: ServiceApp) -> AsyncIterator[Any]:
@@ -254,10 +287,13 @@ class ServiceApp(Starlette):
             exception_handlers=exception_handlers,
             lifespan=_with_mesh(lifespan),
         )
-        self.user_middleware.insert(
-            0,
+        # Outermost first: the caller's deadline bounds everything, authorization included.
+        self.user_middleware[:0] = [
+            Middleware(DeadlineMiddleware),
             Middleware(AuthzMiddleware, routes=self.router.routes, authorizer=self.mesh.authorizer),
-        )
+        ]
+        for error, handler in _MESH_ERROR_HANDLERS.items():
+            self.exception_handlers.setdefault(error, handler)
 
     def client(self, service: str) -> MeshClient:
         """The mesh client bound to ``service``: ``await app.client("payments").get("/")``."""

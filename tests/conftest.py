@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from meshkit.ca.x509 import LocalAuthority
+from meshkit.testing import RegistryProcess
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +17,10 @@ def authority() -> LocalAuthority:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def dev_registry() -> Iterator[RegistryProcess]:
+    """``meshkit registry serve`` as a real process, fresh for each test."""
+    with RegistryProcess() as registry:
+        yield registry

@@ -4,6 +4,7 @@ import json
 import socket
 
 import anyio
+import consul
 import pytest
 
 from meshkit import cli
@@ -16,7 +17,7 @@ from meshkit.intentions import (
     consul_client,
 )
 from meshkit.settings import MeshSettings
-from tests._kv_server import kv_server
+from meshkit.testing import RegistryProcess
 
 
 def _store(address: str) -> IntentionStore:
@@ -52,21 +53,22 @@ def test_invalid_intentions_are_refused(src: str, dst: str, action: str) -> None
         Intention(src, dst, action)  # type: ignore[arg-type]
 
 
-def test_store_round_trip_against_a_kv_server() -> None:
-    with kv_server() as (address, state):
-        store = _store(address)
-        assert store.rules() == []
-        store.set(Intention("web", "payments", "allow"))
-        store.set(Intention("*", "payments", "deny"))
-        state.write("meshkit/intentions/payments/cart", b"perhaps")  # ignored with a warning
-        assert store.rules() == [
-            Intention("*", "payments", "deny"),
-            Intention("web", "payments", "allow"),
-        ]
-        store.delete("web", "payments")
-        index, rules = store.fetch()
-        assert rules == [Intention("*", "payments", "deny")]
-        assert index == state.index
+def test_store_round_trip_against_the_dev_registry(dev_registry: RegistryProcess) -> None:
+    address = dev_registry.address
+    kv = consul.Consul(host="127.0.0.1", port=int(address.split(":")[1])).kv
+    store = _store(address)
+    assert store.rules() == []
+    store.set(Intention("web", "payments", "allow"))
+    store.set(Intention("*", "payments", "deny"))
+    kv.put("meshkit/intentions/payments/cart", "perhaps")  # ignored with a warning
+    assert store.rules() == [
+        Intention("*", "payments", "deny"),
+        Intention("web", "payments", "allow"),
+    ]
+    store.delete("web", "payments")
+    index, rules = store.fetch()
+    assert rules == [Intention("*", "payments", "deny")]
+    assert index == int(kv.get("meshkit/intentions/", recurse=True)[0])
 
 
 def test_store_translates_an_unreachable_registry() -> None:
@@ -75,20 +77,19 @@ def test_store_translates_an_unreachable_registry() -> None:
 
 
 @pytest.mark.anyio
-async def test_watcher_follows_changes_live() -> None:
-    with kv_server() as (address, _state):
-        store = _store(address)
-        store.set(Intention("web", "payments", "allow"))
-        intentions = Intentions()
-        watcher = IntentionWatcher(store, intentions, wait=5)
-        async with anyio.create_task_group() as tasks:
-            await tasks.start(watcher.run)
-            assert list(intentions) == [Intention("web", "payments", "allow")]
-            await anyio.to_thread.run_sync(store.set, Intention("web", "payments", "deny"))
-            with anyio.fail_after(10):
-                while intentions.action("web", "payments") != "deny":  # noqa: ASYNC110 - polling is the point
-                    await anyio.sleep(0.01)
-            tasks.cancel_scope.cancel()
+async def test_watcher_follows_changes_live(dev_registry: RegistryProcess) -> None:
+    store = _store(dev_registry.address)
+    store.set(Intention("web", "payments", "allow"))
+    intentions = Intentions()
+    watcher = IntentionWatcher(store, intentions, wait=5)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(watcher.run)
+        assert list(intentions) == [Intention("web", "payments", "allow")]
+        await anyio.to_thread.run_sync(store.set, Intention("web", "payments", "deny"))
+        with anyio.fail_after(10):
+            while intentions.action("web", "payments") != "deny":  # noqa: ASYNC110 - polling is the point
+                await anyio.sleep(0.01)
+        tasks.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
@@ -102,24 +103,26 @@ async def test_watcher_keeps_the_last_rules_while_the_registry_is_down() -> None
 
 
 def test_intentions_cli(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    dev_registry: RegistryProcess,
 ) -> None:
-    with kv_server() as (address, _state):
-        monkeypatch.setenv("CONSUL_HTTP_ADDR", f"http://{address}")
-        assert cli.main(["intentions", "list"]) == 0
-        assert capsys.readouterr().out == "no intentions\n"
-        assert cli.main(["intentions", "allow", "web", "payments"]) == 0
-        assert cli.main(["intentions", "deny", "*", "payments"]) == 0
-        capsys.readouterr()
-        assert cli.main(["intentions", "list"]) == 0
-        assert capsys.readouterr().out == "* -> payments: deny\nweb -> payments: allow\n"
-        assert cli.main(["intentions", "delete", "*", "payments"]) == 0
-        capsys.readouterr()
-        assert cli.main(["intentions", "list", "--json"]) == 0
-        listed = json.loads(capsys.readouterr().out)
-        assert listed == [{"source": "web", "destination": "payments", "action": "allow"}]
-        assert cli.main(["intentions", "allow", "Web!", "payments"]) == 1
-        assert "source must be a service name" in capsys.readouterr().err
+    address = dev_registry.address
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", f"http://{address}")
+    assert cli.main(["intentions", "list"]) == 0
+    assert capsys.readouterr().out == "no intentions\n"
+    assert cli.main(["intentions", "allow", "web", "payments"]) == 0
+    assert cli.main(["intentions", "deny", "*", "payments"]) == 0
+    capsys.readouterr()
+    assert cli.main(["intentions", "list"]) == 0
+    assert capsys.readouterr().out == "* -> payments: deny\nweb -> payments: allow\n"
+    assert cli.main(["intentions", "delete", "*", "payments"]) == 0
+    capsys.readouterr()
+    assert cli.main(["intentions", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == [{"source": "web", "destination": "payments", "action": "allow"}]
+    assert cli.main(["intentions", "allow", "Web!", "payments"]) == 1
+    assert "source must be a service name" in capsys.readouterr().err
     monkeypatch.setenv("CONSUL_HTTP_ADDR", _closed_port_address())
     assert cli.main(["intentions", "list"]) == 1
     error = capsys.readouterr().err

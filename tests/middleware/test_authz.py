@@ -14,9 +14,9 @@ from meshkit.identity import SpiffeId
 from meshkit.intentions import Intentions, IntentionStore, consul_client
 from meshkit.middleware.authz import Authorizer
 from meshkit.settings import MeshSettings
+from meshkit.testing import RegistryProcess
 from meshkit.tls import TLSMaterial
 from tests import _mtls
-from tests._kv_server import kv_server
 from tests.middleware import shop_app
 
 Denial = tuple[SpiffeId | None, str, str]
@@ -125,24 +125,27 @@ def _wait_for_status(client_status: object, expected: int, limit: float = 10.0) 
 
 
 def test_intentions_apply_live_without_restart(
-    ids: dict[str, TLSMaterial], denials: list[Denial], monkeypatch: pytest.MonkeyPatch
+    ids: dict[str, TLSMaterial],
+    denials: list[Denial],
+    monkeypatch: pytest.MonkeyPatch,
+    dev_registry: RegistryProcess,
 ) -> None:
-    with kv_server() as (address, _state):
-        monkeypatch.setenv("CONSUL_HTTP_ADDR", address)
-        store = IntentionStore(consul_client(MeshSettings(consul_http_addr=address)))
-        app = shop_app.build(_authorizer("deny", denials), store=store)
-        with _mtls.serve(app, ids["payments"]) as url, _mtls.client(url, ids["web"]) as web:
-            assert web.get("/plain").status_code == 403
-            assert cli.main(["intentions", "allow", "web", "payments"]) == 0
-            took = _wait_for_status(lambda: web.get("/plain").status_code, 200)
-            print(f"intention allow applied after {took * 1000:.0f} ms")
-            # A deny intention beats the route's own @allow("web").
-            assert web.post("/charge").status_code == 200
-            assert cli.main(["intentions", "deny", "web", "payments"]) == 0
-            _wait_for_status(lambda: web.post("/charge").status_code, 403)
-            assert cli.main(["intentions", "delete", "web", "payments"]) == 0
-            _wait_for_status(lambda: web.post("/charge").status_code, 200)
-            assert web.get("/plain").status_code == 403  # back to the deny default
+    address = dev_registry.address
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", address)
+    store = IntentionStore(consul_client(MeshSettings(consul_http_addr=address)))
+    app = shop_app.build(_authorizer("deny", denials), store=store)
+    with _mtls.serve(app, ids["payments"]) as url, _mtls.client(url, ids["web"]) as web:
+        assert web.get("/plain").status_code == 403
+        assert cli.main(["intentions", "allow", "web", "payments"]) == 0
+        took = _wait_for_status(lambda: web.get("/plain").status_code, 200)
+        print(f"intention allow applied after {took * 1000:.0f} ms")
+        # A deny intention beats the route's own @allow("web").
+        assert web.post("/charge").status_code == 200
+        assert cli.main(["intentions", "deny", "web", "payments"]) == 0
+        _wait_for_status(lambda: web.post("/charge").status_code, 403)
+        assert cli.main(["intentions", "delete", "web", "payments"]) == 0
+        _wait_for_status(lambda: web.post("/charge").status_code, 200)
+        assert web.get("/plain").status_code == 403  # back to the deny default
     assert ("intention-deny") in {reason for _, _, reason in denials}
 
 
