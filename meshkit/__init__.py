@@ -1,8 +1,15 @@
-"""meshkit: a service mesh without sidecars for Python ASGI services."""
+"""meshkit: a service mesh without sidecars for Python ASGI services.
+
+The names here are the public API; the subpackages (``meshkit.client``,
+``meshkit.registry``, ``meshkit.ca``, ``meshkit.middleware``, ``meshkit.testing``)
+hold the parts for those who assemble their own.
+"""
 
 from meshkit.app import ServiceApp
+from meshkit.client import ClientPolicy, MeshClient
 from meshkit.errors import (
     CAError,
+    CARefused,
     CertificateError,
     CircuitOpen,
     ConfigError,
@@ -17,18 +24,23 @@ from meshkit.errors import (
     RegistryUnavailable,
     RequestError,
     RetryBudgetExhausted,
+    UpstreamFailed,
 )
 from meshkit.identity import SpiffeId, peer_identity
+from meshkit.policy import allow, concurrency, deny, idempotent, rate_limit, timeout
 from meshkit.settings import MeshSettings
 from meshkit.tls import TLSMaterial
 
 __all__ = [
     "CAError",
+    "CARefused",
     "CertificateError",
     "CircuitOpen",
+    "ClientPolicy",
     "ConfigError",
     "DeadlineExceeded",
     "IdentityError",
+    "MeshClient",
     "MeshError",
     "MeshSettings",
     "NoHealthyInstances",
@@ -42,5 +54,12 @@ __all__ = [
     "ServiceApp",
     "SpiffeId",
     "TLSMaterial",
+    "UpstreamFailed",
+    "allow",
+    "concurrency",
+    "deny",
+    "idempotent",
     "peer_identity",
+    "rate_limit",
+    "timeout",
 ]

@@ -17,7 +17,7 @@ import re
 import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Lifespan, Receive, Scope, Send
 
 from meshkit.ca.client import CAIdentity
-from meshkit.client import MeshClient, MeshClientFactory
+from meshkit.client import ClientPolicy, MeshClient, MeshClientFactory
 from meshkit.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -54,8 +54,16 @@ logger = logging.getLogger("meshkit.app")
 class MeshRuntime:
     """The mesh side of one service instance: identity, readiness, admin endpoints."""
 
-    def __init__(self, settings: MeshSettings) -> None:
+    def __init__(
+        self,
+        settings: MeshSettings,
+        *,
+        client_policy: ClientPolicy | None = None,
+        client_policies: Mapping[str, ClientPolicy] | None = None,
+    ) -> None:
         self.settings = settings
+        self.client_policy = client_policy
+        self.client_policies = client_policies
         self.port = settings.port
         self.admin_port = settings.admin_port
         self.tls: TLSContexts | None = None
@@ -68,6 +76,16 @@ class MeshRuntime:
         self.clients: MeshClientFactory | None = None
         self.authorizer = Authorizer.from_settings(settings, intentions=self.intentions)
         self.admin_app = AdminApp(self)
+
+    def configure(self, settings: MeshSettings) -> None:
+        """New settings before serving (``app.run(port=...)``); the middleware that holds
+        the authorizer keeps working, since the authorizer is updated in place."""
+        self.settings = settings
+        self.port, self.admin_port = settings.port, settings.admin_port
+        authorizer = self.authorizer
+        authorizer.service, authorizer.namespace = settings.service, settings.namespace
+        authorizer.trust_domain = settings.trust_domain
+        authorizer.default_policy = settings.default_policy
 
     @property
     def spiffe_id(self) -> SpiffeId:
@@ -134,7 +152,13 @@ class MeshRuntime:
         registry = ConsulRegistry.from_settings(self.settings)
         cache = await stack.enter_async_context(WatchedCache(registry))
         if self.tls is not None:
-            self.clients = MeshClientFactory(cache, self.tls, self.settings)
+            self.clients = MeshClientFactory(
+                cache,
+                self.tls,
+                self.settings,
+                policy=self.client_policy,
+                policies=self.client_policies,
+            )
             self.registration = ServiceRegistration(registry, self.instance())
             tg.start_soon(self.registration.run)
         watcher = IntentionWatcher(IntentionStore(consul_client(self.settings)), self.intentions)
@@ -273,13 +297,17 @@ class ServiceApp(Starlette):
         middleware: Sequence[Middleware] | None = None,
         lifespan: Lifespan[Any] | None = None,
         exception_handlers: dict[Any, Any] | None = None,
+        client_policy: ClientPolicy | None = None,
+        client_policies: Mapping[str, ClientPolicy] | None = None,
         debug: bool = False,
     ) -> None:
         if settings is None:
             base = MeshSettings(service=service) if service else None
             settings = MeshSettings.from_env(base=base)
         self.settings = settings
-        self.mesh = MeshRuntime(settings)
+        self.mesh = MeshRuntime(
+            settings, client_policy=client_policy, client_policies=client_policies
+        )
         super().__init__(
             debug=debug,
             routes=routes,
@@ -305,5 +333,5 @@ class ServiceApp(Starlette):
 
         if overrides:
             self.settings = self.settings.replace(**overrides)
-            self.mesh = MeshRuntime(self.settings)
+            self.mesh.configure(self.settings)
         serve(self)
