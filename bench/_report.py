@@ -52,7 +52,7 @@ def rounded(value: float | None, digits: int = 4) -> float | None:
 def headline(
     summary: Mapping[str, Mapping[int, Mapping[str, Any]]],
     concurrencies: Sequence[int],
-    extra_rss: Mapping[str, float | None],
+    extra_rss: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The one-line JSON: medians per path and concurrency, and meshkit's ratios."""
 
@@ -74,7 +74,10 @@ def headline(
         for path in summary:
             line[f"rps_{path}_c{n}"] = figure(path, n, "rps")
             line[f"cpu_s_per_1k_{path}_c{n}"] = figure(path, n, "cpu_s_per_1k")
-    line |= {key: rounded(value, 1) for key, value in extra_rss.items()}
+    line |= {
+        key: rounded(value, 1) if not isinstance(value, str) else value
+        for key, value in extra_rss.items()
+    }
     return line
 
 

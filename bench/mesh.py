@@ -264,18 +264,20 @@ def peak_rss(running: dict[str, RunningPath]) -> dict[str, dict[str, float]]:
     return rss
 
 
-def extra_rss(rss: dict[str, dict[str, float]]) -> dict[str, float | None]:
+def extra_rss(rss: dict[str, dict[str, float]]) -> dict[str, Any]:
     """meshkit's server process (M: the caller, server + client; else M1) minus bare uvicorn."""
     bare = rss.get("B", rss.get("A", {})).get("uvicorn")
-    figures: dict[str, float | None] = {"extra_rss_mb_M_over_B": None}
+    figures: dict[str, Any] = {"extra_rss_mb_M_over_B": None}
     if bare is None:
         return figures
     if "M1" in rss:
         figures["extra_rss_mb_M1_over_B"] = rss["M1"]["callee"] - bare
     if "M" in rss:
         figures["extra_rss_mb_M_over_B"] = max(rss["M"]["caller"], rss["M"]["callee"]) - bare
+        figures["extra_rss_mb_M_over_B_from"] = "M caller/callee, the larger"
     elif "M1" in rss:
         figures["extra_rss_mb_M_over_B"] = figures["extra_rss_mb_M1_over_B"]
+        figures["extra_rss_mb_M_over_B_from"] = "M1 (M did not run)"
     return figures
 
 
