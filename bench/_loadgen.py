@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import sys
 import time
@@ -137,6 +138,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     result = uvloop.run(run(parse_args(argv)))
+    # The event loop may leave stdout non-blocking; the result is larger than a pipe's buffer.
+    os.set_blocking(sys.stdout.fileno(), True)
     say(json.dumps(result, separators=(",", ":")))
 
 
