@@ -6,10 +6,10 @@ the parent can sample the servers' CPU exactly around the measured window:
     (connect, wait until the target answers 200, warm up)  -> prints "ready"
     parent samples /proc, writes "go"                       -> measured window
     every worker finished its last request                 -> prints "done"
-    parent samples /proc again, writes "go"                 -> closes, prints the result JSON
+    parent samples /proc again, writes "go"                 -> closes, writes the result
 
-    python -m bench._loadgen --url URL --concurrency N --duration S [--warmup S]
-        [--cert CHAIN --key KEY --ca BUNDLE]
+    python -m bench._loadgen --url URL --concurrency N --duration S --result FILE
+        [--warmup S] [--cert CHAIN --key KEY --ca BUNDLE]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import ssl
 import sys
 import time
@@ -41,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cert", type=Path)
     parser.add_argument("--key", type=Path)
     parser.add_argument("--ca", type=Path)
+    parser.add_argument("--result", type=Path, required=True, help="where the JSON goes")
     return parser.parse_args(argv)
 
 
@@ -137,10 +137,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    result = uvloop.run(run(parse_args(argv)))
-    # The event loop may leave stdout non-blocking; the result is larger than a pipe's buffer.
-    os.set_blocking(sys.stdout.fileno(), True)
-    say(json.dumps(result, separators=(",", ":")))
+    args = parse_args(argv)
+    result = uvloop.run(run(args))
+    # To a file, not stdout: the result outgrows a pipe's buffer, and the loop may have
+    # left stdout non-blocking (a short write then kills the process mid-line).
+    args.result.write_text(json.dumps(result, separators=(",", ":")))
 
 
 if __name__ == "__main__":

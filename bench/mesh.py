@@ -135,8 +135,12 @@ def _tell(loadgen: subprocess.Popen[str]) -> None:
     loadgen.stdin.flush()
 
 
-def run_cell(path: RunningPath, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "bench._loadgen", "--url", path.url]
+def run_cell(
+    path: RunningPath, concurrency: int, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    result_file = workdir / "loadgen-result.json"
+    result_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "bench._loadgen", "--url", path.url, "--result", str(result_file)]
     argv += ["--concurrency", str(concurrency), "--duration", str(args.duration)]
     argv += ["--warmup", str(args.warmup)]
     if path.client is not None:
@@ -157,9 +161,10 @@ def run_cell(path: RunningPath, concurrency: int, args: argparse.Namespace) -> d
         _expect(loadgen, "done")
         after = cpu_snapshot(path.processes), cpu_snapshot(path.control), cpu_seconds(loadgen.pid)
         _tell(loadgen)
-        assert loadgen.stdout is not None
-        result = json.loads(loadgen.stdout.readline())
-        loadgen.wait(10)
+        if loadgen.wait(30) != 0:
+            assert loadgen.stderr is not None
+            raise CellFailed(f"load generator failed: {loadgen.stderr.read().strip()[-800:]}")
+        result = json.loads(result_file.read_text())
     finally:
         if loadgen.poll() is None:
             loadgen.kill()
@@ -233,7 +238,10 @@ def start_paths(
 
 
 def measure(
-    running: dict[str, RunningPath], args: argparse.Namespace, skipped: dict[str, str]
+    running: dict[str, RunningPath],
+    args: argparse.Namespace,
+    skipped: dict[str, str],
+    workdir: Path,
 ) -> list[dict[str, Any]]:
     cells: list[dict[str, Any]] = []
     for repetition in range(1, args.repetitions + 1):
@@ -242,7 +250,7 @@ def measure(
                 if key in skipped:
                     continue
                 try:
-                    cell = run_cell(path, n, args)
+                    cell = run_cell(path, n, args, workdir)
                 except CellFailed as exc:
                     skipped[key] = f"failed during the run: {exc}"
                     continue
@@ -365,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         ws = Workspace(directory, stack)
         wanted = [key for key in args.paths if key not in skipped]
         running = start_paths(ws, wanted, skipped)
-        cells = measure(running, args, skipped)
+        cells = measure(running, args, skipped, directory)
         rss = peak_rss(running)
     context["machine"]["loadavg_end"] = os.getloadavg()[0]
     order = [key for key in ALL_PATHS if key in running and key not in skipped]

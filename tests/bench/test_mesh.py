@@ -154,7 +154,7 @@ def test_sidecar_configs_check_identities(tmp_path: Path) -> None:
     assert [f["name"] for f in filters] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
 
 
-def test_loadgen_refuses_to_hang_on_a_dead_target() -> None:
+def test_loadgen_refuses_to_hang_on_a_dead_target(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             *LOADGEN,
@@ -165,6 +165,8 @@ def test_loadgen_refuses_to_hang_on_a_dead_target() -> None:
             "--duration",
             "0.1",
             *WAIT,
+            "--result",
+            str(tmp_path / "result.json"),
         ],
         cwd=ROOT,
         capture_output=True,
