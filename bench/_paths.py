@@ -378,8 +378,8 @@ class ControlPlane:
         )
         key = new_private_key()
         # The identity comes from the join token: the CSR asks for nothing but the key.
-        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-        csr = csr.sign(key, hashes.SHA256())
+        builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+        csr = builder.sign(key, hashes.SHA256())
         body = json.dumps({"csr": csr.public_bytes(serialization.Encoding.PEM).decode()})
         request = urllib.request.Request(
             f"{self.ca_url}/v1/sign",

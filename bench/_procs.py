@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -110,7 +111,9 @@ def port_open(port: int) -> bool:
         return False
 
 
-def http_get(url: str, *, context: object = None, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(
+    url: str, *, context: ssl.SSLContext | None = None, timeout: float = 2.0
+) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             return int(response.status), response.read()
