@@ -241,13 +241,20 @@ def server_features() -> str:
     return ", ".join(features)
 
 
+def identity_source(ws: Workspace) -> str:
+    if ws.control is None:
+        return "certificates from files"
+    return "certificate from the CA, registered in the registry"
+
+
 def start_m1(ws: Workspace) -> RunningPath:
-    pid, port = start_service(ws, "bench._apps:callee", "callee")
+    # Its own service name, so that M's caller never balances onto this instance.
+    pid, port = start_service(ws, "bench._apps:callee", "solo")
     return RunningPath(
         "M1",
-        f"loadgen (client cert 'loadgen') -> meshkit ServiceApp 'callee' ({server_features()}; "
-        "certificates from files) "
-        "-> Starlette endpoint; one Python process",
+        "loadgen (client cert 'loadgen') -> meshkit ServiceApp (the callee app, as service "
+        f"'solo': {server_features()}; {identity_source(ws)}) -> Starlette endpoint; "
+        "one Python process",
         f"https://127.0.0.1:{port}/hello",
         ws.edge_identity(),
         {"callee": pid},
@@ -258,7 +265,7 @@ def start_m1(ws: Workspace) -> RunningPath:
 def start_m(ws: Workspace) -> RunningPath:
     if ws.control is None:
         ws.control = ControlPlane.start(ws)
-    callee_pid, _ = start_service(ws, "bench._apps:callee", "callee-m")
+    callee_pid, _ = start_service(ws, "bench._apps:callee", "callee")
     caller_pid, caller_port = start_service(ws, "bench._apps:caller", "caller")
     return RunningPath(
         "M",

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as `python bench/mesh.py`: import as the be
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _report as report
-from bench._paths import STARTERS, RunningPath, Workspace
+from bench._paths import STARTERS, ControlPlane, RunningPath, Workspace
 from bench._procs import ROOT, cpu_seconds, cpu_snapshot, peak_rss_mb
 
 ALL_PATHS = ("A", "B", "C", "M1", "M")
@@ -223,15 +223,28 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:300]
+
+
 def start_paths(
     ws: Workspace, wanted: list[str], skipped: dict[str, str]
 ) -> dict[str, RunningPath]:
     running: dict[str, RunningPath] = {}
+    if "M" in wanted:
+        # First, so that M1 runs exactly like M's callee (CA identity, registered).
+        try:
+            ws.control = ControlPlane.start(ws)
+        except Exception as exc:
+            skipped["M"] = f"control plane did not start: {first_line(exc)}"
     for key in wanted:
+        if key in skipped:
+            continue
         try:
             running[key] = STARTERS[key](ws)
         except Exception as exc:  # a path that cannot start is skipped, with the reason
-            skipped[key] = f"did not start: {str(exc).strip().splitlines()[0][:300]}"
+            skipped[key] = f"did not start: {first_line(exc)}"
             continue
         say(f"started {key}: {running[key].url} {running[key].processes}")
     return running
