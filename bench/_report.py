@@ -74,11 +74,45 @@ def headline(
         for path in summary:
             line[f"rps_{path}_c{n}"] = figure(path, n, "rps")
             line[f"cpu_s_per_1k_{path}_c{n}"] = figure(path, n, "cpu_s_per_1k")
+    for n in concurrencies:
+        for baseline in ("B", "C"):
+            line[f"ratio_cpu_M_hop_over_{baseline}_hop_c{n}"] = ratio(
+                hop_cpu(summary, n, "M", minus="M1"),
+                hop_cpu(summary, n, baseline, plus_client=True),
+            )
     line |= {
         key: rounded(value, 1) if not isinstance(value, str) else value
         for key, value in extra_rss.items()
     }
     return line
+
+
+def hop_cpu(
+    summary: Mapping[str, Mapping[int, Mapping[str, Any]]],
+    n: int,
+    path: str,
+    *,
+    minus: str | None = None,
+    plus_client: bool = False,
+) -> float | None:
+    """CPU of "a calling application's client work + one hop + the callee", per 1k requests.
+
+    In B and C the load generator *is* the calling application, so its client CPU is
+    added; in M the calling application is the caller ServiceApp, whose serving of the
+    load generator (about what M1 costs) has no counterpart in B or C and is taken out.
+    """
+    cell = summary.get(path, {}).get(n)
+    if cell is None:
+        return None
+    value = float(cell["cpu_s_per_1k"])
+    if plus_client:
+        value += cell["client_cpu_s_per_1k"]
+    if minus is not None:
+        other = summary.get(minus, {}).get(n)
+        if other is None:
+            return None
+        value -= other["cpu_s_per_1k"]
+    return value
 
 
 def _cell(value: float | None, digits: int) -> str:

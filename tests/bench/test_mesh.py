@@ -175,3 +175,22 @@ def test_loadgen_refuses_to_hang_on_a_dead_target(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "not ready" in done.stderr
+
+
+def test_hop_ratios_charge_the_calling_application_alike() -> None:
+    def cell(cpu: float, client: float) -> dict[str, float]:
+        return {"cpu_s_per_1k": cpu, "client_cpu_s_per_1k": client, "p99_ms": 1.0, "rps": 1.0}
+
+    summary = {
+        "B": {16: cell(0.04, 0.06)},
+        "C": {16: cell(0.14, 0.06)},
+        "M1": {16: cell(0.05, 0.06)},
+        "M": {16: cell(0.20, 0.06)},
+    }
+    line = report.headline(summary, [16], {})
+    assert line["ratio_cpu_M_over_B_c16"] == 5.0
+    # M minus its caller's serving of the load generator, against B or C plus their client.
+    assert line["ratio_cpu_M_hop_over_B_hop_c16"] == 1.5
+    assert line["ratio_cpu_M_hop_over_C_hop_c16"] == 0.75
+    del summary["M"]
+    assert report.headline(summary, [16], {})["ratio_cpu_M_hop_over_C_hop_c16"] is None
