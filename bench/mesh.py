@@ -24,6 +24,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,6 +33,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/mesh.py`: import as the bench package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import _profile as profile
 from bench import _report as report
 from bench._paths import STARTERS, ControlPlane, RunningPath, Workspace
 from bench._procs import ROOT, cpu_seconds, cpu_snapshot, peak_rss_mb
@@ -49,6 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 s cells, 0.5 s warm-up")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after measuring, sample each path's Python processes with py-spy at 16 concurrent",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 1.0, 0.5
@@ -136,7 +144,11 @@ def _tell(loadgen: subprocess.Popen[str]) -> None:
 
 
 def run_cell(
-    path: RunningPath, concurrency: int, args: argparse.Namespace, workdir: Path
+    path: RunningPath,
+    concurrency: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    profilers: Sequence[Sequence[str]] = (),
 ) -> dict[str, Any]:
     result_file = workdir / "loadgen-result.json"
     result_file.unlink(missing_ok=True)
@@ -156,9 +168,14 @@ def run_cell(
     )
     try:
         _expect(loadgen, "ready")
+        sampling = [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for argv in profilers]
+        if sampling:
+            time.sleep(0.5)  # py-spy attaches before the window opens
         before = cpu_snapshot(path.processes), cpu_snapshot(path.control), cpu_seconds(loadgen.pid)
         _tell(loadgen)
         _expect(loadgen, "done")
+        for sampler in sampling:
+            sampler.wait(args.duration + 30)
         after = cpu_snapshot(path.processes), cpu_snapshot(path.control), cpu_seconds(loadgen.pid)
         _tell(loadgen)
         if loadgen.wait(30) != 0:
@@ -277,6 +294,37 @@ def measure(
     return cells
 
 
+def profile_paths(
+    running: dict[str, RunningPath], args: argparse.Namespace, workdir: Path
+) -> dict[str, Path]:
+    """One extra, uncounted cell per path at 16 concurrent requests under py-spy."""
+    executable = profile.py_spy()
+    if executable is None:
+        say("no profile: py-spy is not installed (pip install -e '.[bench]')")
+        return {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    profiles: dict[str, Path] = {}
+    for key, path in running.items():
+        targets = {
+            f"{key} {name}": (pid, args.out / f"profile-{key}-{name}.txt")
+            for name, pid in path.processes.items()
+            if name in profile.PYTHON_PROCESSES
+        }
+        argvs = [
+            profile.record_argv(executable, pid, args.duration, out)
+            for pid, out in targets.values()
+        ]
+        if not argvs:
+            continue
+        try:
+            run_cell(path, 16, args, workdir, argvs)
+        except CellFailed as exc:
+            say(f"no profile of {key}: {exc}")
+            continue
+        profiles |= {label: out for label, (_, out) in targets.items()}
+    return profiles
+
+
 def peak_rss(running: dict[str, RunningPath]) -> dict[str, dict[str, float]]:
     rss: dict[str, dict[str, float]] = {}
     for key, path in running.items():
@@ -387,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [key for key in args.paths if key not in skipped]
         running = start_paths(ws, wanted, skipped)
         cells = measure(running, args, skipped, directory)
+        profiles = profile_paths(running, args, directory) if args.profile else {}
         rss = peak_rss(running)
     context["machine"]["loadavg_end"] = os.getloadavg()[0]
     order = [key for key in ALL_PATHS if key in running and key not in skipped]
@@ -395,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     headline = report.headline(summary, args.concurrency, extra_rss(rss))
     headline["skipped"] = skipped
     print(write_outputs(args, context, cells, summary, rss, contains, headline))
+    if profiles:
+        text = profile.markdown(profiles)
+        (args.out / "profile.md").write_text(text)
+        print(text)
     print(json.dumps(without_nan(headline), separators=(",", ":")))
     return 0
 

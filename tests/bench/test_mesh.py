@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bench import _profile as profile
 from bench import _report as report
 from bench._envoy import Identity, client_sidecar_config, server_sidecar_config
 from bench._paths import spiffe
@@ -194,3 +195,15 @@ def test_hop_ratios_charge_the_calling_application_alike() -> None:
     assert line["ratio_cpu_M_hop_over_C_hop_c16"] == 0.75
     del summary["M"]
     assert report.headline(summary, [16], {})["ratio_cpu_M_hop_over_C_hop_c16"] is None
+
+
+def test_profile_summary_ranks_functions_by_their_own_samples() -> None:
+    collapsed = (
+        "run (runners.py:10);send (uvicorn/protocols/h.py:5) 30\n"
+        "run (runners.py:10);send (uvicorn/protocols/h.py:7);write (ssl.py:3) 10\n"
+        "run (runners.py:12) 60\n"
+    )
+    rows = profile.summarise(collapsed)
+    assert rows[0] == ("run (runners.py)", 60.0, 100.0)
+    assert rows[1] == ("send (uvicorn/protocols/h.py)", 30.0, 40.0)
+    assert rows[2] == ("write (ssl.py)", 10.0, 10.0)
