@@ -263,7 +263,8 @@ def start_paths(
         except Exception as exc:  # a path that cannot start is skipped, with the reason
             skipped[key] = f"did not start: {first_line(exc)}"
             continue
-        say(f"started {key}: {running[key].url} {running[key].processes}")
+        path = running[key]
+        say(f"started {key}: {path.url} {path.processes | path.control}")
     return running
 
 

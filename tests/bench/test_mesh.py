@@ -95,6 +95,17 @@ def test_envoy_sidecar_path_serves_through_mtls(tmp_path: Path) -> None:
     assert all(gone(pid) for pid in started_pids(stderr))
 
 
+@pytest.mark.skipif(mesh_missing() is not None, reason=f"path M: {mesh_missing()}")
+def test_meshkit_path_calls_through_the_mesh_client(tmp_path: Path) -> None:
+    line, _, stderr = run_bench("--paths", "M1,M", *TINY, out=tmp_path)
+    assert line["skipped"] == {}
+    assert line["rps_M_c4"] > 0 and line["p99_ms_M_c4"] > 0
+    document = json.loads((tmp_path / "mesh.json").read_text())
+    assert set(document["peak_rss_mb"]["M"]) == {"caller", "callee", "ca", "registry"}
+    assert all(cell["errors"] == 0 for cell in document["cells"])
+    assert all(gone(pid) for pid in started_pids(stderr))
+
+
 def test_sigterm_stops_every_started_process(tmp_path: Path) -> None:
     bench = subprocess.Popen(
         [*BENCH, "--paths", "A,B", "--duration", "30", "--no-plot", "--out", str(tmp_path)],
