@@ -18,17 +18,14 @@ backoff.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import random
 import re
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.from_thread
@@ -37,7 +34,9 @@ import consul
 import requests
 from anyio.abc import TaskStatus
 
+from meshkit._threads import in_daemon_thread
 from meshkit.errors import ConfigError, RegistryError, RegistryUnavailable
+from meshkit.registry.consul import ConsulRegistry
 from meshkit.settings import MeshSettings
 
 logger = logging.getLogger("meshkit.policy")
@@ -113,21 +112,10 @@ class Intentions:
 
 
 def consul_client(settings: MeshSettings) -> consul.Consul:
-    """A py-consul client for ``settings.consul_http_addr`` (``host:port`` or a URL)."""
+    """A py-consul client for the settings' registry (CONSUL_HTTP_ADDR / _TOKEN)."""
     if not settings.consul_http_addr:
         raise ConfigError("consul_http_addr: no registry address (set CONSUL_HTTP_ADDR)")
-    address = settings.consul_http_addr
-    parts = urlsplit(address if "//" in address else f"//{address}")
-    try:
-        port = parts.port or 8500
-    except ValueError as exc:
-        raise ConfigError(f"consul_http_addr: {address!r}: {exc}") from exc
-    client = consul.Consul(
-        host=parts.hostname or "127.0.0.1", port=port, scheme=parts.scheme or "http", verify=True
-    )
-    # py-consul lets CONSUL_HTTP_TOKEN override its argument; only settings decide here.
-    client.token = settings.consul_token
-    return client
+    return ConsulRegistry.from_settings(settings).new_client()
 
 
 class IntentionStore:
@@ -202,7 +190,8 @@ class IntentionWatcher:
             began, blocking = time.monotonic(), index != 0
             try:
                 new_index, rules = await in_daemon_thread(
-                    functools.partial(self.store.fetch, index, self._wait)
+                    name="meshkit-intentions",
+                    call=functools.partial(self.store.fetch, index, self._wait),
                 )
                 index, failures = self._apply(index, new_index, rules), 0
             except RegistryError as exc:
@@ -225,34 +214,6 @@ class IntentionWatcher:
             logger.info("intentions: %d rules in force (index %d)", len(rules), new_index)
         # Consul: an index that went backwards (a restored store) means start over.
         return 0 if new_index < old_index else max(new_index, 1)
-
-
-async def in_daemon_thread(call: Callable[[], T]) -> T:
-    """``call()`` in a daemon thread of its own, awaited; cancelling abandons it.
-
-    Not ``anyio.to_thread``: its workers are joined at interpreter exit, so an abandoned
-    blocking query would hold up a stopping process for its whole wait. It also keeps
-    long-held queries out of the shared worker pool.
-    """
-    token = anyio.lowlevel.current_token()
-    done = anyio.Event()
-    outcome: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, call()))
-        except BaseException as exc:
-            outcome.append((False, exc))
-        # RunFinishedError: the event loop is gone, so nobody is waiting any more.
-        with contextlib.suppress(anyio.RunFinishedError):
-            anyio.from_thread.run_sync(done.set, token=token)
-
-    threading.Thread(target=target, name="meshkit-intentions", daemon=True).start()
-    await done.wait()
-    succeeded, value = outcome[0]
-    if not succeeded:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 def _backoff(failures: int, ceiling: float) -> float:

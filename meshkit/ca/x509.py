@@ -46,15 +46,16 @@ def _serial() -> int:
     return secrets.randbits(159) | 1
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates (and CRLs) only; a leaf signs handshakes only."""
     return x509.KeyUsage(
-        digital_signature=False,
+        digital_signature=not ca,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )
@@ -62,17 +63,7 @@ def _ca_key_usage() -> x509.KeyUsage:
 
 # A leaf's fixed extensions are immutable values: built once, not per certificate
 # (the CA issues thousands per second).
-_LEAF_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
+_LEAF_KEY_USAGE = _key_usage(ca=False)
 _LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
 _LEAF_EXTENDED_KEY_USAGE = x509.ExtendedKeyUsage(
     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -111,7 +102,7 @@ def build_ca_certificate(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ import anyio
 import anyio.lowlevel
 import consul
 
+from meshkit._threads import in_daemon_thread
 from meshkit.errors import ConfigError, RegistryError, RegistryUnavailable
 from meshkit.registry.base import (
     CheckState,
@@ -90,7 +90,8 @@ class ConsulRegistry:
     def __repr__(self) -> str:
         return f"ConsulRegistry(address={self.address!r})"
 
-    def _new_client(self) -> Any:
+    def new_client(self) -> Any:
+        """A py-consul client for this registry; settings, not the environment, decide."""
         client = consul.Consul(
             host=self.host,
             port=self.port,
@@ -109,7 +110,7 @@ class ConsulRegistry:
         try:
             client = self._idle.get_nowait()
         except queue.Empty:
-            client = self._new_client()
+            client = self.new_client()
         try:
             yield client
         finally:
@@ -216,7 +217,7 @@ class ConsulRegistry:
 
         # Watches run here; a daemon thread each keeps them off the worker-thread pool
         # that registration and heartbeats share, even when the registry hangs.
-        return await _in_daemon_thread(lambda: self._translated(query))
+        return await in_daemon_thread(lambda: self._translated(query), name="meshkit-consul-watch")
 
     async def services(self) -> Sequence[ServiceSummary]:
         def listing(client: Any) -> list[ServiceSummary]:
@@ -295,25 +296,3 @@ def instance_from_entry(entry: Mapping[str, Any]) -> InstanceHealth:
 
 def _entry_status(entry: Mapping[str, Any]) -> str:
     return instance_from_entry(entry).status
-
-
-async def _in_daemon_thread(function: Callable[[], T]) -> T:
-    """Run ``function`` in a daemon thread; cancelling abandons it (it ends on its own)."""
-    token = anyio.lowlevel.current_token()
-    done = anyio.Event()
-    outcome: list[Any] = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, function()))
-        except BaseException as exc:
-            outcome.append((False, exc))
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            anyio.from_thread.run_sync(done.set, token=token)
-
-    threading.Thread(target=target, name="meshkit-consul-watch", daemon=True).start()
-    await done.wait()
-    ok, value = outcome[0]
-    if ok:
-        return value  # type: ignore[no-any-return]
-    raise value
