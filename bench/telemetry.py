@@ -1,0 +1,189 @@
+"""Server CPU per request with TelemetryMiddleware on vs off, side by side in one run.
+
+Each mode runs in its own uvicorn process (httptools + uvloop) serving the same
+Starlette endpoint; one load-generator process (aiohttp, 16 concurrent requests over
+keep-alive connections) drives them in alternating rounds, and reads each server's CPU
+(user + system, all threads: the span exporter's included) from /proc/<pid>/stat.
+
+Modes: ``off`` (no middleware), ``notrace`` (metrics, no tracer provider: the API's
+no-op tracer, which still propagates context), ``sampled10`` / ``sampled100`` (the SDK
+configured by ``configure_tracing_from_env`` with parentbased_traceidratio 0.1 / 1.0,
+exporting OTLP/HTTP protobuf to a sink in the load generator, as in production).
+
+    python -m bench.telemetry [--requests 20000] [--rounds 4]
+
+Ends with one JSON line: CPU µs per request per mode and ratios to ``off``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+MODES = ("off", "notrace", "sampled10", "sampled100")
+CONCURRENCY = 16
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --- the server process -------------------------------------------------------------
+
+
+def serve(mode: str, sink: str) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.types import ASGIApp
+
+    from meshkit.metrics import MeshMetrics
+    from meshkit.middleware.telemetry import TelemetryMiddleware
+    from meshkit.tracing import configure_tracing_from_env
+
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse({"item": request.path_params["item_id"]})
+
+    app: ASGIApp = Starlette(routes=[Route("/items/{item_id:int}", item)])
+    if mode != "off":
+        provider = None
+        if mode.startswith("sampled"):
+            ratio = "0.1" if mode == "sampled10" else "1.0"
+            environ = {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio,
+            }
+            provider = configure_tracing_from_env("bench", environ)
+        # Outermost, as ServiceApp installs it.
+        app = TelemetryMiddleware(
+            app, service="bench", metrics=MeshMetrics(), tracer_provider=provider
+        )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    config = uvicorn.Config(
+        app, http="httptools", loop="uvloop", lifespan="off", access_log=False, log_level="error"
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+# --- the load generator -------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+@contextmanager
+def server(mode: str, sink: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    command = [sys.executable, "-m", "bench.telemetry", "--serve", mode, "--sink", sink]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield process, port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def drive(session: object, port: int, requests: int) -> None:
+    import aiohttp
+
+    assert isinstance(session, aiohttp.ClientSession)
+    url = f"http://127.0.0.1:{port}/items/42"
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            async with session.get(url) as response:
+                await response.read()
+                assert response.status == 200
+
+    await asyncio.gather(*(worker(requests // CONCURRENCY) for _ in range(CONCURRENCY)))
+
+
+async def start_sink() -> tuple[object, str]:
+    """An OTLP/HTTP endpoint that accepts and drops span batches."""
+    from aiohttp import web
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    application = web.Application()
+    application.router.add_post("/v1/traces", accept)
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def run(requests: int, rounds: int) -> dict[str, object]:
+    import aiohttp
+
+    runner, sink = await start_sink()
+    per_request: dict[str, list[float]] = {mode: [] for mode in MODES}
+    with ExitStack() as stack:
+        servers = {mode: stack.enter_context(server(mode, sink)) for mode in MODES}
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=CONCURRENCY)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _, port in servers.values():
+                await drive(session, port, requests // 4)  # warm up
+            for _ in range(rounds):
+                for mode, (process, port) in servers.items():
+                    before = cpu_seconds(process.pid)
+                    await drive(session, port, requests)
+                    await asyncio.sleep(0.3)  # let the span exporter flush its batch
+                    per_request[mode].append((cpu_seconds(process.pid) - before) / requests)
+    await runner.cleanup()  # type: ignore[attr-defined]
+    return summarize(per_request, requests, rounds)
+
+
+def summarize(per_request: dict[str, list[float]], requests: int, rounds: int) -> dict[str, object]:
+    median = {mode: statistics.median(values) for mode, values in per_request.items()}
+    figures: dict[str, object] = {
+        "requests_per_round": requests,
+        "rounds": rounds,
+        "concurrency": CONCURRENCY,
+    }
+    for mode in MODES:
+        figures[f"cpu_us_per_request_{mode}"] = round(median[mode] * 1e6, 2)
+    for mode in MODES[1:]:
+        figures[f"ratio_cpu_{mode}"] = round(median[mode] / median["off"], 3)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--sink", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.sink)
+        return
+    started = time.monotonic()
+    figures = asyncio.run(run(args.requests, args.rounds))
+    for mode in MODES:
+        print(f"{mode:>10}: {figures[f'cpu_us_per_request_{mode}']:7.2f} µs server CPU/request")
+    figures["seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
