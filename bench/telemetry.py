@@ -5,10 +5,14 @@ Starlette endpoint; one load-generator process (aiohttp, 16 concurrent requests 
 keep-alive connections) drives them in alternating rounds, and reads each server's CPU
 (user + system, all threads: the span exporter's included) from /proc/<pid>/stat.
 
+Every mode runs twice: over strict mTLS with a verified caller (what ServiceApp serves,
+the headline ratios) and over plaintext HTTP (``*_plaintext``: a smaller denominator).
+
 Modes: ``off`` (no middleware), ``notrace`` (metrics, no tracer provider: the API's
 no-op tracer, which still propagates context), ``sampled10`` / ``sampled100`` (the SDK
 configured by ``configure_tracing_from_env`` with parentbased_traceidratio 0.1 / 1.0,
-exporting OTLP/HTTP protobuf to a sink in the load generator, as in production).
+exporting OTLP/HTTP protobuf to a sink in the load generator, as in production), and
+``sampled100_noexport`` (spans recorded by the SDK but never exported: the SDK's share).
 
     python -m bench.telemetry [--requests 20000] [--rounds 4]
 
@@ -22,14 +26,19 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
 
-MODES = ("off", "notrace", "sampled10", "sampled100")
+MODES = ("off", "notrace", "sampled10", "sampled100", "sampled100_noexport")
+TRANSPORTS = ("mtls", "plaintext")
 CONCURRENCY = 16
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -37,7 +46,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 # --- the server process -------------------------------------------------------------
 
 
-def serve(mode: str, sink: str) -> None:
+def serve(mode: str, sink: str, tls_dir: str) -> None:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -58,12 +67,16 @@ def serve(mode: str, sink: str) -> None:
         if mode.startswith("sampled"):
             ratio = "0.1" if mode == "sampled10" else "1.0"
             environ = {
-                "OTEL_TRACES_EXPORTER": "otlp",
+                # noexport: spans recorded by the SDK, then dropped (its cost without OTLP).
+                "OTEL_TRACES_EXPORTER": "console" if mode.endswith("noexport") else "otlp",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
                 "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                 "OTEL_TRACES_SAMPLER_ARG": ratio,
             }
             provider = configure_tracing_from_env("bench", environ)
+            if mode.endswith("noexport"):
+                assert provider is not None
+                provider._active_span_processor._span_processors = ()
         # Outermost, as ServiceApp installs it.
         app = TelemetryMiddleware(
             app, service="bench", metrics=MeshMetrics(), tracer_provider=provider
@@ -71,8 +84,20 @@ def serve(mode: str, sink: str) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     print(sock.getsockname()[1], flush=True)
+    options: dict[str, Any] = {"http": "httptools"}
+    if tls_dir:
+        # The verified caller reaches the scope as meshkit.server will put it there.
+        from tests.middleware.servers import PeerIdentityProtocol
+
+        options = {
+            "http": PeerIdentityProtocol,
+            "ssl_certfile": f"{tls_dir}/svid.pem",
+            "ssl_keyfile": f"{tls_dir}/svid-key.pem",
+            "ssl_ca_certs": f"{tls_dir}/bundle.pem",
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        }
     config = uvicorn.Config(
-        app, http="httptools", loop="uvloop", lifespan="off", access_log=False, log_level="error"
+        app, loop="uvloop", lifespan="off", access_log=False, log_level="error", **options
     )
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -87,8 +112,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def server(mode: str, sink: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def server(mode: str, sink: str, tls_dir: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     command = [sys.executable, "-m", "bench.telemetry", "--serve", mode, "--sink", sink]
+    command += ["--tls-dir", tls_dir] if tls_dir else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -103,7 +129,8 @@ async def drive(session: object, port: int, requests: int) -> None:
     import aiohttp
 
     assert isinstance(session, aiohttp.ClientSession)
-    url = f"http://127.0.0.1:{port}/items/42"
+    scheme = "https" if session.connector and session.connector._ssl else "http"  # type: ignore[attr-defined]
+    url = f"{scheme}://127.0.0.1:{port}/items/42"
 
     async def worker(count: int) -> None:
         for _ in range(count):
@@ -132,14 +159,41 @@ async def start_sink() -> tuple[object, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
+def write_identities(directory: Path) -> ssl.SSLContext:
+    """Server identity files for uvicorn; returns the caller's client context."""
+    from meshkit.ca.x509 import LocalAuthority
+    from meshkit.tls import TLSMaterial, client_context
+
+    authority = LocalAuthority()
+    authority.issue("bench").write(directory)
+    caller = authority.issue("loadgen")
+    return client_context(TLSMaterial(caller.chain_pem, caller.key_pem, caller.bundle_pem))
+
+
 async def run(requests: int, rounds: int) -> dict[str, object]:
+    runner, sink = await start_sink()
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="meshkit-bench-") as directory:
+        client_ssl = write_identities(Path(directory))
+        for transport in TRANSPORTS:
+            tls_dir, context = (directory, client_ssl) if transport == "mtls" else ("", None)
+            per_request = await measure(requests, rounds, sink, tls_dir, context)
+            figures.update(summarize(per_request, "" if transport == "mtls" else "_plaintext"))
+    await runner.cleanup()  # type: ignore[attr-defined]
+    return figures
+
+
+async def measure(
+    requests: int, rounds: int, sink: str, tls_dir: str, context: ssl.SSLContext | None
+) -> dict[str, list[float]]:
     import aiohttp
 
-    runner, sink = await start_sink()
     per_request: dict[str, list[float]] = {mode: [] for mode in MODES}
     with ExitStack() as stack:
-        servers = {mode: stack.enter_context(server(mode, sink)) for mode in MODES}
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=CONCURRENCY)
+        servers = {mode: stack.enter_context(server(mode, sink, tls_dir)) for mode in MODES}
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=CONCURRENCY, ssl=context if context else False
+        )
         async with aiohttp.ClientSession(connector=connector) as session:
             for _, port in servers.values():
                 await drive(session, port, requests // 4)  # warm up
@@ -149,21 +203,16 @@ async def run(requests: int, rounds: int) -> dict[str, object]:
                     await drive(session, port, requests)
                     await asyncio.sleep(0.3)  # let the span exporter flush its batch
                     per_request[mode].append((cpu_seconds(process.pid) - before) / requests)
-    await runner.cleanup()  # type: ignore[attr-defined]
-    return summarize(per_request, requests, rounds)
+    return per_request
 
 
-def summarize(per_request: dict[str, list[float]], requests: int, rounds: int) -> dict[str, object]:
+def summarize(per_request: dict[str, list[float]], suffix: str) -> dict[str, object]:
     median = {mode: statistics.median(values) for mode, values in per_request.items()}
-    figures: dict[str, object] = {
-        "requests_per_round": requests,
-        "rounds": rounds,
-        "concurrency": CONCURRENCY,
-    }
+    figures: dict[str, object] = {}
     for mode in MODES:
-        figures[f"cpu_us_per_request_{mode}"] = round(median[mode] * 1e6, 2)
+        figures[f"cpu_us_per_request_{mode}{suffix}"] = round(median[mode] * 1e6, 2)
     for mode in MODES[1:]:
-        figures[f"ratio_cpu_{mode}"] = round(median[mode] / median["off"], 3)
+        figures[f"ratio_cpu_{mode}{suffix}"] = round(median[mode] / median["off"], 3)
     return figures
 
 
@@ -173,15 +222,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--sink", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.sink)
+        serve(args.serve, args.sink, args.tls_dir)
         return
     started = time.monotonic()
     figures = asyncio.run(run(args.requests, args.rounds))
-    for mode in MODES:
-        print(f"{mode:>10}: {figures[f'cpu_us_per_request_{mode}']:7.2f} µs server CPU/request")
-    figures["seconds"] = round(time.monotonic() - started, 1)
+    for suffix in ("", "_plaintext"):
+        for mode in MODES:
+            cpu = figures[f"cpu_us_per_request_{mode}{suffix}"]
+            print(f"{mode + suffix:>30}: {cpu:7.2f} µs server CPU/request")
+    figures.update(
+        requests_per_round=args.requests,
+        rounds=args.rounds,
+        concurrency=CONCURRENCY,
+        seconds=round(time.monotonic() - started, 1),
+    )
     print(json.dumps(figures))
 
 

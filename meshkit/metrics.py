@@ -69,8 +69,8 @@ UNMATCHED_ROUTE = "unmatched"
 KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
-CircuitState = Literal["closed", "half_open", "open"]
-_CIRCUIT_VALUES: dict[CircuitState, int] = {"closed": 0, "half_open": 1, "open": 2}
+CircuitState = Literal["closed", "half-open", "open"]
+_CIRCUIT_VALUES: dict[CircuitState, int] = {"closed": 0, "half-open": 1, "open": 2}
 _CLIENT_LABELS = (
     "http_request_method",
     "destination_service",

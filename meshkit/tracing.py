@@ -59,7 +59,7 @@ class _ASGIHeaderGetter(Getter[RawHeaders]):
 _ASGI_GETTER = _ASGIHeaderGetter()
 _TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
 # Contexts are immutable (setting a value makes a new one), so one empty context is shared.
-_EMPTY = Context()
+EMPTY_CONTEXT = Context()
 
 
 def extract_context(headers: RawHeaders) -> Context:
@@ -70,8 +70,8 @@ def extract_context(headers: RawHeaders) -> Context:
     """
     for name, _ in headers:
         if name in _TRACE_HEADERS:
-            return MESH_PROPAGATOR.extract(headers, context=_EMPTY, getter=_ASGI_GETTER)
-    return _EMPTY
+            return MESH_PROPAGATOR.extract(headers, context=EMPTY_CONTEXT, getter=_ASGI_GETTER)
+    return EMPTY_CONTEXT
 
 
 def inject_context(headers: MutableMapping[str, str], context: Context | None = None) -> None:

@@ -62,7 +62,7 @@ def test_mesh_internals_are_recorded() -> None:
     sample = metrics.registry.get_sample_value
     payments = {"destination_service": "payments"}
     assert sample("meshkit_circuit_state", payments) == 2
-    metrics.set_circuit_state("payments", "half_open")
+    metrics.set_circuit_state("payments", "half-open")
     assert sample("meshkit_circuit_state", payments) == 1
     assert sample("meshkit_retry_budget_exhausted_total", payments) == 1
     assert sample("meshkit_endpoint_ejections_total", payments) == 1

