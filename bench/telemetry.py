@@ -82,6 +82,7 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
         )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     print(sock.getsockname()[1], flush=True)
     options: dict[str, Any] = {"http": "httptools"}
     if tls_dir:
