@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean prometheus
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m examples.hello
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) prometheus lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check -q meshkit tests examples bench
@@ -37,6 +37,11 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/mesh.py $(BENCH_ARGS)
+
+# The telemetry tests scrape with a real Prometheus (and promtool checks the exposition).
+prometheus:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

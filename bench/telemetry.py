@@ -1,0 +1,253 @@
+"""Server CPU per request with TelemetryMiddleware on vs off, side by side in one run.
+
+Each mode runs in its own uvicorn process (httptools + uvloop) serving the same
+Starlette endpoint; one load-generator process (aiohttp, 16 concurrent requests over
+keep-alive connections) drives them in alternating rounds, and reads each server's CPU
+(all threads: the span exporter's included) from /proc/<pid>/task/*/schedstat.
+
+Every mode runs twice: over strict mTLS with a verified caller (what ServiceApp serves,
+the headline ratios) and over plaintext HTTP (``*_plaintext``: a smaller denominator).
+
+Modes: ``off`` (no middleware), ``notrace`` (metrics, no tracer provider: the API's
+no-op tracer, which still propagates context), ``sampled10`` / ``sampled100`` (the SDK
+configured by ``configure_tracing_from_env`` with parentbased_traceidratio 0.1 / 1.0,
+exporting OTLP/HTTP protobuf to a sink in the load generator, as in production), and
+``sampled100_noexport`` (spans recorded by the SDK but never exported: the SDK's share).
+
+    python -m bench.telemetry [--requests 8000] [--rounds 5]
+
+Ends with one JSON line: CPU µs per request per mode and ratios to ``off``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+MODES = ("off", "notrace", "sampled10", "sampled100", "sampled100_noexport")
+TRANSPORTS = ("mtls", "plaintext")
+CONCURRENCY = 16
+
+
+# --- the server process -------------------------------------------------------------
+
+
+def serve(mode: str, sink: str, tls_dir: str) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.types import ASGIApp
+
+    from meshkit.metrics import MeshMetrics
+    from meshkit.middleware.telemetry import TelemetryMiddleware
+    from meshkit.tracing import configure_tracing_from_env
+
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse({"item": request.path_params["item_id"]})
+
+    app: ASGIApp = Starlette(routes=[Route("/items/{item_id:int}", item)])
+    if mode != "off":
+        provider = None
+        if mode.startswith("sampled"):
+            ratio = "0.1" if mode == "sampled10" else "1.0"
+            environ = {
+                # noexport: spans recorded by the SDK, then dropped (its cost without OTLP).
+                "OTEL_TRACES_EXPORTER": "console" if mode.endswith("noexport") else "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio,
+            }
+            provider = configure_tracing_from_env("bench", environ)
+            if mode.endswith("noexport"):
+                assert provider is not None
+                provider._active_span_processor._span_processors = ()
+        # Outermost, as ServiceApp installs it.
+        app = TelemetryMiddleware(
+            app, service="bench", metrics=MeshMetrics(), tracer_provider=provider
+        )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
+    print(sock.getsockname()[1], flush=True)
+    options: dict[str, Any] = {"http": "httptools"}
+    if tls_dir:
+        # The verified caller reaches the scope as meshkit.server will put it there.
+        from tests.middleware.servers import PeerIdentityProtocol
+
+        options = {
+            "http": PeerIdentityProtocol,
+            "ssl_certfile": f"{tls_dir}/svid.pem",
+            "ssl_keyfile": f"{tls_dir}/svid-key.pem",
+            "ssl_ca_certs": f"{tls_dir}/bundle.pem",
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        }
+    config = uvicorn.Config(
+        app, loop="uvloop", lifespan="off", access_log=False, log_level="error", **options
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+# --- the load generator -------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all the process's threads, in ns precision (/proc/*/schedstat), where
+    /proc/<pid>/stat counts 10 ms ticks: too coarse for a few thousand requests."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as handle:
+                total += int(handle.read().split()[0])
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
+@contextmanager
+def server(mode: str, sink: str, tls_dir: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    command = [sys.executable, "-m", "bench.telemetry", "--serve", mode, "--sink", sink]
+    command += ["--tls-dir", tls_dir] if tls_dir else []
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield process, port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def drive(session: object, port: int, requests: int) -> None:
+    import aiohttp
+
+    assert isinstance(session, aiohttp.ClientSession)
+    scheme = "https" if session.connector and session.connector._ssl else "http"  # type: ignore[attr-defined]
+    url = f"{scheme}://127.0.0.1:{port}/items/42"
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            async with session.get(url) as response:
+                await response.read()
+                assert response.status == 200
+
+    await asyncio.gather(*(worker(requests // CONCURRENCY) for _ in range(CONCURRENCY)))
+
+
+async def start_sink() -> tuple[object, str]:
+    """An OTLP/HTTP endpoint that accepts and drops span batches."""
+    from aiohttp import web
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    application = web.Application()
+    application.router.add_post("/v1/traces", accept)
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def write_identities(directory: Path) -> ssl.SSLContext:
+    """Server identity files for uvicorn; returns the caller's client context."""
+    from meshkit.ca.x509 import LocalAuthority
+    from meshkit.tls import TLSMaterial, client_context
+
+    authority = LocalAuthority()
+    authority.issue("bench").write(directory)
+    caller = authority.issue("loadgen")
+    return client_context(TLSMaterial(caller.chain_pem, caller.key_pem, caller.bundle_pem))
+
+
+async def run(requests: int, rounds: int) -> dict[str, object]:
+    runner, sink = await start_sink()
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="meshkit-bench-") as directory:
+        client_ssl = write_identities(Path(directory))
+        for transport in TRANSPORTS:
+            tls_dir, context = (directory, client_ssl) if transport == "mtls" else ("", None)
+            per_request = await measure(requests, rounds, sink, tls_dir, context)
+            figures.update(summarize(per_request, "" if transport == "mtls" else "_plaintext"))
+    await runner.cleanup()  # type: ignore[attr-defined]
+    return figures
+
+
+async def measure(
+    requests: int, rounds: int, sink: str, tls_dir: str, context: ssl.SSLContext | None
+) -> dict[str, list[float]]:
+    import aiohttp
+
+    per_request: dict[str, list[float]] = {mode: [] for mode in MODES}
+    with ExitStack() as stack:
+        servers = {mode: stack.enter_context(server(mode, sink, tls_dir)) for mode in MODES}
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=CONCURRENCY, ssl=context if context else False
+        )
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _, port in servers.values():
+                await drive(session, port, requests // 4)  # warm up
+            for _ in range(rounds):
+                for mode, (process, port) in servers.items():
+                    before = cpu_seconds(process.pid)
+                    await drive(session, port, requests)
+                    await asyncio.sleep(0.3)  # let the span exporter flush its batch
+                    per_request[mode].append((cpu_seconds(process.pid) - before) / requests)
+    return per_request
+
+
+def summarize(per_request: dict[str, list[float]], suffix: str) -> dict[str, object]:
+    median = {mode: statistics.median(values) for mode, values in per_request.items()}
+    figures: dict[str, object] = {}
+    for mode in MODES:
+        figures[f"cpu_us_per_request_{mode}{suffix}"] = round(median[mode] * 1e6, 2)
+    for mode in MODES[1:]:
+        figures[f"ratio_cpu_{mode}{suffix}"] = round(median[mode] / median["off"], 3)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--requests", type=int, default=8000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--sink", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-dir", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.sink, args.tls_dir)
+        return
+    started = time.monotonic()
+    figures = asyncio.run(run(args.requests, args.rounds))
+    for suffix in ("", "_plaintext"):
+        for mode in MODES:
+            cpu = figures[f"cpu_us_per_request_{mode}{suffix}"]
+            print(f"{mode + suffix:>30}: {cpu:7.2f} µs server CPU/request")
+    figures.update(
+        requests_per_round=args.requests,
+        rounds=args.rounds,
+        concurrency=CONCURRENCY,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

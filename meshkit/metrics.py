@@ -1,0 +1,281 @@
+"""MeshMetrics: every Prometheus metric meshkit records, in one registry owned by the app.
+
+Names and labels follow the OpenTelemetry HTTP semantic conventions in Prometheus form
+(``http.server.request.duration`` in seconds becomes ``http_server_request_duration_seconds``,
+the attribute ``http.request.method`` becomes the label ``http_request_method``), plus
+``source_service`` on the server side, ``destination_service`` on the client side, and
+``meshkit_*`` for the mesh's own machinery. The app's own identity is not a label:
+Prometheus attaches it as target labels (``job``, ``instance``) when it scrapes.
+
+Server metrics
+    http_server_request_duration_seconds  histogram  http_request_method, http_route,
+                                                     http_response_status_code, source_service
+    http_server_active_requests           gauge      http_request_method
+Client metrics (the mesh client)
+    http_client_request_duration_seconds  histogram  http_request_method, destination_service,
+                                                     http_response_status_code, error_type
+    meshkit_client_attempts_total         counter    the same labels, one per attempt
+Mesh internals
+    meshkit_retries_total                 counter    destination_service
+    meshkit_retry_budget_exhausted_total  counter    destination_service
+    meshkit_endpoint_ejections_total      counter    destination_service
+    meshkit_circuit_state                 gauge      destination_service (0 closed,
+                                                     1 half-open, 2 open)
+    meshkit_policy_denials_total          counter    source_service, http_route, reason
+    meshkit_cert_expiry_timestamp_seconds gauge      spiffe_id: the workload certificate's notAfter
+    meshkit_registry_cache_staleness_seconds gauge   destination_service: seconds since the
+                                                     watched cache last refreshed that service
+
+Every metric lives in the registry given to ``MeshMetrics`` (a fresh one by default),
+never in prometheus_client's global ``REGISTRY``: two apps in one process never collide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from starlette.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from meshkit.tls import TLSContexts, TLSMaterial
+
+#: Latency buckets, in seconds: from 0.25 ms (a cached in-mesh call) to 10 s.
+DURATION_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+#: The route label of a request that matched no route (templates always start with "/").
+UNMATCHED_ROUTE = "unmatched"
+#: ``http_request_method`` values; any other method is recorded as ``_OTHER`` (semconv).
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+CircuitState = Literal["closed", "half-open", "open"]
+_CIRCUIT_VALUES: dict[CircuitState, int] = {"closed": 0, "half-open": 1, "open": 2}
+_CLIENT_LABELS = (
+    "http_request_method",
+    "destination_service",
+    "http_response_status_code",
+    "error_type",
+)
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+def method_label(method: str) -> str:
+    """The ``http_request_method`` value: the method, or ``_OTHER`` to bound cardinality."""
+    return method if method in KNOWN_METHODS else "_OTHER"
+
+
+class LabelCache(Generic[M]):
+    """Memoized ``metric.labels(...)`` children: the lookup is a dict hit, not a lock + str()."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._children: dict[tuple[object, ...], M] = {}
+
+    def get(self, *key: object) -> M:
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(*key)
+        return child
+
+
+class _StalenessCollector(Collector):
+    """Reports, at scrape time, how long ago each service's cache entry was refreshed."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.refreshed: dict[str, float] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "meshkit_registry_cache_staleness_seconds",
+            "Seconds since the watched registry cache last refreshed a service's instances.",
+            labels=["destination_service"],
+        )
+        now = self._clock()
+        for service, at in sorted(self.refreshed.items()):
+            family.add_metric([service], max(0.0, now - at))
+        return [family]
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
+class MeshMetrics:
+    """All meshkit metrics of one app, registered in ``registry`` (a new one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = CollectorRegistry() if registry is None else registry
+        self._register_server()
+        self._register_client()
+        self._register_mesh()
+
+    def _register_server(self) -> None:
+        self.server_duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            ["http_request_method", "http_route", "http_response_status_code", "source_service"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.server_active = Gauge(
+            "http_server_active_requests",
+            "Number of active HTTP server requests.",
+            ["http_request_method"],
+            registry=self.registry,
+        )
+        self.server_duration_by = LabelCache(self.server_duration)
+        self.server_active_by = LabelCache(self.server_active)
+
+    def _register_client(self) -> None:
+        self.client_duration = Histogram(
+            "http_client_request_duration_seconds",
+            "Duration of logical mesh client calls, retries included.",
+            _CLIENT_LABELS,
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.client_attempts = Counter(
+            "meshkit_client_attempts",
+            "Attempts made by the mesh client (one logical call may make several).",
+            _CLIENT_LABELS,
+            registry=self.registry,
+        )
+        self._client_duration_by = LabelCache(self.client_duration)
+        self._client_attempts_by = LabelCache(self.client_attempts)
+
+    def _register_mesh(self) -> None:
+        destination = ["destination_service"]
+        self._retries = LabelCache(
+            Counter("meshkit_retries", "Retries made.", destination, registry=self.registry)
+        )
+        self._budget_exhausted = LabelCache(
+            Counter(
+                "meshkit_retry_budget_exhausted",
+                "Retries not made because the retry budget was spent.",
+                destination,
+                registry=self.registry,
+            )
+        )
+        self._ejections = LabelCache(
+            Counter(
+                "meshkit_endpoint_ejections",
+                "Endpoints ejected by outlier detection.",
+                destination,
+                registry=self.registry,
+            )
+        )
+        self._circuit_state = LabelCache(
+            Gauge(
+                "meshkit_circuit_state",
+                "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                destination,
+                registry=self.registry,
+            )
+        )
+        self._policy_denials = LabelCache(
+            Counter(
+                "meshkit_policy_denials",
+                "Requests refused by an authorization or admission policy.",
+                ["source_service", "http_route", "reason"],
+                registry=self.registry,
+            )
+        )
+        # Labelled so that no series exists (reading as "expired in 1970") before the
+        # first certificate is known.
+        self._cert_expiry = LabelCache(
+            Gauge(
+                "meshkit_cert_expiry_timestamp_seconds",
+                "When the workload certificate expires (notAfter), in Unix seconds.",
+                ["spiffe_id"],
+                registry=self.registry,
+            )
+        )
+        self._staleness = _StalenessCollector(time.monotonic)
+        self.registry.register(self._staleness)
+
+    # Recording helpers for the mesh client, policies and the registry cache.
+
+    def observe_client_call(
+        self, method: str, destination: str, status: int | None, error_type: str, seconds: float
+    ) -> None:
+        """One logical call ended: ``status`` None and ``error_type`` set when it failed."""
+        key = (method_label(method), destination, "" if status is None else status, error_type)
+        self._client_duration_by.get(*key).observe(seconds)
+
+    def count_client_attempt(
+        self, method: str, destination: str, status: int | None, error_type: str
+    ) -> None:
+        key = (method_label(method), destination, "" if status is None else status, error_type)
+        self._client_attempts_by.get(*key).inc()
+
+    def retried(self, destination: str) -> None:
+        self._retries.get(destination).inc()
+
+    def retry_budget_exhausted(self, destination: str) -> None:
+        self._budget_exhausted.get(destination).inc()
+
+    def endpoint_ejected(self, destination: str) -> None:
+        self._ejections.get(destination).inc()
+
+    def policy_denied(self, source: str, route: str, reason: str) -> None:
+        """``reason`` is a short fixed word (e.g. ``caller``, ``rate_limit``): it is a label."""
+        self._policy_denials.get(source, route, reason).inc()
+
+    def set_circuit_state(self, destination: str, state: CircuitState) -> None:
+        self._circuit_state.get(destination).set(_CIRCUIT_VALUES[state])
+
+    def registry_cache_refreshed(self, service: str, *, at: float | None = None) -> None:
+        """The watched cache holds fresh instances of ``service`` (``at``: time.monotonic())."""
+        self._staleness.refreshed[service] = time.monotonic() if at is None else at
+
+    def set_certificate(self, material: TLSMaterial) -> None:
+        self._cert_expiry.get(str(material.spiffe_id)).set(material.not_after)
+
+    def watch_certificates(self, contexts: TLSContexts) -> None:
+        """Track the expiry of the current certificate and of every rotation after it."""
+        self.set_certificate(contexts.material)
+        contexts.on_update(self.set_certificate)
+
+    # Exposition.
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition body and its content type (OpenMetrics when ``accept`` asks)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    async def asgi_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An ASGI app answering any GET with the exposition (mount it at ``/metrics``)."""
+        if scope["type"] != "http":
+            return
+        accept = b",".join(value for name, value in scope["headers"] if name == b"accept")
+        body, content_type = self.render(accept.decode("latin-1"))
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,274 @@
+"""TelemetryMiddleware: metrics, a SERVER span and an access log line for every request.
+
+ServiceApp installs it outermost, so it times everything the app does, including the
+other mesh middleware. Per request it
+
+- counts the request in ``http_server_active_requests`` while it runs;
+- observes ``http_server_request_duration_seconds`` labelled by method, route template,
+  status code and the caller's verified service (``source_service``);
+- continues the caller's W3C trace (``traceparent``/``tracestate``, ``baggage``) in a
+  SERVER span named ``METHOD /route/template``, made current for the handler so mesh
+  client calls it makes carry the context on; a malformed header starts a new trace;
+- writes one JSON line to the ``meshkit.access`` logger when ``access_log`` is on.
+
+The route is known only after Starlette's router ran: the router records the matched
+route in the (shared) scope, so the middleware reads it once the app has answered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from contextvars import Token
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NoOpTracer,
+    ProxyTracer,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    format_trace_id,
+)
+from starlette.routing import Host, Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from meshkit.identity import SpiffeId, peer_identity
+from meshkit.metrics import UNMATCHED_ROUTE, MeshMetrics, method_label
+from meshkit.tracing import EMPTY_CONTEXT, extract_context, get_tracer
+
+UNKNOWN_SOURCE = "unknown"
+access_logger = logging.getLogger("meshkit.access")
+_perf_counter = time.perf_counter
+
+
+class TelemetryMiddleware:
+    """Pure ASGI telemetry; non-HTTP scopes (lifespan, websockets) pass straight through."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        service: str,
+        metrics: MeshMetrics,
+        tracer_provider: trace.TracerProvider | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.metrics = metrics
+        self.access_log = access_log
+        self._tracer = get_tracer(tracer_provider)
+        self._routes = RouteTemplates()
+        self._sources = SourceLabels()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = _perf_counter()
+        method = method_label(scope["method"])
+        active = self.metrics.server_active_by.get(method)
+        active.inc()
+        span, token = self._start_span(scope, method)
+        status = 0
+        sent = 0
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            else:
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_observed)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            duration = _perf_counter() - start
+            active.dec()
+            status = status or 500  # the app failed before answering: the server sends 500
+            route = self._routes.lookup(scope)
+            identity = peer_identity(scope)
+            source = self._sources.label(identity)
+            self.metrics.server_duration_by.get(method, route, status, source).observe(duration)
+            if span.is_recording():
+                _finish_span(span, scope, method, route, status, identity, source, error)
+            span.end()
+            if token is not None:
+                otel_context.detach(token)
+            if self.access_log and access_logger.isEnabledFor(logging.INFO):
+                self._log(span, scope, route, status, identity, duration, sent)
+
+    def _start_span(self, scope: Scope, method: str) -> tuple[Span, Token[Context] | None]:
+        """The request's SERVER span, made current (with the caller's baggage) when there
+        is anything to carry on to calls the handler makes."""
+        parent = extract_context(scope["headers"])
+        if self._tracing():
+            # Attributes are set at the end in one call, and only on a recording span: a
+            # dropped span costs no dict (given at start they cost ~1.5 µs more).
+            name = "HTTP" if method == "_OTHER" else method
+            span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        else:
+            span = trace.get_current_span(parent)  # the caller's context, carried on as is
+        if parent is EMPTY_CONTEXT and not span.get_span_context().is_valid:
+            return span, None
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+    def _tracing(self) -> bool:
+        """False while no SDK is configured: then no span is made, only context carried."""
+        tracer = self._tracer
+        if isinstance(tracer, ProxyTracer):
+            # A global provider may be installed after the app is built: check each time.
+            return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        return not isinstance(tracer, NoOpTracer)
+
+    def _log(
+        self,
+        span: Span,
+        scope: Scope,
+        route: str,
+        status: int,
+        identity: SpiffeId | None,
+        duration: float,
+        sent: int,
+    ) -> None:
+        span_context = span.get_span_context()
+        record = {
+            "time": _rfc3339(time.time() - duration),
+            "service": self.service,
+            "trace_id": format_trace_id(span_context.trace_id) if span_context.is_valid else None,
+            "caller": str(identity) if identity else None,
+            "method": scope["method"],
+            "route": route,
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+            "bytes": sent,
+        }
+        access_logger.info(json.dumps(record, separators=(",", ":")))
+
+
+def _request_attributes(scope: Scope, method: str) -> dict[str, Any]:
+    """HTTP server semantic-convention attributes of the request itself."""
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": scope["path"],
+        "url.scheme": scope["scheme"],
+        "network.protocol.version": scope["http_version"],
+    }
+    if method != scope["method"]:
+        attributes["http.request.method_original"] = scope["method"]
+    if scope["query_string"]:
+        attributes["url.query"] = scope["query_string"].decode("latin-1")
+    if scope["client"]:
+        attributes["client.address"] = scope["client"][0]
+    return attributes
+
+
+def _finish_span(
+    span: Span,
+    scope: Scope,
+    method: str,
+    route: str,
+    status: int,
+    identity: SpiffeId | None,
+    source: str,
+    error: BaseException | None,
+) -> None:
+    """Name the span and set its attributes in one call (each SDK write takes a lock)."""
+    attributes = _request_attributes(scope, method)
+    attributes["http.response.status_code"] = status
+    if route != UNMATCHED_ROUTE:
+        attributes["http.route"] = route
+        span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
+    if identity is not None:
+        attributes["peer.service"] = source
+        attributes["meshkit.peer.spiffe_id"] = str(identity)
+    if error is not None:
+        attributes["error.type"] = type(error).__qualname__
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, str(error)))
+    elif status >= 500:
+        # Server spans are errors on 5xx only: a 4xx is the caller's mistake (semconv).
+        attributes["error.type"] = str(status)
+        span.set_status(Status(StatusCode.ERROR))
+    span.set_attributes(attributes)
+
+
+def _rfc3339(timestamp: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+    return f"{seconds}.{int(timestamp % 1 * 1000):03d}Z"
+
+
+class SourceLabels:
+    """``source_service`` label values, memoized per caller identity path."""
+
+    def __init__(self) -> None:
+        # Keyed by the ID's path string: the server hands every request of a connection
+        # the same SpiffeId, so the string's hash is computed once.
+        self._labels: dict[tuple[str, str], str] = {}
+
+    def label(self, identity: SpiffeId | None) -> str:
+        if identity is None:
+            return UNKNOWN_SOURCE
+        key = (identity.trust_domain, identity.path)
+        label = self._labels.get(key)
+        if label is None:
+            label = self._labels[key] = identity.service or UNKNOWN_SOURCE
+        return label
+
+
+class RouteTemplates:
+    """The full template of the route Starlette matched (``/shop/items/{item_id}``).
+
+    Starlette puts the innermost matched route in ``scope["route"]``; templates of the
+    mounts above it are found by walking the top router (``scope["router"]``) once and
+    memoizing by route object. Never the raw path: it would explode label cardinality.
+    """
+
+    def __init__(self) -> None:
+        # By id(): Starlette routes define __eq__ and so are unhashable; they live as long
+        # as the app, so an id is never reused for another route while it is cached.
+        self._templates: dict[int, str] = {}
+
+    def lookup(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            return UNMATCHED_ROUTE
+        template = self._templates.get(id(route))
+        if template is None:
+            template = self._resolve(scope, route)
+        return template
+
+    def _resolve(self, scope: Scope, route: Any) -> str:
+        router = scope.get("router")
+        if router is not None:
+            # Rebuild on a miss: routes may be added after the first request.
+            self._templates.update((id(r), t) for r, t in _templates(router.routes, ""))
+        template = self._templates.get(id(route))
+        if template is None:
+            template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
+            self._templates[id(route)] = template
+        return template
+
+
+def _templates(routes: Iterable[Any], prefix: str) -> Iterator[tuple[Any, str]]:
+    for route in routes:
+        if isinstance(route, Mount):
+            yield route, prefix + route.path_format
+            yield from _templates(route.routes, prefix + route.path)
+        elif isinstance(route, Host):
+            yield from _templates(route.routes, prefix)
+        elif hasattr(route, "path_format"):
+            yield route, prefix + route.path_format

@@ -1,0 +1,222 @@
+"""Trace context on the wire, and the OpenTelemetry SDK set up from ``OTEL_*`` variables.
+
+The mesh speaks W3C Trace Context (``traceparent``, ``tracestate``) and W3C Baggage
+(``baggage``) between its services, whatever propagator the process has installed
+globally: both ends are meshkit, so the wire format is fixed. The server extracts with
+``extract_context``; the mesh client injects with ``inject_context``.
+
+Library code here never sets OpenTelemetry globals. ``configure_tracing_from_env``
+builds a ``TracerProvider`` for ``meshkit run``, which owns the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from importlib import metadata
+
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from meshkit.errors import ConfigError
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+MESH_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+INSTRUMENTATION_NAME = "meshkit"
+_VERSION = metadata.version("meshkit")
+
+
+class _ASGIHeaderGetter(Getter[RawHeaders]):
+    """Reads an ASGI scope's raw header list in place (no per-request dict)."""
+
+    def get(self, carrier: RawHeaders, key: str) -> list[str] | None:
+        wanted = key.encode("latin-1")
+        values = [value.decode("latin-1") for name, value in carrier if name == wanted]
+        return values or None
+
+    def keys(self, carrier: RawHeaders) -> list[str]:
+        return [name.decode("latin-1") for name, _ in carrier]
+
+
+class _ListSetter(Setter[list[tuple[str, str]]]):
+    def set(self, carrier: list[tuple[str, str]], key: str, value: str) -> None:
+        carrier.append((key, value))
+
+
+_ASGI_GETTER = _ASGIHeaderGetter()
+_LIST_SETTER = _ListSetter()
+_TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
+# Contexts are immutable (setting a value makes a new one), so one empty context is shared.
+EMPTY_CONTEXT = Context()
+
+
+def extract_context(headers: RawHeaders) -> Context:
+    """The caller's trace context and baggage, from the wire only (never the current one).
+
+    An empty context (so a new trace) when the headers are absent or malformed. Most
+    requests of an untraced mesh carry none: one scan finds that, with no propagator call.
+    """
+    for name, _ in headers:
+        if name in _TRACE_HEADERS:
+            return MESH_PROPAGATOR.extract(headers, context=EMPTY_CONTEXT, getter=_ASGI_GETTER)
+    return EMPTY_CONTEXT
+
+
+def inject_context(headers: MutableMapping[str, str], context: Context | None = None) -> None:
+    """Add ``traceparent``/``tracestate``/``baggage`` for ``context`` (default: the current)."""
+    MESH_PROPAGATOR.inject(headers, context=context)
+
+
+def append_context_headers(headers: list[tuple[str, str]], context: Context | None = None) -> None:
+    """Append the trace-context headers of ``context`` (default: the current) to a list."""
+    MESH_PROPAGATOR.inject(headers, context=context, setter=_LIST_SETTER)
+
+
+def get_tracer(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
+    """meshkit's tracer from ``tracer_provider``, else from the global one (resolved lazily)."""
+    return trace.get_tracer(INSTRUMENTATION_NAME, _VERSION, tracer_provider=tracer_provider)
+
+
+# --- configure_tracing_from_env -------------------------------------------------------
+
+_DEFAULT_ZIPKIN = "http://localhost:9411/api/v2/spans"
+_EXPORTER_NAMES = ("otlp", "zipkin", "console", "none")
+
+
+def configure_tracing_from_env(
+    service_name: str, environ: Mapping[str, str]
+) -> TracerProvider | None:
+    """An SDK ``TracerProvider`` as the standard ``OTEL_*`` variables describe, or None.
+
+    None when the process already has a global provider (the user configured tracing),
+    when ``OTEL_SDK_DISABLED`` is true, or when no exporter is asked for: with neither
+    ``OTEL_TRACES_EXPORTER`` nor an OTLP endpoint set, tracing stays off (the API's
+    no-op tracer still propagates trace context) instead of the spec's default of
+    exporting to an OTLP collector that usually is not there. ``service.name`` is the
+    mesh identity's service. The caller owns the provider: ``shutdown()`` flushes it.
+    """
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    exporters = [_exporter(name, environ) for name in _exporter_names(environ)]
+    if not exporters:
+        return None
+    resource = Resource.create({"service.name": service_name})
+    provider = TracerProvider(resource=resource, sampler=sampler_from_env(environ))
+    for processor in _processors(exporters):
+        provider.add_span_processor(processor)
+    return provider
+
+
+def _exporter_names(environ: Mapping[str, str]) -> list[str]:
+    raw = environ.get("OTEL_TRACES_EXPORTER")
+    if raw is None:
+        has_endpoint = any(
+            environ.get(name)
+            for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+        return ["otlp"] if has_endpoint else []
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    for name in names:
+        if name not in _EXPORTER_NAMES:
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={raw!r}: unknown exporter {name!r} "
+                f"(expected {', '.join(_EXPORTER_NAMES)})"
+            )
+    return [name for name in names if name != "none"]
+
+
+def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
+    if name == "otlp":
+        return _otlp_exporter(environ)
+    if name == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        return ZipkinExporter(
+            endpoint=environ.get("OTEL_EXPORTER_ZIPKIN_ENDPOINT", _DEFAULT_ZIPKIN)
+        )
+    return ConsoleSpanExporter()
+
+
+def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
+    protocol = environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+    )
+    if protocol.strip() not in ("", "http/protobuf"):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: meshkit ships the http/protobuf "
+            "OTLP exporter only"
+        )
+    from meshkit._otlp import MeshOTLPSpanExporter
+
+    return MeshOTLPSpanExporter(endpoint=otlp_traces_endpoint(environ))
+
+
+def otlp_traces_endpoint(environ: Mapping[str, str]) -> str:
+    """The signal-specific endpoint as given, else the base endpoint + ``/v1/traces`` (spec)."""
+    specific = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if specific:
+        return specific
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
+    return base.rstrip("/") + "/v1/traces"
+
+
+def _processors(exporters: Iterable[SpanExporter]) -> list[SpanProcessor]:
+    # The console is for development: print each span as it ends, not in batches.
+    return [
+        SimpleSpanProcessor(exporter)
+        if isinstance(exporter, ConsoleSpanExporter)
+        else BatchSpanProcessor(exporter)
+        for exporter in exporters
+    ]
+
+
+def sampler_from_env(environ: Mapping[str, str]) -> Sampler:
+    """``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``; parentbased_always_on by default."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if name == "always_on":
+        return ALWAYS_ON
+    if name == "always_off":
+        return ALWAYS_OFF
+    if name == "traceidratio":
+        return TraceIdRatioBased(_ratio(environ))
+    if name == "parentbased_always_on":
+        return ParentBased(ALWAYS_ON)
+    if name == "parentbased_always_off":
+        return ParentBased(ALWAYS_OFF)
+    if name == "parentbased_traceidratio":
+        return ParentBased(TraceIdRatioBased(_ratio(environ)))
+    raise ConfigError(
+        f"OTEL_TRACES_SAMPLER={name!r}: expected always_on, always_off, traceidratio, "
+        "parentbased_always_on, parentbased_always_off or parentbased_traceidratio"
+    )
+
+
+def _ratio(environ: Mapping[str, str]) -> float:
+    raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")
+    try:
+        ratio = float(raw)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG={raw!r}: expected a ratio from 0 to 1")
+    return ratio

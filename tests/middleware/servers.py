@@ -1,0 +1,107 @@
+"""Real uvicorn servers for the middleware tests, each in a thread the fixture stops."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from meshkit.ca.x509 import IssuedIdentity
+from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
+from meshkit.tls import TLSMaterial, client_context
+
+
+class PeerIdentityProtocol(HttpToolsProtocol):
+    """Test-only stand-in for meshkit.server's protocol (being written by the lead): puts
+    the verified client certificate's SPIFFE ID into the ASGI TLS extension."""
+
+    _tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._tls = {PEER_IDENTITY_KEY: identity_from_peercert(ssl_object.getpeercert())}
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[typeddict-unknown-key]
+
+
+@contextmanager
+def running(
+    app: ASGIApp, *, identity: IssuedIdentity | None = None, directory: Path | None = None
+) -> Iterator[int]:
+    """Serve ``app`` on 127.0.0.1 (strict mTLS when ``identity`` is given); yield the port."""
+    options: dict[str, Any] = {}
+    if identity is not None:
+        assert directory is not None
+        cert, key, bundle = identity.write(directory)
+        options = {
+            "ssl_certfile": str(cert),
+            "ssl_keyfile": str(key),
+            "ssl_ca_certs": str(bundle),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        }
+    config = uvicorn.Config(
+        app,
+        http=PeerIdentityProtocol,
+        interface="asgi3",
+        loop="uvloop",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        **options,
+    )
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def connect(port: int, identity: IssuedIdentity | None = None) -> http.client.HTTPConnection:
+    """A keep-alive connection; mutual TLS presenting ``identity`` when given."""
+    if identity is None:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    material = TLSMaterial(identity.chain_pem, identity.key_pem, identity.bundle_pem)
+    return http.client.HTTPSConnection(
+        "127.0.0.1", port, context=client_context(material), timeout=10
+    )
+
+
+def get(
+    connection: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.zipkin.json import ZipkinExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ParentBased,
+    TraceIdRatioBased,
+)
+
+from meshkit._otlp import MeshOTLPSpanExporter
+from meshkit.errors import ConfigError
+from meshkit.tracing import (
+    append_context_headers,
+    configure_tracing_from_env,
+    extract_context,
+    otlp_traces_endpoint,
+    sampler_from_env,
+)
+
+
+def exporters(provider: TracerProvider) -> list[object]:
+    processors = provider._active_span_processor._span_processors
+    found = []
+    for processor in processors:
+        assert isinstance(processor, BatchSpanProcessor | SimpleSpanProcessor)
+        found.append(processor.span_exporter)
+    return found
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"OTEL_TRACES_EXPORTER": "none"},
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"},
+    ],
+)
+def test_no_provider_unless_an_exporter_is_asked_for(environ: dict[str, str]) -> None:
+    assert configure_tracing_from_env("orders", environ) is None
+
+
+def test_no_provider_when_the_user_configured_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
+    assert configure_tracing_from_env("orders", {"OTEL_TRACES_EXPORTER": "console"}) is None
+
+
+def test_exporters_and_service_name_from_the_environment() -> None:
+    environ = {
+        "OTEL_TRACES_EXPORTER": "otlp,zipkin",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT": "http://zipkin:9411/api/v2/spans",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+    }
+    provider = configure_tracing_from_env("orders", environ)
+    assert provider is not None
+    try:
+        assert provider.resource.attributes["service.name"] == "orders"
+        otlp, zipkin = exporters(provider)
+        assert isinstance(otlp, MeshOTLPSpanExporter)
+        assert otlp._endpoint == "http://collector:4318/v1/traces"
+        assert isinstance(zipkin, ZipkinExporter)
+        assert zipkin.endpoint == "http://zipkin:9411/api/v2/spans"
+        assert isinstance(provider.sampler, ParentBased)
+        assert "0.25" in provider.sampler.get_description()
+    finally:
+        provider.shutdown()
+
+
+def test_an_otlp_endpoint_alone_turns_tracing_on() -> None:
+    environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/custom"}
+    provider = configure_tracing_from_env("orders", environ)
+    assert provider is not None
+    provider.shutdown()
+    assert otlp_traces_endpoint(environ) == "http://collector:4318/custom"
+
+
+def test_samplers() -> None:
+    assert sampler_from_env({"OTEL_TRACES_SAMPLER": "always_off"}) is ALWAYS_OFF
+    ratio = sampler_from_env(
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    )
+    assert isinstance(ratio, TraceIdRatioBased) and ratio.rate == 0.1
+    assert isinstance(sampler_from_env({}), ParentBased)
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "PROTOCOL"),
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "sometimes"}, "SAMPLER"),
+        (
+            {
+                "OTEL_TRACES_EXPORTER": "console",
+                "OTEL_TRACES_SAMPLER": "traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "2",
+            },
+            "OTEL_TRACES_SAMPLER_ARG",
+        ),
+    ],
+)
+def test_invalid_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        configure_tracing_from_env("orders", environ)
+
+
+def test_extract_ignores_the_current_context_and_bad_headers() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("unrelated"):
+        context = extract_context([(b"traceparent", b"00-bad")])
+    assert not trace.get_current_span(context).get_span_context().is_valid
+
+
+def test_append_context_headers_carries_the_span_and_baggage() -> None:
+    from opentelemetry import baggage
+
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("call") as span:
+        headers: list[tuple[str, str]] = []
+        append_context_headers(headers, baggage.set_baggage("tenant", "acme"))
+    names = dict(headers)
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    assert names["traceparent"].split("-")[1] == trace_id
+    assert names["baggage"] == "tenant=acme"
