@@ -22,13 +22,14 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
-from starlette.types import Lifespan, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from meshkit.ca.client import CAIdentity
 from meshkit.client import ClientPolicy, MeshClient, MeshClientFactory
@@ -42,8 +43,10 @@ from meshkit.errors import (
 )
 from meshkit.identity import SpiffeId
 from meshkit.intentions import Intentions, IntentionStore, IntentionWatcher, consul_client
+from meshkit.metrics import MeshMetrics
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.middleware.deadline import DeadlineMiddleware
+from meshkit.middleware.telemetry import SourceLabels, TelemetryMiddleware
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
 from meshkit.settings import MeshSettings
 from meshkit.tls import FileIdentityWatcher, TLSContexts
@@ -60,6 +63,7 @@ class MeshRuntime:
         *,
         client_policy: ClientPolicy | None = None,
         client_policies: Mapping[str, ClientPolicy] | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.client_policy = client_policy
@@ -69,13 +73,19 @@ class MeshRuntime:
         self.tls: TLSContexts | None = None
         self.ready = False
         self.startup_error: MeshError | None = None
-        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.metrics = MeshMetrics(metrics_registry)
+        self._sources = SourceLabels()
         self.intentions = Intentions()
         self.instance_id = f"{settings.service}-{uuid.uuid4().hex[:12]}"
         self.registration: ServiceRegistration | None = None
         self.clients: MeshClientFactory | None = None
-        self.authorizer = Authorizer.from_settings(settings, intentions=self.intentions)
+        self.authorizer = Authorizer.from_settings(
+            settings, intentions=self.intentions, on_denial=self._count_denial
+        )
         self.admin_app = AdminApp(self)
+
+    def _count_denial(self, caller: SpiffeId | None, route: str, reason: str) -> None:
+        self.metrics.policy_denied(self._sources.label(caller), route, reason)
 
     def configure(self, settings: MeshSettings) -> None:
         """New settings before serving (``app.run(port=...)``); the middleware that holds
@@ -211,6 +221,8 @@ class MeshRuntime:
             identity = CAIdentity(settings)
             self.tls = TLSContexts(await identity.obtain(), require_client_cert=require_client_cert)
             tg.start_soon(identity.renew_forever, self.tls)
+        if self.tls is not None:
+            self.metrics.watch_certificates(self.tls)
 
 
 class AdminApp:
@@ -230,8 +242,7 @@ class AdminApp:
             ready = self.runtime.ready
             await _send(send, 200 if ready else 503, {"ready": ready})
         elif scope["path"] == "/metrics":
-            body = generate_latest(self.runtime.metrics_registry)
-            await _send_raw(send, 200, body, CONTENT_TYPE_LATEST.encode())
+            await self.runtime.metrics.asgi_app(scope, receive, send)
         else:
             await _send(send, 404, {"error": "not found"})
 
@@ -299,14 +310,20 @@ class ServiceApp(Starlette):
         exception_handlers: dict[Any, Any] | None = None,
         client_policy: ClientPolicy | None = None,
         client_policies: Mapping[str, ClientPolicy] | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
         debug: bool = False,
     ) -> None:
         if settings is None:
             base = MeshSettings(service=service) if service else None
             settings = MeshSettings.from_env(base=base)
         self.settings = settings
+        self.tracer_provider = tracer_provider
         self.mesh = MeshRuntime(
-            settings, client_policy=client_policy, client_policies=client_policies
+            settings,
+            client_policy=client_policy,
+            client_policies=client_policies,
+            metrics_registry=metrics_registry,
         )
         super().__init__(
             debug=debug,
@@ -322,6 +339,16 @@ class ServiceApp(Starlette):
         ]
         for error, handler in _MESH_ERROR_HANDLERS.items():
             self.exception_handlers.setdefault(error, handler)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # Telemetry outermost: it measures what the caller experiences, 500s included.
+        return TelemetryMiddleware(
+            super().build_middleware_stack(),
+            service=self.settings.service,
+            metrics=self.mesh.metrics,
+            tracer_provider=self.tracer_provider,
+            access_log=self.settings.access_log,
+        )
 
     def client(self, service: str) -> MeshClient:
         """The mesh client bound to ``service``: ``await app.client("payments").get("/")``."""

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import uvicorn
+from opentelemetry import trace
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meshkit.errors import ConfigError, MeshError
 from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
 from meshkit.settings import MeshSettings
+from meshkit.tracing import configure_tracing_from_env
 
 if TYPE_CHECKING:
     from meshkit.app import ServiceApp
@@ -335,8 +337,25 @@ def _run_command(args: argparse.Namespace) -> int:
             os.environ[variable] = str(value)
     configure_logging(args.log_level)
     app = load_app(args.target)
-    serve(app)
+    with _tracing_from_env(app):
+        serve(app)
     return 0
+
+
+@contextlib.contextmanager
+def _tracing_from_env(app: ServiceApp) -> Generator[None, None, None]:
+    """The OpenTelemetry SDK as the standard OTEL_* variables say, unless the app brought
+    its own provider or one is installed already; flushed at exit."""
+    provider = None
+    if app.tracer_provider is None:
+        provider = configure_tracing_from_env(app.settings.service, os.environ)
+    if provider is not None:
+        trace.set_tracer_provider(provider)
+    try:
+        yield
+    finally:
+        if provider is not None:
+            provider.shutdown()
 
 
 def configure_logging(level: str) -> None:

@@ -16,7 +16,14 @@ from meshkit.ca.store import init_ca
 from meshkit.ca.tokens import TokenStore
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.identity import SpiffeId
-from meshkit.testing import CAProcess, Connection, RegistryProcess, ServiceProcess, context_for
+from meshkit.testing import (
+    CAProcess,
+    Connection,
+    RegistryProcess,
+    ServiceProcess,
+    admin_get,
+    context_for,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -76,14 +83,22 @@ def test_services_call_each_other_by_name(
     registry: RegistryProcess, authority: LocalAuthority, tmp_path: Path
 ) -> None:
     with (
-        _service("greeter", authority, tmp_path, registry),
+        _service("greeter", authority, tmp_path, registry) as greeter,
         _service("frontend", authority, tmp_path, registry) as frontend,
     ):
         user = authority.issue("demo-user")
         connection = Connection(frontend.port, context_for(user, authority.bundle_pem))
         status, body = connection.get("/")
         connection.close()
+        metrics = admin_get(greeter.admin_port, "/metrics")[1].decode()
     assert (status, body) == (200, {"frontend": "ok", "greeter said": "hello, frontend"})
+    # The callee measured the call, labelled by the caller's verified identity and route.
+    served = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("http_server_request_duration_seconds_count")
+    ]
+    assert any('source_service="frontend"' in line and '"/hello"' in line for line in served)
 
 
 def test_services_with_ca_issued_identities(registry: RegistryProcess, tmp_path: Path) -> None:
