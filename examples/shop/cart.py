@@ -1,0 +1,232 @@
+"""cart: shopping carts and their items (SQLite), and checkout.
+
+Checkout is safe to repeat: the stock reservation is keyed by the cart id and the
+charge by the caller's Idempotency-Key, so a retried checkout (by the mesh client, or
+by a user pressing the button twice) reserves and charges once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from examples.shop._mesh import ClientFactory, allow, client
+from examples.shop.common import (
+    JSON_ERROR_HANDLERS,
+    HTTPProblem,
+    UpstreamError,
+    expect,
+    json_body,
+    positive_int,
+    text,
+)
+from examples.shop.db import Database, database_lifespan
+from meshkit import MeshSettings, ServiceApp
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS carts (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'ordered')),
+    charge_id TEXT,
+    total_cents INTEGER,
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    ordered_at TEXT
+);
+CREATE TABLE IF NOT EXISTS cart_items (
+    cart_id TEXT NOT NULL REFERENCES carts (id),
+    sku TEXT NOT NULL,
+    name TEXT NOT NULL,
+    unit_price_cents INTEGER NOT NULL,
+    quantity INTEGER NOT NULL CHECK (quantity > 0),
+    PRIMARY KEY (cart_id, sku)
+)
+"""
+CURRENCY = "USD"
+
+
+def get_cart(connection: sqlite3.Connection, cart_id: str) -> dict[str, Any]:
+    row = connection.execute("SELECT * FROM carts WHERE id = ?", (cart_id,)).fetchone()
+    if row is None:
+        raise HTTPProblem(404, f"no cart {cart_id!r}")
+    items = [
+        dict(item)
+        for item in connection.execute(
+            "SELECT sku, name, unit_price_cents, quantity FROM cart_items "
+            "WHERE cart_id = ? ORDER BY name",
+            (cart_id,),
+        )
+    ]
+    cart = dict(row)
+    cart["items"] = items
+    # An order's total is the one charged; an open cart's is what it would cost now.
+    if cart["total_cents"] is None:
+        cart["total_cents"] = sum(i["unit_price_cents"] * i["quantity"] for i in items)
+    return cart
+
+
+def new_cart(connection: sqlite3.Connection) -> dict[str, Any]:
+    cart_id = uuid.uuid4().hex
+    connection.execute("INSERT INTO carts (id) VALUES (?)", (cart_id,))
+    return get_cart(connection, cart_id)
+
+
+def _open_cart(connection: sqlite3.Connection, cart_id: str) -> dict[str, Any]:
+    cart = get_cart(connection, cart_id)
+    if cart["status"] != "open":
+        raise HTTPProblem(409, f"cart {cart_id!r} is already ordered")
+    return cart
+
+
+def add_item(
+    connection: sqlite3.Connection, cart_id: str, product: dict[str, Any], quantity: int
+) -> dict[str, Any]:
+    _open_cart(connection, cart_id)
+    connection.execute(
+        "INSERT INTO cart_items (cart_id, sku, name, unit_price_cents, quantity) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (cart_id, sku) "
+        "DO UPDATE SET quantity = quantity + excluded.quantity",
+        (cart_id, product["sku"], product["name"], product["price_cents"], quantity),
+    )
+    return get_cart(connection, cart_id)
+
+
+def remove_item(connection: sqlite3.Connection, cart_id: str, sku: str) -> dict[str, Any]:
+    _open_cart(connection, cart_id)
+    connection.execute("DELETE FROM cart_items WHERE cart_id = ? AND sku = ?", (cart_id, sku))
+    return get_cart(connection, cart_id)
+
+
+def mark_ordered(
+    connection: sqlite3.Connection, cart_id: str, charge: dict[str, Any]
+) -> dict[str, Any]:
+    connection.execute(
+        "UPDATE carts SET status = 'ordered', charge_id = ?, total_cents = ?, "
+        "ordered_at = CURRENT_TIMESTAMP WHERE id = ? AND status = 'open'",
+        (charge["id"], charge["amount_cents"], cart_id),
+    )
+    return get_cart(connection, cart_id)
+
+
+def _db(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+@allow("web")
+async def create_cart(request: Request) -> JSONResponse:
+    return JSONResponse(await _db(request).write(new_cart), status_code=201)
+
+
+@allow("web")
+async def show_cart(request: Request) -> JSONResponse:
+    cart_id = request.path_params["id"]
+    return JSONResponse(await _db(request).read(lambda c: get_cart(c, cart_id)))
+
+
+@allow("web")
+async def add_to_cart(request: Request) -> JSONResponse:
+    cart_id = request.path_params["id"]
+    body = await json_body(request)
+    sku, quantity = text(body, "sku"), positive_int(body, "quantity", default=1)
+    response = await client(request, "inventory").get(f"/products/{sku}")
+    if response.status_code == 404:
+        raise HTTPProblem(404, f"no product {sku!r}")
+    product = expect("inventory", response, 200)
+    cart = await _db(request).write(lambda c: add_item(c, cart_id, product, quantity))
+    return JSONResponse(cart)
+
+
+@allow("web")
+async def remove_from_cart(request: Request) -> JSONResponse:
+    cart_id, sku = request.path_params["id"], request.path_params["sku"]
+    return JSONResponse(await _db(request).write(lambda c: remove_item(c, cart_id, sku)))
+
+
+@allow("web")
+async def checkout(request: Request) -> JSONResponse:
+    """Reserve stock, charge, then confirm: 201 with the order, or 402/409 and nothing held."""
+    cart_id = request.path_params["id"]
+    key = request.headers.get("idempotency-key", "").strip()
+    if not key:
+        raise HTTPProblem(400, "the Idempotency-Key header is required")
+    payment_method = text(await json_body(request), "payment_method")
+    db = _db(request)
+    cart = await db.read(lambda c: get_cart(c, cart_id))
+    if cart["status"] == "ordered":
+        return JSONResponse(cart)
+    if not cart["items"]:
+        raise HTTPProblem(400, "the cart is empty")
+    await _reserve(request, cart)
+    charge = await _charge(request, cart, key, payment_method)
+    response = await client(request, "inventory").post(f"/reservations/{cart_id}/commit")
+    expect("inventory", response, 200)
+    order = await db.write(lambda c: mark_ordered(c, cart_id, charge))
+    return JSONResponse(order, status_code=201)
+
+
+async def _reserve(request: Request, cart: dict[str, Any]) -> None:
+    items = [{"sku": i["sku"], "quantity": i["quantity"]} for i in cart["items"]]
+    response = await client(request, "inventory").post(
+        "/reservations", json={"id": cart["id"], "items": items}
+    )
+    if response.status_code == 409:
+        raise HTTPProblem(409, response.json()["error"], **response.json())
+    expect("inventory", response, 200, 201)
+
+
+async def _charge(
+    request: Request, cart: dict[str, Any], key: str, payment_method: str
+) -> dict[str, Any]:
+    response = await client(request, "payments").post(
+        "/charges",
+        json={
+            "amount_cents": cart["total_cents"],
+            "currency": CURRENCY,
+            "payment_method": payment_method,
+            "reference": cart["id"],
+        },
+        headers={"Idempotency-Key": f"checkout-{key}"},
+    )
+    if response.status_code in (200, 201):
+        return response.json()  # type: ignore[no-any-return]
+    # Declined or refused: give the stock back so the cart can try again.
+    released = await client(request, "inventory").post(f"/reservations/{cart['id']}/release")
+    expect("inventory", released, 200)
+    if response.status_code == 402:
+        raise HTTPProblem(402, "payment declined", charge=response.json())
+    raise UpstreamError("payments", response)
+
+
+ROUTES = [
+    Route("/carts", create_cart, methods=["POST"]),
+    Route("/carts/{id}", show_cart),
+    Route("/carts/{id}/items", add_to_cart, methods=["POST"]),
+    Route("/carts/{id}/items/{sku}", remove_from_cart, methods=["DELETE"]),
+    Route("/carts/{id}/checkout", checkout, methods=["POST"]),
+]
+
+
+def create_app(
+    *,
+    settings: MeshSettings | None = None,
+    database: Path | None = None,
+    clients: ClientFactory | None = None,
+) -> ServiceApp:
+    """``clients``: a function from a service name to its client (tests); default: the mesh."""
+    app = ServiceApp(
+        service="cart",
+        settings=settings,
+        routes=ROUTES,
+        exception_handlers=JSON_ERROR_HANDLERS,
+        lifespan=database_lifespan("cart", schema=SCHEMA, path=database),
+    )
+    app.state.clients = clients
+    return app
+
+
+app = create_app()
