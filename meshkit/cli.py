@@ -18,6 +18,8 @@ _COMMAND_MODULES = (
     "meshkit.server",
     "meshkit.ca.cli",
     "meshkit.registry.cli",
+    "meshkit.new",
+    "meshkit.demo",
 )
 
 

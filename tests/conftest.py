@@ -14,3 +14,7 @@ def authority() -> LocalAuthority:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: minutes, not seconds (still run in CI)")
