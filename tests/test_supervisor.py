@@ -78,5 +78,5 @@ def test_a_child_that_dies_early_is_reported_with_its_output(tmp_path: Path) -> 
 def test_a_child_that_never_gets_ready_times_out(tmp_path: Path) -> None:
     with Supervisor(tmp_path / "logs", stop_timeout=1.0) as supervisor:
         child = supervisor.start("slow", [sys.executable, "-c", "import time; time.sleep(30)"])
-        with pytest.raises(MeshError, match="slow was not ready after 0.2s"):
+        with pytest.raises(MeshError, match=r"slow was not ready after 0\.2s"):
             supervisor.wait_until(child, lambda: False, timeout=0.2)
