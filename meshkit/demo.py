@@ -1,10 +1,583 @@
-"""Placeholder."""
+"""``meshkit demo`` runs the online shop in a mesh and shows its golden metrics;
+``meshkit up`` runs only the control plane, for your own services.
+
+The demo starts the control plane (dev registry + dev CA), then the shop (web,
+payments, and two instances each of cart and inventory), drives bounded traffic
+through web's JSON API as ``demo-user``, SIGKILLs one cart instance halfway, and
+prints a table per edge (requests/s, success %, p50, p99) read from each instance's
+own ``/metrics``. Every process runs in its own process group and is stopped on the
+way out: at the end, on Ctrl-C, on SIGTERM, or on an error.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import functools
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, TextIO
+
+from meshkit._golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
+from meshkit._supervisor import Child, Supervisor
+from meshkit.ca.x509 import LocalAuthority
+from meshkit.errors import MeshError
+from meshkit.testing import admin_get, context_for
+
+#: (service, instances) in start order: callees before callers.
+SHOP: tuple[tuple[str, int], ...] = (("inventory", 2), ("payments", 1), ("cart", 2), ("web", 1))
+VICTIM = "cart-2"
+DEMO_USER = "demo-user"
+EDGES = frozenset(
+    {
+        Edge(DEMO_USER, "web"),
+        Edge("web", "cart"),
+        Edge("web", "inventory"),
+        Edge("cart", "inventory"),
+        Edge("cart", "payments"),
+    }
+)
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def meshkit_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshkit", *args]
+
+
+def free_port() -> int:
+    # Picked, released, then passed to a child: a tiny race, acceptable on a dev machine.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(port: int, path: str) -> bool:
+    """Whether a plaintext HTTP server on 127.0.0.1:port answers ``path`` with 200."""
+    try:
+        return admin_get(port, path)[0] == 200
+    except OSError:
+        return False
+
+
+# -- the control plane: the one part written against commands other branches build --------
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    registry_port: int
+    ca_url: str
+    ca_fingerprint: str
+
+    def env(self) -> dict[str, str]:
+        """What a service needs to join this mesh."""
+        return {
+            "CONSUL_HTTP_ADDR": f"127.0.0.1:{self.registry_port}",
+            "MESHKIT_CA_URL": self.ca_url,
+            "MESHKIT_CA_FINGERPRINT": self.ca_fingerprint,
+        }
+
+
+def start_control_plane(
+    supervisor: Supervisor, directory: Path, *, registry_port: int = 0, ca_port: int = 0
+) -> ControlPlane:
+    """The dev registry (Consul's HTTP API) and the dev CA, both ready when this returns."""
+    registry_port = registry_port or free_port()
+    registry = supervisor.start(
+        "registry",
+        meshkit_argv("registry", "serve", "--port", str(registry_port)),
+        env={**os.environ, "MESHKIT_DATA_DIR": str(directory / "registry")},
+    )
+    supervisor.wait_until(registry, lambda: answers(registry_port, "/v1/status/leader"))
+    ca_port = ca_port or free_port()
+    # TODO(ca): check these flags, and where `ca serve --dev` tells its root's fingerprint
+    # (here: the first sha256:<hex> it prints), against the CA branch once merged.
+    ca = supervisor.start(
+        "ca",
+        meshkit_argv("ca", "serve", "--dev", "--port", str(ca_port)),
+        env={**os.environ, "MESHKIT_DATA_DIR": str(directory / "ca")},
+    )
+    supervisor.wait_until(ca, lambda: _FINGERPRINT.search(ca.log.read_text()) is not None)
+    fingerprint = _FINGERPRINT.search(ca.log.read_text())
+    assert fingerprint is not None
+    return ControlPlane(registry_port, f"https://127.0.0.1:{ca_port}", fingerprint[0])
+
+
+# -- identities: who the instances and demo-user are --------------------------------------
+
+
+class Identities(Protocol):
+    def instance_env(self, service: str, directory: Path) -> dict[str, str]: ...
+
+    def client_context(self, name: str) -> ssl.SSLContext: ...
+
+
+class CAIdentities:
+    """Instances get their certificates from the control plane's CA."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    def instance_env(self, service: str, directory: Path) -> dict[str, str]:
+        return {
+            "MESHKIT_CA_URL": self.plane.ca_url,
+            "MESHKIT_CA_FINGERPRINT": self.plane.ca_fingerprint,
+        }
+
+    def client_context(self, name: str) -> ssl.SSLContext:
+        # TODO(ca): issue an SVID for `name` from the dev CA (the CA branch's client) and
+        # return context_for(identity, bundle). Until then the demo cannot drive traffic.
+        raise MeshError(f"issuing a client certificate for {name} from the CA is not built yet")
+
+
+class LocalIdentities:
+    """Certificates from an in-memory CA written to files ("bring your own PKI")."""
+
+    def __init__(self, authority: LocalAuthority | None = None) -> None:
+        self.authority = authority or LocalAuthority()
+
+    def instance_env(self, service: str, directory: Path) -> dict[str, str]:
+        cert, key, bundle = self.authority.issue(service).write(directory / "identity")
+        return {
+            "MESHKIT_CERT_FILE": str(cert),
+            "MESHKIT_KEY_FILE": str(key),
+            "MESHKIT_BUNDLE_FILE": str(bundle),
+        }
+
+    def client_context(self, name: str) -> ssl.SSLContext:
+        return context_for(self.authority.issue(name), self.authority.bundle_pem)
+
+
+# -- the shop ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    service: str
+    port: int
+    admin_port: int
+    child: Child
+
+    @property
+    def running(self) -> bool:
+        return self.child.running
+
+
+def instance_env(
+    service: str,
+    directory: Path,
+    *,
+    shared_data: Path,
+    mesh_env: Mapping[str, str],
+    port: int,
+    admin_port: int,
+) -> dict[str, str]:
+    """An instance's environment: its own state dir, the service's shared database dir."""
+    env = {
+        **os.environ,
+        **mesh_env,
+        "MESHKIT_SERVICE": service,
+        "MESHKIT_PORT": str(port),
+        "MESHKIT_ADMIN_PORT": str(admin_port),
+        "MESHKIT_DATA_DIR": str(directory),
+        "MESHKIT_DEREGISTER_DELAY": "1",
+        "MESHKIT_DRAIN_TIMEOUT": "5",
+        "SHOP_DATA_DIR": str(shared_data),
+    }
+    if service == "web":
+        # Browsers have no mesh certificate: web also accepts TLS without one.
+        env["MESHKIT_TLS_MODE"] = "permissive"
+    return env
+
+
+def start_shop(
+    supervisor: Supervisor,
+    directory: Path,
+    identities: Identities,
+    mesh_env: Mapping[str, str],
+    *,
+    timeout: float = 30.0,
+) -> list[Instance]:
+    """Start every instance of SHOP and wait until each answers ``/readyz``."""
+    instances = []
+    for service, count in SHOP:
+        for number in range(1, count + 1):
+            name = f"{service}-{number}"
+            home = directory / "instances" / name
+            port, admin_port = free_port(), free_port()
+            env = instance_env(
+                service,
+                home,
+                shared_data=directory / "data",
+                mesh_env={**mesh_env, **identities.instance_env(service, home)},
+                port=port,
+                admin_port=admin_port,
+            )
+            target = f"examples.shop.{service}:app"
+            child = supervisor.start(name, meshkit_argv("run", target), env=env)
+            instances.append(Instance(name, service, port, admin_port, child))
+    for instance in instances:
+        supervisor.wait_until(
+            instance.child,
+            functools.partial(answers, instance.admin_port, "/readyz"),
+            timeout=timeout,
+        )
+    return instances
+
+
+def scrape(instances: list[Instance]) -> dict[str, dict[Edge, Histogram]]:
+    """Server-side edges of every live instance (a dead one is simply not there)."""
+    scrapes = {}
+    for instance in instances:
+        if not instance.running:
+            continue
+        try:
+            status, body = admin_get(instance.admin_port, "/metrics")
+        except OSError:
+            continue
+        if status == 200:
+            scrapes[instance.name] = parse_edges(body.decode(), service=instance.service)
+    return scrapes
+
+
+# -- traffic -------------------------------------------------------------------------------
+
+Send = Callable[[str, str, Any, Mapping[str, str]], tuple[int, Any]]
+
+
+@dataclass
+class TrafficStats:
+    requests: int = 0
+    failures: int = 0
+    checkouts: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, ok: bool, *, checkout: bool = False) -> None:
+        with self.lock:
+            self.requests += 1
+            self.failures += not ok
+            self.checkouts += ok and checkout
+
+    @property
+    def success(self) -> float | None:
+        return None if self.requests == 0 else 1 - self.failures / self.requests
+
+
+class Shopper:
+    """One simulated user of web's JSON API: browses, and now and then buys."""
+
+    def __init__(
+        self, send: Send, stats: TrafficStats, rng: random.Random, *, buy_ratio: float = 0.3
+    ) -> None:
+        self.send = send
+        self.stats = stats
+        self.rng = rng
+        self.buy_ratio = buy_ratio
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        checkout: bool = False,
+    ) -> Any:
+        try:
+            status, answer = self.send(method, path, body, headers or {})
+        except (OSError, http.client.HTTPException, ValueError):
+            self.stats.record(False)
+            return None
+        ok = 200 <= status < 300
+        self.stats.record(ok, checkout=checkout)
+        return answer if ok else None
+
+    def journey(self) -> None:
+        catalog = self._call("GET", "/api/products")
+        if not catalog or self.rng.random() >= self.buy_ratio:
+            return
+        cart = self._call("POST", "/api/carts")
+        if not cart:
+            return
+        for product in self.rng.sample(catalog["products"], k=self.rng.randint(1, 2)):
+            item = {"sku": product["sku"], "quantity": self.rng.randint(1, 3)}
+            if self._call("POST", f"/api/carts/{cart['id']}/items", item) is None:
+                return
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        self._call(
+            "POST",
+            f"/api/carts/{cart['id']}/checkout",
+            {"payment_method": "tok_visa"},
+            key,
+            checkout=True,
+        )
+
+
+class HttpsSender:
+    """A keep-alive HTTPS connection to web, reopened after a failure."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, *, timeout: float = 10.0) -> None:
+        self.port = port
+        self.context = context
+        self.timeout = timeout
+        self._connection: http.client.HTTPSConnection | None = None
+
+    def __call__(
+        self, method: str, path: str, body: Any, headers: Mapping[str, str]
+    ) -> tuple[int, Any]:
+        if self._connection is None:
+            self._connection = http.client.HTTPSConnection(
+                "127.0.0.1", self.port, context=self.context, timeout=self.timeout
+            )
+        payload = None if body is None else json.dumps(body).encode()
+        try:
+            self._connection.request(
+                method, path, body=payload, headers={"content-type": "application/json", **headers}
+            )
+            response = self._connection.getresponse()
+            raw = response.read()
+        except BaseException:
+            self.close()
+            raise
+        return response.status, json.loads(raw) if raw else None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def drive(
+    make_send: Callable[[], Send],
+    stats: TrafficStats,
+    stop: threading.Event,
+    *,
+    rate: float,
+    workers: int = 4,
+    seed: int = 0,
+) -> list[threading.Thread]:
+    """``workers`` shoppers together starting ``rate`` journeys per second until ``stop``."""
+
+    def work(number: int) -> None:
+        shopper = Shopper(make_send(), stats, random.Random(seed + number))
+        period = workers / rate
+        next_start = time.monotonic() + period * number / workers
+        while not stop.wait(max(0.0, next_start - time.monotonic())):
+            shopper.journey()
+            next_start += period
+
+    threads = [
+        threading.Thread(target=work, args=(n,), daemon=True, name=f"shopper-{n}")
+        for n in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Display:
+    """Live output: redrawn in place on a terminal, appended blocks otherwise."""
+
+    out: TextIO
+    interactive: bool
+
+    def show(self, text: str) -> None:
+        if self.interactive:
+            self.out.write("\x1b[H\x1b[2J")
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def progress(elapsed: float, duration: float, stats: TrafficStats, events: list[str]) -> str:
+    success = "-" if stats.success is None else f"{stats.success * 100:.2f}%"
+    line = (
+        f"meshkit demo  {elapsed:4.0f}s / {duration:.0f}s  ·  {DEMO_USER}: "
+        f"{stats.requests} requests, {success} ok, {stats.checkouts} orders"
+    )
+    return "\n".join([line, *events])
+
+
+def missing_edges(total: Mapping[Edge, Any]) -> list[Edge]:
+    return sorted(edge for edge in EDGES if edge not in total or total[edge].count == 0)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration: float = 60.0
+    rate: float = 10.0
+    interval: float | None = None
+    kill: bool = True
+
+
+def run_demo(
+    options: DemoOptions, supervisor: Supervisor, directory: Path, display: Display
+) -> int:
+    display.show("starting the control plane (dev registry, dev CA)...")
+    plane = start_control_plane(supervisor, directory)
+    identities = CAIdentities(plane)
+    display.show("starting the shop: " + ", ".join(f"{s} x{n}" for s, n in SHOP) + "...")
+    instances = start_shop(supervisor, directory, identities, plane.env())
+    web = next(i for i in instances if i.service == "web")
+    context = identities.client_context(DEMO_USER)
+    events = [f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)"]
+    stats, stop = TrafficStats(), threading.Event()
+    threads = drive(lambda: HttpsSender(web.port, context), stats, stop, rate=options.rate)
+    board = Scoreboard()
+    started = time.monotonic()
+    try:
+        watch(options, instances, supervisor, board, stats, events, display, started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+    summarize(board, stats, events, display, time.monotonic() - started)
+    return 0
+
+
+def watch(
+    options: DemoOptions,
+    instances: list[Instance],
+    supervisor: Supervisor,
+    board: Scoreboard,
+    stats: TrafficStats,
+    events: list[str],
+    display: Display,
+    started: float,
+) -> None:
+    """Scrape and show the window's table every interval; kill the victim halfway."""
+    interval = options.interval or (2.0 if display.interactive else 5.0)
+    last = started
+    victim = next((i for i in instances if i.name == VICTIM), None)
+    with contextlib.suppress(KeyboardInterrupt):
+        while (now := time.monotonic()) - started < options.duration:
+            time.sleep(min(interval, max(0.0, started + options.duration - now)))
+            elapsed = time.monotonic() - started
+            if (
+                options.kill
+                and victim is not None
+                and victim.running
+                and elapsed >= options.duration / 2
+            ):
+                supervisor.kill(victim.child)
+                events.append(f"{elapsed:.0f}s: killed {VICTIM} (SIGKILL, no deregistration)")
+            window = board.update(scrape(instances))
+            table = format_table(edge_stats(window, time.monotonic() - last))
+            last = time.monotonic()
+            display.show(progress(elapsed, options.duration, stats, events) + "\n\n" + table)
+
+
+def summarize(
+    board: Scoreboard, stats: TrafficStats, events: list[str], display: Display, elapsed: float
+) -> None:
+    lines = ["", f"summary over {elapsed:.0f}s", format_table(edge_stats(board.total, elapsed)), ""]
+    lines.append(progress(elapsed, elapsed, stats, events).splitlines()[0])
+    lines.extend(events[1:])
+    missing = missing_edges(board.total)
+    if missing:
+        lines.append("edges that carried no traffic: " + ", ".join(str(e) for e in missing))
+    display.show("\n".join(lines)) if not display.interactive else display.out.write(
+        "\n".join(lines) + "\n"
+    )
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` (and the supervisor) runs."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def workspace(directory: Path | None) -> Iterator[Path]:
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="meshkit-demo-") as temporary:
+        yield Path(temporary)
+
+
+# -- commands ------------------------------------------------------------------------------
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    pass
+    demo = subparsers.add_parser(
+        "demo", help="run the online shop in a mesh and show its golden metrics"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of traffic (default 60)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=10.0, help="user journeys per second (default 10)"
+    )
+    demo.add_argument("--interval", type=float, default=None, help="seconds between tables")
+    demo.add_argument(
+        "--no-kill", dest="kill", action="store_false", help="do not kill an instance"
+    )
+    demo.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
+    demo.set_defaults(handler=_demo_command)
+    up = subparsers.add_parser(
+        "up", help="run the control plane (dev registry + dev CA) for your services"
+    )
+    up.add_argument("--registry-port", type=int, default=8500)
+    up.add_argument("--ca-port", type=int, default=8443)
+    up.add_argument("--dir", type=Path, default=Path(".meshkit/control-plane"))
+    up.set_defaults(handler=_up_command)
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    options = DemoOptions(args.duration, args.rate, args.interval, args.kill)
+    display = Display(sys.stdout, interactive=sys.stdout.isatty())
+    with (
+        sigterm_as_interrupt(),
+        workspace(args.dir) as directory,
+        Supervisor(directory / "logs") as supervisor,
+    ):
+        try:
+            return run_demo(options, supervisor, directory, display)
+        except KeyboardInterrupt:
+            display.out.write("interrupted: stopping everything\n")
+            return 0
+
+
+def _up_command(args: argparse.Namespace) -> int:
+    with sigterm_as_interrupt(), Supervisor(args.dir / "logs") as supervisor:
+        plane = start_control_plane(
+            supervisor, args.dir, registry_port=args.registry_port, ca_port=args.ca_port
+        )
+        print("control plane up: dev registry and dev CA. Point your services at it:\n")
+        for name, value in plane.env().items():
+            print(f"  export {name}={value}")
+        print(f"\nlogs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(child.running for child in supervisor.children):
+                time.sleep(0.5)
+            failed = next(c for c in supervisor.children if not c.running)
+            raise MeshError(f"{failed.name} exited:\n{failed.log_tail()}")
+    return 0

@@ -1,0 +1,199 @@
+"""The demo driver's parts: shoppers, pacing, display, and the shop's processes for real."""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshkit._golden import Edge, Histogram
+from meshkit._supervisor import Supervisor, group_alive
+from meshkit.cli import main
+from meshkit.demo import (
+    EDGES,
+    SHOP,
+    VICTIM,
+    Display,
+    HttpsSender,
+    LocalIdentities,
+    Shopper,
+    TrafficStats,
+    drive,
+    instance_env,
+    missing_edges,
+    progress,
+    scrape,
+    start_shop,
+)
+
+pytestmark = pytest.mark.timeout(90)
+PRODUCTS = {"products": [{"sku": "a"}, {"sku": "b"}, {"sku": "c"}]}
+
+
+class FakeWeb:
+    """web's JSON API as canned answers, recording what was sent."""
+
+    def __init__(self, *, fail: set[str] | None = None) -> None:
+        self.calls: list[tuple[str, str, Any, Mapping[str, str]]] = []
+        self.fail = fail or set()
+
+    def __call__(
+        self, method: str, path: str, body: Any, headers: Mapping[str, str]
+    ) -> tuple[int, Any]:
+        self.calls.append((method, path, body, headers))
+        kind = path.rsplit("/", 1)[-1]
+        if kind in self.fail:
+            raise ConnectionResetError("reset")
+        if path == "/api/products":
+            return 200, PRODUCTS
+        if path == "/api/carts":
+            return 201, {"id": "c1"}
+        if kind == "checkout":
+            return 503, {"error": "no healthy instance"}
+        return 200, {}
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Processes whose environment mentions ``directory`` (every demo child's does)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if str(directory).encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_buying_journey_browses_fills_a_cart_and_checks_out_with_a_key() -> None:
+    web, stats = FakeWeb(), TrafficStats()
+    Shopper(web, stats, random.Random(1), buy_ratio=1.0).journey()
+    paths = [(method, path) for method, path, _, _ in web.calls]
+    assert paths[:2] == [("GET", "/api/products"), ("POST", "/api/carts")]
+    assert paths[-1] == ("POST", "/api/carts/c1/checkout")
+    assert all(path == "/api/carts/c1/items" for _, path in paths[2:-1])
+    assert re.fullmatch(r"[0-9a-f]{32}", web.calls[-1][3]["Idempotency-Key"])
+    # The 503 at checkout is a failure; everything else succeeded.
+    assert (stats.requests, stats.failures, stats.checkouts) == (len(paths), 1, 0)
+
+
+def test_browsing_only_and_transport_errors_count_as_failures() -> None:
+    stats = TrafficStats()
+    Shopper(FakeWeb(), stats, random.Random(1), buy_ratio=0.0).journey()
+    assert (stats.requests, stats.failures) == (1, 0)
+    Shopper(FakeWeb(fail={"products"}), stats, random.Random(1)).journey()
+    assert (stats.requests, stats.failures, stats.success) == (2, 1, 0.5)
+
+
+def test_drive_is_bounded_and_stops() -> None:
+    stats, stop = TrafficStats(), threading.Event()
+    threads = drive(lambda: FakeWeb(), stats, stop, rate=200.0, workers=2)
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert not any(thread.is_alive() for thread in threads)
+    # Paced: about 60 journeys in 0.3 s at 200/s, not thousands.
+    assert 0 < stats.requests < 400
+
+
+def test_display_and_progress() -> None:
+    out = io.StringIO()
+    Display(out, interactive=False).show("table")
+    assert out.getvalue() == "table\n"
+    tty = io.StringIO()
+    Display(tty, interactive=True).show("table")
+    assert tty.getvalue().startswith("\x1b[H")
+    stats = TrafficStats()
+    stats.record(True, checkout=True)
+    line = progress(3.0, 20.0, stats, ["killed cart-2"])
+    assert "3s / 20s" in line and "1 requests, 100.00% ok, 1 orders" in line
+    assert line.endswith("killed cart-2")
+
+
+def test_missing_edges() -> None:
+    full = {edge: Histogram(count=1) for edge in EDGES}
+    assert missing_edges(full) == []
+    del full[Edge("cart", "payments")]
+    assert missing_edges(full) == [Edge("cart", "payments")]
+
+
+def test_instances_share_a_database_dir_but_not_a_state_dir(tmp_path: Path) -> None:
+    a = instance_env(
+        "cart",
+        tmp_path / "cart-1",
+        shared_data=tmp_path / "data",
+        mesh_env={},
+        port=1,
+        admin_port=2,
+    )
+    b = instance_env(
+        "cart",
+        tmp_path / "cart-2",
+        shared_data=tmp_path / "data",
+        mesh_env={},
+        port=3,
+        admin_port=4,
+    )
+    assert a["SHOP_DATA_DIR"] == b["SHOP_DATA_DIR"]
+    assert a["MESHKIT_DATA_DIR"] != b["MESHKIT_DATA_DIR"]
+    assert "MESHKIT_TLS_MODE" not in a
+    web = instance_env("web", tmp_path, shared_data=tmp_path, mesh_env={}, port=5, admin_port=6)
+    assert web["MESHKIT_TLS_MODE"] == "permissive"
+
+
+def test_the_shop_starts_shares_state_survives_a_kill_and_stops(tmp_path: Path) -> None:
+    identities = LocalIdentities()
+    with Supervisor(tmp_path / "logs", stop_timeout=10) as supervisor:
+        instances = start_shop(supervisor, tmp_path, identities, {})
+        assert [i.service for i in instances] == [s for s, n in SHOP for _ in range(n)]
+        by_name = {i.name: i for i in instances}
+        # Two cart instances, one database: a cart made on one is seen by the other.
+        web = identities.client_context("web")
+        status, cart = HttpsSender(by_name["cart-1"].port, web)("POST", "/carts", None, {})
+        assert status == 201
+        status, same = HttpsSender(by_name["cart-2"].port, web)(
+            "GET", f"/carts/{cart['id']}", None, {}
+        )
+        assert (status, same["id"]) == (200, cart["id"])
+        assert set(scrape(instances)) == set(by_name)
+        supervisor.kill(by_name[VICTIM].child)
+        assert set(scrape(instances)) == set(by_name) - {VICTIM}
+        groups = [i.child.pgid for i in instances]
+    assert not any(group_alive(pgid) for pgid in groups)
+    assert _processes_in(tmp_path) == []
+
+
+def test_a_failing_control_plane_is_one_error_and_leaves_nothing_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # TODO(merge): once registry and CA land, this becomes the acceptance test below.
+    assert main(["demo", "--duration", "1", "--dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("meshkit: error: ")
+    assert _processes_in(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skip(reason="TODO(merge): needs the dev registry, the CA and the mesh client")
+def test_acceptance_demo_for_20_seconds(tmp_path: Path) -> None:
+    """CI's acceptance: exit 0, every edge carried traffic, >= 99% success, nothing left."""
+    result = subprocess.run(
+        [sys.executable, "-m", "meshkit", "demo", "--duration", "20", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "edges that carried no traffic" not in result.stdout
+    match = re.search(r"demo-user: \d+ requests, ([\d.]+)% ok", result.stdout.split("summary")[-1])
+    assert match is not None and float(match[1]) >= 99.0
+    assert _processes_in(tmp_path) == []
