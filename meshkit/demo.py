@@ -428,16 +428,29 @@ class DemoOptions:
     kill: bool = True
 
 
+MeshFactory = Callable[[Supervisor, Path], tuple[Identities, Mapping[str, str]]]
+
+
+def dev_control_plane(supervisor: Supervisor, directory: Path) -> tuple[Identities, dict[str, str]]:
+    """The demo's mesh: a dev registry and a dev CA that issues every certificate."""
+    plane = start_control_plane(supervisor, directory)
+    return CAIdentities(plane), plane.env()
+
+
 def run_demo(
-    options: DemoOptions, supervisor: Supervisor, directory: Path, display: Display
+    options: DemoOptions,
+    supervisor: Supervisor,
+    directory: Path,
+    display: Display,
+    *,
+    mesh: MeshFactory = dev_control_plane,
 ) -> int:
     display.show("starting the control plane (dev registry, dev CA)...")
-    plane = start_control_plane(supervisor, directory)
-    identities = CAIdentities(plane)
-    display.show("starting the shop: " + ", ".join(f"{s} x{n}" for s, n in SHOP) + "...")
-    instances = start_shop(supervisor, directory, identities, plane.env())
-    web = next(i for i in instances if i.service == "web")
+    identities, mesh_env = mesh(supervisor, directory)
     context = identities.client_context(DEMO_USER)
+    display.show("starting the shop: " + ", ".join(f"{s} x{n}" for s, n in SHOP) + "...")
+    instances = start_shop(supervisor, directory, identities, mesh_env)
+    web = next(i for i in instances if i.service == "web")
     events = [f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)"]
     stats, stop = TrafficStats(), threading.Event()
     threads = drive(lambda: HttpsSender(web.port, context), stats, stop, rate=options.rate)

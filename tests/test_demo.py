@@ -22,6 +22,7 @@ from meshkit.demo import (
     EDGES,
     SHOP,
     VICTIM,
+    DemoOptions,
     Display,
     HttpsSender,
     LocalIdentities,
@@ -31,6 +32,7 @@ from meshkit.demo import (
     instance_env,
     missing_edges,
     progress,
+    run_demo,
     scrape,
     start_shop,
 )
@@ -170,6 +172,31 @@ def test_the_shop_starts_shares_state_survives_a_kill_and_stops(tmp_path: Path) 
         assert set(scrape(instances)) == set(by_name) - {VICTIM}
         groups = [i.child.pgid for i in instances]
     assert not any(group_alive(pgid) for pgid in groups)
+    assert _processes_in(tmp_path) == []
+
+
+def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(tmp_path: Path) -> None:
+    """The whole run with file identities and no registry: until the mesh client lands,
+    web's calls fail, so this checks the choreography, not the success rate."""
+    out = io.StringIO()
+    options = DemoOptions(duration=2.0, rate=5.0, interval=0.5)
+    with Supervisor(tmp_path / "logs", stop_timeout=10) as supervisor:
+        code = run_demo(
+            options,
+            supervisor,
+            tmp_path,
+            Display(out, interactive=False),
+            mesh=lambda s, d: (LocalIdentities(), {}),
+        )
+        victim = next(c for c in supervisor.children if c.name == VICTIM)
+        assert not victim.running
+    assert code == 0
+    text = out.getvalue()
+    assert "shop UI: https://127.0.0.1:" in text
+    assert "killed cart-2" in text
+    assert text.count("edge  ") >= 3  # live tables, then the summary's
+    assert "summary over 2s" in text
+    assert "demo-user: " in text.split("summary")[-1]
     assert _processes_in(tmp_path) == []
 
 

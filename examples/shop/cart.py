@@ -161,18 +161,32 @@ async def checkout(request: Request) -> JSONResponse:
         return JSONResponse(cart)
     if not cart["items"]:
         raise HTTPProblem(400, "the cart is empty")
-    await _reserve(request, cart)
+    await _reserve(request, cart, key)
     charge = await _charge(request, cart, key, payment_method)
-    response = await client(request, "inventory").post(f"/reservations/{cart_id}/commit")
-    expect("inventory", response, 200)
+    await _finish_reservation(request, cart["id"], "commit", key)
     order = await db.write(lambda c: mark_ordered(c, cart_id, charge))
     return JSONResponse(order, status_code=201)
 
 
-async def _reserve(request: Request, cart: dict[str, Any]) -> None:
+def _attempt_key(key: str, step: str) -> dict[str, str]:
+    # One key per step of one checkout attempt: the mesh client may retry each step,
+    # and a new attempt (a new key) is never mistaken for a repeat of an old one.
+    return {"Idempotency-Key": f"checkout-{key}-{step}"}
+
+
+async def _finish_reservation(request: Request, cart_id: str, action: str, key: str) -> None:
+    response = await client(request, "inventory").post(
+        f"/reservations/{cart_id}/{action}", headers=_attempt_key(key, action)
+    )
+    expect("inventory", response, 200)
+
+
+async def _reserve(request: Request, cart: dict[str, Any], key: str) -> None:
     items = [{"sku": i["sku"], "quantity": i["quantity"]} for i in cart["items"]]
     response = await client(request, "inventory").post(
-        "/reservations", json={"id": cart["id"], "items": items}
+        "/reservations",
+        json={"id": cart["id"], "items": items},
+        headers=_attempt_key(key, "reserve"),
     )
     if response.status_code == 409:
         raise HTTPProblem(409, response.json()["error"], **response.json())
@@ -190,13 +204,12 @@ async def _charge(
             "payment_method": payment_method,
             "reference": cart["id"],
         },
-        headers={"Idempotency-Key": f"checkout-{key}"},
+        headers=_attempt_key(key, "charge"),
     )
     if response.status_code in (200, 201):
         return response.json()  # type: ignore[no-any-return]
     # Declined or refused: give the stock back so the cart can try again.
-    released = await client(request, "inventory").post(f"/reservations/{cart['id']}/release")
-    expect("inventory", released, 200)
+    await _finish_reservation(request, cart["id"], "release", key)
     if response.status_code == 402:
         raise HTTPProblem(402, "payment declined", charge=response.json())
     raise UpstreamError("payments", response)
