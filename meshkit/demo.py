@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import http.client
-import json
 import os
-import random
 import re
 import signal
 import socket
@@ -26,15 +23,15 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
 from meshkit._golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
 from meshkit._supervisor import Child, Supervisor
+from meshkit._traffic import HttpsSender, TrafficStats, drive
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.errors import MeshError
 from meshkit.testing import admin_get, context_for
@@ -255,141 +252,6 @@ def scrape(instances: list[Instance]) -> dict[str, dict[Edge, Histogram]]:
     return scrapes
 
 
-# -- traffic -------------------------------------------------------------------------------
-
-Send = Callable[[str, str, Any, Mapping[str, str]], tuple[int, Any]]
-
-
-@dataclass
-class TrafficStats:
-    requests: int = 0
-    failures: int = 0
-    checkouts: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def record(self, ok: bool, *, checkout: bool = False) -> None:
-        with self.lock:
-            self.requests += 1
-            self.failures += not ok
-            self.checkouts += ok and checkout
-
-    @property
-    def success(self) -> float | None:
-        return None if self.requests == 0 else 1 - self.failures / self.requests
-
-
-class Shopper:
-    """One simulated user of web's JSON API: browses, and now and then buys."""
-
-    def __init__(
-        self, send: Send, stats: TrafficStats, rng: random.Random, *, buy_ratio: float = 0.3
-    ) -> None:
-        self.send = send
-        self.stats = stats
-        self.rng = rng
-        self.buy_ratio = buy_ratio
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        *,
-        checkout: bool = False,
-    ) -> Any:
-        try:
-            status, answer = self.send(method, path, body, headers or {})
-        except (OSError, http.client.HTTPException, ValueError):
-            self.stats.record(False)
-            return None
-        ok = 200 <= status < 300
-        self.stats.record(ok, checkout=checkout)
-        return answer if ok else None
-
-    def journey(self) -> None:
-        catalog = self._call("GET", "/api/products")
-        if not catalog or self.rng.random() >= self.buy_ratio:
-            return
-        cart = self._call("POST", "/api/carts")
-        if not cart:
-            return
-        for product in self.rng.sample(catalog["products"], k=self.rng.randint(1, 2)):
-            item = {"sku": product["sku"], "quantity": self.rng.randint(1, 3)}
-            if self._call("POST", f"/api/carts/{cart['id']}/items", item) is None:
-                return
-        key = {"Idempotency-Key": uuid.uuid4().hex}
-        self._call(
-            "POST",
-            f"/api/carts/{cart['id']}/checkout",
-            {"payment_method": "tok_visa"},
-            key,
-            checkout=True,
-        )
-
-
-class HttpsSender:
-    """A keep-alive HTTPS connection to web, reopened after a failure."""
-
-    def __init__(self, port: int, context: ssl.SSLContext, *, timeout: float = 10.0) -> None:
-        self.port = port
-        self.context = context
-        self.timeout = timeout
-        self._connection: http.client.HTTPSConnection | None = None
-
-    def __call__(
-        self, method: str, path: str, body: Any, headers: Mapping[str, str]
-    ) -> tuple[int, Any]:
-        if self._connection is None:
-            self._connection = http.client.HTTPSConnection(
-                "127.0.0.1", self.port, context=self.context, timeout=self.timeout
-            )
-        payload = None if body is None else json.dumps(body).encode()
-        try:
-            self._connection.request(
-                method, path, body=payload, headers={"content-type": "application/json", **headers}
-            )
-            response = self._connection.getresponse()
-            raw = response.read()
-        except BaseException:
-            self.close()
-            raise
-        return response.status, json.loads(raw) if raw else None
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-
-def drive(
-    make_send: Callable[[], Send],
-    stats: TrafficStats,
-    stop: threading.Event,
-    *,
-    rate: float,
-    workers: int = 4,
-    seed: int = 0,
-) -> list[threading.Thread]:
-    """``workers`` shoppers together starting ``rate`` journeys per second until ``stop``."""
-
-    def work(number: int) -> None:
-        shopper = Shopper(make_send(), stats, random.Random(seed + number))
-        period = workers / rate
-        next_start = time.monotonic() + period * number / workers
-        while not stop.wait(max(0.0, next_start - time.monotonic())):
-            shopper.journey()
-            next_start += period
-
-    threads = [
-        threading.Thread(target=work, args=(n,), daemon=True, name=f"shopper-{n}")
-        for n in range(workers)
-    ]
-    for thread in threads:
-        thread.start()
-    return threads
-
-
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -476,26 +338,35 @@ def watch(
     display: Display,
     started: float,
 ) -> None:
-    """Scrape and show the window's table every interval; kill the victim halfway."""
+    """Scrape and show the window's table every interval; kill the victim halfway.
+
+    The last tick comes at the end of the run however slow the ticks were (a loaded
+    machine), so the kill and at least one table always happen.
+    """
     interval = options.interval or (2.0 if display.interactive else 5.0)
+    end = started + options.duration
     last = started
-    victim = next((i for i in instances if i.name == VICTIM), None)
     with contextlib.suppress(KeyboardInterrupt):
-        while (now := time.monotonic()) - started < options.duration:
-            time.sleep(min(interval, max(0.0, started + options.duration - now)))
+        while True:
+            time.sleep(max(0.0, min(interval, end - time.monotonic())))
             elapsed = time.monotonic() - started
-            if (
-                options.kill
-                and victim is not None
-                and victim.running
-                and elapsed >= options.duration / 2
-            ):
-                supervisor.kill(victim.child)
-                events.append(f"{elapsed:.0f}s: killed {VICTIM} (SIGKILL, no deregistration)")
+            if options.kill and elapsed >= options.duration / 2:
+                _kill_victim(instances, supervisor, events, elapsed)
             window = board.update(scrape(instances))
             table = format_table(edge_stats(window, time.monotonic() - last))
             last = time.monotonic()
             display.show(progress(elapsed, options.duration, stats, events) + "\n\n" + table)
+            if elapsed >= options.duration:
+                return
+
+
+def _kill_victim(
+    instances: list[Instance], supervisor: Supervisor, events: list[str], elapsed: float
+) -> None:
+    for instance in instances:
+        if instance.name == VICTIM and instance.running:
+            supervisor.kill(instance.child)
+            events.append(f"{elapsed:.0f}s: killed {VICTIM} (SIGKILL, no deregistration)")
 
 
 def summarize(

