@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Mapping
+from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from meshkit import peer_identity
+from meshkit import SpiffeId, peer_identity
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -53,18 +54,23 @@ try:
     from meshkit.policy import allow  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # TODO(merge): meshkit.policy comes from the policies branch; delete this.
 
-    def allow(*services: str) -> Callable[[Endpoint], Endpoint]:  # type: ignore[no-redef, unused-ignore]
-        """Stand-in for meshkit.policy.allow: only these callers, by verified identity."""
+    def allow(  # type: ignore[no-redef, unused-ignore]
+        *callers: str, anonymous: bool = False, mesh: bool = False
+    ) -> Callable[[Endpoint], Endpoint]:
+        """Stand-in for meshkit.policy.allow (same signature), enforced right here."""
+
+        def permitted(caller: SpiffeId | None) -> bool:
+            if caller is None:
+                return anonymous
+            return mesh or any(fnmatchcase(caller.service or "", c) for c in callers)
 
         def decorate(endpoint: Endpoint) -> Endpoint:
             @functools.wraps(endpoint)
             async def checked(request: Request) -> Response:
                 caller = peer_identity(request)
-                if caller is None or caller.service not in services:
-                    return JSONResponse(
-                        {"error": f"{caller or 'anonymous'} may not call this endpoint"},
-                        status_code=403,
-                    )
+                if not permitted(caller):
+                    message = f"{caller or 'anonymous'} may not call this endpoint"
+                    return JSONResponse({"error": message}, status_code=403)
                 return await endpoint(request)
 
             return checked

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from examples.shop._mesh import ClientFactory, ServiceResponse, client
+from examples.shop._mesh import ClientFactory, ServiceResponse, allow, client
 from examples.shop.common import (
     HTTPProblem,
     UpstreamError,
@@ -30,6 +30,10 @@ from meshkit import MeshSettings, RequestError, ServiceApp
 CART_COOKIE = "cart_id"
 # Statuses of cart's answers that are the user's business (shown or forwarded as they are).
 _USER_STATUSES = (400, 402, 404, 409)
+
+# The front door: anyone in the mesh, and browsers without a certificate when web
+# runs with MESHKIT_TLS_MODE=permissive.
+FRONT_DOOR = allow(mesh=True, anonymous=True)
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 templates.env.filters["money"] = lambda cents: f"${cents / 100:,.2f}"
@@ -119,6 +123,7 @@ async def _browser_cart(request: Request) -> dict[str, Any] | None:
     return cart if cart["status"] == "open" else None
 
 
+@FRONT_DOOR
 async def home(request: Request) -> Response:
     products = await fetch_products(request)
     cart = await _browser_cart(request)
@@ -139,10 +144,12 @@ async def cart_page(request: Request, *, error: str | None = None, status: int =
     )
 
 
+@FRONT_DOOR
 async def show_cart_page(request: Request) -> Response:
     return await cart_page(request)
 
 
+@FRONT_DOOR
 async def add_to_cart_form(request: Request) -> Response:
     form = await _form(request)
     quantity = int(form["quantity"]) if form.get("quantity", "").isdigit() else 1
@@ -153,6 +160,7 @@ async def add_to_cart_form(request: Request) -> Response:
     return response
 
 
+@FRONT_DOOR
 async def remove_from_cart_form(request: Request) -> Response:
     cart = await _browser_cart(request)
     if cart is not None:
@@ -160,6 +168,7 @@ async def remove_from_cart_form(request: Request) -> Response:
     return RedirectResponse("/cart", status_code=303)
 
 
+@FRONT_DOOR
 async def checkout_form(request: Request) -> Response:
     form = await _form(request)
     cart = await _browser_cart(request)
@@ -177,6 +186,7 @@ async def checkout_form(request: Request) -> Response:
     return response
 
 
+@FRONT_DOOR
 async def order_page(request: Request) -> Response:
     order = await fetch_order(request, request.path_params["id"])
     return _page(request, "order.html", order=order)
@@ -185,29 +195,35 @@ async def order_page(request: Request) -> Response:
 # -- JSON API --------------------------------------------------------------------------------
 
 
+@FRONT_DOOR
 async def api_products(request: Request) -> JSONResponse:
     return JSONResponse({"products": await fetch_products(request)})
 
 
+@FRONT_DOOR
 async def api_create_cart(request: Request) -> JSONResponse:
     return JSONResponse(await create_cart(request), status_code=201)
 
 
+@FRONT_DOOR
 async def api_cart(request: Request) -> JSONResponse:
     return JSONResponse(await fetch_cart(request, request.path_params["id"]))
 
 
+@FRONT_DOOR
 async def api_add_item(request: Request) -> JSONResponse:
     body = await json_body(request)
     sku, quantity = text(body, "sku"), positive_int(body, "quantity", default=1)
     return JSONResponse(await add_item(request, request.path_params["id"], sku, quantity))
 
 
+@FRONT_DOOR
 async def api_remove_item(request: Request) -> JSONResponse:
     params = request.path_params
     return JSONResponse(await remove_item(request, params["id"], params["sku"]))
 
 
+@FRONT_DOOR
 async def api_checkout(request: Request) -> JSONResponse:
     body = await json_body(request)
     key = request.headers.get("idempotency-key") or uuid.uuid4().hex
@@ -215,6 +231,7 @@ async def api_checkout(request: Request) -> JSONResponse:
     return JSONResponse(order, status_code=201)
 
 
+@FRONT_DOOR
 async def api_order(request: Request) -> JSONResponse:
     return JSONResponse(await fetch_order(request, request.path_params["id"]))
 

@@ -124,3 +124,17 @@ async def test_an_unreachable_service_is_503(tmp_path: Path) -> None:
     assert api.json()["error"] == "inventory: no healthy instance"
     assert page.status_code == 503
     assert "having trouble" in page.text
+
+
+async def test_web_is_the_front_door_for_browsers_without_a_certificate(shop: Shop) -> None:
+    # No client certificate at all: what a browser is when web runs in permissive TLS.
+    transport = httpx.ASGITransport(shop.apps["web"])
+    async with httpx.AsyncClient(transport=transport, base_url="https://web") as browser:
+        page = await browser.get("/")
+        api = await browser.get("/api/products")
+    assert page.status_code == 200
+    assert api.status_code == 200
+    # The services behind it are not front doors.
+    transport = httpx.ASGITransport(shop.apps["cart"])
+    async with httpx.AsyncClient(transport=transport, base_url="https://cart") as stranger:
+        assert (await stranger.post("/carts")).status_code == 403
