@@ -107,6 +107,25 @@ class Supervisor:
         self.children.append(child)
         return child
 
+    def run(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> Child:
+        """Run a command to completion (in its own group, logged); MeshError if it fails."""
+        child = self.start(name, argv, env=env)
+        try:
+            code = child.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise MeshError(f"{name} did not finish in {timeout:g}s") from None  # stop_all kills
+        if code != 0:
+            raise MeshError(f"{name} failed with {code}:\n{child.log_tail()}")
+        self.children.remove(child)  # done: not one of the processes to watch and stop
+        return child
+
     def wait_until(self, child: Child, ready: Callable[[], bool], *, timeout: float = 30.0) -> None:
         """Poll ``ready`` until it is true; fail with the child's last words if it exits."""
         deadline = time.monotonic() + timeout

@@ -109,12 +109,8 @@ def start_control_plane(
     ca_port = ca_port or free_port()
     ca_dir = directory / "ca"
     if not ca_dir.exists():
-        init = supervisor.start(
-            "ca-init",
-            meshkit_argv("ca", "init", "--dir", str(ca_dir), "--trust-domain", TRUST_DOMAIN),
-        )
-        if init.process.wait() != 0:
-            raise MeshError(f"cannot create the dev CA:\n{init.log_tail()}")
+        argv = meshkit_argv("ca", "init", "--dir", str(ca_dir), "--trust-domain", TRUST_DOMAIN)
+        supervisor.run("ca-init", argv)
     # --dev: the CA signs any identity without a join token (demos only).
     ca = supervisor.start(
         "ca",
@@ -412,17 +408,22 @@ def summarize(
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every ``finally`` (and the supervisor) runs."""
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT unwind as KeyboardInterrupt, so the supervisor stops everything.
+
+    SIGINT is set explicitly: a program started in the background by a shell inherits
+    it ignored, and Ctrl-C must stop the demo wherever it was started from.
+    """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -465,21 +466,31 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _demo_command(args: argparse.Namespace) -> int:
     options = DemoOptions(args.duration, args.rate, args.interval, args.kill)
-    display = Display(sys.stdout, interactive=sys.stdout.isatty())
+    return demo(options, args.dir, Display(sys.stdout, interactive=sys.stdout.isatty()))
+
+
+def demo(
+    options: DemoOptions,
+    directory: Path | None,
+    display: Display,
+    *,
+    mesh: MeshFactory = dev_control_plane,
+) -> int:
+    """The whole demo; every process it started is stopped however it ends."""
     with (
-        sigterm_as_interrupt(),
-        workspace(args.dir) as directory,
-        Supervisor(directory / "logs") as supervisor,
+        interruptible(),
+        workspace(directory) as workdir,
+        Supervisor(workdir / "logs") as supervisor,
     ):
         try:
-            return run_demo(options, supervisor, directory, display)
+            return run_demo(options, supervisor, workdir, display, mesh=mesh)
         except KeyboardInterrupt:
             display.out.write("interrupted: stopping everything\n")
             return 0
 
 
 def _up_command(args: argparse.Namespace) -> int:
-    with sigterm_as_interrupt(), Supervisor(args.dir / "logs") as supervisor:
+    with interruptible(), Supervisor(args.dir / "logs") as supervisor:
         plane = start_control_plane(
             supervisor, args.dir, registry_port=args.registry_port, ca_port=args.ca_port
         )

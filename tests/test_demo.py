@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -194,6 +195,35 @@ def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(tmp_path: Path
     assert text.count("edge  ") >= 2  # live tables, then the summary's
     assert re.search(r"summary over \d+s", text)
     assert "demo-user: " in text.split("summary")[-1]
+    assert _processes_in(tmp_path) == []
+
+
+# The demo with file identities instead of the control plane, as a program of its own.
+DEMO = """
+import sys
+from pathlib import Path
+from meshkit.demo import DemoOptions, Display, LocalIdentities, demo
+options = DemoOptions(duration=60, rate=2, interval=0.3)
+mesh = lambda supervisor, directory: (LocalIdentities(), {})
+sys.exit(demo(options, Path(sys.argv[1]), Display(sys.stdout, False), mesh=mesh))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stop_everything_with_a_summary(tmp_path: Path, sig: int) -> None:
+    program = subprocess.Popen(
+        [sys.executable, "-c", DEMO, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert program.stdout is not None
+    lines = []
+    for line in program.stdout:
+        lines.append(line)
+        if line.startswith("meshkit demo "):  # the first live table: traffic is flowing
+            program.send_signal(sig)
+            break
+    output = "".join(lines) + program.stdout.read()
+    assert program.wait(timeout=30) == 0
+    assert "summary over" in output
     assert _processes_in(tmp_path) == []
 
 

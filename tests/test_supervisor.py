@@ -80,3 +80,12 @@ def test_a_child_that_never_gets_ready_times_out(tmp_path: Path) -> None:
         child = supervisor.start("slow", [sys.executable, "-c", "import time; time.sleep(30)"])
         with pytest.raises(MeshError, match=r"slow was not ready after 0\.2s"):
             supervisor.wait_until(child, lambda: False, timeout=0.2)
+
+
+def test_run_waits_for_a_command_and_forgets_it(tmp_path: Path) -> None:
+    with Supervisor(tmp_path / "logs") as supervisor:
+        done = supervisor.run("init", [sys.executable, "-c", "print('created')"])
+        assert "created" in done.log.read_text()
+        assert supervisor.children == []
+        with pytest.raises(MeshError, match=r"broken failed with 2:\nno such dir"):
+            supervisor.run("broken", [sys.executable, "-c", "print('no such dir'); exit(2)"])
