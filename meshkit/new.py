@@ -14,8 +14,17 @@ from typing import Any
 from meshkit.errors import ConfigError, MeshError
 from meshkit.settings import MeshSettings
 
-#: Where the template is: next to the package in a checkout of meshkit.
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "cookiecutter"
+_HERE = Path(__file__).resolve().parent
+#: Where the template may be: inside the package (a wheel that force-includes
+#: ``cookiecutter/`` as ``meshkit/_template``), else next to it (a checkout).
+TEMPLATE_DIRS = (_HERE / "_template", _HERE.parent / "cookiecutter")
+
+
+def template_dir() -> Path:
+    for candidate in TEMPLATE_DIRS:
+        if (candidate / "cookiecutter.json").is_file():
+            return candidate
+    raise MeshError("the service template is not installed with this meshkit")
 
 
 def meshkit_requirement(requirement: str) -> str:
@@ -57,7 +66,7 @@ def template_context(
     }
 
 
-def render(context: dict[str, str], *, directory: Path, template: Path = TEMPLATE_DIR) -> Path:
+def render(context: dict[str, str], *, directory: Path, template: Path | None = None) -> Path:
     """Render the template into ``directory/<service name>``; return that path."""
     from cookiecutter.exceptions import (  # type: ignore[import-untyped]
         CookiecutterException,
@@ -65,11 +74,12 @@ def render(context: dict[str, str], *, directory: Path, template: Path = TEMPLAT
     )
     from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 
-    if not (template / "cookiecutter.json").is_file():
-        raise MeshError(f"the service template is missing: {template}")
     try:
         project = cookiecutter(
-            str(template), no_input=True, extra_context=context, output_dir=str(directory)
+            str(template or template_dir()),
+            no_input=True,
+            extra_context=context,
+            output_dir=str(directory),
         )
     except OutputDirExistsException as exc:
         raise ConfigError(f"{directory / context['service_name']} already exists") from exc

@@ -99,3 +99,13 @@ def test_the_rendered_project_installs_and_its_tests_pass(tmp_path: Path) -> Non
     )
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
     assert "4 passed, 1 skipped" in tests.stdout
+
+
+def test_a_missing_template_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("meshkit.new.TEMPLATE_DIRS", (tmp_path / "nowhere",))
+    assert main(["new", "billing", "--dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        "meshkit: error: the service template is not installed with this meshkit\n"
+    )
