@@ -1,14 +1,17 @@
 """cart: shopping carts and their items (SQLite), and checkout.
 
-Checkout is safe to repeat: the stock reservation is keyed by the cart id and the
-charge by the caller's Idempotency-Key, so a retried checkout (by the mesh client, or
-by a user pressing the button twice) reserves and charges once.
+Every change can be retried: creating a cart and adding items apply once per
+Idempotency-Key (when the caller sends one), and checkout reserves stock under the cart
+id and charges under the caller's key, so a retry — by the mesh client, on either
+instance, or by a user pressing the button twice — reserves and charges once.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,11 @@ CREATE TABLE IF NOT EXISTS cart_items (
     unit_price_cents INTEGER NOT NULL,
     quantity INTEGER NOT NULL CHECK (quantity > 0),
     PRIMARY KEY (cart_id, sku)
+);
+CREATE TABLE IF NOT EXISTS applied_requests (
+    idempotency_key TEXT PRIMARY KEY,
+    response TEXT NOT NULL,
+    applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 )
 """
 CURRENCY = "USD"
@@ -113,13 +121,44 @@ def mark_ordered(
     return get_cart(connection, cart_id)
 
 
+def once(
+    connection: sqlite3.Connection,
+    key: str | None,
+    change: Callable[[sqlite3.Connection], dict[str, Any]],
+) -> tuple[dict[str, Any], bool]:
+    """(answer, replayed): ``change`` applied at most once per Idempotency-Key.
+
+    The key and the change commit in one transaction in the database both instances
+    share, so a retry that lands on the other instance still sees it.
+    """
+    if key is None:
+        return change(connection), False
+    row = connection.execute(
+        "SELECT response FROM applied_requests WHERE idempotency_key = ?", (key,)
+    ).fetchone()
+    if row is not None:
+        return json.loads(row["response"]), True
+    answer = change(connection)
+    connection.execute(
+        "INSERT INTO applied_requests (idempotency_key, response) VALUES (?, ?)",
+        (key, json.dumps(answer)),
+    )
+    return answer, False
+
+
+def _key(request: Request) -> str | None:
+    return request.headers.get("idempotency-key", "").strip() or None
+
+
 def _db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
 @allow("web")
 async def create_cart(request: Request) -> JSONResponse:
-    return JSONResponse(await _db(request).write(new_cart), status_code=201)
+    key = _key(request)
+    cart, replayed = await _db(request).write(lambda c: once(c, key, new_cart))
+    return JSONResponse(cart, status_code=200 if replayed else 201)
 
 
 @allow("web")
@@ -137,7 +176,10 @@ async def add_to_cart(request: Request) -> JSONResponse:
     if response.status_code == 404:
         raise HTTPProblem(404, f"no product {sku!r}")
     product = expect("inventory", response, 200)
-    cart = await _db(request).write(lambda c: add_item(c, cart_id, product, quantity))
+    key = _key(request)
+    cart, _ = await _db(request).write(
+        lambda c: once(c, key, lambda c: add_item(c, cart_id, product, quantity))
+    )
     return JSONResponse(cart)
 
 
@@ -151,8 +193,8 @@ async def remove_from_cart(request: Request) -> JSONResponse:
 async def checkout(request: Request) -> JSONResponse:
     """Reserve stock, charge, then confirm: 201 with the order, or 402/409 and nothing held."""
     cart_id = request.path_params["id"]
-    key = request.headers.get("idempotency-key", "").strip()
-    if not key:
+    key = _key(request)
+    if key is None:
         raise HTTPProblem(400, "the Idempotency-Key header is required")
     payment_method = text(await json_body(request), "payment_method")
     db = _db(request)

@@ -55,8 +55,15 @@ async def fetch_products(request: Request) -> list[dict[str, Any]]:
     return expect("inventory", response, 200)["products"]  # type: ignore[no-any-return]
 
 
+def _once() -> dict[str, str]:
+    # A new key per change made for the user: the mesh client may then retry the call
+    # (on another cart instance too) without the change happening twice.
+    return {"Idempotency-Key": uuid.uuid4().hex}
+
+
 async def create_cart(request: Request) -> dict[str, Any]:
-    return _answer("cart", await client(request, "cart").post("/carts"), 201)  # type: ignore[no-any-return]
+    response = await client(request, "cart").post("/carts", headers=_once())
+    return _answer("cart", response, 201)  # type: ignore[no-any-return]
 
 
 async def fetch_cart(request: Request, cart_id: str) -> dict[str, Any]:
@@ -65,7 +72,7 @@ async def fetch_cart(request: Request, cart_id: str) -> dict[str, Any]:
 
 async def add_item(request: Request, cart_id: str, sku: str, quantity: int) -> dict[str, Any]:
     response = await client(request, "cart").post(
-        f"/carts/{cart_id}/items", json={"sku": sku, "quantity": quantity}
+        f"/carts/{cart_id}/items", json={"sku": sku, "quantity": quantity}, headers=_once()
     )
     return _answer("cart", response, 200)  # type: ignore[no-any-return]
 

@@ -119,3 +119,17 @@ async def test_checkout_needs_a_key_items_and_stock(shop: Shop) -> None:
 async def test_only_web_calls_cart(shop: Shop) -> None:
     assert (await shop.client("inventory", "cart").post("/carts")).status_code == 403
     assert (await shop.client("payments", "cart").get("/carts/x")).status_code == 403
+
+
+async def test_creating_and_adding_happen_once_per_key(shop: Shop) -> None:
+    carts = shop.client("web", "cart")
+    first = await carts.post("/carts", headers={"Idempotency-Key": "new-1"})
+    again = await carts.post("/carts", headers={"Idempotency-Key": "new-1"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    url, item = f"/carts/{first.json()['id']}/items", {"sku": "tea-assam", "quantity": 2}
+    for _ in range(2):
+        added = await carts.post(url, json=item, headers={"Idempotency-Key": "add-1"})
+    assert added.json()["items"][0]["quantity"] == 2
+    added = await carts.post(url, json=item, headers={"Idempotency-Key": "add-2"})
+    assert added.json()["items"][0]["quantity"] == 4
