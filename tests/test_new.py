@@ -38,7 +38,7 @@ def test_renders_a_project_with_the_flags_as_variables(tmp_path: Path) -> None:
     app = (project / "billing" / "app.py").read_text()
     assert '@allow("cart")' in app
     assert 'UPSTREAM = "ledger"' in app
-    assert 'namespace="shop"' in app
+    assert 'NAMESPACE = "shop"' in app
     assert "request.app.client(UPSTREAM)" in app
     assert 'NAMESPACE = "shop"' in (project / "tests" / "conftest.py").read_text()
     for source in project.rglob("*.py"):
