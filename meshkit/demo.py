@@ -56,6 +56,8 @@ EDGES = frozenset(
     }
 )
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+#: The checkout holding ``examples/shop`` (the shop is not part of the meshkit wheel).
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def meshkit_argv(*args: str) -> list[str]:
@@ -219,6 +221,8 @@ def instance_env(
         "MESHKIT_DEREGISTER_DELAY": "1",
         "MESHKIT_DRAIN_TIMEOUT": "5",
         "SHOP_DATA_DIR": str(shared_data),
+        # `meshkit run examples.shop.<service>:app` from wherever the demo was started.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),
     }
     if service == "web":
         # Browsers have no mesh certificate: web also accepts TLS without one.
@@ -235,6 +239,8 @@ def start_shop(
     timeout: float = 30.0,
 ) -> list[Instance]:
     """Start every instance of SHOP and wait until each answers ``/readyz``."""
+    if not (CHECKOUT / "examples" / "shop").is_dir():
+        raise MeshError(f"the shop example is not here: {CHECKOUT / 'examples'} (use a checkout)")
     instances = []
     for service, count in SHOP:
         for number in range(1, count + 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import re
 import signal
@@ -147,6 +148,7 @@ def test_instances_share_a_database_dir_but_not_a_state_dir(tmp_path: Path) -> N
     assert a["SHOP_DATA_DIR"] == b["SHOP_DATA_DIR"]
     assert a["MESHKIT_DATA_DIR"] != b["MESHKIT_DATA_DIR"]
     assert "MESHKIT_TLS_MODE" not in a
+    assert a["PYTHONPATH"].split(os.pathsep)[0] == str(Path(__file__).resolve().parent.parent)
     web = instance_env("web", tmp_path, shared_data=tmp_path, mesh_env={}, port=5, admin_port=6)
     assert web["MESHKIT_TLS_MODE"] == "permissive"
 
