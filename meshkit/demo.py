@@ -101,29 +101,40 @@ def start_control_plane(
     supervisor: Supervisor, directory: Path, *, registry_port: int = 0, ca_port: int = 0
 ) -> ControlPlane:
     """The dev registry (Consul's HTTP API) and the dev CA, both ready when this returns."""
-    registry_port = registry_port or free_port()
+    registry_port = start_registry(supervisor, directory, port=registry_port)
+    ca_url, fingerprint = start_ca(supervisor, directory / "ca", port=ca_port)
+    return ControlPlane(registry_port, ca_url, fingerprint)
+
+
+def start_registry(supervisor: Supervisor, directory: Path, *, port: int = 0) -> int:
+    """``meshkit registry serve``, answering; returns its port."""
+    port = port or free_port()
     registry = supervisor.start(
         "registry",
-        meshkit_argv("registry", "serve", "--port", str(registry_port)),
+        meshkit_argv("registry", "serve", "--port", str(port)),
         env={**os.environ, "MESHKIT_DATA_DIR": str(directory / "registry")},
     )
-    supervisor.wait_until(registry, lambda: answers(registry_port, "/v1/status/leader"))
-    ca_port = ca_port or free_port()
-    ca_dir = directory / "ca"
-    if not ca_dir.exists():
-        argv = meshkit_argv("ca", "init", "--dir", str(ca_dir), "--trust-domain", TRUST_DOMAIN)
+    supervisor.wait_until(registry, lambda: answers(port, "/v1/status/leader"))
+    return port
+
+
+def start_ca(supervisor: Supervisor, directory: Path, *, port: int = 0) -> tuple[str, str]:
+    """``meshkit ca serve --dev`` on a CA in ``directory`` (made if missing): URL, pin."""
+    port = port or free_port()
+    if not directory.exists():
+        argv = meshkit_argv("ca", "init", "--dir", str(directory), "--trust-domain", TRUST_DOMAIN)
         supervisor.run("ca-init", argv)
     # --dev: the CA signs any identity without a join token (demos only).
     ca = supervisor.start(
         "ca",
-        meshkit_argv("ca", "serve", "--dir", str(ca_dir), "--dev", "--port", str(ca_port)),
-        env={**os.environ, "MESHKIT_DATA_DIR": str(ca_dir)},
+        meshkit_argv("ca", "serve", "--dir", str(directory), "--dev", "--port", str(port)),
+        env={**os.environ, "MESHKIT_DATA_DIR": str(directory)},
     )
     # It prints "root fingerprint sha256:<hex>" once it listens.
     supervisor.wait_until(ca, lambda: _FINGERPRINT.search(ca.log.read_text()) is not None)
     fingerprint = _FINGERPRINT.search(ca.log.read_text())
     assert fingerprint is not None
-    return ControlPlane(registry_port, f"https://127.0.0.1:{ca_port}", fingerprint[0])
+    return f"https://127.0.0.1:{port}", fingerprint[0]
 
 
 # -- identities: who the instances and demo-user are --------------------------------------
@@ -380,9 +391,10 @@ def watch(
         while True:
             time.sleep(max(0.0, min(interval, end - time.monotonic())))
             elapsed = time.monotonic() - started
+            # Scrape first: what the victim counted until now stays in the totals.
+            window = board.update(scrape(instances))
             if options.kill and elapsed >= options.duration / 2:
                 _kill_victim(instances, supervisor, events, elapsed)
-            window = board.update(scrape(instances))
             table = format_table(edge_stats(window, time.monotonic() - last))
             last = time.monotonic()
             display.show(progress(elapsed, options.duration, stats, events) + "\n\n" + table)

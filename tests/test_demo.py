@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from meshkit._golden import Edge, Histogram
-from meshkit._supervisor import Supervisor, group_alive
+from meshkit._supervisor import Child, Supervisor, group_alive
 from meshkit._traffic import HttpsSender, Shopper, TrafficStats, drive
 from meshkit.cli import main
 from meshkit.demo import (
@@ -28,6 +29,7 @@ from meshkit.demo import (
     DemoOptions,
     Display,
     LocalIdentities,
+    demo,
     instance_env,
     missing_edges,
     progress,
@@ -35,8 +37,10 @@ from meshkit.demo import (
     scrape,
     start_shop,
 )
+from meshkit.errors import MeshError
 
 pytestmark = pytest.mark.timeout(90)
+SLEEPER = "import time; time.sleep(60)"
 PRODUCTS = {"products": [{"sku": "a"}, {"sku": "b"}, {"sku": "c"}]}
 
 
@@ -153,10 +157,12 @@ def test_instances_share_a_database_dir_but_not_a_state_dir(tmp_path: Path) -> N
     assert web["MESHKIT_TLS_MODE"] == "permissive"
 
 
-def test_the_shop_starts_shares_state_survives_a_kill_and_stops(tmp_path: Path) -> None:
+def test_the_shop_starts_shares_state_survives_a_kill_and_stops(
+    tmp_path: Path, registry_env: dict[str, str]
+) -> None:
     identities = LocalIdentities()
     with Supervisor(tmp_path / "logs", stop_timeout=10) as supervisor:
-        instances = start_shop(supervisor, tmp_path, identities, {})
+        instances = start_shop(supervisor, tmp_path, identities, registry_env)
         assert [i.service for i in instances] == [s for s, n in SHOP for _ in range(n)]
         by_name = {i.name: i for i in instances}
         # Two cart instances, one database: a cart made on one is seen by the other.
@@ -175,7 +181,9 @@ def test_the_shop_starts_shares_state_survives_a_kill_and_stops(tmp_path: Path) 
     assert _processes_in(tmp_path) == []
 
 
-def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(tmp_path: Path) -> None:
+def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(
+    tmp_path: Path, registry_env: dict[str, str]
+) -> None:
     """The whole run with file identities and no registry: until the mesh client lands,
     web's calls fail, so this checks the choreography, not the success rate."""
     out = io.StringIO()
@@ -186,7 +194,7 @@ def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(tmp_path: Path
             supervisor,
             tmp_path,
             Display(out, interactive=False),
-            mesh=lambda s, d: (LocalIdentities(), {}),
+            mesh=lambda s, d: (LocalIdentities(), registry_env),
         )
         victim = next(c for c in supervisor.children if c.name == VICTIM)
         assert not victim.running
@@ -202,19 +210,23 @@ def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(tmp_path: Path
 
 # The demo with file identities instead of the control plane, as a program of its own.
 DEMO = """
-import sys
+import json, sys
 from pathlib import Path
 from meshkit.demo import DemoOptions, Display, LocalIdentities, demo
 options = DemoOptions(duration=60, rate=2, interval=0.3)
-mesh = lambda supervisor, directory: (LocalIdentities(), {})
+mesh = lambda supervisor, directory: (LocalIdentities(), json.loads(sys.argv[2]))
 sys.exit(demo(options, Path(sys.argv[1]), Display(sys.stdout, False), mesh=mesh))
 """
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_stop_everything_with_a_summary(tmp_path: Path, sig: int) -> None:
+def test_ctrl_c_or_sigterm_stop_everything_with_a_summary(
+    tmp_path: Path, sig: int, registry_env: dict[str, str]
+) -> None:
     program = subprocess.Popen(
-        [sys.executable, "-c", DEMO, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", DEMO, str(tmp_path), json.dumps(registry_env)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert program.stdout is not None
     lines = []
@@ -229,13 +241,28 @@ def test_ctrl_c_or_sigterm_stop_everything_with_a_summary(tmp_path: Path, sig: i
     assert _processes_in(tmp_path) == []
 
 
-def test_a_failing_control_plane_is_one_error_and_leaves_nothing_behind(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_failure_is_raised_after_everything_started_is_stopped(tmp_path: Path) -> None:
+    started: list[Child] = []
+
+    def broken_mesh(supervisor: Supervisor, directory: Path) -> Any:
+        started.append(supervisor.start("registry", [sys.executable, "-c", SLEEPER]))
+        raise MeshError("registry exited with 1")
+
+    with pytest.raises(MeshError, match="registry exited"):
+        demo(DemoOptions(duration=1), tmp_path, Display(io.StringIO(), False), mesh=broken_mesh)
+    assert not started[0].running
+    assert not group_alive(started[0].pgid)
+
+
+def test_the_cli_reports_a_failure_as_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # TODO(merge): once registry and CA land, this becomes the acceptance test below.
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise MeshError("registry exited with 1")
+
+    monkeypatch.setattr("meshkit.demo.start_registry", broken)
     assert main(["demo", "--duration", "1", "--dir", str(tmp_path)]) == 1
-    assert capsys.readouterr().err.startswith("meshkit: error: ")
-    assert _processes_in(tmp_path) == []
+    assert capsys.readouterr().err == "meshkit: error: registry exited with 1\n"
 
 
 @pytest.mark.slow

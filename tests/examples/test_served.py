@@ -13,9 +13,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_two_inventory_instances_share_one_database(
-    authority: LocalAuthority, tmp_path: Path
+    authority: LocalAuthority, tmp_path: Path, registry_env: dict[str, str]
 ) -> None:
     env = {"SHOP_DATA_DIR": str(tmp_path / "data"), "MESHKIT_DEREGISTER_DELAY": "0"}
+    env.update(registry_env)
     identity = authority.issue("inventory")
     first = ServiceProcess(
         "examples.shop.inventory:app",
