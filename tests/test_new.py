@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -31,6 +32,7 @@ def test_renders_a_project_with_the_flags_as_variables(tmp_path: Path) -> None:
         "tests/__init__.py",
         "tests/conftest.py",
         "tests/test_app.py",
+        "tests/upstream_stub.py",
     ]
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == "billing"
@@ -98,7 +100,8 @@ def test_the_rendered_project_installs_and_its_tests_pass(tmp_path: Path) -> Non
         text=True,
     )
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
-    assert "4 passed, 1 skipped" in tests.stdout
+    # The mesh call's test runs only once this meshkit has the mesh client.
+    assert re.search(r"\b(4 passed, 1 skipped|5 passed)\b", tests.stdout), tests.stdout
 
 
 def test_a_missing_template_is_one_error(

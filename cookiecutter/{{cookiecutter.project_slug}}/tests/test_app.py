@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ssl
+import time
+from pathlib import Path
 
 import pytest
 
+from meshkit import ServiceApp
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.testing import Connection, ServiceProcess, admin_get, context_for
-from tests.conftest import NAMESPACE
+from tests.conftest import HAS_REGISTRY, NAMESPACE, SERVICE, start
 
 
 def _get(service: ServiceProcess, context: ssl.SSLContext, path: str) -> tuple[int, object]:
@@ -47,9 +50,30 @@ def test_the_admin_port_reports_ready(service: ServiceProcess) -> None:
     assert admin_get(service.admin_port, "/healthz")[0] == 200
 
 
-@pytest.mark.skip(reason="TODO(meshkit mesh fixtures): needs a test registry and the mesh client")
-def test_upstream_is_called_through_the_mesh() -> None:
-    """TODO: once meshkit.testing starts a registry (and the mesh client ships), run a stub
-    {{ cookiecutter.upstream_service }} ServiceApp answering GET /hello and this service in
-    that mesh, then check that GET /upstream as {{ cookiecutter.allowed_caller }} returns
-    {"upstream": {...}} with the stub's answer, and that killing the stub gives a 503."""
+# TODO(meshkit>=0.2): every meshkit has the mesh client; drop this check.
+MESH_CLIENT = hasattr(ServiceApp, "client") and HAS_REGISTRY
+
+
+@pytest.mark.skipif(not MESH_CLIENT, reason="this meshkit has no mesh client yet")
+def test_upstream_is_called_through_the_mesh(
+    authority: LocalAuthority, tmp_path: Path, registry_env: dict[str, str]
+) -> None:
+    upstream = "{{ cookiecutter.upstream_service }}"
+    stub = start("tests.upstream_stub:app", upstream, authority, tmp_path, registry_env)
+    try:
+        service = start(
+            "{{ cookiecutter.package_name }}.app:app", SERVICE, authority, tmp_path, registry_env
+        )
+        try:
+            caller = authority.issue("{{ cookiecutter.allowed_caller }}", namespace=NAMESPACE)
+            context = context_for(caller, authority.bundle_pem)
+            # The registry marks a new instance healthy within a few seconds.
+            deadline = time.monotonic() + 15
+            while (answer := _get(service, context, "/upstream"))[0] != 200:
+                assert time.monotonic() < deadline, answer
+                time.sleep(0.2)
+        finally:
+            service.stop()
+    finally:
+        stub.stop()
+    assert answer[1] == {"upstream": {"stub": True, "caller": SERVICE}}
