@@ -19,6 +19,8 @@ _COMMAND_MODULES = (
     "meshkit.ca.cli",
     "meshkit.registry.cli",
     "meshkit.policy_cli",
+    "meshkit.new",
+    "meshkit.demo",
 )
 
 

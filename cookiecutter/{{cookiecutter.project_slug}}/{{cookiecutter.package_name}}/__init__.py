@@ -1,0 +1,1 @@
+"""{{ cookiecutter.service_name }}: {{ cookiecutter.description }}."""

@@ -1,0 +1,524 @@
+"""``meshkit demo`` runs the online shop in a mesh and shows its golden metrics;
+``meshkit up`` runs only the control plane, for your own services.
+
+The demo starts the control plane (dev registry + dev CA), then the shop (web,
+payments, and two instances each of cart and inventory), drives bounded traffic
+through web's JSON API as ``demo-user``, SIGKILLs one cart instance halfway, and
+prints a table per edge (requests/s, success %, p50, p99) read from each instance's
+own ``/metrics``. Every process runs in its own process group and is stopped on the
+way out: at the end, on Ctrl-C, on SIGTERM, or on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import os
+import re
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, TextIO
+
+import anyio
+
+from meshkit._golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
+from meshkit._supervisor import Child, Supervisor
+from meshkit._traffic import HttpsSender, TrafficStats, drive
+from meshkit.ca.x509 import LocalAuthority
+from meshkit.errors import MeshError
+from meshkit.settings import MeshSettings
+from meshkit.testing import admin_get, context_for
+from meshkit.tls import TLSMaterial, client_context
+
+#: (service, instances) in start order: callees before callers.
+SHOP: tuple[tuple[str, int], ...] = (("inventory", 2), ("payments", 1), ("cart", 2), ("web", 1))
+VICTIM = "cart-2"
+DEMO_USER = "demo-user"
+TRUST_DOMAIN = "meshkit.local"
+EDGES = frozenset(
+    {
+        Edge(DEMO_USER, "web"),
+        Edge("web", "cart"),
+        Edge("web", "inventory"),
+        Edge("cart", "inventory"),
+        Edge("cart", "payments"),
+    }
+)
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+#: The checkout holding ``examples/shop`` (the shop is not part of the meshkit wheel).
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def meshkit_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshkit", *args]
+
+
+def free_port() -> int:
+    # Picked, released, then passed to a child: a tiny race, acceptable on a dev machine.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(port: int, path: str) -> bool:
+    """Whether a plaintext HTTP server on 127.0.0.1:port answers ``path`` with 200."""
+    try:
+        return admin_get(port, path)[0] == 200
+    except OSError:
+        return False
+
+
+# -- the control plane: the one part written against commands other branches build --------
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    registry_port: int
+    ca_url: str
+    ca_fingerprint: str
+
+    def env(self) -> dict[str, str]:
+        """What a service needs to join this mesh."""
+        return {
+            "CONSUL_HTTP_ADDR": f"127.0.0.1:{self.registry_port}",
+            "MESHKIT_CA_URL": self.ca_url,
+            "MESHKIT_CA_FINGERPRINT": self.ca_fingerprint,
+        }
+
+
+def start_control_plane(
+    supervisor: Supervisor, directory: Path, *, registry_port: int = 0, ca_port: int = 0
+) -> ControlPlane:
+    """The dev registry (Consul's HTTP API) and the dev CA, both ready when this returns."""
+    registry_port = start_registry(supervisor, directory, port=registry_port)
+    ca_url, fingerprint = start_ca(supervisor, directory / "ca", port=ca_port)
+    return ControlPlane(registry_port, ca_url, fingerprint)
+
+
+def start_registry(supervisor: Supervisor, directory: Path, *, port: int = 0) -> int:
+    """``meshkit registry serve``, answering; returns its port."""
+    port = port or free_port()
+    registry = supervisor.start(
+        "registry",
+        meshkit_argv("registry", "serve", "--port", str(port)),
+        env={**os.environ, "MESHKIT_DATA_DIR": str(directory / "registry")},
+    )
+    supervisor.wait_until(registry, lambda: answers(port, "/v1/status/leader"))
+    return port
+
+
+def start_ca(supervisor: Supervisor, directory: Path, *, port: int = 0) -> tuple[str, str]:
+    """``meshkit ca serve --dev`` on a CA in ``directory`` (made if missing): URL, pin."""
+    port = port or free_port()
+    if not directory.exists():
+        argv = meshkit_argv("ca", "init", "--dir", str(directory), "--trust-domain", TRUST_DOMAIN)
+        supervisor.run("ca-init", argv)
+    # --dev: the CA signs any identity without a join token (demos only).
+    ca = supervisor.start(
+        "ca",
+        meshkit_argv("ca", "serve", "--dir", str(directory), "--dev", "--port", str(port)),
+        env={**os.environ, "MESHKIT_DATA_DIR": str(directory)},
+    )
+    # It prints "root fingerprint sha256:<hex>" once it listens.
+    supervisor.wait_until(ca, lambda: _FINGERPRINT.search(ca.log.read_text()) is not None)
+    fingerprint = _FINGERPRINT.search(ca.log.read_text())
+    assert fingerprint is not None
+    return f"https://127.0.0.1:{port}", fingerprint[0]
+
+
+# -- identities: who the instances and demo-user are --------------------------------------
+
+
+class Identities(Protocol):
+    def instance_env(self, service: str, directory: Path) -> dict[str, str]: ...
+
+    def client_context(self, name: str) -> ssl.SSLContext: ...
+
+
+class CAIdentities:
+    """Instances get their certificates from the control plane's CA."""
+
+    def __init__(self, plane: ControlPlane, directory: Path) -> None:
+        self.plane = plane
+        self.directory = directory
+
+    def instance_env(self, service: str, directory: Path) -> dict[str, str]:
+        return {
+            "MESHKIT_CA_URL": self.plane.ca_url,
+            "MESHKIT_CA_FINGERPRINT": self.plane.ca_fingerprint,
+        }
+
+    def client_context(self, name: str) -> ssl.SSLContext:
+        """A certificate for ``name`` from the dev CA (which signs any name in --dev)."""
+        try:
+            # Imported by name: meshkit.ca.client comes from the CA branch.
+            # TODO(merge): a plain import once it is in main.
+            ca_client: Any = importlib.import_module("meshkit.ca.client")
+        except ImportError as exc:
+            raise MeshError("this meshkit has no CA client (meshkit.ca.client)") from exc
+        settings = MeshSettings(
+            service=name,
+            trust_domain=TRUST_DOMAIN,
+            ca_url=self.plane.ca_url,
+            ca_fingerprint=self.plane.ca_fingerprint,
+            data_dir=self.directory / name,
+        )
+        material: TLSMaterial = anyio.run(ca_client.CAIdentity(settings).obtain)
+        return client_context(material)
+
+
+class LocalIdentities:
+    """Certificates from an in-memory CA written to files ("bring your own PKI")."""
+
+    def __init__(self, authority: LocalAuthority | None = None) -> None:
+        self.authority = authority or LocalAuthority()
+
+    def instance_env(self, service: str, directory: Path) -> dict[str, str]:
+        cert, key, bundle = self.authority.issue(service).write(directory / "identity")
+        return {
+            "MESHKIT_CERT_FILE": str(cert),
+            "MESHKIT_KEY_FILE": str(key),
+            "MESHKIT_BUNDLE_FILE": str(bundle),
+        }
+
+    def client_context(self, name: str) -> ssl.SSLContext:
+        return context_for(self.authority.issue(name), self.authority.bundle_pem)
+
+
+# -- the shop ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    service: str
+    port: int
+    admin_port: int
+    child: Child
+
+    @property
+    def running(self) -> bool:
+        return self.child.running
+
+
+def instance_env(
+    service: str,
+    directory: Path,
+    *,
+    shared_data: Path,
+    mesh_env: Mapping[str, str],
+    port: int,
+    admin_port: int,
+) -> dict[str, str]:
+    """An instance's environment: its own state dir, the service's shared database dir."""
+    env = {
+        **os.environ,
+        **mesh_env,
+        "MESHKIT_SERVICE": service,
+        "MESHKIT_PORT": str(port),
+        "MESHKIT_ADMIN_PORT": str(admin_port),
+        "MESHKIT_DATA_DIR": str(directory),
+        "MESHKIT_DEREGISTER_DELAY": "1",
+        "MESHKIT_DRAIN_TIMEOUT": "5",
+        "SHOP_DATA_DIR": str(shared_data),
+        # `meshkit run examples.shop.<service>:app` from wherever the demo was started.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),
+    }
+    if service == "web":
+        # Browsers have no mesh certificate: web also accepts TLS without one.
+        env["MESHKIT_TLS_MODE"] = "permissive"
+    return env
+
+
+def start_shop(
+    supervisor: Supervisor,
+    directory: Path,
+    identities: Identities,
+    mesh_env: Mapping[str, str],
+    *,
+    timeout: float = 30.0,
+) -> list[Instance]:
+    """Start every instance of SHOP and wait until each answers ``/readyz``."""
+    if not (CHECKOUT / "examples" / "shop").is_dir():
+        raise MeshError(f"the shop example is not here: {CHECKOUT / 'examples'} (use a checkout)")
+    instances = []
+    for service, count in SHOP:
+        for number in range(1, count + 1):
+            name = f"{service}-{number}"
+            home = directory / "instances" / name
+            port, admin_port = free_port(), free_port()
+            env = instance_env(
+                service,
+                home,
+                shared_data=directory / "data",
+                mesh_env={**mesh_env, **identities.instance_env(service, home)},
+                port=port,
+                admin_port=admin_port,
+            )
+            target = f"examples.shop.{service}:app"
+            child = supervisor.start(name, meshkit_argv("run", target), env=env)
+            instances.append(Instance(name, service, port, admin_port, child))
+    for instance in instances:
+        supervisor.wait_until(
+            instance.child,
+            functools.partial(answers, instance.admin_port, "/readyz"),
+            timeout=timeout,
+        )
+    return instances
+
+
+def scrape(instances: list[Instance]) -> dict[str, dict[Edge, Histogram]]:
+    """Server-side edges of every live instance (a dead one is simply not there)."""
+    scrapes = {}
+    for instance in instances:
+        if not instance.running:
+            continue
+        try:
+            status, body = admin_get(instance.admin_port, "/metrics")
+        except OSError:
+            continue
+        if status == 200:
+            scrapes[instance.name] = parse_edges(body.decode(), service=instance.service)
+    return scrapes
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Display:
+    """Live output: redrawn in place on a terminal, appended blocks otherwise."""
+
+    out: TextIO
+    interactive: bool
+
+    def show(self, text: str) -> None:
+        if self.interactive:
+            self.out.write("\x1b[H\x1b[2J")
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def progress(elapsed: float, duration: float, stats: TrafficStats, events: list[str]) -> str:
+    success = "-" if stats.success is None else f"{stats.success * 100:.2f}%"
+    line = (
+        f"meshkit demo  {elapsed:4.0f}s / {duration:.0f}s  ·  {DEMO_USER}: "
+        f"{stats.requests} requests, {success} ok, {stats.checkouts} orders"
+    )
+    return "\n".join([line, *events])
+
+
+def missing_edges(total: Mapping[Edge, Any]) -> list[Edge]:
+    return sorted(edge for edge in EDGES if edge not in total or total[edge].count == 0)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration: float = 60.0
+    rate: float = 10.0
+    interval: float | None = None
+    kill: bool = True
+
+
+MeshFactory = Callable[[Supervisor, Path], tuple[Identities, Mapping[str, str]]]
+
+
+def dev_control_plane(supervisor: Supervisor, directory: Path) -> tuple[Identities, dict[str, str]]:
+    """The demo's mesh: a dev registry and a dev CA that issues every certificate."""
+    plane = start_control_plane(supervisor, directory)
+    return CAIdentities(plane, directory / "clients"), plane.env()
+
+
+def run_demo(
+    options: DemoOptions,
+    supervisor: Supervisor,
+    directory: Path,
+    display: Display,
+    *,
+    mesh: MeshFactory = dev_control_plane,
+) -> int:
+    display.show("starting the control plane (dev registry, dev CA)...")
+    identities, mesh_env = mesh(supervisor, directory)
+    context = identities.client_context(DEMO_USER)
+    display.show("starting the shop: " + ", ".join(f"{s} x{n}" for s, n in SHOP) + "...")
+    instances = start_shop(supervisor, directory, identities, mesh_env)
+    web = next(i for i in instances if i.service == "web")
+    events = [f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)"]
+    stats, stop = TrafficStats(), threading.Event()
+    threads = drive(lambda: HttpsSender(web.port, context), stats, stop, rate=options.rate)
+    board = Scoreboard()
+    started = time.monotonic()
+    try:
+        watch(options, instances, supervisor, board, stats, events, display, started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+    summarize(board, stats, events, display, time.monotonic() - started)
+    return 0
+
+
+def watch(
+    options: DemoOptions,
+    instances: list[Instance],
+    supervisor: Supervisor,
+    board: Scoreboard,
+    stats: TrafficStats,
+    events: list[str],
+    display: Display,
+    started: float,
+) -> None:
+    """Scrape and show the window's table every interval; kill the victim halfway.
+
+    The last tick comes at the end of the run however slow the ticks were (a loaded
+    machine), so the kill and at least one table always happen.
+    """
+    interval = options.interval or (2.0 if display.interactive else 5.0)
+    end = started + options.duration
+    last = started
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(max(0.0, min(interval, end - time.monotonic())))
+            elapsed = time.monotonic() - started
+            # Scrape first: what the victim counted until now stays in the totals.
+            window = board.update(scrape(instances))
+            if options.kill and elapsed >= options.duration / 2:
+                _kill_victim(instances, supervisor, events, elapsed)
+            table = format_table(edge_stats(window, time.monotonic() - last))
+            last = time.monotonic()
+            display.show(progress(elapsed, options.duration, stats, events) + "\n\n" + table)
+            if elapsed >= options.duration:
+                return
+
+
+def _kill_victim(
+    instances: list[Instance], supervisor: Supervisor, events: list[str], elapsed: float
+) -> None:
+    for instance in instances:
+        if instance.name == VICTIM and instance.running:
+            supervisor.kill(instance.child)
+            events.append(f"{elapsed:.0f}s: killed {VICTIM} (SIGKILL, no deregistration)")
+
+
+def summarize(
+    board: Scoreboard, stats: TrafficStats, events: list[str], display: Display, elapsed: float
+) -> None:
+    lines = ["", f"summary over {elapsed:.0f}s", format_table(edge_stats(board.total, elapsed)), ""]
+    lines.append(progress(elapsed, elapsed, stats, events).splitlines()[0])
+    lines.extend(events[1:])
+    missing = missing_edges(board.total)
+    if missing:
+        lines.append("edges that carried no traffic: " + ", ".join(str(e) for e in missing))
+    display.show("\n".join(lines)) if not display.interactive else display.out.write(
+        "\n".join(lines) + "\n"
+    )
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT unwind as KeyboardInterrupt, so the supervisor stops everything.
+
+    SIGINT is set explicitly: a program started in the background by a shell inherits
+    it ignored, and Ctrl-C must stop the demo wherever it was started from.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def workspace(directory: Path | None) -> Iterator[Path]:
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="meshkit-demo-") as temporary:
+        yield Path(temporary)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="run the online shop in a mesh and show its golden metrics"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of traffic (default 60)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=10.0, help="user journeys per second (default 10)"
+    )
+    demo.add_argument("--interval", type=float, default=None, help="seconds between tables")
+    demo.add_argument(
+        "--no-kill", dest="kill", action="store_false", help="do not kill an instance"
+    )
+    demo.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
+    demo.set_defaults(handler=_demo_command)
+    up = subparsers.add_parser(
+        "up", help="run the control plane (dev registry + dev CA) for your services"
+    )
+    up.add_argument("--registry-port", type=int, default=8500)
+    up.add_argument("--ca-port", type=int, default=8443)
+    up.add_argument("--dir", type=Path, default=Path(".meshkit/control-plane"))
+    up.set_defaults(handler=_up_command)
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    options = DemoOptions(args.duration, args.rate, args.interval, args.kill)
+    return demo(options, args.dir, Display(sys.stdout, interactive=sys.stdout.isatty()))
+
+
+def demo(
+    options: DemoOptions,
+    directory: Path | None,
+    display: Display,
+    *,
+    mesh: MeshFactory = dev_control_plane,
+) -> int:
+    """The whole demo; every process it started is stopped however it ends."""
+    with (
+        interruptible(),
+        workspace(directory) as workdir,
+        Supervisor(workdir / "logs") as supervisor,
+    ):
+        try:
+            return run_demo(options, supervisor, workdir, display, mesh=mesh)
+        except KeyboardInterrupt:
+            display.out.write("interrupted: stopping everything\n")
+            return 0
+
+
+def _up_command(args: argparse.Namespace) -> int:
+    with interruptible(), Supervisor(args.dir / "logs") as supervisor:
+        plane = start_control_plane(
+            supervisor, args.dir, registry_port=args.registry_port, ca_port=args.ca_port
+        )
+        print("control plane up: dev registry and dev CA. Point your services at it:\n")
+        for name, value in plane.env().items():
+            print(f"  export {name}={value}")
+        print(f"\nlogs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(child.running for child in supervisor.children):
+                time.sleep(0.5)
+            failed = next(c for c in supervisor.children if not c.running)
+            raise MeshError(f"{failed.name} exited:\n{failed.log_tail()}")
+    return 0
