@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.hello
+	$(BIN)/meshkit demo
 
 test: $(STAMP) prometheus lint typecheck pytest
 

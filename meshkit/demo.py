@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib
 import os
 import re
 import signal
@@ -35,11 +34,12 @@ import anyio
 from meshkit._golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
 from meshkit._supervisor import Child, Supervisor
 from meshkit._traffic import HttpsSender, TrafficStats, drive
+from meshkit.ca.client import CAIdentity
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.errors import MeshError
 from meshkit.settings import MeshSettings
 from meshkit.testing import admin_get, context_for
-from meshkit.tls import TLSMaterial, client_context
+from meshkit.tls import client_context
 
 #: (service, instances) in start order: callees before callers.
 SHOP: tuple[tuple[str, int], ...] = (("inventory", 2), ("payments", 1), ("cart", 2), ("web", 1))
@@ -161,12 +161,6 @@ class CAIdentities:
 
     def client_context(self, name: str) -> ssl.SSLContext:
         """A certificate for ``name`` from the dev CA (which signs any name in --dev)."""
-        try:
-            # Imported by name: meshkit.ca.client comes from the CA branch.
-            # TODO(merge): a plain import once it is in main.
-            ca_client: Any = importlib.import_module("meshkit.ca.client")
-        except ImportError as exc:
-            raise MeshError("this meshkit has no CA client (meshkit.ca.client)") from exc
         settings = MeshSettings(
             service=name,
             trust_domain=TRUST_DOMAIN,
@@ -174,7 +168,7 @@ class CAIdentities:
             ca_fingerprint=self.plane.ca_fingerprint,
             data_dir=self.directory / name,
         )
-        material: TLSMaterial = anyio.run(ca_client.CAIdentity(settings).obtain)
+        material = anyio.run(CAIdentity(settings).obtain)
         return client_context(material)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from meshkit import ServiceApp
 from meshkit._golden import Edge, Histogram
 from meshkit._supervisor import Child, Supervisor, group_alive
 from meshkit._traffic import HttpsSender, Shopper, TrafficStats, drive
@@ -267,14 +265,7 @@ def test_the_cli_reports_a_failure_as_one_line(
     assert capsys.readouterr().err == "meshkit: error: registry exited with 1\n"
 
 
-# TODO(merge): always true once the registry, CA and client branches are in main.
-WHOLE_MESH = hasattr(ServiceApp, "client") and all(
-    importlib.util.find_spec(name) for name in ("meshkit.registry.dev", "meshkit.ca.client")
-)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not WHOLE_MESH, reason="needs the dev registry, the CA and the mesh client")
 def test_acceptance_demo_for_20_seconds(tmp_path: Path) -> None:
     """CI's acceptance: exit 0, every edge carried traffic, >= 99% success, nothing left."""
     result = subprocess.run(
