@@ -14,7 +14,8 @@
         ├── RetryBudgetExhausted
         ├── DeadlineExceeded
         ├── PeerIdentityMismatch    the server did not hold the expected identity
-        └── Overloaded              the per-destination pending limit was reached
+        ├── Overloaded              the per-destination pending limit was reached
+        └── UpstreamFailed          every attempt failed to connect, or lost the connection
 
 Lower-level errors (httpx, py-consul, cryptography, ssl) are translated into these
 at one boundary per subsystem, with ``raise ... from exc``.
@@ -85,3 +86,8 @@ class PeerIdentityMismatch(RequestError):
 
 class Overloaded(RequestError):
     """Too many requests to the destination are already pending."""
+
+
+class UpstreamFailed(RequestError):
+    """The last attempt failed below HTTP (refused, reset, per-try timeout) and no
+    further attempt was allowed; ``__cause__`` holds the transport error."""

@@ -1,0 +1,211 @@
+"""Client CPU per request: meshkit's mesh client vs raw aiohttp vs raw httpx, over mTLS.
+
+One uvicorn server (uvloop + httptools, strict mTLS) runs in a subprocess; this process
+drives it with each client in turn at 16 and 64 concurrent requests and measures its
+own CPU time per request (the server's CPU is not counted). The meshkit client runs
+with everything on: discovery (a static source), P2C, retries, budget, breaker,
+limits, identity-checked mTLS. Run: ``python -m bench.client [--requests N]``.
+Ends with one JSON line of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import uvloop
+
+from meshkit.ca.x509 import LocalAuthority
+from meshkit.client import MeshClientFactory
+from meshkit.registry.base import Endpoint
+from meshkit.settings import MeshSettings
+from meshkit.tls import TLSContexts, TLSMaterial, client_context
+
+CONCURRENCY = (16, 64)
+Send = Callable[[], Awaitable[int]]
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def serve(directory: Path) -> None:
+    """The server subprocess: mTLS uvicorn on an ephemeral port, printed on stdout."""
+    import uvicorn
+
+    material = TLSMaterial.from_files(
+        directory / "payments.pem", directory / "payments-key.pem", directory / "bundle.pem"
+    )
+    tls = TLSContexts(material)
+    config = uvicorn.Config(
+        _app,
+        host="127.0.0.1",
+        port=0,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        ssl_context_factory=lambda _config, _default: tls.listening_context,
+    )
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(server.serve())
+        while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+            await asyncio.sleep(0.01)
+        print(server.servers[0].sockets[0].getsockname()[1], flush=True)
+        await task
+
+    uvloop.run(run())
+
+
+class _Source:
+    generation = 0
+
+    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
+        self._endpoints = endpoints
+
+    def endpoints(self, service: str) -> Sequence[Endpoint] | None:
+        return self._endpoints
+
+    async def prime(self, service: str) -> Sequence[Endpoint]:
+        return self._endpoints
+
+
+async def measure(send: Send, concurrency: int, requests: int) -> dict[str, float]:
+    """Client CPU seconds per request and requests per second for ``requests`` calls."""
+    for _ in range(100):  # warm up: connections, caches
+        await send()
+    remaining = requests
+    failures = 0
+
+    async def worker() -> None:
+        nonlocal remaining, failures
+        while remaining > 0:
+            remaining -= 1
+            if await send() != 200:
+                failures += 1
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {
+        "cpu_us_per_request": cpu / requests * 1e6,
+        "requests_per_second": requests / wall,
+        "failures": failures,
+    }
+
+
+async def bench_aiohttp(url: str, material: TLSMaterial, concurrency: int, requests: int) -> Any:
+    connector = aiohttp.TCPConnector(ssl=client_context(material), limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def send() -> int:
+            async with session.get(url) as response:
+                await response.read()
+                return response.status
+
+        return await measure(send, concurrency, requests)
+
+
+async def bench_httpx(url: str, material: TLSMaterial, concurrency: int, requests: int) -> Any:
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(verify=client_context(material), limits=limits) as client:
+
+        async def send() -> int:
+            return (await client.get(url)).status_code
+
+        return await measure(send, concurrency, requests)
+
+
+async def bench_meshkit(port: int, material: TLSMaterial, concurrency: int, requests: int) -> Any:
+    source = _Source([Endpoint("payments-1", "payments", "127.0.0.1", port)])
+    factory = MeshClientFactory(source, TLSContexts(material), MeshSettings(service="web"))
+    payments = factory.client("payments")
+
+    async def send() -> int:
+        return (await payments.get("/charge")).status_code
+
+    try:
+        return await measure(send, concurrency, requests)
+    finally:
+        await factory.aclose()
+
+
+async def run_all(port: int, directory: Path, requests: int) -> dict[str, Any]:
+    files = (directory / "web.pem", directory / "web-key.pem", directory / "bundle.pem")
+    material = TLSMaterial.from_files(*files)
+    url = f"https://127.0.0.1:{port}/charge"
+    results: dict[str, Any] = {}
+    for c in CONCURRENCY:
+        results[f"aiohttp_c{c}"] = await bench_aiohttp(url, material, c, requests)
+        # httpx is ~15x slower: fewer requests give as stable a figure in similar time.
+        results[f"httpx_c{c}"] = await bench_httpx(url, material, c, max(requests // 4, 500))
+        results[f"meshkit_c{c}"] = await bench_meshkit(port, material, c, requests)
+    return results
+
+
+def _ratios(results: dict[str, Any]) -> dict[str, float]:
+    ratios = {}
+    for concurrency in CONCURRENCY:
+        mesh = results[f"meshkit_c{concurrency}"]["cpu_us_per_request"]
+        for other in ("aiohttp", "httpx"):
+            theirs = results[f"{other}_c{concurrency}"]["cpu_us_per_request"]
+            ratios[f"ratio_cpu_vs_{other}_c{concurrency}"] = round(mesh / theirs, 3)
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=8000)
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        authority = LocalAuthority()
+        authority.issue("payments").write(directory, stem="payments")
+        authority.issue("web").write(directory, stem="web")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bench.client", "--serve", str(directory)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            results = uvloop.run(run_all(port, directory, args.requests))
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    for name, figures in results.items():
+        print(
+            f"{name:14} {figures['cpu_us_per_request']:8.1f} us CPU/request "
+            f"{figures['requests_per_second']:9.0f} req/s  failures {figures['failures']}"
+        )
+    summary = {"results": results, **_ratios(results)}
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Instrumentation hooks: a Protocol the client calls with small frozen events.
+
+Telemetry (metrics, spans, trace-context injection) implements ``ClientHooks``; the
+client itself knows nothing about OpenTelemetry or Prometheus. What an ``on_*_start``
+hook returns comes back in the matching end event as ``state`` (a span, a timer), so
+hooks need no bookkeeping of their own. ``AttemptStarted.headers`` is where a hook
+adds headers to one attempt (``traceparent``). With no hooks installed the client
+builds no events at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from meshkit.registry.base import Endpoint
+
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    destination: str
+    method: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    destination: str
+    method: str
+    path: str
+    status: int | None  # None when the call raised
+    duration: float
+    attempts: int
+    error: BaseException | None
+    state: object  # what on_call_start returned
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    destination: str
+    method: str
+    attempt: int  # 1-based
+    endpoint: Endpoint | None  # None for a pass-through call to a non-mesh URL
+    headers: list[tuple[str, str]]  # append headers to send with this attempt
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnded:
+    destination: str
+    method: str
+    attempt: int
+    endpoint: Endpoint | None
+    status: int | None
+    duration: float
+    error: BaseException | None
+    state: object  # what on_attempt_start returned
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    destination: str
+    method: str
+    attempt: int  # the attempt that failed
+    delay: float
+    reason: str  # "connect", "status 503", "timeout", ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetSpent:
+    destination: str
+    method: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointEjected:
+    destination: str
+    endpoint: Endpoint
+    duration: float
+    ejections: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointReadmitted:
+    destination: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChanged:
+    destination: str
+    old: BreakerState
+    new: BreakerState
+
+
+class ClientHooks(Protocol):
+    """What the mesh client reports. Called on the request path: keep them cheap."""
+
+    def on_call_start(self, event: CallStarted) -> object: ...
+    def on_call_end(self, event: CallEnded) -> None: ...
+    def on_attempt_start(self, event: AttemptStarted) -> object: ...
+    def on_attempt_end(self, event: AttemptEnded) -> None: ...
+    def on_retry_scheduled(self, event: RetryScheduled) -> None: ...
+    def on_retry_budget_spent(self, event: RetryBudgetSpent) -> None: ...
+    def on_endpoint_ejected(self, event: EndpointEjected) -> None: ...
+    def on_endpoint_readmitted(self, event: EndpointReadmitted) -> None: ...
+    def on_breaker_changed(self, event: BreakerChanged) -> None: ...
+
+
+class BaseClientHooks:
+    """Hooks that do nothing: subclass and override the ones you need."""
+
+    def on_call_start(self, event: CallStarted) -> object:
+        return None
+
+    def on_call_end(self, event: CallEnded) -> None:
+        pass
+
+    def on_attempt_start(self, event: AttemptStarted) -> object:
+        return None
+
+    def on_attempt_end(self, event: AttemptEnded) -> None:
+        pass
+
+    def on_retry_scheduled(self, event: RetryScheduled) -> None:
+        pass
+
+    def on_retry_budget_spent(self, event: RetryBudgetSpent) -> None:
+        pass
+
+    def on_endpoint_ejected(self, event: EndpointEjected) -> None:
+        pass
+
+    def on_endpoint_readmitted(self, event: EndpointReadmitted) -> None:
+        pass
+
+    def on_breaker_changed(self, event: BreakerChanged) -> None:
+        pass

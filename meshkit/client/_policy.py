@@ -1,0 +1,55 @@
+"""ClientPolicy: every tuning knob of the mesh client, as one immutable value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from meshkit.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClientPolicy:
+    """How calls to one destination are made. Defaults follow Linkerd/Finagle/Envoy.
+
+    Timeouts are seconds; ``None`` for ``per_try_timeout`` means only the call timeout
+    (and the incoming deadline) bound an attempt.
+    """
+
+    timeout: float = 10.0  # the whole call: every attempt and backoff
+    per_try_timeout: float | None = 3.0
+    max_attempts: int = 3
+    backoff_base: float = 0.025  # exponential backoff with full jitter
+    backoff_cap: float = 1.0
+    max_retry_after: float = 5.0  # a longer Retry-After is not waited for
+    budget_ratio: float = 0.2  # retries <= 20% of requests ...
+    budget_min_per_second: float = 10.0  # ... + 10 per second
+    budget_ttl: float = 10.0  # over this window
+    ejection_failures: int = 5  # consecutive failures that eject an endpoint
+    ejection_base: float = 30.0  # ejected for base x number of ejections ...
+    ejection_cap: float = 300.0  # ... at most this long
+    ejection_max_fraction: float = 0.5  # never eject more of a destination's endpoints
+    breaker_window: float = 10.0  # failure ratio measured over this window
+    breaker_min_calls: int = 20  # fewer calls in the window never open the breaker
+    breaker_failure_ratio: float = 0.5
+    breaker_open_for: float = 5.0  # then one probe goes through (half-open)
+    max_concurrent: int = 1024  # calls in flight to the destination
+    max_pending: int = 1024  # calls waiting for a slot; beyond that: Overloaded
+    max_connections: int = 64  # per endpoint
+    connect_timeout: float = 2.0
+    idle_timeout: float = 4.0  # under uvicorn's 5 s keep-alive, so we close first
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is not None and value < 0:
+                raise ConfigError(f"ClientPolicy.{item.name}: must not be negative")
+        if self.max_attempts < 1:
+            raise ConfigError("ClientPolicy.max_attempts: must be at least 1")
+        if not 0 <= self.ejection_max_fraction <= 1:
+            raise ConfigError("ClientPolicy.ejection_max_fraction: must be within 0..1")
+        if self.max_connections < 1 or self.max_concurrent < 1:
+            raise ConfigError("ClientPolicy: max_connections and max_concurrent must be >= 1")
+
+    def replace(self, **changes: Any) -> ClientPolicy:
+        return replace(self, **changes)

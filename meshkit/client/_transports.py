@@ -1,0 +1,565 @@
+"""The mesh client's layers: httpx transports, each wrapping the next.
+
+    MeshTransport        a destination's calls: deadline, call hooks; other hosts pass through
+    └ LimitTransport     concurrent and pending calls per destination -> Overloaded
+      └ BreakerTransport per-destination circuit breaker -> CircuitOpen
+        └ RetryTransport attempts, classification, backoff, retry budget
+          └ BalancerTransport   discovery + P2C pick + outlier ejection, attempt hooks
+            └ PoolTransport     per-try timeout, deadline header, our HTTP/1.1 pool
+
+What one call carries through the layers lives in a ``Call`` object in the request's
+``extensions`` (httpx's seam for transport data). Transport errors of an attempt stay
+``AttemptFailed`` until ``RetryTransport``, the one boundary that turns them into
+``meshkit.errors`` (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import random
+import ssl
+import time
+from collections import deque
+
+from meshkit import deadline as deadlines
+from meshkit.client._balancer import Balancer, EndpointState
+from meshkit.client._breaker import PROBE, REFUSED, CircuitBreaker
+from meshkit.client._budget import RetryBudget
+from meshkit.client._hooks import (
+    AttemptEnded,
+    AttemptStarted,
+    CallEnded,
+    CallStarted,
+    ClientHooks,
+    RetryBudgetSpent,
+    RetryScheduled,
+)
+from meshkit.client._http import AsyncBaseTransport, Request, Response, build_response, httpx
+from meshkit.client._policy import ClientPolicy
+from meshkit.client._pool import AttemptFailed, AttemptTimedOut, EndpointPool
+from meshkit.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    Overloaded,
+    PeerIdentityMismatch,
+    RetryBudgetExhausted,
+    UpstreamFailed,
+)
+
+CALL_EXTENSION = "meshkit.call"
+#: A per-call timeout in seconds (what ``client.get(..., timeout=)`` becomes).
+TIMEOUT_EXTENSION = "meshkit.timeout"
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+_CRLF = b"\r\n"
+_DEADLINE_PREFIX = deadlines.DEADLINE_HEADER_BYTES + b": "
+
+
+class Call:
+    """One call's state, shared by the layers through ``request.extensions``."""
+
+    __slots__ = (
+        "attempt",
+        "body",
+        "deadline",
+        "destination",
+        "extra_headers",
+        "pool",
+        "prefix",
+        "send_deadline",
+        "tried",
+    )
+
+    def __init__(self, destination: str, deadline: float, *, send_deadline: bool) -> None:
+        self.destination = destination
+        self.deadline = deadline  # absolute, loop time
+        self.send_deadline = send_deadline
+        self.attempt = 0
+        self.tried: list[EndpointState] = []
+        self.pool: EndpointPool | None = None
+        self.extra_headers: list[tuple[str, str]] = []
+        self.prefix: bytes | None = None  # request line + headers, serialized once
+        self.body = b""
+
+
+def _call(request: Request) -> Call:
+    return request.extensions[CALL_EXTENSION]  # type: ignore[no-any-return]
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+class MeshTransport(AsyncBaseTransport):
+    """The outermost layer of a destination's client."""
+
+    def __init__(
+        self,
+        destination: str,
+        inner: AsyncBaseTransport,
+        *,
+        passthrough: AsyncBaseTransport,
+        policy: ClientPolicy,
+        hooks: ClientHooks | None,
+    ) -> None:
+        self._destination = destination
+        self._inner = inner
+        self._passthrough = passthrough
+        self._timeout = policy.timeout
+        self._hooks = hooks
+
+    async def handle_async_request(self, request: Request) -> Response:
+        if request.url.host != self._destination:
+            return await self._passthrough.handle_async_request(request)
+        return await run_call(
+            request, self._inner, self._destination, self._timeout, self._hooks, send_deadline=True
+        )
+
+
+async def run_call(
+    request: Request,
+    inner: AsyncBaseTransport,
+    destination: str,
+    timeout: float,  # noqa: ASYNC109 (a default, not how we wait)
+    hooks: ClientHooks | None,
+    *,
+    send_deadline: bool,
+) -> Response:
+    """Bound the call by min(its timeout, the incoming deadline) and report it to hooks."""
+    now = _now()
+    deadline = now + request.extensions.get(TIMEOUT_EXTENSION, timeout)
+    incoming = deadlines.current_deadline()
+    if incoming is not None and incoming < deadline:
+        deadline = incoming
+    if deadline <= now:
+        raise DeadlineExceeded(
+            "no time left: the incoming deadline has passed", destination=destination
+        )
+    request.extensions[CALL_EXTENSION] = Call(destination, deadline, send_deadline=send_deadline)
+    if hooks is None:
+        return await inner.handle_async_request(request)
+    path = request.url.path
+    state = hooks.on_call_start(CallStarted(destination, request.method, path))
+    status: int | None = None
+    error: BaseException | None = None
+    try:
+        response = await inner.handle_async_request(request)
+        status = response.status_code
+        return response
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        attempts = _call(request).attempt
+        event = CallEnded(
+            destination, request.method, path, status, _now() - now, attempts, error, state
+        )
+        hooks.on_call_end(event)
+
+
+class LimitTransport(AsyncBaseTransport):
+    """At most ``max_concurrent`` calls in flight and ``max_pending`` waiting."""
+
+    def __init__(self, destination: str, inner: AsyncBaseTransport, policy: ClientPolicy) -> None:
+        self._destination = destination
+        self._inner = inner
+        self._max_concurrent = policy.max_concurrent
+        self._max_pending = policy.max_pending
+        self._active = 0
+        self._pending: deque[asyncio.Future[None]] = deque()
+
+    async def handle_async_request(self, request: Request) -> Response:
+        if self._active < self._max_concurrent:
+            self._active += 1
+        else:
+            await self._wait(_call(request).deadline)
+        try:
+            return await self._inner.handle_async_request(request)
+        finally:
+            self._release()
+
+    async def _wait(self, deadline: float) -> None:
+        if len(self._pending) >= self._max_pending:
+            raise Overloaded(
+                f"{self._active} calls in flight and {len(self._pending)} waiting",
+                destination=self._destination,
+            )
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter  # the releasing call hands its slot over: _active unchanged
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot just as we gave up: pass it on
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceeded(
+                    "deadline passed waiting for a free slot", destination=self._destination
+                ) from None
+            raise
+
+    def _release(self) -> None:
+        while self._pending:
+            waiter = self._pending.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._active -= 1
+
+
+class BreakerTransport(AsyncBaseTransport):
+    """Fail fast while the destination's breaker is open."""
+
+    def __init__(
+        self, destination: str, inner: AsyncBaseTransport, breaker: CircuitBreaker
+    ) -> None:
+        self._destination = destination
+        self._inner = inner
+        self._breaker = breaker
+
+    async def handle_async_request(self, request: Request) -> Response:
+        breaker = self._breaker
+        admission = breaker.allow(_now())
+        if admission == REFUSED:
+            raise CircuitOpen(
+                "circuit breaker is open: the destination is failing", destination=self._destination
+            )
+        try:
+            response = await self._inner.handle_async_request(request)
+        except asyncio.CancelledError:
+            if admission == PROBE:
+                breaker.record(admission, False, _now())
+            raise
+        except Exception:
+            breaker.record(admission, False, _now())
+            raise
+        breaker.record(admission, response.status_code < 500, _now())
+        return response
+
+
+class RetryTransport(AsyncBaseTransport):
+    """Repeat a failed attempt when it is safe, within attempts, budget and deadline.
+
+    Safe: an attempt that sent nothing (connect failure, identity refused) is always
+    repeatable on another instance; a 502/503/504 or a failure after sending only for
+    idempotent methods or requests with an ``Idempotency-Key``.
+    """
+
+    def __init__(
+        self,
+        destination: str,
+        inner: AsyncBaseTransport,
+        *,
+        balancer: Balancer,
+        budget: RetryBudget,
+        policy: ClientPolicy,
+        hooks: ClientHooks | None,
+    ) -> None:
+        self._destination = destination
+        self._inner = inner
+        self._balancer = balancer
+        self._budget = budget
+        self._policy = policy
+        self._hooks = hooks
+
+    async def handle_async_request(self, request: Request) -> Response:
+        call = _call(request)
+        self._budget.deposit(_now())
+        idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+        while True:
+            call.attempt += 1
+            try:
+                response = await self._inner.handle_async_request(request)
+            except PeerIdentityMismatch as exc:
+                # Sent nothing; another instance may be genuine, this one will not change.
+                if not self._balancer.has_untried(call.tried):
+                    raise
+                delay = await self._plan_retry(request, call, exc, None, "identity")
+            except AttemptFailed as exc:
+                if exc.sent and not idempotent:
+                    raise self._translate(exc, call) from exc
+                delay = await self._plan_retry(request, call, exc, None, exc.reason)
+            else:
+                if response.status_code not in RETRYABLE_STATUS or not idempotent:
+                    return response
+                reason = f"status {response.status_code}"
+                delay = await self._plan_retry(request, call, None, response, reason)
+                if delay is None:
+                    return response
+            if delay is None:  # _plan_retry raised for errors; responses return above
+                raise AssertionError("unreachable")
+            await asyncio.sleep(delay)
+
+    async def _plan_retry(
+        self,
+        request: Request,
+        call: Call,
+        error: Exception | None,
+        response: Response | None,
+        reason: str,
+    ) -> float | None:
+        """The delay before the next attempt, or None (response) / raise (error) to stop."""
+        now = _now()
+        delay = self._delay(call.attempt, response)
+        stop = call.attempt >= self._policy.max_attempts or delay is None
+        if not stop and now + (delay or 0.0) >= call.deadline:
+            stop = True
+        if not stop and not self._budget.can_retry(now):
+            if self._hooks is not None:
+                event = RetryBudgetSpent(self._destination, request.method, reason)
+                self._hooks.on_retry_budget_spent(event)
+            if error is not None:
+                raise RetryBudgetExhausted(
+                    f"retry budget spent; last attempt: {error}", destination=self._destination
+                ) from error
+            return None
+        if stop:
+            if error is not None:
+                raise self._translate(error, call) from error
+            return None
+        assert delay is not None
+        if self._hooks is not None:
+            scheduled = RetryScheduled(
+                self._destination, request.method, call.attempt, delay, reason
+            )
+            self._hooks.on_retry_scheduled(scheduled)
+        return delay
+
+    def _delay(self, attempt: int, response: Response | None) -> float | None:
+        """Full-jitter exponential backoff, or the server's Retry-After when it sent one."""
+        if response is not None:
+            retry_after = _retry_after(response.headers.get("retry-after"))
+            if retry_after is not None:
+                return retry_after if retry_after <= self._policy.max_retry_after else None
+        ceiling = min(self._policy.backoff_cap, self._policy.backoff_base * 2 ** (attempt - 1))
+        return random.uniform(0.0, ceiling)
+
+    def _translate(self, error: Exception, call: Call) -> Exception:
+        if isinstance(error, PeerIdentityMismatch):
+            return error
+        if isinstance(error, AttemptTimedOut) and _now() >= call.deadline:
+            return DeadlineExceeded(
+                f"deadline passed after {call.attempt} attempt(s): {error}",
+                destination=self._destination,
+            )
+        return UpstreamFailed(
+            f"{error} (attempt {call.attempt} of at most {self._policy.max_attempts})",
+            destination=self._destination,
+        )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+class BalancerTransport(AsyncBaseTransport):
+    """Pick the attempt's endpoint and feed its outcome back to the balancer."""
+
+    def __init__(
+        self, inner: AsyncBaseTransport, balancer: Balancer, hooks: ClientHooks | None
+    ) -> None:
+        self._inner = inner
+        self._balancer = balancer
+        self._hooks = hooks
+
+    async def handle_async_request(self, request: Request) -> Response:
+        call = _call(request)
+        balancer = self._balancer
+        await balancer.refresh()
+        started = _now()
+        state = balancer.pick(started, call.tried)
+        call.tried.append(state)
+        call.pool = state.pool
+        ok: bool | None = False
+        try:
+            if self._hooks is None:
+                response = await self._inner.handle_async_request(request)
+            else:
+                response = await attempt_with_hooks(self._inner, request, call, self._hooks, state)
+            ok = response.status_code < 500
+            return response
+        except asyncio.CancelledError:
+            ok = None  # the caller gave up: says nothing about the endpoint
+            raise
+        finally:
+            ended = _now()
+            balancer.record(state, ok, ended - started, ended)
+
+
+async def attempt_with_hooks(
+    inner: AsyncBaseTransport,
+    request: Request,
+    call: Call,
+    hooks: ClientHooks,
+    state: EndpointState | None,
+) -> Response:
+    endpoint = state.endpoint if state is not None else None
+    headers: list[tuple[str, str]] = []
+    started = _now()
+    event = AttemptStarted(call.destination, request.method, call.attempt, endpoint, headers)
+    token = hooks.on_attempt_start(event)
+    call.extra_headers = headers
+    status: int | None = None
+    error: BaseException | None = None
+    try:
+        response = await inner.handle_async_request(request)
+        status = response.status_code
+        return response
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        duration = _now() - started
+        hooks.on_attempt_end(
+            AttemptEnded(
+                call.destination,
+                request.method,
+                call.attempt,
+                endpoint,
+                status,
+                duration,
+                error,
+                token,
+            )
+        )
+
+
+class PoolTransport(AsyncBaseTransport):
+    """Send one attempt over the pool the balancer chose, bounded by the per-try timeout."""
+
+    def __init__(self, per_try_timeout: float | None) -> None:
+        self._per_try = per_try_timeout
+
+    async def handle_async_request(self, request: Request) -> Response:
+        call = _call(request)
+        if call.prefix is None:
+            call.prefix, call.body = await serialize(request)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = call.deadline
+        if self._per_try is not None and started + self._per_try < deadline:
+            deadline = started + self._per_try
+        parts = [call.prefix]
+        if call.send_deadline:
+            parts += [_DEADLINE_PREFIX, deadlines.format_header(deadline - started), _CRLF]
+        for name, value in call.extra_headers:
+            parts += [_header_line(name, value)]
+        parts += [_CRLF, call.body]
+        assert call.pool is not None
+        status, headers, body = await call.pool.request(
+            b"".join(parts), head=request.method == "HEAD", deadline=deadline
+        )
+        return await build_response(status, headers, body, request, loop.time() - started)
+
+
+async def serialize(request: Request) -> tuple[bytes, bytes]:
+    """Request line and headers, and the whole body: read once, so every attempt can
+    replay it (a streamed body is buffered and sent with a Content-Length)."""
+    try:
+        body = request.content
+    except httpx.RequestNotRead:
+        body = await request.aread()
+    lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    chunked = False
+    for name, value in request.headers.raw:
+        if name.lower() == b"transfer-encoding":
+            chunked = True
+            continue
+        lines.append(_raw_header_line(name, value))
+    if chunked:
+        lines.append(b"Content-Length: %d\r\n" % len(body))
+    return b"".join(lines), body
+
+
+def _raw_header_line(name: bytes, value: bytes) -> bytes:
+    # A CR or LF inside a header would let a caller smuggle a second request.
+    if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
+        raise httpx.LocalProtocolError(f"header {name!r} holds a line break")
+    return b"%s: %s\r\n" % (name, value)
+
+
+def _header_line(name: str, value: str) -> bytes:
+    return _raw_header_line(name.encode("latin-1"), value.encode("latin-1"))
+
+
+class PassthroughTransport(AsyncBaseTransport):
+    """Absolute URLs outside the mesh: one attempt, normal TLS verification, no mesh
+    identity or deadline header, still reported to the hooks (trace headers)."""
+
+    def __init__(self, *, policy: ClientPolicy, hooks: ClientHooks | None) -> None:
+        self._policy = policy
+        self._hooks = hooks
+        self._inner = PoolTransport(None)
+        self._pools: dict[tuple[str, str, int], EndpointPool] = {}
+
+    async def handle_async_request(self, request: Request) -> Response:
+        host = request.url.host
+        return await run_call(
+            request,
+            _PassthroughAttempt(self),
+            host,
+            self._policy.timeout,
+            self._hooks,
+            send_deadline=False,
+        )
+
+    def pool_for(self, request: Request) -> EndpointPool:
+        url = request.url
+        scheme = url.scheme
+        port = url.port or (443 if scheme == "https" else 80)
+        key = (scheme, url.host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = EndpointPool(
+                url.host,
+                port,
+                destination=url.host,
+                ssl_context=_default_tls if scheme == "https" else None,
+                server_hostname=url.host,
+                max_connections=self._policy.max_connections,
+                connect_timeout=self._policy.connect_timeout,
+                idle_timeout=self._policy.idle_timeout,
+            )
+        return pool
+
+    async def attempt(self, request: Request) -> Response:
+        call = _call(request)
+        call.attempt = 1
+        call.pool = self.pool_for(request)
+        try:
+            if self._hooks is None:
+                return await self._inner.handle_async_request(request)
+            return await attempt_with_hooks(self._inner, request, call, self._hooks, None)
+        except AttemptTimedOut as exc:
+            raise DeadlineExceeded(str(exc), destination=call.destination) from exc
+        except AttemptFailed as exc:
+            raise UpstreamFailed(str(exc), destination=call.destination) from exc
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+class _PassthroughAttempt(AsyncBaseTransport):
+    def __init__(self, owner: PassthroughTransport) -> None:
+        self._owner = owner
+
+    async def handle_async_request(self, request: Request) -> Response:
+        return await self._owner.attempt(request)
+
+
+@functools.cache
+def _default_tls() -> ssl.SSLContext:
+    """The system trust store with hostname checks, built once."""
+    return ssl.create_default_context()

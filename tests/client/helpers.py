@@ -1,0 +1,101 @@
+"""Real mTLS servers and a static endpoint source for the mesh client tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import uvicorn
+
+from meshkit.ca.x509 import LocalAuthority
+from meshkit.client import ClientPolicy, MeshClientFactory
+from meshkit.client._hooks import BaseClientHooks
+from meshkit.registry.base import Endpoint
+from meshkit.settings import MeshSettings
+from meshkit.tls import TLSContexts, TLSMaterial
+
+
+class StaticSource:
+    """An EndpointSource over a dict the test edits (``set`` bumps the generation)."""
+
+    def __init__(self, endpoints: dict[str, list[Endpoint]] | None = None) -> None:
+        self._endpoints = dict(endpoints or {})
+        self.generation = 0
+
+    def set(self, service: str, endpoints: Sequence[Endpoint]) -> None:
+        self._endpoints[service] = list(endpoints)
+        self.generation += 1
+
+    def endpoints(self, service: str) -> Sequence[Endpoint] | None:
+        return self._endpoints.get(service)
+
+    async def prime(self, service: str) -> Sequence[Endpoint]:
+        return self._endpoints.get(service, [])
+
+
+def contexts(authority: LocalAuthority, service: str) -> TLSContexts:
+    issued = authority.issue(service)
+    return TLSContexts(TLSMaterial(issued.chain_pem, issued.key_pem, issued.bundle_pem))
+
+
+def endpoint(service: str, port: int, instance: str | None = None) -> Endpoint:
+    return Endpoint(instance or f"{service}-{port}", service, "127.0.0.1", port)
+
+
+@asynccontextmanager
+async def serve(app: Any, tls: TLSContexts) -> AsyncIterator[int]:
+    """Run ``app`` under uvicorn with strict mTLS on an ephemeral port; yield the port."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="off",
+        log_level="warning",
+        ssl_context_factory=lambda _config, _default: tls.listening_context,
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as group:
+        group.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+                await anyio.sleep(0.01)
+        try:
+            yield server.servers[0].sockets[0].getsockname()[1]
+        finally:
+            server.should_exit = True
+
+
+class Recorder(BaseClientHooks):
+    """Keeps every event the client reports."""
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            events = object.__getattribute__(self, "events")
+
+            def record(event: object) -> None:
+                events.append(event)
+
+            return record
+        return object.__getattribute__(self, name)
+
+    def of(self, kind: type) -> list[Any]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+def factory(
+    authority: LocalAuthority,
+    source: StaticSource,
+    *,
+    caller: str = "caller",
+    hooks: Any = None,
+    **policy: Any,
+) -> MeshClientFactory:
+    settings = MeshSettings(service=caller, trust_domain=authority.trust_domain)
+    return MeshClientFactory(
+        source, contexts(authority, caller), settings, policy=ClientPolicy(**policy), hooks=hooks
+    )

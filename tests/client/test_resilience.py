@@ -1,0 +1,243 @@
+"""Balancing, ejection, retry safety, budget and identity over real mTLS servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from meshkit.ca.x509 import LocalAuthority
+from meshkit.client import EndpointEjected, EndpointReadmitted, RetryBudgetSpent
+from meshkit.errors import PeerIdentityMismatch, RetryBudgetExhausted, UpstreamFailed
+from meshkit.registry.base import Endpoint
+from meshkit.tls import TLSContexts
+from tests.client.helpers import Recorder, StaticSource, contexts, endpoint, factory, serve
+
+pytestmark = pytest.mark.anyio
+NO_BREAKER = {"breaker_min_calls": 10**6}
+
+
+def counting_app(
+    hits: Counter[str], name: str, *, status: int = 200, delay: float = 0.0
+) -> Starlette:
+    async def handle(request: Request) -> Response:
+        hits[name] += 1
+        await request.body()
+        if delay:
+            await anyio.sleep(delay)
+        return PlainTextResponse(name, status_code=status)
+
+    return Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
+
+
+@asynccontextmanager
+async def instances(
+    authority: LocalAuthority, hits: Counter[str], specs: dict[str, dict[str, float]]
+) -> AsyncIterator[StaticSource]:
+    """One server per spec, all registered as 'payments'."""
+    tls = contexts(authority, "payments")
+    async with AsyncExitStack() as stack:
+        endpoints = []
+        for name, spec in specs.items():
+            app = counting_app(
+                hits, name, status=int(spec.get("status", 200)), delay=spec.get("delay", 0.0)
+            )
+            port = await stack.enter_async_context(serve(app, tls))
+            endpoints.append(endpoint("payments", port, name))
+        yield StaticSource({"payments": endpoints})
+
+
+async def test_p2c_moves_load_away_from_a_slow_instance(authority: LocalAuthority) -> None:
+    hits: Counter[str] = Counter()
+    specs = {"fast-1": {}, "fast-2": {}, "slow": {"delay": 0.05}}
+    async with instances(authority, hits, specs) as source:
+        mesh = factory(authority, source)
+        client = mesh.client("payments")
+
+        async def worker() -> None:
+            for _ in range(40):
+                assert (await client.get("/work")).status_code == 200
+
+        async with anyio.create_task_group() as group:
+            for _ in range(8):
+                group.start_soon(worker)
+        await mesh.aclose()
+    total = sum(hits.values())
+    assert hits["slow"] < total / 3 / 2, hits  # well under half its fair share
+
+
+async def test_failing_instance_is_ejected_then_readmitted(authority: LocalAuthority) -> None:
+    hits: Counter[str] = Counter()
+    hooks = Recorder()
+    specs = {"good-1": {}, "good-2": {}, "bad": {"status": 503}}
+    async with instances(authority, hits, specs) as source:
+        mesh = factory(
+            authority, source, hooks=hooks, ejection_base=0.3, backoff_base=0, **NO_BREAKER
+        )
+        client = mesh.client("payments")
+        while not hooks.of(EndpointEjected):
+            assert (await client.get("/x")).status_code == 200  # retried onto a good one
+        assert hooks.of(EndpointEjected)[0].endpoint.instance_id == "bad"
+        during = hits["bad"]
+        for _ in range(30):
+            assert (await client.get("/x")).status_code == 200
+        assert hits["bad"] == during  # ejected: no traffic
+        await anyio.sleep(0.35)
+        for _ in range(60):
+            await client.get("/x")
+        await mesh.aclose()
+    assert hits["bad"] > during  # re-admitted after its ejection time
+    assert [event.endpoint.instance_id for event in hooks.of(EndpointReadmitted)] == ["bad"]
+
+
+@asynccontextmanager
+async def dropping_server(tls: TLSContexts, hits: Counter[str]) -> AsyncIterator[int]:
+    """Reads a whole request, then closes the connection without answering."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+        hits["dropped"] += 1
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls.listening_context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_post_is_retried_after_sending_only_with_idempotency_key(
+    authority: LocalAuthority,
+) -> None:
+    hits: Counter[str] = Counter()
+    async with dropping_server(contexts(authority, "payments"), hits) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        mesh = factory(authority, source, backoff_base=0, **NO_BREAKER)
+        client = mesh.client("payments")
+        with pytest.raises(UpstreamFailed):
+            await client.post("/charge", json={"amount": 1})
+        assert hits["dropped"] == 1
+        with pytest.raises(UpstreamFailed):
+            await client.post("/charge", json={"amount": 1}, headers={"Idempotency-Key": "k1"})
+        assert hits["dropped"] == 1 + 3  # the same body replayed on every attempt
+        await mesh.aclose()
+
+
+async def test_post_is_retried_when_nothing_was_sent(authority: LocalAuthority) -> None:
+    hits: Counter[str] = Counter()
+    async with instances(authority, hits, {"good": {}}) as source:
+        refused = endpoint("payments", _closed_port(), "refused")
+        source.set("payments", [refused, *(source.endpoints("payments") or [])])
+        mesh = factory(authority, source, backoff_base=0, **NO_BREAKER)
+        client = mesh.client("payments")
+        for _ in range(10):
+            assert (await client.post("/charge", content=b"x")).status_code == 200
+        await mesh.aclose()
+    assert hits["good"] == 10
+
+
+async def test_503_retried_for_get_but_not_for_post(authority: LocalAuthority) -> None:
+    hits: Counter[str] = Counter()
+    async with instances(authority, hits, {"busy": {"status": 503}}) as source:
+        mesh = factory(authority, source, backoff_base=0, **NO_BREAKER)
+        client = mesh.client("payments")
+        assert (await client.post("/charge")).status_code == 503
+        assert hits["busy"] == 1
+        assert (await client.get("/charge")).status_code == 503
+        assert hits["busy"] == 1 + 3
+        await mesh.aclose()
+
+
+async def test_budget_stops_retries_when_everything_fails(authority: LocalAuthority) -> None:
+    hits: Counter[str] = Counter()
+    hooks = Recorder()
+    async with instances(authority, hits, {"a": {"status": 503}, "b": {"status": 503}}) as source:
+        mesh = factory(
+            authority,
+            source,
+            hooks=hooks,
+            backoff_base=0,
+            budget_min_per_second=0,
+            ejection_failures=10**6,
+            **NO_BREAKER,
+        )
+        client = mesh.client("payments")
+        for _ in range(50):
+            assert (await client.get("/x")).status_code == 503
+        await mesh.aclose()
+    # 50 calls may add at most 20% retries (no reserve here), not 2 more attempts each.
+    assert sum(hits.values()) <= 50 + 10
+    assert hooks.of(RetryBudgetSpent)
+
+
+async def test_budget_exhausted_raises_for_connection_failures(authority: LocalAuthority) -> None:
+    source = StaticSource({"payments": [endpoint("payments", _closed_port())]})
+    mesh = factory(
+        authority,
+        source,
+        backoff_base=0,
+        budget_min_per_second=0,
+        ejection_failures=10**6,
+        **NO_BREAKER,
+    )
+    client = mesh.client("payments")
+    errors: Counter[str] = Counter()
+    for _ in range(30):
+        try:
+            await client.get("/x")
+        except (UpstreamFailed, RetryBudgetExhausted) as exc:
+            errors[type(exc).__name__] += 1
+    await mesh.aclose()
+    assert errors["RetryBudgetExhausted"] > 0
+
+
+async def test_server_with_another_identity_is_refused_before_sending(
+    authority: LocalAuthority,
+) -> None:
+    hits: Counter[str] = Counter()
+    impostor = counting_app(hits, "impostor")
+    async with serve(impostor, contexts(authority, "inventory")) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        mesh = factory(authority, source, **NO_BREAKER)
+        with pytest.raises(PeerIdentityMismatch, match="svc/inventory"):
+            await mesh.client("payments").get("/secret")
+        await mesh.aclose()
+    assert hits["impostor"] == 0
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_registry_cannot_vouch_for_another_service(authority: LocalAuthority) -> None:
+    """An entry claiming the impostor's own SPIFFE ID for 'payments' is refused too."""
+    hits: Counter[str] = Counter()
+    tls = contexts(authority, "inventory")
+    async with serve(counting_app(hits, "impostor"), tls) as port:
+        forged = Endpoint("x", "payments", "127.0.0.1", port, spiffe_id=str(tls.material.spiffe_id))
+        mesh = factory(authority, StaticSource({"payments": [forged]}), **NO_BREAKER)
+        with pytest.raises(PeerIdentityMismatch):
+            await mesh.client("payments").get("/secret")
+        await mesh.aclose()
+    assert hits["impostor"] == 0

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from meshkit.ca.x509 import LocalAuthority
+from tests.client.helpers import StaticSource, contexts, endpoint, factory, serve
+
+pytestmark = pytest.mark.anyio
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "body": body.decode(),
+            "query": str(request.query_params),
+            "deadline": request.headers.get("x-meshkit-deadline-ms"),
+        }
+    )
+
+
+APP = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "HEAD"])])
+
+
+async def test_get_post_through_mtls(authority: LocalAuthority) -> None:
+    async with serve(APP, contexts(authority, "payments")) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        mesh = factory(authority, source)
+        client = mesh.client("payments")
+        try:
+            response = await client.get("/items")
+            assert response.status_code == 200
+            assert response.json()["path"] == "/items"
+            assert int(response.json()["deadline"]) > 0
+            response = await client.post("/charge", json={"amount": 3})
+            assert response.json()["body"] == '{"amount":3}'
+            response = await client.get("/q", params={"a": "1"})
+            assert response.json()["query"] == "a=1"
+            assert (await client.head("/items")).status_code == 200
+            assert (await client.get("/again")).status_code == 200
+        finally:
+            await mesh.aclose()
