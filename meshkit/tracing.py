@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -56,7 +56,13 @@ class _ASGIHeaderGetter(Getter[RawHeaders]):
         return [name.decode("latin-1") for name, _ in carrier]
 
 
+class _ListSetter(Setter[list[tuple[str, str]]]):
+    def set(self, carrier: list[tuple[str, str]], key: str, value: str) -> None:
+        carrier.append((key, value))
+
+
 _ASGI_GETTER = _ASGIHeaderGetter()
+_LIST_SETTER = _ListSetter()
 _TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
 # Contexts are immutable (setting a value makes a new one), so one empty context is shared.
 EMPTY_CONTEXT = Context()
@@ -77,6 +83,11 @@ def extract_context(headers: RawHeaders) -> Context:
 def inject_context(headers: MutableMapping[str, str], context: Context | None = None) -> None:
     """Add ``traceparent``/``tracestate``/``baggage`` for ``context`` (default: the current)."""
     MESH_PROPAGATOR.inject(headers, context=context)
+
+
+def append_context_headers(headers: list[tuple[str, str]], context: Context | None = None) -> None:
+    """Append the trace-context headers of ``context`` (default: the current) to a list."""
+    MESH_PROPAGATOR.inject(headers, context=context, setter=_LIST_SETTER)
 
 
 def get_tracer(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 from meshkit.errors import ConfigError
 from meshkit.tracing import (
+    append_context_headers,
     configure_tracing_from_env,
     extract_context,
     otlp_traces_endpoint,
@@ -113,3 +114,16 @@ def test_extract_ignores_the_current_context_and_bad_headers() -> None:
     with tracer.start_as_current_span("unrelated"):
         context = extract_context([(b"traceparent", b"00-bad")])
     assert not trace.get_current_span(context).get_span_context().is_valid
+
+
+def test_append_context_headers_carries_the_span_and_baggage() -> None:
+    from opentelemetry import baggage
+
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("call") as span:
+        headers: list[tuple[str, str]] = []
+        append_context_headers(headers, baggage.set_baggage("tenant", "acme"))
+    names = dict(headers)
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    assert names["traceparent"].split("-")[1] == trace_id
+    assert names["baggage"] == "tenant=acme"
