@@ -166,9 +166,9 @@ def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
             f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: meshkit ships the http/protobuf "
             "OTLP exporter only"
         )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from meshkit._otlp import MeshOTLPSpanExporter
 
-    return OTLPSpanExporter(endpoint=otlp_traces_endpoint(environ))
+    return MeshOTLPSpanExporter(endpoint=otlp_traces_endpoint(environ))
 
 
 def otlp_traces_endpoint(environ: Mapping[str, str]) -> str:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -12,6 +11,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from meshkit._otlp import MeshOTLPSpanExporter
 from meshkit.errors import ConfigError
 from meshkit.tracing import (
     append_context_headers,
@@ -61,7 +61,7 @@ def test_exporters_and_service_name_from_the_environment() -> None:
     try:
         assert provider.resource.attributes["service.name"] == "orders"
         otlp, zipkin = exporters(provider)
-        assert isinstance(otlp, OTLPSpanExporter)
+        assert isinstance(otlp, MeshOTLPSpanExporter)
         assert otlp._endpoint == "http://collector:4318/v1/traces"
         assert isinstance(zipkin, ZipkinExporter)
         assert zipkin.endpoint == "http://zipkin:9411/api/v2/spans"

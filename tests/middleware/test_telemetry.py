@@ -268,3 +268,16 @@ async def test_non_http_scopes_pass_straight_through() -> None:
     await middleware({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
     await middleware({"type": "websocket"}, None, None)  # type: ignore[arg-type]
     assert seen == ["lifespan", "websocket"]
+
+
+def test_without_a_tracer_provider_the_context_is_still_carried_on() -> None:
+    with running(build(MeshMetrics())) as port:  # the global provider: none configured
+        connection = connect(port)
+        headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "baggage": "tenant=acme"}
+        _, body = get(connection, "/orders/1", headers)
+        _, untraced = get(connection, "/orders/2")
+        connection.close()
+    outgoing = json.loads(body)["outgoing"]
+    assert outgoing["traceparent"] == f"00-{TRACE_ID}-{PARENT_ID}-01"
+    assert outgoing["baggage"] == "tenant=acme"
+    assert json.loads(untraced)["outgoing"] == {}
