@@ -137,7 +137,8 @@ async def bench_httpx(url: str, material: TLSMaterial, concurrency: int, request
 
 
 async def bench_meshkit(port: int, material: TLSMaterial, concurrency: int, requests: int) -> Any:
-    source = _Source([Endpoint("payments-1", "payments", "127.0.0.1", port)])
+    # Two registry entries for the one server, so every call runs a real P2C pick.
+    source = _Source([Endpoint(f"payments-{n}", "payments", "127.0.0.1", port) for n in (1, 2)])
     factory = MeshClientFactory(source, TLSContexts(material), MeshSettings(service="web"))
     payments = factory.client("payments")
 

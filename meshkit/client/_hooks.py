@@ -96,7 +96,8 @@ class BreakerChanged:
 
 
 class ClientHooks(Protocol):
-    """What the mesh client reports. Called on the request path: keep them cheap."""
+    """What the mesh client reports. Called on the request path: keep them cheap, and
+    never raise (an exception from a hook fails the call it reports on)."""
 
     def on_call_start(self, event: CallStarted) -> object: ...
     def on_call_end(self, event: CallEnded) -> None: ...

@@ -249,6 +249,8 @@ class EndpointPool:
             connection = await self._open(deadline)
         finally:
             self._opening -= 1
+        if connection.closed:  # the server hung up right after the handshake
+            raise ConnectFailed(f"{self.address}:{self.port} closed the connection at once")
         self._all.add(connection)
         try:
             self._check_identity(connection)

@@ -63,6 +63,7 @@ class Call:
     __slots__ = (
         "attempt",
         "body",
+        "budget_spent",
         "deadline",
         "destination",
         "extra_headers",
@@ -77,6 +78,7 @@ class Call:
         self.deadline = deadline  # absolute, loop time
         self.send_deadline = send_deadline
         self.attempt = 0
+        self.budget_spent = False
         self.tried: list[EndpointState] = []
         self.pool: EndpointPool | None = None
         self.extra_headers: list[tuple[str, str]] = []
@@ -272,54 +274,45 @@ class RetryTransport(AsyncBaseTransport):
             call.attempt += 1
             try:
                 response = await self._inner.handle_async_request(request)
-            except PeerIdentityMismatch as exc:
-                # Sent nothing; another instance may be genuine, this one will not change.
-                if not self._balancer.has_untried(call.tried):
-                    raise
-                delay = await self._plan_retry(request, call, exc, None, "identity")
-            except AttemptFailed as exc:
-                if exc.sent and not idempotent:
+            except (PeerIdentityMismatch, AttemptFailed) as exc:
+                delay = None
+                if self._repeatable(exc, call, idempotent):
+                    delay = self._next_delay(request, call, None, _reason(exc))
+                if delay is None:
+                    if isinstance(exc, PeerIdentityMismatch):
+                        raise
                     raise self._translate(exc, call) from exc
-                delay = await self._plan_retry(request, call, exc, None, exc.reason)
             else:
                 if response.status_code not in RETRYABLE_STATUS or not idempotent:
                     return response
-                reason = f"status {response.status_code}"
-                delay = await self._plan_retry(request, call, None, response, reason)
+                delay = self._next_delay(request, call, response, f"status {response.status_code}")
                 if delay is None:
-                    return response
-            if delay is None:  # _plan_retry raised for errors; responses return above
-                raise AssertionError("unreachable")
+                    return response  # retries are over: the caller sees the last answer
             await asyncio.sleep(delay)
 
-    async def _plan_retry(
-        self,
-        request: Request,
-        call: Call,
-        error: Exception | None,
-        response: Response | None,
-        reason: str,
+    def _repeatable(self, exc: Exception, call: Call, idempotent: bool) -> bool:
+        if isinstance(exc, PeerIdentityMismatch):
+            # Nothing was sent; another instance may be genuine, this one will not change.
+            return self._balancer.has_untried(call.tried)
+        assert isinstance(exc, AttemptFailed)
+        return idempotent or not exc.sent
+
+    def _next_delay(
+        self, request: Request, call: Call, response: Response | None, reason: str
     ) -> float | None:
-        """The delay before the next attempt, or None (response) / raise (error) to stop."""
+        """How long to wait before the next attempt; None when there is none."""
+        if call.attempt >= self._policy.max_attempts:
+            return None
         now = _now()
         delay = self._delay(call.attempt, response)
-        stop = call.attempt >= self._policy.max_attempts or delay is None
-        if not stop and now + (delay or 0.0) >= call.deadline:
-            stop = True
-        if not stop and not self._budget.can_retry(now):
+        if delay is None or now + delay >= call.deadline:
+            return None
+        if not self._budget.can_retry(now):
+            call.budget_spent = True
             if self._hooks is not None:
                 event = RetryBudgetSpent(self._destination, request.method, reason)
                 self._hooks.on_retry_budget_spent(event)
-            if error is not None:
-                raise RetryBudgetExhausted(
-                    f"retry budget spent; last attempt: {error}", destination=self._destination
-                ) from error
             return None
-        if stop:
-            if error is not None:
-                raise self._translate(error, call) from error
-            return None
-        assert delay is not None
         if self._hooks is not None:
             scheduled = RetryScheduled(
                 self._destination, request.method, call.attempt, delay, reason
@@ -336,9 +329,11 @@ class RetryTransport(AsyncBaseTransport):
         ceiling = min(self._policy.backoff_cap, self._policy.backoff_base * 2 ** (attempt - 1))
         return random.uniform(0.0, ceiling)
 
-    def _translate(self, error: Exception, call: Call) -> Exception:
-        if isinstance(error, PeerIdentityMismatch):
-            return error
+    def _translate(self, error: AttemptFailed, call: Call) -> Exception:
+        if call.budget_spent:
+            return RetryBudgetExhausted(
+                f"retry budget spent; last attempt: {error}", destination=self._destination
+            )
         if isinstance(error, AttemptTimedOut) and _now() >= call.deadline:
             return DeadlineExceeded(
                 f"deadline passed after {call.attempt} attempt(s): {error}",
@@ -348,6 +343,10 @@ class RetryTransport(AsyncBaseTransport):
             f"{error} (attempt {call.attempt} of at most {self._policy.max_attempts})",
             destination=self._destination,
         )
+
+
+def _reason(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, AttemptFailed) else "identity"
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -3,8 +3,9 @@
 The incoming ``x-meshkit-deadline-ms`` header (see ``meshkit.deadline``) becomes the
 current deadline for the handler, so the mesh calls it makes are bounded by it and
 pass on what is left. When the deadline passes before the response has started the
-handler is cancelled and the caller gets ``504`` with a JSON body; a request that
-arrives with no time left is answered at once without running the handler.
+handler is cancelled and the caller gets ``504`` with a JSON body; so does a handler
+whose own mesh call raised ``DeadlineExceeded``. A request that arrives with no time
+left is answered at once without running the handler.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import anyio
 
 from meshkit import deadline as deadlines
+from meshkit.errors import DeadlineExceeded
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -62,9 +64,16 @@ class DeadlineMiddleware:
                 started = True
             await send(message)
 
-        with anyio.move_on_after(seconds) as cancel_scope:
-            with deadlines.use_deadline(deadlines.now() + seconds):
-                await self.app(scope, receive, tracking_send)
+        try:
+            with anyio.move_on_after(seconds) as cancel_scope:
+                with deadlines.use_deadline(deadlines.now() + seconds):
+                    await self.app(scope, receive, tracking_send)
+        except DeadlineExceeded:
+            # A mesh call the handler made ran out of our deadline: same answer.
+            if started:
+                raise
+            await send_deadline_exceeded(send)
+            return
         # Once the response has started its status is on the wire: nothing left to say.
         if cancel_scope.cancelled_caught and not started:
             await send_deadline_exceeded(send)

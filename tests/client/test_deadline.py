@@ -121,6 +121,20 @@ async def test_middleware_cancels_the_handler_at_the_deadline() -> None:
     assert seen[0] is not None and 0 < seen[0] <= 0.05
 
 
+async def test_middleware_turns_a_downstream_deadline_error_into_504() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise DeadlineExceeded("no time left", destination="payments")
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"1000")]}
+    await DeadlineMiddleware(app)(scope, None, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 504
+
+
 async def test_middleware_without_header_sets_no_deadline() -> None:
     sent, seen = await run_middleware([], 0)
     assert sent[0]["status"] == 200 and seen == [None]
