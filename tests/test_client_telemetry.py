@@ -1,0 +1,194 @@
+"""Two real services over mTLS: one trace across both, and the client's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+import uvicorn
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from meshkit.ca.x509 import LocalAuthority
+from meshkit.client import MeshClientFactory
+from meshkit.client_telemetry import ClientTelemetry
+from meshkit.metrics import MeshMetrics
+from meshkit.middleware.telemetry import TelemetryMiddleware
+from meshkit.settings import MeshSettings
+from meshkit.tls import TLSContexts
+from tests.client.helpers import StaticSource, contexts, endpoint
+from tests.middleware.servers import PeerIdentityProtocol
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+EDGE_SPAN = "00f067aa0ba902b7"
+
+
+@asynccontextmanager
+async def serve(app: ASGIApp, tls: TLSContexts) -> AsyncIterator[int]:
+    """uvicorn with strict mTLS, the verified caller in the scope; yields the port."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http=PeerIdentityProtocol,
+        lifespan="off",
+        log_level="warning",
+        ssl_context_factory=lambda _config, _default: tls.listening_context,
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as group:
+        group.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+                await anyio.sleep(0.01)
+        try:
+            yield server.servers[0].sockets[0].getsockname()[1]
+        finally:
+            server.should_exit = True
+
+
+def traced() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def factory(
+    authority: LocalAuthority, source: StaticSource, caller: str, hooks: ClientTelemetry | None
+) -> MeshClientFactory:
+    settings = MeshSettings(service=caller, trust_domain=authority.trust_domain)
+    return MeshClientFactory(source, contexts(authority, caller), settings, hooks=hooks)
+
+
+@pytest.mark.anyio
+async def test_one_trace_across_two_services(authority: LocalAuthority) -> None:
+    source = StaticSource()
+    web_provider, web_spans = traced()
+    orders_provider, orders_spans = traced()
+    web_metrics, orders_metrics = MeshMetrics(), MeshMetrics()
+    web_hooks = ClientTelemetry(web_metrics, tracer_provider=web_provider)
+    web_client = factory(authority, source, "web", web_hooks)
+
+    async def checkout(request: Request) -> JSONResponse:
+        # Application code forwards nothing: the trace context travels by itself.
+        response = await web_client.client("orders").get("/orders/7")
+        return JSONResponse({"orders": response.status_code})
+
+    async def order(request: Request) -> JSONResponse:
+        return JSONResponse({"order": request.path_params["order_id"]})
+
+    web = TelemetryMiddleware(
+        Starlette(routes=[Route("/checkout", checkout)]),
+        service="web",
+        metrics=web_metrics,
+        tracer_provider=web_provider,
+    )
+    orders = TelemetryMiddleware(
+        Starlette(routes=[Route("/orders/{order_id}", order)]),
+        service="orders",
+        metrics=orders_metrics,
+        tracer_provider=orders_provider,
+    )
+    edge = factory(authority, source, "edge", None)
+    async with (
+        serve(orders, contexts(authority, "orders")) as orders_port,
+        serve(web, contexts(authority, "web")) as web_port,
+    ):
+        source.set("orders", [endpoint("orders", orders_port)])
+        source.set("web", [endpoint("web", web_port)])
+        headers = {"traceparent": f"00-{TRACE_ID}-{EDGE_SPAN}-01"}
+        response = await edge.client("web").get("/checkout", headers=headers)
+        assert response.json() == {"orders": 200}
+        await edge.aclose()
+        await web_client.aclose()
+
+    by_kind = {(span.kind, span.name): span for span in web_spans.get_finished_spans()}
+    server = by_kind[SpanKind.SERVER, "GET /checkout"]
+    client_spans = [s for s in web_spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    call, attempt = sorted(client_spans, key=_start)
+    (callee,) = orders_spans.get_finished_spans()
+    assert {s.context.trace_id for s in (server, call, attempt, callee)} == {int(TRACE_ID, 16)}
+    assert _parent(server) == int(EDGE_SPAN, 16)
+    assert _parent(call) == server.context.span_id
+    assert _parent(attempt) == call.context.span_id
+    # The caller's CLIENT span is the parent of the callee's SERVER span.
+    assert callee.kind is SpanKind.SERVER and callee.name == "GET /orders/{order_id}"
+    assert _parent(callee) == attempt.context.span_id
+    assert (callee.attributes or {})["peer.service"] == "web"
+    assert (attempt.attributes or {})["peer.service"] == "orders"
+    assert (call.attributes or {})["http.response.status_code"] == 200
+
+    labels = {
+        "http_request_method": "GET",
+        "destination_service": "orders",
+        "http_response_status_code": "200",
+        "error_type": "",
+    }
+    sample = web_metrics.registry.get_sample_value
+    assert sample("http_client_request_duration_seconds_count", labels) == 1
+    assert sample("meshkit_client_attempts_total", labels) == 1
+    served = {
+        "http_request_method": "GET",
+        "http_route": "/orders/{order_id}",
+        "http_response_status_code": "200",
+        "source_service": "web",
+    }
+    assert (
+        orders_metrics.registry.get_sample_value(
+            "http_server_request_duration_seconds_count", served
+        )
+        == 1
+    )
+
+
+def _start(span: ReadableSpan) -> int:
+    return span.start_time or 0
+
+
+def _parent(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent else None
+
+
+def test_mesh_internals_come_from_the_client_events() -> None:
+    from meshkit.client import (
+        BreakerChanged,
+        CallEnded,
+        CallStarted,
+        EndpointEjected,
+        RetryBudgetSpent,
+        RetryScheduled,
+    )
+
+    metrics = MeshMetrics()
+    hooks = ClientTelemetry(metrics, tracer_provider=traced()[0])
+    hooks.on_retry_scheduled(RetryScheduled("orders", "GET", 1, 0.01, "status 503"))
+    hooks.on_retry_budget_spent(RetryBudgetSpent("orders", "GET", "status 503"))
+    hooks.on_endpoint_ejected(EndpointEjected("orders", endpoint("orders", 1), 30.0, 1))
+    hooks.on_breaker_changed(BreakerChanged("orders", "closed", "open"))
+    state = hooks.on_call_start(CallStarted("orders", "GET", "/orders/1"))
+    error = ConnectionError("refused")
+    hooks.on_call_end(CallEnded("orders", "GET", "/orders/1", None, 0.2, 2, error, state))
+
+    sample = metrics.registry.get_sample_value
+    orders = {"destination_service": "orders"}
+    assert sample("meshkit_retries_total", orders) == 1
+    assert sample("meshkit_retry_budget_exhausted_total", orders) == 1
+    assert sample("meshkit_endpoint_ejections_total", orders) == 1
+    assert sample("meshkit_circuit_state", orders) == 2
+    failed = {
+        "http_request_method": "GET",
+        "destination_service": "orders",
+        "http_response_status_code": "",
+        "error_type": "ConnectionError",
+    }
+    assert sample("http_client_request_duration_seconds_count", failed) == 1
