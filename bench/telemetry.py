@@ -87,10 +87,10 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
     options: dict[str, Any] = {"http": "httptools"}
     if tls_dir:
         # The verified caller reaches the scope as meshkit.server will put it there.
-        from tests.middleware.servers import PeerIdentityProtocol
+        from meshkit.server import MeshHttpToolsProtocol
 
         options = {
-            "http": PeerIdentityProtocol,
+            "http": MeshHttpToolsProtocol,
             "ssl_certfile": f"{tls_dir}/svid.pem",
             "ssl_keyfile": f"{tls_dir}/svid-key.pem",
             "ssl_ca_certs": f"{tls_dir}/bundle.pem",

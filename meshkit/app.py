@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from meshkit.ca.client import CAIdentity
 from meshkit.client import ClientPolicy, MeshClient, MeshClientFactory
+from meshkit.client_telemetry import ClientTelemetry
 from meshkit.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -64,8 +65,10 @@ class MeshRuntime:
         client_policy: ClientPolicy | None = None,
         client_policies: Mapping[str, ClientPolicy] | None = None,
         metrics_registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
+        self.tracer_provider = tracer_provider
         self.client_policy = client_policy
         self.client_policies = client_policies
         self.port = settings.port
@@ -161,6 +164,7 @@ class MeshRuntime:
     async def _join_registry(self, stack: contextlib.AsyncExitStack, tg: TaskGroup) -> None:
         registry = ConsulRegistry.from_settings(self.settings)
         cache = await stack.enter_async_context(WatchedCache(registry))
+        self.metrics.watch_cache(cache)
         if self.tls is not None:
             self.clients = MeshClientFactory(
                 cache,
@@ -168,6 +172,7 @@ class MeshRuntime:
                 self.settings,
                 policy=self.client_policy,
                 policies=self.client_policies,
+                hooks=ClientTelemetry(self.metrics, tracer_provider=self.tracer_provider),
             )
             self.registration = ServiceRegistration(registry, self.instance())
             tg.start_soon(self.registration.run)
@@ -324,6 +329,7 @@ class ServiceApp(Starlette):
             client_policy=client_policy,
             client_policies=client_policies,
             metrics_registry=metrics_registry,
+            tracer_provider=tracer_provider,
         )
         super().__init__(
             debug=debug,

@@ -23,8 +23,8 @@ Mesh internals
                                                      1 half-open, 2 open)
     meshkit_policy_denials_total          counter    source_service, http_route, reason
     meshkit_cert_expiry_timestamp_seconds gauge      spiffe_id: the workload certificate's notAfter
-    meshkit_registry_cache_staleness_seconds gauge   destination_service: seconds since the
-                                                     watched cache last refreshed that service
+    meshkit_registry_cache_staleness_seconds gauge   destination_service: seconds the watched
+                                                     cache has served that list unconfirmed
 
 Every metric lives in the registry given to ``MeshMetrics`` (a fresh one by default),
 never in prometheus_client's global ``REGISTRY``: two apps in one process never collide.
@@ -32,9 +32,8 @@ never in prometheus_client's global ``REGISTRY``: two apps in one process never 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -102,22 +101,31 @@ class LabelCache(Generic[M]):
         return child
 
 
-class _StalenessCollector(Collector):
-    """Reports, at scrape time, how long ago each service's cache entry was refreshed."""
+class StalenessSource(Protocol):
+    """What the staleness gauge reads at scrape time: the watched registry cache."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self.refreshed: dict[str, float] = {}
+    @property
+    def services(self) -> Sequence[str]: ...
+
+    def stale_seconds(self, service: str) -> float: ...
+
+
+class _StalenessCollector(Collector):
+    """Reports, at scrape time, how long each watched service's instance list has gone
+    unconfirmed by the registry (0 while the watch is healthy)."""
+
+    def __init__(self) -> None:
+        self.source: StalenessSource | None = None
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
             "meshkit_registry_cache_staleness_seconds",
-            "Seconds since the watched registry cache last refreshed a service's instances.",
+            "Seconds the registry cache has served a service's instances unconfirmed.",
             labels=["destination_service"],
         )
-        now = self._clock()
-        for service, at in sorted(self.refreshed.items()):
-            family.add_metric([service], max(0.0, now - at))
+        if self.source is not None:
+            for service in sorted(self.source.services):
+                family.add_metric([service], self.source.stale_seconds(service))
         return [family]
 
     def describe(self) -> Iterable[Metric]:
@@ -214,7 +222,7 @@ class MeshMetrics:
                 registry=self.registry,
             )
         )
-        self._staleness = _StalenessCollector(time.monotonic)
+        self._staleness = _StalenessCollector()
         self.registry.register(self._staleness)
 
     # Recording helpers for the mesh client, policies and the registry cache.
@@ -248,9 +256,9 @@ class MeshMetrics:
     def set_circuit_state(self, destination: str, state: CircuitState) -> None:
         self._circuit_state.get(destination).set(_CIRCUIT_VALUES[state])
 
-    def registry_cache_refreshed(self, service: str, *, at: float | None = None) -> None:
-        """The watched cache holds fresh instances of ``service`` (``at``: time.monotonic())."""
-        self._staleness.refreshed[service] = time.monotonic() if at is None else at
+    def watch_cache(self, cache: StalenessSource) -> None:
+        """Export the registry cache's staleness per watched service."""
+        self._staleness.source = cache
 
     def set_certificate(self, material: TLSMaterial) -> None:
         self._cert_expiry.get(str(material.spiffe_id)).set(material.not_after)

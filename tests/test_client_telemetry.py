@@ -23,10 +23,10 @@ from meshkit.client import MeshClientFactory
 from meshkit.client_telemetry import ClientTelemetry
 from meshkit.metrics import MeshMetrics
 from meshkit.middleware.telemetry import TelemetryMiddleware
+from meshkit.server import MeshHttpToolsProtocol
 from meshkit.settings import MeshSettings
 from meshkit.tls import TLSContexts
 from tests.client.helpers import StaticSource, contexts, endpoint
-from tests.middleware.servers import PeerIdentityProtocol
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 EDGE_SPAN = "00f067aa0ba902b7"
@@ -39,7 +39,7 @@ async def serve(app: ASGIApp, tls: TLSContexts) -> AsyncIterator[int]:
         app,
         host="127.0.0.1",
         port=0,
-        http=PeerIdentityProtocol,
+        http=MeshHttpToolsProtocol,
         lifespan="off",
         log_level="warning",
         ssl_context_factory=lambda _config, _default: tls.listening_context,

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
-import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -25,8 +25,22 @@ def populated() -> MeshMetrics:
     metrics.endpoint_ejected("payments")
     metrics.set_circuit_state("payments", "open")
     metrics.policy_denied("cart", "/orders/{order_id}", "caller")
-    metrics.registry_cache_refreshed("payments")
+    metrics.watch_cache(_Cache({"payments": 0.0}))
     return metrics
+
+
+class _Cache:
+    """Stands for WatchedCache's staleness view (the real one is tested with a registry)."""
+
+    def __init__(self, stale: dict[str, float]) -> None:
+        self.stale = stale
+
+    @property
+    def services(self) -> list[str]:
+        return list(self.stale)
+
+    def stale_seconds(self, service: str) -> float:
+        return self.stale[service]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
@@ -79,14 +93,17 @@ def test_mesh_internals_are_recorded() -> None:
     assert sample("meshkit_client_attempts_total", attempt) == 1
 
 
-def test_registry_cache_staleness_is_measured_at_scrape_time() -> None:
+def test_registry_cache_staleness_is_read_at_scrape_time() -> None:
     metrics = MeshMetrics()
-    metrics.registry_cache_refreshed("payments", at=time.monotonic() - 5)
+    cache = _Cache({"payments": 0.0})
+    metrics.watch_cache(cache)
     labels = {"destination_service": "payments"}
-    staleness = metrics.registry.get_sample_value(
-        "meshkit_registry_cache_staleness_seconds", labels
+    sample = functools.partial(
+        metrics.registry.get_sample_value, "meshkit_registry_cache_staleness_seconds", labels
     )
-    assert staleness is not None and 5 <= staleness < 60
+    assert sample() == 0.0
+    cache.stale["payments"] = 5.5
+    assert sample() == 5.5
 
 
 def test_certificate_expiry_follows_rotation(authority: LocalAuthority) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import socket
 import ssl
@@ -15,29 +14,10 @@ from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meshkit.ca.x509 import IssuedIdentity
-from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
+from meshkit.server import MeshHttpToolsProtocol
 from meshkit.tls import TLSMaterial, client_context
-
-
-class PeerIdentityProtocol(HttpToolsProtocol):
-    """Test-only stand-in for meshkit.server's protocol (being written by the lead): puts
-    the verified client certificate's SPIFFE ID into the ASGI TLS extension."""
-
-    _tls: dict[str, Any] | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self._tls = {PEER_IDENTITY_KEY: identity_from_peercert(ssl_object.getpeercert())}
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._tls is not None:
-            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[typeddict-unknown-key]
 
 
 @contextmanager
@@ -57,7 +37,7 @@ def running(
         }
     config = uvicorn.Config(
         app,
-        http=PeerIdentityProtocol,
+        http=MeshHttpToolsProtocol,
         interface="asgi3",
         loop="uvloop",
         lifespan="off",
