@@ -144,6 +144,11 @@ class Supervisor:
         """SIGKILL the child's group: a crash, no goodbye."""
         _signal_group(child.pgid, signal.SIGKILL)
         child.process.wait()
+        # SIGKILL is delivered asynchronously: the rest of the group may still be
+        # running for a moment after the leader has been reaped.
+        deadline = time.monotonic() + self.stop_timeout
+        while group_alive(child.pgid) and time.monotonic() < deadline:
+            time.sleep(_POLL)
 
     def stop_all(self) -> None:
         """SIGTERM every group (newest first), wait, then SIGKILL the stragglers."""
