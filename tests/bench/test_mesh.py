@@ -128,16 +128,6 @@ def test_sigterm_stops_every_started_process(tmp_path: Path) -> None:
     assert not (tmp_path / "mesh.json").exists()
 
 
-def test_skipped_paths_say_why(tmp_path: Path) -> None:
-    reason = mesh_missing()
-    if reason is None:
-        pytest.skip("path M is available here")
-    line, stdout, stderr = run_bench("--paths", "A,M", *TINY, out=tmp_path)
-    assert f"skipping path M: {reason}" in stderr
-    assert line["skipped"] == {"M": reason}
-    assert "Skipped: M: not merged yet" in stdout
-
-
 def test_percentiles_and_ratios() -> None:
     assert report.latency_figures([float(v) for v in range(1, 101)]) == {
         "p50_ms": 50.0,
