@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
+from meshkit._statedir import claimed_slot
 from meshkit.ca.client import CAIdentity
 from meshkit.client import ClientPolicy, MeshClient, MeshClientFactory
 from meshkit.client_telemetry import ClientTelemetry
@@ -148,7 +149,7 @@ class MeshRuntime:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 tg = await stack.enter_async_context(anyio.create_task_group())
-                await self._start_identity(tg)
+                await self._start_identity(tg, stack)
                 if self.settings.consul_http_addr:
                     await self._join_registry(stack, tg)
                 started = True
@@ -209,7 +210,7 @@ class MeshRuntime:
             return socket.gethostbyname(socket.gethostname())
         return settings.host
 
-    async def _start_identity(self, tg: TaskGroup) -> None:
+    async def _start_identity(self, tg: TaskGroup, stack: contextlib.AsyncExitStack) -> None:
         """Certificate files when given ("bring your own PKI"), else the meshkit CA."""
         settings = self.settings
         require_client_cert = settings.tls_mode == "strict"
@@ -223,6 +224,9 @@ class MeshRuntime:
             self.tls = TLSContexts(watcher.load(), require_client_cert=require_client_cert)
             tg.start_soon(watcher.watch, self.tls)
         elif settings.ca_url:
+            if settings.data_dir is None:
+                slot = stack.enter_context(claimed_slot(settings.state_dir))
+                settings = settings.replace(data_dir=slot)
             identity = CAIdentity(settings)
             self.tls = TLSContexts(await identity.obtain(), require_client_cert=require_client_cert)
             tg.start_soon(identity.renew_forever, self.tls)
