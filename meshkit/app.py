@@ -44,7 +44,7 @@ from meshkit.errors import (
     UpstreamFailed,
 )
 from meshkit.identity import SpiffeId
-from meshkit.intentions import Intentions, IntentionStore, IntentionWatcher, consul_client
+from meshkit.intentions import Intentions, IntentionStore, IntentionWatcher
 from meshkit.metrics import MeshMetrics
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.middleware.deadline import DeadlineMiddleware
@@ -177,7 +177,7 @@ class MeshRuntime:
             )
             self.registration = ServiceRegistration(registry, self.instance())
             tg.start_soon(self.registration.run)
-        watcher = IntentionWatcher(IntentionStore(consul_client(self.settings)), self.intentions)
+        watcher = IntentionWatcher(IntentionStore(registry.new_client()), self.intentions)
         tg.start_soon(watcher.run)
 
     async def _close(self) -> None:
