@@ -138,3 +138,29 @@ def test_services_with_ca_issued_identities(registry: RegistryProcess, tmp_path:
             refused.close()
             assert oct((tmp_path / "frontend" / "svid-key.pem").stat().st_mode & 0o777) == "0o600"
     tokens.close()
+
+
+def test_a_post_retried_by_the_mesh_client_runs_the_handler_once(
+    registry: RegistryProcess, authority: LocalAuthority, tmp_path: Path
+) -> None:
+    def service(target: str, name: str) -> ServiceProcess:
+        return ServiceProcess(
+            target,
+            service=name,
+            identity=authority.issue(name),
+            identity_dir=tmp_path,
+            registry=registry.address,
+        )
+
+    with (
+        service("tests.apps.ledger:ledger", "ledger"),
+        service("tests.apps.ledger:till", "till") as till,
+    ):
+        user = authority.issue("demo-user")
+        connection = Connection(till.port, context_for(user, authority.bundle_pem))
+        status, body = connection.get("/pay/order-17")
+        connection.close()
+    assert status == 200, body
+    # The first attempt timed out after 0.4 s and was retried with the same key; the
+    # retry waited for the first execution and got its stored 201.
+    assert body == {"status": 201, "body": {"charged": 30}, "executions": 1}

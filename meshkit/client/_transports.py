@@ -445,12 +445,16 @@ class PoolTransport(AsyncBaseTransport):
             call.prefix, call.body = await serialize(request)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = call.deadline
+        deadline = sent_deadline = call.deadline
         if self._per_try is not None and started + self._per_try < deadline:
             deadline = started + self._per_try
+            # Work behind an Idempotency-Key outlives the attempt: the server may finish
+            # it, and the retry then gets its stored result instead of running it again.
+            if "idempotency-key" not in request.headers:
+                sent_deadline = deadline
         parts = [call.prefix]
         if call.send_deadline:
-            parts += [_DEADLINE_PREFIX, deadlines.format_header(deadline - started), _CRLF]
+            parts += [_DEADLINE_PREFIX, deadlines.format_header(sent_deadline - started), _CRLF]
         for name, value in call.extra_headers:
             parts += [_header_line(name, value)]
         parts += [_CRLF, call.body]
