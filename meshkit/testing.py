@@ -320,6 +320,8 @@ class Mesh:
         ``MESHKIT_FAULTS`` spec, e.g. ``"abort=503,percent=50"``: see ``Faults``) are
         injected into the requests they serve; ``env`` adds or overrides variables.
         """
+        if faults is not None:
+            Faults.parse(faults)  # a typo fails here, not in a process's output
         started = [self._spawn(target, service, namespace, env, faults) for _ in range(instances)]
         for process in started:
             process.start(timeout=timeout)
@@ -337,13 +339,13 @@ class Mesh:
     ) -> ServiceProcess:
         home = self.directory / f"{service}-{len(self.processes) + 1}"
         mesh_env = {
+            "MESHKIT_TRUST_DOMAIN": self.authority.trust_domain,
             "MESHKIT_NAMESPACE": namespace,
             "MESHKIT_DATA_DIR": str(home),
             "MESHKIT_DEREGISTER_DELAY": "0",  # no watcher to wait for when a test ends
             "MESHKIT_DRAIN_TIMEOUT": "5",
         }
         if faults is not None:
-            Faults.parse(faults)  # a typo fails here, not in a process's output
             mesh_env["MESHKIT_FAULTS"] = faults
         process = ServiceProcess(
             target,
