@@ -48,6 +48,7 @@ from meshkit.intentions import Intentions, IntentionStore, IntentionWatcher
 from meshkit.metrics import MeshMetrics
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.middleware.deadline import DeadlineMiddleware
+from meshkit.middleware.faults import fault_middleware
 from meshkit.middleware.telemetry import SourceLabels, TelemetryMiddleware
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
 from meshkit.settings import MeshSettings
@@ -345,6 +346,7 @@ class ServiceApp(Starlette):
         # Outermost first: the caller's deadline bounds everything, authorization included.
         self.user_middleware[:0] = [
             Middleware(DeadlineMiddleware),
+            *fault_middleware(settings.faults),
             Middleware(AuthzMiddleware, routes=self.router.routes, authorizer=self.mesh.authorizer),
         ]
         for error, handler in _MESH_ERROR_HANDLERS.items():

@@ -8,6 +8,7 @@ meshkit) becomes a PEP 508 direct reference, so the project installs with pip as
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,10 @@ def render(context: dict[str, str], *, directory: Path, template: Path | None = 
         raise ConfigError(f"{directory / context['service_name']} already exists") from exc
     except CookiecutterException as exc:
         raise MeshError(f"cannot render the service template: {exc}") from exc
+    # pip byte-compiles the template's .py files when it installs the wheel, and
+    # cookiecutter copies those caches along: drop them, they belong to the template.
+    for cache in sorted(Path(project).rglob("__pycache__")):
+        shutil.rmtree(cache)
     return Path(project)
 
 

@@ -31,6 +31,64 @@ class _FieldError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Faults:
+    """Faults an instance injects into its own requests, for resilience tests.
+
+    ``MESHKIT_FAULTS`` spells them ``delay=0.2,abort=503,percent=50,path=/prefix``: of the
+    requests whose path starts with ``path`` (default every path), ``percent`` (default
+    100) wait ``delay`` seconds, then are answered ``abort`` instead of reaching the
+    handler. ``delay`` and ``abort`` may be combined; at least one is required.
+    """
+
+    delay: float = 0.0
+    abort: int | None = None
+    percent: float = 100.0
+    path: str = "/"
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise ConfigError(f"faults: {problem}")
+
+    def _problem(self) -> str | None:
+        if self.delay < 0:
+            return f"delay must not be negative, got {self.delay!r}"
+        if self.abort is not None and not 400 <= self.abort <= 599:
+            return f"abort must be an HTTP error status 400-599, got {self.abort!r}"
+        if not 0 <= self.percent <= 100:
+            return f"percent must be within 0-100, got {self.percent!r}"
+        if not self.path.startswith("/"):
+            return f"path must start with '/', got {self.path!r}"
+        if not self.delay and self.abort is None:
+            return "give delay=SECONDS and/or abort=STATUS"
+        return None
+
+    @classmethod
+    def parse(cls, spec: str) -> Faults:
+        """``delay=0.2,abort=503,percent=50,path=/prefix``; ConfigError says what is wrong."""
+        values: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            key, equals, raw = (text.strip() for text in item.partition("="))
+            if not equals or key not in _FAULT_FIELDS:
+                raise ConfigError(f"{item!r}: expected delay=, abort=, percent= or path=")
+            if key in values:
+                raise ConfigError(f"{key} is given twice")
+            try:
+                values[key] = _FAULT_FIELDS[key](raw)
+            except ValueError:
+                raise ConfigError(f"{key}={raw!r} is not a number") from None
+        return cls(**values)
+
+
+_FAULT_FIELDS: dict[str, Callable[[str], Any]] = {
+    "delay": float,
+    "abort": int,
+    "percent": float,
+    "path": str,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
 class MeshSettings:
     """How one service instance joins the mesh. Every field has a safe default."""
 
@@ -58,6 +116,7 @@ class MeshSettings:
     drain_timeout: float = 30.0
     default_policy: DefaultPolicy = "allow-mesh"
     access_log: bool = False
+    faults: Faults | None = None  # injected into this instance's requests (tests only)
 
     def __post_init__(self) -> None:
         try:
@@ -178,6 +237,15 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def _faults(raw: str) -> Faults | None:
+    if not raw.strip():
+        return None
+    try:
+        return Faults.parse(raw)
+    except ConfigError as exc:
+        raise ValueError(str(exc).removeprefix("faults: ")) from None
+
+
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "service": ("MESHKIT_SERVICE", _text),
     "namespace": ("MESHKIT_NAMESPACE", _text),
@@ -203,6 +271,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "drain_timeout": ("MESHKIT_DRAIN_TIMEOUT", _seconds),
     "default_policy": ("MESHKIT_DEFAULT_POLICY", _text),
     "access_log": ("MESHKIT_ACCESS_LOG", _flag),
+    "faults": ("MESHKIT_FAULTS", _faults),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(MeshSettings)}
 

@@ -1,5 +1,10 @@
 """Run real mesh processes inside your own tests.
 
+``Mesh`` is a whole test mesh: a test CA, a dev registry and the service instances
+you start in it, on 127.0.0.1 ephemeral ports, all stopped when it closes. The
+``mesh`` pytest fixture (``meshkit.pytest_plugin``, loaded automatically wherever
+meshkit is installed) yields one per test.
+
 ``ServiceProcess`` starts ``meshkit run MODULE:APP`` as a subprocess on ephemeral
 ports, waits until it serves, and always stops it. ``Connection`` is a blocking
 mTLS HTTP/1.1 client presenting a chosen identity, for calling services from tests.
@@ -22,8 +27,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from meshkit.ca.x509 import IssuedIdentity
+from meshkit.ca.x509 import IssuedIdentity, LocalAuthority
 from meshkit.errors import MeshError
+from meshkit.settings import Faults
 from meshkit.tls import TLSMaterial, client_context
 
 _SERVING = re.compile(r"serving mTLS on (?P<host>\S+):(?P<port>\d+), admin on \S+:(?P<admin>\d+)")
@@ -208,6 +214,7 @@ class ServiceProcess(MeshProcess):
             cwd=cwd,
         )
         self.service = service
+        self.identity = identity
 
     @property
     def port(self) -> int:
@@ -236,8 +243,9 @@ class Connection:
     def __init__(self, port: int, context: ssl.SSLContext, *, timeout: float = 10.0) -> None:
         self.http = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
 
-    def get(self, path: str) -> tuple[int, Any]:
-        self.http.request("GET", path)
+    def get(self, path: str, *, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
+        """GET ``path``: the status and the JSON body (``None`` when empty)."""
+        self.http.request("GET", path, headers=dict(headers or {}))
         response = self.http.getresponse()
         body = response.read()
         return response.status, json.loads(body) if body else None
@@ -259,3 +267,134 @@ def admin_get(port: int, path: str) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         connection.close()
+
+
+class Mesh:
+    """A test mesh: ``authority`` (a test CA), ``registry`` (a dev registry process) and
+    the ``ServiceProcess`` instances ``start`` adds. Use it as a context manager (the
+    ``mesh`` fixture does): leaving it closes every connection and stops every process.
+    """
+
+    def __init__(self, directory: Path, *, trust_domain: str = "meshkit.local") -> None:
+        self.directory = directory
+        self.authority = LocalAuthority(trust_domain)
+        self.registry = RegistryProcess()
+        self.processes: list[ServiceProcess] = []
+        self._connections: list[Connection] = []
+
+    def __enter__(self) -> Self:
+        self.registry.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.close()
+        # Callers before callees: the reverse of the order they were started in.
+        for process in reversed(self.processes):
+            process.stop()
+        self.registry.stop()
+
+    def start(
+        self,
+        target: str,
+        service: str,
+        *,
+        instances: int = 1,
+        env: Mapping[str, str] | None = None,
+        namespace: str = "default",
+        faults: str | None = None,
+        timeout: float = 30.0,
+    ) -> list[ServiceProcess]:
+        """``meshkit run target`` as ``instances`` instances of ``service``.
+
+        Each gets a certificate from ``authority``; this returns once every instance is
+        registered and passing, so callers find them at once. ``faults`` (a
+        ``MESHKIT_FAULTS`` spec, e.g. ``"abort=503,percent=50"``: see ``Faults``) are
+        injected into the requests they serve; ``env`` adds or overrides variables.
+        """
+        if faults is not None:
+            Faults.parse(faults)  # a typo fails here, not in a process's output
+        started = [self._spawn(target, service, namespace, env, faults) for _ in range(instances)]
+        for process in started:
+            process.start(timeout=timeout)
+        for process in started:
+            self._wait_until_passing(process, timeout)
+        return started
+
+    def _spawn(
+        self,
+        target: str,
+        service: str,
+        namespace: str,
+        env: Mapping[str, str] | None,
+        faults: str | None,
+    ) -> ServiceProcess:
+        home = self.directory / f"{service}-{len(self.processes) + 1}"
+        mesh_env = {
+            "MESHKIT_TRUST_DOMAIN": self.authority.trust_domain,
+            "MESHKIT_NAMESPACE": namespace,
+            "MESHKIT_DATA_DIR": str(home),
+            "MESHKIT_DEREGISTER_DELAY": "0",  # no watcher to wait for when a test ends
+            "MESHKIT_DRAIN_TIMEOUT": "5",
+        }
+        if faults is not None:
+            mesh_env["MESHKIT_FAULTS"] = faults
+        process = ServiceProcess(
+            target,
+            service=service,
+            identity=self.authority.issue(service, namespace=namespace),
+            identity_dir=home,
+            registry=self.registry.address,
+            env={**mesh_env, **(env or {})},
+        )
+        self.processes.append(process)  # owned from now on, even if it fails to start
+        return process
+
+    def _wait_until_passing(self, process: ServiceProcess, timeout: float) -> None:
+        port = int(self.registry.address.rpartition(":")[2])
+        path = f"/v1/health/service/{process.service}?passing"
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body = admin_get(port, path)
+            if status == 200 and any(
+                entry["Service"]["Port"] == process.port for entry in json.loads(body)
+            ):
+                return
+            if process.process.poll() is not None or time.monotonic() > deadline:
+                raise MeshError(
+                    f"{process.name} did not register:\n" + "\n".join(process.lines[-20:])
+                )
+            time.sleep(0.05)
+
+    def connect(
+        self,
+        process: ServiceProcess,
+        as_: str | None = "tester",
+        *,
+        namespace: str | None = None,
+        timeout: float = 10.0,
+    ) -> Connection:
+        """A connection to ``process`` presenting a certificate for service ``as_`` (in
+        ``namespace``, by default the process's own), or none when ``as_`` is None."""
+        identity = None
+        if as_ is not None:
+            if namespace is None:
+                own = process.identity.spiffe_id.namespace if process.identity else None
+                namespace = own or "default"
+            identity = self.authority.issue(as_, namespace=namespace)
+        context = context_for(identity, self.authority.bundle_pem)
+        connection = Connection(process.port, context, timeout=timeout)
+        self._connections.append(connection)
+        return connection
+
+    def kill(self, process: ServiceProcess) -> None:
+        """SIGKILL ``process``: it vanishes without deregistering, as in a crash."""
+        process.kill()

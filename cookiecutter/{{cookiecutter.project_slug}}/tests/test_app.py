@@ -3,46 +3,31 @@
 from __future__ import annotations
 
 import ssl
-import time
-from pathlib import Path
 
 import pytest
 
-from meshkit import ServiceApp
-from meshkit.ca.x509 import LocalAuthority
-from meshkit.testing import Connection, ServiceProcess, admin_get, context_for
-from tests.conftest import HAS_REGISTRY, NAMESPACE, SERVICE, start
+from meshkit.testing import Mesh, ServiceProcess, admin_get
+from tests.conftest import APP, NAMESPACE, SERVICE
+
+ALLOWED = "{{ cookiecutter.allowed_caller }}"
+UPSTREAM = "{{ cookiecutter.upstream_service }}"
+STUB = "tests.upstream_stub:app"
 
 
-def _get(service: ServiceProcess, context: ssl.SSLContext, path: str) -> tuple[int, object]:
-    connection = Connection(service.port, context)
-    try:
-        return connection.get(path)
-    finally:
-        connection.close()
+def test_the_allowed_caller_is_answered(mesh: Mesh, service: ServiceProcess) -> None:
+    status, body = mesh.connect(service, as_=ALLOWED).get("/hello")
+    assert (status, body) == (200, {"service": SERVICE, "caller": ALLOWED})
 
 
-def test_the_allowed_caller_is_answered(service: ServiceProcess, authority: LocalAuthority) -> None:
-    caller = authority.issue("{{ cookiecutter.allowed_caller }}", namespace=NAMESPACE)
-    status, body = _get(service, context_for(caller, authority.bundle_pem), "/hello")
-    assert status == 200
-    assert body == {
-        "service": "{{ cookiecutter.service_name }}",
-        "caller": "{{ cookiecutter.allowed_caller }}",
-    }
-
-
-def test_other_callers_are_refused(service: ServiceProcess, authority: LocalAuthority) -> None:
-    stranger = authority.issue("not-{{ cookiecutter.allowed_caller }}", namespace=NAMESPACE)
-    status, _ = _get(service, context_for(stranger, authority.bundle_pem), "/hello")
-    assert status == 403
+def test_other_callers_are_refused(mesh: Mesh, service: ServiceProcess) -> None:
+    assert mesh.connect(service, as_=f"not-{ALLOWED}").get("/hello")[0] == 403
 
 
 def test_callers_without_a_certificate_cannot_connect(
-    service: ServiceProcess, authority: LocalAuthority
+    mesh: Mesh, service: ServiceProcess
 ) -> None:
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        _get(service, context_for(None, authority.bundle_pem), "/hello")
+        mesh.connect(service, as_=None).get("/hello")
 
 
 def test_the_admin_port_reports_ready(service: ServiceProcess) -> None:
@@ -50,30 +35,17 @@ def test_the_admin_port_reports_ready(service: ServiceProcess) -> None:
     assert admin_get(service.admin_port, "/healthz")[0] == 200
 
 
-# TODO(meshkit>=0.2): every meshkit has the mesh client; drop this check.
-MESH_CLIENT = hasattr(ServiceApp, "client") and HAS_REGISTRY
+def test_upstream_is_called_through_the_mesh(mesh: Mesh) -> None:
+    # A stub stands in for {{ cookiecutter.upstream_service }}; the service finds it by name.
+    mesh.start(STUB, UPSTREAM, namespace=NAMESPACE)
+    (service,) = mesh.start(APP, SERVICE, namespace=NAMESPACE)
+    status, body = mesh.connect(service, as_=ALLOWED).get("/upstream")
+    assert (status, body) == (200, {"upstream": {"stub": True, "caller": SERVICE}})
 
 
-@pytest.mark.skipif(not MESH_CLIENT, reason="this meshkit has no mesh client yet")
-def test_upstream_is_called_through_the_mesh(
-    authority: LocalAuthority, tmp_path: Path, registry_env: dict[str, str]
-) -> None:
-    upstream = "{{ cookiecutter.upstream_service }}"
-    stub = start("tests.upstream_stub:app", upstream, authority, tmp_path, registry_env)
-    try:
-        service = start(
-            "{{ cookiecutter.package_name }}.app:app", SERVICE, authority, tmp_path, registry_env
-        )
-        try:
-            caller = authority.issue("{{ cookiecutter.allowed_caller }}", namespace=NAMESPACE)
-            context = context_for(caller, authority.bundle_pem)
-            # The registry marks a new instance healthy within a few seconds.
-            deadline = time.monotonic() + 15
-            while (answer := _get(service, context, "/upstream"))[0] != 200:
-                assert time.monotonic() < deadline, answer
-                time.sleep(0.2)
-        finally:
-            service.stop()
-    finally:
-        stub.stop()
-    assert answer[1] == {"upstream": {"stub": True, "caller": SERVICE}}
+def test_an_upstream_failing_on_every_try_is_reported(mesh: Mesh) -> None:
+    # Fault injection: the stub answers 503 to every request; the mesh client retries
+    # (the call is a GET), then hands the last answer back.
+    mesh.start(STUB, UPSTREAM, namespace=NAMESPACE, faults="abort=503")
+    (service,) = mesh.start(APP, SERVICE, namespace=NAMESPACE)
+    assert mesh.connect(service, as_=ALLOWED).get("/upstream")[0] == 503

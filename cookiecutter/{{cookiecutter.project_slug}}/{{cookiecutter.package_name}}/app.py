@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from meshkit import MeshSettings, RequestError, ServiceApp, peer_identity
-from {{ cookiecutter.package_name }}._policy import allow
+from meshkit.policy import allow
 
 SERVICE = "{{ cookiecutter.service_name }}"
 NAMESPACE = "{{ cookiecutter.namespace }}"
