@@ -28,7 +28,7 @@ from meshkit.errors import (
 )
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.policy import allow, concurrency, deny, idempotent, rate_limit, timeout
-from meshkit.settings import MeshSettings
+from meshkit.settings import Faults, MeshSettings
 from meshkit.tls import TLSMaterial
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "ClientPolicy",
     "ConfigError",
     "DeadlineExceeded",
+    "Faults",
     "IdentityError",
     "MeshClient",
     "MeshError",
