@@ -282,8 +282,13 @@ class SpanStarter:
             parent = None
             trace_id, random_id = ids.generate_trace_id(), ids.is_trace_id_random()
         if rule(parent, trace_id):
+            if parent is not None:
+                return tracer.start_span(name, context=context, kind=kind)
             ids.preset = trace_id  # the SDK's sampler sees the trace id decided on here
-            return tracer.start_span(name, context=context, kind=kind)
+            try:
+                return tracer.start_span(name, context=context, kind=kind)
+            finally:
+                ids.preset = None
         span_context = SpanContext(
             trace_id,
             ids.generate_span_id(),

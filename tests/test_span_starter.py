@@ -50,6 +50,19 @@ def test_root_spans_sampled_by_trace_id_ratio_exactly() -> None:
             assert context.trace_flags.random_trace_id  # as the SDK sets it
 
 
+def test_every_root_gets_a_new_trace_id() -> None:
+    provider, _ = provider_with(ParentBased(TraceIdRatioBased(0.5)))
+    starter = SpanStarter(provider)
+    trace_ids = []
+    for _ in range(100):
+        root = starter.start("GET", SpanKind.SERVER, Context())
+        child = starter.start("GET", SpanKind.CLIENT, trace.set_span_in_context(root))
+        assert child.get_span_context().trace_id == root.get_span_context().trace_id
+        assert child.is_recording() == root.is_recording()
+        trace_ids.append(root.get_span_context().trace_id)
+    assert len(set(trace_ids)) == 100
+
+
 def test_unsampled_remote_parent_propagates_its_trace() -> None:
     provider, exporter = provider_with(ParentBased(ALWAYS_ON))
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
