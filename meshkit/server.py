@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -306,6 +307,7 @@ class MeshServer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._run, service, sock)
             await service.listening.wait()
+            _freeze_startup_objects()
             self.app.mesh.set_ready(True)
             logger.info(
                 "%s serving mTLS on %s:%d, admin on %s:%d",
@@ -340,6 +342,20 @@ class MeshServer:
     def _on_signal(self, sig: int) -> None:
         logger.info("received %s: draining", signal.Signals(sig).name)
         self._stop.set()
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what startup built (modules, the app, the SDK, TLS state: ~65k objects, all
+    living as long as the process) out of the cyclic collector's full passes.
+
+    Under load a mesh caller's spans and pooled objects survive long enough to trigger
+    full collections, each walking every object of the process: ~25 ms with the event
+    loop stopped, several per second: a latency tail and ~8 µs of CPU per request.
+    Frozen, those passes walk only what was made since (what CPython's docs advise
+    for pre-fork servers, here after startup instead).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(app: ServiceApp) -> None:
