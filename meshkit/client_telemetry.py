@@ -33,7 +33,7 @@ from meshkit.client._hooks import (
     RetryScheduled,
 )
 from meshkit.metrics import KNOWN_METHODS, MeshMetrics
-from meshkit.tracing import append_context_headers, get_tracer
+from meshkit.tracing import SpanStarter, append_context_headers
 
 
 class ClientTelemetry(BaseClientHooks):
@@ -44,10 +44,10 @@ class ClientTelemetry(BaseClientHooks):
         self, metrics: MeshMetrics, *, tracer_provider: trace.TracerProvider | None = None
     ) -> None:
         self.metrics = metrics
-        self._tracer = get_tracer(tracer_provider)
+        self._spans = SpanStarter(tracer_provider)
 
     def on_call_start(self, event: CallStarted) -> object:
-        span = self._tracer.start_span(_span_name(event.method), kind=SpanKind.CLIENT)
+        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT)
         token = otel_context.attach(trace.set_span_in_context(span))
         return span, token
 
@@ -66,7 +66,7 @@ class ClientTelemetry(BaseClientHooks):
         span.end()
 
     def on_attempt_start(self, event: AttemptStarted) -> object:
-        span = self._tracer.start_span(_span_name(event.method), kind=SpanKind.CLIENT)
+        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT)
         append_context_headers(event.headers, trace.set_span_in_context(span))
         return span
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -23,7 +24,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -81,11 +82,56 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
         self._tls = tls_extension(ssl_object) if ssl_object is not None else None
+        # Flow control (set up above) keeps the real transport; writes go through this.
+        self.transport = CoalescingTransport(transport)  # type: ignore[assignment]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._tls is not None:
             self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
+
+
+class CoalescingTransport:
+    """A transport whose writes of one event-loop iteration leave in one write.
+
+    uvicorn writes a response's status line and headers, then its body: two writes,
+    which over TLS are two records, two encryptions and two ``send`` calls, a large share
+    of a small response's CPU. Buffering until the end of the iteration (or a close)
+    sends both at once; the order of bytes is unchanged. Everything else is the real
+    transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _QuietServer(uvicorn.Server):
@@ -261,6 +307,7 @@ class MeshServer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._run, service, sock)
             await service.listening.wait()
+            _freeze_startup_objects()
             self.app.mesh.set_ready(True)
             logger.info(
                 "%s serving mTLS on %s:%d, admin on %s:%d",
@@ -295,6 +342,20 @@ class MeshServer:
     def _on_signal(self, sig: int) -> None:
         logger.info("received %s: draining", signal.Signals(sig).name)
         self._stop.set()
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what startup built (modules, the app, the SDK, TLS state: ~65k objects, all
+    living as long as the process) out of the cyclic collector's full passes.
+
+    Under load a mesh caller's spans and pooled objects survive long enough to trigger
+    full collections, each walking every object of the process: ~25 ms with the event
+    loop stopped, several per second: a latency tail and ~8 µs of CPU per request.
+    Frozen, those passes walk only what was made since (what CPython's docs advise
+    for pre-fork servers, here after startup instead).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(app: ServiceApp) -> None:

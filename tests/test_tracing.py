@@ -127,3 +127,42 @@ def test_append_context_headers_carries_the_span_and_baggage() -> None:
     trace_id = format(span.get_span_context().trace_id, "032x")
     assert names["traceparent"].split("-")[1] == trace_id
     assert names["baggage"] == "tenant=acme"
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"traceparent", f"00-{TRACE}-00f067aa0ba902b7-01".encode())],
+        [(b"traceparent", f"00-{TRACE}-00f067aa0ba902b7-00".encode())],
+        [(b"traceparent", f"00-{TRACE.upper()}-00f067aa0ba902b7-01".encode())],
+        [(b"traceparent", f"00-{'0' * 32}-00f067aa0ba902b7-01".encode())],
+        [(b"traceparent", f"00-{TRACE}-{'0' * 16}-01".encode())],
+        [(b"traceparent", f"00-{TRACE}-00f067aa0ba902b7-01-extra".encode())],
+        [(b"traceparent", f"01-{TRACE}-00f067aa0ba902b7-03-extra".encode())],
+        [(b"traceparent", f"ff-{TRACE}-00f067aa0ba902b7-01".encode())],
+        [(b"traceparent", f" 00-{TRACE}-00f067aa0ba902b7-01\t".encode())],
+        [(b"traceparent", f"00-{TRACE}-00f067aa0ba902b7-01".encode()), (b"tracestate", b"a=1")],
+        [(b"traceparent", f"00-{TRACE}-00f067aa0ba902b7-01".encode()), (b"baggage", b"k=v")],
+        [
+            (b"traceparent", f"00-{TRACE}-00f067aa0ba902b7-01".encode()),
+            (b"traceparent", f"00-{TRACE}-1111111111111111-00".encode()),
+        ],
+    ],
+)
+def test_extract_reads_as_the_w3c_propagators(headers: list[tuple[bytes, bytes]]) -> None:
+    from opentelemetry import baggage
+    from opentelemetry.context import Context
+
+    from meshkit.tracing import MESH_PROPAGATOR
+
+    ours = extract_context(headers)
+    textual = {name.decode(): value.decode() for name, value in reversed(headers)}
+    theirs = MESH_PROPAGATOR.extract(textual, context=Context())
+    assert (
+        trace.get_current_span(ours).get_span_context()
+        == trace.get_current_span(theirs).get_span_context()
+    )
+    assert baggage.get_all(ours) == baggage.get_all(theirs)

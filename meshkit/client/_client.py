@@ -69,6 +69,7 @@ class MeshClient(AsyncClient):
         del self.headers["accept-encoding"]
         self.destination = destination
         self._urls: dict[str, URL] = {}
+        self._templates: dict[tuple[str, str], tuple[list[tuple[bytes, bytes]], Request]] = {}
 
     async def request(
         self,
@@ -119,15 +120,40 @@ class MeshClient(AsyncClient):
                 extensions=extensions,
             )
         assert isinstance(url, str)
-        target = self._urls.get(url) or self._remember(url)
-        merged = self.headers
-        if headers is not None:
-            merged = Headers(merged)
-            merged.update(headers)
-        request = Request(
-            method, target, headers=merged, content=content, json=json, extensions=extensions
-        )
+        if content is None and json is None and headers is None:
+            request = self._bodiless(method, url, extensions)
+        else:
+            target = self._urls.get(url) or self._remember(url)
+            merged = self.headers
+            if headers is not None:
+                merged = Headers(merged)
+                merged.update(headers)
+            request = Request(
+                method, target, headers=merged, content=content, json=json, extensions=extensions
+            )
         return await self._transport.handle_async_request(request)
+
+    def _bodiless(self, method: str, url: str, extensions: dict[str, Any]) -> Request:
+        """A request with no body and the client's headers: a copy of one built before.
+
+        httpx's ``Request()`` derives the same headers, Host and empty body again on every
+        call (~10 µs, a tenth of a mesh call's CPU); copying its attributes costs ~1 µs.
+        The copy gets its own headers and extensions, so the transports may add to them.
+        """
+        key = (method, url)
+        client_headers = self.headers.raw
+        cached = self._templates.get(key)
+        if cached is None or cached[0] != client_headers:  # the client's headers changed
+            target = self._urls.get(url) or self._remember(url)
+            cached = (client_headers, Request(method, target, headers=self.headers))
+            if len(self._templates) < _URL_CACHE_SIZE:
+                self._templates[key] = cached
+        template = cached[1]
+        request = Request.__new__(Request)
+        vars(request).update(vars(template))
+        request.headers = Headers(template.headers)
+        request.extensions = extensions
+        return request
 
     def _plain(self) -> bool:
         """Nothing configured that only httpx's full path implements."""

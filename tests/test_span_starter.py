@@ -1,0 +1,120 @@
+"""SpanStarter takes the SDK's sampling decision itself: the same spans, the same ids."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+
+from meshkit.tracing import SpanStarter, extract_context
+
+LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
+
+
+def provider_with(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_root_spans_sampled_by_trace_id_ratio_exactly() -> None:
+    sampler = TraceIdRatioBased(0.5)
+    provider, exporter = provider_with(ParentBased(sampler))
+    starter = SpanStarter(provider)
+    spans = [starter.start("GET", SpanKind.SERVER, Context()) for _ in range(400)]
+    for span in spans:
+        span.end()
+    sampled = {span.context.trace_id for span in exporter.get_finished_spans() if span.context}
+    assert 100 < len(sampled) < 300  # both decisions happen
+    for span in spans:
+        context = span.get_span_context()
+        assert context.is_valid
+        is_sampled = context.trace_id & LIMIT < sampler.bound
+        # The SDK recorded exactly the spans whose trace id the ratio samples.
+        assert context.trace_flags.sampled == is_sampled
+        assert (context.trace_id in sampled) == is_sampled
+        if not is_sampled:
+            assert isinstance(span, NonRecordingSpan)
+            assert context.trace_flags.random_trace_id  # as the SDK sets it
+
+
+def test_every_root_gets_a_new_trace_id() -> None:
+    provider, _ = provider_with(ParentBased(TraceIdRatioBased(0.5)))
+    starter = SpanStarter(provider)
+    trace_ids = []
+    for _ in range(100):
+        root = starter.start("GET", SpanKind.SERVER, Context())
+        child = starter.start("GET", SpanKind.CLIENT, trace.set_span_in_context(root))
+        assert child.get_span_context().trace_id == root.get_span_context().trace_id
+        assert child.is_recording() == root.is_recording()
+        trace_ids.append(root.get_span_context().trace_id)
+    assert len(set(trace_ids)) == 100
+
+
+def test_unsampled_remote_parent_propagates_its_trace() -> None:
+    provider, exporter = provider_with(ParentBased(ALWAYS_ON))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = [
+        (b"traceparent", f"00-{trace_id}-00f067aa0ba902b7-00".encode()),
+        (b"tracestate", b"vendor=value"),
+    ]
+    span = SpanStarter(provider).start("GET", SpanKind.SERVER, extract_context(headers))
+    context = span.get_span_context()
+    assert isinstance(span, NonRecordingSpan)
+    assert f"{context.trace_id:032x}" == trace_id
+    assert context.span_id not in (0, 0x00F067AA0BA902B7)
+    assert not context.trace_flags.sampled and not context.is_remote
+    assert context.trace_state == TraceState([("vendor", "value")])
+    span.end()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_sampled_parent_is_honoured_whatever_the_ratio() -> None:
+    provider, exporter = provider_with(ParentBased(TraceIdRatioBased(0.0)))
+    parent = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    SpanStarter(provider).start("GET", SpanKind.SERVER, context).end()
+    (finished,) = exporter.get_finished_spans()
+    assert finished.context is not None and finished.context.trace_id == 0xABC
+    assert finished.parent is not None and finished.parent.span_id == 0xDEF
+
+
+class EveryOther(Sampler):
+    """Not a pure function of the trace id: SpanStarter must leave it to the SDK."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def should_sample(self, *args: object, **kwargs: object) -> SamplingResult:
+        self.calls += 1
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if self.calls % 2 else Decision.DROP)
+
+    def get_description(self) -> str:
+        return "EveryOther"
+
+
+def test_other_samplers_decide_in_the_sdk() -> None:
+    sampler = EveryOther()
+    provider, exporter = provider_with(sampler)
+    starter = SpanStarter(provider)
+    for _ in range(4):
+        starter.start("GET", SpanKind.CLIENT).end()
+    assert sampler.calls == 4
+    assert len(exporter.get_finished_spans()) == 2
+
+
+def test_no_sdk_means_no_tracing() -> None:
+    starter = SpanStarter(trace.NoOpTracerProvider())
+    assert not starter.tracing
