@@ -7,25 +7,13 @@ the load generator by calling ``callee`` through the mesh client (one mesh hop).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meshkit import ServiceApp
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-try:
-    from meshkit.policy import allow
-except ImportError:  # policies not merged yet: M1 then runs without its @allow
-
-    def allow(*callers: str, anonymous: bool = False, mesh: bool = False) -> Callable[[F], F]:
-        return lambda endpoint: endpoint
-
+from meshkit.policy import allow
 
 PAYLOAD = {
     "service": "callee",

@@ -85,39 +85,9 @@ def envoy_missing() -> str | None:
     return None
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:
-    found: set[str] = set()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found.add(prefix + name)
-                found |= _commands(sub, prefix + name + " ")
-    return found
-
-
-def mesh_missing() -> str | None:
-    """Why path M cannot run yet: it needs the client, policies, CA and registry merged."""
-    from meshkit import ServiceApp
-    from meshkit.cli import build_parser
-
-    missing = []
-    try:
-        from meshkit.policy import allow  # noqa: F401
-    except ImportError:
-        missing.append("meshkit.policy (@allow)")
-    if not callable(getattr(ServiceApp, "client", None)):
-        missing.append("ServiceApp.client() (the mesh client)")
-    commands = _commands(build_parser())
-    needed = ("ca init", "ca serve", "ca token create", "ca bootstrap", "registry serve")
-    missing += [f"`meshkit {command}`" for command in needed if command not in commands]
-    return f"not merged yet: {', '.join(missing)}" if missing else None
-
-
 def unavailable(path: str) -> str | None:
     if path == "C":
         return envoy_missing()
-    if path == "M":
-        return mesh_missing()
     return None
 
 

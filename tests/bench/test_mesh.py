@@ -20,7 +20,7 @@ from bench import _profile as profile
 from bench import _report as report
 from bench._envoy import Identity, client_sidecar_config, server_sidecar_config
 from bench._paths import spiffe
-from bench.mesh import envoy_missing, mesh_missing
+from bench.mesh import envoy_missing
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +95,6 @@ def test_envoy_sidecar_path_serves_through_mtls(tmp_path: Path) -> None:
     assert all(gone(pid) for pid in started_pids(stderr))
 
 
-@pytest.mark.skipif(mesh_missing() is not None, reason=f"path M: {mesh_missing()}")
 def test_meshkit_path_calls_through_the_mesh_client(tmp_path: Path) -> None:
     line, _, stderr = run_bench("--paths", "M1,M", *TINY, out=tmp_path)
     assert line["skipped"] == {}
