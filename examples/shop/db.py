@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,7 +74,7 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = self._connect()
         try:
-            connection.execute("PRAGMA journal_mode = WAL")
+            _use_wal(connection)
         finally:
             connection.close()
         with self._transaction() as connection:
@@ -128,3 +129,23 @@ def database_lifespan(
         yield
 
     return lifespan
+
+
+def _use_wal(connection: sqlite3.Connection, *, attempts: int = 100) -> None:
+    """Switch the file to WAL (persistent: once is enough for every instance).
+
+    Changing the journal mode while another instance holds a lock answers "database is
+    locked" at once, without waiting on the busy timeout, so it is retried here.
+    """
+    for _ in range(attempts):
+        try:
+            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode == "wal":
+                return
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.05)
+    raise sqlite3.OperationalError("could not switch the database to WAL: still locked")
