@@ -99,6 +99,10 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
     config = uvicorn.Config(
         app, loop="uvloop", lifespan="off", access_log=False, log_level="error", **options
     )
+    # As `meshkit run` does once it serves, in every mode alike.
+    from meshkit.server import freeze_startup_objects
+
+    freeze_startup_objects()
     uvicorn.Server(config).run(sockets=[sock])
 
 

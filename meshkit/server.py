@@ -307,7 +307,7 @@ class MeshServer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._run, service, sock)
             await service.listening.wait()
-            _freeze_startup_objects()
+            freeze_startup_objects()
             self.app.mesh.set_ready(True)
             logger.info(
                 "%s serving mTLS on %s:%d, admin on %s:%d",
@@ -344,7 +344,7 @@ class MeshServer:
         self._stop.set()
 
 
-def _freeze_startup_objects() -> None:
+def freeze_startup_objects() -> None:
     """Keep what startup built (modules, the app, the SDK, TLS state: ~65k objects, all
     living as long as the process) out of the cyclic collector's full passes.
 
