@@ -12,6 +12,7 @@ builds a ``TracerProvider`` for ``meshkit run``, which owns the process.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from importlib import metadata
 from typing import cast
@@ -283,6 +284,7 @@ class SpanStarter:
     def __init__(self, tracer_provider: trace.TracerProvider | None) -> None:
         self._tracer = get_tracer(tracer_provider)
         self._provider: trace.TracerProvider | None = None
+        self._next_check = 0.0
         self._resolved: tuple[trace.Tracer, SamplingRule | None] = (self._tracer, None)
         if not isinstance(self._tracer, trace.ProxyTracer):
             self._resolved = (self._tracer, _sampling_rule(self._tracer))
@@ -324,8 +326,11 @@ class SpanStarter:
         return NonRecordingSpan(span_context)
 
     def _current(self) -> tuple[trace.Tracer, SamplingRule | None]:
-        if isinstance(self._tracer, trace.ProxyTracer):
-            # The global provider may be installed after the app is built: follow it.
+        if isinstance(self._tracer, trace.ProxyTracer) and time.monotonic() >= self._next_check:
+            # The global provider may be installed after the app is built: follow it, but
+            # look at most once a second, since while none is set the API reads
+            # os.environ on every call (~1 µs a request for nothing).
+            self._next_check = time.monotonic() + _PROVIDER_RECHECK_SECONDS
             provider = trace.get_tracer_provider()
             if provider is not self._provider:
                 self._provider = provider
@@ -335,6 +340,9 @@ class SpanStarter:
                     tracer = get_tracer(provider)
                     self._resolved = (tracer, _sampling_rule(tracer))
         return self._resolved
+
+
+_PROVIDER_RECHECK_SECONDS = 1.0
 
 
 class _PresetTraceIds(IdGenerator):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import types
+
+import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
@@ -17,6 +20,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
+import meshkit.tracing
 from meshkit.tracing import SpanStarter, extract_context
 
 LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
@@ -118,3 +122,18 @@ def test_other_samplers_decide_in_the_sdk() -> None:
 def test_no_sdk_means_no_tracing() -> None:
     starter = SpanStarter(trace.NoOpTracerProvider())
     assert not starter.tracing
+
+
+def test_a_global_provider_installed_later_is_followed_within_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = types.SimpleNamespace(now=100.0)
+    monkeypatch.setattr(meshkit.tracing, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    starter = meshkit.tracing.SpanStarter(None)
+    assert not starter.tracing  # no SDK anywhere yet
+    sdk = TracerProvider()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: sdk)
+    clock.now += 0.5
+    assert not starter.tracing  # the global provider is looked up at most once a second
+    clock.now += 0.6
+    assert starter.tracing
