@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import anyio
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -16,44 +11,17 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp
 
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import MeshClientFactory
 from meshkit.client_telemetry import ClientTelemetry
 from meshkit.metrics import MeshMetrics
 from meshkit.middleware.telemetry import TelemetryMiddleware
-from meshkit.server import MeshHttpToolsProtocol
 from meshkit.settings import MeshSettings
-from meshkit.tls import TLSContexts
-from tests.client.helpers import StaticSource, contexts, endpoint
+from tests.client.helpers import StaticSource, contexts, endpoint, serve
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 EDGE_SPAN = "00f067aa0ba902b7"
-
-
-@asynccontextmanager
-async def serve(app: ASGIApp, tls: TLSContexts) -> AsyncIterator[int]:
-    """uvicorn with strict mTLS, the verified caller in the scope; yields the port."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        http=MeshHttpToolsProtocol,
-        lifespan="off",
-        log_level="warning",
-        ssl_context_factory=lambda _config, _default: tls.listening_context,
-    )
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as group:
-        group.start_soon(server.serve)
-        with anyio.fail_after(10):
-            while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
-                await anyio.sleep(0.01)
-        try:
-            yield server.servers[0].sockets[0].getsockname()[1]
-        finally:
-            server.should_exit = True
 
 
 def traced() -> tuple[TracerProvider, InMemorySpanExporter]:

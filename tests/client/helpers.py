@@ -13,6 +13,7 @@ from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import ClientPolicy, MeshClientFactory
 from meshkit.client._hooks import BaseClientHooks
 from meshkit.registry.base import Endpoint
+from meshkit.server import MeshHttpToolsProtocol
 from meshkit.settings import MeshSettings
 from meshkit.tls import TLSContexts, TLSMaterial
 
@@ -46,11 +47,13 @@ def endpoint(service: str, port: int, instance: str | None = None) -> Endpoint:
 
 @asynccontextmanager
 async def serve(app: Any, tls: TLSContexts) -> AsyncIterator[int]:
-    """Run ``app`` under uvicorn with strict mTLS on an ephemeral port; yield the port."""
+    """Run ``app`` under uvicorn with strict mTLS on an ephemeral port, the verified caller
+    in the scope (meshkit's protocol); yield the port."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=0,
+        http=MeshHttpToolsProtocol,
         lifespan="off",
         log_level="warning",
         ssl_context_factory=lambda _config, _default: tls.listening_context,
