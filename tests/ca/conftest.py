@@ -5,6 +5,7 @@ import json
 import os
 import re
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,22 @@ def call(
 
 def world_readable(path: Path) -> None:
     os.chmod(path, 0o644)
+
+
+def openssl_verify(
+    directory: Path, *, leaf_pem: str, intermediate_pem: str, bundle_pem: str, purpose: str
+) -> subprocess.CompletedProcess[str]:
+    """``openssl verify`` of a leaf against the bundle, with its intermediate untrusted."""
+    paths = {"leaf": leaf_pem, "intermediate": intermediate_pem, "bundle": bundle_pem}
+    for name, pem in paths.items():
+        (directory / f"{name}.pem").write_text(pem)
+    return subprocess.run(
+        [
+            "openssl", "verify", "-purpose", purpose,
+            "-CAfile", str(directory / "bundle.pem"),
+            "-untrusted", str(directory / "intermediate.pem"),
+            str(directory / "leaf.pem"),
+        ],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip

@@ -3,7 +3,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from meshkit.ca.x509 import (
 )
 from meshkit.errors import CAError, CARefused
 from meshkit.identity import SpiffeId
+from tests.ca.conftest import openssl_verify
 
 WEB = SpiffeId.parse("spiffe://example.org/ns/default/svc/web")
 
@@ -58,18 +58,13 @@ def test_issued_certificates_pass_openssl_verify(
     authority: Authority, ca_store: CAStore, tmp_path: Path
 ) -> None:
     issued = authority.issue(authority.parse_csr(csr_pem(build_csr(new_private_key()))), WEB)
-    (tmp_path / "leaf.pem").write_text(issued.chain_pem[0])
-    (tmp_path / "intermediate.pem").write_text(issued.chain_pem[1])
-    result = subprocess.run(
-        [
-            "openssl", "verify", "-purpose", "sslclient",
-            "-CAfile", str(ca_store.directory / "bundle.pem"),
-            "-untrusted", str(tmp_path / "intermediate.pem"),
-            str(tmp_path / "leaf.pem"),
-        ],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    result = openssl_verify(
+        tmp_path,
+        leaf_pem=issued.chain_pem[0],
+        intermediate_pem=issued.chain_pem[1],
+        bundle_pem=ca_store.bundle_pem,
+        purpose="sslclient",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -33,7 +33,7 @@ from meshkit.ca.x509 import (
 )
 from meshkit.identity import SpiffeId
 from meshkit.testing import CAProcess
-from tests.ca.conftest import call, make_token, trusting
+from tests.ca.conftest import call, make_token, openssl_verify, trusting
 from tests.ca.test_authority import tamper_signature
 
 
@@ -76,19 +76,13 @@ def test_issued_certificates_pass_openssl_verify(
     ca_server: CAProcess, ca_store: CAStore, tmp_path: Path
 ) -> None:
     _, _, answer = _sign(ca_server, ca_store, make_token(ca_store, "web"), _csr()[1])
-    (tmp_path / "leaf.pem").write_text(answer["chain"][0])
-    (tmp_path / "intermediate.pem").write_text(answer["chain"][1])
-    (tmp_path / "bundle.pem").write_text(answer["bundle"])
-    result = subprocess.run(
-        [
-            "openssl", "verify", "-purpose", "sslserver",
-            "-CAfile", str(tmp_path / "bundle.pem"),
-            "-untrusted", str(tmp_path / "intermediate.pem"),
-            str(tmp_path / "leaf.pem"),
-        ],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    result = openssl_verify(
+        tmp_path,
+        leaf_pem=answer["chain"][0],
+        intermediate_pem=answer["chain"][1],
+        bundle_pem=answer["bundle"],
+        purpose="sslserver",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
