@@ -135,9 +135,7 @@ def peer_identity(request: Any) -> SpiffeId | None:
     None when the connection was not mutual TLS or the certificate held no SPIFFE ID.
     """
     # dict first: an ASGI scope is a dict, and the ABC check costs ~7x more per request.
-    scope: Mapping[str, Any] = (
-        request if isinstance(request, dict | Mapping) else request.scope
-    )
+    scope: Mapping[str, Any] = request if isinstance(request, dict | Mapping) else request.scope
     tls = scope.get("extensions", {}).get("tls")
     if not tls:
         return None
