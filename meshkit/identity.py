@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -33,12 +33,24 @@ class SpiffeId:
 
     trust_domain: str
     path: str
+    # Derived once: telemetry reads them on every request of a connection.
+    namespace: str | None = field(init=False, repr=False, compare=False)
+    """The namespace of a ``/ns/<ns>/svc/<name>`` ID, else None."""
+    service: str | None = field(init=False, repr=False, compare=False)
+    """The service name of a ``/ns/<ns>/svc/<name>`` ID, else None."""
+    _uri: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_trust_domain(self.trust_domain)
         _check_path(self.path)
-        if len(str(self).encode()) > _MAX_ID_BYTES:
+        uri = f"{_SCHEME}{self.trust_domain}{self.path}"
+        if len(uri.encode()) > _MAX_ID_BYTES:
             raise IdentityError(f"SPIFFE ID longer than {_MAX_ID_BYTES} bytes")
+        parts = self.path.split("/")
+        is_service = len(parts) == 5 and parts[1] == "ns" and parts[3] == "svc"
+        object.__setattr__(self, "namespace", parts[2] if is_service else None)
+        object.__setattr__(self, "service", parts[4] if is_service else None)
+        object.__setattr__(self, "_uri", uri)
 
     @classmethod
     def parse(cls, uri: str) -> SpiffeId:
@@ -55,23 +67,8 @@ class SpiffeId:
     def for_service(cls, trust_domain: str, namespace: str, service: str) -> SpiffeId:
         return cls(trust_domain, f"/ns/{namespace}/svc/{service}")
 
-    @property
-    def namespace(self) -> str | None:
-        parts = self.path.split("/")
-        return parts[2] if _is_service_path(parts) else None
-
-    @property
-    def service(self) -> str | None:
-        """The service name for a ``/ns/<ns>/svc/<name>`` ID, else None."""
-        parts = self.path.split("/")
-        return parts[4] if _is_service_path(parts) else None
-
     def __str__(self) -> str:
-        return f"{_SCHEME}{self.trust_domain}{self.path}"
-
-
-def _is_service_path(parts: list[str]) -> bool:
-    return len(parts) == 5 and parts[1] == "ns" and parts[3] == "svc"
+        return self._uri
 
 
 def _check_trust_domain(trust_domain: str) -> None:
