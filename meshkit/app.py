@@ -49,7 +49,7 @@ from meshkit.metrics import MeshMetrics
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.middleware.deadline import DeadlineMiddleware
 from meshkit.middleware.faults import fault_middleware
-from meshkit.middleware.telemetry import SourceLabels, TelemetryMiddleware
+from meshkit.middleware.telemetry import TelemetryMiddleware, source_label
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
 from meshkit.settings import MeshSettings
 from meshkit.tls import FileIdentityWatcher, TLSContexts
@@ -79,7 +79,6 @@ class MeshRuntime:
         self.ready = False
         self.startup_error: MeshError | None = None
         self.metrics = MeshMetrics(metrics_registry)
-        self._sources = SourceLabels()
         self.intentions = Intentions()
         self.instance_id = f"{settings.service}-{uuid.uuid4().hex[:12]}"
         self.registration: ServiceRegistration | None = None
@@ -90,7 +89,7 @@ class MeshRuntime:
         self.admin_app = AdminApp(self)
 
     def _count_denial(self, caller: SpiffeId | None, route: str, reason: str) -> None:
-        self.metrics.policy_denied(self._sources.label(caller), route, reason)
+        self.metrics.policy_denied(source_label(caller), route, reason)
 
     def configure(self, settings: MeshSettings) -> None:
         """New settings before serving (``app.run(port=...)``); the middleware that holds

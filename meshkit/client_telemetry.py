@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from meshkit._spans import SpanStarter, set_mesh_attributes
 from meshkit.client._hooks import (
     AttemptEnded,
     AttemptStarted,
@@ -33,7 +34,7 @@ from meshkit.client._hooks import (
     RetryScheduled,
 )
 from meshkit.metrics import KNOWN_METHODS, MeshMetrics
-from meshkit.tracing import SpanStarter, append_context_headers
+from meshkit.tracing import append_context_headers
 
 
 class ClientTelemetry(BaseClientHooks):
@@ -125,7 +126,7 @@ def _attributes(method: str, destination: str, status: int | None, error: str) -
 
 
 def _finish(span: Span, attributes: dict[str, Any], error: BaseException | None) -> None:
-    span.set_attributes(attributes)
+    set_mesh_attributes(span, attributes)
     if error is not None:
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, str(error)))

@@ -12,10 +12,8 @@ builds a ``TracerProvider`` for ``meshkit run``, which owns the process.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from importlib import metadata
-from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -24,14 +22,12 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -39,15 +35,10 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meshkit.errors import ConfigError
-
-try:  # a private SDK name SpanStarter checks; without it SpanStarter leaves all to the SDK
-    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
-except ImportError:  # pragma: no cover (a future SDK)
-    NoOpTracerMetrics = None  # type: ignore[assignment,misc]
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
@@ -255,157 +246,3 @@ def _ratio(environ: Mapping[str, str]) -> float:
     if not 0.0 <= ratio <= 1.0:
         raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG={raw!r}: expected a ratio from 0 to 1")
     return ratio
-
-
-# --- SpanStarter: the sampling decision before the SDK ---------------------------------
-
-#: ``rule(parent, trace_id)``: whether the sampler records a span of that trace and parent.
-SamplingRule = Callable[[SpanContext | None, int], bool]
-_FLAGS = {
-    (False, False): TraceFlags(TraceFlags.DEFAULT),
-    (False, True): TraceFlags(TraceFlags.RANDOM_TRACE_ID),
-}
-
-
-class SpanStarter:
-    """Starts meshkit's spans; a span the sampler drops never reaches the SDK's start_span.
-
-    The SDK spends ~3 µs building a span it then drops (sampling result objects, id
-    generation, checks), and most requests of a sampled mesh are dropped: per request
-    that is the SERVER span and the client's call and attempt spans. For the samplers
-    whose decision is a pure function of the parent and the trace id (always on/off,
-    TraceIdRatioBased, ParentBased over those with default delegates) the decision is
-    taken here, exactly as the SDK takes it; a dropped span becomes the same
-    NonRecordingSpan the SDK would make (parent's trace id or a new one, new span id,
-    unsampled flags, parent's trace state), so propagation is unchanged. A recorded
-    span, and any other sampler or tracer, goes through ``start_span`` as usual.
-    """
-
-    def __init__(self, tracer_provider: trace.TracerProvider | None) -> None:
-        self._tracer = get_tracer(tracer_provider)
-        self._provider: trace.TracerProvider | None = None
-        self._next_check = 0.0
-        self._resolved: tuple[trace.Tracer, SamplingRule | None] = (self._tracer, None)
-        if not isinstance(self._tracer, trace.ProxyTracer):
-            self._resolved = (self._tracer, _sampling_rule(self._tracer))
-
-    @property
-    def tracing(self) -> bool:
-        """False while no SDK is configured: the API's no-op tracer makes no spans."""
-        tracer = self._current()[0]
-        return not isinstance(tracer, (trace.NoOpTracer, trace.ProxyTracer))
-
-    def start(self, name: str, kind: SpanKind, context: Context | None = None) -> Span:
-        """A span of ``kind`` whose parent is the span of ``context`` (default: current)."""
-        tracer, rule = self._current()
-        if rule is None or not tracer._is_enabled():  # type: ignore[attr-defined]
-            return tracer.start_span(name, context=context, kind=kind)
-        parent: SpanContext | None = trace.get_current_span(context).get_span_context()
-        sdk_tracer = cast(SdkTracer, tracer)
-        ids = cast(_PresetTraceIds, sdk_tracer.id_generator)
-        if parent is not None and parent.is_valid:
-            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
-        else:
-            parent = None
-            trace_id, random_id = ids.generate_trace_id(), ids.is_trace_id_random()
-        if rule(parent, trace_id):
-            if parent is not None:
-                return tracer.start_span(name, context=context, kind=kind)
-            ids.preset = trace_id  # the SDK's sampler sees the trace id decided on here
-            try:
-                return tracer.start_span(name, context=context, kind=kind)
-            finally:
-                ids.preset = None
-        span_context = SpanContext(
-            trace_id,
-            ids.generate_span_id(),
-            is_remote=False,
-            trace_flags=_FLAGS[False, random_id],
-            trace_state=None if parent is None else parent.trace_state,
-        )
-        return NonRecordingSpan(span_context)
-
-    def _current(self) -> tuple[trace.Tracer, SamplingRule | None]:
-        if isinstance(self._tracer, trace.ProxyTracer) and time.monotonic() >= self._next_check:
-            # The global provider may be installed after the app is built: follow it, but
-            # look at most once a second, since while none is set the API reads
-            # os.environ on every call (~1 µs a request for nothing).
-            self._next_check = time.monotonic() + _PROVIDER_RECHECK_SECONDS
-            provider = trace.get_tracer_provider()
-            if provider is not self._provider:
-                self._provider = provider
-                if isinstance(provider, trace.ProxyTracerProvider):
-                    self._resolved = (self._tracer, None)
-                else:
-                    tracer = get_tracer(provider)
-                    self._resolved = (tracer, _sampling_rule(tracer))
-        return self._resolved
-
-
-_PROVIDER_RECHECK_SECONDS = 1.0
-
-
-class _PresetTraceIds(IdGenerator):
-    """The SDK tracer's id generator, handing out once a trace id chosen beforehand."""
-
-    def __init__(self, inner: IdGenerator) -> None:
-        self.inner = inner
-        self.preset: int | None = None
-
-    def generate_span_id(self) -> int:
-        return self.inner.generate_span_id()
-
-    def generate_trace_id(self) -> int:
-        trace_id, self.preset = self.preset, None
-        return self.inner.generate_trace_id() if trace_id is None else trace_id
-
-    def is_trace_id_random(self) -> bool:
-        return self.inner.is_trace_id_random()
-
-
-def _sampling_rule(tracer: trace.Tracer) -> SamplingRule | None:
-    """The rule of an SDK tracer's sampler when it is a known pure one, else None.
-
-    Only when the SDK keeps no span metrics of its own (they would miss dropped spans).
-    Installs ``_PresetTraceIds`` on the tracer so a root recorded span keeps the trace id
-    its sampling was decided on (the SDK asks the sampler again: a pure one agrees).
-    """
-    if not isinstance(tracer, SdkTracer) or not hasattr(tracer, "_is_enabled"):
-        return None
-    if NoOpTracerMetrics is None or not isinstance(
-        getattr(tracer, "_tracer_metrics", None), NoOpTracerMetrics
-    ):
-        return None
-    rule = _rule(tracer.sampler)
-    if rule is not None and not isinstance(tracer.id_generator, _PresetTraceIds):
-        tracer.id_generator = _PresetTraceIds(tracer.id_generator)
-    return rule
-
-
-def _rule(sampler: Sampler) -> SamplingRule | None:
-    if sampler is ALWAYS_ON:
-        return lambda parent, trace_id: True
-    if sampler is ALWAYS_OFF:
-        return lambda parent, trace_id: False
-    if type(sampler).should_sample is TraceIdRatioBased.should_sample:
-        bound = cast(TraceIdRatioBased, sampler).bound
-        limit = TraceIdRatioBased.TRACE_ID_LIMIT
-        return lambda parent, trace_id: trace_id & limit < bound
-    if type(sampler).should_sample is ParentBased.should_sample:
-        delegates = vars(sampler)
-        defaults = {
-            "_remote_parent_sampled": ALWAYS_ON,
-            "_remote_parent_not_sampled": ALWAYS_OFF,
-            "_local_parent_sampled": ALWAYS_ON,
-            "_local_parent_not_sampled": ALWAYS_OFF,
-        }
-        if any(delegates.get(name) is not value for name, value in defaults.items()):
-            return None
-        root = _rule(delegates["_root"])
-        if root is None:
-            return None
-        # A parent decides (sampled flag honoured as is); a root asks the root sampler.
-        return lambda parent, trace_id: (
-            parent.trace_flags.sampled if parent is not None else root(None, trace_id)
-        )
-    return None

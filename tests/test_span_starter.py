@@ -20,8 +20,9 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
-import meshkit.tracing
-from meshkit.tracing import SpanStarter, extract_context
+import meshkit._spans
+from meshkit._spans import SpanStarter
+from meshkit.tracing import extract_context
 
 LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
 
@@ -128,8 +129,8 @@ def test_a_global_provider_installed_later_is_followed_within_a_second(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = types.SimpleNamespace(now=100.0)
-    monkeypatch.setattr(meshkit.tracing, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
-    starter = meshkit.tracing.SpanStarter(None)
+    monkeypatch.setattr(meshkit._spans, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    starter = meshkit._spans.SpanStarter(None)
     assert not starter.tracing  # no SDK anywhere yet
     sdk = TracerProvider()
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: sdk)
