@@ -72,8 +72,7 @@ class TelemetryMiddleware:
             return
         start = _perf_counter()
         method = method_label(scope["method"])
-        active = self.metrics.server_active_by.get(method)
-        active.inc()
+        self.metrics.server_started(method)
         span, token = self._start_span(scope, method)
         status = 0
         sent = 0
@@ -94,12 +93,11 @@ class TelemetryMiddleware:
             raise
         finally:
             duration = _perf_counter() - start
-            active.dec()
             status = status or 500  # the app failed before answering: the server sends 500
             route = self._routes.lookup(scope)
             identity = peer_identity(scope)
             source = self._sources.label(identity)
-            self.metrics.server_duration_by.get(method, route, status, source).observe(duration)
+            self.metrics.server_finished(method, route, status, source, duration)
             if span.is_recording():
                 _finish_span(span, scope, method, route, status, identity, source, error)
             span.end()
