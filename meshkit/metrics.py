@@ -28,6 +28,11 @@ Mesh internals
 
 Every metric lives in the registry given to ``MeshMetrics`` (a fresh one by default),
 never in prometheus_client's global ``REGISTRY``: two apps in one process never collide.
+
+The server and client metrics are recorded on every request, on the event loop's thread:
+they are ``meshkit._loopmetrics`` metrics, updated without locks, so record them from
+that thread only. They expose no ``_created`` series (see that module). The mesh
+internals, rarely updated, are prometheus_client's own metrics.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
+
+from meshkit._loopmetrics import LoopCounter, LoopGauge, LoopHistogram
 
 if TYPE_CHECKING:
     from meshkit.tls import TLSContexts, TLSMaterial
@@ -77,7 +84,7 @@ _CLIENT_LABELS = (
     "error_type",
 )
 
-M = TypeVar("M", Counter, Gauge, Histogram)
+M = TypeVar("M", Counter, Gauge)
 
 
 def method_label(method: str) -> str:
@@ -142,38 +149,34 @@ class MeshMetrics:
         self._register_mesh()
 
     def _register_server(self) -> None:
-        self.server_duration = Histogram(
+        self._server_duration = LoopHistogram(
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests.",
             ["http_request_method", "http_route", "http_response_status_code", "source_service"],
+            self.registry,
             buckets=DURATION_BUCKETS,
-            registry=self.registry,
         )
-        self.server_active = Gauge(
+        self._server_active = LoopGauge(
             "http_server_active_requests",
             "Number of active HTTP server requests.",
             ["http_request_method"],
-            registry=self.registry,
+            self.registry,
         )
-        self.server_duration_by = LabelCache(self.server_duration)
-        self.server_active_by = LabelCache(self.server_active)
 
     def _register_client(self) -> None:
-        self.client_duration = Histogram(
+        self._client_duration = LoopHistogram(
             "http_client_request_duration_seconds",
             "Duration of logical mesh client calls, retries included.",
             _CLIENT_LABELS,
+            self.registry,
             buckets=DURATION_BUCKETS,
-            registry=self.registry,
         )
-        self.client_attempts = Counter(
+        self._client_attempts = LoopCounter(
             "meshkit_client_attempts",
             "Attempts made by the mesh client (one logical call may make several).",
             _CLIENT_LABELS,
-            registry=self.registry,
+            self.registry,
         )
-        self._client_duration_by = LabelCache(self.client_duration)
-        self._client_attempts_by = LabelCache(self.client_attempts)
 
     def _register_mesh(self) -> None:
         destination = ["destination_service"]
@@ -225,20 +228,33 @@ class MeshMetrics:
         self._staleness = _StalenessCollector()
         self.registry.register(self._staleness)
 
-    # Recording helpers for the mesh client, policies and the registry cache.
+    # Per-request recording: lock-free, so only ever from the event loop's thread.
+
+    def server_started(self, method: str) -> None:
+        """A request came in; ``method`` is its ``method_label``."""
+        self._server_active.add((method,), 1)
+
+    def server_finished(
+        self, method: str, route: str, status: int, source: str, seconds: float
+    ) -> None:
+        """The request ``server_started`` counted is over, after ``seconds``."""
+        self._server_active.add((method,), -1)
+        self._server_duration.observe((method, route, status, source), seconds)
 
     def observe_client_call(
         self, method: str, destination: str, status: int | None, error_type: str, seconds: float
     ) -> None:
         """One logical call ended: ``status`` None and ``error_type`` set when it failed."""
         key = (method_label(method), destination, "" if status is None else status, error_type)
-        self._client_duration_by.get(*key).observe(seconds)
+        self._client_duration.observe(key, seconds)
 
     def count_client_attempt(
         self, method: str, destination: str, status: int | None, error_type: str
     ) -> None:
         key = (method_label(method), destination, "" if status is None else status, error_type)
-        self._client_attempts_by.get(*key).inc()
+        self._client_attempts.add(key, 1)
+
+    # The mesh's own, rarer events (prometheus_client: any thread may record them).
 
     def retried(self, destination: str) -> None:
         self._retries.get(destination).inc()

@@ -1,22 +1,28 @@
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 import subprocess
+from collections.abc import Callable
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from meshkit._loopmetrics import LoopHistogram
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.metrics import MeshMetrics
+from meshkit.metrics import _CLIENT_LABELS, DURATION_BUCKETS, MeshMetrics
 from meshkit.tls import TLSContexts, TLSMaterial
 
 
 def populated() -> MeshMetrics:
     """Metrics with at least one series of every metric meshkit has."""
     metrics = MeshMetrics()
-    metrics.server_duration_by.get("GET", "/orders/{order_id}", 200, "web").observe(0.0012)
-    metrics.server_active_by.get("GET").inc()
+    metrics.server_started("GET")
+    metrics.server_started("GET")
+    metrics.server_finished("GET", "/orders/{order_id}", 200, "web", 0.0012)
     metrics.observe_client_call("POST", "payments", 201, "", 0.004)
     metrics.observe_client_call("POST", "payments", None, "ConnectError", 0.2)
     metrics.count_client_attempt("POST", "payments", 503, "")
@@ -62,13 +68,34 @@ def test_promtool_check_metrics_reports_nothing(authority: LocalAuthority, accep
 
 def test_two_apps_in_one_process_do_not_collide() -> None:
     first, second = MeshMetrics(), MeshMetrics()
-    first.retried("payments")
-    first.retried("payments")
-    second.retried("payments")
-    labels = {"destination_service": "payments"}
-    assert first.registry.get_sample_value("meshkit_retries_total", labels) == 2
-    assert second.registry.get_sample_value("meshkit_retries_total", labels) == 1
-    assert REGISTRY.get_sample_value("meshkit_retries_total", labels) is None
+    for metrics in (first, first, second):
+        metrics.retried("payments")
+        metrics.server_started("GET")
+        metrics.server_finished("GET", "/orders", 200, "web", 0.001)
+        metrics.count_client_attempt("GET", "payments", 200, "")
+    metrics.server_started("GET")  # still running, in the second app only
+    series = {
+        "meshkit_retries_total": {"destination_service": "payments"},
+        "http_server_request_duration_seconds_count": {
+            "http_request_method": "GET",
+            "http_route": "/orders",
+            "http_response_status_code": "200",
+            "source_service": "web",
+        },
+        "meshkit_client_attempts_total": {
+            "http_request_method": "GET",
+            "destination_service": "payments",
+            "http_response_status_code": "200",
+            "error_type": "",
+        },
+    }
+    for name, labels in series.items():
+        assert first.registry.get_sample_value(name, labels) == 2
+        assert second.registry.get_sample_value(name, labels) == 1
+        assert REGISTRY.get_sample_value(name, labels) is None
+    active = ("http_server_active_requests", {"http_request_method": "GET"})
+    assert first.registry.get_sample_value(*active) == 0
+    assert second.registry.get_sample_value(*active) == 1
 
 
 def test_mesh_internals_are_recorded() -> None:
@@ -127,3 +154,151 @@ def test_certificate_expiry_follows_rotation(authority: LocalAuthority) -> None:
     contexts.update(second)
     expiry = metrics.registry.get_sample_value("meshkit_cert_expiry_timestamp_seconds", labels)
     assert expiry == second.not_after > first.not_after
+
+
+# The per-request metrics are meshkit's own lock-free ones: they must expose exactly what
+# prometheus_client's Histogram/Gauge/Counter of before exposed, minus ``_created``.
+
+#: Every bound, a value just above each, zero, and one past the last bound.
+DURATIONS = [
+    0.0,
+    *DURATION_BUCKETS,
+    *(math.nextafter(bound, math.inf) for bound in DURATION_BUCKETS),
+    0.0012,
+    60.0,
+]
+ROUTE = "/orders/{order_id}"
+
+
+def record(metrics: MeshMetrics) -> None:
+    """Several label sets, in an order that differs from the sorted one."""
+    for n, seconds in enumerate(DURATIONS):
+        method, source = ("POST", "web") if n % 3 else ("GET", "cart")
+        metrics.server_started(method)
+        metrics.server_finished(method, ROUTE, 503 if n % 5 == 0 else 200, source, seconds)
+        status = None if n % 4 == 0 else 201
+        error = "ConnectError" if status is None else ""
+        metrics.count_client_attempt("POST", "payments", status, error)
+        metrics.observe_client_call("POST", "payments", status, error, seconds)
+    metrics.server_started("PATCH")  # one still active
+
+
+def record_with_prometheus_client(registry: CollectorRegistry) -> None:
+    """What ``record`` did with the metrics meshkit defined before its own ones."""
+    duration = Histogram(
+        "http_server_request_duration_seconds",
+        "Duration of HTTP server requests.",
+        ["http_request_method", "http_route", "http_response_status_code", "source_service"],
+        buckets=DURATION_BUCKETS,
+        registry=registry,
+    )
+    active = Gauge(
+        "http_server_active_requests",
+        "Number of active HTTP server requests.",
+        ["http_request_method"],
+        registry=registry,
+    )
+    client = Histogram(
+        "http_client_request_duration_seconds",
+        "Duration of logical mesh client calls, retries included.",
+        _CLIENT_LABELS,
+        buckets=DURATION_BUCKETS,
+        registry=registry,
+    )
+    attempts = Counter(
+        "meshkit_client_attempts",
+        "Attempts made by the mesh client (one logical call may make several).",
+        _CLIENT_LABELS,
+        registry=registry,
+    )
+    for n, seconds in enumerate(DURATIONS):
+        method, source = ("POST", "web") if n % 3 else ("GET", "cart")
+        active.labels(method).inc()
+        active.labels(method).dec()
+        duration.labels(method, ROUTE, 503 if n % 5 == 0 else 200, source).observe(seconds)
+        status, error = ("", "ConnectError") if n % 4 == 0 else (201, "")
+        attempts.labels("POST", "payments", status, error).inc()
+        client.labels("POST", "payments", status, error).observe(seconds)
+    active.labels("PATCH").inc()
+
+
+HOT_METRICS = (
+    "http_server_request_duration_seconds",
+    "http_server_active_requests",
+    "http_client_request_duration_seconds",
+    "meshkit_client_attempts",
+    "meshkit_client_attempts_total",  # the family's name in the Prometheus text format
+)
+
+
+def hot_families(body: bytes, *, created: bool = False) -> list[str]:
+    """The exposition's per-request metric families, in order; ``_created`` lines only
+    when ``created``."""
+    families = body.decode().replace("# EOF\n", "").split("# HELP ")
+    return [
+        "\n".join(line for line in family.splitlines() if created or "_created" not in line)
+        for family in families
+        if family.partition(" ")[0] in HOT_METRICS
+    ]
+
+
+@pytest.mark.parametrize("encode", [generate_latest, generate_openmetrics])
+def test_per_request_metrics_expose_what_prometheus_client_did(
+    encode: Callable[[CollectorRegistry], bytes],
+) -> None:
+    metrics = MeshMetrics()
+    record(metrics)
+    reference = CollectorRegistry()
+    record_with_prometheus_client(reference)
+    expected = hot_families(encode(reference))
+    assert len(expected) == 4
+    assert hot_families(encode(metrics.registry), created=True) == expected
+
+
+@pytest.mark.parametrize("bound", DURATION_BUCKETS)
+def test_a_value_equal_to_a_bound_counts_in_that_bucket(bound: float) -> None:
+    metrics = MeshMetrics()
+    metrics.server_finished("GET", ROUTE, 200, "web", bound)
+    metrics.server_finished("GET", ROUTE, 200, "web", math.nextafter(bound, math.inf))
+    labels = {
+        "http_request_method": "GET",
+        "http_route": ROUTE,
+        "http_response_status_code": "200",
+        "source_service": "web",
+    }
+
+    def bucket(index: int) -> float | None:
+        le = str(DURATION_BUCKETS[index]) if index < len(DURATION_BUCKETS) else "+Inf"
+        name = "http_server_request_duration_seconds_bucket"
+        return metrics.registry.get_sample_value(name, dict(labels, le=le))
+
+    index = DURATION_BUCKETS.index(bound)
+    assert [bucket(index - 1) if index else 0, bucket(index), bucket(index + 1)] == [0, 1, 2]
+
+
+def test_label_values_name_one_series_whatever_their_type() -> None:
+    registry = CollectorRegistry()
+    histogram = LoopHistogram("h", "Help.", ["code"], registry, buckets=[1.0])
+    histogram.observe((200,), 0.5)
+    histogram.observe(("200",), 2.0)
+    (family,) = registry.collect()
+    assert [(s.name, s.labels, s.value) for s in family.samples] == [
+        ("h_bucket", {"code": "200", "le": "1.0"}, 1.0),
+        ("h_bucket", {"code": "200", "le": "+Inf"}, 2.0),
+        ("h_count", {"code": "200"}, 2.0),
+        ("h_sum", {"code": "200"}, 2.5),
+    ]
+
+
+def test_a_name_taken_by_a_prometheus_client_metric_is_refused() -> None:
+    metrics = MeshMetrics()
+    with pytest.raises(ValueError, match="Duplicated"):
+        Histogram("http_server_request_duration_seconds", "", registry=metrics.registry)
+    with pytest.raises(ValueError, match="Duplicated"):
+        Counter("meshkit_client_attempts", "", registry=metrics.registry)
+
+
+@pytest.mark.parametrize("buckets", [(), (1.0, 0.5), (0.5, 0.5), (0.5, math.inf)])
+def test_histogram_buckets_must_be_finite_and_increasing(buckets: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="buckets"):
+        LoopHistogram("h", "", [], CollectorRegistry(), buckets=buckets)

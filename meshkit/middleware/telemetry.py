@@ -71,8 +71,7 @@ class TelemetryMiddleware:
         method = scope["method"]
         if method not in KNOWN_METHODS:
             method = "_OTHER"
-        active = self.metrics.server_active_by.get(method)
-        active.inc()
+        self.metrics.server_started(method)
         span, token = self._start_span(scope, method)
         status = 0
         sent = 0
@@ -93,12 +92,11 @@ class TelemetryMiddleware:
             raise
         finally:
             duration = _perf_counter() - start
-            active.dec()
             status = status or 500  # the app failed before answering: the server sends 500
             route = self._routes.lookup(scope)
             identity = peer_identity(scope)
             source = source_label(identity)
-            self.metrics.server_duration_by.get(method, route, status, source).observe(duration)
+            self.metrics.server_finished(method, route, status, source, duration)
             if span.is_recording():
                 _finish_span(span, scope, method, route, status, identity, source, error)
                 span.end()
