@@ -74,6 +74,8 @@ _FLAGS = {
     for random_id in (False, True)
 }
 _PROVIDER_RECHECK_SECONDS = 1.0
+#: The status of every span nobody set one on (one object: encoders compare identity).
+UNSET_STATUS = Status(StatusCode.UNSET)
 
 
 class SpanStarter:
@@ -313,7 +315,7 @@ class MeshSpan(SdkSpan):
     _end_time: int | None = None
     _events: Any = ()
     _links: Any = ()
-    _status = Status(StatusCode.UNSET)
+    _status = UNSET_STATUS
     _dropped_attributes = 0
     _record_exception = True
     _set_status_on_exception = True

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import pytest
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
@@ -21,7 +29,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from meshkit._otlp import SpanEncoder
+from meshkit._otlp import MeshOTLPSpanExporter, OTLPBatchProcessor, SpanEncoder
+from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
 
 
 def record(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
@@ -69,7 +78,6 @@ def spans(resource: Resource, limits: SpanLimits | None = None) -> tuple[Readabl
 
 def assert_same(batch: tuple[ReadableSpan, ...] | list[ReadableSpan]) -> None:
     body = SpanEncoder().encode(batch)
-    assert body is not None
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(batch)
 
 
@@ -94,11 +102,10 @@ def test_memoized_values_are_told_apart_by_type() -> None:
             pass
         batch = exporter.get_finished_spans()
         body = encoder.encode(batch)
-        assert body is not None
         assert ExportTraceServiceRequest.FromString(body) == encode_spans(batch)
 
 
-def test_unusual_spans_are_left_to_the_stock_encoder() -> None:
+def test_unusual_spans_are_encoded_by_the_stock_encoder_among_the_others() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -107,43 +114,180 @@ def test_unusual_spans_are_left_to_the_stock_encoder() -> None:
         span.add_event("something", {"at": time.time()})
     with tracer.start_as_current_span("arrays", attributes={"tags": ["a", "b"]}):
         pass
-    for span in exporter.get_finished_spans():
-        assert SpanEncoder().encode([span]) is None
+    with tracer.start_as_current_span("big", attributes={"n": 2**64}):
+        pass
+    with tracer.start_as_current_span("plain", attributes={"n": 1}):
+        pass
+    assert_same(exporter.get_finished_spans())
 
 
-def test_the_exporter_posts_what_a_collector_decodes() -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+def test_mesh_spans_encode_as_sdk_spans_do() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "orders"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    starter = SpanStarter(provider)
+    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1))
+    server = starter.start(
+        "GET", SpanKind.SERVER, trace.set_span_in_context(NonRecordingSpan(remote))
+    )
+    set_mesh_attributes(server, {"http.route": "/orders/{id}", "http.response.status_code": 503})
+    server.set_status(Status(StatusCode.ERROR))
+    client = starter.start("POST", SpanKind.CLIENT, trace.set_span_in_context(server))
+    client.record_exception(ValueError("boom"))
+    client.end()
+    server.end()
+    batch = exporter.get_finished_spans()
+    assert all(isinstance(span, MeshSpan) for span in batch)
+    assert_same(batch)
 
-    from meshkit._otlp import MeshOTLPSpanExporter
 
-    received: list[ExportTraceServiceRequest] = []
+# --- over HTTP ---------------------------------------------------------------------
 
-    class Collector(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(ExportTraceServiceRequest.FromString(body))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+class Collector:
+    """A real OTLP/HTTP endpoint on 127.0.0.1 keeping every request it decodes."""
 
-    server = HTTPServer(("127.0.0.1", 0), Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(ExportTraceServiceRequest.FromString(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        self.received: list[ExportTraceServiceRequest] = received
+
+    def span_names(self) -> list[str]:
+        return [
+            span.name
+            for request in self.received
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    collector = Collector()
+    thread = threading.Thread(target=collector.server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    try:
-        exporter = MeshOTLPSpanExporter(
-            endpoint=f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
-        )
-        batch = spans(Resource.create({"service.name": "orders"}))
-        assert exporter.export(batch).name == "SUCCESS"
-        exporter.shutdown()
-    finally:
-        server.shutdown()
-        server.server_close()
-    (request,) = received
+    yield collector
+    collector.server.shutdown()
+    collector.server.server_close()
+
+
+def test_the_exporter_posts_what_a_collector_decodes(collector: Collector) -> None:
+    exporter = MeshOTLPSpanExporter(endpoint=collector.url)
+    batch = spans(Resource.create({"service.name": "orders"}))
+    assert exporter.export(batch).name == "SUCCESS"
+    exporter.shutdown()
+    (request,) = collector.received
     assert request == encode_spans(batch)
-    names = [s.name for r in request.resource_spans for ss in r.scope_spans for s in ss.spans]
-    assert "GET /orders/{order_id}" in names
+    assert "GET /orders/{order_id}" in collector.span_names()
+
+
+def batched_provider(processor: OTLPBatchProcessor, sampler: Sampler = ALWAYS_ON) -> TracerProvider:
+    provider = TracerProvider(sampler=sampler, resource=Resource.create({"service.name": "o"}))
+    provider.add_span_processor(processor)
+    return provider
+
+
+def test_the_batch_processor_posts_sampled_spans_in_batches_of_at_most_the_size(
+    collector: Collector,
+) -> None:
+    processor = OTLPBatchProcessor(
+        MeshOTLPSpanExporter(endpoint=collector.url), schedule_delay=60, max_export_batch_size=4
+    )
+    provider = batched_provider(processor, ParentBased(ALWAYS_ON))
+    starter = SpanStarter(provider)
+    unsampled = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(0))
+    starter.start(
+        "dropped", SpanKind.SERVER, trace.set_span_in_context(NonRecordingSpan(unsampled))
+    ).end()
+    tracer = provider.get_tracer("user-code")
+    for index in range(10):
+        span = starter.start(f"mesh-{index}", SpanKind.SERVER, Context())
+        tracer.start_span(f"user-{index}", context=trace.set_span_in_context(span)).end()
+        span.end()
+    assert processor.force_flush()
+    sizes = [
+        sum(
+            len(scope.spans)
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+        )
+        for request in collector.received
+    ]
+    assert sizes == [4, 4, 4, 4, 4]  # twenty spans, two scopes, no request above four
+    names = collector.span_names()
+    assert sorted(names) == sorted(
+        [f"mesh-{i}" for i in range(10)] + [f"user-{i}" for i in range(10)]
+    )
+    provider.shutdown()
+
+
+def test_a_full_batch_is_posted_without_waiting_for_the_delay(collector: Collector) -> None:
+    processor = OTLPBatchProcessor(
+        MeshOTLPSpanExporter(endpoint=collector.url), schedule_delay=60, max_export_batch_size=3
+    )
+    provider = batched_provider(processor)
+    for index in range(3):
+        provider.get_tracer("t").start_span(f"s{index}").end()
+    deadline = time.monotonic() + 10
+    while not collector.received and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert collector.span_names() == ["s0", "s1", "s2"]
+    provider.shutdown()
+
+
+def test_a_full_queue_drops_new_spans_with_a_warning(
+    collector: Collector, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processor = OTLPBatchProcessor(
+        MeshOTLPSpanExporter(endpoint=collector.url),
+        schedule_delay=60,
+        max_queue_size=5,
+        max_export_batch_size=5,
+    )
+    monkeypatch.setattr(processor._wake, "set", lambda: None)  # keep them waiting
+    provider = batched_provider(processor)
+    for index in range(8):
+        provider.get_tracer("t").start_span(f"s{index}").end()
+    with caplog.at_level(logging.WARNING, logger="meshkit._otlp"):
+        assert processor.force_flush()
+    assert collector.span_names() == [f"s{index}" for index in range(5)]
+    assert "dropped 3 spans" in caplog.text
+    monkeypatch.undo()
+    provider.shutdown()
+
+
+def test_shutdown_posts_what_waits_and_then_refuses(collector: Collector) -> None:
+    processor = OTLPBatchProcessor(MeshOTLPSpanExporter(endpoint=collector.url), schedule_delay=60)
+    provider = batched_provider(processor)
+    provider.get_tracer("t").start_span("last").end()
+    provider.shutdown()
+    assert collector.span_names() == ["last"]
+    assert not processor._worker.is_alive()
+    provider.get_tracer("t").start_span("late").end()
+    assert collector.span_names() == ["last"]
+
+
+def test_a_failed_post_is_reported_by_force_flush() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    exporter = MeshOTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces", timeout=1)
+    processor = OTLPBatchProcessor(exporter, schedule_delay=60)
+    provider = batched_provider(processor)
+    provider.get_tracer("t").start_span("lost").end()
+    assert not processor.force_flush()
+    provider.shutdown()

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from opentelemetry import trace
+from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -11,7 +14,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
-from meshkit._otlp import MeshOTLPSpanExporter
+from meshkit._otlp import MeshOTLPSpanExporter, OTLPBatchProcessor
 from meshkit.errors import ConfigError
 from meshkit.tracing import (
     append_context_headers,
@@ -26,8 +29,11 @@ def exporters(provider: TracerProvider) -> list[object]:
     processors = provider._active_span_processor._span_processors
     found = []
     for processor in processors:
-        assert isinstance(processor, BatchSpanProcessor | SimpleSpanProcessor)
-        found.append(processor.span_exporter)
+        if isinstance(processor, OTLPBatchProcessor):
+            found.append(processor._exporter)
+        else:
+            assert isinstance(processor, BatchSpanProcessor | SimpleSpanProcessor)
+            found.append(processor.span_exporter)
     return found
 
 
@@ -71,6 +77,30 @@ def test_exporters_and_service_name_from_the_environment() -> None:
         provider.shutdown()
 
 
+def test_otlp_batching_and_tls_settings_from_the_environment(tmp_path: Path) -> None:
+    bundle = tmp_path / "collector-ca.pem"
+    bundle.write_text("unused until the first post")
+    environ = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_BSP_SCHEDULE_DELAY": "250",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "10",
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": str(bundle),
+    }
+    provider = configure_tracing_from_env("orders", environ)
+    assert provider is not None
+    try:
+        (processor,) = provider._active_span_processor._span_processors
+        assert isinstance(processor, OTLPBatchProcessor)
+        assert processor._schedule_delay == 0.25
+        assert (processor._max_queue_size, processor._max_export_batch_size) == (100, 10)
+        transport = processor._exporter._client._transport
+        assert isinstance(transport, Urllib3HTTPTransport)
+        assert transport._pool.connection_pool_kw["ca_certs"] == str(bundle)
+    finally:
+        provider.shutdown()
+
+
 def test_an_otlp_endpoint_alone_turns_tracing_on() -> None:
     environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/custom"}
     provider = configure_tracing_from_env("orders", environ)
@@ -94,6 +124,12 @@ def test_samplers() -> None:
         ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
         ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "PROTOCOL"),
         ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "sometimes"}, "SAMPLER"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "soon"}, "SCHEDULE_DELAY"),
+        ({"OTEL_TRACES_EXPORTER": "zipkin", "OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "MAX_QUEUE_SIZE"),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"},
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=4096: must not exceed OTEL_BSP_MAX_QUEUE_SIZE=2048",
+        ),
         (
             {
                 "OTEL_TRACES_EXPORTER": "console",
