@@ -20,7 +20,8 @@ import os
 import struct
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.context import Context
@@ -127,10 +128,8 @@ class SpanEncoder:
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The ``ExportTraceServiceRequest`` of ``spans``."""
-        groups: dict[tuple[int, int], _Group] = {}
-        for span in spans:
-            _group_of(groups, span).spans.append(self.span(span))
-        return request_body(groups.values())
+        encoded = ((span.resource, span.instrumentation_scope, self.span(span)) for span in spans)
+        return request_body(_grouped(encoded))
 
     def span(self, span: ReadableSpan) -> bytes:
         """One ``Span`` message (without its field tag)."""
@@ -208,6 +207,10 @@ class SpanEncoder:
         return encoded
 
 
+#: A span encoded: its resource, its instrumentation scope, its ``Span`` message.
+_Encoded = tuple[Resource, InstrumentationScope | None, bytes]
+
+
 class _Group:
     """Encoded spans of one resource and one instrumentation scope."""
 
@@ -219,15 +222,18 @@ class _Group:
         self.spans: list[bytes] = []
 
 
-def _group_of(groups: dict[tuple[int, int], _Group], span: ReadableSpan) -> _Group:
+def _grouped(encoded: Iterable[_Encoded]) -> Iterable[_Group]:
+    """Spans by resource and scope, in the order each pair first appears."""
     # By identity: Resource.__hash__ serializes its attributes to JSON on each call. The
-    # group holds both objects, so their ids stay theirs while it is in the dict.
-    scope = span.instrumentation_scope or None
-    key = (id(span.resource), id(scope))
-    group = groups.get(key)
-    if group is None:
-        group = groups[key] = _Group(span.resource, scope)
-    return group
+    # groups hold both objects, so their ids stay theirs while the dict lives.
+    groups: dict[tuple[int, int], _Group] = {}
+    for resource, scope, span in encoded:
+        scope = scope or None
+        group = groups.get((id(resource), id(scope)))
+        if group is None:
+            group = groups[id(resource), id(scope)] = _Group(resource, scope)
+        group.spans.append(span)
+    return groups.values()
 
 
 def request_body(groups: Iterable[_Group]) -> bytes:
@@ -303,6 +309,7 @@ class OTLPBatchProcessor(SpanProcessor):
     posted every ``schedule_delay`` seconds or as soon as ``max_export_batch_size`` spans
     wait, at most ``max_queue_size`` spans waiting (newer ones dropped with a warning),
     ``force_flush`` and ``shutdown`` post what waits, a forked child starts afresh.
+    Ending a span takes no lock: the queue is a deque, whose appends and pops are atomic.
     """
 
     def __init__(
@@ -324,11 +331,9 @@ class OTLPBatchProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=_restart_in_child(self))
 
     def _start_worker(self) -> None:
-        self._lock = threading.Lock()  # guards the waiting spans (new after a fork)
-        self._export_lock = threading.Lock()
-        self._groups: dict[tuple[int, int], _Group] = {}
-        self._waiting = 0
+        self._queue: deque[_Encoded] = deque()
         self._dropped = 0
+        self._export_lock = threading.Lock()
         self._wake = threading.Event()
         self._worker = threading.Thread(target=self._run, name="meshkit-otlp-export", daemon=True)
         self._worker.start()
@@ -338,17 +343,15 @@ class OTLPBatchProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         context = span.context
-        if self._shutdown or context is None or not context.trace_flags.sampled:
+        if context is None or not context.trace_flags.sampled or self._shutdown:
             return
-        encoded = self._encoder.span(span)  # the span object can go as soon as it ends
-        with self._lock:
-            if self._waiting >= self._max_queue_size:
-                self._dropped += 1
-                return
-            _group_of(self._groups, span).spans.append(encoded)
-            self._waiting += 1
-            full = self._waiting >= self._max_export_batch_size
-        if full:
+        queue = self._queue
+        if len(queue) >= self._max_queue_size:
+            self._dropped += 1  # two threads at once may count one: it only feeds a warning
+            return
+        # Encoded now, so that the span object goes as soon as it ends.
+        queue.append((span.resource, span.instrumentation_scope, self._encoder.span(span)))
+        if len(queue) >= self._max_export_batch_size and not self._wake.is_set():
             self._wake.set()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -371,34 +374,20 @@ class OTLPBatchProcessor(SpanProcessor):
         self._post_waiting()
 
     def _post_waiting(self) -> bool:
+        """Post what waits now, in requests of at most ``max_export_batch_size`` spans
+        (spans ending meanwhile wait for the next round)."""
         with self._export_lock:
-            with self._lock:
-                groups, self._groups, self._waiting = self._groups, {}, 0
-                dropped, self._dropped = self._dropped, 0
+            dropped, self._dropped = self._dropped, 0
             if dropped:
                 logger.warning("Span queue full: dropped %d spans.", dropped)
-            results = [
-                self._exporter.post(body, count)
-                for body, count in self._batches(list(groups.values()))
-            ]
+            queue, results = self._queue, []
+            waiting = len(queue)
+            while waiting:
+                count = min(waiting, self._max_export_batch_size)
+                batch = [queue.popleft() for _ in range(count)]
+                results.append(self._exporter.post(request_body(_grouped(batch)), count))
+                waiting -= count
         return all(result is SpanExportResult.SUCCESS for result in results)
-
-    def _batches(self, groups: list[_Group]) -> Iterator[tuple[bytes, int]]:
-        """Request bodies of at most ``max_export_batch_size`` spans each."""
-        batch: list[_Group] = []
-        room = self._max_export_batch_size
-        for group in groups:
-            spans = group.spans
-            while spans:
-                part = _Group(group.resource, group.scope)
-                part.spans, spans = spans[:room], spans[room:]
-                batch.append(part)
-                room -= len(part.spans)
-                if room == 0:
-                    yield request_body(batch), self._max_export_batch_size
-                    batch, room = [], self._max_export_batch_size
-        if batch:
-            yield request_body(batch), self._max_export_batch_size - room
 
 
 def _restart_in_child(processor: OTLPBatchProcessor) -> Callable[[], None]:
