@@ -114,7 +114,7 @@ def start_registry(supervisor: Supervisor, directory: Path, *, port: int = 0) ->
         meshkit_argv("registry", "serve", "--port", str(port)),
         env={**os.environ, "MESHKIT_DATA_DIR": str(directory / "registry")},
     )
-    supervisor.wait_until(registry, lambda: answers(port, "/v1/status/leader"))
+    registry.wait_until(lambda: answers(port, "/v1/status/leader"))
     return port
 
 
@@ -131,10 +131,7 @@ def start_ca(supervisor: Supervisor, directory: Path, *, port: int = 0) -> tuple
         env={**os.environ, "MESHKIT_DATA_DIR": str(directory)},
     )
     # It prints "root fingerprint sha256:<hex>" once it listens.
-    supervisor.wait_until(ca, lambda: _FINGERPRINT.search(ca.log.read_text()) is not None)
-    fingerprint = _FINGERPRINT.search(ca.log.read_text())
-    assert fingerprint is not None
-    return f"https://127.0.0.1:{port}", fingerprint[0]
+    return f"https://127.0.0.1:{port}", ca.wait_for(_FINGERPRINT)[0]
 
 
 # -- identities: who the instances and demo-user are --------------------------------------
@@ -264,10 +261,8 @@ def start_shop(
             child = supervisor.start(name, meshkit_argv("run", target), env=env)
             instances.append(Instance(name, service, port, admin_port, child))
     for instance in instances:
-        supervisor.wait_until(
-            instance.child,
-            functools.partial(answers, instance.admin_port, "/readyz"),
-            timeout=timeout,
+        instance.child.wait_until(
+            functools.partial(answers, instance.admin_port, "/readyz"), timeout=timeout
         )
     return instances
 
@@ -354,7 +349,7 @@ def run_demo(
     board = Scoreboard()
     started = time.monotonic()
     try:
-        watch(options, instances, supervisor, board, stats, events, display, started)
+        watch(options, instances, board, stats, events, display, started)
     finally:
         stop.set()
         for thread in threads:
@@ -366,7 +361,6 @@ def run_demo(
 def watch(
     options: DemoOptions,
     instances: list[Instance],
-    supervisor: Supervisor,
     board: Scoreboard,
     stats: TrafficStats,
     events: list[str],
@@ -388,7 +382,7 @@ def watch(
             # Scrape first: what the victim counted until now stays in the totals.
             window = board.update(scrape(instances))
             if options.kill and elapsed >= options.duration / 2:
-                _kill_victim(instances, supervisor, events, elapsed)
+                _kill_victim(instances, events, elapsed)
             table = format_table(edge_stats(window, time.monotonic() - last))
             last = time.monotonic()
             display.show(progress(elapsed, options.duration, stats, events) + "\n\n" + table)
@@ -396,12 +390,10 @@ def watch(
                 return
 
 
-def _kill_victim(
-    instances: list[Instance], supervisor: Supervisor, events: list[str], elapsed: float
-) -> None:
+def _kill_victim(instances: list[Instance], events: list[str], elapsed: float) -> None:
     for instance in instances:
         if instance.name == VICTIM and instance.running:
-            supervisor.kill(instance.child)
+            instance.child.kill()
             events.append(f"{elapsed:.0f}s: killed {VICTIM} (SIGKILL, no deregistration)")
 
 

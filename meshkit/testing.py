@@ -16,17 +16,15 @@ import http.client
 import json
 import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from meshkit._supervisor import Child
 from meshkit.ca.x509 import IssuedIdentity, LocalAuthority
 from meshkit.errors import MeshError
 from meshkit.settings import Faults
@@ -38,9 +36,11 @@ _REGISTRY = re.compile(r"serving the Consul HTTP API on http://(?P<host>[^:/]+):
 
 
 class MeshProcess:
-    """A ``python -m meshkit ...`` subprocess, ready once a line matches ``ready``.
+    """A ``python -m meshkit ...`` subprocess, ready once a line of its output matches
+    ``ready``; ``match`` holds that match. It runs in a process group of its own (a
+    ``meshkit._supervisor.Child``), so stopping it stops whatever it started too.
 
-    Output of both streams is kept in ``lines``; ``match`` holds the ready line's match.
+    ``lines`` is its output so far, stdout and stderr together.
     """
 
     def __init__(
@@ -57,67 +57,47 @@ class MeshProcess:
         self.name = name
         self.env = dict(env or {})
         self.cwd = cwd
-        self.lines: list[str] = []
         self.match: re.Match[str] | None = None
-        self._process: subprocess.Popen[str] | None = None
-        self._ready = threading.Event()
+        self._child: Child | None = None
 
     @property
-    def process(self) -> subprocess.Popen[str]:
-        if self._process is None:
+    def child(self) -> Child:
+        if self._child is None:
             raise MeshError(f"{self.name} was not started")
-        return self._process
+        return self._child
 
-    def start(self, *, timeout: float = 30.0) -> MeshProcess:
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.child.process
+
+    @property
+    def lines(self) -> list[str]:
+        return [] if self._child is None else self._child.text().splitlines()
+
+    def start(self, *, timeout: float = 30.0) -> Self:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self._ready.clear()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "meshkit", *self.args],
-            env=env,
-            cwd=self.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for stream in (self._process.stdout, self._process.stderr):
-            threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.05):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise MeshError(f"{self.name} did not start:\n" + "\n".join(self.lines[-20:]))
+        argv = [sys.executable, "-m", "meshkit", *self.args]
+        self._child = Child.spawn(self.name, argv, env=env, cwd=self.cwd)
+        try:
+            self.match = self._child.wait_for(self.ready, timeout=timeout)
+        except MeshError:
+            self.stop()
+            raise
         return self
-
-    def _read(self, stream: Any) -> None:
-        for line in stream:
-            self.lines.append(line.rstrip("\n"))
-            match = self.ready.search(line)
-            if match and not self._ready.is_set():
-                self.match = match
-                self._ready.set()
-        stream.close()
 
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL: the process vanishes without cleaning up (a crash)."""
-        self.signal(signal.SIGKILL)
-        self.process.wait()
+        self.child.kill()
 
     def wait(self, timeout: float = 30.0) -> int:
         return self.process.wait(timeout)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL if it does not exit in ``timeout``."""
-        if self._process is None or self._process.poll() is not None:
-            return None if self._process is None else self._process.returncode
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            return self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            return self._process.wait()
+        """SIGTERM, then SIGKILL if it does not exit in ``timeout``; its exit code."""
+        return None if self._child is None else self._child.stop(timeout)
 
     def __enter__(self) -> Self:
         self.start()
@@ -163,7 +143,7 @@ class CAProcess(MeshProcess):
         self.args = ["ca", "serve", "--dir", str(self.directory), "--port", str(port)]
         self.args.extend(self.extra_args)
 
-    def start(self, *, timeout: float = 30.0) -> CAProcess:
+    def start(self, *, timeout: float = 30.0) -> Self:
         super().start(timeout=timeout)
         self._bind(self.port)  # a restart comes back on the same port
         return self
@@ -361,18 +341,14 @@ class Mesh:
     def _wait_until_passing(self, process: ServiceProcess, timeout: float) -> None:
         port = int(self.registry.address.rpartition(":")[2])
         path = f"/v1/health/service/{process.service}?passing"
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def passing() -> bool:
             status, body = admin_get(port, path)
-            if status == 200 and any(
+            return status == 200 and any(
                 entry["Service"]["Port"] == process.port for entry in json.loads(body)
-            ):
-                return
-            if process.process.poll() is not None or time.monotonic() > deadline:
-                raise MeshError(
-                    f"{process.name} did not register:\n" + "\n".join(process.lines[-20:])
-                )
-            time.sleep(0.05)
+            )
+
+        process.child.wait_until(passing, timeout=timeout)
 
     def connect(
         self,

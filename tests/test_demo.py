@@ -174,7 +174,7 @@ def test_the_shop_starts_shares_state_survives_a_kill_and_stops(
         )
         assert (status, same["id"]) == (200, cart["id"])
         assert set(scrape(instances)) == set(by_name)
-        supervisor.kill(by_name[VICTIM].child)
+        by_name[VICTIM].child.kill()
         assert set(scrape(instances)) == set(by_name) - {VICTIM}
         groups = [i.child.pgid for i in instances]
     assert not any(group_alive(pgid) for pgid in groups)

@@ -1,17 +1,31 @@
-"""``meshkit.testing``'s ``mesh`` fixture: a real mesh in a test, an instance killed under
-steady load, and faults injected into instances (``MESHKIT_FAULTS``)."""
+"""``meshkit.testing``: its processes (on ``meshkit._supervisor``, whose contract
+tests/test_supervisor.py checks), and the ``mesh`` fixture: a real mesh in a test, an
+instance killed under steady load, and faults injected into instances (``MESHKIT_FAULTS``)."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import sys
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshkit.errors import ConfigError
-from meshkit.testing import Connection, Mesh, ServiceProcess, admin_get
+from meshkit.errors import ConfigError, MeshError
+from meshkit.testing import (
+    CAProcess,
+    Connection,
+    Mesh,
+    RegistryProcess,
+    ServiceProcess,
+    admin_get,
+)
+from tests._procs import gone
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,6 +47,42 @@ def _sample(process: ServiceProcess, name: str, **labels: str) -> float:
 
 def _retries(caller: ServiceProcess) -> float:
     return _sample(caller, "meshkit_retries_total", destination_service="upstream")
+
+
+# A script check that writes its pid and outlives the registry unless its group is killed.
+CHECK = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+
+
+def _register(registry: RegistryProcess, body: dict[str, Any]) -> None:
+    connection = http.client.HTTPConnection(registry.address, timeout=10)
+    connection.request("PUT", "/v1/agent/service/register", json.dumps(body))
+    assert connection.getresponse().status == 200
+    connection.close()
+
+
+def test_a_killed_process_takes_what_it_started_along(tmp_path: Path) -> None:
+    registry = RegistryProcess()
+    registry.args.append("--enable-script-checks")
+    with registry:
+        assert registry.child.pgid == registry.process.pid != os.getpgid(0)
+        assert any("serving the Consul HTTP API" in line for line in registry.lines)
+        pid_file = tmp_path / "check.pid"
+        argv = [sys.executable, "-c", CHECK, str(pid_file)]
+        _register(
+            registry, {"Name": "web", "Check": {"Args": argv, "Interval": "1s", "Timeout": "60s"}}
+        )
+        registry.child.wait_until(lambda: pid_file.exists() and pid_file.read_text() != "")
+        registry.kill()  # no chance to stop its check: only the group signal reaches it
+        assert registry.process.returncode == -9
+        assert gone(int(pid_file.read_text()))
+
+
+def test_a_process_that_fails_to_start_says_why_and_is_gone(tmp_path: Path) -> None:
+    ca = CAProcess(tmp_path / "no-such-ca")
+    with pytest.raises(MeshError, match=r"ca exited with 1:\n(.|\n)*no-such-ca"):
+        ca.start()
+    assert not ca.child.running
+    assert ca.stop() == 1  # stopping a stopped process is harmless
 
 
 class Traffic:

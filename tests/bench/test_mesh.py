@@ -21,6 +21,7 @@ from bench import _report as report
 from bench._envoy import Identity, client_sidecar_config, server_sidecar_config
 from bench._paths import spiffe
 from bench.mesh import envoy_missing
+from tests._procs import gone
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,14 +50,6 @@ def started_pids(stderr: str) -> list[int]:
     for match in STARTED.finditer(stderr):
         pids += [int(pid) for pid in re.findall(r": (\d+)", match[2])]
     return pids
-
-
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z"
 
 
 def test_a_b_and_m1_produce_every_output(tmp_path: Path) -> None:
