@@ -20,7 +20,6 @@ Any other provider, sampler or tracer goes through ``start_span`` as usual.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,8 +29,8 @@ from opentelemetry import trace
 from opentelemetry.attributes import _clean_attribute_value
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -64,7 +63,6 @@ except ImportError:  # pragma: no cover (a future SDK)
 logger = logging.getLogger(__name__)
 _time_ns = time.time_ns
 _new_object = object.__new__
-_getrandbits = random.getrandbits
 
 #: Trace flags by (sampled, random trace id), as the SDK sets them.
 _FLAGS = {
@@ -136,11 +134,10 @@ class _Recorder:
         self.new_trace_id = ids.generate_trace_id
         self.new_span_id = ids.generate_span_id
         self.random_trace_ids = ids.is_trace_id_random()
-        # With the SDK's own random ids a root's decision (a function of the trace id's
-        # low 64 bits) is taken on those bits alone; the rest is drawn only if needed.
-        self.split_trace_ids = type(ids) is RandomIdGenerator
+        self.root_flags = _FLAGS[True, self.random_trace_ids]
         self.processor = tracer.span_processor
-        self.span_class = _bound_span_class(tracer)
+        self.hooks = _Hooks.of(tracer.span_processor)
+        self.span_class = _bound_span_class(tracer, self.hooks)
 
     @classmethod
     def of(cls, tracer: trace.Tracer) -> _Recorder | None:
@@ -165,20 +162,13 @@ class _Recorder:
                 return _DroppedSpan(self, parent, 0)
             trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
             trace_state = parent.trace_state
+            flags = _FLAGS[True, random_id]
         else:
-            parent, trace_state, random_id = None, _DEFAULT_TRACE_STATE, self.random_trace_ids
-            if self.split_trace_ids:
-                low = _getrandbits(64)
-                if low >= self.bound:
-                    return _DroppedSpan(self, None, low)
-                trace_id = _trace_id_ending_in(low)
-            else:
-                trace_id = self.new_trace_id()
-                if trace_id & _LOW_64 >= self.bound:
-                    return _DroppedSpan(self, None, trace_id)
-        span_context = _span_context(
-            trace_id, self.new_span_id(), _FLAGS[True, random_id], trace_state
-        )
+            parent, trace_state, flags = None, _DEFAULT_TRACE_STATE, self.root_flags
+            trace_id = self.new_trace_id()
+            if trace_id & _LOW_64 >= self.bound:
+                return _DroppedSpan(self, None, trace_id)
+        span_context = _span_context(trace_id, self.new_span_id(), flags, trace_state)
         # The fields a MeshSpan sets itself, without SdkSpan.__new__'s (*args, **kwargs)
         # call: ~0.1 µs where the constructor costs ~0.3.
         span = _new_object(self.span_class)
@@ -188,54 +178,79 @@ class _Recorder:
         span._kind = kind
         span._start_time = _time_ns()
         span._attributes = {}
-        self.processor.on_start(span, parent_context=context)
+        if self.hooks is None:
+            self.processor.on_start(span, parent_context=context)
+        else:
+            for on_start in self.hooks.current().starts:
+                on_start(span, parent_context=context)
         return span
 
-    def dropped_context(self, parent: SpanContext | None, trace_bits: int) -> SpanContext:
-        """The context of a dropped span: the parent's trace, or a new one from its bits."""
+    def dropped_context(self, parent: SpanContext | None, trace_id: int) -> SpanContext:
+        """The context of a dropped span: in its parent's trace, else in ``trace_id``'s."""
         if parent is not None:
             trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
             trace_state = parent.trace_state
         else:
-            trace_id, random_id = trace_bits, self.random_trace_ids
-            trace_state = _DEFAULT_TRACE_STATE
-            if self.split_trace_ids:
-                trace_id = _trace_id_ending_in(trace_bits)
+            random_id, trace_state = self.random_trace_ids, _DEFAULT_TRACE_STATE
         return _span_context(trace_id, self.new_span_id(), _FLAGS[False, random_id], trace_state)
 
 
+class _Hooks:
+    """What a ``SynchronousMultiSpanProcessor`` calls, minus ``SpanProcessor``'s no-ops
+    (a BatchSpanProcessor's on_start and _on_ending, say): ~0.1 µs each per span. Found
+    again when a processor is added, since the SDK then makes a new tuple of them."""
+
+    def __init__(self, multi: SynchronousMultiSpanProcessor) -> None:
+        self._multi = multi
+        self._seen: tuple[SpanProcessor, ...] | None = None
+        self.starts: tuple[Callable[..., None], ...] = ()
+        self.endings: tuple[Callable[[SdkSpan], None], ...] = ()
+        self.ends: tuple[Callable[[SdkSpan], None], ...] = ()
+
+    @classmethod
+    def of(cls, processor: SpanProcessor) -> _Hooks | None:
+        is_multi = type(processor) is SynchronousMultiSpanProcessor
+        return cls(cast(SynchronousMultiSpanProcessor, processor)) if is_multi else None
+
+    def current(self) -> _Hooks:
+        processors = self._multi._span_processors
+        if processors is not self._seen:
+            self.starts = _overridden(processors, "on_start")
+            self.endings = _overridden(processors, "_on_ending")
+            self.ends = _overridden(processors, "on_end")
+            self._seen = processors
+        return self
+
+
+def _overridden(processors: tuple[SpanProcessor, ...], name: str) -> tuple[Any, ...]:
+    base = getattr(SpanProcessor, name)
+    return tuple(getattr(p, name) for p in processors if getattr(type(p), name) is not base)
+
+
 class _DroppedSpan(NonRecordingSpan):
-    """The ``NonRecordingSpan`` of a span the sampler dropped, its ids drawn on first use.
+    """The ``NonRecordingSpan`` of a span the sampler dropped, its context made on first use.
 
     Most dropped spans are never looked at (a request that calls nobody and logs no
-    trace id), so they cost no id generation and no SpanContext; once read, the context
-    is the one the SDK would have made (see ``_Recorder.dropped_context``).
+    trace id), so they cost no span id and no SpanContext; once read, the context is
+    the one the SDK would have made (see ``_Recorder.dropped_context``).
     """
 
-    def __init__(self, recorder: _Recorder, parent: SpanContext | None, trace_bits: int) -> None:
+    def __init__(self, recorder: _Recorder, parent: SpanContext | None, trace_id: int) -> None:
         self._recorder = recorder
         self._parent = parent
-        self._trace_bits = trace_bits
+        self._trace_id = trace_id
 
     @property
     def _context(self) -> SpanContext:  # type: ignore[override]
         made = self.__dict__.get("_made")
         if made is None:
-            context = self._recorder.dropped_context(self._parent, self._trace_bits)
+            context = self._recorder.dropped_context(self._parent, self._trace_id)
             # setdefault is atomic: two threads reading at once agree on one context.
             made = self.__dict__.setdefault("_made", context)
         return cast(SpanContext, made)
 
     def get_span_context(self) -> SpanContext:
         return self._context
-
-
-def _trace_id_ending_in(low: int) -> int:
-    """A random 128-bit trace id whose low 64 bits are ``low`` (never the invalid 0)."""
-    high = _getrandbits(64)
-    while not high and not low:
-        high = _getrandbits(64)
-    return high << 64 | low
 
 
 def _checked_span_context(
@@ -337,6 +352,7 @@ class MeshSpan(SdkSpan):
     # lock for all spans costs no allocation per span.
     _lock = threading.Lock()
     _attributes: dict[str, types.AnyValue]
+    _hooks: _Hooks | None
 
     @property
     def dropped_attributes(self) -> int:
@@ -387,8 +403,16 @@ class MeshSpan(SdkSpan):
         if self._refuse("end"):
             return
         self._end_time = end_time if end_time is not None else _time_ns()
-        self._span_processor._on_ending(self)
-        self._span_processor.on_end(self)
+        hooks = self._hooks
+        if hooks is None:
+            self._span_processor._on_ending(self)
+            self._span_processor.on_end(self)
+            return
+        current = hooks.current()
+        for on_ending in current.endings:
+            on_ending(self)
+        for on_end in current.ends:
+            on_end(self)
 
     def _refuse(self, what: str) -> bool:
         if self._end_time is None:
@@ -397,9 +421,10 @@ class MeshSpan(SdkSpan):
         return True
 
 
-def _bound_span_class(tracer: SdkTracer) -> type[MeshSpan]:
+def _bound_span_class(tracer: SdkTracer, hooks: _Hooks | None) -> type[MeshSpan]:
     """``MeshSpan`` with ``tracer``'s shared fields set once, on a class of its own."""
     shared = {
+        "_hooks": hooks,
         "_resource": tracer.resource,
         "_instrumentation_info": tracer.instrumentation_info,
         "_instrumentation_scope": tracer._instrumentation_scope,
@@ -412,7 +437,8 @@ def _bound_span_class(tracer: SdkTracer) -> type[MeshSpan]:
 
 
 def set_mesh_attributes(span: Span, attributes: dict[str, Any]) -> None:
-    """Set meshkit's own attributes (valid by construction) on ``span`` in one call."""
+    """Set meshkit's own attributes (valid by construction) on ``span`` in one call;
+    ``attributes`` becomes the span's: the caller must not change it afterwards."""
     if not isinstance(span, MeshSpan):
         span.set_attributes(attributes)
         return
@@ -420,5 +446,7 @@ def set_mesh_attributes(span: Span, attributes: dict[str, Any]) -> None:
     own = span._attributes
     if span._end_time is not None or (limit is not None and len(own) + len(attributes) > limit):
         span.set_attributes(attributes)  # the checked path warns or bounds
-        return
-    own.update(attributes)
+    elif own:
+        own.update(attributes)
+    else:
+        span._attributes = attributes  # the caller hands it over: no copy

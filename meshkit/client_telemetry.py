@@ -16,7 +16,6 @@ from __future__ import annotations
 from contextvars import Token
 from typing import Any, cast
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -34,7 +33,7 @@ from meshkit.client._hooks import (
     RetryScheduled,
 )
 from meshkit.metrics import KNOWN_METHODS, MeshMetrics
-from meshkit.tracing import append_context_headers
+from meshkit.tracing import append_context_headers, attach_span, detach
 
 
 class ClientTelemetry(BaseClientHooks):
@@ -49,12 +48,12 @@ class ClientTelemetry(BaseClientHooks):
 
     def on_call_start(self, event: CallStarted) -> object:
         span = self._spans.start(_span_name(event.method), SpanKind.CLIENT)
-        token = otel_context.attach(trace.set_span_in_context(span))
+        token = attach_span(span)
         return span, token
 
     def on_call_end(self, event: CallEnded) -> None:
         span, token = cast("tuple[Span, Token[Context]]", event.state)
-        otel_context.detach(token)
+        detach(token)
         error_type = _error_type(event.status, event.error)
         self.metrics.observe_client_call(
             event.method, event.destination, event.status, error_type, event.duration

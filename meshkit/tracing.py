@@ -11,14 +11,18 @@ builds a ``TracerProvider`` for ``meshkit run``, which owns the process.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
+from contextvars import ContextVar, Token
 from importlib import metadata
 from typing import TYPE_CHECKING, NamedTuple
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
@@ -35,7 +39,8 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meshkit.errors import ConfigError
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
     from meshkit._otlp import MeshOTLPSpanExporter
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
+logger = logging.getLogger(__name__)
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
 MESH_PROPAGATOR = CompositePropagator([_TRACE_CONTEXT, W3CBaggagePropagator()])
 INSTRUMENTATION_NAME = "meshkit"
@@ -109,6 +115,41 @@ def extract_context(headers: RawHeaders) -> Context:
         trace_flags=TraceFlags(int(match[3], 16)),
     )
     return trace.set_span_in_context(NonRecordingSpan(span_context), EMPTY_CONTEXT)
+
+
+def attach_span(span: Span, parent: Context | None = None) -> Token[Context]:
+    """Make ``span`` current, in ``parent``'s context (default: the current one, its
+    baggage kept); ``detach`` undoes it.
+
+    What ``attach(set_span_in_context(span, parent))`` does, ~0.2 µs cheaper per request
+    when the API keeps the current context in its ContextVar (the default runtime).
+    """
+    if _CURRENT_CONTEXT is None:
+        return otel_context.attach(trace.set_span_in_context(span, parent))
+    if parent is EMPTY_CONTEXT:
+        return _CURRENT_CONTEXT.set(Context({_SPAN_KEY: span}))
+    return _CURRENT_CONTEXT.set(trace.set_span_in_context(span, parent))
+
+
+def detach(token: Token[Context]) -> None:
+    """Restore the context current before ``attach_span`` (in the same task)."""
+    if _CURRENT_CONTEXT is None:
+        otel_context.detach(token)
+        return
+    try:
+        _CURRENT_CONTEXT.reset(token)
+    except ValueError:  # reset from another context; the API logs the same way
+        logger.exception("Failed to detach context")
+
+
+def _current_context_var() -> ContextVar[Context] | None:
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is not ContextVarsRuntimeContext:
+        return None  # another runtime context: only the API knows where it keeps it
+    return runtime._current_context
+
+
+_CURRENT_CONTEXT = _current_context_var()
 
 
 def inject_context(headers: MutableMapping[str, str], context: Context | None = None) -> None:

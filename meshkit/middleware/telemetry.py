@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Iterable, Iterator
 from contextvars import Token
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, format_trace_id
@@ -34,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from meshkit._spans import SpanStarter, set_mesh_attributes
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, MeshMetrics
-from meshkit.tracing import EMPTY_CONTEXT, extract_context
+from meshkit.tracing import EMPTY_CONTEXT, attach_span, detach, extract_context
 
 UNKNOWN_SOURCE = "unknown"
 access_logger = logging.getLogger("meshkit.access")
@@ -101,7 +100,7 @@ class TelemetryMiddleware:
                 _finish_span(span, scope, method, route, status, identity, source, error)
                 span.end()
             if token is not None:
-                otel_context.detach(token)
+                detach(token)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 self._log(span, scope, route, status, identity, duration, sent)
 
@@ -117,7 +116,7 @@ class TelemetryMiddleware:
             return INVALID_SPAN, None
         else:
             span = trace.get_current_span(parent)  # the caller's context, carried on as is
-        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+        return span, attach_span(span, parent)
 
     def _log(
         self,

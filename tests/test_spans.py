@@ -1,13 +1,15 @@
-"""SpanStarter takes the SDK's sampling decision itself: the same spans, the same ids."""
+"""SpanStarter takes the SDK's sampling decision itself (the same spans, the same ids),
+and its MeshSpans behave as SDK spans to processors, exporters and user code."""
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -18,10 +20,18 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 import meshkit._spans
-from meshkit._spans import SpanStarter
+from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
 from meshkit.tracing import extract_context
 
 LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
@@ -138,3 +148,94 @@ def test_a_global_provider_installed_later_is_followed_within_a_second(
     assert not starter.tracing  # the global provider is looked up at most once a second
     clock.now += 0.6
     assert starter.tracing
+
+
+# --- MeshSpan: an SDK span to everything that looks at it ------------------------------
+
+
+class Recording(SpanProcessor):
+    """A processor that writes on start and keeps what ends."""
+
+    def __init__(self) -> None:
+        self.ended: list[ReadableSpan] = []
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        span.set_attribute("started.by", "processor")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+
+
+def test_processors_added_later_see_the_spans_that_start_after() -> None:
+    provider, first = provider_with(ALWAYS_ON)
+    starter = SpanStarter(provider)
+    starter.start("before", SpanKind.SERVER, Context()).end()
+    second = Recording()
+    provider.add_span_processor(second)
+    span = starter.start("after", SpanKind.SERVER, Context())
+    assert isinstance(span, MeshSpan)
+    span.end()
+    assert [s.name for s in first.get_finished_spans()] == ["before", "after"]
+    assert [s.name for s in second.ended] == ["after"]
+    assert second.ended[0].attributes["started.by"] == "processor"
+
+
+def test_attributes_are_checked_and_bounded_as_the_sdk_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=3))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    started = SpanStarter(provider).start("GET", SpanKind.SERVER, Context())
+    assert isinstance(started, MeshSpan)
+    started.set_attribute("", "no key")
+    started.set_attributes({"list": ["a", "b"], "n": 1, "object": object()})
+    started.set_attribute("last", True)
+    started.end()
+    (span,) = exporter.get_finished_spans()
+    assert dict(span.attributes) == {"n": 1, "object": None, "last": True}  # oldest dropped
+    assert span.dropped_attributes == 2  # the empty key, then "list" to make room
+    assert "invalid attribute key" in caplog.text
+
+
+def test_mesh_attributes_events_status_and_exceptions() -> None:
+    provider, exporter = provider_with(ALWAYS_ON)
+    span = SpanStarter(provider).start("GET", SpanKind.SERVER, Context())
+    set_mesh_attributes(span, {"http.route": "/a/{id}", "http.response.status_code": 500})
+    span.update_name("GET /a/{id}")
+    span.add_event("retry", {"attempt": 2})
+    span.record_exception(ValueError("bad"))
+    span.set_status(Status(StatusCode.ERROR, "bad"))
+    span.add_link(SpanContext(0xA, 0xB, is_remote=True), {"why": "batch"})
+    span.end()
+    (finished,) = exporter.get_finished_spans()
+    assert finished.name == "GET /a/{id}"
+    assert finished.attributes["http.response.status_code"] == 500
+    assert [event.name for event in finished.events] == ["retry", "exception"]
+    assert finished.events[1].attributes["exception.type"] == "ValueError"
+    assert finished.status.status_code is StatusCode.ERROR
+    assert finished.links[0].context.span_id == 0xB
+    assert json.loads(finished.to_json())["name"] == "GET /a/{id}"
+
+
+def test_an_ended_span_refuses_changes_and_ends_once(caplog: pytest.LogCaptureFixture) -> None:
+    provider, exporter = provider_with(ALWAYS_ON)
+    span = SpanStarter(provider).start("GET", SpanKind.SERVER, Context())
+    span.end()
+    span.set_attribute("late", 1)
+    set_mesh_attributes(span, {"late": 2})
+    span.update_name("renamed")
+    span.add_event("late")
+    span.end()
+    (finished,) = exporter.get_finished_spans()
+    assert finished.name == "GET" and "late" not in finished.attributes and not finished.events
+    assert caplog.text.count("on an ended span") >= 4
+
+
+def test_a_dropped_span_draws_its_ids_once_when_read() -> None:
+    provider, _ = provider_with(ParentBased(TraceIdRatioBased(0.0)))
+    span = SpanStarter(provider).start("GET", SpanKind.SERVER, Context())
+    assert "_made" not in vars(span)
+    first = span.get_span_context()
+    assert first is span.get_span_context()
+    assert first.is_valid and not first.trace_flags.sampled and not first.is_remote
