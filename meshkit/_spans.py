@@ -159,7 +159,7 @@ class _Recorder:
             parent = trace.get_current_span(context).get_span_context()
         if parent is not None and parent.is_valid:
             if not self.sampling.samples(parent, parent.trace_id):
-                return _DroppedSpan(self, parent, 0)
+                return _dropped_span(self, parent, 0)
             trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
             trace_state = parent.trace_state
             flags = _FLAGS[True, random_id]
@@ -167,7 +167,7 @@ class _Recorder:
             parent, trace_state, flags = None, _DEFAULT_TRACE_STATE, self.root_flags
             trace_id = self.new_trace_id()
             if trace_id & _LOW_64 >= self.bound:
-                return _DroppedSpan(self, None, trace_id)
+                return _dropped_span(self, None, trace_id)
         span_context = _span_context(trace_id, self.new_span_id(), flags, trace_state)
         # The fields a MeshSpan sets itself, without SdkSpan.__new__'s (*args, **kwargs)
         # call: ~0.1 µs where the constructor costs ~0.3.
@@ -235,10 +235,9 @@ class _DroppedSpan(NonRecordingSpan):
     the one the SDK would have made (see ``_Recorder.dropped_context``).
     """
 
-    def __init__(self, recorder: _Recorder, parent: SpanContext | None, trace_id: int) -> None:
-        self._recorder = recorder
-        self._parent = parent
-        self._trace_id = trace_id
+    _recorder: _Recorder
+    _parent: SpanContext | None
+    _trace_id: int
 
     @property
     def _context(self) -> SpanContext:  # type: ignore[override]
@@ -251,6 +250,16 @@ class _DroppedSpan(NonRecordingSpan):
 
     def get_span_context(self) -> SpanContext:
         return self._context
+
+
+def _dropped_span(recorder: _Recorder, parent: SpanContext | None, trace_id: int) -> Span:
+    # Most requests of a sampled mesh make one of these: set the three fields directly
+    # (~60 ns) rather than through NonRecordingSpan's constructor call (~150 ns).
+    span = _new_object(_DroppedSpan)
+    span._recorder = recorder
+    span._parent = parent
+    span._trace_id = trace_id
+    return span
 
 
 def _checked_span_context(

@@ -21,11 +21,9 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Iterator
-from contextvars import Token
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, format_trace_id
 from starlette.routing import Host, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,7 +69,19 @@ class TelemetryMiddleware:
         if method not in KNOWN_METHODS:
             method = "_OTHER"
         self.metrics.server_started(method)
-        span, token = self._start_span(scope, method)
+        # The SERVER span, made current (with the caller's baggage) when there is anything
+        # to carry on to calls the handler makes. Its attributes are set at the end, in
+        # one call, and only if it records: a dropped span costs no dict.
+        parent = extract_context(scope["headers"])
+        token = None
+        if self._spans.tracing:
+            span = self._spans.start("HTTP" if method == "_OTHER" else method, SERVER, parent)
+            token = attach_span(span, parent)
+        elif parent is EMPTY_CONTEXT:
+            span = INVALID_SPAN
+        else:
+            span = trace.get_current_span(parent)  # the caller's context, carried on as is
+            token = attach_span(span, parent)
         status = 0
         sent = 0
 
@@ -103,20 +113,6 @@ class TelemetryMiddleware:
                 detach(token)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 self._log(span, scope, route, status, identity, duration, sent)
-
-    def _start_span(self, scope: Scope, method: str) -> tuple[Span, Token[Context] | None]:
-        """The request's SERVER span, made current (with the caller's baggage) when there
-        is anything to carry on to calls the handler makes."""
-        parent = extract_context(scope["headers"])
-        if self._spans.tracing:
-            # Attributes are set at the end in one call, and only on a recording span: a
-            # dropped span costs no dict.
-            span = self._spans.start("HTTP" if method == "_OTHER" else method, SERVER, parent)
-        elif parent is EMPTY_CONTEXT:
-            return INVALID_SPAN, None
-        else:
-            span = trace.get_current_span(parent)  # the caller's context, carried on as is
-        return span, attach_span(span, parent)
 
     def _log(
         self,
