@@ -9,12 +9,13 @@ Every mode runs twice: over strict mTLS with a verified caller (what ServiceApp 
 the headline ratios) and over plaintext HTTP (``*_plaintext``: a smaller denominator).
 
 Modes: ``off`` (no middleware), ``notrace`` (metrics, no tracer provider: the API's
-no-op tracer, which still propagates context), ``sampled10`` / ``sampled100`` (the SDK
-configured by ``configure_tracing_from_env`` with parentbased_traceidratio 0.1 / 1.0,
-exporting OTLP/HTTP protobuf to a sink in the load generator, as in production), and
-``sampled100_noexport`` (spans recorded by the SDK but never exported: the SDK's share).
+no-op tracer, which still propagates context), ``sampledN`` (the SDK configured by
+``configure_tracing_from_env`` with parentbased_traceidratio N/100, exporting
+OTLP/HTTP protobuf to a sink in the load generator, as in production) and
+``sampledN_noexport`` (spans recorded but never exported: the recording's share).
+The default modes are off, notrace, sampled10, sampled100, sampled100_noexport.
 
-    python -m bench.telemetry [--requests 4000] [--rounds 9]
+    python -m bench.telemetry [--requests 4000] [--rounds 9] [--modes notrace,sampled0]
 
 Ends with one JSON line: CPU µs per request per mode and ratios to ``off``.
 """
