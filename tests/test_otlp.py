@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -31,6 +32,7 @@ from opentelemetry.trace import (
 
 from meshkit._otlp import MeshOTLPSpanExporter, OTLPBatchProcessor, SpanEncoder
 from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
+from meshkit.testing import Mesh
 
 
 def record(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
@@ -291,3 +293,44 @@ def test_a_failed_post_is_reported_by_force_flush() -> None:
     provider.get_tracer("t").start_span("lost").end()
     assert not processor.force_flush()
     provider.shutdown()
+
+
+def service_name(resource: Any) -> str:
+    (name,) = [a.value.string_value for a in resource.attributes if a.key == "service.name"]
+    return str(name)
+
+
+def test_two_meshkit_services_post_one_trace_to_a_collector(
+    mesh: Mesh, collector: Collector
+) -> None:
+    """`meshkit run` configures the exporter from OTEL_*; SIGTERM flushes what waits."""
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # only the shutdown flush posts
+    }
+    mesh.start("examples.hello.greeter:app", "greeter", env=env)
+    (frontend,) = mesh.start("examples.hello.frontend:app", "frontend", env=env)
+    status, _ = mesh.connect(frontend, as_="web").get("/")
+    assert status == 200
+    assert not collector.received  # nothing posted before the flush
+    for process in reversed(mesh.processes):
+        assert process.stop() == 0
+    spans = [
+        (service_name(resource.resource), span)
+        for request in collector.received
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    server_kind, client_kind = 2, 3  # Span.SpanKind in the OTLP protobuf
+    (callee,) = [s for name, s in spans if name == "greeter" and s.kind == server_kind]
+    (caller_server,) = [s for name, s in spans if name == "frontend" and s.kind == server_kind]
+    clients = [s for name, s in spans if name == "frontend" and s.kind == client_kind]
+    assert (callee.name, caller_server.name) == ("GET /hello", "GET /")
+    # The caller's CLIENT spans: the call (child of its SERVER span) and its attempt,
+    # the parent of the callee's SERVER span.
+    (call,) = [s for s in clients if s.parent_span_id == caller_server.span_id]
+    attempts = [s for s in clients if s.span_id == callee.parent_span_id]
+    assert len(attempts) == 1 and attempts[0].parent_span_id == call.span_id
+    assert callee.trace_id == caller_server.trace_id == attempts[0].trace_id
