@@ -160,3 +160,35 @@ def test_mesh_internals_come_from_the_client_events() -> None:
         "error_type": "ConnectionError",
     }
     assert sample("http_client_request_duration_seconds_count", failed) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True})])
+async def test_client_durations_resolve_below_a_millisecond_on_uvloop(
+    authority: LocalAuthority,
+) -> None:
+    """`meshkit run` serves on uvloop, whose loop.time() counts whole milliseconds:
+    calls timed on it would all last 0, 1, 2... ms."""
+    source, metrics = StaticSource(), MeshMetrics()
+    web_client = factory(authority, source, "web", ClientTelemetry(metrics))
+
+    async def ping(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    async with serve(
+        Starlette(routes=[Route("/ping", ping)]), contexts(authority, "orders")
+    ) as port:
+        source.set("orders", [endpoint("orders", port)])
+        for _ in range(20):
+            assert (await web_client.client("orders").get("/ping")).status_code == 200
+        await web_client.aclose()
+    labels = {
+        "http_request_method": "GET",
+        "destination_service": "orders",
+        "http_response_status_code": "200",
+        "error_type": "",
+    }
+    total = metrics.registry.get_sample_value("http_client_request_duration_seconds_sum", labels)
+    assert total is not None and total > 0
+    milliseconds = total * 1000
+    assert abs(milliseconds - round(milliseconds)) > 1e-6

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import httptools
 
+from meshkit.deadline import now
 from meshkit.errors import PeerIdentityMismatch
 from meshkit.identity import identity_from_peercert
 
@@ -135,7 +136,7 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter = loop.create_future()
         self._head = head
         self._transport.write(data)
-        timer = None if deadline is None else loop.call_at(deadline, self._time_out)
+        timer = None if deadline is None else loop.call_later(deadline - now(), self._time_out)
         try:
             message: tuple[int, RawHeaders, bytes, bool] = await waiter
             return message
@@ -220,7 +221,7 @@ class EndpointPool:
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if self.loop.time() - connection.idle_since < self._idle_timeout:
+            if now() - connection.idle_since < self._idle_timeout:
                 return connection
             connection.close()  # the server may be closing it right now: do not race it
         return None
@@ -230,7 +231,7 @@ class EndpointPool:
         self._waiters.append(waiter)
         timer = None
         if deadline is not None:
-            timer = self.loop.call_at(deadline, _expire_waiter, waiter)
+            timer = self.loop.call_later(deadline - now(), _expire_waiter, waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -262,7 +263,7 @@ class EndpointPool:
     async def _open(self, deadline: float | None) -> _Connection:
         timeout = self._connect_timeout
         if deadline is not None:
-            timeout = min(timeout, deadline - self.loop.time())
+            timeout = min(timeout, deadline - now())
         context = self._ssl_context() if self._ssl_context is not None else None
         try:
             async with asyncio.timeout(max(timeout, 0.0)):
@@ -307,7 +308,7 @@ class EndpointPool:
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        connection.idle_since = self.loop.time()
+        connection.idle_since = now()
         self._idle.append(connection)
 
     def _forget(self, connection: _Connection) -> None:

@@ -75,7 +75,7 @@ class Call:
 
     def __init__(self, destination: str, deadline: float, *, send_deadline: bool) -> None:
         self.destination = destination
-        self.deadline = deadline  # absolute, loop time
+        self.deadline = deadline  # absolute, on deadlines.now()'s clock
         self.send_deadline = send_deadline
         self.attempt = 0
         self.budget_spent = False
@@ -88,10 +88,6 @@ class Call:
 
 def _call(request: Request) -> Call:
     return request.extensions[CALL_EXTENSION]  # type: ignore[no-any-return]
-
-
-def _now() -> float:
-    return asyncio.get_running_loop().time()
 
 
 class MeshTransport(AsyncBaseTransport):
@@ -130,7 +126,7 @@ async def run_call(
     send_deadline: bool,
 ) -> Response:
     """Bound the call by min(its timeout, the incoming deadline) and report it to hooks."""
-    now = _now()
+    now = deadlines.now()
     deadline = now + request.extensions.get(TIMEOUT_EXTENSION, timeout)
     incoming = deadlines.current_deadline()
     if incoming is not None and incoming < deadline:
@@ -156,7 +152,7 @@ async def run_call(
     finally:
         attempts = _call(request).attempt
         event = CallEnded(
-            destination, request.method, path, status, _now() - now, attempts, error, state
+            destination, request.method, path, status, deadlines.now() - now, attempts, error, state
         )
         hooks.on_call_end(event)
 
@@ -223,7 +219,7 @@ class BreakerTransport(AsyncBaseTransport):
 
     async def handle_async_request(self, request: Request) -> Response:
         breaker = self._breaker
-        admission = breaker.allow(_now())
+        admission = breaker.allow(deadlines.now())
         if admission == REFUSED:
             raise CircuitOpen(
                 "circuit breaker is open: the destination is failing", destination=self._destination
@@ -232,12 +228,12 @@ class BreakerTransport(AsyncBaseTransport):
             response = await self._inner.handle_async_request(request)
         except asyncio.CancelledError:
             if admission == PROBE:
-                breaker.record(admission, False, _now())
+                breaker.record(admission, False, deadlines.now())
             raise
         except Exception:
-            breaker.record(admission, False, _now())
+            breaker.record(admission, False, deadlines.now())
             raise
-        breaker.record(admission, response.status_code < 500, _now())
+        breaker.record(admission, response.status_code < 500, deadlines.now())
         return response
 
 
@@ -268,7 +264,7 @@ class RetryTransport(AsyncBaseTransport):
 
     async def handle_async_request(self, request: Request) -> Response:
         call = _call(request)
-        self._budget.deposit(_now())
+        self._budget.deposit(deadlines.now())
         idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
         while True:
             call.attempt += 1
@@ -303,7 +299,7 @@ class RetryTransport(AsyncBaseTransport):
         """How long to wait before the next attempt; None when there is none."""
         if call.attempt >= self._policy.max_attempts:
             return None
-        now = _now()
+        now = deadlines.now()
         delay = self._delay(call.attempt, response)
         if delay is None or now + delay >= call.deadline:
             return None
@@ -334,7 +330,7 @@ class RetryTransport(AsyncBaseTransport):
             return RetryBudgetExhausted(
                 f"retry budget spent; last attempt: {error}", destination=self._destination
             )
-        if isinstance(error, AttemptTimedOut) and _now() >= call.deadline:
+        if isinstance(error, AttemptTimedOut) and deadlines.now() >= call.deadline:
             return DeadlineExceeded(
                 f"deadline passed after {call.attempt} attempt(s): {error}",
                 destination=self._destination,
@@ -375,7 +371,7 @@ class BalancerTransport(AsyncBaseTransport):
         call = _call(request)
         balancer = self._balancer
         await balancer.refresh()
-        started = _now()
+        started = deadlines.now()
         state = balancer.pick(started, call.tried)
         call.tried.append(state)
         call.pool = state.pool
@@ -391,7 +387,7 @@ class BalancerTransport(AsyncBaseTransport):
             ok = None  # the caller gave up: says nothing about the endpoint
             raise
         finally:
-            ended = _now()
+            ended = deadlines.now()
             balancer.record(state, ok, ended - started, ended)
 
 
@@ -404,7 +400,7 @@ async def attempt_with_hooks(
 ) -> Response:
     endpoint = state.endpoint if state is not None else None
     headers: list[tuple[str, str]] = []
-    started = _now()
+    started = deadlines.now()
     event = AttemptStarted(call.destination, request.method, call.attempt, endpoint, headers)
     token = hooks.on_attempt_start(event)
     call.extra_headers = headers
@@ -418,7 +414,7 @@ async def attempt_with_hooks(
         error = exc
         raise
     finally:
-        duration = _now() - started
+        duration = deadlines.now() - started
         hooks.on_attempt_end(
             AttemptEnded(
                 call.destination,
@@ -443,8 +439,7 @@ class PoolTransport(AsyncBaseTransport):
         call = _call(request)
         if call.prefix is None:
             call.prefix, call.body = await serialize(request)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = deadlines.now()
         deadline = sent_deadline = call.deadline
         if self._per_try is not None and started + self._per_try < deadline:
             deadline = started + self._per_try
@@ -462,7 +457,7 @@ class PoolTransport(AsyncBaseTransport):
         status, headers, body = await call.pool.request(
             b"".join(parts), head=request.method == "HEAD", deadline=deadline
         )
-        return await build_response(status, headers, body, request, loop.time() - started)
+        return await build_response(status, headers, body, request, deadlines.now() - started)
 
 
 async def serialize(request: Request) -> tuple[bytes, bytes]:
