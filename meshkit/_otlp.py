@@ -371,7 +371,7 @@ class OTLPBatchProcessor(SpanProcessor):
         self._worker.start()
 
     def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
+        context = span._context  # the fields, not the properties: this runs on every span
         if context is None or not context.trace_flags.sampled or self._shutdown:
             return
         queue = self._queue
@@ -379,7 +379,8 @@ class OTLPBatchProcessor(SpanProcessor):
             self._dropped += 1  # two threads at once may count one: it only feeds a warning
             return
         # Encoded now, so that the span object goes as soon as it ends.
-        queue.append((span.resource, span.instrumentation_scope, self._encoder.span(span)))
+        encoded = self._encoder.span(span)
+        queue.append((span._resource, span._instrumentation_scope, encoded))
         if len(queue) >= self._max_export_batch_size and not self._wake.is_set():
             self._wake.set()
 
