@@ -192,8 +192,11 @@ def configure_tracing_from_env(
     names = _exporter_names(environ)
     if not names:
         return None
+    # Every setting checked before any processor starts its thread.
     sampler = sampler_from_env(environ)
     batching = _batching(environ)
+    if "otlp" in names:
+        _check_otlp_protocol(environ)
     resource = Resource.create({"service.name": service_name})
     provider = TracerProvider(resource=resource, sampler=sampler)
     for name in names:
@@ -238,7 +241,7 @@ def _processor(name: str, environ: Mapping[str, str], batching: _Batching) -> Sp
     return SimpleSpanProcessor(ConsoleSpanExporter())
 
 
-def _otlp_exporter(environ: Mapping[str, str]) -> MeshOTLPSpanExporter:
+def _check_otlp_protocol(environ: Mapping[str, str]) -> None:
     protocol = environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
     )
@@ -247,6 +250,9 @@ def _otlp_exporter(environ: Mapping[str, str]) -> MeshOTLPSpanExporter:
             f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: meshkit ships the http/protobuf "
             "OTLP exporter only"
         )
+
+
+def _otlp_exporter(environ: Mapping[str, str]) -> MeshOTLPSpanExporter:
     from meshkit._otlp import MeshOTLPSpanExporter
 
     return MeshOTLPSpanExporter(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,14 @@ def test_samplers() -> None:
 def test_invalid_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         configure_tracing_from_env("orders", environ)
+
+
+def test_settings_are_checked_before_any_exporter_thread_starts() -> None:
+    environ = {"OTEL_TRACES_EXPORTER": "zipkin,otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    threads = threading.active_count()
+    with pytest.raises(ConfigError, match="PROTOCOL"):
+        configure_tracing_from_env("orders", environ)
+    assert threading.active_count() == threads
 
 
 def test_extract_ignores_the_current_context_and_bad_headers() -> None:
