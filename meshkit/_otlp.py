@@ -306,8 +306,6 @@ class MeshOTLPSpanExporter(OTLPSpanExporter):
         self._encoder = SpanEncoder()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
-            return super().export(spans)  # the stock path warns and refuses alike
         return self.post(self._encoder.encode(spans), len(spans))
 
     def post(self, body: bytes, count: int) -> SpanExportResult:
