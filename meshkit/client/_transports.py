@@ -141,7 +141,9 @@ async def run_call(
         raise DeadlineExceeded(
             "no time left: the incoming deadline has passed", destination=destination
         )
-    request.extensions[CALL_EXTENSION] = Call(destination, deadline, send_deadline=send_deadline)
+    call = request.extensions[CALL_EXTENSION] = Call(
+        destination, deadline, send_deadline=send_deadline
+    )
     if hooks is None:
         return await inner.handle_async_request(request)
     path = request.url.path
@@ -156,9 +158,9 @@ async def run_call(
         error = exc
         raise
     finally:
-        attempts = _call(request).attempt
+        duration = deadlines.now() - now
         event = CallEnded(
-            destination, request.method, path, status, deadlines.now() - now, attempts, error, state
+            destination, request.method, path, status, duration, call.attempt, error, state
         )
         hooks.on_call_end(event)
 
@@ -378,7 +380,8 @@ class BalancerTransport(AsyncBaseTransport):
     async def handle_async_request(self, request: Request) -> Response:
         call = _call(request)
         balancer = self._balancer
-        await balancer.refresh()
+        if balancer.stale:
+            await balancer.refresh()
         started = deadlines.now()
         state = balancer.pick(started, call.tried)
         call.tried.append(state)
@@ -532,13 +535,14 @@ class PassthroughTransport(AsyncBaseTransport):
         self._policy = policy
         self._hooks = hooks
         self._inner = PoolTransport(None)
+        self._attempt = _PassthroughAttempt(self)
         self._pools: dict[tuple[str, str, int], EndpointPool] = {}
 
     async def handle_async_request(self, request: Request) -> Response:
         host = request.url.host
         return await run_call(
             request,
-            _PassthroughAttempt(self),
+            self._attempt,
             host,
             self._policy.timeout,
             self._hooks,
