@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import MeshClientFactory
+from meshkit.client import AttemptStarted, MeshClientFactory
 from meshkit.client_telemetry import ClientTelemetry
 from meshkit.metrics import MeshMetrics
 from meshkit.middleware.telemetry import TelemetryMiddleware
 from meshkit.settings import MeshSettings
+from meshkit.tracing import append_context_headers
 from tests.client.helpers import StaticSource, contexts, endpoint, serve
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -192,3 +196,39 @@ async def test_client_durations_resolve_below_a_millisecond_on_uvloop(
     assert total is not None and total > 0
     milliseconds = total * 1000
     assert abs(milliseconds - round(milliseconds)) > 1e-6
+
+
+@pytest.mark.parametrize(
+    ("provider", "flags", "trace_state", "entries"),
+    [
+        (TracerProvider(), 1, [], {}),
+        (TracerProvider(), 1, [("vendor", "x")], {}),
+        (TracerProvider(sampler=ALWAYS_OFF), 0, [("vendor", "x")], {}),
+        (TracerProvider(), 1, [], {"tenant": "blue", "plan": "gold"}),
+        (trace.NoOpTracerProvider(), 1, [], {}),
+    ],
+    ids=["sampled", "tracestate", "dropped", "baggage", "no-sdk"],
+)
+def test_attempt_headers_are_what_the_w3c_propagators_write(
+    provider: trace.TracerProvider,
+    flags: int,
+    trace_state: list[tuple[str, str]],
+    entries: dict[str, str],
+) -> None:
+    incoming = SpanContext(
+        int(TRACE_ID, 16), int(EDGE_SPAN, 16), True, TraceFlags(flags), TraceState(trace_state)
+    )
+    context = trace.set_span_in_context(NonRecordingSpan(incoming))
+    for name, value in entries.items():
+        context = baggage.set_baggage(name, value, context)
+    token = otel_context.attach(context)
+    try:
+        hooks = ClientTelemetry(MeshMetrics(), tracer_provider=provider)
+        headers: list[tuple[str, str]] = []
+        span = hooks.on_attempt_start(AttemptStarted("orders", "GET", 1, None, headers))
+        expected: list[tuple[str, str]] = []
+        append_context_headers(expected, trace.set_span_in_context(span))  # type: ignore[arg-type]
+    finally:
+        otel_context.detach(token)
+    assert headers == expected
+    assert headers[0][0] == "traceparent"

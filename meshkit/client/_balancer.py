@@ -92,8 +92,13 @@ class Balancer:
         self._states: list[EndpointState] = []
         self._ejected = 0
 
+    @property
+    def stale(self) -> bool:
+        """The source changed since the last ``refresh`` (checked on every attempt)."""
+        return self._source.generation != self._generation
+
     async def refresh(self) -> None:
-        """Follow the source; called per call, and cheap when nothing changed."""
+        """Follow the source; cheap when nothing changed."""
         generation = self._source.generation
         if generation == self._generation:
             return

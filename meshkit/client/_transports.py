@@ -54,6 +54,8 @@ TIMEOUT_EXTENSION = "meshkit.timeout"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 _CRLF = b"\r\n"
+_CR, _LF = _CRLF
+_HEAD_CACHE_SIZE = 1024
 _DEADLINE_PREFIX = deadlines.DEADLINE_HEADER_BYTES + b": "
 
 
@@ -67,6 +69,7 @@ class Call:
         "deadline",
         "destination",
         "extra_headers",
+        "keyed",
         "pool",
         "prefix",
         "send_deadline",
@@ -84,6 +87,9 @@ class Call:
         self.extra_headers: list[tuple[str, str]] = []
         self.prefix: bytes | None = None  # request line + headers, serialized once
         self.body = b""
+        # Whether the request carries an Idempotency-Key: found while serializing, which
+        # happens before the first attempt sends anything, so before any retry decision.
+        self.keyed = False
 
 
 def _call(request: Request) -> Call:
@@ -135,7 +141,9 @@ async def run_call(
         raise DeadlineExceeded(
             "no time left: the incoming deadline has passed", destination=destination
         )
-    request.extensions[CALL_EXTENSION] = Call(destination, deadline, send_deadline=send_deadline)
+    call = request.extensions[CALL_EXTENSION] = Call(
+        destination, deadline, send_deadline=send_deadline
+    )
     if hooks is None:
         return await inner.handle_async_request(request)
     path = request.url.path
@@ -150,9 +158,9 @@ async def run_call(
         error = exc
         raise
     finally:
-        attempts = _call(request).attempt
+        duration = deadlines.now() - now
         event = CallEnded(
-            destination, request.method, path, status, deadlines.now() - now, attempts, error, state
+            destination, request.method, path, status, duration, call.attempt, error, state
         )
         hooks.on_call_end(event)
 
@@ -265,21 +273,21 @@ class RetryTransport(AsyncBaseTransport):
     async def handle_async_request(self, request: Request) -> Response:
         call = _call(request)
         self._budget.deposit(deadlines.now())
-        idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+        safe_method = request.method in IDEMPOTENT_METHODS
         while True:
             call.attempt += 1
             try:
                 response = await self._inner.handle_async_request(request)
             except (PeerIdentityMismatch, AttemptFailed) as exc:
                 delay = None
-                if self._repeatable(exc, call, idempotent):
+                if self._repeatable(exc, call, safe_method or call.keyed):
                     delay = self._next_delay(request, call, None, _reason(exc))
                 if delay is None:
                     if isinstance(exc, PeerIdentityMismatch):
                         raise
                     raise self._translate(exc, call) from exc
             else:
-                if response.status_code not in RETRYABLE_STATUS or not idempotent:
+                if response.status_code not in RETRYABLE_STATUS or not (safe_method or call.keyed):
                     return response
                 delay = self._next_delay(request, call, response, f"status {response.status_code}")
                 if delay is None:
@@ -370,7 +378,8 @@ class BalancerTransport(AsyncBaseTransport):
     async def handle_async_request(self, request: Request) -> Response:
         call = _call(request)
         balancer = self._balancer
-        await balancer.refresh()
+        if balancer.stale:
+            await balancer.refresh()
         started = deadlines.now()
         state = balancer.pick(started, call.tried)
         call.tried.append(state)
@@ -430,22 +439,30 @@ async def attempt_with_hooks(
 
 
 class PoolTransport(AsyncBaseTransport):
-    """Send one attempt over the pool the balancer chose, bounded by the per-try timeout."""
+    """Send one attempt over the pool the balancer chose, bounded by the per-try timeout.
+
+    A destination's calls mostly repeat a few request heads (the client's headers on a
+    few paths): each distinct head is serialized and checked once, then looked up by its
+    parts (~0.5 µs where serializing costs ~3). Heads with a value of their own per call
+    (a request id) fill the bounded cache and are then serialized each time.
+    """
 
     def __init__(self, per_try_timeout: float | None) -> None:
         self._per_try = per_try_timeout
+        self._heads: dict[tuple[object, ...], tuple[bytes, bool]] = {}
 
     async def handle_async_request(self, request: Request) -> Response:
         call = _call(request)
         if call.prefix is None:
-            call.prefix, call.body = await serialize(request)
+            call.body = await read_body(request)
+            call.prefix, call.keyed = self._head(request, len(call.body))
         started = deadlines.now()
         deadline = sent_deadline = call.deadline
         if self._per_try is not None and started + self._per_try < deadline:
             deadline = started + self._per_try
             # Work behind an Idempotency-Key outlives the attempt: the server may finish
             # it, and the retry then gets its stored result instead of running it again.
-            if "idempotency-key" not in request.headers:
+            if not call.keyed:
                 sent_deadline = deadline
         parts = [call.prefix]
         if call.send_deadline:
@@ -459,29 +476,48 @@ class PoolTransport(AsyncBaseTransport):
         )
         return await build_response(status, headers, body, request, deadlines.now() - started)
 
+    def _head(self, request: Request, body_length: int) -> tuple[bytes, bool]:
+        raw_path, raw_headers = request.url.raw_path, request.headers.raw
+        key = (request.method, raw_path, body_length, *raw_headers)
+        head = self._heads.get(key)
+        if head is None:
+            head = serialize_head(request.method, raw_path, raw_headers, body_length)
+            if len(self._heads) < _HEAD_CACHE_SIZE:
+                self._heads[key] = head
+        return head
 
-async def serialize(request: Request) -> tuple[bytes, bytes]:
-    """Request line and headers, and the whole body: read once, so every attempt can
-    replay it (a streamed body is buffered and sent with a Content-Length)."""
+
+async def read_body(request: Request) -> bytes:
+    """The whole body, read once so every attempt can replay it."""
     try:
-        body = request.content
+        return request.content
     except httpx.RequestNotRead:
-        body = await request.aread()
-    lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-    chunked = False
-    for name, value in request.headers.raw:
-        if name.lower() == b"transfer-encoding":
+        return await request.aread()
+
+
+def serialize_head(
+    method: str, raw_path: bytes, raw_headers: list[tuple[bytes, bytes]], body_length: int
+) -> tuple[bytes, bool]:
+    """Request line and headers, and whether they hold an Idempotency-Key. The body is
+    sent whole, so a chunked one goes with a Content-Length instead."""
+    lines = [method.encode("ascii"), b" ", raw_path, b" HTTP/1.1\r\n"]
+    chunked = keyed = False
+    for name, value in raw_headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
             chunked = True
             continue
+        keyed = keyed or lowered == b"idempotency-key"
         lines.append(_raw_header_line(name, value))
     if chunked:
-        lines.append(b"Content-Length: %d\r\n" % len(body))
-    return b"".join(lines), body
+        lines.append(b"Content-Length: %d\r\n" % body_length)
+    return b"".join(lines), keyed
 
 
 def _raw_header_line(name: bytes, value: bytes) -> bytes:
-    # A CR or LF inside a header would let a caller smuggle a second request.
-    if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
+    # A CR or LF inside a header would let a caller smuggle a second request. (Bytes
+    # searched for an int, a byte value, take ~0.01 µs; for a one-byte bytes, ~0.1.)
+    if _CR in value or _LF in value or _CR in name or _LF in name:
         raise httpx.LocalProtocolError(f"header {name!r} holds a line break")
     return b"%s: %s\r\n" % (name, value)
 
@@ -498,13 +534,14 @@ class PassthroughTransport(AsyncBaseTransport):
         self._policy = policy
         self._hooks = hooks
         self._inner = PoolTransport(None)
+        self._attempt = _PassthroughAttempt(self)
         self._pools: dict[tuple[str, str, int], EndpointPool] = {}
 
     async def handle_async_request(self, request: Request) -> Response:
         host = request.url.host
         return await run_call(
             request,
-            _PassthroughAttempt(self),
+            self._attempt,
             host,
             self._policy.timeout,
             self._hooks,

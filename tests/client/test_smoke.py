@@ -21,6 +21,7 @@ async def echo(request: Request) -> JSONResponse:
             "body": body.decode(),
             "query": str(request.query_params),
             "deadline": request.headers.get("x-meshkit-deadline-ms"),
+            "tenant": request.headers.get("x-tenant"),
         }
     )
 
@@ -44,5 +45,23 @@ async def test_get_post_through_mtls(authority: LocalAuthority) -> None:
             assert response.json()["query"] == "a=1"
             assert (await client.head("/items")).status_code == 200
             assert (await client.get("/again")).status_code == 200
+        finally:
+            await mesh.aclose()
+
+
+async def test_each_call_sends_its_own_headers(authority: LocalAuthority) -> None:
+    # Request heads are serialized once and looked up after: by their every header value.
+    async with serve(APP, contexts(authority, "payments")) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        mesh = factory(authority, source)
+        client = mesh.client("payments")
+        try:
+            tenants = []
+            for tenant in ("blue", "green", "blue"):
+                response = await client.get("/items", headers={"x-tenant": tenant})
+                tenants.append(response.json()["tenant"])
+            client.headers["x-tenant"] = "red"
+            tenants.append((await client.get("/items")).json()["tenant"])
+            assert tenants == ["blue", "green", "blue", "red"]
         finally:
             await mesh.aclose()

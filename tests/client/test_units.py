@@ -9,7 +9,7 @@ from meshkit.client import ClientPolicy
 from meshkit.client._breaker import ADMITTED, PROBE, REFUSED, CircuitBreaker
 from meshkit.client._budget import RetryBudget, WindowedCounter
 from meshkit.client._http import Request
-from meshkit.client._transports import _retry_after, serialize
+from meshkit.client._transports import _retry_after, read_body, serialize_head
 from meshkit.errors import ConfigError
 
 pytestmark = pytest.mark.anyio
@@ -82,22 +82,38 @@ def test_retry_after_forms() -> None:
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
 
 
+async def _serialize(request: Request) -> tuple[bytes, bytes, bool]:
+    body = await read_body(request)
+    head, keyed = serialize_head(
+        request.method, request.url.raw_path, request.headers.raw, len(body)
+    )
+    return head, body, keyed
+
+
 async def test_serialize_buffers_a_streamed_body() -> None:
     async def chunks():  # type: ignore[no-untyped-def]
         yield b"ab"
         yield b"cd"
 
     request = Request("POST", "http://payments/charge?x=1", content=chunks())
-    head, body = await serialize(request)
+    head, body, keyed = await _serialize(request)
     assert head.startswith(b"POST /charge?x=1 HTTP/1.1\r\n")
     assert b"Content-Length: 4\r\n" in head and b"chunked" not in head.lower()
     assert body == b"abcd"
+    assert not keyed
+
+
+async def test_serialize_finds_an_idempotency_key_in_any_case() -> None:
+    request = Request("POST", "http://payments/", headers={"Idempotency-KEY": "k1"}, content=b"x")
+    head, _, keyed = await _serialize(request)
+    assert keyed
+    assert b"Idempotency-KEY: k1\r\n" in head
 
 
 async def test_header_line_breaks_are_refused() -> None:
     request = Request("GET", "http://payments/", headers={"x-evil": "a\r\nHost: other"})
     with pytest.raises(Exception, match="line break"):
-        await serialize(request)
+        await _serialize(request)
 
 
 def test_deadline_header_round_trip() -> None:
