@@ -18,8 +18,8 @@ from contextvars import ContextVar, Token
 from importlib import metadata
 from typing import TYPE_CHECKING, NamedTuple
 
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
@@ -160,6 +160,29 @@ def inject_context(headers: MutableMapping[str, str], context: Context | None = 
 def append_context_headers(headers: list[tuple[str, str]], context: Context | None = None) -> None:
     """Append the trace-context headers of ``context`` (default: the current) to a list."""
     MESH_PROPAGATOR.inject(headers, context=context, setter=_LIST_SETTER)
+
+
+def append_span_headers(headers: list[tuple[str, str]], span: Span) -> None:
+    """Append the headers ``append_context_headers`` writes for ``span`` made current
+    (the mesh client's attempt span: the callee's SERVER span becomes its child).
+
+    Mesh calls rarely carry baggage: then the W3C propagators' output is a
+    ``traceparent`` (and a ``tracestate`` when the trace has one), formatted here as
+    they format it, without a Context to hold the span and two propagator passes over
+    it (~1 µs an attempt). With baggage, the propagators write all of it.
+    """
+    current = otel_context.get_current()
+    if baggage.get_all(current):
+        append_context_headers(headers, trace.set_span_in_context(span, current))
+        return
+    span_context = span.get_span_context()
+    if span_context == trace.INVALID_SPAN_CONTEXT:
+        return
+    ids = (span_context.trace_id, span_context.span_id, span_context.trace_flags)
+    # %-formatting of the ids takes ~0.2 µs, an f-string's format specs ~0.35.
+    headers.append(("traceparent", "00-%032x-%016x-%02x" % ids))  # noqa: UP031
+    if span_context.trace_state:
+        headers.append(("tracestate", span_context.trace_state.to_header()))
 
 
 def get_tracer(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:

@@ -239,3 +239,30 @@ def test_a_dropped_span_draws_its_ids_once_when_read() -> None:
     first = span.get_span_context()
     assert first is span.get_span_context()
     assert first.is_valid and not first.trace_flags.sampled and not first.is_remote
+
+
+def test_a_child_of_a_dropped_span_needs_no_context_of_its_parent() -> None:
+    provider, _ = provider_with(ParentBased(TraceIdRatioBased(0.0)))
+    starter = SpanStarter(provider)
+    remote = SpanContext(
+        0xABC,
+        0xDEF,
+        is_remote=True,
+        trace_flags=TraceFlags(0),
+        trace_state=TraceState([("k", "v")]),
+    )
+    for parent in (
+        starter.start("root", SpanKind.SERVER, Context()),
+        starter.start(
+            "server", SpanKind.SERVER, trace.set_span_in_context(NonRecordingSpan(remote))
+        ),
+    ):
+        child = starter.start("call", SpanKind.CLIENT, trace.set_span_in_context(parent))
+        assert "_made" not in vars(parent)
+        made, expected = child.get_span_context(), parent.get_span_context()
+        assert (made.trace_id, made.trace_flags, made.trace_state) == (
+            expected.trace_id,
+            expected.trace_flags,
+            expected.trace_state,
+        )
+        assert made.span_id != expected.span_id and not made.trace_flags.sampled
