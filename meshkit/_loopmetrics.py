@@ -141,10 +141,15 @@ class _LoopValue(_LoopMetric):
     family_type: ClassVar[type[CounterMetricFamily] | type[GaugeMetricFamily]]
 
     def add(self, key: Key, amount: int) -> None:
+        self.series(key)[0] += amount
+
+    def series(self, key: Key) -> list[float]:
+        """The ``[value]`` list of ``key``'s series, for a caller that keeps it and
+        updates ``[0]`` itself (from the loop's thread, as always)."""
         series = self._by_key.get(key)
         if series is None:
             series = self._add_series(key)
-        series[0] += amount
+        return series
 
     def collect(self) -> list[Metric]:
         family = self._family()

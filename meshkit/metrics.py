@@ -156,6 +156,7 @@ class MeshMetrics:
             self.registry,
             buckets=DURATION_BUCKETS,
         )
+        self._active_by_method: dict[str, list[float]] = {}
         self._server_active = LoopGauge(
             "http_server_active_requests",
             "Number of active HTTP server requests.",
@@ -232,13 +233,19 @@ class MeshMetrics:
 
     def server_started(self, method: str) -> None:
         """A request came in; ``method`` is its ``method_label``."""
-        self._server_active.add((method,), 1)
+        # The active gauge's series per method, kept: no key tuple and no call per update.
+        active = self._active_by_method.get(method)
+        if active is None:
+            active = self._active_by_method[method] = self._server_active.series((method,))
+        active[0] += 1
 
     def server_finished(
         self, method: str, route: str, status: int, source: str, seconds: float
     ) -> None:
         """The request ``server_started`` counted is over, after ``seconds``."""
-        self._server_active.add((method,), -1)
+        active = self._active_by_method.get(method)
+        if active is not None:  # a request counted by server_started
+            active[0] -= 1
         self._server_duration.observe((method, route, status, source), seconds)
 
     def observe_client_call(
