@@ -121,6 +121,9 @@ class SpanStarter:
         if provider is not self._provider:
             self._provider = provider
             self._use(get_tracer(provider))
+        # The API sets the global provider once: found, it needs no more looking for
+        # (no clock read per span from now on).
+        self._global = isinstance(provider, trace.ProxyTracerProvider)
 
 
 class _Recorder:
@@ -361,8 +364,6 @@ class MeshSpan(SdkSpan):
     _dropped_attributes = 0
     _record_exception = True
     _set_status_on_exception = True
-    _record_end_metrics = None
-    _trace_config = None
     # Held for a few bytecodes by the SDK method this class inherits (set_status): one
     # lock for all spans costs no allocation per span.
     _lock = threading.Lock()
@@ -445,7 +446,6 @@ def _bound_span_class(tracer: SdkTracer, hooks: _Hooks | None) -> type[MeshSpan]
         "_instrumentation_scope": tracer._instrumentation_scope,
         "_span_processor": tracer.span_processor,
         "_limits": tracer._span_limits,
-        "_sampler": tracer.sampler,
         "__module__": __name__,
     }
     return type("MeshSpan", (MeshSpan,), shared)

@@ -149,6 +149,13 @@ def test_a_global_provider_installed_later_is_followed_within_a_second(
     clock.now += 0.6
     assert starter.tracing
 
+    def no_clock() -> float:
+        raise AssertionError("the global provider is set once: no more looking for it")
+
+    monkeypatch.setattr(meshkit._spans, "time", types.SimpleNamespace(monotonic=no_clock))
+    assert starter.tracing
+    starter.start("GET", SpanKind.SERVER, Context()).end()
+
 
 # --- MeshSpan: an SDK span to everything that looks at it ------------------------------
 
