@@ -444,7 +444,7 @@ class PoolTransport(AsyncBaseTransport):
     A destination's calls mostly repeat a few request heads (the client's headers on a
     few paths): each distinct head is serialized and checked once, then looked up by its
     parts (~0.5 µs where serializing costs ~3). Heads with a value of their own per call
-    (a request id) fill the bounded cache and are then serialized each time.
+    (a request id) gain nothing: the bounded cache is emptied when full.
     """
 
     def __init__(self, per_try_timeout: float | None) -> None:
@@ -482,8 +482,9 @@ class PoolTransport(AsyncBaseTransport):
         head = self._heads.get(key)
         if head is None:
             head = serialize_head(request.method, raw_path, raw_headers, body_length)
-            if len(self._heads) < _HEAD_CACHE_SIZE:
-                self._heads[key] = head
+            if len(self._heads) >= _HEAD_CACHE_SIZE:
+                self._heads.clear()  # what repeats now comes back at once; one-offs go
+            self._heads[key] = head
         return head
 
 
