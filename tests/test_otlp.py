@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -33,6 +31,7 @@ from opentelemetry.trace import (
 from meshkit._otlp import MeshOTLPSpanExporter, OTLPBatchProcessor, SpanEncoder
 from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
 from meshkit.testing import Mesh
+from tests._sink import PostSink, post_sink
 
 
 def record(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
@@ -147,25 +146,15 @@ def test_mesh_spans_encode_as_sdk_spans_do() -> None:
 
 
 class Collector:
-    """A real OTLP/HTTP endpoint on 127.0.0.1 keeping every request it decodes."""
+    """A real OTLP/HTTP endpoint on 127.0.0.1; ``received`` decodes what was posted."""
 
-    def __init__(self) -> None:
-        received = self.received = []
+    def __init__(self, sink: PostSink) -> None:
+        self.url = sink.url("/v1/traces")
+        self._sink = sink
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(ExportTraceServiceRequest.FromString(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        self.received: list[ExportTraceServiceRequest] = received
+    @property
+    def received(self) -> list[ExportTraceServiceRequest]:
+        return [ExportTraceServiceRequest.FromString(body) for body in self._sink.bodies]
 
     def span_names(self) -> list[str]:
         return [
@@ -179,12 +168,8 @@ class Collector:
 
 @pytest.fixture
 def collector() -> Iterator[Collector]:
-    collector = Collector()
-    thread = threading.Thread(target=collector.server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield collector
-    collector.server.shutdown()
-    collector.server.server_close()
+    with post_sink() as sink:
+        yield Collector(sink)
 
 
 def test_the_exporter_posts_what_a_collector_decodes(collector: Collector) -> None:

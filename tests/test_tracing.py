@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from meshkit.tracing import (
     otlp_traces_endpoint,
     sampler_from_env,
 )
+from tests._sink import post_sink
 
 
 def exporters(provider: TracerProvider) -> list[object]:
@@ -221,41 +221,24 @@ def test_extract_reads_as_the_w3c_propagators(headers: list[tuple[bytes, bytes]]
 def test_zipkin_receives_meshkit_spans_as_sdk_spans() -> None:
     """The seed names Zipkin: spans meshkit records reach a real Zipkin endpoint, in its
     v2 JSON, through the stock exporter configured from the environment."""
-    received: list[list[dict[str, object]]] = []
-
-    class Zipkin(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(202)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Zipkin)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    environ = {
-        "OTEL_TRACES_EXPORTER": "zipkin",
-        "OTEL_EXPORTER_ZIPKIN_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}/api/v2/spans",
-    }
-    provider = configure_tracing_from_env("orders", environ)
-    assert provider is not None
-    try:
-        starter = SpanStarter(provider)
-        span = starter.start("GET", SpanKind.SERVER, Context())
-        assert isinstance(span, MeshSpan)
-        span.update_name("GET /orders/{order_id}")
-        set_mesh_attributes(
-            span, {"http.route": "/orders/{order_id}", "http.response.status_code": 200}
-        )
-        span.end()
-        provider.force_flush()
-    finally:
-        provider.shutdown()
-        server.shutdown()
-        server.server_close()
+    with post_sink(status=202) as zipkin:
+        environ = {
+            "OTEL_TRACES_EXPORTER": "zipkin",
+            "OTEL_EXPORTER_ZIPKIN_ENDPOINT": zipkin.url("/api/v2/spans"),
+        }
+        provider = configure_tracing_from_env("orders", environ)
+        assert provider is not None
+        try:
+            span = SpanStarter(provider).start("GET", SpanKind.SERVER, Context())
+            assert isinstance(span, MeshSpan)
+            span.update_name("GET /orders/{order_id}")
+            attributes = {"http.route": "/orders/{order_id}", "http.response.status_code": 200}
+            set_mesh_attributes(span, attributes)
+            span.end()
+            provider.force_flush()
+        finally:
+            provider.shutdown()
+    received = [json.loads(body) for body in zipkin.bodies]
     (zipkin_span,) = [span for batch in received for span in batch]
     assert zipkin_span["name"] == "GET /orders/{order_id}"
     assert zipkin_span["kind"] == "SERVER"
