@@ -4,13 +4,15 @@ The stock path keeps every ended span object in a queue until the batch thread b
 a protobuf object per span, per attribute and per value (~25 µs a span, more CPU than
 a whole request served by uvicorn), and the queued spans outlive enough allocations to
 be walked by the garbage collector on their way out. Here ``OTLPBatchProcessor``
-encodes a span into its OTLP wire bytes when it ends (~2 µs: spans of a mesh repeat the
-same few attributes, so each encoded key/value pair is memoized) and queues only those
-bytes; its thread wraps them into ``ExportTraceServiceRequest`` bodies and posts them
-with the stock exporter's HTTP client (retries, timeouts, headers, TLS settings as the
-``OTEL_EXPORTER_OTLP_*`` variables say). A span with events, links or array values is
-encoded by the stock per-span encoder: the output is always what a collector would
-get from the stock exporter.
+encodes a span into its OTLP wire bytes when it ends and queues only those bytes: in C
+when meshkit was installed with its speedups (``meshkit/_speedups.c``, ~0.3 µs a span),
+else in Python (~1.5 µs: spans of a mesh repeat the same few attributes, so each
+encoded key/value pair is memoized; both write the same bytes). Its thread wraps them
+into ``ExportTraceServiceRequest`` bodies and posts them with the stock exporter's HTTP
+client (retries, timeouts, headers, TLS settings as the ``OTEL_EXPORTER_OTLP_*``
+variables say). A span with events, links or array values is encoded by the stock
+per-span encoder: the output is always what a collector would get from the stock
+exporter.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-from opentelemetry.trace import SpanKind, Status, TraceState
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from meshkit._spans import UNSET_STATUS
 
@@ -65,6 +68,25 @@ _REMOTE_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x300)
 _SMALL = [bytes((value,)) for value in range(128)]
 _SHUTDOWN_SECONDS = 30.0
 _UNSET_STATUS_FIELD = b"\x7a\x00"  # Span.status present and empty, as the stock encoder sends
+
+
+def _c_encoder() -> Callable[[ReadableSpan], bytes | None]:
+    """The C encoder of ``meshkit._speedups`` (~0.3 µs a span where ``SpanEncoder._span``
+    takes ~1.4): the same bytes, or None for what only the Python encoder handles."""
+    try:
+        from meshkit import _speedups
+    except ImportError:  # installed without a C compiler: the Python encoder does all
+        return lambda span: None
+    # It writes a kind as its position + 1 and a status code as its position.
+    assert list(_KIND.values()) == [kind.value + 1 for kind in _KIND] == [1, 2, 3, 4, 5]
+    assert [code.value for code in StatusCode] == [0, 1, 2]
+    _speedups.configure(
+        UNSET_STATUS, tuple(_KIND), tuple(StatusCode), BoundedList, DEFAULT_TRACE_STATE
+    )
+    return _speedups.encode_span
+
+
+_encode_in_c = _c_encoder()
 
 
 class _Unsupported(Exception):
@@ -139,6 +161,8 @@ class _KeyValues:
     def _remember(self, key: str, value: Any) -> bytes:
         payload = _delimited(b"\x0a", key.encode()) + _delimited(b"\x12", _any_value(value))
         encoded = _delimited(b"\x4a", payload)  # Span.attributes = 9
+        if value == 0.0 and isinstance(value, float):
+            return encoded  # 0.0 == -0.0 as keys, not on the wire: neither is memoized
         if self._size >= _CACHE_LIMIT:
             self.by_type.clear()
             self._size = 0
@@ -162,6 +186,9 @@ class SpanEncoder:
 
     def span(self, span: ReadableSpan) -> bytes:
         """One ``Span`` message (without its field tag)."""
+        in_c = _encode_in_c(span)
+        if in_c is not None:
+            return in_c
         try:
             return self._span(span)
         except _Unsupported:
@@ -377,7 +404,7 @@ class OTLPBatchProcessor(SpanProcessor):
             self._dropped += 1  # two threads at once may count one: it only feeds a warning
             return
         # Encoded now, so that the span object goes as soon as it ends.
-        encoded = self._encoder.span(span)
+        encoded = _encode_in_c(span) or self._encoder.span(span)
         queue.append((span._resource, span._instrumentation_scope, encoded))
         if len(queue) >= self._max_export_batch_size and not self._wake.is_set():
             self._wake.set()

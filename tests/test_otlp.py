@@ -1,8 +1,9 @@
-"""The fast OTLP encoder gives exactly what the stock encoder gives, parsed back."""
+"""The fast OTLP encoders (C and Python) give exactly what the stock encoder gives."""
 
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from meshkit import _otlp
 from meshkit._otlp import MeshOTLPSpanExporter, OTLPBatchProcessor, SpanEncoder
 from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
 from meshkit.testing import Mesh
@@ -77,15 +79,24 @@ def spans(resource: Resource, limits: SpanLimits | None = None) -> tuple[Readabl
     return exporter.get_finished_spans()
 
 
+@pytest.fixture(params=["c", "python"])
+def each_encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test runs with the C encoder in front (as installed here) and without it."""
+    if request.param == "python":
+        monkeypatch.setattr(_otlp, "_encode_in_c", lambda span: None)
+
+
 def assert_same(batch: tuple[ReadableSpan, ...] | list[ReadableSpan]) -> None:
     body = SpanEncoder().encode(batch)
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(batch)
 
 
+@pytest.mark.usefixtures("each_encoder")
 def test_same_message_as_the_stock_encoder() -> None:
     assert_same(spans(Resource.create({"service.name": "orders"})))
 
 
+@pytest.mark.usefixtures("each_encoder")
 def test_several_resources_scopes_and_dropped_attributes() -> None:
     first = spans(Resource({"service.name": "orders"}, schema_url="https://example/s"))
     second = spans(Resource({"service.name": "web", "n": 3}), SpanLimits(max_span_attributes=2))
@@ -93,9 +104,10 @@ def test_several_resources_scopes_and_dropped_attributes() -> None:
     assert_same([*first, *second, first[0]])
 
 
+@pytest.mark.usefixtures("each_encoder")
 def test_memoized_values_are_told_apart_by_type() -> None:
     encoder = SpanEncoder()
-    for value in (1, True, 1.0, "1"):
+    for value in (1, True, 1.0, "1", 0.0, -0.0, 0, False):
         exporter = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -106,6 +118,7 @@ def test_memoized_values_are_told_apart_by_type() -> None:
         assert ExportTraceServiceRequest.FromString(body) == encode_spans(batch)
 
 
+@pytest.mark.usefixtures("each_encoder")
 def test_unusual_spans_are_encoded_by_the_stock_encoder_among_the_others() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -122,6 +135,7 @@ def test_unusual_spans_are_encoded_by_the_stock_encoder_among_the_others() -> No
     assert_same(exporter.get_finished_spans())
 
 
+@pytest.mark.usefixtures("each_encoder")
 def test_mesh_spans_encode_as_sdk_spans_do() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "orders"}))
@@ -140,6 +154,74 @@ def test_mesh_spans_encode_as_sdk_spans_do() -> None:
     batch = exporter.get_finished_spans()
     assert all(isinstance(span, MeshSpan) for span in batch)
     assert_same(batch)
+
+
+def test_the_c_encoder_is_built_by_the_install() -> None:
+    from meshkit import _speedups
+
+    assert _otlp._encode_in_c is _speedups.encode_span
+
+
+#: Attribute values of every kind the encoders meet, the unusual ones included.
+VALUES: list[Any] = [
+    *("", "x", "café ☕", "k" * 300),
+    *(True, False, 0, 1, -1, 127, 128, 2**63 - 1, -(2**63), 2**64),
+    *(0.0, -0.0, 1.5, float("inf"), ["a"], (1, 2)),
+]
+
+
+def random_spans(seed: int, count: int) -> list[ReadableSpan]:
+    """Mesh spans and SDK spans of random names, kinds, parents, attributes and statuses."""
+    rng = random.Random(seed)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=4))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    starter, tracer = SpanStarter(provider), provider.get_tracer("user")
+    for _ in range(count):
+        state = rng.choice([TraceState(), TraceState([("v", "1")])])
+        remote = rng.random() < 0.5
+        parent = SpanContext(rng.getrandbits(128) or 1, 7, remote, TraceFlags(1), state)
+        context = rng.choice([None, trace.set_span_in_context(NonRecordingSpan(parent))])
+        name, kind = rng.choice(["", "GET", "ünï" * 40]), rng.choice(list(SpanKind))
+        if rng.random() < 0.7:
+            span = starter.start(name, kind, context)
+        else:
+            span = tracer.start_span(name, context, kind)
+        for _ in range(rng.randrange(6)):
+            span.set_attribute(rng.choice(["a", "b", "ключ", "k" * 200]), rng.choice(VALUES))
+        code = rng.choice([None, StatusCode.OK, StatusCode.ERROR])
+        if code is not None:
+            description = rng.choice([None, "", "boom ü"])
+            span.set_status(Status(code, description if code is StatusCode.ERROR else None))
+        if rng.random() < 0.05:
+            span.add_event("e")
+        span.end()
+    return list(exporter.get_finished_spans())
+
+
+def test_the_c_encoder_writes_what_the_python_encoder_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from meshkit import _speedups
+
+    monkeypatch.setattr(_otlp, "_encode_in_c", lambda span: None)
+    python = SpanEncoder()
+    batch = random_spans(seed=6, count=2000)
+    in_c = {id(span): _speedups.encode_span(span) for span in batch}
+    assert all(encoded == python.span(span) for span in batch if (encoded := in_c[id(span)]))
+    handled = sum(encoded is not None for encoded in in_c.values())
+    assert 0.3 * len(batch) < handled < len(batch)  # both kinds of span met
+    # What it leaves to the Python encoder, it leaves whole.
+    for span in batch:
+        unusual = (
+            span.events
+            or span.context.trace_state
+            or span.dropped_attributes
+            or any(
+                type(value) in (list, tuple) or value == 2**64 for value in span.attributes.values()
+            )
+        )
+        assert (in_c[id(span)] is None) == bool(unusual), span.to_json()
 
 
 # --- over HTTP ---------------------------------------------------------------------
