@@ -39,10 +39,10 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-from opentelemetry.trace import SpanKind, Status, StatusCode, TraceState
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from meshkit._spans import UNSET_STATUS
+from meshkit._spans import UNSET_STATUS, MeshSpan
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ _pack_times = struct.Struct("<BQBQ").pack
 _LOCAL_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x100)
 _REMOTE_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x300)
 _SMALL = [bytes((value,)) for value in range(128)]
+_SAMPLED = TraceFlags.SAMPLED
 _SHUTDOWN_SECONDS = 30.0
 _UNSET_STATUS_FIELD = b"\x7a\x00"  # Span.status present and empty, as the stock encoder sends
 
@@ -81,12 +82,14 @@ def _c_encoder() -> Callable[[ReadableSpan], bytes | None]:
     assert list(_KIND.values()) == [kind.value + 1 for kind in _KIND] == [1, 2, 3, 4, 5]
     assert [code.value for code in StatusCode] == [0, 1, 2]
     _speedups.configure(
-        UNSET_STATUS, tuple(_KIND), tuple(StatusCode), BoundedList, DEFAULT_TRACE_STATE
+        UNSET_STATUS, tuple(_KIND), tuple(StatusCode), BoundedList, DEFAULT_TRACE_STATE, MeshSpan
     )
     return _speedups.encode_span
 
 
 _encode_in_c = _c_encoder()
+# OTLPBatchProcessor.on_end reads a span's trace flags as item 3 of its SpanContext.
+assert SpanContext(1, 1, False, TraceFlags(1))[3] == 1
 
 
 class _Unsupported(Exception):
@@ -396,8 +399,10 @@ class OTLPBatchProcessor(SpanProcessor):
         self._worker.start()
 
     def on_end(self, span: ReadableSpan) -> None:
-        context = span._context  # the fields, not the properties: this runs on every span
-        if context is None or not context.trace_flags.sampled or self._shutdown:
+        # Fields, not properties, and the flags' bit, not their Python property: this
+        # runs on every span. A SpanContext is a tuple: trace flags are its item 3.
+        context = span._context
+        if context is None or not context[3] & _SAMPLED or self._shutdown:
             return
         queue = self._queue
         if len(queue) >= self._max_queue_size:

@@ -416,7 +416,8 @@ class MeshSpan(SdkSpan):
             self._links.append(link)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._refuse("end"):
+        if self._end_time is not None:
+            self._refuse("end")
             return
         self._end_time = end_time if end_time is not None else _time_ns()
         hooks = self._hooks
@@ -424,10 +425,11 @@ class MeshSpan(SdkSpan):
             self._span_processor._on_ending(self)
             self._span_processor.on_end(self)
             return
-        current = hooks.current()
-        for on_ending in current.endings:
+        if hooks._seen is not hooks._multi._span_processors:
+            hooks.current()  # a processor was added: find the hooks again
+        for on_ending in hooks.endings:
             on_ending(self)
-        for on_end in current.ends:
+        for on_end in hooks.ends:
             on_end(self)
 
     def _refuse(self, what: str) -> bool:
@@ -451,17 +453,24 @@ def _bound_span_class(tracer: SdkTracer, hooks: _Hooks | None) -> type[MeshSpan]
     return type("MeshSpan", (MeshSpan,), shared)
 
 
-def set_mesh_attributes(span: Span, attributes: dict[str, Any]) -> None:
-    """Set meshkit's own attributes (valid by construction) on ``span`` in one call;
-    ``attributes`` becomes the span's: the caller must not change it afterwards."""
-    if not isinstance(span, MeshSpan):
-        span.set_attributes(attributes)
-        return
-    limit = span._limits.max_span_attributes
-    own = span._attributes
-    if span._end_time is not None or (limit is not None and len(own) + len(attributes) > limit):
-        span.set_attributes(attributes)  # the checked path warns or bounds
-    elif own:
-        own.update(attributes)
-    else:
-        span._attributes = attributes  # the caller hands it over: no copy
+def set_mesh_attributes(span: Span, attributes: dict[str, Any], name: str | None = None) -> None:
+    """Set meshkit's own attributes (valid by construction) on ``span`` in one call, and
+    rename it to ``name`` if given; ``attributes`` becomes the span's: the caller must
+    not change it afterwards."""
+    if isinstance(span, MeshSpan) and span._end_time is None:
+        own = span._attributes
+        limit = span._limits.max_span_attributes
+        if not own and (limit is None or len(attributes) <= limit):
+            span._attributes = attributes  # the caller hands it over: no copy
+            if name is not None:
+                span._name = name
+            return
+        if limit is None or len(own) + len(attributes) <= limit:
+            own.update(attributes)
+            if name is not None:
+                span._name = name
+            return
+    # Another span, an ended one, or limits to apply: the checked path warns or bounds.
+    if name is not None:
+        span.update_name(name)
+    span.set_attributes(attributes)

@@ -22,9 +22,11 @@ static PyObject *span_kinds;    /* SpanKind members, by OTLP value - 1 */
 static PyObject *status_codes;  /* StatusCode members, by value */
 static PyObject *bounded_list;  /* opentelemetry.sdk.util.BoundedList */
 static PyObject *default_trace_state;  /* the API's DEFAULT_TRACE_STATE (empty) */
+static PyTypeObject *mesh_span;       /* meshkit._spans.MeshSpan */
 
 static PyObject *s_events, *s_links, *s_start_time, *s_end_time, *s_context, *s_parent,
-    *s_name, *s_kind, *s_attributes, *s_dict, *s_status, *s_dropped_attributes, *s_dropped,
+    *s_name, *s_kind, *s_attributes, *s_dict, *s_status, *s_dropped_attributes,
+    *s__dropped_attributes, *s_dropped,
     *s_status_code, *s_description;
 
 /* --- an output buffer that starts on the stack ------------------------------------- */
@@ -386,7 +388,9 @@ static int encode(Buffer *buffer, PyObject *span, PyObject **fields) {
     if (kind < 0) {
         return 0;
     }
-    PyObject *dropped = PyObject_GetAttr(span, s_dropped_attributes);
+    /* A MeshSpan counts in a field what its property returns: no Python call for it. */
+    PyObject *dropped = PyObject_GetAttr(
+        span, PyObject_TypeCheck(span, mesh_span) ? s__dropped_attributes : s_dropped_attributes);
     if (dropped == NULL) {
         return -1;
     }
@@ -459,11 +463,12 @@ static PyObject *encode_span(PyObject *module, PyObject *span) {
 }
 
 static PyObject *configure(PyObject *module, PyObject *args) {
-    PyObject *status, *kinds, *codes, *list_type, *state;
-    if (!PyArg_ParseTuple(args, "OO!O!OO:configure", &status, &PyTuple_Type, &kinds,
-                          &PyTuple_Type, &codes, &list_type, &state)) {
+    PyObject *status, *kinds, *codes, *list_type, *state, *span_type;
+    if (!PyArg_ParseTuple(args, "OO!O!OOO!:configure", &status, &PyTuple_Type, &kinds,
+                          &PyTuple_Type, &codes, &list_type, &state, &PyType_Type, &span_type)) {
         return NULL;
     }
+    Py_XSETREF(mesh_span, (PyTypeObject *)Py_NewRef(span_type));
     Py_XSETREF(default_trace_state, Py_NewRef(state));
     Py_XSETREF(unset_status, Py_NewRef(status));
     Py_XSETREF(span_kinds, Py_NewRef(kinds));
@@ -476,7 +481,7 @@ static PyMethodDef methods[] = {
     {"encode_span", encode_span, METH_O,
      "The OTLP Span message of an ended span, or None when the Python encoder must."},
     {"configure", configure, METH_VARARGS,
-     "configure(unset_status, span_kinds, status_codes, bounded_list_type, default_trace_state)"},
+     "configure(unset_status, span_kinds, status_codes, bounded_list_type, default_trace_state, mesh_span_type)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -496,6 +501,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         intern(&s_name, "_name") || intern(&s_kind, "_kind") ||
         intern(&s_attributes, "_attributes") || intern(&s_dict, "_dict") ||
         intern(&s_status, "_status") || intern(&s_dropped_attributes, "dropped_attributes") ||
+        intern(&s__dropped_attributes, "_dropped_attributes") ||
         intern(&s_dropped, "dropped") || intern(&s_status_code, "_status_code") ||
         intern(&s_description, "_description")) {
         return NULL;

@@ -7,4 +7,5 @@ def configure(
     status_codes: tuple[object, ...],
     bounded_list_type: type,
     default_trace_state: object,
+    mesh_span_type: type,
 ) -> None: ...

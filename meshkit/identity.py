@@ -38,7 +38,8 @@ class SpiffeId:
     """The namespace of a ``/ns/<ns>/svc/<name>`` ID, else None."""
     service: str | None = field(init=False, repr=False, compare=False)
     """The service name of a ``/ns/<ns>/svc/<name>`` ID, else None."""
-    _uri: str = field(init=False, repr=False, compare=False)
+    uri: str = field(init=False, repr=False, compare=False)
+    """``spiffe://<trust-domain><path>``, as ``str()`` gives it."""
 
     def __post_init__(self) -> None:
         _check_trust_domain(self.trust_domain)
@@ -50,7 +51,7 @@ class SpiffeId:
         is_service = len(parts) == 5 and parts[1] == "ns" and parts[3] == "svc"
         object.__setattr__(self, "namespace", parts[2] if is_service else None)
         object.__setattr__(self, "service", parts[4] if is_service else None)
-        object.__setattr__(self, "_uri", uri)
+        object.__setattr__(self, "uri", uri)
 
     @classmethod
     def parse(cls, uri: str) -> SpiffeId:
@@ -68,7 +69,7 @@ class SpiffeId:
         return cls(trust_domain, f"/ns/{namespace}/svc/{service}")
 
     def __str__(self) -> str:
-        return self._uri
+        return self.uri
 
 
 def _check_trust_domain(trust_domain: str) -> None:

@@ -160,6 +160,34 @@ def test_server_span_continues_the_incoming_trace_and_is_current_in_the_handler(
     assert seen["baggage"] == {"tenant": "acme"}
 
 
+def test_each_server_span_has_its_own_request_attributes(
+    authority: LocalAuthority,
+    tmp_path: Path,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """Spans of one route and caller share their constant attributes, nothing else."""
+    provider, exporter = spans
+    app = build(MeshMetrics(), provider)
+    with running(app, identity=authority.issue("orders"), directory=tmp_path) as port:
+        connection = connect(port, authority.issue("web"))
+        get(connection, "/orders/17?expand=1")
+        get(connection, "/orders/18")
+        connection.close()
+    first, second = (dict(span.attributes or {}) for span in exporter.get_finished_spans())
+    assert first["url.query"] == "expand=1"
+    assert second == {
+        "http.request.method": "GET",
+        "url.scheme": "https",
+        "network.protocol.version": "1.1",
+        "http.route": "/orders/{order_id}",
+        "peer.service": "web",
+        "meshkit.peer.spiffe_id": "spiffe://meshkit.local/ns/default/svc/web",
+        "url.path": "/orders/18",
+        "http.response.status_code": 200,
+        "client.address": "127.0.0.1",
+    }
+
+
 @pytest.mark.parametrize(
     "traceparent",
     [
