@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -19,7 +18,9 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanKind
 
 from meshkit._otlp import MeshOTLPSpanExporter, OTLPBatchProcessor
+from meshkit._otlp_transport import HTTPClientTransport
 from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
+from meshkit.ca.x509 import LocalAuthority
 from meshkit.errors import ConfigError
 from meshkit.tracing import (
     append_context_headers,
@@ -85,7 +86,7 @@ def test_exporters_and_service_name_from_the_environment() -> None:
 
 def test_otlp_batching_and_tls_settings_from_the_environment(tmp_path: Path) -> None:
     bundle = tmp_path / "collector-ca.pem"
-    bundle.write_text("unused until the first post")
+    bundle.write_text(LocalAuthority().bundle_pem)
     environ = {
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_BSP_SCHEDULE_DELAY": "250",
@@ -101,8 +102,9 @@ def test_otlp_batching_and_tls_settings_from_the_environment(tmp_path: Path) -> 
         assert processor._schedule_delay == 0.25
         assert (processor._max_queue_size, processor._max_export_batch_size) == (100, 10)
         transport = processor._exporter._client._transport
-        assert isinstance(transport, Urllib3HTTPTransport)
-        assert transport._pool.connection_pool_kw["ca_certs"] == str(bundle)
+        assert isinstance(transport, HTTPClientTransport)
+        (trusted,) = transport._tls.get_ca_certs()
+        assert dict(x[0] for x in trusted["subject"])["commonName"] == "meshkit root CA"
     finally:
         provider.shutdown()
 

@@ -1,0 +1,145 @@
+"""The OTLP exporter's http.client transport, against real collectors on 127.0.0.1:
+kept-alive connections, a connection the collector dropped, mutual TLS, bad settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+from meshkit._otlp import MeshOTLPSpanExporter
+from meshkit._otlp_transport import HTTPClientTransport
+from meshkit.ca.x509 import LocalAuthority, certificate_pem, new_private_key, private_key_pem
+from meshkit.errors import ConfigError
+from meshkit.tracing import _otlp_transport, configure_tracing_from_env
+from tests._sink import PostSink, post_sink
+
+BODIES = [b"first batch", b"second batch", b"third batch"]
+
+
+def exporter(sink: PostSink, transport: HTTPClientTransport | None = None) -> MeshOTLPSpanExporter:
+    return MeshOTLPSpanExporter(
+        endpoint=sink.url("/v1/traces"), timeout=5, _transport=transport or HTTPClientTransport()
+    )
+
+
+def post_all(client: MeshOTLPSpanExporter) -> list[str]:
+    return [client.post(body, 1).name for body in BODIES]
+
+
+def test_posts_share_one_kept_alive_connection() -> None:
+    with post_sink(keep_alive=True) as sink:
+        client = exporter(sink)
+        assert post_all(client) == ["SUCCESS"] * 3
+        client.shutdown()
+    assert sink.bodies == BODIES
+    assert sink.connections == 1
+
+
+def test_a_connection_the_collector_dropped_is_reopened_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with post_sink(keep_alive=True, hang_up_after=1) as sink:
+        client = exporter(sink)
+        assert post_all(client) == ["SUCCESS"] * 3
+        client.shutdown()
+    assert sink.bodies == BODIES
+    assert sink.connections == 3
+    assert "retrying" not in caplog.text  # no backoff: the transport reconnected
+
+
+def test_a_collector_that_is_not_there_is_a_connection_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    transport = HTTPClientTransport()
+    result = transport.request("POST", f"http://127.0.0.1:{port}/v1/traces", data=b"x", timeout=1)
+    assert result.status_code is None
+    assert transport.is_connection_error(result.error)
+
+
+class CollectorTLS:
+    """A collector's server certificate for 127.0.0.1, from a mesh authority's CA, which
+    also issues the client certificates the collector accepts."""
+
+    def __init__(self, directory: Path) -> None:
+        self.authority = LocalAuthority()
+        key = new_private_key()
+        now = dt.datetime.now(dt.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "collector")]))
+            .issuer_name(self.authority.intermediate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .sign(self.authority.intermediate_key, hashes.SHA256())
+        )
+        self.bundle = directory / "bundle.pem"
+        self.bundle.write_text(self.authority.bundle_pem)
+        server_cert, server_key = directory / "collector.pem", directory / "collector-key.pem"
+        server_cert.write_text(
+            certificate_pem(certificate) + certificate_pem(self.authority.intermediate)
+        )
+        server_key.write_text(private_key_pem(key))
+        self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server.load_cert_chain(server_cert, server_key)
+        self.server.load_verify_locations(cadata=self.authority.bundle_pem)
+        self.server.verify_mode = ssl.CERT_REQUIRED  # mutual TLS
+        client_cert, client_key, _ = self.authority.issue("orders").write(directory)
+        self.client_cert, self.client_key = str(client_cert), str(client_key)
+
+
+def test_mutual_tls_to_the_collector_from_the_standard_variables(tmp_path: Path) -> None:
+    tls = CollectorTLS(tmp_path)
+    environ = {
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tls.bundle),
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE": tls.client_cert,
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": tls.client_key,
+    }
+    with post_sink(tls=tls.server, keep_alive=True) as sink:
+        transport = _otlp_transport(environ)
+        assert isinstance(transport, HTTPClientTransport)
+        client = exporter(sink, transport)
+        assert post_all(client) == ["SUCCESS"] * 3
+        client.shutdown()
+        # Without a client certificate, or trusting another CA: no post gets through.
+        anonymous = exporter(sink, HTTPClientTransport(verify=str(tls.bundle)))
+        assert anonymous.post(b"nope", 1).name == "FAILURE"
+        anonymous.shutdown()
+        (tmp_path / "other").mkdir()
+        stranger = CollectorTLS(tmp_path / "other")
+        untrusting = exporter(
+            sink,
+            HTTPClientTransport(
+                verify=str(stranger.bundle), cert=(tls.client_cert, tls.client_key)
+            ),
+        )
+        assert untrusting.post(b"nope", 1).name == "FAILURE"
+        untrusting.shutdown()
+    assert sink.bodies == BODIES
+
+
+@pytest.mark.parametrize("variable", ["CERTIFICATE", "CLIENT_CERTIFICATE"])
+def test_unreadable_tls_files_are_a_config_error_at_startup(
+    tmp_path: Path, variable: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    environ = {"OTEL_TRACES_EXPORTER": "otlp", f"OTEL_EXPORTER_OTLP_{variable}": str(garbage)}
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(ConfigError, match="the OTLP collector's TLS settings"):
+        configure_tracing_from_env("orders", environ)
