@@ -24,6 +24,14 @@ from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTP
 from meshkit.errors import ConfigError
 
 
+class TLSFileError(ConfigError):
+    """A CA bundle (``of_ca``) or a client certificate or key that could not be loaded."""
+
+    def __init__(self, message: str, *, of_ca: bool) -> None:
+        super().__init__(message)
+        self.of_ca = of_ca
+
+
 class CollectorUnreachable(ConnectionError):
     """No connection to the collector could be made (refused, unresolvable, timed out)."""
 
@@ -47,7 +55,7 @@ class HTTPClientTransport(BaseHTTPTransport):
 
     ``verify``: True (the system's trust store), False, or a CA bundle file; ``cert``: a
     client certificate file (with its key), or (certificate, key) files, for a collector
-    that asks for mutual TLS. Both are loaded here, so a bad file is a ``ConfigError``
+    that asks for mutual TLS. Both are loaded here, so a bad file is a ``TLSFileError``
     at startup, not a failed post later.
     """
 
@@ -132,15 +140,25 @@ class HTTPClientTransport(BaseHTTPTransport):
 
 
 def _tls_context(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
+    cafile = verify if isinstance(verify, str) else None
     try:
-        context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
-        if verify is False:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSFileError(f"CA bundle {cafile!r}: {_reason(exc)}", of_ca=True) from exc
+    if verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
         if isinstance(cert, tuple):
             context.load_cert_chain(*cert)
         elif cert:
             context.load_cert_chain(cert)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"the OTLP collector's TLS settings: {exc}") from exc
+        raise TLSFileError(f"client certificate {cert!r}: {_reason(exc)}", of_ca=False) from exc
     return context
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return exc.strerror or str(exc)

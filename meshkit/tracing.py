@@ -285,22 +285,29 @@ def _otlp_exporter(environ: Mapping[str, str]) -> MeshOTLPSpanExporter:
 
 def _otlp_transport(environ: Mapping[str, str]) -> BaseHTTPTransport:
     """The exporter's HTTP transport (``meshkit._otlp_transport``), with the TLS settings
-    of the same variables the stock exporter reads."""
-    from meshkit._otlp_transport import HTTPClientTransport
+    of the same variables the stock exporter reads; an unreadable file is a ConfigError
+    naming its variable."""
+    from meshkit._otlp_transport import HTTPClientTransport, TLSFileError
 
-    def setting(name: str) -> str | None:
-        return environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or environ.get(
-            f"OTEL_EXPORTER_OTLP_{name}"
-        )
+    def setting(name: str) -> tuple[str, str | None]:
+        for variable in (f"OTEL_EXPORTER_OTLP_TRACES_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+            if environ.get(variable):
+                return variable, environ[variable]
+        return f"OTEL_EXPORTER_OTLP_{name}", None
 
-    verify: bool | str = setting("CERTIFICATE") or True
-    client_certificate, client_key = setting("CLIENT_CERTIFICATE"), setting("CLIENT_KEY")
+    ca_variable, ca_bundle = setting("CERTIFICATE")
+    cert_variable, client_certificate = setting("CLIENT_CERTIFICATE")
+    key_variable, client_key = setting("CLIENT_KEY")
     cert = (
         (client_certificate, client_key)
         if client_certificate and client_key
         else client_certificate
     )
-    return HTTPClientTransport(verify=verify, cert=cert)
+    try:
+        return HTTPClientTransport(verify=ca_bundle or True, cert=cert)
+    except TLSFileError as exc:
+        variables = ca_variable if exc.of_ca else f"{cert_variable} / {key_variable}"
+        raise ConfigError(f"{variables}: {exc}") from exc
 
 
 class _Batching(NamedTuple):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import logging
 import socket
 import ssl
 from pathlib import Path
@@ -133,13 +132,24 @@ def test_mutual_tls_to_the_collector_from_the_standard_variables(tmp_path: Path)
     assert sink.bodies == BODIES
 
 
-@pytest.mark.parametrize("variable", ["CERTIFICATE", "CLIENT_CERTIFICATE"])
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE: CA bundle '"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE / OTEL_EXPORTER_OTLP_CLIENT_KEY: "
+            "client certificate '",
+        ),
+    ],
+)
 def test_unreadable_tls_files_are_a_config_error_at_startup(
-    tmp_path: Path, variable: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, variable: str, message: str
 ) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
-    environ = {"OTEL_TRACES_EXPORTER": "otlp", f"OTEL_EXPORTER_OTLP_{variable}": str(garbage)}
-    caplog.set_level(logging.WARNING)
-    with pytest.raises(ConfigError, match="the OTLP collector's TLS settings"):
+    environ = {"OTEL_TRACES_EXPORTER": "otlp", variable: str(garbage)}
+    with pytest.raises(ConfigError) as raised:
         configure_tracing_from_env("orders", environ)
+    assert str(raised.value).startswith(message)
+    assert "garbage.pem" in str(raised.value)
