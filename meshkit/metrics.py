@@ -46,7 +46,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
 
-from meshkit._loopmetrics import LoopCounter, LoopGauge, LoopHistogram
+from meshkit._loopmetrics import LoopCounter, LoopHistogram, LoopInFlight
 
 if TYPE_CHECKING:
     from meshkit.tls import TLSContexts, TLSMaterial
@@ -156,12 +156,15 @@ class MeshMetrics:
             self.registry,
             buckets=DURATION_BUCKETS,
         )
-        self._active_by_method: dict[str, list[float]] = {}
-        self._server_active = LoopGauge(
+        # Requests started per method, kept: no key tuple and no call per update. Those
+        # that ended are the duration histogram's: the gauge subtracts them when scraped.
+        self._started_by_method: dict[str, list[float]] = {}
+        self._server_active = LoopInFlight(
             "http_server_active_requests",
             "Number of active HTTP server requests.",
             ["http_request_method"],
             self.registry,
+            ends=self._server_duration,
         )
 
     def _register_client(self) -> None:
@@ -233,19 +236,16 @@ class MeshMetrics:
 
     def server_started(self, method: str) -> None:
         """A request came in; ``method`` is its ``method_label``."""
-        # The active gauge's series per method, kept: no key tuple and no call per update.
-        active = self._active_by_method.get(method)
-        if active is None:
-            active = self._active_by_method[method] = self._server_active.series((method,))
-        active[0] += 1
+        started = self._started_by_method.get(method)
+        if started is None:
+            started = self._started_by_method[method] = self._server_active.series((method,))
+        started[0] += 1
 
     def server_finished(
         self, method: str, route: str, status: int, source: str, seconds: float
     ) -> None:
-        """The request ``server_started`` counted is over, after ``seconds``."""
-        active = self._active_by_method.get(method)
-        if active is not None:  # a request counted by server_started
-            active[0] -= 1
+        """The request ``server_started`` counted is over, after ``seconds`` (no longer
+        active: its duration is observed)."""
         self._server_duration.observe((method, route, status, source), seconds)
 
     def observe_client_call(

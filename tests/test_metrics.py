@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from meshkit._loopmetrics import LoopHistogram
+from meshkit._loopmetrics import LoopHistogram, LoopInFlight
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.metrics import _CLIENT_LABELS, DURATION_BUCKETS, MeshMetrics
 from meshkit.tls import TLSContexts, TLSMaterial
@@ -302,3 +302,27 @@ def test_a_name_taken_by_a_prometheus_client_metric_is_refused() -> None:
 def test_histogram_buckets_must_be_finite_and_increasing(buckets: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="buckets"):
         LoopHistogram("h", "", [], CollectorRegistry(), buckets=buckets)
+
+
+def test_active_requests_are_those_started_and_not_yet_finished_per_method() -> None:
+    metrics = MeshMetrics()
+    for method in ("GET", "GET", "GET", "POST", "POST"):
+        metrics.server_started(method)
+    metrics.server_finished("GET", "/orders", 200, "web", 0.001)
+    metrics.server_finished("GET", "/orders/{order_id}", 404, "cart", 0.002)
+    metrics.server_finished("POST", "/orders", 201, "web", 0.003)
+
+    def active(method: str) -> float | None:
+        labels = {"http_request_method": method}
+        return metrics.registry.get_sample_value("http_server_active_requests", labels)
+
+    assert (active("GET"), active("POST"), active("PUT")) == (1, 1, None)
+    metrics.server_finished("GET", "/orders", 500, "web", 0.001)
+    assert active("GET") == 0
+
+
+def test_an_in_flight_gauge_takes_its_labels_first_in_its_histogram() -> None:
+    registry = CollectorRegistry()
+    ends = LoopHistogram("ends", "Ends.", ["route", "method"], registry, buckets=[1.0])
+    with pytest.raises(ValueError, match="must be labelled by"):
+        LoopInFlight("running", "Running.", ["method"], registry, ends=ends)
