@@ -37,7 +37,7 @@ internals, rarely updated, are prometheus_client's own metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -77,6 +77,8 @@ KNOWN_METHODS = frozenset(
 )
 CircuitState = Literal["closed", "half-open", "open"]
 _CIRCUIT_VALUES: dict[CircuitState, int] = {"closed": 0, "half-open": 1, "open": 2}
+#: The label values of a server request's duration: method, route, status code, source.
+ServerKey = tuple[str, str, int, str]
 _CLIENT_LABELS = (
     "http_request_method",
     "destination_service",
@@ -166,6 +168,11 @@ class MeshMetrics:
             self.registry,
             ends=self._server_duration,
         )
+        #: ``server_finished((method, route, status, source), seconds)``: the request
+        #: ``server_started`` counted is over, after ``seconds``. Its end is the duration's
+        #: observation and nothing more, so this is the histogram's own method (no call
+        #: around it on the request path).
+        self.server_finished: Callable[[ServerKey, float], None] = self._server_duration.observe
 
     def _register_client(self) -> None:
         self._client_duration = LoopHistogram(
@@ -240,13 +247,6 @@ class MeshMetrics:
         if started is None:
             started = self._started_by_method[method] = self._server_active.series((method,))
         started[0] += 1
-
-    def server_finished(
-        self, method: str, route: str, status: int, source: str, seconds: float
-    ) -> None:
-        """The request ``server_started`` counted is over, after ``seconds`` (no longer
-        active: its duration is observed)."""
-        self._server_duration.observe((method, route, status, source), seconds)
 
     def observe_client_call(
         self, method: str, destination: str, status: int | None, error_type: str, seconds: float
