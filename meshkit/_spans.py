@@ -32,7 +32,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -75,7 +75,6 @@ _FLAGS = {
     for random_id in (False, True)
 }
 _PROVIDER_RECHECK_SECONDS = 1.0
-_SDK_GENERATE_TRACE_ID = RandomIdGenerator.generate_trace_id
 #: The status of every span nobody set one on (one object: encoders compare identity).
 UNSET_STATUS = Status(StatusCode.UNSET)
 
@@ -171,10 +170,9 @@ class _Recorder:
         ids = tracer.id_generator
         self.new_trace_id = ids.generate_trace_id
         self.new_span_id = ids.generate_span_id
-        # The SDK's default generator draws a trace id with random.getrandbits: called
-        # here directly, that saves a Python call per root span (~30 ns).
-        sdk_ids = getattr(ids.generate_trace_id, "__func__", None) is _SDK_GENERATE_TRACE_ID
-        self.sdk_random_ids = sdk_ids
+        # The SDK's default generator draws its ids with random.getrandbits: called here
+        # directly, that saves a Python call per root span and per recorded span (~30 ns).
+        self.sdk_random_ids = _is_sdk_random(ids)
         self.random_trace_ids = ids.is_trace_id_random()
         self.root_flags = _FLAGS[True, self.random_trace_ids]
         self.processor = tracer.span_processor
@@ -210,7 +208,9 @@ class _Recorder:
         trace_state: TraceState,
     ) -> MeshSpan:
         """A span the sampler records, started through the tracer's processors."""
-        span_context = _span_context(trace_id, self.new_span_id(), flags, trace_state)
+        # 0 is no valid id: the generator itself draws again.
+        span_id = (self.sdk_random_ids and random.getrandbits(64)) or self.new_span_id()
+        span_context = _span_context(trace_id, span_id, flags, trace_state)
         # The fields a MeshSpan sets itself, without SdkSpan.__new__'s (*args, **kwargs)
         # call: ~0.1 µs where the constructor costs ~0.3.
         span = _new_object(self.span_class)
@@ -226,6 +226,14 @@ class _Recorder:
             for on_start in self.hooks.current().starts:
                 on_start(span, parent_context=context)
         return span
+
+
+def _is_sdk_random(ids: IdGenerator) -> bool:
+    """Whether ``ids`` draws its trace and span ids as the SDK's ``RandomIdGenerator``."""
+    return (
+        getattr(ids.generate_trace_id, "__func__", None) is RandomIdGenerator.generate_trace_id
+        and getattr(ids.generate_span_id, "__func__", None) is RandomIdGenerator.generate_span_id
+    )
 
 
 class _Hooks:
@@ -443,8 +451,10 @@ class MeshSpan(SdkSpan):
         attributes[key] = value
 
     def update_name(self, name: str) -> None:
-        if not self._refuse("update the name"):
+        if self._end_time is None:  # _refuse's test, without its call on every span
             self._name = name
+        else:
+            self._refuse("update the name")
 
     def _add_event(self, event: Any) -> None:
         if not self._refuse("add an event"):

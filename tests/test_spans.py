@@ -188,6 +188,11 @@ class EvenTraceIds(RandomIdGenerator):
         return super().generate_trace_id() & ~1
 
 
+class OddSpanIds(RandomIdGenerator):
+    def generate_span_id(self) -> int:
+        return super().generate_span_id() | 1
+
+
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
 def test_roots_take_their_trace_ids_from_the_providers_id_generator(ratio: float) -> None:
     provider = TracerProvider(
@@ -198,19 +203,21 @@ def test_roots_take_their_trace_ids_from_the_providers_id_generator(ratio: float
     trace_ids = [span.get_span_context().trace_id for span in spans]
     assert all(trace_id & LIMIT == 0 < trace_id >> 64 < 7 for trace_id in trace_ids)
     assert len(set(trace_ids)) == 3
+    span_ids = [span.get_span_context().span_id for span in spans]
+    assert all(0 < span_id < 7 for span_id in span_ids)
     even = SpanStarter(TracerProvider(id_generator=EvenTraceIds()))
-    assert all(
-        even.start("GET", SpanKind.SERVER).get_span_context().trace_id % 2 == 0 for _ in range(50)
-    )
+    odd = SpanStarter(TracerProvider(id_generator=OddSpanIds()))
+    for _ in range(50):
+        assert even.start("GET", SpanKind.SERVER).get_span_context().trace_id % 2 == 0
+        assert odd.start("GET", SpanKind.SERVER).get_span_context().span_id % 2 == 1
 
 
-def test_the_default_generator_never_starts_a_trace_with_id_0(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    trace_ids = iter([0, 0, 0xABC << 64])
-    monkeypatch.setattr(random, "getrandbits", lambda bits: next(trace_ids) if bits == 128 else 1)
+def test_the_default_generator_never_makes_an_id_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = {128: iter([0, 0, 0xABC << 64]), 64: iter([0, 0xDEF])}
+    monkeypatch.setattr(random, "getrandbits", lambda bits: next(draws[bits]))
     span = SpanStarter(TracerProvider()).start("GET", SpanKind.SERVER, Context())
-    assert span.get_span_context().trace_id == 0xABC << 64  # 0 is invalid: drawn again
+    context = span.get_span_context()
+    assert (context.trace_id, context.span_id) == (0xABC << 64, 0xDEF)  # 0s drawn again
 
 
 def test_a_tracer_disabled_by_a_configurator_makes_no_spans() -> None:
