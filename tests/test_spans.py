@@ -4,14 +4,23 @@ and its MeshSpans behave as SDK spans to processors, exporters and user code."""
 from __future__ import annotations
 
 import json
+import random
 import types
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import (
+    ReadableSpan,
+    Span,
+    SpanLimits,
+    SpanProcessor,
+    TracerProvider,
+    _disable_tracer_configurator,
+)
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     Decision,
@@ -155,6 +164,71 @@ def test_a_global_provider_installed_later_is_followed_within_a_second(
     monkeypatch.setattr(meshkit._spans, "time", types.SimpleNamespace(monotonic=no_clock))
     assert starter.tracing
     starter.start("GET", SpanKind.SERVER, Context()).end()
+
+
+class Counting(IdGenerator):
+    """Ids in sequence: nothing random, so nothing a shortcut could draw instead."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def generate_span_id(self) -> int:
+        self.last += 1
+        return self.last
+
+    def generate_trace_id(self) -> int:
+        self.last += 1
+        return self.last << 64  # low 64 bits 0: sampled by any ratio above 0
+
+
+class EvenTraceIds(RandomIdGenerator):
+    """The SDK's generator with its trace ids replaced (a subclass, as users write them)."""
+
+    def generate_trace_id(self) -> int:
+        return super().generate_trace_id() & ~1
+
+
+class OddSpanIds(RandomIdGenerator):
+    def generate_span_id(self) -> int:
+        return super().generate_span_id() | 1
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_roots_take_their_trace_ids_from_the_providers_id_generator(ratio: float) -> None:
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(ratio)), id_generator=Counting()
+    )
+    starter = SpanStarter(provider)
+    spans = [starter.start("GET", SpanKind.SERVER, Context()) for _ in range(3)]
+    trace_ids = [span.get_span_context().trace_id for span in spans]
+    assert all(trace_id & LIMIT == 0 < trace_id >> 64 < 7 for trace_id in trace_ids)
+    assert len(set(trace_ids)) == 3
+    span_ids = [span.get_span_context().span_id for span in spans]
+    assert all(0 < span_id < 7 for span_id in span_ids)
+    even = SpanStarter(TracerProvider(id_generator=EvenTraceIds()))
+    odd = SpanStarter(TracerProvider(id_generator=OddSpanIds()))
+    for _ in range(50):
+        assert even.start("GET", SpanKind.SERVER).get_span_context().trace_id % 2 == 0
+        assert odd.start("GET", SpanKind.SERVER).get_span_context().span_id % 2 == 1
+
+
+def test_the_default_generator_never_makes_an_id_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = {128: iter([0, 0, 0xABC << 64]), 64: iter([0, 0xDEF])}
+    monkeypatch.setattr(random, "getrandbits", lambda bits: next(draws[bits]))
+    span = SpanStarter(TracerProvider()).start("GET", SpanKind.SERVER, Context())
+    context = span.get_span_context()
+    assert (context.trace_id, context.span_id) == (0xABC << 64, 0xDEF)  # 0s drawn again
+
+
+def test_a_tracer_disabled_by_a_configurator_makes_no_spans() -> None:
+    provider, exporter = provider_with(ALWAYS_ON)
+    starter = SpanStarter(provider)
+    starter.start("before", SpanKind.SERVER).end()
+    provider._set_tracer_configurator(tracer_configurator=_disable_tracer_configurator)
+    span = starter.start("after", SpanKind.SERVER)
+    span.end()
+    assert not span.is_recording()
+    assert [span.name for span in exporter.get_finished_spans()] == ["before"]
 
 
 # --- MeshSpan: an SDK span to everything that looks at it ------------------------------
