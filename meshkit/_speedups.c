@@ -1,20 +1,26 @@
-/* meshkit._speedups: the OTLP encoding of one ended span, in C.
+/* meshkit._speedups: meshkit's per-request hot paths in C. Each has a Python twin that
+   runs when the extension is not built, and that its tests hold it to:
+
+   - encode_span: the OTLP encoding of one ended span (meshkit/_otlp.py SpanEncoder._span);
+   - ObservedSend: the send wrapper TelemetryMiddleware gives the app (_ObservedSend);
+   - HistogramObserver: LoopHistogram.observe (meshkit/_loopmetrics.py).
 
    Every sampled request ends at least one span, and its OTLP protobuf bytes cost ~1.5 us
    of bytecode in meshkit/_otlp.py (struct packs, memo lookups, a join of nine parts),
    several times that on a loaded server. Here the same bytes are written into one buffer.
 
    encode_span(span) returns the span's ``Span`` message (without its field tag), byte for
-   byte what SpanEncoder._span in meshkit/_otlp.py writes, or None for anything it does not
-   handle (events, links, a trace state, attribute values that are not str, bool, int64 or
-   float, anything the span's limits dropped): the Python encoder then takes the span as
-   before. It only reads the span, and never raises for a span it cannot encode.
-
-   configure() hands over the objects it compares by identity (see _otlp.py), once. */
+   byte what SpanEncoder._span writes, or None for anything it does not handle (events,
+   links, a trace state, attribute values that are not str, bool, int64 or float, anything
+   the span's limits dropped): the Python encoder then takes the span as before. It only
+   reads the span, and never raises for a span it cannot encode. configure() hands over
+   the objects it compares by identity (see _otlp.py), once. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <structmember.h>
 #include <string.h>
 
 static PyObject *unset_status;  /* meshkit._spans.UNSET_STATUS */
@@ -477,6 +483,272 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+
+/* --- ObservedSend: an ASGI ``send`` that notes the response's status and body size ---
+
+   TelemetryMiddleware hands the app this in place of ``send``: a call is one C call where
+   a Python closure costs a frame, and making one is one allocation. Same as
+   meshkit.middleware.telemetry._ObservedSend, its fallback. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *send;
+    long status;
+    Py_ssize_t sent;
+} ObservedSend;
+
+static PyObject *s_type, *s_status_key, *s_body, *s_response_start;
+static PyObject *one;  /* the int 1 */
+
+static int note_message(ObservedSend *self, PyObject *message) {
+    if (!PyDict_Check(message)) {
+        return 0;  /* not an ASGI message: the server's send decides what to say */
+    }
+    PyObject *type = PyDict_GetItemWithError(message, s_type);
+    if (type == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    int is_start = type == s_response_start ||
+                   (PyUnicode_Check(type) && PyUnicode_Compare(type, s_response_start) == 0);
+    if (is_start) {
+        PyObject *status = PyDict_GetItemWithError(message, s_status_key);
+        if (status != NULL && PyLong_Check(status)) {
+            long value = PyLong_AsLong(status);
+            if (value == -1 && PyErr_Occurred()) {
+                return -1;
+            }
+            self->status = value;
+        }
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    PyObject *body = PyDict_GetItemWithError(message, s_body);
+    if (body == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_ssize_t size = PyBytes_CheckExact(body) ? PyBytes_GET_SIZE(body) : PyObject_Length(body);
+    if (size < 0) {
+        return -1;
+    }
+    self->sent += size;
+    return 0;
+}
+
+static PyObject *observed_send_vectorcall(PyObject *callable, PyObject *const *args,
+                                          size_t nargsf, PyObject *kwnames) {
+    ObservedSend *self = (ObservedSend *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "send() takes one message");
+        return NULL;
+    }
+    if (note_message(self, args[0]) < 0) {
+        return NULL;
+    }
+    return PyObject_Vectorcall(self->send, args, 1, NULL);
+}
+
+static PyObject *observed_send_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *send;
+    if (!PyArg_ParseTuple(args, "O:ObservedSend", &send)) {
+        return NULL;
+    }
+    ObservedSend *self = (ObservedSend *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = observed_send_vectorcall;
+    self->send = Py_NewRef(send);
+    return (PyObject *)self;
+}
+
+static int observed_send_traverse(ObservedSend *self, visitproc visit, void *arg) {
+    Py_VISIT(self->send);
+    return 0;
+}
+
+static int observed_send_clear(ObservedSend *self) {
+    Py_CLEAR(self->send);
+    return 0;
+}
+
+static void observed_send_dealloc(ObservedSend *self) {
+    PyObject_GC_UnTrack(self);
+    observed_send_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef observed_send_members[] = {
+    {"status", T_LONG, offsetof(ObservedSend, status), READONLY,
+     "The response's status, 0 until it started."},
+    {"sent", T_PYSSIZET, offsetof(ObservedSend, sent), READONLY,
+     "Bytes of response body sent so far."},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(ObservedSend, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject ObservedSendType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshkit._speedups.ObservedSend",
+    .tp_doc = "ObservedSend(send): an ASGI send noting the response's status and body bytes.",
+    .tp_basicsize = sizeof(ObservedSend),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = observed_send_new,
+    .tp_dealloc = (destructor)observed_send_dealloc,
+    .tp_traverse = (traverseproc)observed_send_traverse,
+    .tp_clear = (inquiry)observed_send_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(ObservedSend, vectorcall),
+    .tp_members = observed_send_members,
+};
+
+/* --- HistogramObserver: LoopHistogram.observe in C --------------------------------------
+
+   observe(key, value) on the series ``by_key[key]`` (``[sum, count of bucket 0, ...,
+   count past the last bound]``, made by ``add_series(key)`` when new): the count of the
+   first bucket whose bound is >= value (bisect_left) goes up by one, the sum by value.
+   What meshkit._loopmetrics.LoopHistogram.observe does, as one C call. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *by_key;
+    PyObject *add_series;
+    Py_ssize_t bound_count;
+    double *bounds;
+} HistogramObserver;
+
+/* series[index] += amount, as Python adds (a float sum, int counts: the usual case). */
+static int bump(PyObject *series, Py_ssize_t index, PyObject *amount) {
+    PyObject *old = PyList_GET_ITEM(series, index);
+    PyObject *new;
+    if (PyFloat_CheckExact(old) && PyFloat_CheckExact(amount)) {
+        new = PyFloat_FromDouble(PyFloat_AS_DOUBLE(old) + PyFloat_AS_DOUBLE(amount));
+    } else {
+        new = PyNumber_Add(old, amount);
+    }
+    if (new == NULL) {
+        return -1;
+    }
+    PyList_SET_ITEM(series, index, new);
+    Py_DECREF(old);
+    return 0;
+}
+
+static PyObject *histogram_observe(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames) {
+    HistogramObserver *self = (HistogramObserver *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "observe() takes a key and a value");
+        return NULL;
+    }
+    double value = PyFloat_AsDouble(args[1]);
+    if (value == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *series = PyDict_GetItemWithError(self->by_key, args[0]);
+    PyObject *added = NULL;
+    if (series == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        series = added = PyObject_CallOneArg(self->add_series, args[0]);
+        if (series == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *result = NULL;
+    if (!PyList_CheckExact(series) || PyList_GET_SIZE(series) != self->bound_count + 2) {
+        PyErr_SetString(PyExc_TypeError, "not a series of this histogram");
+        goto done;
+    }
+    Py_ssize_t low = 0, high = self->bound_count;
+    while (low < high) {
+        Py_ssize_t middle = (low + high) / 2;
+        if (self->bounds[middle] < value) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    /* The count first, then the sum, as the Python version: a scrape copies the list. */
+    if (bump(series, low + 1, one) == 0 && bump(series, 0, args[1]) == 0) {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    Py_XDECREF(added);
+    return result;
+}
+
+static PyObject *histogram_observer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *by_key, *bounds, *add_series;
+    if (!PyArg_ParseTuple(args, "O!O!O:HistogramObserver", &PyDict_Type, &by_key,
+                          &PyTuple_Type, &bounds, &add_series)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(bounds);
+    double *values = PyMem_Malloc(sizeof(double) * (count ? count : 1));
+    if (values == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        values[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, i));
+        if (values[i] == -1.0 && PyErr_Occurred()) {
+            PyMem_Free(values);
+            return NULL;
+        }
+    }
+    HistogramObserver *self = (HistogramObserver *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        PyMem_Free(values);
+        return NULL;
+    }
+    self->vectorcall = histogram_observe;
+    self->by_key = Py_NewRef(by_key);
+    self->add_series = Py_NewRef(add_series);
+    self->bound_count = count;
+    self->bounds = values;
+    return (PyObject *)self;
+}
+
+static int histogram_observer_traverse(HistogramObserver *self, visitproc visit, void *arg) {
+    Py_VISIT(self->by_key);
+    Py_VISIT(self->add_series);
+    return 0;
+}
+
+static int histogram_observer_clear(HistogramObserver *self) {
+    Py_CLEAR(self->by_key);
+    Py_CLEAR(self->add_series);
+    return 0;
+}
+
+static void histogram_observer_dealloc(HistogramObserver *self) {
+    PyObject_GC_UnTrack(self);
+    histogram_observer_clear(self);
+    PyMem_Free(self->bounds);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef histogram_observer_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(HistogramObserver, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyTypeObject HistogramObserverType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshkit._speedups.HistogramObserver",
+    .tp_doc = "HistogramObserver(by_key, bounds, add_series): observe(key, value) in C.",
+    .tp_basicsize = sizeof(HistogramObserver),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = histogram_observer_new,
+    .tp_dealloc = (destructor)histogram_observer_dealloc,
+    .tp_traverse = (traverseproc)histogram_observer_traverse,
+    .tp_clear = (inquiry)histogram_observer_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(HistogramObserver, vectorcall),
+    .tp_members = histogram_observer_members,
+};
+
 static PyMethodDef methods[] = {
     {"encode_span", encode_span, METH_O,
      "The OTLP Span message of an ended span, or None when the Python encoder must."},
@@ -503,8 +775,24 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         intern(&s_status, "_status") || intern(&s_dropped_attributes, "dropped_attributes") ||
         intern(&s__dropped_attributes, "_dropped_attributes") ||
         intern(&s_dropped, "dropped") || intern(&s_status_code, "_status_code") ||
-        intern(&s_description, "_description")) {
+        intern(&s_description, "_description") || intern(&s_type, "type") ||
+        intern(&s_status_key, "status") || intern(&s_body, "body") ||
+        intern(&s_response_start, "http.response.start")) {
         return NULL;
     }
-    return PyModule_Create(&module_definition);
+    one = PyLong_FromLong(1);
+    if (one == NULL || PyType_Ready(&ObservedSendType) < 0 || PyType_Ready(&HistogramObserverType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_definition);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, "ObservedSend", (PyObject *)&ObservedSendType) < 0 ||
+        PyModule_AddObjectRef(module, "HistogramObserver", (PyObject *)&HistogramObserverType) <
+            0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -1,3 +1,4 @@
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 def encode_span(span: Any) -> bytes | None: ...
@@ -9,3 +10,18 @@ def configure(
     default_trace_state: object,
     mesh_span_type: type,
 ) -> None: ...
+
+class ObservedSend:
+    status: int
+    sent: int
+    def __init__(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None: ...
+    def __call__(self, message: MutableMapping[str, Any]) -> Awaitable[None]: ...
+
+class HistogramObserver:
+    def __init__(
+        self,
+        by_key: dict[tuple[object, ...], list[float]],
+        bounds: tuple[float, ...],
+        add_series: Callable[[tuple[object, ...]], list[float]],
+    ) -> None: ...
+    def __call__(self, key: tuple[object, ...], value: float) -> None: ...

@@ -84,26 +84,17 @@ class TelemetryMiddleware:
         else:
             span = trace.get_current_span(parent)  # the caller's context, carried on as is
             token = attach_span(span, parent)
-        status = 0
-        sent = 0
-
-        def send_observed(message: Message) -> Awaitable[None]:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            else:
-                sent += len(message.get("body", b""))
-            return send(message)
-
+        observed = ObservedSend(send)
         error: BaseException | None = None
         try:
-            await self.app(scope, receive, send_observed)
+            await self.app(scope, receive, observed)
         except BaseException as exc:
             error = exc
             raise
         finally:
             duration = _perf_counter() - start
-            status = status or 500  # the app failed before answering: the server sends 500
+            # Before an answer started, the app failed: the server sends 500.
+            status = observed.status or 500
             route = self._routes.lookup(scope)
             identity = peer_identity(scope)
             source = source_label(identity)
@@ -116,7 +107,7 @@ class TelemetryMiddleware:
             if token is not None:
                 detach(token)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                self._log(span, scope, route, status, identity, duration, sent)
+                self._log(span, scope, route, status, identity, duration, observed.sent)
 
     def _log(
         self,
@@ -213,6 +204,31 @@ class _ServerSpans:
             self._shapes.clear()  # bounded, whatever routes and callers come
         self._shapes[key] = (name, shared)
         return name, shared
+
+
+class _ObservedSend:
+    """An ASGI ``send`` that notes the response's status and how many body bytes went:
+    the Python twin of ``meshkit._speedups.ObservedSend``, used without the speedups."""
+
+    __slots__ = ("_send", "sent", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+        self.sent = 0
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        else:
+            self.sent += len(message.get("body", b""))
+        return self._send(message)
+
+
+try:
+    from meshkit._speedups import ObservedSend
+except ImportError:  # installed without a C compiler
+    ObservedSend = _ObservedSend  # type: ignore[assignment,misc]
 
 
 def _rfc3339(timestamp: float) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -16,11 +17,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message
 
+from meshkit._speedups import ObservedSend
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.metrics import MeshMetrics
-from meshkit.middleware.telemetry import TelemetryMiddleware
+from meshkit.middleware.telemetry import TelemetryMiddleware, _ObservedSend
 from meshkit.tracing import inject_context
 from tests.middleware.servers import connect, get, running
 
@@ -309,3 +311,26 @@ def test_without_a_tracer_provider_the_context_is_still_carried_on() -> None:
     assert outgoing["traceparent"] == f"00-{TRACE_ID}-{PARENT_ID}-01"
     assert outgoing["baggage"] == "tenant=acme"
     assert json.loads(untraced)["outgoing"] == {}
+
+
+@pytest.mark.parametrize("observed_send", [ObservedSend, _ObservedSend])
+def test_the_observed_send_notes_status_and_body_bytes(observed_send: type[_ObservedSend]) -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def respond() -> _ObservedSend:
+        observed = observed_send(send)
+        assert (observed.status, observed.sent) == (0, 0)
+        await observed({"type": "http.response.start", "status": 201, "headers": []})
+        await observed({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await observed({"type": "http.response.body", "body": bytearray(b"de")})
+        await observed({"type": "http.response.body"})
+        return observed
+
+    observed = asyncio.run(respond())
+    assert (observed.status, observed.sent) == (201, 5)
+    assert [message["type"] for message in sent] == ["http.response.start"] + [
+        "http.response.body"
+    ] * 3
