@@ -188,15 +188,16 @@ class SpanEncoder:
         return request_body(_grouped(encoded))
 
     def span(self, span: ReadableSpan) -> bytes:
-        """One ``Span`` message (without its field tag)."""
+        """One span as a field of ``ScopeSpans`` (its tag and length, then the ``Span``
+        message): what a request body holds of it, ready to be joined."""
         in_c = _encode_in_c(span)
         if in_c is not None:
             return in_c
         try:
-            return self._span(span)
+            message = self._span(span)
         except _Unsupported:
-            encoded: bytes = _encode_span(span).SerializeToString()
-            return encoded
+            message = _encode_span(span).SerializeToString()
+        return _delimited(b"\x12", message)
 
     def _span(self, span: ReadableSpan) -> bytes:
         # The private fields every ReadableSpan has: its properties copy events, links
@@ -269,12 +270,12 @@ def _dropped_fields(span: ReadableSpan) -> bytes:
     )
 
 
-#: A span encoded: its resource, its instrumentation scope, its ``Span`` message.
+#: A span encoded: its resource, its instrumentation scope, its ``ScopeSpans.spans`` field.
 _Encoded = tuple[Resource, InstrumentationScope | None, bytes]
 
 
 class _Group:
-    """Encoded spans of one resource and one instrumentation scope."""
+    """Encoded spans (``ScopeSpans.spans`` fields) of one resource and one scope."""
 
     __slots__ = ("resource", "scope", "spans")
 
@@ -289,11 +290,18 @@ def _grouped(encoded: Iterable[_Encoded]) -> Iterable[_Group]:
     # By identity: Resource.__hash__ serializes its attributes to JSON on each call. The
     # groups hold both objects, so their ids stay theirs while the dict lives.
     groups: dict[tuple[int, int], _Group] = {}
+    last_resource: Resource | None = None
+    last_scope: InstrumentationScope | None = None
+    group: _Group | None = None
     for resource, scope, span in encoded:
-        scope = scope or None
-        group = groups.get((id(resource), id(scope)))
-        if group is None:
-            group = groups[id(resource), id(scope)] = _Group(resource, scope)
+        # Spans come in runs of one resource and scope (one tracer's): a run costs one
+        # lookup, each span of it two identity checks and an append.
+        if group is None or resource is not last_resource or scope is not last_scope:
+            last_resource, last_scope = resource, scope
+            key = (id(resource), id(scope or None))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(resource, scope or None)
         group.spans.append(span)
     return groups.values()
 
@@ -311,7 +319,7 @@ def _resource_spans(groups: list[_Group]) -> bytes:
     parts = [_delimited(b"\x0a", _encode_resource(resource).SerializeToString())]
     for group in groups:
         scope_spans = [_delimited(b"\x0a", _encode_scope(group.scope))]
-        scope_spans.extend(_delimited(b"\x12", span) for span in group.spans)
+        scope_spans.extend(group.spans)  # tagged already
         if group.scope is not None and group.scope.schema_url:
             scope_spans.append(_delimited(b"\x1a", group.scope.schema_url.encode()))
         parts.append(_delimited(b"\x12", b"".join(scope_spans)))

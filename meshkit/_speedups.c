@@ -9,8 +9,8 @@
    of bytecode in meshkit/_otlp.py (struct packs, memo lookups, a join of nine parts),
    several times that on a loaded server. Here the same bytes are written into one buffer.
 
-   encode_span(span) returns the span's ``Span`` message (without its field tag), byte for
-   byte what SpanEncoder._span writes, or None for anything it does not handle (events,
+   encode_span(span) returns the span as a field of ``ScopeSpans`` (its tag and length,
+   then the ``Span`` message), byte for byte what SpanEncoder.span writes, or None for anything it does not handle (events,
    links, a trace state, attribute values that are not str, bool, int64 or float, anything
    the span's limits dropped): the Python encoder then takes the span as before. It only
    reads the span, and never raises for a span it cannot encode. configure() hands over
@@ -455,7 +455,19 @@ static PyObject *encode_span(PyObject *module, PyObject *span) {
     int done = encode(&buffer, span, fields);
     PyObject *result = NULL;
     if (done == 1) {
-        result = PyBytes_FromStringAndSize(buffer.data, buffer.length);
+        /* As a field of ScopeSpans (spans = 2): its tag and length, then the message. */
+        uint64_t length = (uint64_t)buffer.length;
+        result = PyBytes_FromStringAndSize(NULL, 1 + varint_size(length) + buffer.length);
+        if (result != NULL) {
+            char *out = PyBytes_AS_STRING(result);
+            *out++ = 0x12;
+            while (length > 0x7F) {
+                *out++ = (char)((length & 0x7F) | 0x80);
+                length >>= 7;
+            }
+            *out++ = (char)length;
+            memcpy(out, buffer.data, buffer.length);
+        }
     }
     for (int i = 0; i < FIELDS; i++) {
         Py_XDECREF(fields[i]);
@@ -751,7 +763,7 @@ static PyTypeObject HistogramObserverType = {
 
 static PyMethodDef methods[] = {
     {"encode_span", encode_span, METH_O,
-     "The OTLP Span message of an ended span, or None when the Python encoder must."},
+     "An ended span as a ScopeSpans.spans field, or None when the Python encoder must."},
     {"configure", configure, METH_VARARGS,
      "configure(unset_status, span_kinds, status_codes, bounded_list_type, default_trace_state, mesh_span_type)"},
     {NULL, NULL, 0, NULL},
