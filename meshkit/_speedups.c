@@ -761,9 +761,39 @@ static PyTypeObject HistogramObserverType = {
     .tp_members = histogram_observer_members,
 };
 
+
+/* --- enter_span: a span made current in a context of its own ---------------------------
+
+   enter_span(var, context_type, key, span): ``var.set(context_type({key: span}))`` where
+   ``context_type`` is the OpenTelemetry API's Context (a dict subclass that refuses
+   item assignment): the instance is made empty and filled at the C level, without the
+   dict display and the copy its constructor makes. Returns the ContextVar's token. */
+
+static PyObject *empty_tuple;
+
+static PyObject *enter_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[1], &PyDict_Type)) {
+        PyErr_SetString(PyExc_TypeError, "enter_span(var, context_type, key, span)");
+        return NULL;
+    }
+    PyObject *context = PyDict_Type.tp_new((PyTypeObject *)args[1], empty_tuple, NULL);
+    if (context == NULL) {
+        return NULL;
+    }
+    PyObject *token = NULL;
+    if (PyDict_SetItem(context, args[2], args[3]) == 0) {
+        token = PyContextVar_Set(args[0], context);
+    }
+    Py_DECREF(context);
+    return token;
+}
+
 static PyMethodDef methods[] = {
     {"encode_span", encode_span, METH_O,
      "An ended span as a ScopeSpans.spans field, or None when the Python encoder must."},
+    {"enter_span", (PyCFunction)(void (*)(void))enter_span, METH_FASTCALL,
+     "enter_span(var, context_type, key, span): var.set(context_type({key: span}))."},
     {"configure", configure, METH_VARARGS,
      "configure(unset_status, span_kinds, status_codes, bounded_list_type, default_trace_state, mesh_span_type)"},
     {NULL, NULL, 0, NULL},
@@ -793,7 +823,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         return NULL;
     }
     one = PyLong_FromLong(1);
-    if (one == NULL || PyType_Ready(&ObservedSendType) < 0 || PyType_Ready(&HistogramObserverType) < 0) {
+    empty_tuple = PyTuple_New(0);
+    if (one == NULL || empty_tuple == NULL || PyType_Ready(&ObservedSendType) < 0 || PyType_Ready(&HistogramObserverType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_definition);

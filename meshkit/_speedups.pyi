@@ -1,4 +1,5 @@
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar, Token
 from typing import Any
 
 def encode_span(span: Any) -> bytes | None: ...
@@ -25,3 +26,7 @@ class HistogramObserver:
         add_series: Callable[[tuple[object, ...]], list[float]],
     ) -> None: ...
     def __call__(self, key: tuple[object, ...], value: float) -> None: ...
+
+def enter_span(
+    var: ContextVar[Any], context_type: type[Any], key: str, span: Any
+) -> Token[Any]: ...

@@ -127,8 +127,20 @@ def attach_span(span: Span, parent: Context | None = None) -> Token[Context]:
     if _CURRENT_CONTEXT is None:
         return otel_context.attach(trace.set_span_in_context(span, parent))
     if parent is EMPTY_CONTEXT:
-        return _CURRENT_CONTEXT.set(Context({_SPAN_KEY: span}))
+        return _enter_span(_CURRENT_CONTEXT, Context, _SPAN_KEY, span)
     return _CURRENT_CONTEXT.set(trace.set_span_in_context(span, parent))
+
+
+def _enter_span_in_python(
+    var: ContextVar[Context], context_type: type[Context], key: str, span: Span
+) -> Token[Context]:
+    return var.set(context_type({key: span}))
+
+
+try:  # the same in C (~80 ns less a request): see meshkit/_speedups.c
+    from meshkit._speedups import enter_span as _enter_span
+except ImportError:  # installed without a C compiler
+    _enter_span = _enter_span_in_python
 
 
 def detach(token: Token[Context]) -> None:
