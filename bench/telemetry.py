@@ -3,7 +3,9 @@
 Each mode runs in its own uvicorn process (httptools + uvloop) serving the same
 Starlette endpoint; one load-generator process (aiohttp, 16 concurrent requests over
 keep-alive connections) drives them in alternating rounds, and reads each server's CPU
-(all threads: the span exporter's included) from /proc/<pid>/task/*/schedstat.
+(all threads: the span exporter's included) from /proc/<pid>/task/*/schedstat. A round
+ends with a POST to ``/flush`` (every mode gets it): the spans the exporter still holds
+are posted then, so every post is charged to the round whose spans it carries.
 
 Every mode runs twice: over strict mTLS with a verified caller (what ServiceApp serves,
 the headline ratios) and over plaintext HTTP (``*_plaintext``: a smaller denominator).
@@ -58,12 +60,23 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
     from meshkit.middleware.telemetry import TelemetryMiddleware
     from meshkit.tracing import configure_tracing_from_env
 
+    provider = None
+
     async def item(request: Request) -> JSONResponse:
         return JSONResponse({"item": request.path_params["item_id"]})
 
-    app: ASGIApp = Starlette(routes=[Route("/items/{item_id:int}", item)])
+    def flush(request: Request) -> JSONResponse:
+        # The round's spans still waiting are posted now, inside the round's CPU window:
+        # without it they go up to OTEL_BSP_SCHEDULE_DELAY later, during other modes'
+        # rounds, and their posts would be charged to no mode.
+        if provider is not None:
+            provider.force_flush()
+        return JSONResponse({})
+
+    app: ASGIApp = Starlette(
+        routes=[Route("/items/{item_id:int}", item), Route("/flush", flush, methods=["POST"])]
+    )
     if mode != "off":
-        provider = None
         if mode.startswith("sampled"):
             ratio = str(int(mode.removeprefix("sampled").partition("_")[0]) / 100)
             environ = {
@@ -153,6 +166,18 @@ async def drive(session: object, port: int, requests: int) -> None:
     await asyncio.gather(*(worker(requests // CONCURRENCY) for _ in range(CONCURRENCY)))
 
 
+async def flush_spans(session: object, port: int) -> None:
+    """Have the server post the spans its exporter still holds (one request; every mode
+    gets it, so each pays the same for it)."""
+    import aiohttp
+
+    assert isinstance(session, aiohttp.ClientSession)
+    scheme = "https" if session.connector and session.connector._ssl else "http"  # type: ignore[attr-defined]
+    async with session.post(f"{scheme}://127.0.0.1:{port}/flush") as response:
+        await response.read()
+        assert response.status == 200
+
+
 async def start_sink() -> tuple[object, str]:
     """An OTLP/HTTP endpoint that accepts and drops span batches."""
     from aiohttp import web
@@ -218,7 +243,7 @@ async def measure(
                 for mode, (process, port) in servers.items():
                     before = cpu_seconds(process.pid)
                     await drive(session, port, requests)
-                    await asyncio.sleep(0.1)  # let the span exporter finish a batch
+                    await flush_spans(session, port)
                     per_request[mode].append((cpu_seconds(process.pid) - before) / requests)
     return per_request
 
