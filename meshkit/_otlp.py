@@ -190,9 +190,11 @@ class SpanEncoder:
     def span(self, span: ReadableSpan) -> bytes:
         """One span as a field of ``ScopeSpans`` (its tag and length, then the ``Span``
         message): what a request body holds of it, ready to be joined."""
-        in_c = _encode_in_c(span)
-        if in_c is not None:
-            return in_c
+        return _encode_in_c(span) or self.in_python(span)
+
+    def in_python(self, span: ReadableSpan) -> bytes:
+        """The bytes ``span`` returns, from the Python encoder alone: for a caller that
+        asked the C encoder already and was declined."""
         try:
             message = self._span(span)
         except _Unsupported:
@@ -417,7 +419,7 @@ class OTLPBatchProcessor(SpanProcessor):
             self._dropped += 1  # two threads at once may count one: it only feeds a warning
             return
         # Encoded now, so that the span object goes as soon as it ends.
-        encoded = _encode_in_c(span) or self._encoder.span(span)
+        encoded = _encode_in_c(span) or self._encoder.in_python(span)
         queue.append((span._resource, span._instrumentation_scope, encoded))
         if len(queue) >= self._max_export_batch_size and not self._wake.is_set():
             self._wake.set()
