@@ -7,7 +7,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 
 .PHONY: demo test lint typecheck pytest bench clean prometheus
 
-$(STAMP): pyproject.toml hatch_build.py meshkit/_speedups.c
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import meshkit, uvicorn, consul, aiohttp" 
@@ -19,8 +19,8 @@ demo: $(STAMP)
 test: $(STAMP) prometheus lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check -q meshkit tests examples bench hatch_build.py
-	$(BIN)/ruff check -q meshkit tests examples bench hatch_build.py
+	$(BIN)/ruff format --check -q meshkit tests examples bench
+	$(BIN)/ruff check -q meshkit tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy meshkit
@@ -44,4 +44,4 @@ prometheus:
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache meshkit/_speedups*.so
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -217,7 +217,7 @@ def start_c(ws: Workspace) -> RunningPath:
 
 
 def start_service(ws: Workspace, target: str, service: str) -> tuple[int, int]:
-    from meshkit.testing import ServiceProcess
+    from meshkit.testing.processes import ServiceProcess
 
     process = ServiceProcess(target, service=service, env=ws.mesh_env(service), cwd=ROOT)
     ws.stack.callback(process.stop)

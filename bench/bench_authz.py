@@ -21,9 +21,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message
 
 from meshkit.identity import PEER_IDENTITY_KEY, SpiffeId
-from meshkit.intentions import Intention, Intentions
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.policy import allow
+from meshkit.policy.intentions import Intention, Intentions
 
 CALLER = SpiffeId.for_service("meshkit.local", "default", "web")
 REQUESTS = 20_000

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from meshkit.metrics import _CLIENT_LABELS, DURATION_BUCKETS, LabelCache, MeshMetrics
+from meshkit.telemetry.metrics import _CLIENT_LABELS, DURATION_BUCKETS, LabelCache, MeshMetrics
 
 ROUTE = "/orders/{order_id}"
 SECONDS = 0.0012  # an in-mesh call: the 4th bucket, so the old bucket loop runs 4 steps

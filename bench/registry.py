@@ -30,7 +30,7 @@ TARGETS = {"health_reads_per_s": 2000.0, "wake_p99_ms": 50.0, "rss_mb": 150.0}
 
 def start_registry() -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "meshkit.cli", "registry", "serve", "--port", "0"],
+        [sys.executable, "-m", "meshkit", "registry", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

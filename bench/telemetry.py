@@ -56,9 +56,9 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
     from starlette.routing import Route
     from starlette.types import ASGIApp
 
-    from meshkit.metrics import MeshMetrics
     from meshkit.middleware.telemetry import TelemetryMiddleware
-    from meshkit.tracing import configure_tracing_from_env
+    from meshkit.telemetry.metrics import MeshMetrics
+    from meshkit.telemetry.sdk import configure_tracing_from_env
 
     provider = None
 
@@ -100,8 +100,8 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
     print(sock.getsockname()[1], flush=True)
     options: dict[str, Any] = {"http": "httptools"}
     if tls_dir:
-        # The verified caller reaches the scope as meshkit.server will put it there.
-        from meshkit.server import MeshHttpToolsProtocol
+        # The verified caller reaches the scope as meshkit.serving.server will put it there.
+        from meshkit.serving.protocol import MeshHttpToolsProtocol
 
         options = {
             "http": MeshHttpToolsProtocol,
@@ -114,7 +114,7 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
         app, loop="uvloop", lifespan="off", access_log=False, log_level="error", **options
     )
     # As `meshkit run` does once it serves, in every mode alike.
-    from meshkit.server import freeze_startup_objects
+    from meshkit.serving.server import freeze_startup_objects
 
     freeze_startup_objects()
     uvicorn.Server(config).run(sockets=[sock])

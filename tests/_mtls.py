@@ -15,7 +15,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.server import MeshHttpToolsProtocol
+from meshkit.serving.protocol import MeshHttpToolsProtocol
 from meshkit.tls import TLSMaterial, client_context, server_context
 
 

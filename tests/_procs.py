@@ -1,4 +1,4 @@
-"""What /proc says about a process, independent of ``meshkit._supervisor``'s own checks."""
+"""What /proc says about a process, independent of ``meshkit.testing.supervisor``'s own checks."""
 
 from __future__ import annotations
 

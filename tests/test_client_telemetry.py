@@ -17,11 +17,11 @@ from starlette.routing import Route
 
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import AttemptStarted, MeshClientFactory
-from meshkit.client_telemetry import ClientTelemetry
-from meshkit.metrics import MeshMetrics
 from meshkit.middleware.telemetry import TelemetryMiddleware
 from meshkit.settings import MeshSettings
-from meshkit.tracing import append_context_headers
+from meshkit.telemetry.client import ClientTelemetry
+from meshkit.telemetry.metrics import MeshMetrics
+from meshkit.telemetry.propagation import append_context_headers
 from tests.client.helpers import StaticSource, contexts, endpoint, serve
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshkit.server import CoalescingTransport
+from meshkit.serving.protocol import CoalescingTransport
 
 
 class Recorder:

@@ -18,11 +18,9 @@ from typing import Any
 
 import pytest
 
-from meshkit._golden import Edge, Histogram
-from meshkit._supervisor import Child, Supervisor, group_alive
-from meshkit._traffic import HttpsSender, Shopper, TrafficStats, drive
 from meshkit.cli import main
-from meshkit.demo import (
+from meshkit.demo.golden import Edge, Histogram
+from meshkit.demo.run import (
     EDGES,
     SHOP,
     VICTIM,
@@ -37,7 +35,9 @@ from meshkit.demo import (
     scrape,
     start_shop,
 )
+from meshkit.demo.traffic import HttpsSender, Shopper, TrafficStats, drive
 from meshkit.errors import MeshError
+from meshkit.testing.supervisor import Child, Supervisor, group_alive
 
 pytestmark = pytest.mark.timeout(90)
 SLEEPER = "import time; time.sleep(60)"
@@ -212,7 +212,7 @@ def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(
 DEMO = """
 import json, sys
 from pathlib import Path
-from meshkit.demo import DemoOptions, Display, LocalIdentities, demo
+from meshkit.demo.run import DemoOptions, Display, LocalIdentities, demo
 options = DemoOptions(duration=60, rate=2, interval=0.3)
 mesh = lambda supervisor, directory: (LocalIdentities(), json.loads(sys.argv[2]))
 sys.exit(demo(options, Path(sys.argv[1]), Display(sys.stdout, False), mesh=mesh))
@@ -260,7 +260,7 @@ def test_the_cli_reports_a_failure_as_one_line(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise MeshError("registry exited with 1")
 
-    monkeypatch.setattr("meshkit.demo.start_registry", broken)
+    monkeypatch.setattr("meshkit.demo.run.start_registry", broken)
     assert main(["demo", "--duration", "1", "--dir", str(tmp_path)]) == 1
     assert capsys.readouterr().err == "meshkit: error: registry exited with 1\n"
 

@@ -9,7 +9,7 @@ import pytest
 
 from meshkit import cli
 from meshkit.errors import ConfigError, RegistryUnavailable
-from meshkit.intentions import (
+from meshkit.policy.intentions import (
     Intention,
     Intentions,
     IntentionStore,

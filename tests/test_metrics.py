@@ -11,9 +11,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from meshkit._loopmetrics import LoopHistogram, LoopInFlight
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.metrics import _CLIENT_LABELS, DURATION_BUCKETS, MeshMetrics
+from meshkit.telemetry._loopmetrics import LoopHistogram, LoopInFlight
+from meshkit.telemetry.metrics import _CLIENT_LABELS, DURATION_BUCKETS, MeshMetrics
 from meshkit.tls import TLSContexts, TLSMaterial
 
 
@@ -326,21 +326,3 @@ def test_an_in_flight_gauge_takes_its_labels_first_in_its_histogram() -> None:
     ends = LoopHistogram("ends", "Ends.", ["route", "method"], registry, buckets=[1.0])
     with pytest.raises(ValueError, match="must be labelled by"):
         LoopInFlight("running", "Running.", ["method"], registry, ends=ends)
-
-
-def test_the_c_histogram_observer_records_what_the_python_one_does() -> None:
-    from meshkit._speedups import HistogramObserver
-
-    in_c, in_python = (
-        LoopHistogram("h", "h", ["route"], CollectorRegistry(), buckets=DURATION_BUCKETS)
-        for _ in range(2)
-    )
-    assert isinstance(in_c.observe, HistogramObserver)
-    edges = [b for bound in DURATION_BUCKETS for b in (bound, math.nextafter(bound, 0))]
-    values: list[float] = [*edges, 0.0, -1.0, 1e9, math.inf, math.nan, 3, 0]
-    for n, value in enumerate(values * 3):
-        key = (f"/r{n % 4}",)
-        in_c.observe(key, value)
-        in_python._observe(key, value)
-    assert repr(in_c._series) == repr(in_python._series)
-    assert repr(list(in_c._by_key.items())) == repr(list(in_python._by_key.items()))

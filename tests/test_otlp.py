@@ -29,9 +29,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from meshkit import _otlp
-from meshkit._otlp import MeshOTLPSpanExporter, OTLPBatchProcessor, SpanEncoder
-from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
+from meshkit.telemetry._otel_sdk import MeshSpan, SpanStarter, set_mesh_attributes
+from meshkit.telemetry.export import MeshOTLPSpanExporter, OTLPBatchProcessor, SpanEncoder
 from meshkit.testing import Mesh
 from tests._sink import PostSink, post_sink
 
@@ -79,24 +78,15 @@ def spans(resource: Resource, limits: SpanLimits | None = None) -> tuple[Readabl
     return exporter.get_finished_spans()
 
 
-@pytest.fixture(params=["c", "python"])
-def each_encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test runs with the C encoder in front (as installed here) and without it."""
-    if request.param == "python":
-        monkeypatch.setattr(_otlp, "_encode_in_c", lambda span: None)
-
-
 def assert_same(batch: tuple[ReadableSpan, ...] | list[ReadableSpan]) -> None:
     body = SpanEncoder().encode(batch)
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(batch)
 
 
-@pytest.mark.usefixtures("each_encoder")
 def test_same_message_as_the_stock_encoder() -> None:
     assert_same(spans(Resource.create({"service.name": "orders"})))
 
 
-@pytest.mark.usefixtures("each_encoder")
 def test_several_resources_scopes_and_dropped_attributes() -> None:
     first = spans(Resource({"service.name": "orders"}, schema_url="https://example/s"))
     second = spans(Resource({"service.name": "web", "n": 3}), SpanLimits(max_span_attributes=2))
@@ -104,7 +94,6 @@ def test_several_resources_scopes_and_dropped_attributes() -> None:
     assert_same([*first, *second, first[0]])
 
 
-@pytest.mark.usefixtures("each_encoder")
 def test_memoized_values_are_told_apart_by_type() -> None:
     encoder = SpanEncoder()
     for value in (1, True, 1.0, "1", 0.0, -0.0, 0, False):
@@ -118,7 +107,6 @@ def test_memoized_values_are_told_apart_by_type() -> None:
         assert ExportTraceServiceRequest.FromString(body) == encode_spans(batch)
 
 
-@pytest.mark.usefixtures("each_encoder")
 def test_unusual_spans_are_encoded_by_the_stock_encoder_among_the_others() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -135,7 +123,6 @@ def test_unusual_spans_are_encoded_by_the_stock_encoder_among_the_others() -> No
     assert_same(exporter.get_finished_spans())
 
 
-@pytest.mark.usefixtures("each_encoder")
 def test_mesh_spans_encode_as_sdk_spans_do() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "orders"}))
@@ -154,12 +141,6 @@ def test_mesh_spans_encode_as_sdk_spans_do() -> None:
     batch = exporter.get_finished_spans()
     assert all(isinstance(span, MeshSpan) for span in batch)
     assert_same(batch)
-
-
-def test_the_c_encoder_is_built_by_the_install() -> None:
-    from meshkit import _speedups
-
-    assert _otlp._encode_in_c is _speedups.encode_span
 
 
 #: Attribute values of every kind the encoders meet, the unusual ones included.
@@ -197,28 +178,6 @@ def random_spans(seed: int, count: int) -> list[ReadableSpan]:
             span.add_event("e")
         span.end()
     return list(exporter.get_finished_spans())
-
-
-def test_the_c_encoder_writes_what_the_python_encoder_writes() -> None:
-    from meshkit import _speedups
-
-    python = SpanEncoder()
-    batch = random_spans(seed=6, count=2000)
-    in_c = {id(span): _speedups.encode_span(span) for span in batch}
-    assert all(encoded == python.in_python(span) for span in batch if (encoded := in_c[id(span)]))
-    handled = sum(encoded is not None for encoded in in_c.values())
-    assert 0.3 * len(batch) < handled < len(batch)  # both kinds of span met
-    # What it leaves to the Python encoder, it leaves whole.
-    for span in batch:
-        unusual = (
-            span.events
-            or span.context.trace_state
-            or span.dropped_attributes
-            or any(
-                type(value) in (list, tuple) or value == 2**64 for value in span.attributes.values()
-            )
-        )
-        assert (in_c[id(span)] is None) == bool(unusual), span.to_json()
 
 
 # --- over HTTP ---------------------------------------------------------------------
@@ -328,7 +287,7 @@ def test_a_full_queue_drops_new_spans_with_a_warning(
     provider = batched_provider(processor)
     for index in range(8):
         provider.get_tracer("t").start_span(f"s{index}").end()
-    with caplog.at_level(logging.WARNING, logger="meshkit._otlp"):
+    with caplog.at_level(logging.WARNING, logger="meshkit.telemetry.export"):
         assert processor.force_flush()
     assert collector.span_names() == [f"s{index}" for index in range(5)]
     assert "dropped 3 spans" in caplog.text

@@ -14,11 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from meshkit._otlp import MeshOTLPSpanExporter
-from meshkit._otlp_transport import HTTPClientTransport
 from meshkit.ca.x509 import LocalAuthority, certificate_pem, new_private_key, private_key_pem
 from meshkit.errors import ConfigError
-from meshkit.tracing import _otlp_transport, configure_tracing_from_env
+from meshkit.telemetry._otlp_transport import HTTPClientTransport
+from meshkit.telemetry.export import MeshOTLPSpanExporter
+from meshkit.telemetry.sdk import _otlp_transport, configure_tracing_from_env
 from tests._sink import PostSink, post_sink
 
 BODIES = [b"first batch", b"second batch", b"third batch"]

@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket
 
 from meshkit.errors import ConfigError
 from meshkit.identity import SpiffeId
-from meshkit.policy import (
+from meshkit.policy.decorators import (
     Allow,
     CallerSet,
     Deny,

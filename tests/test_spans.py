@@ -39,9 +39,9 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-import meshkit._spans
-from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
-from meshkit.tracing import extract_context
+import meshkit.telemetry._otel_sdk
+from meshkit.telemetry._otel_sdk import MeshSpan, SpanStarter, set_mesh_attributes
+from meshkit.telemetry.propagation import extract_context
 
 LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
 
@@ -148,8 +148,10 @@ def test_a_global_provider_installed_later_is_followed_within_a_second(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = types.SimpleNamespace(now=100.0)
-    monkeypatch.setattr(meshkit._spans, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
-    starter = meshkit._spans.SpanStarter(None)
+    monkeypatch.setattr(
+        meshkit.telemetry._otel_sdk, "time", types.SimpleNamespace(monotonic=lambda: clock.now)
+    )
+    starter = meshkit.telemetry._otel_sdk.SpanStarter(None)
     assert not starter.tracing  # no SDK anywhere yet
     sdk = TracerProvider()
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: sdk)
@@ -161,7 +163,9 @@ def test_a_global_provider_installed_later_is_followed_within_a_second(
     def no_clock() -> float:
         raise AssertionError("the global provider is set once: no more looking for it")
 
-    monkeypatch.setattr(meshkit._spans, "time", types.SimpleNamespace(monotonic=no_clock))
+    monkeypatch.setattr(
+        meshkit.telemetry._otel_sdk, "time", types.SimpleNamespace(monotonic=no_clock)
+    )
     assert starter.tracing
     starter.start("GET", SpanKind.SERVER, Context()).end()
 

@@ -1,4 +1,4 @@
-"""The one process manager (``meshkit._supervisor``) over real processes: start, readiness,
+"""The one process manager (``meshkit.testing.supervisor``) over real processes: start, readiness,
 output, stop (even of a child that ignores SIGTERM) and kill, with nothing it spawned
 left behind. ``meshkit.testing``'s processes and ``meshkit demo`` both run on it."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from meshkit._supervisor import Child, Supervisor, group_alive
 from meshkit.errors import MeshError
+from meshkit.testing.supervisor import Child, Supervisor, group_alive
 from tests._procs import gone
 
 pytestmark = pytest.mark.timeout(30)

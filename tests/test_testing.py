@@ -1,4 +1,4 @@
-"""``meshkit.testing``: its processes (on ``meshkit._supervisor``, whose contract
+"""``meshkit.testing``: its processes (on ``meshkit.testing.supervisor``, whose contract
 tests/test_supervisor.py checks), and the ``mesh`` fixture: a real mesh in a test, an
 instance killed under steady load, and faults injected into instances (``MESHKIT_FAULTS``)."""
 

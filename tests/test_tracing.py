@@ -17,18 +17,13 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import SpanKind
 
-from meshkit._otlp import MeshOTLPSpanExporter, OTLPBatchProcessor
-from meshkit._otlp_transport import HTTPClientTransport
-from meshkit._spans import MeshSpan, SpanStarter, set_mesh_attributes
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.errors import ConfigError
-from meshkit.tracing import (
-    append_context_headers,
-    configure_tracing_from_env,
-    extract_context,
-    otlp_traces_endpoint,
-    sampler_from_env,
-)
+from meshkit.telemetry._otel_sdk import MeshSpan, SpanStarter, set_mesh_attributes
+from meshkit.telemetry._otlp_transport import HTTPClientTransport
+from meshkit.telemetry.export import MeshOTLPSpanExporter, OTLPBatchProcessor
+from meshkit.telemetry.propagation import append_context_headers, extract_context
+from meshkit.telemetry.sdk import configure_tracing_from_env, otlp_traces_endpoint, sampler_from_env
 from tests._sink import post_sink
 
 
@@ -208,7 +203,7 @@ def test_extract_reads_as_the_w3c_propagators(headers: list[tuple[bytes, bytes]]
     from opentelemetry import baggage
     from opentelemetry.context import Context
 
-    from meshkit.tracing import MESH_PROPAGATOR
+    from meshkit.telemetry.propagation import MESH_PROPAGATOR
 
     ours = extract_context(headers)
     textual = {name.decode(): value.decode() for name, value in reversed(headers)}
@@ -249,15 +244,14 @@ def test_zipkin_receives_meshkit_spans_as_sdk_spans() -> None:
     assert zipkin_span["traceId"] == f"{span.get_span_context().trace_id:032x}"
 
 
-@pytest.mark.parametrize("in_c", [True, False])
-def test_a_span_entered_is_current_alone_in_an_immutable_context(in_c: bool) -> None:
+def test_a_span_entered_is_current_alone_in_an_immutable_context() -> None:
     from opentelemetry import context as otel_context
     from opentelemetry.context import Context
     from opentelemetry.trace.propagation import _SPAN_KEY
 
-    from meshkit import _speedups, tracing
+    from meshkit.telemetry import propagation
 
-    enter = _speedups.enter_span if in_c else tracing._enter_span_in_python
+    enter = propagation._enter_span
     var = otel_context._RUNTIME_CONTEXT._current_context  # type: ignore[attr-defined]
     span = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
     before = otel_context.get_current()

@@ -2,7 +2,7 @@
 
 ``client(request, service)`` is the mesh client (``request.app.client(name)``: an
 httpx.AsyncClient bound to the destination) unless the app was built with a client
-factory (unit tests: in-process transports). ``allow`` is ``meshkit.policy.allow``.
+factory (unit tests: in-process transports). ``allow`` is ``meshkit.policy.decorators.allow``.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from meshkit.ca.x509 import (
 )
 from meshkit.errors import CAError, CARefused
 from meshkit.identity import SpiffeId
-from meshkit.server import MeshHttpToolsProtocol
+from meshkit.serving.protocol import MeshHttpToolsProtocol
 from meshkit.tls import TLSContexts, TLSMaterial
 
 logger = logging.getLogger("meshkit.ca")

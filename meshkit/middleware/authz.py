@@ -26,13 +26,13 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
-from meshkit.intentions import Intentions
 from meshkit.middleware._asgi import send_json
 from meshkit.middleware.limits import build_pipeline
-from meshkit.policy import CallerSet, RouteInfo, RoutePolicies, iter_routes
+from meshkit.policy.decorators import CallerSet, RouteInfo, RoutePolicies, iter_routes
+from meshkit.policy.intentions import Intentions
 from meshkit.settings import DefaultPolicy, MeshSettings
 
-logger = logging.getLogger("meshkit.policy")
+logger = logging.getLogger("meshkit.policy.decorators")
 
 #: ``on_denial(caller, route, reason)``: e.g. to count ``meshkit_policy_denials_total``.
 DenialHook = Callable[[SpiffeId | None, str, str], None]

@@ -20,7 +20,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.middleware._asgi import caller_key, send_json
-from meshkit.policy import Idempotent
+from meshkit.policy.decorators import Idempotent
 
 HEADER = b"idempotency-key"
 REPLAYED_HEADER = (b"idempotent-replayed", b"true")

@@ -18,9 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.middleware._asgi import caller_key, send_json
 from meshkit.middleware.idempotency import IdempotencyStage
-from meshkit.policy import Concurrency, RateLimit, RoutePolicies, Timeout
+from meshkit.policy.decorators import Concurrency, RateLimit, RoutePolicies, Timeout
 
-logger = logging.getLogger("meshkit.policy")
+logger = logging.getLogger("meshkit.policy.decorators")
 Clock = Callable[[], float]
 
 

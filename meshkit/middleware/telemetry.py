@@ -28,10 +28,10 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from starlette.routing import Host, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meshkit._spans import SpanStarter, set_mesh_attributes
 from meshkit.identity import SpiffeId, peer_identity
-from meshkit.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, MeshMetrics
-from meshkit.tracing import EMPTY_CONTEXT, attach_span, detach, extract_context
+from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
+from meshkit.telemetry.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, MeshMetrics
+from meshkit.telemetry.propagation import EMPTY_CONTEXT, attach_span, detach, extract_context
 
 UNKNOWN_SOURCE = "unknown"
 access_logger = logging.getLogger("meshkit.access")
@@ -206,9 +206,8 @@ class _ServerSpans:
         return name, shared
 
 
-class _ObservedSend:
-    """An ASGI ``send`` that notes the response's status and how many body bytes went:
-    the Python twin of ``meshkit._speedups.ObservedSend``, used without the speedups."""
+class ObservedSend:
+    """An ASGI ``send`` that notes the response's status and how many body bytes went."""
 
     __slots__ = ("_send", "sent", "status")
 
@@ -223,12 +222,6 @@ class _ObservedSend:
         else:
             self.sent += len(message.get("body", b""))
         return self._send(message)
-
-
-try:
-    from meshkit._speedups import ObservedSend
-except ImportError:  # installed without a C compiler
-    ObservedSend = _ObservedSend  # type: ignore[assignment,misc]
 
 
 def _rfc3339(timestamp: float) -> str:

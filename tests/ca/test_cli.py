@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.ca.cli import parse_duration
 from meshkit.ca.store import CAStore
 from meshkit.ca.tokens import TokenStore
 from meshkit.cli import main
+from meshkit.cli.ca import parse_duration
 
 
 def test_init_prints_the_root_pin_and_refuses_to_overwrite(

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from meshkit.ca.client import CAIdentity, _exchange
 from meshkit.ca.store import CAStore, init_ca
 from meshkit.identity import peer_identity
-from meshkit.server import MeshHttpToolsProtocol
+from meshkit.serving.protocol import MeshHttpToolsProtocol
 from meshkit.settings import MeshSettings
 from meshkit.testing import CAProcess
 from meshkit.tls import TLSContexts

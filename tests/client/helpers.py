@@ -13,7 +13,7 @@ from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import ClientPolicy, MeshClientFactory
 from meshkit.client._hooks import BaseClientHooks
 from meshkit.registry.base import Endpoint
-from meshkit.server import MeshHttpToolsProtocol
+from meshkit.serving.protocol import MeshHttpToolsProtocol
 from meshkit.settings import MeshSettings
 from meshkit.tls import TLSContexts, TLSMaterial
 

@@ -16,7 +16,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from meshkit.ca.x509 import IssuedIdentity
-from meshkit.server import MeshHttpToolsProtocol
+from meshkit.serving.protocol import MeshHttpToolsProtocol
 from meshkit.tls import TLSMaterial, client_context
 
 

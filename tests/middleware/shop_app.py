@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from meshkit.identity import peer_identity
-from meshkit.intentions import Intentions, IntentionStore, IntentionWatcher
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.policy import allow, concurrency, deny, idempotent, rate_limit, timeout
+from meshkit.policy.intentions import Intentions, IntentionStore, IntentionWatcher
 
 
 class Gate:

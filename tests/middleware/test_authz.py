@@ -11,8 +11,8 @@ import pytest
 from meshkit import cli
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.identity import SpiffeId
-from meshkit.intentions import Intentions, IntentionStore, consul_client
 from meshkit.middleware.authz import Authorizer
+from meshkit.policy.intentions import Intentions, IntentionStore, consul_client
 from meshkit.settings import MeshSettings
 from meshkit.testing import RegistryProcess
 from meshkit.tls import TLSMaterial

@@ -9,7 +9,6 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, WebSocketRoute
 
 from meshkit.identity import PEER_IDENTITY_KEY, SpiffeId
-from meshkit.intentions import Intention, Intentions
 from meshkit.middleware.authz import (
     Authorizer,
     AuthzMiddleware,
@@ -17,7 +16,8 @@ from meshkit.middleware.authz import (
     RouteAccess,
     install_gates,
 )
-from meshkit.policy import Allow, Deny, RoutePolicies, allow, iter_routes
+from meshkit.policy.decorators import Allow, Deny, RoutePolicies, allow, iter_routes
+from meshkit.policy.intentions import Intention, Intentions
 from tests.middleware._asgi_call import Handler, call
 
 WEB = SpiffeId.for_service("meshkit.local", "default", "web")

@@ -12,7 +12,7 @@ from meshkit.middleware.limits import (
     TokenBucket,
     build_pipeline,
 )
-from meshkit.policy import Concurrency, Idempotent, RateLimit, RoutePolicies, Timeout
+from meshkit.policy.decorators import Concurrency, Idempotent, RateLimit, RoutePolicies, Timeout
 from tests.middleware._asgi_call import Answer, Handler, call, caller
 
 pytestmark = pytest.mark.anyio

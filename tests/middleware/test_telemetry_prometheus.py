@@ -19,8 +19,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.metrics import MeshMetrics
 from meshkit.middleware.telemetry import TelemetryMiddleware
+from meshkit.telemetry.metrics import MeshMetrics
 from tests.middleware.servers import connect, free_port, get, running
 
 pytestmark = pytest.mark.skipif(

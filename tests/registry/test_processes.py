@@ -44,7 +44,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 @pytest.fixture
 def served() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    process = _spawn("-m", "meshkit.cli", "registry", "serve", "--port", "0")
+    process = _spawn("-m", "meshkit", "registry", "serve", "--port", "0")
     try:
         assert process.stdout is not None
         line = process.stdout.readline()

@@ -30,7 +30,7 @@ Every metric lives in the registry given to ``MeshMetrics`` (a fresh one by defa
 never in prometheus_client's global ``REGISTRY``: two apps in one process never collide.
 
 The server and client metrics are recorded on every request, on the event loop's thread:
-they are ``meshkit._loopmetrics`` metrics, updated without locks, so record them from
+they are ``meshkit.telemetry._loopmetrics`` metrics, updated without locks, so record them from
 that thread only. They expose no ``_created`` series (see that module). The mesh
 internals, rarely updated, are prometheus_client's own metrics.
 """
@@ -46,7 +46,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
 
-from meshkit._loopmetrics import LoopCounter, LoopHistogram, LoopInFlight
+from meshkit.telemetry._loopmetrics import LoopCounter, LoopHistogram, LoopInFlight
 
 if TYPE_CHECKING:
     from meshkit.tls import TLSContexts, TLSMaterial

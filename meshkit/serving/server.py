@@ -1,137 +1,73 @@
-"""Serving a ServiceApp: uvicorn with strict mTLS on the service port, a plaintext admin port.
-
-The verified client certificate reaches the application as the ASGI TLS extension
-(``scope["extensions"]["tls"]``), built once per connection by a uvicorn protocol
-subclass passed as ``Config(http=...)``: uvicorn itself does not provide it.
+"""Serving a mesh member: uvicorn with strict mTLS on the service port, a plaintext admin port.
 
 Shutdown order on SIGTERM/SIGINT: ``/readyz`` answers 503 and the instance leaves the
 registry; after ``deregister_delay`` (time for watchers to drop it) uvicorn stops
 accepting and drains in-flight requests for up to ``drain_timeout``; the app's lifespan
 closes its resources; the admin port closes last; the process exits 0.
+
+What is served is any ASGI app with a ``MeshMember`` beside it (``ServiceApp`` is one):
+this package knows nothing of the app above it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
-import os
 import signal
 import socket
 import ssl
-import sys
 import threading
-from collections.abc import Generator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Generator
+from typing import Any, Protocol
 
 import anyio
 import uvicorn
-from opentelemetry import trace
+import uvloop
 from uvicorn.lifespan.on import LifespanOn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meshkit.errors import ConfigError, MeshError
-from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
+from meshkit.identity import SpiffeId
+from meshkit.serving.protocol import MeshHttpToolsProtocol
 from meshkit.settings import MeshSettings
-from meshkit.tracing import configure_tracing_from_env
 
-if TYPE_CHECKING:
-    from meshkit.app import ServiceApp
-
-logger = logging.getLogger("meshkit.server")
-
-_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
-_cipher_ids: dict[str, int] = {}
+logger = logging.getLogger("meshkit.serving")
 
 
-def _cipher_id(name: str) -> int | None:
-    if not _cipher_ids:
-        for cipher in ssl.create_default_context().get_ciphers():
-            _cipher_ids[cipher["name"]] = cipher["id"] & 0xFFFF
-    return _cipher_ids.get(name)
+class MeshMember(Protocol):
+    """What the server needs of the mesh side of the app it serves."""
+
+    settings: MeshSettings
+    startup_error: MeshError | None
+    port: int
+    admin_port: int
+
+    @property
+    def spiffe_id(self) -> SpiffeId: ...
+
+    @property
+    def listening_context(self) -> ssl.SSLContext: ...
+
+    @property
+    def admin_app(self) -> Any: ...
+
+    def check_identity_configured(self) -> None: ...
+
+    def bound(self, port: int, admin_port: int) -> None: ...
+
+    def set_ready(self, ready: bool) -> None: ...
+
+    def leave(self) -> Awaitable[None]: ...
 
 
-def tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
-    """The ASGI TLS extension for one connection, plus the caller's SPIFFE ID."""
-    der = ssl_object.getpeercert(binary_form=True)
-    cipher = ssl_object.cipher()
-    return {
-        "server_cert": None,
-        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
-        "client_cert_name": None,
-        "client_cert_error": None,
-        "tls_version": _TLS_VERSIONS.get(ssl_object.version() or ""),
-        "cipher_suite": _cipher_id(cipher[0]) if cipher else None,
-        PEER_IDENTITY_KEY: identity_from_peercert(ssl_object.getpeercert()),
-    }
+class Servable(Protocol):
+    """An ASGI app that is a mesh member (``app.mesh``)."""
 
+    @property
+    def mesh(self) -> MeshMember: ...
 
-class MeshHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, adding the TLS extension to every request's scope.
-
-    The extension is built once per connection (certificate parsing is the cost);
-    each request only gets a reference to it.
-    """
-
-    _tls: dict[str, Any] | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        self._tls = tls_extension(ssl_object) if ssl_object is not None else None
-        # Flow control (set up above) keeps the real transport; writes go through this.
-        self.transport = CoalescingTransport(transport)  # type: ignore[assignment]
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._tls is not None:
-            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
-
-
-class CoalescingTransport:
-    """A transport whose writes of one event-loop iteration leave in one write.
-
-    uvicorn writes a response's status line and headers, then its body: two writes,
-    which over TLS are two records, two encryptions and two ``send`` calls, a large share
-    of a small response's CPU. Buffering until the end of the iteration (or a close)
-    sends both at once; the order of bytes is unchanged. Everything else is the real
-    transport's.
-    """
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._loop = asyncio.get_running_loop()
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
 
 class _QuietServer(uvicorn.Server):
@@ -209,7 +145,7 @@ async def _peek(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> b
     return connection.recv(1, socket.MSG_PEEK)
 
 
-def _mesh_lifespan(app: ServiceApp) -> type[LifespanOn]:
+def _mesh_lifespan(app: Servable) -> type[LifespanOn]:
     class MeshLifespan(LifespanOn):
         """Runs the app's lifespan, then listens with the TLS context it produced."""
 
@@ -255,11 +191,11 @@ def _uvicorn_config(app: Any, **options: Any) -> uvicorn.Config:
 
 
 class MeshServer:
-    """Runs one ServiceApp instance: its service port and its admin port."""
+    """Runs one mesh member: its service port and its admin port."""
 
-    def __init__(self, app: ServiceApp) -> None:
+    def __init__(self, app: Servable) -> None:
         self.app = app
-        self.settings: MeshSettings = app.settings
+        self.settings: MeshSettings = app.mesh.settings
         self._stop = anyio.Event()
         self._failure: MeshError | None = None
 
@@ -358,95 +294,6 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def serve(app: ServiceApp) -> None:
+def serve(app: Servable) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, on uvloop."""
-    import uvloop
-
     uvloop.run(MeshServer(app).serve())
-
-
-# -- the `meshkit run` command ----------------------------------------------------------
-
-_RUN_FLAGS: Mapping[str, str] = {
-    "service": "MESHKIT_SERVICE",
-    "host": "MESHKIT_HOST",
-    "port": "MESHKIT_PORT",
-    "admin_host": "MESHKIT_ADMIN_HOST",
-    "admin_port": "MESHKIT_ADMIN_PORT",
-}
-
-
-def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    run = subparsers.add_parser(
-        "run",
-        help="serve a ServiceApp with mTLS, registration and telemetry",
-        description="Serve MODULE:APP. Flags override MESHKIT_* variables.",
-    )
-    run.add_argument("target", metavar="MODULE:APP", help="e.g. payments.app:app")
-    for name in _RUN_FLAGS:
-        run.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    run.set_defaults(handler=_run_command)
-
-
-def _run_command(args: argparse.Namespace) -> int:
-    # Flags become environment before the app module is imported, since a ServiceApp
-    # reads its settings when it is constructed.
-    for name, variable in _RUN_FLAGS.items():
-        value = getattr(args, name)
-        if value is not None:
-            os.environ[variable] = str(value)
-    configure_logging(args.log_level)
-    app = load_app(args.target)
-    with _tracing_from_env(app):
-        serve(app)
-    return 0
-
-
-@contextlib.contextmanager
-def _tracing_from_env(app: ServiceApp) -> Generator[None, None, None]:
-    """The OpenTelemetry SDK as the standard OTEL_* variables say, unless the app brought
-    its own provider or one is installed already; flushed at exit."""
-    provider = None
-    if app.tracer_provider is None:
-        provider = configure_tracing_from_env(app.settings.service, os.environ)
-    if provider is not None:
-        trace.set_tracer_provider(provider)
-    try:
-        yield
-    finally:
-        if provider is not None:
-            provider.shutdown()
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Access log lines are JSON already: one per line on stdout, nothing around them.
-    access = logging.getLogger("meshkit.access")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    access.propagate = False
-
-
-def load_app(target: str) -> ServiceApp:
-    """Import ``module:attribute`` and check that it is a ServiceApp."""
-    from meshkit.app import ServiceApp
-
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"expected MODULE:APP, got {target!r}")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
-    app = getattr(module, attribute, None)
-    if not isinstance(app, ServiceApp):
-        raise ConfigError(f"{target} is not a meshkit ServiceApp")
-    return app

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import accumulate
 from typing import ClassVar
 
@@ -37,11 +37,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-
-try:
-    from meshkit._speedups import HistogramObserver
-except ImportError:  # installed without a C compiler
-    HistogramObserver = None  # type: ignore[assignment,misc]
 
 #: Label values as the caller has them (an int status code is fine): ``str()`` makes the
 #: exposed values, as in prometheus_client's ``labels()``.
@@ -116,15 +111,9 @@ class LoopHistogram(_LoopMetric):
         le = [floatToGoString(bound) for bound in bounds]  # type: ignore[no-untyped-call]
         self._le = [*le, "+Inf"]
         super().__init__(name, documentation, labelnames, registry)
-        #: ``observe(key, value)``: one observation in ``key``'s series; in C when
-        #: meshkit's speedups are built (one call, no frame), else ``_observe``.
-        self.observe: Callable[[Key, float], None] = (
-            self._observe
-            if HistogramObserver is None
-            else HistogramObserver(self._by_key, self._bounds, self._add_series)
-        )
 
-    def _observe(self, key: Key, value: float) -> None:
+    def observe(self, key: Key, value: float) -> None:
+        """One observation in ``key``'s series."""
         series = self._by_key.get(key)
         if series is None:
             series = self._add_series(key)

@@ -39,7 +39,7 @@ from meshkit.errors import ConfigError, RegistryError, RegistryUnavailable
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.settings import MeshSettings
 
-logger = logging.getLogger("meshkit.policy")
+logger = logging.getLogger("meshkit.policy.decorators")
 
 INTENTIONS_PREFIX = "meshkit/intentions/"
 Action = Literal["allow", "deny"]

@@ -20,7 +20,6 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from meshkit._spans import SpanStarter, set_mesh_attributes
 from meshkit.client._hooks import (
     AttemptEnded,
     AttemptStarted,
@@ -32,8 +31,9 @@ from meshkit.client._hooks import (
     RetryBudgetSpent,
     RetryScheduled,
 )
-from meshkit.metrics import KNOWN_METHODS, MeshMetrics
-from meshkit.tracing import append_span_headers, attach_span, detach
+from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
+from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics
+from meshkit.telemetry.propagation import append_span_headers, attach_span, detach
 
 
 class ClientTelemetry(BaseClientHooks):

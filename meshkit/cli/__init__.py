@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from meshkit.errors import MeshError
 
 _COMMAND_MODULES = (
-    "meshkit.server",
-    "meshkit.ca.cli",
-    "meshkit.registry.cli",
-    "meshkit.policy_cli",
-    "meshkit.new",
-    "meshkit.demo",
+    "meshkit.cli.run",
+    "meshkit.cli.ca",
+    "meshkit.cli.registry",
+    "meshkit.cli.policy",
+    "meshkit.cli.new",
+    "meshkit.cli.demo",
 )
 
 

@@ -2,7 +2,7 @@
 
 ``Mesh`` is a whole test mesh: a test CA, a dev registry and the service instances
 you start in it, on 127.0.0.1 ephemeral ports, all stopped when it closes. The
-``mesh`` pytest fixture (``meshkit.pytest_plugin``, loaded automatically wherever
+``mesh`` pytest fixture (``meshkit.testing.pytest_plugin``, loaded automatically wherever
 meshkit is installed) yields one per test.
 
 ``ServiceProcess`` starts ``meshkit run MODULE:APP`` as a subprocess on ephemeral
@@ -24,10 +24,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from meshkit._supervisor import Child
 from meshkit.ca.x509 import IssuedIdentity, LocalAuthority
 from meshkit.errors import MeshError
 from meshkit.settings import Faults
+from meshkit.testing.supervisor import Child
 from meshkit.tls import TLSMaterial, client_context
 
 _SERVING = re.compile(r"serving mTLS on (?P<host>\S+):(?P<port>\d+), admin on \S+:(?P<admin>\d+)")
@@ -38,7 +38,7 @@ _REGISTRY = re.compile(r"serving the Consul HTTP API on http://(?P<host>[^:/]+):
 class MeshProcess:
     """A ``python -m meshkit ...`` subprocess, ready once a line of its output matches
     ``ready``; ``match`` holds that match. It runs in a process group of its own (a
-    ``meshkit._supervisor.Child``), so stopping it stops whatever it started too.
+    ``meshkit.testing.supervisor.Child``), so stopping it stops whatever it started too.
 
     ``lines`` is its output so far, stdout and stderr together.
     """

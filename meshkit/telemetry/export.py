@@ -4,10 +4,9 @@ The stock path keeps every ended span object in a queue until the batch thread b
 a protobuf object per span, per attribute and per value (~25 µs a span, more CPU than
 a whole request served by uvicorn), and the queued spans outlive enough allocations to
 be walked by the garbage collector on their way out. Here ``OTLPBatchProcessor``
-encodes a span into its OTLP wire bytes when it ends and queues only those bytes: in C
-when meshkit was installed with its speedups (``meshkit/_speedups.c``, ~0.3 µs a span),
-else in Python (~1.5 µs: spans of a mesh repeat the same few attributes, so each
-encoded key/value pair is memoized; both write the same bytes). Its thread wraps them
+encodes a span into its OTLP wire bytes when it ends and queues only those bytes
+(~1.5 µs: spans of a mesh repeat the same few attributes, so each encoded key/value
+pair is memoized). Its thread wraps them
 into ``ExportTraceServiceRequest`` bodies and posts them with the stock exporter's HTTP
 client (retries, timeouts, headers, TLS settings as the ``OTEL_EXPORTER_OTLP_*``
 variables say). A span with events, links or array values is encoded by the stock
@@ -39,10 +38,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace import SpanContext, SpanKind, Status, TraceFlags, TraceState
 
-from meshkit._spans import UNSET_STATUS, MeshSpan
+from meshkit.telemetry._otel_sdk import UNSET_STATUS
 
 logger = logging.getLogger(__name__)
 
@@ -71,23 +69,6 @@ _SHUTDOWN_SECONDS = 30.0
 _UNSET_STATUS_FIELD = b"\x7a\x00"  # Span.status present and empty, as the stock encoder sends
 
 
-def _c_encoder() -> Callable[[ReadableSpan], bytes | None]:
-    """The C encoder of ``meshkit._speedups`` (~0.3 µs a span where ``SpanEncoder._span``
-    takes ~1.4): the same bytes, or None for what only the Python encoder handles."""
-    try:
-        from meshkit import _speedups
-    except ImportError:  # installed without a C compiler: the Python encoder does all
-        return lambda span: None
-    # It writes a kind as its position + 1 and a status code as its position.
-    assert list(_KIND.values()) == [kind.value + 1 for kind in _KIND] == [1, 2, 3, 4, 5]
-    assert [code.value for code in StatusCode] == [0, 1, 2]
-    _speedups.configure(
-        UNSET_STATUS, tuple(_KIND), tuple(StatusCode), BoundedList, DEFAULT_TRACE_STATE, MeshSpan
-    )
-    return _speedups.encode_span
-
-
-_encode_in_c = _c_encoder()
 # OTLPBatchProcessor.on_end reads a span's trace flags as item 3 of its SpanContext.
 assert SpanContext(1, 1, False, TraceFlags(1))[3] == 1
 
@@ -190,11 +171,6 @@ class SpanEncoder:
     def span(self, span: ReadableSpan) -> bytes:
         """One span as a field of ``ScopeSpans`` (its tag and length, then the ``Span``
         message): what a request body holds of it, ready to be joined."""
-        return _encode_in_c(span) or self.in_python(span)
-
-    def in_python(self, span: ReadableSpan) -> bytes:
-        """The bytes ``span`` returns, from the Python encoder alone: for a caller that
-        asked the C encoder already and was declined."""
         try:
             message = self._span(span)
         except _Unsupported:
@@ -419,7 +395,7 @@ class OTLPBatchProcessor(SpanProcessor):
             self._dropped += 1  # two threads at once may count one: it only feeds a warning
             return
         # Encoded now, so that the span object goes as soon as it ends.
-        encoded = _encode_in_c(span) or self._encoder.in_python(span)
+        encoded = self._encoder.span(span)
         queue.append((span._resource, span._instrumentation_scope, encoded))
         if len(queue) >= self._max_export_batch_size and not self._wake.is_set():
             self._wake.set()

@@ -15,7 +15,7 @@ from typing import Any
 from meshkit.errors import ConfigError, MeshError
 from meshkit.settings import MeshSettings
 
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parents[1]  # the meshkit package
 #: Where the template may be: inside the package (a wheel that force-includes
 #: ``cookiecutter/`` as ``meshkit/_template``), else next to it (a checkout).
 TEMPLATE_DIRS = (_HERE / "_template", _HERE.parent / "cookiecutter")

@@ -11,7 +11,6 @@ way out: at the end, on Ctrl-C, on SIGTERM, or on an error.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
@@ -31,14 +30,14 @@ from typing import Any, Protocol, TextIO
 
 import anyio
 
-from meshkit._golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
-from meshkit._supervisor import Child, Supervisor
-from meshkit._traffic import HttpsSender, TrafficStats, drive
 from meshkit.ca.client import CAIdentity
 from meshkit.ca.x509 import LocalAuthority
+from meshkit.demo.golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
+from meshkit.demo.traffic import HttpsSender, TrafficStats, drive
 from meshkit.errors import MeshError
 from meshkit.settings import MeshSettings
-from meshkit.testing import admin_get, context_for
+from meshkit.testing.processes import admin_get, context_for
+from meshkit.testing.supervisor import Child, Supervisor
 from meshkit.tls import client_context
 
 #: (service, instances) in start order: callees before callers.
@@ -57,7 +56,7 @@ EDGES = frozenset(
 )
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 #: The checkout holding ``examples/shop`` (the shop is not part of the meshkit wheel).
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def meshkit_argv(*args: str) -> list[str]:
@@ -440,39 +439,6 @@ def workspace(directory: Path | None) -> Iterator[Path]:
         yield Path(temporary)
 
 
-# -- commands ------------------------------------------------------------------------------
-
-
-def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    demo = subparsers.add_parser(
-        "demo", help="run the online shop in a mesh and show its golden metrics"
-    )
-    demo.add_argument(
-        "--duration", type=float, default=60.0, help="seconds of traffic (default 60)"
-    )
-    demo.add_argument(
-        "--rate", type=float, default=10.0, help="user journeys per second (default 10)"
-    )
-    demo.add_argument("--interval", type=float, default=None, help="seconds between tables")
-    demo.add_argument(
-        "--no-kill", dest="kill", action="store_false", help="do not kill an instance"
-    )
-    demo.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
-    demo.set_defaults(handler=_demo_command)
-    up = subparsers.add_parser(
-        "up", help="run the control plane (dev registry + dev CA) for your services"
-    )
-    up.add_argument("--registry-port", type=int, default=8500)
-    up.add_argument("--ca-port", type=int, default=8443)
-    up.add_argument("--dir", type=Path, default=Path(".meshkit/control-plane"))
-    up.set_defaults(handler=_up_command)
-
-
-def _demo_command(args: argparse.Namespace) -> int:
-    options = DemoOptions(args.duration, args.rate, args.interval, args.kill)
-    return demo(options, args.dir, Display(sys.stdout, interactive=sys.stdout.isatty()))
-
-
 def demo(
     options: DemoOptions,
     directory: Path | None,
@@ -491,20 +457,3 @@ def demo(
         except KeyboardInterrupt:
             display.out.write("interrupted: stopping everything\n")
             return 0
-
-
-def _up_command(args: argparse.Namespace) -> int:
-    with interruptible(), Supervisor(args.dir / "logs") as supervisor:
-        plane = start_control_plane(
-            supervisor, args.dir, registry_port=args.registry_port, ca_port=args.ca_port
-        )
-        print("control plane up: dev registry and dev CA. Point your services at it:\n")
-        for name, value in plane.env().items():
-            print(f"  export {name}={value}")
-        print(f"\nlogs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while all(child.running for child in supervisor.children):
-                time.sleep(0.5)
-            failed = next(c for c in supervisor.children if not c.running)
-            raise MeshError(f"{failed.name} exited:\n{failed.log_tail()}")
-    return 0

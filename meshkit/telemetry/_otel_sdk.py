@@ -55,7 +55,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
-from meshkit.tracing import EMPTY_CONTEXT, get_tracer
+from meshkit.telemetry.propagation import EMPTY_CONTEXT, get_tracer
 
 try:  # a private SDK name; without it every span is left to the SDK
     from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics

@@ -11,8 +11,8 @@ from typing import Any, cast
 from starlette.routing import BaseRoute
 
 from meshkit.errors import ConfigError
-from meshkit.intentions import Intention, IntentionStore, consul_client
-from meshkit.policy import policy_manifest
+from meshkit.policy.decorators import policy_manifest
+from meshkit.policy.intentions import Intention, IntentionStore, consul_client
 from meshkit.settings import DefaultPolicy, MeshSettings
 
 

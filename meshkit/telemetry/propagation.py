@@ -1,0 +1,174 @@
+"""Trace context on the wire (W3C Trace Context and Baggage), and meshkit's tracer.
+
+The mesh speaks W3C Trace Context (``traceparent``, ``tracestate``) and W3C Baggage
+(``baggage``) between its services, whatever propagator the process has installed
+globally: both ends are meshkit, so the wire format is fixed. The server extracts with
+``extract_context``; the mesh client injects with ``inject_context``.
+
+Library code here never sets OpenTelemetry globals; ``meshkit.telemetry.sdk`` builds
+the SDK for ``meshkit run``, which owns the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import MutableMapping, Sequence
+from contextvars import ContextVar, Token
+from importlib import metadata
+
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+logger = logging.getLogger(__name__)
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+MESH_PROPAGATOR = CompositePropagator([_TRACE_CONTEXT, W3CBaggagePropagator()])
+INSTRUMENTATION_NAME = "meshkit"
+_VERSION = metadata.version("meshkit")
+
+
+class _ASGIHeaderGetter(Getter[RawHeaders]):
+    """Reads an ASGI scope's raw header list in place (no per-request dict)."""
+
+    def get(self, carrier: RawHeaders, key: str) -> list[str] | None:
+        wanted = key.encode("latin-1")
+        values = [value.decode("latin-1") for name, value in carrier if name == wanted]
+        return values or None
+
+    def keys(self, carrier: RawHeaders) -> list[str]:
+        return [name.decode("latin-1") for name, _ in carrier]
+
+
+class _ListSetter(Setter[list[tuple[str, str]]]):
+    def set(self, carrier: list[tuple[str, str]], key: str, value: str) -> None:
+        carrier.append((key, value))
+
+
+_ASGI_GETTER = _ASGIHeaderGetter()
+_LIST_SETTER = _ListSetter()
+_TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
+# What the W3C propagator accepts for version 00, without its optional spaces.
+_TRACEPARENT_00 = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE_ID = b"0" * 32
+_ZERO_SPAN_ID = b"0" * 16
+# Contexts are immutable (setting a value makes a new one), so one empty context is shared.
+EMPTY_CONTEXT = Context()
+
+
+def extract_context(headers: RawHeaders) -> Context:
+    """The caller's trace context and baggage, from the wire only (never the current one).
+
+    An empty context (so a new trace) when the headers are absent or malformed. Most
+    requests of an untraced mesh carry none: one scan finds that, with no propagator call.
+    Between meshkit services the usual carrier is a lone version-00 ``traceparent``:
+    that is parsed here as the W3C propagator would (a strict subset of what it accepts,
+    to the same SpanContext), ~3 µs less than the composite propagator's passes.
+    """
+    traceparent = None
+    for name, value in headers:
+        if name in _TRACE_HEADERS:
+            if traceparent is not None or name != b"traceparent":
+                return MESH_PROPAGATOR.extract(headers, context=EMPTY_CONTEXT, getter=_ASGI_GETTER)
+            traceparent = value
+    if traceparent is None:
+        return EMPTY_CONTEXT
+    match = _TRACEPARENT_00.fullmatch(traceparent)
+    if match is None or match[1] == _ZERO_TRACE_ID or match[2] == _ZERO_SPAN_ID:
+        # Another version, spaces, or invalid: the propagator's own rules decide.
+        carrier = [(b"traceparent", traceparent)]
+        return _TRACE_CONTEXT.extract(carrier, context=EMPTY_CONTEXT, getter=_ASGI_GETTER)
+    span_context = SpanContext(
+        int(match[1], 16),
+        int(match[2], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(match[3], 16)),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context), EMPTY_CONTEXT)
+
+
+def attach_span(span: Span, parent: Context | None = None) -> Token[Context]:
+    """Make ``span`` current, in ``parent``'s context (default: the current one, its
+    baggage kept); ``detach`` undoes it.
+
+    What ``attach(set_span_in_context(span, parent))`` does, ~0.2 µs cheaper per request
+    when the API keeps the current context in its ContextVar (the default runtime).
+    """
+    if _CURRENT_CONTEXT is None:
+        return otel_context.attach(trace.set_span_in_context(span, parent))
+    if parent is EMPTY_CONTEXT:
+        return _enter_span(_CURRENT_CONTEXT, Context, _SPAN_KEY, span)
+    return _CURRENT_CONTEXT.set(trace.set_span_in_context(span, parent))
+
+
+def _enter_span(
+    var: ContextVar[Context], context_type: type[Context], key: str, span: Span
+) -> Token[Context]:
+    return var.set(context_type({key: span}))
+
+
+def detach(token: Token[Context]) -> None:
+    """Restore the context current before ``attach_span`` (in the same task)."""
+    if _CURRENT_CONTEXT is None:
+        otel_context.detach(token)
+        return
+    try:
+        _CURRENT_CONTEXT.reset(token)
+    except ValueError:  # reset from another context; the API logs the same way
+        logger.exception("Failed to detach context")
+
+
+def _current_context_var() -> ContextVar[Context] | None:
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is not ContextVarsRuntimeContext:
+        return None  # another runtime context: only the API knows where it keeps it
+    return runtime._current_context
+
+
+_CURRENT_CONTEXT = _current_context_var()
+
+
+def inject_context(headers: MutableMapping[str, str], context: Context | None = None) -> None:
+    """Add ``traceparent``/``tracestate``/``baggage`` for ``context`` (default: the current)."""
+    MESH_PROPAGATOR.inject(headers, context=context)
+
+
+def append_context_headers(headers: list[tuple[str, str]], context: Context | None = None) -> None:
+    """Append the trace-context headers of ``context`` (default: the current) to a list."""
+    MESH_PROPAGATOR.inject(headers, context=context, setter=_LIST_SETTER)
+
+
+def append_span_headers(headers: list[tuple[str, str]], span: Span) -> None:
+    """Append the headers ``append_context_headers`` writes for ``span`` made current
+    (the mesh client's attempt span: the callee's SERVER span becomes its child).
+
+    Mesh calls rarely carry baggage: then the W3C propagators' output is a
+    ``traceparent`` (and a ``tracestate`` when the trace has one), formatted here as
+    they format it, without a Context to hold the span and two propagator passes over
+    it (~1 µs an attempt). With baggage, the propagators write all of it.
+    """
+    current = otel_context.get_current()
+    if baggage.get_all(current):
+        append_context_headers(headers, trace.set_span_in_context(span, current))
+        return
+    span_context = span.get_span_context()
+    if span_context == trace.INVALID_SPAN_CONTEXT:
+        return
+    ids = (span_context.trace_id, span_context.span_id, span_context.trace_flags)
+    # %-formatting of the ids takes ~0.2 µs, an f-string's format specs ~0.35.
+    headers.append(("traceparent", "00-%032x-%016x-%02x" % ids))  # noqa: UP031
+    if span_context.trace_state:
+        headers.append(("tracestate", span_context.trace_state.to_header()))
+
+
+def get_tracer(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
+    """meshkit's tracer from ``tracer_provider``, else from the global one (resolved lazily)."""
+    return trace.get_tracer(INSTRUMENTATION_NAME, _VERSION, tracer_provider=tracer_provider)
