@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest bench clean prometheus
+.PHONY: demo test test-latest constraints lint typecheck pytest bench clean prometheus
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import meshkit, uvicorn, consul, aiohttp" 
+	$(PIP) install -c constraints.txt -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import meshkit, uvicorn, consul, aiohttp, importlinter"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,6 +21,8 @@ test: $(STAMP) prometheus lint typecheck pytest
 lint: $(STAMP)
 	$(BIN)/ruff format --check -q meshkit tests examples bench
 	$(BIN)/ruff check -q meshkit tests examples bench
+	@# The layers of DESIGN.md (.importlinter); its report only when a contract breaks.
+	@$(BIN)/lint-imports --no-cache > $(VENV)/lint-imports.log || { cat $(VENV)/lint-imports.log; exit 1; }
 
 typecheck: $(STAMP)
 	$(BIN)/mypy meshkit
@@ -43,5 +45,23 @@ prometheus:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 
+# The adapters to other libraries' internals, against those libraries' newest releases:
+# a second virtualenv, upgraded eagerly, running the tests that exercise each adapter.
+LATEST := .venv-latest
+LATEST_LIBS := starlette httpx 'uvicorn[standard]' opentelemetry-api opentelemetry-sdk \
+	opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-zipkin-json prometheus-client
+SMOKE := tests/test_layout.py tests/test_spans.py tests/test_otlp.py tests/test_tracing.py \
+	tests/client/test_http.py tests/client/test_smoke.py tests/middleware/test_telemetry.py \
+	tests/test_app.py
+test-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip --disable-pip-version-check -q install -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(LATEST)/bin/pip --disable-pip-version-check -q install -U --upgrade-strategy eager $(LATEST_LIBS) 2>&1 | grep -v "^WARNING: Location" || true
+	$(LATEST)/bin/pip freeze | grep -iE "^(starlette|httpx|uvicorn|opentelemetry-(api|sdk)|prometheus.client)=" | tr '\n' ' '; echo
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(SMOKE)
+
+constraints: $(STAMP)
+	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v "^-e"; } > constraints.new && mv constraints.new constraints.txt
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LATEST) .mypy_cache .ruff_cache .pytest_cache

@@ -1,8 +1,10 @@
 """meshkit: a service mesh without sidecars for Python ASGI services.
 
-The names here are the public API; the subpackages (``meshkit.client``,
-``meshkit.registry``, ``meshkit.ca``, ``meshkit.middleware``, ``meshkit.testing``)
-hold the parts for those who assemble their own.
+The names here are the public API. The subpackages hold the parts for those who
+assemble their own, each a layer of the design (imports only go downwards): ``cli``,
+``demo``, ``testing``, ``app`` and ``mesh``, ``middleware``, ``telemetry`` and
+``policy``, ``client``, ``ca`` and ``registry``, ``serving``, and the core
+(``errors``, ``settings``, ``identity``, ``tls``, ``deadline``).
 """
 
 from meshkit.app import ServiceApp

@@ -217,7 +217,7 @@ class MeshRuntime:
                 interval=settings.cert_reload_interval,
             )
             self.tls = TLSContexts(watcher.load(), require_client_cert=require_client_cert)
-            tg.start_soon(watcher.watch, self.tls)
+            tg.start_soon(_watch_files, watcher, self.tls)
         elif settings.ca_url:
             if settings.data_dir is None:
                 slot = stack.enter_context(claimed_slot(settings.state_dir))
@@ -227,6 +227,12 @@ class MeshRuntime:
             tg.start_soon(identity.renew_forever, self.tls)
         if self.tls is not None:
             self.metrics.watch_certificates(self.tls)
+
+
+async def _watch_files(watcher: FileIdentityWatcher, contexts: TLSContexts) -> None:
+    while True:
+        await anyio.sleep(watcher.interval)
+        watcher.reload_if_changed(contexts)
 
 
 class AdminApp:

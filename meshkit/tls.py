@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import anyio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -193,16 +192,15 @@ class FileIdentityWatcher:
                 stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(stamps)
 
-    async def watch(self, contexts: TLSContexts) -> None:
-        while True:
-            await anyio.sleep(self.interval)
-            stamp = self._stamp()
-            if stamp == self._seen:
-                continue
-            try:
-                material = self.load()
-                contexts.update(material)
-            except CertificateError as exc:
-                logger.warning("identity files changed but cannot be used yet: %s", exc)
-                continue
-            self._seen = stamp
+    def reload_if_changed(self, contexts: TLSContexts) -> None:
+        """Swap ``contexts`` to the files' material if they changed since last seen;
+        the owner calls it every ``interval`` seconds."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return
+        try:
+            contexts.update(self.load())
+        except CertificateError as exc:
+            logger.warning("identity files changed but cannot be used yet: %s", exc)
+            return
+        self._seen = stamp

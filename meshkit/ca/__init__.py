@@ -1,1 +1,9 @@
-"""The meshkit certificate authority: signing core, HTTP API, client and join tokens."""
+"""The meshkit certificate authority (``meshkit ca serve``).
+
+``x509`` builds SPIFFE X.509-SVIDs with every extension explicit; ``authority`` signs
+CSRs for the identity a caller proved (a join token or its current certificate),
+never for names a CSR asks for; ``store`` keeps the CA's keys and state on disk;
+``tokens`` are the one-time join tokens; ``server`` is the HTTP API; ``client``
+bootstraps trust pinned by the root's fingerprint, obtains and renews a workload's
+certificate. The CA never imports the mesh client or the registry.
+"""

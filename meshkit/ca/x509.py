@@ -186,7 +186,18 @@ def check_svid(cert: x509.Certificate, *, issuer: x509.Certificate) -> SpiffeId:
         _check_svid(cert, issuer, extensions)
         return _svid_identity(cert, extensions[ExtensionOID.SUBJECT_ALTERNATIVE_NAME])
     except KeyError as exc:
-        raise CertificateError(f"SVID lacks a required extension: {exc.args[0]._name}") from exc
+        name = _EXTENSION_NAMES.get(exc.args[0], exc.args[0].dotted_string)
+        raise CertificateError(f"SVID lacks a required extension: {name}") from exc
+
+
+_EXTENSION_NAMES = {
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME: "subjectAltName",
+    ExtensionOID.BASIC_CONSTRAINTS: "basicConstraints",
+    ExtensionOID.KEY_USAGE: "keyUsage",
+    ExtensionOID.EXTENDED_KEY_USAGE: "extendedKeyUsage",
+    ExtensionOID.SUBJECT_KEY_IDENTIFIER: "subjectKeyIdentifier",
+    ExtensionOID.AUTHORITY_KEY_IDENTIFIER: "authorityKeyIdentifier",
+}
 
 
 def _check_svid(

@@ -11,6 +11,11 @@ from typing import Any
 
 import anyio
 
+from meshkit.ca.authority import CA_NAMESPACE, CA_SERVICE
+from meshkit.ca.client import fetch_bundle
+from meshkit.ca.server import DEV_WARNING, serve
+from meshkit.ca.store import CAStore, init_ca
+from meshkit.ca.tokens import TokenStore
 from meshkit.errors import CAError, ConfigError, IdentityError
 from meshkit.identity import SpiffeId
 
@@ -65,8 +70,6 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from meshkit.ca.store import init_ca
-
     store = init_ca(args.dir, args.trust_domain)
     print(f"CA for trust domain {store.trust_domain} created in {args.dir}", file=sys.stderr)
     print(store.root_fingerprint)
@@ -74,9 +77,6 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from meshkit.ca.server import DEV_WARNING, serve
-    from meshkit.ca.store import CAStore
-
     store = CAStore.open(args.dir)
     if args.dev:
         print(DEV_WARNING, file=sys.stderr, flush=True)
@@ -101,10 +101,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    from meshkit.ca.authority import CA_NAMESPACE, CA_SERVICE
-    from meshkit.ca.store import CAStore
-    from meshkit.ca.tokens import TokenStore
-
     store = CAStore.open(args.dir)
     try:
         spiffe_id = SpiffeId.for_service(store.trust_domain, args.namespace, args.service)
@@ -125,8 +121,6 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from meshkit.ca.client import fetch_bundle
-
     bundle = anyio.run(lambda: fetch_bundle(args.url, args.fingerprint))
     args.out.write_text(bundle)
     print(f"trust bundle pinned to {args.fingerprint} written to {args.out}", file=sys.stderr)

@@ -12,6 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cookiecutter.exceptions import (  # type: ignore[import-untyped]
+    CookiecutterException,
+    OutputDirExistsException,
+)
+from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
+
 from meshkit.errors import ConfigError, MeshError
 from meshkit.settings import MeshSettings
 
@@ -69,12 +75,6 @@ def template_context(
 
 def render(context: dict[str, str], *, directory: Path, template: Path | None = None) -> Path:
     """Render the template into ``directory/<service name>``; return that path."""
-    from cookiecutter.exceptions import (  # type: ignore[import-untyped]
-        CookiecutterException,
-        OutputDirExistsException,
-    )
-    from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
-
     try:
         project = cookiecutter(
             str(template or template_dir()),

@@ -11,6 +11,7 @@ import anyio
 from meshkit.errors import RegistryError
 from meshkit.registry.base import InstanceHealth, ServiceSummary
 from meshkit.registry.consul import ConsulRegistry
+from meshkit.registry.dev.serve import serve
 from meshkit.settings import MeshSettings
 
 
@@ -37,8 +38,6 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from meshkit.registry.dev.serve import serve
-
     serve(args.host, args.port, enable_script_checks=args.enable_script_checks)
     return 0
 

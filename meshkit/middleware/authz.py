@@ -32,7 +32,7 @@ from meshkit.policy.decorators import CallerSet, RouteInfo, RoutePolicies, iter_
 from meshkit.policy.intentions import Intentions
 from meshkit.settings import DefaultPolicy, MeshSettings
 
-logger = logging.getLogger("meshkit.policy.decorators")
+logger = logging.getLogger("meshkit.policy")
 
 #: ``on_denial(caller, route, reason)``: e.g. to count ``meshkit_policy_denials_total``.
 DenialHook = Callable[[SpiffeId | None, str, str], None]

@@ -20,7 +20,7 @@ from meshkit.middleware._asgi import caller_key, send_json
 from meshkit.middleware.idempotency import IdempotencyStage
 from meshkit.policy.decorators import Concurrency, RateLimit, RoutePolicies, Timeout
 
-logger = logging.getLogger("meshkit.policy.decorators")
+logger = logging.getLogger("meshkit.policy")
 Clock = Callable[[], float]
 
 

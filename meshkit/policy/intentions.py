@@ -34,12 +34,12 @@ import consul
 import requests
 from anyio.abc import TaskStatus
 
-from meshkit._threads import in_daemon_thread
 from meshkit.errors import ConfigError, RegistryError, RegistryUnavailable
+from meshkit.registry._threads import in_daemon_thread
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.settings import MeshSettings
 
-logger = logging.getLogger("meshkit.policy.decorators")
+logger = logging.getLogger("meshkit.policy")
 
 INTENTIONS_PREFIX = "meshkit/intentions/"
 Action = Literal["allow", "deny"]

@@ -1,5 +1,11 @@
-"""Service discovery: the Registry protocol, the Consul backend, the watched cache and the
-embedded Consul-compatible dev registry."""
+"""Service discovery: where the instances of a service are, and which are healthy.
+
+``base`` is the Registry protocol and its value objects; ``consul`` the backend on
+py-consul, for a real Consul cluster and the dev registry alike; ``cache`` watches the
+registry with blocking queries so the request path never calls it; ``lifecycle``
+registers an instance with its health checks and keeps it registered; ``dev`` is the
+embedded single-node, Consul-compatible registry (``meshkit registry serve``).
+"""
 
 from meshkit.registry.base import (
     CheckState,

@@ -20,8 +20,8 @@ import anyio
 import anyio.lowlevel
 import consul
 
-from meshkit._threads import in_daemon_thread
 from meshkit.errors import ConfigError, RegistryError, RegistryUnavailable
+from meshkit.registry._threads import in_daemon_thread
 from meshkit.registry.base import (
     CheckState,
     Endpoint,
