@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from meshkit.ca.x509 import (
 )
 from meshkit.errors import CAError, CARefused
 from meshkit.identity import SpiffeId
-from meshkit.serving.protocol import MeshHttpToolsProtocol
+from meshkit.serving.listen import listen, uvicorn_config
 from meshkit.tls import TLSContexts, TLSMaterial
 
 logger = logging.getLogger("meshkit.ca")
@@ -330,19 +329,6 @@ async def _rotate_server_certificate(
         contexts.update(server_material(authority, bundle_pem))
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as exc:
-        raise CAError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    # Accepted sockets inherit it. asyncio only sets TCP_NODELAY itself for sockets made
-    # with proto=IPPROTO_TCP, and create_server uses 0: without this, Nagle and delayed
-    # ACKs stall every response written in two parts (headers, body) by ~40 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
 async def serve(
     store: CAStore,
     *,
@@ -367,15 +353,12 @@ async def serve(
         dev=dev,
         max_concurrency=max_concurrency,
     )
-    config = uvicorn.Config(
+    config = uvicorn_config(
         service.app(),
-        http=MeshHttpToolsProtocol,
         ssl_context_factory=lambda _config, _default: contexts.listening_context,
         lifespan="off",
-        log_level="warning",
-        access_log=False,
     )
-    sock = _listen(host, port)
+    sock = listen(host, port)
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_rotate_server_certificate, authority, store.bundle_pem, contexts)

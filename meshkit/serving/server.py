@@ -27,9 +27,9 @@ import uvicorn
 import uvloop
 from uvicorn.lifespan.on import LifespanOn
 
-from meshkit.errors import ConfigError, MeshError
+from meshkit.errors import MeshError
 from meshkit.identity import SpiffeId
-from meshkit.serving.protocol import MeshHttpToolsProtocol
+from meshkit.serving.listen import listen, uvicorn_config
 from meshkit.settings import MeshSettings
 
 logger = logging.getLogger("meshkit.serving")
@@ -163,33 +163,6 @@ def _mesh_lifespan(app: Servable) -> type[LifespanOn]:
     return MeshLifespan
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    # Accepted sockets inherit it; without it plain asyncio delays small answers ~40 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _uvicorn_config(app: Any, **options: Any) -> uvicorn.Config:
-    config = uvicorn.Config(
-        app,
-        loop="none",
-        http=MeshHttpToolsProtocol,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        **options,
-    )
-    config.load()
-    return config
-
-
 class MeshServer:
     """Runs one mesh member: its service port and its admin port."""
 
@@ -206,17 +179,17 @@ class MeshServer:
     async def serve(self) -> None:
         settings = self.settings
         self.app.mesh.check_identity_configured()
-        service_sock = _listen(settings.host, settings.port)
-        admin_sock = _listen(settings.admin_host, settings.admin_port)
+        service_sock = listen(settings.host, settings.port)
+        admin_sock = listen(settings.admin_host, settings.admin_port)
         self.app.mesh.bound(service_sock.getsockname()[1], admin_sock.getsockname()[1])
         service = _QuietServer(
-            _uvicorn_config(
+            uvicorn_config(
                 self.app, lifespan="on", timeout_graceful_shutdown=settings.drain_timeout
             ),
             permissive=settings.tls_mode == "permissive",
         )
         service.config.lifespan_class = _mesh_lifespan(self.app)
-        admin = _QuietServer(_uvicorn_config(self.app.mesh.admin_app, lifespan="off"))
+        admin = _QuietServer(uvicorn_config(self.app.mesh.admin_app, lifespan="off"))
         with self._signals():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._run, admin, admin_sock)

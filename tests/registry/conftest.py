@@ -13,7 +13,8 @@ import pytest
 from meshkit.registry.base import InstanceRegistration
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import DevRegistryApp
-from meshkit.registry.dev.serve import RegistryServer, bind
+from meshkit.registry.dev.serve import RegistryServer
+from meshkit.serving.listen import listen
 
 
 class ThreadedRegistry:
@@ -31,7 +32,7 @@ class ThreadedRegistry:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> ThreadedRegistry:
-        sock = bind("127.0.0.1", self.port)
+        sock = listen("127.0.0.1", self.port)
         self.port = sock.getsockname()[1]
         self.agent = DevAgent(**self.agent_options)
         self._server = RegistryServer(DevRegistryApp(self.agent))

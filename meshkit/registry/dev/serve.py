@@ -1,5 +1,5 @@
-"""Serving the dev registry with uvicorn (uvloop + httptools) on a socket we bind ourselves,
-so port 0 works and the real address can be printed before the first request."""
+"""Serving the dev registry: uvicorn on uvloop, listening as every meshkit server does
+(``meshkit.serving.listen``), so port 0 works and the real address is printed first."""
 
 from __future__ import annotations
 
@@ -10,27 +10,14 @@ import uvicorn
 
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import DevRegistryApp
+from meshkit.serving.listen import listen, uvicorn_config
 
 
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def uvicorn_config(app: DevRegistryApp) -> uvicorn.Config:
-    return uvicorn.Config(
+def registry_config(app: DevRegistryApp) -> uvicorn.Config:
+    return uvicorn_config(
         app,
         loop="uvloop",
-        http="httptools",
         lifespan="on",
-        log_level="warning",
-        access_log=False,
-        server_header=False,  # Consul sends none
         # Clients keep connections between blocking queries; Consul does not close them early.
         timeout_keep_alive=65,
         timeout_graceful_shutdown=5,
@@ -44,7 +31,7 @@ class RegistryServer(uvicorn.Server):
     """
 
     def __init__(self, app: DevRegistryApp) -> None:
-        super().__init__(uvicorn_config(app))
+        super().__init__(registry_config(app))
         self.app = app
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -54,7 +41,7 @@ class RegistryServer(uvicorn.Server):
 
 def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
     """Run until interrupted; print the bound address first (``port=0`` picks one)."""
-    sock = bind(host, port)
+    sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"meshkit registry: serving the Consul HTTP API on http://{shown}:{bound_port}")
