@@ -114,6 +114,10 @@ class MeshRuntime:
                 "MESHKIT_BUNDLE_FILE, or MESHKIT_CA_URL and MESHKIT_CA_FINGERPRINT"
             )
 
+    def connection_refused(self, reason: str) -> None:
+        """The server refused a connection before any request (see ``meshkit.serving``)."""
+        self.metrics.connection_refused(reason)
+
     def bound(self, port: int, admin_port: int) -> None:
         """The server reports the ports it actually listens on (they may be ephemeral)."""
         self.port = port

@@ -8,6 +8,7 @@ argument, or the variable when it came from the environment.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -89,6 +90,47 @@ _FAULT_FIELDS: dict[str, Callable[[str], Any]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConnectionLimits:
+    """What one client may make a meshkit server hold: time, memory, connections.
+
+    The same policy serves every port meshkit runs (service, admin, CA, dev registry),
+    with defaults in line with Envoy's and nginx's: a TLS handshake must finish within
+    ``handshake_timeout``; a request's line and headers must arrive within
+    ``header_timeout`` (from the connection's start or the end of the previous
+    response) and fit in ``max_header_bytes`` (else 431); its body must arrive within
+    ``body_timeout`` of its headers and fit in ``max_body_bytes`` (else 413, checked
+    from Content-Length before anything is buffered, and while streaming); an idle
+    keep-alive connection closes after ``keepalive_timeout``; past ``max_connections``
+    the oldest idle or still-handshaking connection is shed for a new one.
+    """
+
+    handshake_timeout: float = 10.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 5.0
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_connections: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout", "header_timeout", "body_timeout", "keepalive_timeout"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ConfigError(f"{name}: must be a positive number of seconds, got {value!r}")
+        for name in ("max_header_bytes", "max_body_bytes", "max_connections"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}: must be a positive whole number, got {value!r}")
+
+    def replace(self, **changes: Any) -> ConnectionLimits:
+        return replace(self, **changes)
+
+
+#: The admin port's own budget: health checks and scrapes, a few clients at a time.
+ADMIN_LIMITS = ConnectionLimits(max_connections=64, max_body_bytes=1024)
+
+
+@dataclass(frozen=True, kw_only=True)
 class MeshSettings:
     """How one service instance joins the mesh. Every field has a safe default."""
 
@@ -117,6 +159,13 @@ class MeshSettings:
     default_policy: DefaultPolicy = "allow-mesh"
     access_log: bool = False
     faults: Faults | None = None  # injected into this instance's requests (tests only)
+    handshake_timeout: float = ConnectionLimits.handshake_timeout
+    header_timeout: float = ConnectionLimits.header_timeout
+    body_timeout: float = ConnectionLimits.body_timeout
+    keepalive_timeout: float = ConnectionLimits.keepalive_timeout
+    max_header_bytes: int = ConnectionLimits.max_header_bytes
+    max_body_bytes: int = ConnectionLimits.max_body_bytes
+    max_connections: int = ConnectionLimits.max_connections
 
     def __post_init__(self) -> None:
         try:
@@ -149,6 +198,16 @@ class MeshSettings:
             SpiffeId.for_service(self.trust_domain, self.namespace, self.service)
         except IdentityError as exc:
             raise _FieldError("trust_domain", str(exc)) from None
+        try:
+            self.connection_limits  # noqa: B018 (validates)
+        except ConfigError as exc:
+            name, _, problem = str(exc).partition(": ")
+            raise _FieldError(name, problem) from None
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        """The service port's connection policy (the admin port has ``ADMIN_LIMITS``)."""
+        return ConnectionLimits(**{f.name: getattr(self, f.name) for f in fields(ConnectionLimits)})
 
     @property
     def spiffe_id(self) -> SpiffeId:
@@ -216,6 +275,12 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _count(raw: str) -> int:
+    if not raw.strip().isdigit():
+        raise ValueError("expected a positive whole number")
+    return int(raw)
+
+
 def _flag(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -272,6 +337,13 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "default_policy": ("MESHKIT_DEFAULT_POLICY", _text),
     "access_log": ("MESHKIT_ACCESS_LOG", _flag),
     "faults": ("MESHKIT_FAULTS", _faults),
+    "handshake_timeout": ("MESHKIT_HANDSHAKE_TIMEOUT", _seconds),
+    "header_timeout": ("MESHKIT_HEADER_TIMEOUT", _seconds),
+    "body_timeout": ("MESHKIT_BODY_TIMEOUT", _seconds),
+    "keepalive_timeout": ("MESHKIT_KEEPALIVE_TIMEOUT", _seconds),
+    "max_header_bytes": ("MESHKIT_MAX_HEADER_BYTES", _count),
+    "max_body_bytes": ("MESHKIT_MAX_BODY_BYTES", _count),
+    "max_connections": ("MESHKIT_MAX_CONNECTIONS", _count),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(MeshSettings)}
 

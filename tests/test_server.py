@@ -195,9 +195,10 @@ def test_permissive_mode_accepts_mtls_and_plaintext_on_one_port(
         plain.close()
 
 
-def test_strict_mode_refuses_plaintext(echo: ServiceProcess) -> None:
+def test_strict_mode_answers_plaintext_that_it_wants_tls(echo: ServiceProcess) -> None:
     plain = http.client.HTTPConnection("127.0.0.1", echo.port, timeout=10)
-    with pytest.raises((ConnectionError, http.client.BadStatusLine)):
-        plain.request("GET", "/whoami")
-        plain.getresponse()
+    plain.request("GET", "/whoami")
+    response = plain.getresponse()
+    assert (response.status, json.loads(response.read())["error"]) == (400, "tls_required")
+    assert response.getheader("connection") == "close"
     plain.close()

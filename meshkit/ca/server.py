@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import uvicorn
 from cryptography import x509
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -56,9 +55,13 @@ from meshkit.ca.x509 import (
 from meshkit.errors import CAError, CARefused
 from meshkit.identity import SpiffeId
 from meshkit.serving.listen import listen, uvicorn_config
+from meshkit.serving.server import Server
+from meshkit.settings import ConnectionLimits
 from meshkit.tls import TLSContexts, TLSMaterial
 
 logger = logging.getLogger("meshkit.ca")
+#: A CSR and a token fit in a few KiB; nothing the CA is sent is larger.
+CA_LIMITS = ConnectionLimits(max_body_bytes=64 * 1024, max_header_bytes=16 * 1024)
 MAX_BODY = 64 * 1024
 MAX_CONCURRENCY = 256
 _STATUS = {
@@ -353,10 +356,12 @@ async def serve(
         dev=dev,
         max_concurrency=max_concurrency,
     )
-    config = uvicorn_config(
-        service.app(),
-        ssl_context_factory=lambda _config, _default: contexts.listening_context,
-        lifespan="off",
+    server = Server(
+        uvicorn_config(service.app(), CA_LIMITS, lifespan="off"),
+        name="ca",
+        limits=CA_LIMITS,
+        mode="tls",
+        tls=lambda: contexts.listening_context,
     )
     sock = listen(host, port)
     try:
@@ -364,7 +369,7 @@ async def serve(
             tasks.start_soon(_rotate_server_certificate, authority, store.bundle_pem, contexts)
             if on_listening is not None:
                 on_listening(*sock.getsockname()[:2])
-            await uvicorn.Server(config).serve(sockets=[sock])
+            await server.serve(sockets=[sock])
             tasks.cancel_scope.cancel()
     finally:
         sock.close()

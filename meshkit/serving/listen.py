@@ -10,6 +10,7 @@ import uvicorn
 
 from meshkit.errors import ConfigError
 from meshkit.serving.protocol import MeshHttpToolsProtocol
+from meshkit.settings import ConnectionLimits
 
 BACKLOG = 2048
 
@@ -30,13 +31,15 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: Any, **options: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, limits: ConnectionLimits, **options: Any) -> uvicorn.Config:
     """uvicorn's settings for a meshkit server: meshkit's HTTP protocol (peer identity in
-    scope), no access log or Server header of uvicorn's own, no proxy headers trusted;
-    ``options`` for what differs by server (lifespan, loop, keep-alive)."""
+    scope) enforcing ``limits``, no access log or Server header of uvicorn's own, no
+    proxy headers trusted; ``options`` for what differs by server (lifespan, loop)."""
+    protocol = type("MeshHttpToolsProtocol", (MeshHttpToolsProtocol,), {"limits": limits})
     settings: dict[str, Any] = {
         "loop": "none",
-        "http": MeshHttpToolsProtocol,
+        "http": protocol,
+        "timeout_keep_alive": limits.keepalive_timeout,
         "log_config": None,
         "access_log": False,
         "proxy_headers": False,

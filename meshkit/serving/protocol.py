@@ -8,13 +8,18 @@ subclass passed as ``Config(http=...)``: uvicorn itself does not provide it.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import ssl
+import time
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
+from meshkit.settings import ConnectionLimits
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 _cipher_ids: dict[str, int] = {}
@@ -43,25 +48,176 @@ def tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
 
 
 class MeshHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, adding the TLS extension to every request's scope.
+    """uvicorn's httptools protocol, with meshkit's connection policy and peer identity.
 
-    The extension is built once per connection (certificate parsing is the cost);
-    each request only gets a reference to it.
+    - The ASGI TLS extension (the caller's verified certificate and SPIFFE ID) is built
+      once per connection (certificate parsing is the cost); each request gets a
+      reference to it.
+    - ``limits`` bound what a client can make the server hold: the request head's size
+      (431, counted as it arrives, before the parser has it all) and the body's size
+      (413, from Content-Length before the app runs, and while it streams). Deadlines
+      (a head within ``header_timeout``, a body within ``body_timeout``, a caller's
+      certificate still valid) are checked by ``check(now)``, which the server calls
+      for every connection about once a second: no timer is armed per request.
+    - ``idle_since`` (loop time; None while a request is active) lets the server shed
+      the oldest idle connection when it is full.
+
+    uvicorn constructs it with ``config``, ``server_state`` and ``app_state``;
+    ``uvicorn_config`` makes a subclass per server with that server's ``limits``.
     """
 
+    limits: ConnectionLimits = ConnectionLimits()
     _tls: dict[str, Any] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        now = self.loop.time()
+        self.idle_since: float | None = now
+        self._phase = _HEAD
+        self._since = now
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self._peer_deadline = math.inf  # loop time at which the caller's certificate expires
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
-        self._tls = tls_extension(ssl_object) if ssl_object is not None else None
+        if ssl_object is not None:
+            self._tls = tls_extension(ssl_object)
+            remaining = _not_after(ssl_object) - time.time()
+            self._peer_deadline = self.loop.time() + remaining
         # Flow control (set up above) keeps the real transport; writes go through this.
         self.transport = CoalescingTransport(transport)  # type: ignore[assignment]
 
+    def data_received(self, data: bytes) -> None:
+        if self._phase == _HEAD:
+            self._head_bytes += len(data)  # reset when the message ends in this data
+        super().data_received(data)
+        too_long = self._phase == _HEAD and self._head_bytes > self.limits.max_header_bytes
+        if too_long and not self.transport.is_closing():
+            self._refuse(431, "request_header_fields_too_large")
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self.idle_since is not None:
+            self.idle_since = None
+            self._since = self.loop.time()
         if self._tls is not None:
             self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
+
+    def on_headers_complete(self) -> None:
+        self._phase = _BODY
+        self._since = self.loop.time()
+        self._body_bytes = 0
+        if self._since >= self._peer_deadline:
+            self._refuse(401, "peer_certificate_expired")
+            return
+        length = _content_length(self.headers)
+        if length is not None and length > self.limits.max_body_bytes:
+            self._refuse(413, "request_body_too_large")
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self.limits.max_body_bytes:
+            self._body_too_large()
+            return
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._phase = _HEAD
+        self._head_bytes = 0
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.pipeline and not self.transport.is_closing():
+            self.idle_since = self._since = self.loop.time()
+
+    def check(self, now: float) -> None:
+        """Enforce the deadlines: a late head (408, or a silent close when nothing came),
+        a late body (408), an expired caller certificate (closed when idle, else after
+        the request in flight)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if now >= self._peer_deadline:
+            if self.idle_since is not None:
+                self.transport.close()
+                return
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+        answered = self.cycle is None or self.cycle.response_complete
+        if self._phase == _HEAD and answered and now - self._since > self.limits.header_timeout:
+            if self._head_bytes:
+                self._refuse(408, "request_header_timeout")
+            elif self.idle_since is not None:
+                self.transport.close()  # connected or kept alive, and silent
+        elif self._phase == _BODY and now - self._since > self.limits.body_timeout:
+            if self.cycle is not None and not self.cycle.response_started:
+                self._abandon_request()
+                self._refuse(408, "request_body_timeout")
+            elif self.cycle is not None and not self.cycle.response_complete:
+                self._abandon_request()
+                self.transport.close()
+
+    def _body_too_large(self) -> None:
+        started = self.cycle is not None and self.cycle.response_started
+        self._abandon_request()
+        if started:
+            self.transport.close()
+        else:
+            self._refuse(413, "request_body_too_large")
+
+    def _abandon_request(self) -> None:
+        """The app sees the client gone: its ``receive()`` returns ``http.disconnect``."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+
+    def _refuse(self, status: int, error: str) -> None:
+        """Answer ``status`` with a JSON body and close: the request never reaches the app."""
+        self.transport.write(error_response(status, error))
+        self.transport.close()
+
+
+_HEAD, _BODY = 0, 1
+_DETAILS = {
+    "request_header_fields_too_large": "the request line and headers are over the limit",
+    "request_header_timeout": "the request line and headers did not arrive in time",
+    "request_body_too_large": "the request body is over the limit",
+    "request_body_timeout": "the request body did not arrive in time",
+    "peer_certificate_expired": "the client certificate of this connection has expired",
+    "tls_required": "this port speaks TLS only (mutual TLS: present a client certificate)",
+}
+
+
+def error_response(status: int, error: str) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection, with a JSON error body
+    (``error`` a code, ``detail`` what a person reads)."""
+    body = json.dumps({"error": error, "detail": _DETAILS[error]}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _not_after(ssl_object: ssl.SSLObject) -> float:
+    """When the peer's certificate expires (epoch seconds), or never without one."""
+    peercert = ssl_object.getpeercert()
+    not_after = peercert.get("notAfter") if peercert else None
+    return ssl.cert_time_to_seconds(not_after) if isinstance(not_after, str) else math.inf
 
 
 class CoalescingTransport:

@@ -19,7 +19,7 @@ import signal
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol
 
 import anyio
@@ -29,10 +29,14 @@ from uvicorn.lifespan.on import LifespanOn
 
 from meshkit.errors import MeshError
 from meshkit.identity import SpiffeId
+from meshkit.serving.connections import Acceptor, TLSMode, raise_descriptor_limit
 from meshkit.serving.listen import listen, uvicorn_config
-from meshkit.settings import MeshSettings
+from meshkit.settings import ADMIN_LIMITS, ConnectionLimits, MeshSettings
 
 logger = logging.getLogger("meshkit.serving")
+#: Descriptors kept for what is not a served connection: the mesh client's pooled
+#: connections, the registry's, the CA's, log and state files.
+_RESERVED_DESCRIPTORS = 256
 
 
 class MeshMember(Protocol):
@@ -60,6 +64,8 @@ class MeshMember(Protocol):
 
     def leave(self) -> Awaitable[None]: ...
 
+    def connection_refused(self, reason: str) -> None: ...
+
 
 class Servable(Protocol):
     """An ASGI app that is a mesh member (``app.mesh``)."""
@@ -70,30 +76,47 @@ class Servable(Protocol):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
 
-class _QuietServer(uvicorn.Server):
-    """A uvicorn Server that leaves signal handling to MeshServer, which orders shutdown,
-    and tells it when it listens. With ``permissive=True`` it accepts connections itself
-    and serves TLS or plaintext on the same port, by the first byte the client sends."""
+class Server(uvicorn.Server):
+    """uvicorn, accepting through an ``Acceptor`` (meshkit's connection policy) instead
+    of ``loop.create_server``; ``listening`` is set once it accepts. With
+    ``handle_signals=False`` the owner (MeshServer) orders shutdown itself."""
 
-    def __init__(self, config: uvicorn.Config, *, permissive: bool = False) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        name: str,
+        limits: ConnectionLimits,
+        mode: TLSMode,
+        tls: Callable[[], ssl.SSLContext | None] = lambda: None,
+        on_refused: Callable[[str], None] | None = None,
+        handle_signals: bool = True,
+    ) -> None:
         super().__init__(config)
         self.listening = anyio.Event()
-        self._permissive = permissive
-        self._accepting: asyncio.Task[None] | None = None
+        self.acceptor = Acceptor(
+            name=name,
+            limits=limits,
+            protocol=self._protocol,
+            connections=self.server_state.connections,
+            mode=mode,
+            tls=tls,
+            on_refused=on_refused,
+        )
+        self._handle_signals = handle_signals
+        self._accepting: list[asyncio.Task[None]] = []
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        if not self._permissive or not sockets:
-            await super().startup(sockets)
-        else:
-            await super().startup([])  # uvicorn listens on nothing; _accept does
-            if self.started:
-                self._accepting = asyncio.create_task(self._accept(sockets[0]))
+        await super().startup([])  # uvicorn listens on nothing: the acceptor does
         if self.started:
+            loop = asyncio.get_running_loop()
+            for sock in sockets or ():
+                self._accepting.append(loop.create_task(self.acceptor.serve(sock)))
             self.listening.set()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
+        for task in self._accepting:
+            task.cancel()
         await super().shutdown(sockets)
 
     def _protocol(self) -> asyncio.Protocol:
@@ -101,58 +124,18 @@ class _QuietServer(uvicorn.Server):
             config=self.config, server_state=self.server_state, app_state=self.lifespan.state
         )
 
-    async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
-        pending: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                connection, _ = await loop.sock_accept(sock)
-                task = asyncio.create_task(self._hand_over(connection))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-        finally:
-            for task in pending:
-                task.cancel()
-
-    async def _hand_over(self, connection: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            with anyio.fail_after(_FIRST_BYTE_TIMEOUT):
-                first = await _peek(loop, connection)
-            context = self.config.ssl if first == _TLS_HANDSHAKE else None
-            await loop.connect_accepted_socket(self._protocol, connection, ssl=context)
-        except (OSError, TimeoutError, ssl.SSLError):
-            connection.close()
-
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-_TLS_HANDSHAKE = b"\x16"  # the content type of a TLS record that opens a handshake
-_FIRST_BYTE_TIMEOUT = 10.0
-
-
-async def _peek(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> bytes:
-    """The first byte the client sent, left in the socket for whoever reads next."""
-    readable: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(connection.fileno(), readable.set_result, None)
-    try:
-        await readable
-    finally:
-        loop.remove_reader(connection.fileno())
-    return connection.recv(1, socket.MSG_PEEK)
+        if self._handle_signals:
+            with super().capture_signals():
+                yield
+        else:
+            yield
 
 
 def _mesh_lifespan(app: Servable) -> type[LifespanOn]:
     class MeshLifespan(LifespanOn):
-        """Runs the app's lifespan, then listens with the TLS context it produced."""
-
-        async def startup(self) -> None:
-            await super().startup()
-            if not (self.startup_failed or self.error_occurred):
-                self.config.ssl = app.mesh.listening_context
+        """Runs the app's lifespan; a MeshError at startup is told as one line."""
 
         async def send(self, message: Any) -> None:
             # A MeshError at startup is reported by MeshServer as one line, not a traceback.
@@ -182,14 +165,7 @@ class MeshServer:
         service_sock = listen(settings.host, settings.port)
         admin_sock = listen(settings.admin_host, settings.admin_port)
         self.app.mesh.bound(service_sock.getsockname()[1], admin_sock.getsockname()[1])
-        service = _QuietServer(
-            uvicorn_config(
-                self.app, lifespan="on", timeout_graceful_shutdown=settings.drain_timeout
-            ),
-            permissive=settings.tls_mode == "permissive",
-        )
-        service.config.lifespan_class = _mesh_lifespan(self.app)
-        admin = _QuietServer(uvicorn_config(self.app.mesh.admin_app, lifespan="off"))
+        service, admin = self._servers()
         with self._signals():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._run, admin, admin_sock)
@@ -202,6 +178,34 @@ class MeshServer:
         if self._failure is not None:
             raise self._failure
 
+    def _servers(self) -> tuple[Server, Server]:
+        """The service port's server and the admin port's, each with its own budget of
+        connections within this process's descriptors."""
+        settings, mesh = self.settings, self.app.mesh
+        limits = settings.connection_limits
+        service = Server(
+            uvicorn_config(
+                self.app, limits, lifespan="on", timeout_graceful_shutdown=settings.drain_timeout
+            ),
+            name=settings.service,
+            limits=limits,
+            mode="permissive" if settings.tls_mode == "permissive" else "tls",
+            tls=lambda: mesh.listening_context,
+            on_refused=mesh.connection_refused,
+            handle_signals=False,
+        )
+        service.config.lifespan_class = _mesh_lifespan(self.app)
+        admin = Server(
+            uvicorn_config(mesh.admin_app, ADMIN_LIMITS, lifespan="off"),
+            name=f"{settings.service} admin",
+            limits=ADMIN_LIMITS,
+            mode="plain",
+            handle_signals=False,
+        )
+        descriptors = raise_descriptor_limit()
+        service.acceptor.cap_to(descriptors - ADMIN_LIMITS.max_connections - _RESERVED_DESCRIPTORS)
+        return service, admin
+
     async def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
         try:
             await server.serve(sockets=[sock])
@@ -211,7 +215,7 @@ class MeshServer:
             self._stop.set()
 
     async def _run_service(
-        self, service: _QuietServer, sock: socket.socket, admin: uvicorn.Server
+        self, service: Server, sock: socket.socket, admin: uvicorn.Server
     ) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._run, service, sock)

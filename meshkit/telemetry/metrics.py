@@ -218,6 +218,14 @@ class MeshMetrics:
                 registry=self.registry,
             )
         )
+        self._connections_refused = LabelCache(
+            Counter(
+                "meshkit_connections_refused",
+                "Connections refused before any request (TLS handshake, plaintext, capacity).",
+                ["reason"],
+                registry=self.registry,
+            )
+        )
         self._policy_denials = LabelCache(
             Counter(
                 "meshkit_policy_denials",
@@ -271,6 +279,12 @@ class MeshMetrics:
 
     def endpoint_ejected(self, destination: str) -> None:
         self._ejections.get(destination).inc()
+
+    def connection_refused(self, reason: str) -> None:
+        """A connection refused before any request: a failed TLS handshake (``reason``
+        as ``meshkit.serving.connections.refusal_reason`` names it), plaintext on a TLS
+        port, or no room left."""
+        self._connections_refused.get(reason).inc()
 
     def policy_denied(self, source: str, route: str, reason: str) -> None:
         """``reason`` is a short fixed word (e.g. ``caller``, ``rate_limit``): it is a label."""

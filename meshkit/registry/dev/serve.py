@@ -11,27 +11,30 @@ import uvicorn
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import DevRegistryApp
 from meshkit.serving.listen import listen, uvicorn_config
+from meshkit.serving.server import Server
+from meshkit.settings import ConnectionLimits
+
+#: Clients keep connections between blocking queries: Consul does not close them early.
+#: A body holds at most a KV value (Consul's limit, 512 KiB) or a registration.
+REGISTRY_LIMITS = ConnectionLimits(keepalive_timeout=65.0, max_body_bytes=1024 * 1024)
 
 
 def registry_config(app: DevRegistryApp) -> uvicorn.Config:
     return uvicorn_config(
-        app,
-        loop="uvloop",
-        lifespan="on",
-        # Clients keep connections between blocking queries; Consul does not close them early.
-        timeout_keep_alive=65,
-        timeout_graceful_shutdown=5,
+        app, REGISTRY_LIMITS, loop="uvloop", lifespan="on", timeout_graceful_shutdown=5
     )
 
 
-class RegistryServer(uvicorn.Server):
+class RegistryServer(Server):
     """uvicorn, answering parked blocking queries at once when asked to stop.
 
     Otherwise each would hold the graceful shutdown until its wait ran out (minutes).
     """
 
     def __init__(self, app: DevRegistryApp) -> None:
-        super().__init__(registry_config(app))
+        super().__init__(
+            registry_config(app), name="registry", limits=REGISTRY_LIMITS, mode="plain"
+        )
         self.app = app
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
