@@ -51,8 +51,10 @@ class MeshProcess:
         name: str,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.args = args
+        self.nofile = nofile
         self.ready = ready
         self.name = name
         self.env = dict(env or {})
@@ -77,6 +79,8 @@ class MeshProcess:
     def start(self, *, timeout: float = 30.0) -> Self:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         argv = [sys.executable, "-m", "meshkit", *self.args]
+        if self.nofile is not None:  # soft and hard: the process cannot raise it
+            argv = ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--", *argv]
         self._child = Child.spawn(self.name, argv, env=env, cwd=self.cwd)
         try:
             self.match = self._child.wait_for(self.ready, timeout=timeout)
@@ -175,6 +179,7 @@ class ServiceProcess(MeshProcess):
         registry: str | None = None,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        nofile: int | None = None,
     ) -> None:
         settings_env = {"MESHKIT_SERVICE": service, "CONSUL_HTTP_ADDR": registry or ""}
         if identity is not None:
@@ -192,6 +197,7 @@ class ServiceProcess(MeshProcess):
             name=service,
             env={**settings_env, **(env or {})},
             cwd=cwd,
+            nofile=nofile,
         )
         self.service = service
         self.identity = identity

@@ -37,7 +37,16 @@ async def slow(request: Request) -> JSONResponse:
     return JSONResponse({"slept": seconds})
 
 
+async def upload(request: Request) -> JSONResponse:
+    return JSONResponse({"received": len(await request.body())})
+
+
 app = ServiceApp(
     service="echo",
-    routes=[Route("/whoami", whoami), Route("/public", public), Route("/slow", slow)],
+    routes=[
+        Route("/whoami", whoami),
+        Route("/public", public),
+        Route("/slow", slow),
+        Route("/upload", upload, methods=["POST"]),
+    ],
 )
