@@ -7,8 +7,11 @@
     GET  /healthz, /metrics
 
 Errors are JSON ``{"error": message, "reason": code}``: 400 malformed, 401 no or unknown
-credential, 403 refused credential or identity, 413 body too large, 429 over the
-concurrency cap (with Retry-After), 500 an issued certificate failed its own checks.
+credential, 403 refused credential or identity, 413 body too large, 429 after
+too many failed authentications from one address (with Retry-After), 500 an issued
+certificate failed its own checks. Signing is inline and short; what a slow or
+hostile client can hold is bounded by the connection policy (``CA_LIMITS``). A join
+token is checked before any signature is.
 Client certificates are optional at the TLS layer (only /v1/renew needs one) and, when
 sent, verified against the bundle during the handshake.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ from starlette.routing import Route
 
 from meshkit.ca.audit import AuditLog
 from meshkit.ca.authority import Authority, Issued
+from meshkit.ca.guard import FailedAuthLimiter
 from meshkit.ca.store import CAStore
 from meshkit.ca.tokens import TokenStore
 from meshkit.ca.x509 import (
@@ -61,9 +66,12 @@ from meshkit.tls import TLSContexts, TLSMaterial
 
 logger = logging.getLogger("meshkit.ca")
 #: A CSR and a token fit in a few KiB; nothing the CA is sent is larger.
-CA_LIMITS = ConnectionLimits(max_body_bytes=64 * 1024, max_header_bytes=16 * 1024)
+#: Connections are capped so that what they may hold (bodies up to 64 KiB, heads up to
+#: 16 KiB) stays within ~80 MiB; signing itself is inline and takes ~0.2 ms.
+CA_LIMITS = ConnectionLimits(
+    max_body_bytes=64 * 1024, max_header_bytes=16 * 1024, max_connections=1024
+)
 MAX_BODY = 64 * 1024
-MAX_CONCURRENCY = 256
 _STATUS = {
     "malformed_request": 400,
     "malformed_csr": 400,
@@ -81,9 +89,21 @@ _STATUS = {
     "cert_expired": 403,
     "cert_invalid": 403,
     "body_too_large": 413,
-    "overloaded": 429,
+    "rate_limited": 429,
     "issuance_failed": 500,
 }
+#: Refusals that mean "you did not prove who you are": counted against the source.
+_AUTHENTICATION_FAILURES = frozenset(
+    {
+        "token_missing",
+        "token_invalid",
+        "token_expired",
+        "token_used",
+        "client_cert_missing",
+        "cert_expired",
+        "cert_invalid",
+    }
+)
 DEV_WARNING = """\
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 !! meshkit CA in DEV MODE: it signs ANY identity a CSR names, WITHOUT a token. !!
@@ -141,7 +161,7 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
             raise CARefused(f"request body over {limit} bytes", reason="body_too_large")
     try:
         document = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise CARefused(f"body is not JSON: {exc}", reason="malformed_request") from exc
     if not isinstance(document, dict) or not isinstance(document.get("csr"), str):
         raise CARefused('body must be {"csr": "<PEM>"}', reason="malformed_request")
@@ -174,7 +194,7 @@ class CAService:
         registry: CollectorRegistry,
         dev: bool = False,
         max_body: int = MAX_BODY,
-        max_concurrency: int = MAX_CONCURRENCY,
+        guard: FailedAuthLimiter | None = None,
     ) -> None:
         self.authority = authority
         self.bundle_pem = bundle_pem
@@ -184,9 +204,8 @@ class CAService:
         self.registry = registry
         self.dev = dev
         self.max_body = max_body
-        self.max_concurrency = max_concurrency
         self.metrics = _CAMetrics(registry, authority, next(iter(self.roots.values())))
-        self._in_flight = 0
+        self.guard = guard or FailedAuthLimiter()
 
     def app(self) -> Starlette:
         return Starlette(
@@ -230,20 +249,27 @@ class CAService:
     ) -> Response:
         started = time.perf_counter()
         attempt = _Attempt(method, request.client.host if request.client else None)
-        if self._in_flight >= self.max_concurrency:
-            return self._refused(attempt, CARefused("too many requests", reason="overloaded"))
-        self._in_flight += 1
+        source = attempt.peer or "?"
+        wait = self.guard.retry_after(source)
+        if wait:
+            return self._limited(attempt, source, wait)
         try:
+            # Read before it counts as in flight: a client slow to send its body holds
+            # a connection (bounded by the connection policy), never a signing slot.
             document = await _read_json(request, self.max_body)
+        except CARefused as exc:
+            return self._refused(attempt, exc)
+        try:
             # Signing is CPU-bound and short (~0.2 ms): done inline, not in a thread.
             issued = issue(request, document["csr"], attempt)
         except CARefused as exc:
+            if exc.reason in _AUTHENTICATION_FAILURES:
+                self.guard.failed(source)
             return self._refused(attempt, exc)
         except CAError as exc:
             logger.error("issuance failed its own checks: %s", exc)
             return self._refused(attempt, CARefused(str(exc), reason="issuance_failed"))
         finally:
-            self._in_flight -= 1
             self.metrics.latency.labels(method).observe(time.perf_counter() - started)
         self.metrics.issuances.labels(attempt.method).inc()
         self._audit(attempt, "issued", issued=issued)
@@ -253,11 +279,13 @@ class CAService:
         token = _bearer(request)
         if token is None:
             return self._sign_dev(csr, attempt)
-        signing_request = self.authority.parse_csr(csr)
-        attempt.public_key_sha256 = public_key_sha256(signing_request.public_key)
         if self.tokens is None:
             raise CARefused("this CA accepts no join tokens", reason="token_invalid")
-        # The CSR is checked first so a malformed one does not burn the token.
+        # The token is authenticated before any signature work (an anonymous request
+        # costs a hash and a lookup), and spent only once the CSR is found valid.
+        attempt.spiffe_id = self.tokens.check(token)
+        signing_request = self.authority.parse_csr(csr)
+        attempt.public_key_sha256 = public_key_sha256(signing_request.public_key)
         attempt.spiffe_id = self.tokens.consume(token)
         return self.authority.issue(signing_request, attempt.spiffe_id)
 
@@ -291,11 +319,24 @@ class CAService:
         attempt.public_key_sha256 = public_key_sha256(signing_request.public_key)
         return self.authority.issue(signing_request, attempt.spiffe_id)
 
+    def _limited(self, attempt: _Attempt, source: str, wait: float) -> JSONResponse:
+        """429 to a source that failed to authenticate too often; audited in bulk."""
+        self.metrics.refusals.labels(attempt.method, "rate_limited").inc()
+        count = self.guard.limited(source)
+        if count is not None:
+            self._audit(attempt, "refused", reason="rate_limited", count=count)
+        retry_after = str(math.ceil(wait))
+        return _error(
+            429,
+            "too many failed authentications from this address",
+            "rate_limited",
+            **{"Retry-After": retry_after},
+        )
+
     def _refused(self, attempt: _Attempt, exc: CARefused) -> JSONResponse:
         self.metrics.refusals.labels(attempt.method, exc.reason).inc()
         self._audit(attempt, "refused", reason=exc.reason)
-        headers = {"Retry-After": "1"} if exc.reason == "overloaded" else {}
-        return _error(_STATUS.get(exc.reason, 400), str(exc), exc.reason, **headers)
+        return _error(_STATUS.get(exc.reason, 400), str(exc), exc.reason)
 
     def _audit(
         self,
@@ -304,10 +345,13 @@ class CAService:
         *,
         issued: Issued | None = None,
         reason: str | None = None,
+        count: int | None = None,
     ) -> None:
+        extra = {} if count is None else {"count": count}
         self.audit.record(
             result=result,
             reason=reason,
+            **extra,
             method=attempt.method,
             peer=attempt.peer,
             spiffe_id=str(attempt.spiffe_id) if attempt.spiffe_id else None,
@@ -339,7 +383,7 @@ async def serve(
     port: int = 8443,
     dev: bool = False,
     leaf_ttl: dt.timedelta = LEAF_TTL,
-    max_concurrency: int = MAX_CONCURRENCY,
+    max_connections: int = CA_LIMITS.max_connections,
     on_listening: Callable[[str, int], None] | None = None,
 ) -> None:
     """Serve the CA API until SIGINT/SIGTERM; ``on_listening(host, port)`` once bound."""
@@ -354,12 +398,12 @@ async def serve(
         audit=audit,
         registry=CollectorRegistry(auto_describe=True),
         dev=dev,
-        max_concurrency=max_concurrency,
     )
+    limits = CA_LIMITS.replace(max_connections=max_connections)
     server = Server(
-        uvicorn_config(service.app(), CA_LIMITS, lifespan="off"),
+        uvicorn_config(service.app(), limits, lifespan="off"),
         name="ca",
-        limits=CA_LIMITS,
+        limits=limits,
         mode="tls",
         tls=lambda: contexts.listening_context,
     )

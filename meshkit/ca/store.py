@@ -122,7 +122,14 @@ def init_ca(directory: Path, trust_domain: str) -> CAStore:
 
 
 def check_permissions(directory: Path) -> None:
-    """Refuse secrets readable or writable by group or others (like ssh does)."""
+    """Refuse secrets readable or writable by group or others, and a directory others
+    may write to (they could swap a file in), like ssh does."""
+    mode = directory.stat().st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CAError(
+            f"{directory} is writable by group or others (mode {stat.S_IMODE(mode):o}); "
+            f"refusing to use it. Fix with: chmod 700 {directory}"
+        )
     for name in _SECRETS:
         path = directory / name
         try:

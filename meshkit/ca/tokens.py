@@ -22,6 +22,10 @@ from meshkit.errors import CARefused
 from meshkit.identity import SpiffeId
 
 TOKEN_PREFIX = "mkjoin_"
+#: What a token may be made for at most, unless the operator raises it: a token is a
+#: bearer credential, so it should be short-lived and few-use (kubeadm's last a day).
+MAX_TTL = 86400.0
+MAX_USES = 100
 _KEEP_EXPIRED = 86400.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -55,11 +59,23 @@ class TokenStore:
         self._db.close()
 
     def create(
-        self, spiffe_id: SpiffeId, *, ttl: float, uses: int = 1, now: float | None = None
+        self,
+        spiffe_id: SpiffeId,
+        *,
+        ttl: float,
+        uses: int = 1,
+        now: float | None = None,
+        max_ttl: float = MAX_TTL,
+        max_uses: int = MAX_USES,
     ) -> str:
-        """A new token for ``spiffe_id``, valid ``ttl`` seconds for ``uses`` signings."""
+        """A new token for ``spiffe_id``, valid ``ttl`` seconds for ``uses`` signings;
+        ValueError past ``max_ttl`` or ``max_uses``."""
         if uses < 1 or ttl <= 0:
             raise ValueError("a join token needs uses >= 1 and a positive ttl")
+        if ttl > max_ttl:
+            raise ValueError(f"a join token may live {max_ttl:g} s at most, not {ttl:g}")
+        if uses > max_uses:
+            raise ValueError(f"a join token may have {max_uses} uses at most, not {uses}")
         now = time.time() if now is None else now
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         # Spent tokens stay a day past expiry so a replay is told "used", not "unknown".
@@ -69,6 +85,19 @@ class TokenStore:
             (hash_token(token), str(spiffe_id), now + ttl, uses, now),
         )
         return token
+
+    def check(self, token: str, *, now: float | None = None) -> SpiffeId:
+        """The SPIFFE ID ``token`` would sign for, without spending it: a request is
+        authenticated before any signature work, and a malformed CSR burns nothing."""
+        now = time.time() if now is None else now
+        digest = hash_token(token)
+        row = self._db.execute(
+            "SELECT spiffe_id FROM tokens WHERE hash = ? AND uses_left > 0 AND expires_at > ?",
+            (digest, now),
+        ).fetchone()
+        if row is not None:
+            return SpiffeId.parse(row[0])
+        raise self._refusal(digest, now)
 
     def consume(self, token: str, *, now: float | None = None) -> SpiffeId:
         """Spend one use of ``token``; its SPIFFE ID, or ``CARefused`` saying why not."""

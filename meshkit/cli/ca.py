@@ -13,9 +13,9 @@ import anyio
 
 from meshkit.ca.authority import CA_NAMESPACE, CA_SERVICE
 from meshkit.ca.client import fetch_bundle
-from meshkit.ca.server import DEV_WARNING, serve
+from meshkit.ca.server import CA_LIMITS, DEV_WARNING, serve
 from meshkit.ca.store import CAStore, init_ca
-from meshkit.ca.tokens import TokenStore
+from meshkit.ca.tokens import MAX_TTL, MAX_USES, TokenStore
 from meshkit.errors import CAError, ConfigError, IdentityError
 from meshkit.identity import SpiffeId
 
@@ -46,7 +46,13 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8443)
     serve.add_argument("--leaf-ttl", type=parse_duration, default=dt.timedelta(hours=24))
-    serve.add_argument("--max-concurrency", type=int, default=256)
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=CA_LIMITS.max_connections,
+        help=f"connections held at most; past it the oldest idle is shed "
+        f"(default {CA_LIMITS.max_connections})",
+    )
     serve.add_argument(
         "--dev", action="store_true", help="sign any identity without a token (demos only)"
     )
@@ -58,8 +64,19 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     create.add_argument("--dir", type=Path, required=True)
     create.add_argument("--service", required=True)
     create.add_argument("--namespace", default="default")
-    create.add_argument("--ttl", type=parse_duration, default=dt.timedelta(minutes=10))
-    create.add_argument("--uses", type=int, default=1)
+    create.add_argument(
+        "--ttl", type=parse_duration, default=dt.timedelta(minutes=10), help="default 10m"
+    )
+    create.add_argument("--uses", type=int, default=1, help="signings it allows (default 1)")
+    create.add_argument(
+        "--max-ttl",
+        type=parse_duration,
+        default=dt.timedelta(seconds=MAX_TTL),
+        help="refuse a --ttl past this (default 24h): a join token is a bearer secret",
+    )
+    create.add_argument(
+        "--max-uses", type=int, default=MAX_USES, help="refuse more --uses (default 100)"
+    )
     create.set_defaults(handler=_token_create)
 
     bootstrap = commands.add_parser("bootstrap", help="fetch the trust bundle, pinned")
@@ -92,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             dev=args.dev,
             leaf_ttl=args.leaf_ttl,
-            max_concurrency=args.max_concurrency,
+            max_connections=args.max_connections,
             on_listening=listening,
         ),
         backend_options={"use_uvloop": True},
@@ -112,7 +129,15 @@ def _token_create(args: argparse.Namespace) -> int:
         raise ConfigError("--uses must be at least 1")
     tokens = TokenStore(store.tokens_path)
     try:
-        token = tokens.create(spiffe_id, ttl=args.ttl.total_seconds(), uses=args.uses)
+        token = tokens.create(
+            spiffe_id,
+            ttl=args.ttl.total_seconds(),
+            uses=args.uses,
+            max_ttl=args.max_ttl.total_seconds(),
+            max_uses=args.max_uses,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (see --max-ttl and --max-uses)") from exc
     finally:
         tokens.close()
     print(f"join token for {spiffe_id}, {args.uses} use(s), expires in {args.ttl}")
