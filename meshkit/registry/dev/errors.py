@@ -5,6 +5,10 @@ from __future__ import annotations
 import ipaddress
 
 
+class DecodeError(ValueError):
+    """A body or value Consul's decoder refuses; the message is Go's error text."""
+
+
 class AgentError(Exception):
     """A request Consul would refuse: ``status`` and Consul's plain-text ``reason``."""
 
