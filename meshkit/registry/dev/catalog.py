@@ -38,17 +38,16 @@ _DEFINITION_FIELDS = go.Fields(go.owned(*go.DURATIONS, decode=go.ANY)) | go.Fiel
 def _definition(value: Any, at: go.At, outer: go.Decoding) -> dict[str, Any]:
     """structs.HealthCheckDefinition (its own UnmarshalJSON), as Consul shows it back:
     set fields only, durations as Go strings."""
-    values = go.decode_wrapped(
-        value, at, outer, _DEFINITION_FIELDS, "structs.HealthCheckDefinition"
-    )
+    values = go.decode_wrapped(value, at, _DEFINITION_FIELDS, "structs.HealthCheckDefinition")
     shown: dict[str, Any] = {}
     for name, item in (values or {}).items():
         if name in go.DURATIONS:
             try:
-                item = format_duration(go.duration(item)) if go.duration(item) else ""
+                item = go.duration(item)
             except DecodeError as exc:
                 outer.save(str(exc))
                 continue
+            item = format_duration(item) if item else ""
         if item not in ("", False, [], {}, None):
             shown[name] = item
     return shown

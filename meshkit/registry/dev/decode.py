@@ -358,9 +358,7 @@ def decode_check(raw: Any) -> CheckDefinition:
     return _check(values)
 
 
-def decode_wrapped(
-    value: Any, at: At, outer: Decoding, fields: Fields, go_type: str
-) -> dict[str, Any] | None:
+def decode_wrapped(value: Any, at: At, fields: Fields, go_type: str) -> dict[str, Any] | None:
     """A struct with its own UnmarshalJSON (Consul's ``Alias`` wrappers), read by an inner
     decoder: a type error there ends the outer decode, named from the outer field."""
     if value is None:  # e.g. a null in ``Checks``: Consul would dereference it and panic
@@ -378,7 +376,7 @@ def decode_wrapped(
 def check_type(value: Any, at: At, outer: Decoding) -> CheckDefinition | None:
     """A service's ``Check`` (structs.CheckType); a bad duration is saved as Go saves
     an UnmarshalJSON error, so an earlier error in the body still wins."""
-    values = decode_wrapped(value, at, outer, _CHECK_TYPE_FIELDS, "structs.CheckType")
+    values = decode_wrapped(value, at, _CHECK_TYPE_FIELDS, "structs.CheckType")
     if values is None:
         return None
     try:

@@ -672,3 +672,20 @@ def test_an_unexpected_failure_is_a_logged_bare_500(
     with caplog.at_level(logging.ERROR, logger="meshkit.registry"):
         assert _raw(registry, "GET", "/v1/agent/services") == (500, "Internal Server Error")
     assert "planted bug" in caplog.text
+
+
+def test_a_catalog_checks_definition_is_typed_not_stored_raw(
+    client: Any, registry: ThreadedRegistry
+) -> None:
+    definition = {"HTTP": "http://10.1.1.1/h", "Interval": "10s", "Timeout": 5e9, "X": [[1]]}
+    body = {"Node": "ext", "Address": "10.1.1.1", "Check": {"Name": "h", "Definition": definition}}
+    assert _put(registry, "/v1/catalog/register", body).ok
+    check = client.health.node("ext")[1][0]
+    assert check["Definition"] == {"HTTP": "http://10.1.1.1/h", "Interval": "10s", "Timeout": "5s"}
+    body["Check"]["Definition"] = {"Interval": "soon"}
+    response = _put(registry, "/v1/catalog/register", body | {"Node": "ext2"})
+    assert (response.status_code, response.text) == (
+        400,
+        'Request decode failed: time: invalid duration "soon"',
+    )
+    assert client.catalog.node("ext2")[1] is None
