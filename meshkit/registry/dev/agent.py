@@ -1,13 +1,15 @@
 """The dev registry's agent: what Consul's agent endpoints do to the catalog.
 
 Validation follows Consul's handlers (agent/agent_endpoint.go, structs.CheckType.Validate,
-structs.ValidateServiceMetadata) and fails with ``AgentError`` carrying Consul's status
-code and text. Every mutation ends in one ``Store.commit()``: one new index, one wake-up.
+structs.ValidateServiceMetadata, structs.ValidateWeights) and fails with ``AgentError``
+carrying Consul's text. Check durations arrive in nanoseconds and are run as Consul runs
+them: an interval under a second is raised to one (``checks``), a timeout that is not
+positive means the default, DeregisterCriticalServiceAfter is raised to its minimum.
+Every mutation ends in one ``Store.commit()``: one new index, one wake-up.
 """
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 import uuid
@@ -17,14 +19,16 @@ from typing import Any
 
 import anyio
 
-from meshkit.registry.dev.catalog import apply_deregister, apply_register
+from meshkit.registry.dev.catalog import apply_deregister, apply_register, prepare_register
 from meshkit.registry.dev.checks import CheckRunner, HTTPProbe, ScriptProbe, truncate
 from meshkit.registry.dev.decode import (
     CheckDefinition,
     ServiceDefinition,
-    format_duration,
+    port_problem,
+    validate_meta,
 )
-from meshkit.registry.dev.errors import AgentError, bad_request, is_any_address
+from meshkit.registry.dev.durations import SECOND, format_duration
+from meshkit.registry.dev.errors import AgentError, bad_request, is_any_address, rpc_error
 from meshkit.registry.dev.state import CRITICAL, PASSING, STATUSES, Check, Node, Service, Store
 
 SERVICE_MAINT_PREFIX = "_service_maintenance:"
@@ -41,7 +45,6 @@ SCRIPTS_DISABLED = (
     "Scripts are disabled on this agent from remote calls; "
     "to enable, configure 'enable_script_checks' to true"
 )
-_META_KEY = re.compile(r"[a-zA-Z0-9_-]+")
 CONSUL_VERSION = "1.20.0"
 
 
@@ -144,7 +147,7 @@ class DevAgent:
             for i, d in enumerate(definition.checks)
         ]
         if any(d.script_args for d in definition.checks) and not self.enable_script_checks:
-            raise AgentError(500, SCRIPTS_DISABLED)
+            raise rpc_error(SCRIPTS_DISABLED)
         with self._write():
             self.store.upsert_service(service)
             wanted = {check.check_id for check, _ in checks}
@@ -160,6 +163,7 @@ class DevAgent:
             raise bad_request("Missing service name")
         if is_any_address(definition.address):
             raise bad_request("Invalid service address")
+        _check_ports(definition)
         weights = {"Passing": 1, "Warning": 1}
         if definition.weights is not None:
             weights = _weights(definition.weights)
@@ -240,7 +244,7 @@ class DevAgent:
             check.service_id, check.service_name = service.id, service.name
             check.service_tags = list(service.tags)
         if definition.script_args and not self.enable_script_checks:
-            raise AgentError(500, SCRIPTS_DISABLED)
+            raise rpc_error(SCRIPTS_DISABLED)
         with self._write():
             self._add_check(check, definition)
 
@@ -249,19 +253,22 @@ class DevAgent:
         self.store.upsert_check(check)
         if definition.deregister_after > 0:
             # Consul raises the timeout to its minimum (one minute) and reaps periodically.
-            after = max(definition.deregister_after, self.deregister_minimum)
+            after = max(definition.deregister_after / SECOND, self.deregister_minimum)
             self._deregister_after[check.check_id] = after
         else:
             self._deregister_after.pop(check.check_id, None)
         if definition.ttl > 0:
-            self.runner.start_ttl(check.check_id, definition.ttl)
+            self.runner.start_ttl(check.check_id, definition.ttl / SECOND)
         elif definition.http:
             self.runner.start_probe(check.check_id, _http_probe(definition))
         elif definition.script_args:
-            timeout = definition.timeout or 30.0
             self.runner.start_probe(
                 check.check_id,
-                ScriptProbe(definition.script_args, definition.interval, timeout),
+                ScriptProbe(
+                    definition.script_args,
+                    definition.interval / SECOND,
+                    _timeout(definition, default=30.0),
+                ),
             )
 
     def _unknown_check(self, check_id: str) -> AgentError:
@@ -287,7 +294,7 @@ class DevAgent:
         if check is None:
             raise self._unknown_check(check_id)
         if not self.runner.has_ttl(check_id):
-            raise AgentError(500, f'CheckID "{check_id}" does not have associated TTL')
+            raise rpc_error(f'CheckID "{check_id}" does not have associated TTL')
         output = truncate(output)
         self.runner.reset_ttl(check_id, output)
         with self._write():
@@ -361,11 +368,12 @@ class DevAgent:
 
     # -- catalog writes (PUT /v1/catalog/register|deregister) -------------------------------
 
-    def catalog_register(self, body: dict[str, Any]) -> None:
+    def catalog_register(self, body: Any) -> None:
+        registration = prepare_register(self.store, body)
         with self._write():
-            apply_register(self.store, body)
+            apply_register(self.store, registration)
 
-    def catalog_deregister(self, body: dict[str, Any]) -> None:
+    def catalog_deregister(self, body: Any) -> None:
         with self._write():
             apply_deregister(self.store, body)
 
@@ -375,11 +383,16 @@ def _default_check_id(service_id: str, position: int, count: int) -> str:
     return f"service:{service_id}" if count == 1 else f"service:{service_id}:{position + 1}"
 
 
+def _timeout(definition: CheckDefinition, *, default: float) -> float:
+    """Consul uses a check's Timeout only when it is positive; otherwise its default."""
+    return definition.timeout / SECOND if definition.timeout > 0 else default
+
+
 def _http_probe(definition: CheckDefinition) -> HTTPProbe:
     return HTTPProbe(
         url=definition.http,
-        interval=definition.interval,
-        timeout=definition.timeout or 10.0,
+        interval=definition.interval / SECOND,
+        timeout=_timeout(definition, default=10.0),
         method=definition.method or "GET",
         header=definition.header,
         body=definition.body,
@@ -409,11 +422,9 @@ def _check_definition_json(definition: CheckDefinition) -> dict[str, Any]:
     return body
 
 
-def _weights(raw: dict[str, Any]) -> dict[str, int]:
-    lowered = {k.lower(): v for k, v in raw.items()}
-    passing, warning = lowered.get("passing", 0), lowered.get("warning", 0)
-    if not isinstance(passing, int) or not isinstance(warning, int):
-        raise bad_request("Request decode failed: Weights must be numbers")
+def _weights(weights: dict[str, int]) -> dict[str, int]:
+    """structs.ValidateWeights, on the decoded ``structs.Weights`` (absent fields are 0)."""
+    passing, warning = weights.get("Passing", 0), weights.get("Warning", 0)
     if passing < 1:
         raise bad_request("Invalid Weights: Passing must be greater than 0")
     if warning < 0:
@@ -423,26 +434,10 @@ def _weights(raw: dict[str, Any]) -> dict[str, int]:
     return {"Passing": passing, "Warning": warning}
 
 
-def validate_meta(meta: dict[str, str]) -> str | None:
-    """structs.ValidateServiceMetadata: the error text, or None."""
-    if len(meta) > 64:
-        return "Node metadata cannot contain more than 64 key/value pairs"
-    for key, value in meta.items():
-        problem = _meta_pair_problem(key, value)
-        if problem:
-            return f"Couldn't load metadata pair ('{key}', '{value}'): {problem}"
-    return None
-
-
-def _meta_pair_problem(key: str, value: str) -> str | None:
-    if not key:
-        return "Key cannot be blank"
-    if not _META_KEY.fullmatch(key):
-        return "Key contains invalid characters"
-    if len(key) > 128:
-        return "Key is too long (limit: 128 characters)"
-    if key.startswith("consul-"):
-        return "Key prefix 'consul-' is reserved for internal use"
-    if len(value) > 512:
-        return "Value is too long (limit: 512 characters)"
-    return None
+def _check_ports(definition: ServiceDefinition) -> None:
+    """The service's port and its tagged addresses' ports (see ``decode.port_problem``)."""
+    problem = port_problem(definition.port)
+    for name, address in definition.tagged_addresses.items():
+        problem = problem or port_problem(address.get("Port", 0), f"TaggedAddresses[{name}].Port")
+    if problem:
+        raise bad_request(problem)

@@ -3,42 +3,81 @@
 Reads that Consul serves as blocking queries take ``?index=`` and ``?wait=`` (default five
 minutes, at most ten, plus up to wait/16 of jitter as Consul adds) and answer with
 ``X-Consul-Index``, which is never 0. Refusals are plain text with Consul's wording.
+
+Client input never gets a 5xx: bodies are read only as far as their endpoint allows
+(a KV value 512 KiB, a JSON body 1 MiB) and decoded as Go decodes them (``decode``), query
+strings are read as Go reads them (``query``), and anything a handler did not expect is
+logged and answered with a bare 500, never a traceback.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import quote_plus
 
 import anyio
 
 from meshkit.registry.dev.agent import CONSUL_VERSION, DevAgent
+from meshkit.registry.dev.catalog import datacenter_of
 from meshkit.registry.dev.decode import (
-    DecodeError,
+    STRING,
+    Fields,
     decode_check,
     decode_service,
+    decode_top,
     load_json,
-    object_field,
-    parse_duration,
 )
-from meshkit.registry.dev.errors import AgentError, bad_request
+from meshkit.registry.dev.errors import AgentError, DecodeError, bad_request, rpc_error
+from meshkit.registry.dev.query import (
+    Blocking,
+    Query,
+    first,
+    go_quote,
+    parse_options,
+    parse_query,
+    parse_uint,
+    parse_wait,
+)
 from meshkit.registry.dev.state import PASSING, STATUSES, Check, Service
+
+logger = logging.getLogger("meshkit.registry")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-DEFAULT_WAIT = 300.0
-MAX_WAIT = 600.0
 LEADER = "127.0.0.1:8300"
+#: Consul's kv_max_value_size default, and the text it refuses a larger value with.
 MAX_KV_SIZE = 512 * 1024
+KV_LIMIT_DOCS = "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size"
+#: A JSON body (registrations, updates): the serving policy's limit, held here again.
+MAX_BODY_BYTES = 1024 * 1024
+#: JSON bodies larger than this decode in a worker thread, one at a time: a hostile 1 MiB
+#: body then costs its own request time, not every other client's.
+INLINE_JSON_BYTES = 64 * 1024
 HEALTH_CACHE_MAX = 20_000  # serialized /v1/health/service answers, keyed by query, per index
+#: Endpoints that go through Consul's ``parse`` (datacenter, consistency, blocking
+#: options); the status endpoints read only ``?dc``.
+_QUERY_OPTION_PATHS = ("/v1/catalog/service", "/v1/catalog/node", "/v1/health/", "/v1/kv/")
+_DATACENTER_PATHS = (*_QUERY_OPTION_PATHS, "/v1/status/")
+#: Consul's KV key rules (agent/kvs_endpoint.go): no path traversal, plain or encoded.
+_KV_ENCODED_TRAVERSAL = r"%2e%2e(%2f|%5c|/)|\.\.%2f|\.\.%5c|%252e%252e%252f"
+_KV_PATH_TRAVERSAL = re.compile(r"\.\.[\\/]|" + _KV_ENCODED_TRAVERSAL, re.IGNORECASE)
+_KV_KEY_TRAVERSAL = re.compile(r"\.\.[\\/]|^\.\.|\.\.$")
+_KV_KEY_ENCODED = re.compile(_KV_ENCODED_TRAVERSAL, re.IGNORECASE)
+_CHECK_UPDATE = Fields([("Status", "Status", STRING), ("Output", "Output", STRING)])
+
+
+class Disconnected(Exception):
+    """The client left while its body was being read: there is no one to answer."""
 
 
 @dataclass
@@ -46,8 +85,10 @@ class Request:
     method: str
     path: str
     rest: str  # the path after the route's prefix (an ID, a name, a key)
-    query: dict[str, list[str]]
-    body: bytes
+    query: Query
+    headers: list[tuple[bytes, bytes]]
+    receive: Receive
+    blocking: Blocking = field(default_factory=Blocking)
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -55,6 +96,30 @@ class Request:
 
     def has(self, name: str) -> bool:
         return name in self.query
+
+    def header(self, name: bytes) -> str:
+        """The first value of a header (Go's Header.Get), "" when absent."""
+        return next((v.decode("latin-1") for k, v in self.headers if k == name), "")
+
+    def content_length(self) -> int | None:
+        raw = self.header(b"content-length")
+        return int(raw) if raw.isascii() and raw.isdigit() else None
+
+    async def read(self, limit: int) -> bytes | None:
+        """The body, or None as soon as it passes ``limit`` bytes (no more is kept)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
 
 @dataclass
@@ -102,6 +167,7 @@ class DevRegistryApp:
         self.agent = agent
         self.store = agent.store
         self._health_cache: dict[tuple[str, bool, Selection], tuple[int, bytes]] = {}
+        self._decode_slot: anyio.CapacityLimiter | None = None  # made in the event loop
         get, put = "GET", "PUT"
         self._exact: dict[str, dict[str, Handler]] = {
             "/v1/agent/services": {get: self.agent_services},
@@ -124,9 +190,9 @@ class DevRegistryApp:
             ("/v1/agent/service/maintenance/", {put: self.agent_service_maintenance}),
             ("/v1/agent/service/", {get: self.agent_service}),
             ("/v1/agent/check/deregister/", {put: self.agent_check_deregister}),
-            ("/v1/agent/check/pass/", {put: self.ttl_handler(PASSING), get: self._gone}),
-            ("/v1/agent/check/warn/", {put: self.ttl_handler("warning"), get: self._gone}),
-            ("/v1/agent/check/fail/", {put: self.ttl_handler("critical"), get: self._gone}),
+            ("/v1/agent/check/pass/", {put: self.ttl_handler(PASSING)}),
+            ("/v1/agent/check/warn/", {put: self.ttl_handler("warning")}),
+            ("/v1/agent/check/fail/", {put: self.ttl_handler("critical")}),
             ("/v1/agent/check/update/", {put: self.agent_check_update}),
             ("/v1/health/service/", {get: self.health_service}),
             ("/v1/health/checks/", {get: self.health_checks}),
@@ -145,7 +211,14 @@ class DevRegistryApp:
             return
         if scope["type"] != "http":
             return
-        response = await self._handle(scope, receive)
+        try:
+            response = await self._handle(scope, receive)
+        except Disconnected:
+            return
+        except Exception:
+            # A bug, not the client's doing: logged in full here, a bare 500 for the client.
+            logger.exception("dev registry: %s %r failed", scope.get("method"), scope.get("path"))
+            response = text_response(500, "Internal Server Error")
         headers = list(response.headers)
         if response.content_type:
             headers.append((b"Content-Type", response.content_type.encode()))
@@ -164,25 +237,43 @@ class DevRegistryApp:
 
     async def _handle(self, scope: Scope, receive: Receive) -> Response:
         path: str = scope["path"]
+        if not path.isprintable():
+            return Response(400)  # Consul's cleanhttp.PrintablePathCheckHandler: no body
         routes, rest = self._route(path)
         if routes is None:
-            return text_response(404, "404 page not found\n")
+            return _not_found(path)
         method: str = scope["method"]
+        allow = ",".join(["OPTIONS", *routes]).encode()
+        if method == "OPTIONS":
+            return Response(headers=[(b"Allow", allow)])
         handler = routes.get(method)
         if handler is None:
-            allow = ", ".join(["OPTIONS", *routes])
             response = text_response(405, f"method {method} not allowed")
-            response.headers.append((b"Allow", allow.encode()))
+            response.headers.append((b"Allow", allow))
             return response
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        request = Request(method, path, rest, query, await _read_body(receive))
         try:
-            self._check_datacenter(request)
-            response = await handler(request)
+            return await self._dispatch(handler, scope, rest, receive)
         except AgentError as exc:
             return text_response(exc.status, exc.reason)
         except DecodeError as exc:
             return text_response(400, f"Request decode failed: {exc}")
+
+    async def _dispatch(
+        self, handler: Handler, scope: Scope, rest: str, receive: Receive
+    ) -> Response:
+        path: str = scope["path"]
+        query = parse_query(scope.get("query_string", b""))
+        request = Request(scope["method"], path, rest, query, scope.get("headers", []), receive)
+        if path.startswith(_QUERY_OPTION_PATHS):
+            request.blocking = parse_options(query, request.header(b"cache-control"))
+        if path.startswith(_DATACENTER_PATHS):
+            self._check_datacenter(first(query, "dc"))
+        if request.has("filter"):
+            raise bad_request(
+                "Failed to create boolean expression evaluator: "
+                "?filter is not supported by the meshkit dev registry"
+            )
+        response = await handler(request)
         if request.has("pretty") and response.content_type == "application/json":
             response.body = json.dumps(json.loads(response.body), indent=4).encode() + b"\n"
         return response
@@ -196,18 +287,22 @@ class DevRegistryApp:
                 return routes, path[len(prefix) :]
         return None, ""
 
-    def _check_datacenter(self, request: Request) -> None:
-        datacenter = request.param("dc")
+    def _check_datacenter(self, datacenter: str) -> None:
+        """Consul forwards a request for another datacenter; this one knows no other."""
         if datacenter and datacenter != self.store.datacenter:
-            raise AgentError(500, "No path to datacenter")
-        if request.has("filter"):
-            raise bad_request(
-                "Failed to create boolean expression evaluator: "
-                "?filter is not supported by the meshkit dev registry"
-            )
+            raise rpc_error("No path to datacenter")
 
-    async def _gone(self, request: Request) -> Response:
-        return text_response(405, f"method {request.method} not allowed")
+    async def _json(self, request: Request) -> Any:
+        """The request's JSON body, read no further than MAX_BODY_BYTES. Large bodies decode
+        in a worker thread, one at a time, and are read only once their turn comes."""
+        length = request.content_length()
+        if length is not None and length <= INLINE_JSON_BYTES:
+            return load_json(await _body(request, MAX_BODY_BYTES))
+        if self._decode_slot is None:
+            self._decode_slot = anyio.CapacityLimiter(1)
+        async with self._decode_slot:
+            body = await _body(request, MAX_BODY_BYTES)
+            return await anyio.to_thread.run_sync(load_json, body)
 
     # -- blocking queries ---------------------------------------------------------------
 
@@ -219,7 +314,7 @@ class DevRegistryApp:
         *,
         prefix: str | None = None,
     ) -> Response:
-        min_index, wait = _blocking_params(request)
+        min_index, wait = request.blocking.index, request.blocking.wait
         index, response = compute()
         if min_index > 0 and index <= min_index:
             # Consul spreads wake-ups of idle watchers with up to wait/16 of jitter.
@@ -243,6 +338,7 @@ class DevRegistryApp:
         return json_response({sid: s.agent_json(datacenter) for sid, s in services.items()})
 
     async def agent_service(self, request: Request) -> Response:
+        parse_wait(request.query)  # validated as Consul does; answers at once (no hash wait)
         service = self.agent.local_services().get(request.rest)
         if service is None:
             return text_response(404, f"unknown service ID: {request.rest}")
@@ -289,7 +385,7 @@ class DevRegistryApp:
         return json_response([self._member()])
 
     async def agent_service_register(self, request: Request) -> Response:
-        definition = decode_service(_decode(request.body))
+        definition = decode_service(await self._json(request))
         replace = request.param("replace-existing-checks")
         self.agent.register_service(definition, replace_checks=replace in ("", "true"))
         return Response()
@@ -313,7 +409,7 @@ class DevRegistryApp:
         return Response()
 
     async def agent_check_register(self, request: Request) -> Response:
-        self.agent.register_check(decode_check(_decode(request.body)))
+        self.agent.register_check(decode_check(await self._json(request)))
         return Response()
 
     async def agent_check_deregister(self, request: Request) -> Response:
@@ -328,14 +424,14 @@ class DevRegistryApp:
         return handler
 
     async def agent_check_update(self, request: Request) -> Response:
-        raw = _decode(request.body)
-        if not isinstance(raw, dict):
-            raise bad_request("Request decode failed: json: cannot unmarshal into checkUpdate")
-        status = object_field(raw, "Status") or ""
-        output = object_field(raw, "Output") or ""
+        values, decoding = decode_top(
+            await self._json(request), _CHECK_UPDATE, "agent.checkUpdate", struct="checkUpdate"
+        )
+        decoding.raise_first()
+        status = values.get("Status", "")
         if status not in STATUSES:
             raise bad_request(f"Invalid check status: '{status}'")
-        self.agent.update_ttl(request.rest, status, str(output))
+        self.agent.update_ttl(request.rest, status, values.get("Output", ""))
         return Response()
 
     # -- health --------------------------------------------------------------------------
@@ -486,18 +582,14 @@ class DevRegistryApp:
         return json_response([self.store.datacenter])
 
     async def catalog_register(self, request: Request) -> Response:
-        raw = _decode(request.body)
-        if not isinstance(raw, dict):
-            raise bad_request("Request decode failed: json: cannot unmarshal into RegisterRequest")
+        raw = await self._json(request)
+        self._check_datacenter(datacenter_of(raw))
         self.agent.catalog_register(raw)
         return json_response(True)
 
     async def catalog_deregister(self, request: Request) -> Response:
-        raw = _decode(request.body)
-        if not isinstance(raw, dict):
-            raise bad_request(
-                "Request decode failed: json: cannot unmarshal into DeregisterRequest"
-            )
+        raw = await self._json(request)
+        self._check_datacenter(datacenter_of(raw))
         self.agent.catalog_deregister(raw)
         return json_response(True)
 
@@ -510,12 +602,12 @@ class DevRegistryApp:
     # -- KV ------------------------------------------------------------------------------
 
     async def kv_get(self, request: Request) -> Response:
-        key = request.rest
+        key = _kv_key(request)
         keys, recurse = request.has("keys"), request.has("recurse")
         if not key and not (keys or recurse):
             raise bad_request("Missing key name")
         if keys:
-            separator = request.param("separator") or ""
+            separator = request.param("separator") or request.param("seperator") or ""
             return await self._blocking(
                 request, [], lambda: self._kv_keys(key, separator), prefix=key
             )
@@ -536,7 +628,7 @@ class DevRegistryApp:
                     key = key[: cut + len(separator)]
             found[key] = None
         index = self.store.topic_index("kvs")
-        if not found:
+        if not found and prefix:  # Consul: the root lists as [], a missing prefix is a 404
             return index, Response(404)
         return index, json_response(list(found))
 
@@ -552,7 +644,12 @@ class DevRegistryApp:
         if not entries:
             return index, Response(404)
         if request.has("raw") and exact:
-            return index, Response(200, entries[0].value or b"", "text/plain")
+            # Consul's headers for raw values: a stored value is never sniffed or run.
+            sandbox = [
+                (b"X-Content-Type-Options", b"nosniff"),
+                (b"Content-Security-Policy", b"sandbox"),
+            ]
+            return index, Response(200, entries[0].value or b"", "text/plain", sandbox)
         body = [
             {
                 "LockIndex": 0,
@@ -567,27 +664,35 @@ class DevRegistryApp:
         return index, json_response(body)
 
     async def kv_put(self, request: Request) -> Response:
-        key = request.rest
+        """Consul's KVSPut, in its order: key, flags, options, size, then the value."""
+        key = _kv_key(request)
         if not key:
             raise bad_request("Missing key name")
-        if request.has("acquire") or request.has("release"):
-            raise AgentError(500, "invalid session: sessions are not supported by the dev registry")
-        if len(request.body) > MAX_KV_SIZE:
-            raise AgentError(
-                413,
-                f"Request body({len(request.body)} bytes) too large, "
-                f"max size: {MAX_KV_SIZE} bytes. See "
-                "https://developer.hashicorp.com/consul/docs/agent/config/config-files#kv_max_value_size.",
-            )
+        _refuse_conflicting(request, "cas", "acquire", "release")
         flags = _uint_param(request, "flags") or 0
         cas = _uint_param(request, "cas")
-        value = request.body if request.body else None
-        written = self.store.kv_put(key, value, flags, cas)
+        length = request.content_length()
+        if length is not None and length > MAX_KV_SIZE:
+            raise AgentError(
+                413,
+                f"Request body({length} bytes) too large, max size: {MAX_KV_SIZE} bytes. "
+                f"See {KV_LIMIT_DOCS}.",
+            )
+        body = await request.read(MAX_KV_SIZE)
+        if body is None:  # no Content-Length, and more than the limit streamed
+            raise AgentError(
+                413, f"Request body too large, max size: {MAX_KV_SIZE} bytes. See {KV_LIMIT_DOCS}."
+            )
+        session = first(request.query, "acquire") or first(request.query, "release")
+        if request.has("acquire") or request.has("release"):
+            raise rpc_error(f"Invalid session {go_quote(session)}")  # the registry has none
+        written = self.store.kv_put(key, body or None, flags, cas)
         self.store.commit()
         return json_response(written)
 
     async def kv_delete(self, request: Request) -> Response:
-        key = request.rest
+        key = _kv_key(request)
+        _refuse_conflicting(request, "recurse", "cas")
         recurse = request.has("recurse")
         if not key and not recurse:
             raise bad_request("Missing key name")
@@ -596,42 +701,52 @@ class DevRegistryApp:
         return json_response(deleted)
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+def _not_found(path: str) -> Response:
+    """What Consul's index handler answers for a path no endpoint serves."""
+    if path == "/":
+        return text_response(
+            200,
+            "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent "
+            "configuration and restart.",
+        )
+    if "/v1/" in path:
+        return text_response(404, "Invalid URL path: not a recognized HTTP API endpoint\n")
+    return text_response(
+        404,
+        "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n",
+    )
 
 
-def _decode(body: bytes) -> Any:
-    try:
-        return load_json(body)
-    except DecodeError as exc:
-        raise bad_request(f"Request decode failed: {exc}") from None
+async def _body(request: Request, limit: int) -> bytes:
+    body = await request.read(limit)
+    if body is None:
+        raise AgentError(413, f"Request body too large, max size: {limit} bytes")
+    return body
 
 
-def _blocking_params(request: Request) -> tuple[int, float]:
-    index = 0
-    raw_index = request.param("index")
-    if raw_index is not None:
-        if not raw_index.isdigit():
-            raise bad_request("Invalid index")
-        index = int(raw_index)
-    wait = DEFAULT_WAIT
-    raw_wait = request.param("wait")
-    if raw_wait is not None:
-        try:
-            wait = parse_duration(raw_wait)
-        except DecodeError:
-            raise bad_request("Invalid wait time") from None
-    if wait <= 0 or wait > MAX_WAIT:
-        wait = min(MAX_WAIT, wait) if wait > 0 else DEFAULT_WAIT
-    return index, wait
+def _kv_key(request: Request) -> str:
+    """The key, refused as Consul refuses path traversal in it (plain or URL-encoded) and,
+    as its later releases do, blanks around it."""
+    if _KV_PATH_TRAVERSAL.search(request.path):
+        raise bad_request("URL path contains invalid or encoded traversal sequence")
+    key = request.rest
+    if key.startswith("/"):
+        raise bad_request("key must not begin with a '/'")
+    if _KV_KEY_TRAVERSAL.search(key):
+        raise bad_request("key contains path traversal sequence")
+    if _KV_KEY_ENCODED.search(key):
+        raise bad_request("key contains encoded path traversal sequence")
+    if key != key.strip():
+        raise bad_request("key must not begin or end with whitespace")
+    return key
+
+
+def _refuse_conflicting(request: Request, *flags: str) -> None:
+    """Consul's conflictingFlags: at most one of ``flags``; the whole query is echoed."""
+    if sum(flag in request.query for flag in flags) > 1:
+        pairs = sorted((k, v) for k, values in request.query.items() for v in values)
+        encoded = "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in pairs)
+        raise bad_request(f"Conflicting flags: {encoded}\n")
 
 
 def _selection(request: Request) -> Selection:
@@ -676,9 +791,10 @@ def _go_bool(raw: str) -> bool | None:
 
 
 def _uint_param(request: Request, name: str) -> int | None:
-    raw = request.param(name)
-    if raw is None:
+    """A uint64 parameter (``?cas``, ``?flags``); Go's own error text when it is not one."""
+    if not request.has(name):
         return None
-    if not raw.isdigit():
-        raise AgentError(500, f'strconv.ParseUint: parsing "{raw}": invalid syntax')
-    return int(raw)
+    try:
+        return parse_uint(first(request.query, name))
+    except DecodeError as exc:
+        raise rpc_error(str(exc)) from None  # Consul returns the bare error (as a 500)

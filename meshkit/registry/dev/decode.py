@@ -1,227 +1,311 @@
-"""Request bodies as Consul decodes them: case-insensitive keys, snake_case aliases,
-Go durations, and Go's error texts when a field has the wrong JSON type."""
+"""Request bodies decoded as Consul's Go structs decode them, with Go's error texts.
+
+Consul reads a body with Go's ``json.Decoder`` into a struct: keys match fields exactly or
+case-insensitively (plus the snake_case aliases Consul declares), each value must fit its
+field's Go type (a ``Port`` is an ``int``: ``"80"``, ``80.5`` and ``1e300`` are refused),
+``null`` leaves a field unset, and the first error in document order is the one reported.
+Consul's ``ServiceDefinition`` and ``CheckType`` decode through anonymous wrapper structs
+that embed the real one as ``Alias``, so Go names a bad ``Port`` ``.Alias.Port``; a check
+inside a service is decoded on its own and an error there aborts the whole body. Check
+durations are ``interface{}``: a string is a Go duration, a number is nanoseconds,
+anything else is ignored (Consul's ``CheckType.UnmarshalJSON``).
+"""
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+from meshkit.registry.dev import durations
+from meshkit.registry.dev.errors import DecodeError
+from meshkit.registry.dev.gojson import Number, loads
 
-
-class DecodeError(ValueError):
-    """The body cannot be decoded; the message is Consul's text after 'Request decode failed: '."""
-
-
-def parse_duration(text: str) -> float:
-    """Go's time.ParseDuration, in seconds ("1m30s", "500ms", "0")."""
-    body = text[1:] if text[:1] in "+-" else text
-    if body == "0":
-        return 0.0
-    if not body:
-        raise DecodeError(f'time: invalid duration "{text}"')
-    position, total = 0, 0.0
-    while position < len(body):
-        match = _DURATION_PART.match(body, position)
-        if match is None:
-            if re.fullmatch(r"[\d.]+", body[position:]):
-                raise DecodeError(f'time: missing unit in duration "{text}"')
-            raise DecodeError(f'time: invalid duration "{text}"')
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    return -total if text.startswith("-") else total
-
-
-def format_duration(seconds: float) -> str:
-    """Go's Duration.String(): "10s", "1m0s", "1h0m0s", "500ms", "0s"."""
-    nanos = round(seconds * 1e9)
-    if nanos == 0:
-        return "0s"
-    sign, nanos = ("-", -nanos) if nanos < 0 else ("", nanos)
-    if nanos < 1_000_000_000:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if nanos >= size:
-                return sign + _trim(nanos / size) + unit
-    hours, rest = divmod(nanos, 3_600_000_000_000)
-    minutes, rest = divmod(rest, 60_000_000_000)
-    text = _trim(rest / 1e9) + "s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{sign}{minutes}m{text}"
-    return sign + text
-
-
-def _trim(value: float) -> str:
-    return f"{value:.9f}".rstrip("0").rstrip(".")
-
-
-def _go_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+# -- Go's typed decoding -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Field:
-    name: str  # the Go field name, for error texts
+class At:
+    """Where a value is being decoded: the innermost named Go struct ("" for Consul's
+    anonymous wrappers) and the field path from the root, embedded structs included."""
+
+    struct: str = ""
+    path: str = ""
+
+    def child(self, path: str, struct: str | None = None) -> At:
+        joined = f"{self.path}.{path}" if self.path else path
+        return At(self.struct if struct is None else struct, joined)
+
+
+@dataclass(frozen=True)
+class TypeError_:
+    """encoding/json's UnmarshalTypeError, kept apart so an outer decoder can add context."""
+
+    value: str
     go_type: str
-    check: Callable[[Any], bool]
+    at: At
+
+    def text(self) -> str:
+        if not self.at.struct and not self.at.path:
+            return f"json: cannot unmarshal {self.value} into Go value of type {self.go_type}"
+        where = f"{self.at.struct}.{self.at.path}"
+        return (
+            f"json: cannot unmarshal {self.value} into Go struct field {where} "
+            f"of type {self.go_type}"
+        )
 
 
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+class Decoding:
+    """One decoder's state: like Go's ``saveError``, the first error is the one kept."""
+
+    def __init__(self) -> None:
+        self.first: TypeError_ | str | None = None
+
+    def type_error(self, value: Any, go_type: str, at: At, *, literal: bool = False) -> None:
+        shown = _kind(value)
+        if literal and isinstance(value, Number):
+            shown = f"number {value.text}"
+        self.save(TypeError_(shown, go_type, at))
+
+    def save(self, error: TypeError_ | str) -> None:
+        if self.first is None:
+            self.first = error
+
+    def raise_first(self) -> None:
+        if isinstance(self.first, TypeError_):
+            raise DecodeError(self.first.text())
+        if self.first is not None:
+            raise DecodeError(self.first)
 
 
-def _is_str_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+Decoder = Callable[[Any, At, Decoding], Any]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value)
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Number):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
-_STR = ("string", lambda v: isinstance(v, str))
-_INT = ("int", _is_int)
-_BOOL = ("bool", lambda v: isinstance(v, bool))
-_LIST = ("[]string", _is_str_list)
-_MAP = ("map[string]string", _is_str_map)
-_OBJECT = ("struct", lambda v: isinstance(v, dict))
-_DURATION = (
-    "time.Duration",
-    lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool),
-)
-_HEADER = (
-    "map[string][]string",
-    lambda v: isinstance(v, dict) and all(_is_str_list(item) for item in v.values()),
-)
+def string_of(go_type: str) -> Decoder:
+    def decode(value: Any, at: At, decoding: Decoding) -> str:
+        if isinstance(value, str):
+            return value
+        if value is not None:
+            decoding.type_error(value, go_type, at)
+        return ""
+
+    return decode
 
 
-def _fields(**spec: tuple[str, tuple[str, Callable[[Any], bool]]]) -> dict[str, _Field]:
-    return {key: _Field(name, kind[0], kind[1]) for key, (name, kind) in spec.items()}
+STRING = string_of("string")
 
 
-_CHECK_FIELDS = _fields(
-    name=("Name", _STR),
-    id=("CheckID", _STR),
-    checkid=("CheckID", _STR),
-    notes=("Notes", _STR),
-    status=("Status", _STR),
-    serviceid=("ServiceID", _STR),
-    ttl=("TTL", _DURATION),
-    interval=("Interval", _DURATION),
-    timeout=("Timeout", _DURATION),
-    deregistercriticalserviceafter=("DeregisterCriticalServiceAfter", _DURATION),
-    http=("HTTP", _STR),
-    header=("Header", _HEADER),
-    method=("Method", _STR),
-    body=("Body", _STR),
-    tlsskipverify=("TLSSkipVerify", _BOOL),
-    tlsservername=("TLSServerName", _STR),
-    args=("ScriptArgs", _LIST),
-    scriptargs=("ScriptArgs", _LIST),
-    tcp=("TCP", _STR),
-    udp=("UDP", _STR),
-    grpc=("GRPC", _STR),
-    h2ping=("H2PING", _STR),
-    dockercontainerid=("DockerContainerID", _STR),
-    aliasnode=("AliasNode", _STR),
-    aliasservice=("AliasService", _STR),
-    osservice=("OSService", _STR),
-    outputmaxsize=("OutputMaxSize", _INT),
-    successbeforepassing=("SuccessBeforePassing", _INT),
-    failuresbeforecritical=("FailuresBeforeCritical", _INT),
-    failuresbeforewarning=("FailuresBeforeWarning", _INT),
-)
+def _int(value: Any, at: At, decoding: Decoding) -> int:
+    if isinstance(value, Number):
+        parsed = value.as_int()
+        if parsed is not None:
+            return parsed
+    if value is not None:
+        decoding.type_error(value, "int", at, literal=True)
+    return 0
 
-_SERVICE_FIELDS = _fields(
-    name=("Name", _STR),
-    id=("ID", _STR),
-    tags=("Tags", _LIST),
-    address=("Address", _STR),
-    port=("Port", _INT),
-    meta=("Meta", _MAP),
-    enabletagoverride=("EnableTagOverride", _BOOL),
-    weights=("Weights", _OBJECT),
-    taggedaddresses=("TaggedAddresses", _OBJECT),
-    kind=("Kind", _STR),
-    check=("Check", _OBJECT),
-    checks=("Checks", ("CheckTypes", lambda v: isinstance(v, list))),
+
+def _bool(value: Any, at: At, decoding: Decoding) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value is not None:
+        decoding.type_error(value, "bool", at)
+    return False
+
+
+def _any(value: Any, at: At, decoding: Decoding) -> Any:
+    """``interface{}``: anything fits, but a number must still be a float64."""
+    if isinstance(value, Number) and value.as_float() is None:
+        decoding.type_error(value, "float64", at, literal=True)
+        return None
+    return value
+
+
+INT: Decoder = _int
+BOOL: Decoder = _bool
+ANY: Decoder = _any
+
+
+def list_of(element: Decoder, go_type: str) -> Decoder:
+    def decode(value: Any, at: At, decoding: Decoding) -> list[Any]:
+        if isinstance(value, list):
+            return [element(item, at, decoding) for item in value]
+        if value is not None:
+            decoding.type_error(value, go_type, at)
+        return []
+
+    return decode
+
+
+def map_of(element: Decoder, go_type: str) -> Decoder:
+    def decode(value: Any, at: At, decoding: Decoding) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {key: element(item, at, decoding) for key, item in value.items()}
+        if value is not None:
+            decoding.type_error(value, go_type, at)
+        return {}
+
+    return decode
+
+
+@dataclass(frozen=True)
+class Field:
+    """A Go struct field: its name in results, its path element(s), its type."""
+
+    name: str
+    path: str
+    decode: Decoder
+
+
+class Fields:
+    """A struct's fields by JSON name; Go matches exactly first, then case-insensitively."""
+
+    def __init__(self, fields: Iterable[tuple[str, str, Decoder]], *, embedded: str = "") -> None:
+        self.exact: dict[str, Field] = {}
+        for json_name, name, decode in fields:
+            path = f"{embedded}.{json_name}" if embedded else json_name
+            self.exact[json_name] = Field(name, path, decode)
+        self.folded = {key.lower(): value for key, value in self.exact.items()}
+
+    def __or__(self, other: Fields) -> Fields:
+        merged = Fields(())
+        merged.exact = {**other.exact, **self.exact}  # the shallower (own) field wins
+        merged.folded = {key.lower(): value for key, value in merged.exact.items()}
+        return merged
+
+    def match(self, key: str) -> Field | None:
+        return self.exact.get(key) or self.folded.get(key.lower())
+
+
+def decode_struct(
+    raw: Mapping[str, Any], fields: Fields, at: At, decoding: Decoding
+) -> dict[str, Any]:
+    """Decode an object's known keys in document order; unknown keys are skipped."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        match = fields.match(key)
+        if match is not None and value is not None:
+            out[match.name] = match.decode(value, at.child(match.path), decoding)
+    return out
+
+
+def struct_of(fields: Fields, go_type: str) -> Decoder:
+    """A named struct (``structs.Weights``): its name becomes the error's struct."""
+    struct = go_type.rpartition(".")[2]
+
+    def decode(value: Any, at: At, decoding: Decoding) -> dict[str, Any] | None:
+        if isinstance(value, dict):
+            return decode_struct(value, fields, At(struct, at.path), decoding)
+        if value is not None:
+            decoding.type_error(value, go_type, at)
+        return None
+
+    return decode
+
+
+def owned(*names: str, decode: Decoder) -> list[tuple[str, str, Decoder]]:
+    return [(name, name, decode) for name in names]
+
+
+STRINGS = list_of(STRING, "[]string")
+STRING_MAP = map_of(STRING, "map[string]string")
+HEADER = map_of(list_of(STRING, "[]string"), "map[string][]string")
+_ADDRESS_FIELDS = Fields([("Address", "Address", STRING), ("Port", "Port", INT)])
+SERVICE_ADDRESS = struct_of(_ADDRESS_FIELDS, "structs.ServiceAddress")
+TAGGED_ADDRESSES = map_of(SERVICE_ADDRESS, "map[string]structs.ServiceAddress")
+WEIGHTS = struct_of(
+    Fields([("Passing", "Passing", INT), ("Warning", "Warning", INT)]), "structs.Weights"
 )
 
 
 def load_json(body: bytes) -> Any:
-    """Parse a JSON body the way Go's decoder reports failures."""
-    if not body.strip():
-        raise DecodeError("EOF")
-    try:
-        return json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise DecodeError(f"invalid character in JSON body: {exc.msg}") from None
-    except UnicodeDecodeError:
-        raise DecodeError("invalid character in JSON body") from None
+    """A body as Go's decoder reads it (see ``gojson``)."""
+    return loads(body)
 
 
-def _normalized(
-    raw: Mapping[str, Any], fields: Mapping[str, _Field], struct: str
-) -> dict[str, Any]:
-    """Keys lowercased without underscores (Consul accepts both casings and snake_case)."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        norm = key.lower().replace("_", "")
-        spec = fields.get(norm)
-        if spec is None or value is None:
-            continue
-        if not spec.check(value):
-            raise DecodeError(
-                f"json: cannot unmarshal {_go_type(value)} into Go struct field "
-                f"{struct}.{spec.name} of type {spec.go_type}"
-            )
-        out[spec.name] = value
-    return out
+def decode_top(
+    raw: Any, fields: Fields, go_type: str, *, struct: str = ""
+) -> tuple[dict[str, Any], Decoding]:
+    """The root object of a body (``struct``: its Go name; "" for Consul's anonymous
+    wrappers); anything but an object is Go's "Go value" error."""
+    decoding = Decoding()
+    if not isinstance(raw, dict):
+        raise DecodeError(TypeError_(_kind(raw), go_type, At()).text())
+    return decode_struct(raw, fields, At(struct), decoding), decoding
 
 
-def _duration(raw: Mapping[str, Any], name: str) -> float:
-    value = raw.get(name)
-    if value is None:
-        return 0.0
-    if isinstance(value, str):
-        return parse_duration(value)
-    return float(value) / 1e9  # JSON numbers are nanoseconds, as in Go
+# -- checks --------------------------------------------------------------------------------
+
+DURATIONS = ("Interval", "Timeout", "TTL", "DeregisterCriticalServiceAfter")
+_CHECK_OWN = Fields(
+    [
+        *owned(*DURATIONS, decode=ANY),
+        ("args", "ArgsSnake", STRINGS),
+        ("script_args", "ScriptArgsSnake", STRINGS),
+        ("deregister_critical_service_after", "DeregisterSnake", ANY),
+        ("docker_container_id", "DockerContainerIDSnake", STRING),
+        ("tls_server_name", "TLSServerNameSnake", STRING),
+        ("tls_skip_verify", "TLSSkipVerifySnake", BOOL),
+        ("grpc_use_tls", "GRPCUseTLSSnake", BOOL),
+        ("h2ping_use_tls", "H2PingUseTLSSnake", BOOL),
+        ("service_id", "ServiceIDSnake", STRING),
+    ]
+)
+_CHECK_COMMON = [
+    *owned(
+        "Name", "Status", "Notes", "HTTP", "H2PING", "Method", "Body", "TCP", "UDP", decode=STRING
+    ),
+    *owned("AliasNode", "AliasService", "DockerContainerID", "Shell", "GRPC", decode=STRING),
+    *owned("OSService", "TLSServerName", "ProxyHTTP", "ProxyGRPC", decode=STRING),
+    *owned("H2PingUseTLS", "DisableRedirects", "GRPCUseTLS", "TLSSkipVerify", decode=BOOL),
+    *owned("SuccessBeforePassing", "FailuresBeforeWarning", "FailuresBeforeCritical", decode=INT),
+    *owned("OutputMaxSize", decode=INT),
+    ("ScriptArgs", "ScriptArgs", STRINGS),
+    ("Header", "Header", HEADER),
+]
+#: structs.CheckType, as a service's ``Check`` / ``Checks`` (ServiceID is read and dropped).
+_CHECK_TYPE_FIELDS = (
+    Fields([("ServiceID", "ServiceIDIgnored", STRING)])
+    | _CHECK_OWN
+    | Fields([*_CHECK_COMMON, ("CheckID", "CheckID", string_of("types.CheckID"))], embedded="Alias")
+)
+#: structs.CheckDefinition, the body of PUT /v1/agent/check/register.
+_CHECK_DEFINITION_FIELDS = _CHECK_OWN | Fields(
+    [
+        *_CHECK_COMMON,
+        ("ID", "CheckID", string_of("types.CheckID")),
+        *owned("ServiceID", "Token", "TCPUseTLS", decode=STRING),
+    ],
+    embedded="Alias",
+)
 
 
 @dataclass
 class CheckDefinition:
-    """A check as a client defines it (Consul's CheckType / CheckDefinition)."""
+    """A check as a client defines it (Consul's CheckType / CheckDefinition); durations
+    in nanoseconds, as Go holds them."""
 
     name: str = ""
     check_id: str = ""
     notes: str = ""
     status: str = ""
     service_id: str = ""
-    ttl: float = 0.0
-    interval: float = 0.0
-    timeout: float = 0.0
-    deregister_after: float = 0.0
+    ttl: int = 0
+    interval: int = 0
+    timeout: int = 0
+    deregister_after: int = 0
     http: str = ""
     header: dict[str, list[str]] = field(default_factory=dict)
     method: str = ""
@@ -231,6 +315,8 @@ class CheckDefinition:
     other_kind: str = ""  # TCP/UDP/gRPC/... : accepted but not run by the dev registry
     alias: bool = False
     output_max_size: int = 0
+    failures_before_warning: int = 0
+    failures_before_critical: int = 0
     empty: bool = False
 
     @property
@@ -260,39 +346,104 @@ class CheckDefinition:
             return "TTL must be > 0 for TTL checks"
         if self.output_max_size < 0:
             return "MaxOutputMaxSize must be positive"
+        if self.failures_before_warning > self.failures_before_critical:
+            return "FailuresBeforeWarning can't be higher than FailuresBeforeCritical"
         return None
 
 
-def decode_check(raw: Any, struct: str = "CheckDefinition") -> CheckDefinition:
-    if not isinstance(raw, dict):
-        raise DecodeError(
-            f"json: cannot unmarshal {_go_type(raw)} into Go value of type structs.{struct}"
-        )
-    values = _normalized(raw, _CHECK_FIELDS, struct)
+def decode_check(raw: Any) -> CheckDefinition:
+    """The body of PUT /v1/agent/check/register (structs.CheckDefinition)."""
+    values, decoding = decode_top(raw, _CHECK_DEFINITION_FIELDS, "structs.CheckDefinition")
+    decoding.raise_first()
+    return _check(values)
+
+
+def decode_wrapped(value: Any, at: At, fields: Fields, go_type: str) -> dict[str, Any] | None:
+    """A struct with its own UnmarshalJSON (Consul's ``Alias`` wrappers), read by an inner
+    decoder: a type error there ends the outer decode, named from the outer field."""
+    if value is None:  # e.g. a null in ``Checks``: Consul would dereference it and panic
+        return None
+    if not isinstance(value, dict):
+        raise DecodeError(TypeError_(_kind(value), go_type, at).text())
+    inner = Decoding()
+    values = decode_struct(value, fields, At(), inner)
+    if isinstance(inner.first, TypeError_):
+        error = inner.first
+        raise DecodeError(TypeError_(error.value, error.go_type, at.child(error.at.path)).text())
+    return values
+
+
+def check_type(value: Any, at: At, outer: Decoding) -> CheckDefinition | None:
+    """A service's ``Check`` (structs.CheckType); a bad duration is saved as Go saves
+    an UnmarshalJSON error, so an earlier error in the body still wins."""
+    values = decode_wrapped(value, at, _CHECK_TYPE_FIELDS, "structs.CheckType")
+    if values is None:
+        return None
+    try:
+        return _check(values)
+    except DecodeError as exc:
+        outer.save(str(exc))
+        return None
+
+
+def _check(values: dict[str, Any]) -> CheckDefinition:
+    """The decoded fields, merged as Consul's UnmarshalJSON merges the snake_case ones."""
+    if values.get("DeregisterCriticalServiceAfter") is None:
+        values["DeregisterCriticalServiceAfter"] = values.get("DeregisterSnake")
+    spans = {name: duration(values.get(name)) for name in DURATIONS}
     other = next((k for k in ("TCP", "UDP", "GRPC", "H2PING", "OSService") if values.get(k)), "")
-    if values.get("DockerContainerID"):
+    if values.get("DockerContainerID") or values.get("DockerContainerIDSnake"):
         other = "docker"
-    return CheckDefinition(
+    check = CheckDefinition(
         name=values.get("Name", ""),
         check_id=values.get("CheckID", ""),
         notes=values.get("Notes", ""),
         status=values.get("Status", ""),
-        service_id=values.get("ServiceID", ""),
-        ttl=_duration(values, "TTL"),
-        interval=_duration(values, "Interval"),
-        timeout=_duration(values, "Timeout"),
-        deregister_after=_duration(values, "DeregisterCriticalServiceAfter"),
+        service_id=values.get("ServiceID") or values.get("ServiceIDSnake", ""),
+        ttl=spans["TTL"],
+        interval=spans["Interval"],
+        timeout=spans["Timeout"],
+        deregister_after=spans["DeregisterCriticalServiceAfter"],
         http=values.get("HTTP", ""),
         header=values.get("Header", {}),
         method=values.get("Method", ""),
         body=values.get("Body", ""),
-        tls_skip_verify=values.get("TLSSkipVerify", False),
-        script_args=values.get("ScriptArgs", []),
+        tls_skip_verify=bool(values.get("TLSSkipVerify") or values.get("TLSSkipVerifySnake")),
+        script_args=values.get("ScriptArgs")
+        or values.get("ArgsSnake")
+        or values.get("ScriptArgsSnake")
+        or [],
         other_kind=other.lower(),
         alias=bool(values.get("AliasNode") or values.get("AliasService")),
-        output_max_size=int(values.get("OutputMaxSize", 0)),
-        empty=not values,
+        output_max_size=values.get("OutputMaxSize", 0),
+        failures_before_warning=values.get("FailuresBeforeWarning", 0),
+        failures_before_critical=values.get("FailuresBeforeCritical", 0),
     )
+    fields = (value for name, value in values.items() if name not in _AUX_ONLY)
+    check.empty = not any(_set(value) for value in fields) and not any(spans.values())
+    return check
+
+
+#: Fields of Consul's decoding wrapper that a CheckType itself does not hold.
+_AUX_ONLY = frozenset({*DURATIONS, "DeregisterSnake", "ServiceIDIgnored", "ServiceIDSnake"})
+
+
+def _set(value: Any) -> bool:
+    """Non-zero as Go's reflect.DeepEqual against a zero CheckType sees it."""
+    return isinstance(value, dict | list) or value not in (None, "", 0, False)
+
+
+def duration(value: Any) -> int:
+    """A check duration field (``interface{}``): string, number of nanoseconds, or nothing."""
+    if isinstance(value, str):
+        return durations.parse_duration(value)
+    if isinstance(value, Number):
+        parsed = value.as_float()
+        return durations.from_float(parsed) if parsed is not None else 0
+    return 0
+
+
+# -- services ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -306,44 +457,100 @@ class ServiceDefinition:
     port: int = 0
     meta: dict[str, str] = field(default_factory=dict)
     enable_tag_override: bool = False
-    weights: dict[str, Any] | None = None
-    tagged_addresses: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, int] | None = None
+    tagged_addresses: dict[str, dict[str, Any]] = field(default_factory=dict)
     kind: str = ""
     checks: list[CheckDefinition] = field(default_factory=list)
 
 
+#: structs.ServiceDefinition; ``Check`` and ``Checks`` are decoded apart (``_checks_of``).
+_SERVICE_FIELDS = Fields(
+    [
+        ("enable_tag_override", "EnableTagOverrideSnake", BOOL),
+        ("tagged_addresses", "TaggedSnake", TAGGED_ADDRESSES),
+    ]
+) | Fields(
+    [
+        ("Kind", "Kind", string_of("structs.ServiceKind")),
+        *owned("ID", "Name", "Address", "SocketPath", "Token", decode=STRING),
+        ("Tags", "Tags", STRINGS),
+        ("Meta", "Meta", STRING_MAP),
+        ("Port", "Port", INT),
+        ("TaggedAddresses", "TaggedAddresses", TAGGED_ADDRESSES),
+        ("Weights", "Weights", WEIGHTS),
+        ("EnableTagOverride", "EnableTagOverride", BOOL),
+        ("Check", "Check", check_type),
+        ("Checks", "Checks", list_of(check_type, "structs.CheckTypes")),
+    ],
+    embedded="Alias",
+)
+
+
 def decode_service(raw: Any) -> ServiceDefinition:
-    if not isinstance(raw, dict):
-        raise DecodeError(
-            f"json: cannot unmarshal {_go_type(raw)} into Go value of type "
-            "structs.ServiceDefinition"
-        )
-    values = _normalized(raw, _SERVICE_FIELDS, "ServiceDefinition")
-    checks = []
-    if "Check" in values:
-        single = decode_check(values["Check"], "CheckType")
-        if not single.empty:  # Consul ignores an empty Check object
-            checks.append(single)
-    checks.extend(decode_check(item, "CheckType") for item in values.get("Checks", []))
+    """The body of PUT /v1/agent/service/register."""
+    values, decoding = decode_top(raw, _SERVICE_FIELDS, "structs.ServiceDefinition")
+    decoding.raise_first()
+    single: CheckDefinition | None = values.get("Check")
+    checks = (
+        [single] if single is not None and not single.empty else []
+    )  # as Consul: {} is no check
+    checks.extend(check for check in values.get("Checks", []) if check is not None)
     return ServiceDefinition(
         name=values.get("Name", ""),
         id=values.get("ID", ""),
         tags=values.get("Tags", []),
         address=values.get("Address", ""),
-        port=int(values.get("Port", 0)),
+        port=values.get("Port", 0),
         meta=values.get("Meta", {}),
-        enable_tag_override=values.get("EnableTagOverride", False),
+        enable_tag_override=bool(
+            values.get("EnableTagOverride") or values.get("EnableTagOverrideSnake")
+        ),
         weights=values.get("Weights"),
-        tagged_addresses=values.get("TaggedAddresses", {}),
+        tagged_addresses=values.get("TaggedAddresses") or values.get("TaggedSnake") or {},
         kind=values.get("Kind", ""),
         checks=checks,
     )
 
 
-def object_field(raw: Mapping[str, Any], name: str) -> Any:
-    """One field of a JSON object, matched the way Go matches (case-insensitively)."""
-    wanted = name.lower()
-    for key, value in raw.items():
-        if key.lower().replace("_", "") == wanted:
-            return value
+# -- values Consul validates after decoding ---------------------------------------------
+
+#: structs: metaMaxKeyPairs, metaKeyMaxLength, metaValueMaxLength, MetaKeyReservedPrefix.
+META_MAX_PAIRS = 64
+META_KEY_MAX = 128
+META_VALUE_MAX = 512
+META_RESERVED_PREFIX = "consul-"
+PORT_MAX = 65535
+
+
+def validate_meta(meta: Mapping[str, str], *, allow_consul_prefix: bool = False) -> str | None:
+    """structs.validateMetadata: the error text, or None. Lengths are in bytes, as Go's
+    ``len``; Go walks a map in random order, so of several bad pairs the first is named."""
+    if len(meta) > META_MAX_PAIRS:
+        return f"Node metadata cannot contain more than {META_MAX_PAIRS} key/value pairs"
+    for key, value in meta.items():
+        problem = _meta_pair_problem(key, value, allow_consul_prefix=allow_consul_prefix)
+        if problem:
+            return f"Couldn't load metadata pair ('{key}', '{value}'): {problem}"
     return None
+
+
+def _meta_pair_problem(key: str, value: str, *, allow_consul_prefix: bool) -> str | None:
+    if not key:
+        return "Key cannot be blank"
+    if not key.isascii() or not all(char.isalnum() or char in "_-" for char in key):
+        return "Key contains invalid characters"
+    if len(key.encode()) > META_KEY_MAX:
+        return f"Key is too long (limit: {META_KEY_MAX} characters)"
+    if key.startswith(META_RESERVED_PREFIX) and not allow_consul_prefix:
+        return f"Key prefix '{META_RESERVED_PREFIX}' is reserved for internal use"
+    if len(value.encode()) > META_VALUE_MAX:
+        return f"Value is too long (limit: {META_VALUE_MAX} characters)"
+    return None
+
+
+def port_problem(port: int, what: str = "Port") -> str | None:
+    """A port a client could never dial. Consul checks only the Go ``int`` type; the
+    registry also holds ports to 0-65535, so no instance is published unreachable."""
+    if 0 <= port <= PORT_MAX:
+        return None
+    return f"Invalid {what}: {port} is not a port number (0-{PORT_MAX})"

@@ -1,8 +1,19 @@
-"""The one error the dev registry's request handlers raise."""
+"""The errors the dev registry's request handlers raise, and how each reaches the client.
+
+``DecodeError`` (a body or parameter Consul cannot decode) becomes a 400 with Consul's
+"Request decode failed: ..." text; ``AgentError`` carries Consul's status and its exact
+plain-text reason. Where Consul itself answers a client's own mistake with a 500 (its
+catalog RPC refusals, an unparsable ``?cas``, an unknown ``?dc``), the dev registry keeps
+Consul's text and answers 400: client input never gets a 5xx here.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+
+
+class DecodeError(ValueError):
+    """A body or value Consul's decoder refuses; the message is Go's error text."""
 
 
 class AgentError(Exception):
@@ -19,8 +30,9 @@ def bad_request(reason: str) -> AgentError:
 
 
 def rpc_error(reason: str) -> AgentError:
-    """Errors Consul's catalog RPCs return: the HTTP layer answers them with a 500."""
-    return AgentError(500, reason)
+    """A refusal Consul's server RPCs return for bad input (Consul answers those 500;
+    the text is Consul's, the status says whose mistake it was)."""
+    return AgentError(400, reason)
 
 
 def is_any_address(address: str) -> bool:

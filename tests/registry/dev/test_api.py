@@ -3,7 +3,9 @@ Consul answers."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -220,7 +222,7 @@ BAD_REGISTRATIONS = [
     (
         {"Name": "web", "Port": "80"},
         "Request decode failed: json: cannot unmarshal string "
-        "into Go struct field ServiceDefinition.Port of type int",
+        "into Go struct field .Alias.Port of type int",
     ),
 ]
 
@@ -277,13 +279,13 @@ def test_check_register_update_and_deregister(client: Any, registry: ThreadedReg
     assert (response.status_code, response.text) == (404, 'ServiceID "no" does not exist')
 
 
-def test_ttl_update_on_a_non_ttl_check_is_a_500(client: Any, registry: ThreadedRegistry) -> None:
+def test_ttl_update_on_a_non_ttl_check_is_refused(client: Any, registry: ThreadedRegistry) -> None:
     client.agent.service.register(
         "web", service_id="web-1", check=consul.Check.http("http://127.0.0.1:9", "10s")
     )
     response = _put(registry, "/v1/agent/check/pass/service:web-1", "")
     assert (response.status_code, response.text) == (
-        500,
+        400,  # Consul's text; Consul answers 500, the registry no 5xx for client input
         'CheckID "service:web-1" does not have associated TTL',
     )
 
@@ -326,7 +328,7 @@ def test_script_checks_are_refused_unless_enabled(registry: ThreadedRegistry) ->
         "/v1/agent/service/register",
         {"Name": "web", "Check": {"Args": ["true"], "Interval": "1s"}},
     )
-    assert response.status_code == 500
+    assert response.status_code == 400  # Consul: 500; client input never gets a 5xx here
     assert response.text.startswith("Scripts are disabled on this agent")
 
 
@@ -421,9 +423,11 @@ def test_catalog_register_and_deregister_external_node(client: Any) -> None:
     assert client.catalog.node("ext")[1] is None
 
 
-def test_catalog_register_refusals_are_rpc_errors(registry: ThreadedRegistry) -> None:
+def test_catalog_register_refusals_keep_consuls_rpc_texts(registry: ThreadedRegistry) -> None:
+    """Consul answers its Catalog RPC's refusals with a 500; the registry keeps the text
+    and says whose mistake it was."""
     response = _put(registry, "/v1/catalog/register", {"Address": "10.0.0.1"})
-    assert (response.status_code, response.text) == (500, "Must provide node")
+    assert (response.status_code, response.text) == (400, "Must provide node")
 
 
 def test_health_state_and_checks(client: Any) -> None:
@@ -472,3 +476,216 @@ def test_identical_reregistration_takes_no_index(client: Any) -> None:
     index, _ = client.health.service("web")
     client.agent.service.register("web", service_id="web-1", check=check)
     assert client.health.service("web")[0] == index
+
+
+# -- hostile and malformed input: Consul's answers, never a 5xx ------------------------
+
+
+def _raw(
+    registry: ThreadedRegistry, method: str, target: str, body: bytes = b""
+) -> tuple[int, str]:
+    """One request as sent, for what py-consul (or requests) would not send."""
+    connection = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=10)
+    try:
+        connection.request(method, target, body=body or None)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_ports_outside_0_to_65535_are_refused_through_py_consul(client: Any) -> None:
+    for port in (-1, 65536):
+        with pytest.raises(consul.exceptions.BadRequest, match="not a port number"):
+            client.agent.service.register("web", service_id="web-1", port=port)
+    assert client.agent.services() == {}
+
+
+def test_non_integer_ports_fail_as_gos_decoder_fails(
+    registry: ThreadedRegistry, client: Any
+) -> None:
+    for literal in (b"NaN", b"1e300", b"80.5"):
+        status, text = _raw(
+            registry,
+            "PUT",
+            "/v1/agent/service/register",
+            b'{"Name": "web", "Port": ' + literal + b"}",
+        )
+        assert status == 400 and text.startswith("Request decode failed: ")
+    assert client.agent.services() == {}
+
+
+def test_meta_through_py_consul_is_held_to_consuls_limits(client: Any) -> None:
+    too_many = {f"k{i}": "v" for i in range(65)}
+    with pytest.raises(consul.exceptions.BadRequest, match="more than 64 key/value pairs"):
+        client.agent.service.register("web", meta=too_many)
+    with pytest.raises(consul.exceptions.BadRequest, match="Value is too long"):
+        client.agent.service.register("web", meta={"k": "v" * 513})
+    with pytest.raises(consul.exceptions.BadRequest, match="of type string"):
+        client.agent.service.register("web", meta={"k": 1})
+    assert client.agent.services() == {}
+
+
+def test_catalog_node_meta_must_be_strings(registry: ThreadedRegistry, client: Any) -> None:
+    """py-consul sends ``node_meta`` as a query filter, so the body goes raw."""
+    body = {"Node": "ext", "Address": "10.1.1.1", "NodeMeta": {"rack": 5}}
+    response = _put(registry, "/v1/catalog/register", body)
+    assert (response.status_code, response.text) == (
+        400,
+        "Request decode failed: json: cannot unmarshal number into Go struct field "
+        "RegisterRequest.NodeMeta of type string",
+    )
+    response = _put(registry, "/v1/catalog/register", body | {"NodeMeta": {"a b": "c"}})
+    assert response.status_code == 400 and "Key contains invalid characters" in response.text
+    assert client.catalog.node("ext")[1] is None
+
+
+def test_a_refused_catalog_registration_writes_nothing(client: Any) -> None:
+    """Consul applies a registration in one transaction: a bad check leaves no node."""
+    with pytest.raises(consul.exceptions.BadRequest, match="Missing service registration"):
+        client.catalog.register("ext", "10.1.1.1", check={"Name": "c", "ServiceID": "nope"})
+    assert client.catalog.node("ext")[1] is None
+
+
+def test_check_durations_are_go_durations(client: Any, registry: ThreadedRegistry) -> None:
+    with pytest.raises(consul.exceptions.BadRequest, match=r'time: invalid duration "Infinity"'):
+        client.agent.service.register("web", check={"TTL": "Infinity"})
+    with pytest.raises(consul.exceptions.BadRequest, match="TTL must be > 0"):
+        client.agent.service.register("web", check={"TTL": "-10s"})
+    status, text = _raw(
+        registry, "PUT", "/v1/agent/service/register", b'{"Name":"web","Check":{"TTL":Infinity}}'
+    )
+    assert (status, text) == (
+        400,
+        "Request decode failed: invalid character 'I' looking for beginning of value",
+    )
+    assert client.agent.services() == {}
+    client.agent.service.register(
+        "web",
+        service_id="web-1",
+        check={"HTTP": "http://127.0.0.1:9", "Interval": "10ms", "Timeout": "-1s"},
+    )
+    check = client.agent.checks()["service:web-1"]
+    assert check["Definition"]["Interval"] == "10ms"  # kept as given; run at least 1s apart
+
+
+def test_kv_values_are_limited_to_512_kib(client: Any, registry: ThreadedRegistry) -> None:
+    with pytest.raises(consul.exceptions.ClientError) as raised:
+        client.kv.put("big", b"x" * (512 * 1024 + 1))
+    assert str(raised.value) == (
+        "413 Request body(524289 bytes) too large, max size: 524288 bytes. "
+        "See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."
+    )
+    assert client.kv.put("fits", b"x" * (512 * 1024))
+    assert client.kv.get("big")[1] is None
+
+
+def test_kv_keys_refuse_traversal(registry: ThreadedRegistry, client: Any) -> None:
+    for target, text in (
+        ("/v1/kv/a/..%2fb", "URL path contains invalid or encoded traversal sequence"),
+        ("/v1/kv/..", "key contains path traversal sequence"),
+        ("/v1/kv/a%252e%252e%252fb", "URL path contains invalid or encoded traversal sequence"),
+        ("/v1/kv/%20a", "key must not begin or end with whitespace"),
+        ("/v1/kv//a", "key must not begin with a '/'"),
+    ):
+        assert _raw(registry, "PUT", target, b"x") == (400, text)
+    assert client.kv.get("", recurse=True)[1] is None
+
+
+def test_kv_flags_and_cas_are_uint64s(registry: ThreadedRegistry) -> None:
+    assert _raw(registry, "PUT", "/v1/kv/k?cas=%C2%B2", b"x") == (
+        400,
+        'strconv.ParseUint: parsing "²": invalid syntax',
+    )
+    assert _raw(registry, "PUT", "/v1/kv/k?flags=-1", b"x")[0] == 400
+    assert _raw(registry, "PUT", "/v1/kv/k?cas=1&acquire=s", b"x") == (
+        400,
+        "Conflicting flags: acquire=s&cas=1\n",
+    )
+    assert _raw(registry, "PUT", "/v1/kv/k?acquire=s", b"x") == (400, 'Invalid session "s"')
+
+
+def test_query_strings_are_read_as_go_reads_them(registry: ThreadedRegistry, client: Any) -> None:
+    assert _raw(registry, "GET", "/v1/health/service/web?index=%C2%B2") == (400, "Invalid index")
+    assert _raw(registry, "GET", "/v1/health/service/web?index=1&wait=1e3s") == (
+        400,
+        "Invalid wait time",
+    )
+    assert _raw(registry, "GET", "/v1/catalog/services?a=%zz") == (400, 'invalid URL escape "%zz"')
+    assert _raw(registry, "GET", "/v1/catalog/services?a=1;b=2") == (
+        400,
+        "invalid semicolon separator in query",
+    )
+    assert _raw(registry, "GET", "/v1/catalog/services?stale&consistent") == (
+        400,
+        "Cannot specify ?stale with ?consistent, conflicting semantics.",
+    )
+    with pytest.raises(consul.exceptions.BadRequest, match="No path to datacenter"):
+        client.catalog.services(dc="dc2")
+    with pytest.raises(consul.exceptions.BadRequest, match="Invalid index"):
+        client.health.service("web", index="\u00b2")
+
+
+def test_unknown_query_parameters_are_ignored_as_consul_ignores_them(
+    client: Any, registry: ThreadedRegistry
+) -> None:
+    assert _raw(registry, "GET", "/v1/catalog/services?whatever=1")[0] == 200
+
+
+def test_a_non_printable_path_is_a_bare_400(registry: ThreadedRegistry) -> None:
+    assert _raw(registry, "GET", "/v1/kv/a%00b") == (400, "")
+
+
+def test_any_nesting_depth_is_a_400(registry: ThreadedRegistry) -> None:
+    for depth in (2_000, 10_001):
+        body = b'{"Name": "web", "Meta": ' + b"[" * depth + b"]" * depth + b"}"
+        status, text = _raw(registry, "PUT", "/v1/agent/service/register", body)
+        assert status == 400 and text.startswith("Request decode failed: ")
+
+
+def test_options_and_405_name_the_methods_as_consul_does(registry: ThreadedRegistry) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=10)
+    connection.request("OPTIONS", "/v1/kv/x")
+    response = connection.getresponse()
+    response.read()
+    assert (response.status, response.getheader("Allow")) == (200, "OPTIONS,GET,PUT,DELETE")
+    connection.request("POST", "/v1/kv/x")
+    response = connection.getresponse()
+    assert (response.status, response.read(), response.getheader("Allow")) == (
+        405,
+        b"method POST not allowed",
+        "OPTIONS,GET,PUT,DELETE",
+    )
+    connection.close()
+
+
+def test_an_unexpected_failure_is_a_logged_bare_500(
+    registry: ThreadedRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The catch-all, reached here only by a planted bug: no client input gets there."""
+    assert registry.agent is not None
+
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(registry.agent, "local_services", broken)
+    with caplog.at_level(logging.ERROR, logger="meshkit.registry"):
+        assert _raw(registry, "GET", "/v1/agent/services") == (500, "Internal Server Error")
+    assert "planted bug" in caplog.text
+
+
+def test_a_catalog_checks_definition_is_typed_not_stored_raw(
+    client: Any, registry: ThreadedRegistry
+) -> None:
+    definition = {"HTTP": "http://10.1.1.1/h", "Interval": "10s", "Timeout": 5e9, "X": [[1]]}
+    body = {"Node": "ext", "Address": "10.1.1.1", "Check": {"Name": "h", "Definition": definition}}
+    assert _put(registry, "/v1/catalog/register", body).ok
+    check = client.health.node("ext")[1][0]
+    assert check["Definition"] == {"HTTP": "http://10.1.1.1/h", "Interval": "10s", "Timeout": "5s"}
+    body["Check"]["Definition"] = {"Interval": "soon"}
+    response = _put(registry, "/v1/catalog/register", body | {"Node": "ext2"})
+    assert (response.status_code, response.text) == (
+        400,
+        'Request decode failed: time: invalid duration "soon"',
+    )
+    assert client.catalog.node("ext2")[1] is None
