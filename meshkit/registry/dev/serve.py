@@ -16,7 +16,11 @@ from meshkit.settings import ConnectionLimits
 
 #: Clients keep connections between blocking queries: Consul does not close them early.
 #: A body holds at most a KV value (Consul's limit, 512 KiB) or a registration.
-REGISTRY_LIMITS = ConnectionLimits(keepalive_timeout=65.0, max_body_bytes=1024 * 1024)
+#: 4,096 connections (each instance holds a few, for its watches) bound what bodies can
+#: hold at once to 4 GiB in theory; in practice bodies are small and decoded one at a time.
+REGISTRY_LIMITS = ConnectionLimits(
+    keepalive_timeout=65.0, max_body_bytes=1024 * 1024, max_connections=4096
+)
 
 
 def registry_config(app: DevRegistryApp) -> uvicorn.Config:
