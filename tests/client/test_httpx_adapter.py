@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import gzip
 import warnings
+from pathlib import Path
 
+import anyio
 import pytest
+from anyio.abc import ByteStream as AnyByteStream
+from anyio.abc import SocketAttribute
 
+import meshkit
 from meshkit import _httpx
-from meshkit._httpx import URL, AsyncClient, ByteStream, Request, Response, complete_response
+from meshkit._httpx import (
+    URL,
+    AsyncClient,
+    ByteStream,
+    LocalProtocolError,
+    PeerGate,
+    Request,
+    Response,
+    complete_response,
+)
 from meshkit.client._client import merge_url
 
 pytestmark = pytest.mark.anyio
+THIRD_PARTY_HTTP = {"httpx", "httpcore", "h11", "httpx2"}
 HEADERS = [(b"Content-Type", b"text/plain"), (b"X-Trace", b"a"), (b"x-trace", b"b")]
 
 
@@ -78,3 +95,47 @@ def test_merge_url_merges_as_httpx_does(url: str) -> None:
     client = AsyncClient(base_url="http://payments")
     assert merge_url(client.base_url, url) == client.build_request("GET", url).url
     assert isinstance(merge_url(client.base_url, url), URL)
+
+
+async def test_a_peer_gate_that_never_saw_a_handshake_sends_nothing() -> None:
+    # Fails closed: were httpcore to stop reporting handshakes, nothing is sent unchecked.
+    received = bytearray()
+
+    async def record(stream: AnyByteStream) -> None:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream):
+            async for chunk in stream:
+                received.extend(chunk)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)
+    checked: list[bytes | None] = []
+    gate = PeerGate(checked.append)
+    async with anyio.create_task_group() as tasks, AsyncClient() as client:
+        tasks.start_soon(listener.serve, record)
+        with pytest.raises(LocalProtocolError, match="not checked before sending"):
+            await client.get(f"http://127.0.0.1:{port}/", extensions=gate.extensions)
+        await anyio.sleep(0.1)
+        tasks.cancel_scope.cancel()
+    assert (received, checked, gate.ran) == (bytearray(), [], False)
+    with pytest.raises(LocalProtocolError, match="never checked"):
+        gate.verify_ran()
+
+
+def _imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+def test_only_the_adapter_imports_an_http_library() -> None:
+    package = Path(meshkit.__file__).parent
+    importers = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if _imported_modules(path) & THIRD_PARTY_HTTP
+    }
+    assert importers == {"_httpx.py"}
