@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import ssl
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import ByteStream, SocketAttribute
-from anyio.streams.tls import TLSListener
 
 from meshkit.ca import client as ca_client
 from meshkit.ca.client import CERT_FILE, KEY_FILE, CAIdentity, fetch_bundle
@@ -26,6 +22,7 @@ from meshkit.settings import MeshSettings
 from meshkit.testing import CAProcess
 from meshkit.tls import TLSContexts, TLSMaterial, server_context
 from tests.ca.conftest import make_token
+from tests.client.helpers import SilentPeer, raw_server
 
 pytestmark = pytest.mark.anyio
 
@@ -80,32 +77,8 @@ async def test_an_unreachable_ca_is_a_ca_error(ca_store: CAStore) -> None:
         await fetch_bundle("https://127.0.0.1:9", ca_store.root_fingerprint)
 
 
-class SilentServer:
-    """A TLS server that records what it receives and never answers."""
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-
-    async def handle(self, stream: ByteStream) -> None:
-        async with stream:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream):
-                async for chunk in stream:
-                    self.received += chunk
-
-
-@asynccontextmanager
-async def silent_server(material: TLSMaterial) -> AsyncIterator[tuple[SilentServer, str]]:
-    silent = SilentServer()
-    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = tcp.extra(SocketAttribute.local_port)
-    context = server_context(material, require_client_cert=False)
-    listener = TLSListener(tcp, context, standard_compatible=False)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(listener.serve, silent.handle)
-        try:
-            yield silent, f"https://127.0.0.1:{port}"
-        finally:
-            tasks.cancel_scope.cancel()
+def _server_tls(material: TLSMaterial) -> ssl.SSLContext:
+    return server_context(material, require_client_cert=False)
 
 
 async def test_a_server_of_the_same_ca_but_not_the_ca_gets_no_request(
@@ -115,7 +88,9 @@ async def test_a_server_of_the_same_ca_but_not_the_ca_gets_no_request(
     # and it must, before the request (with the current certificate's renewal) is sent.
     settings = _settings(ca_server, ca_store, tmp_path, join_token=make_token(ca_store, "web"))
     material = await CAIdentity(settings).obtain()
-    async with silent_server(material) as (impostor, url):
+    impostor = SilentPeer()
+    async with raw_server(impostor.handle, tls=_server_tls(material)) as port:
+        url = f"https://127.0.0.1:{port}"
         with pytest.raises(CAError, match="/svc/web, not the CA"):
             await CAIdentity(settings.replace(ca_url=url)).renew(material)
         await anyio.sleep(0.2)  # what was sent, had anything been, has arrived by now
@@ -128,10 +103,11 @@ async def test_a_silent_ca_is_a_ca_error_within_the_timeout(
     settings = _settings(ca_server, ca_store, tmp_path, join_token=make_token(ca_store, "web"))
     material = await CAIdentity(settings).obtain()
     monkeypatch.setattr(ca_client, "REQUEST_TIMEOUT", 0.5)
-    async with silent_server(material) as (silent, url):
+    silent = SilentPeer()
+    async with raw_server(silent.handle, tls=_server_tls(material)) as port:
         started = time.monotonic()
         with pytest.raises(CAError, match="cannot reach"):
-            await fetch_bundle(url, ca_store.root_fingerprint)
+            await fetch_bundle(f"https://127.0.0.1:{port}", ca_store.root_fingerprint)
         assert time.monotonic() - started < 5
     assert silent.received.startswith(b"GET /v1/roots/sha256:")
 

@@ -3,7 +3,6 @@ judged, and that a slow, silent or endless server costs bounded time and memory.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,13 +10,13 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
-from anyio.abc import ByteStream, SocketAttribute
-from anyio.streams.tls import TLSListener
+from anyio.abc import ByteStream
 
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.registry.dev.checks import OUTPUT_MAX, HTTPProbe, run_http_probe
 from meshkit.registry.dev.state import CRITICAL, PASSING, WARNING
 from meshkit.tls import TLSMaterial, server_context
+from tests.client.helpers import raw_server
 
 pytestmark = pytest.mark.anyio
 Respond = Callable[[ByteStream], Awaitable[None]]
@@ -32,10 +31,8 @@ class Server:
         self.url = ""
 
     async def handle(self, stream: ByteStream) -> None:
-        async with stream:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream):
-                self.requests.append(await _read_request(stream))
-                await self.respond(stream)
+        self.requests.append(await _read_request(stream))
+        await self.respond(stream)
 
 
 async def _read_request(stream: ByteStream) -> bytes:
@@ -71,16 +68,9 @@ def answer(status: str, body: bytes = b"", *headers: str) -> Respond:
 @asynccontextmanager
 async def serving(respond: Respond, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     server = Server(respond)
-    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = tcp.extra(SocketAttribute.local_port)
-    listener = tcp if tls is None else TLSListener(tcp, tls, standard_compatible=False)
-    server.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(listener.serve, server.handle)
-        try:
-            yield server
-        finally:
-            tasks.cancel_scope.cancel()
+    async with raw_server(server.handle, tls=tls) as port:
+        server.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
+        yield server
 
 
 def probe(url: str, **options: object) -> HTTPProbe:
