@@ -68,7 +68,7 @@ class MeshClient(AsyncClient):
         # Compression costs CPU on both sides of a datacenter hop; ask for none.
         del self.headers["accept-encoding"]
         self.destination = destination
-        self._stack = transport  # what the short path calls, past httpx's send()
+        self._mesh_transport = transport  # what the short path calls, past httpx's send()
         self._urls: dict[str, URL] = {}
         self._templates: dict[tuple[str, str], tuple[list[tuple[bytes, bytes]], Request]] = {}
 
@@ -132,7 +132,7 @@ class MeshClient(AsyncClient):
             request = Request(
                 method, target, headers=merged, content=content, json=json, extensions=extensions
             )
-        return await self._stack.handle_async_request(request)
+        return await self._mesh_transport.handle_async_request(request)
 
     def _bodiless(self, method: str, url: str, extensions: dict[str, Any]) -> Request:
         """A request with no body and the client's headers: a copy of one built before.
