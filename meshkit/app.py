@@ -69,6 +69,7 @@ class ServiceApp(Starlette):
             lifespan=with_mesh(lifespan),
         )
         # Outermost first: the caller's deadline bounds everything, authorization included.
+        # AuthzMiddleware gates this app's own copies of its routes when the stack is built.
         self.user_middleware[:0] = [
             Middleware(DeadlineMiddleware),
             *fault_middleware(settings.faults),

@@ -5,8 +5,9 @@ the root is fetched over an unauthenticated connection and accepted only if it h
 to the pin; every later request verifies the CA server's chain against it and checks
 the server holds the CA's SPIFFE ID. The private key is generated here and never sent.
 
-HTTP is a few requests per certificate lifetime, so each is one short HTTP/1.1
-exchange (h11 over an anyio TLS stream): no pool, no dependency on the mesh client.
+HTTP is a few requests per certificate lifetime, so each is one httpx request on a
+fresh connection (through meshkit/_httpx.py): no pool, no dependency on the mesh
+client. Its errors become ``CAError`` here, at one boundary.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import h11
-from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography import x509
 
+from meshkit._httpx import (
+    AsyncClient,
+    HTTPError,
+    InvalidURL,
+    PeerCheck,
+    PeerGate,
+    Response,
+    Timeout,
+)
 from meshkit.ca.authority import CA_NAMESPACE, CA_SERVICE
 from meshkit.ca.x509 import (
     build_csr,
@@ -267,59 +275,66 @@ async def _exchange(
     headers: Mapping[str, str] | None = None,
     expect_peer: SpiffeId | None = None,
 ) -> tuple[int, bytes]:
-    """One HTTPS request on a fresh connection: (status, body)."""
+    """One HTTPS request on a fresh connection: (status, body).
+
+    With ``expect_peer`` the server's identity is checked after the handshake, before
+    the request (which may carry a join token) leaves this process.
+    """
+    origin = _origin(url)
+    gate = PeerGate(_peer_is(expect_peer, url)) if expect_peer is not None else None
+    try:
+        with anyio.fail_after(REQUEST_TIMEOUT):
+            async with (
+                _client(context) as client,
+                client.stream(
+                    method,
+                    origin + target,
+                    content=body,
+                    headers=headers,
+                    extensions=gate.extensions if gate is not None else None,
+                ) as response,
+            ):
+                answer = await _read_bounded(response)
+        if gate is not None:
+            gate.verify_ran()
+    except (HTTPError, InvalidURL, OSError, TimeoutError) as exc:
+        raise CAError(f"cannot reach the CA at {url}: {exc or type(exc).__name__}") from exc
+    return response.status_code, answer
+
+
+def _origin(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ConfigError(f"CA URL must be https://host[:port], got {url!r}")
-    host, port = parts.hostname, parts.port or 443
-    try:
-        with anyio.fail_after(REQUEST_TIMEOUT):
-            stream = await anyio.connect_tcp(
-                host, port, ssl_context=context, tls_standard_compatible=False
-            )
-            async with stream:
-                if expect_peer is not None:
-                    _check_peer(stream, expect_peer, url)
-                request = h11.Request(
-                    method=method,
-                    target=target,
-                    headers=[
-                        ("host", parts.netloc),
-                        ("content-length", str(len(body))),
-                        ("connection", "close"),
-                        *(headers or {}).items(),
-                    ],
-                )
-                return await _round_trip(stream, request, body)
-    except (OSError, TimeoutError, anyio.BrokenResourceError, h11.ProtocolError) as exc:
-        raise CAError(f"cannot reach the CA at {url}: {exc or type(exc).__name__}") from exc
+    return f"https://{parts.netloc}"
 
 
-def _check_peer(stream: TLSStream, expected: SpiffeId, url: str) -> None:
-    der = stream.extra(TLSAttribute.peer_certificate_binary)
-    peer = identity_from_certificate(x509.load_der_x509_certificate(der)) if der else None
-    if peer != expected:
-        raise CAError(f"the server at {url} is {peer}, not the CA ({expected})")
+def _client(context: ssl.SSLContext) -> AsyncClient:
+    # No proxies or netrc from the environment: trust comes from the pin and the bundle.
+    # Bodies are read raw, never decompressed (a bootstrap answer is read before it is
+    # authenticated, and inflating it would defeat the size limit): ask for them plain.
+    return AsyncClient(
+        verify=context,
+        trust_env=False,
+        timeout=Timeout(REQUEST_TIMEOUT),
+        headers={"accept-encoding": "identity", "user-agent": "meshkit-ca-client"},
+    )
 
 
-async def _round_trip(stream: TLSStream, request: h11.Request, body: bytes) -> tuple[int, bytes]:
-    connection = h11.Connection(h11.CLIENT)
-    outgoing = [connection.send(request), connection.send(h11.Data(data=body))]
-    outgoing.append(connection.send(h11.EndOfMessage()))
-    await stream.send(b"".join(chunk for chunk in outgoing if chunk))
-    status, received = 0, bytearray()
-    while True:
-        event = connection.next_event()
-        if event is h11.NEED_DATA:
-            try:
-                connection.receive_data(await stream.receive())
-            except anyio.EndOfStream:
-                connection.receive_data(b"")
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            received += event.data
-            if len(received) > _MAX_RESPONSE:
-                raise CAError("the CA's answer is too large")
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            return status, bytes(received)
+def _peer_is(expected: SpiffeId, url: str) -> PeerCheck:
+    def check(der: bytes | None) -> None:
+        peer = identity_from_certificate(x509.load_der_x509_certificate(der)) if der else None
+        if peer != expected:
+            raise CAError(f"the server at {url} is {peer}, not the CA ({expected})")
+
+    return check
+
+
+async def _read_bounded(response: Response) -> bytes:
+    """The body as sent (never decoded), refused past ``_MAX_RESPONSE`` bytes."""
+    received = bytearray()
+    async for chunk in response.aiter_raw():
+        received += chunk
+        if len(received) > _MAX_RESPONSE:
+            raise CAError("the CA's answer is too large")
+    return bytes(received)

@@ -24,6 +24,14 @@ import time
 from collections import deque
 
 from meshkit import deadline as deadlines
+from meshkit._httpx import (
+    AsyncBaseTransport,
+    LocalProtocolError,
+    Request,
+    RequestNotRead,
+    Response,
+    complete_response,
+)
 from meshkit.client._balancer import Balancer, EndpointState
 from meshkit.client._breaker import PROBE, REFUSED, CircuitBreaker
 from meshkit.client._budget import RetryBudget
@@ -36,7 +44,6 @@ from meshkit.client._hooks import (
     RetryBudgetSpent,
     RetryScheduled,
 )
-from meshkit.client._http import AsyncBaseTransport, Request, Response, build_response, httpx
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._pool import AttemptFailed, AttemptTimedOut, EndpointPool
 from meshkit.errors import (
@@ -474,7 +481,7 @@ class PoolTransport(AsyncBaseTransport):
         status, headers, body = await call.pool.request(
             b"".join(parts), head=request.method == "HEAD", deadline=deadline
         )
-        return await build_response(status, headers, body, request, deadlines.now() - started)
+        return await complete_response(status, headers, body, request, deadlines.now() - started)
 
     def _head(self, request: Request, body_length: int) -> tuple[bytes, bool]:
         raw_path, raw_headers = request.url.raw_path, request.headers.raw
@@ -492,7 +499,7 @@ async def read_body(request: Request) -> bytes:
     """The whole body, read once so every attempt can replay it."""
     try:
         return request.content
-    except httpx.RequestNotRead:
+    except RequestNotRead:
         return await request.aread()
 
 
@@ -519,7 +526,7 @@ def _raw_header_line(name: bytes, value: bytes) -> bytes:
     # A CR or LF inside a header would let a caller smuggle a second request. (Bytes
     # searched for an int, a byte value, take ~0.01 µs; for a one-byte bytes, ~0.1.)
     if _CR in value or _LF in value or _CR in name or _LF in name:
-        raise httpx.LocalProtocolError(f"header {name!r} holds a line break")
+        raise LocalProtocolError(f"header {name!r} holds a line break")
     return b"%s: %s\r\n" % (name, value)
 
 

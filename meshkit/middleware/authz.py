@@ -1,11 +1,18 @@
 """Authorization on every route: who may call, then the route's limits, then the handler.
 
-``AuthzMiddleware`` is a pure ASGI pass-through that, before the first request (and
-again if the route list grows), puts a ``PolicyGate`` in front of each route's
-handling. The gate runs after Starlette's routing, so it knows its route without matching
-paths again; its rules and limit stages were compiled once, at installation. Per
-request an allowed call costs the peer-identity lookup plus one dict hit: decisions
-are cached per caller and flushed whenever the intentions change.
+The gates are wired when the app is built (``AuthzMiddleware`` is constructed with the
+app's middleware stack), never on a live request: the app's route list gets this app's
+own copies of its routes, each endpoint's handling behind a ``PolicyGate`` whose rules
+and limit stages were compiled then. The Route objects the app was given are left as
+they are, so two apps built from the same routes each enforce their own policy. A gate
+runs after routing, so it knows its route without matching paths again; per request an
+allowed call costs the peer-identity lookup plus one dict hit: decisions are cached
+per caller and flushed whenever the intentions change.
+
+Mounts and Hosts over a plain Router are rebuilt for the app around gated copies. A
+container that cannot be rebuilt (a mounted app with its own middleware, a FastAPI
+included router) keeps its own dispatch: a ``ContainerGate`` in front of it asks its
+routes which one the request will reach, as its router will, and runs that one's gate.
 
 Decision order (a deny anywhere wins):
 
@@ -19,16 +26,25 @@ Decision order (a deny anywhere wins):
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Host, Match, Mount, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from meshkit.errors import ConfigError
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.middleware._asgi import send_json
 from meshkit.middleware.limits import build_pipeline
-from meshkit.policy.decorators import CallerSet, RouteInfo, RoutePolicies, iter_routes
+from meshkit.policy.decorators import (
+    CallerSet,
+    RouteInfo,
+    RoutePolicies,
+    route_info,
+    sub_routes,
+)
 from meshkit.policy.intentions import Intentions
 from meshkit.settings import DefaultPolicy, MeshSettings
 
@@ -37,6 +53,8 @@ logger = logging.getLogger("meshkit.policy")
 #: ``on_denial(caller, route, reason)``: e.g. to count ``meshkit_policy_denials_total``.
 DenialHook = Callable[[SpiffeId | None, str, str], None]
 _MAX_CACHED_CALLERS = 4096
+#: On an app's copy of a route: the route it was made from.
+_ORIGINAL_ATTRIBUTE = "__meshkit_route__"
 
 
 class Authorizer:
@@ -182,39 +200,200 @@ class PolicyGate:
         await app(scope, receive, send)
 
 
-def install_gates(routes: Sequence[BaseRoute], authorizer: Authorizer) -> int:
-    """Put a PolicyGate in front of every route not yet gated; returns how many were added.
+class ContainerGate:
+    """Stands in front of a container this app cannot rebuild: finds the endpoint the
+    request will reach under it and runs that endpoint's gate (the default rules when
+    none matches, e.g. a 404 on its way)."""
 
-    The gate replaces the route object's ``handle``: the one call every router (Starlette's,
-    and FastAPI's for directly added and included routes alike) makes after matching.
+    def __init__(self, resolver: _Resolver, fallback: PolicyGate) -> None:
+        self._resolver = resolver
+        self._fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gate = self._resolver.resolve(scope) or self._fallback
+        await gate(scope, receive, send)
+
+
+class _Matcher(Protocol):
+    def matches(self, scope: Scope) -> tuple[Match, Scope]: ...
+
+
+class _Resolver:
+    """The routes under a container, asked in order as its router asks them: the first
+    full match wins, else the first partial one (a 405 on its way)."""
+
+    def __init__(self, entries: Sequence[tuple[_Matcher, _Target]]) -> None:
+        self._entries = entries
+
+    def resolve(self, scope: Scope) -> PolicyGate | None:
+        partial: tuple[_Target, Scope] | None = None
+        for matcher, target in self._entries:
+            match, child_scope = matcher.matches(scope)
+            if match is Match.FULL:
+                return _descend(target, child_scope, scope)
+            if match is Match.PARTIAL and partial is None:
+                partial = (target, child_scope)
+        return None if partial is None else _descend(*partial, scope)
+
+
+_Target = PolicyGate | _Resolver
+
+
+def _descend(target: _Target, child_scope: Scope, scope: Scope) -> PolicyGate | None:
+    if isinstance(target, PolicyGate):
+        return target
+    return target.resolve({**scope, **child_scope})  # a copy: the router updates the real one
+
+
+# -- wiring, when the app is built ----------------------------------------------------
+
+
+def gate_routes(
+    routes: Sequence[BaseRoute], authorizer: Authorizer, prefix: str = ""
+) -> list[BaseRoute]:
+    """This app's own copies of ``routes``, every endpoint behind its PolicyGate.
+
+    A copy matches, names and builds URLs as its route does; only its ``handle`` (the
+    call every router, Starlette's and FastAPI's, makes after matching) goes through the
+    gate. The routes given are not changed (another app may share them); copies made
+    for another app are traced back to the route they came from.
     """
-    added = 0
-    for info in iter_routes(routes):
-        route = info.route
-        if isinstance(vars(route).get("handle"), PolicyGate):
-            continue
-        route.handle = PolicyGate(route.handle, info, authorizer)  # type: ignore[method-assign]
-        added += 1
-    return added
+    return [_gated(_original(route), authorizer, prefix) for route in routes]
+
+
+def _gated(route: BaseRoute, authorizer: Authorizer, prefix: str) -> BaseRoute:
+    info = _endpoint_info(route, prefix)
+    if info is not None:
+        return _with_gate(route, lambda _, handle: PolicyGate(handle, info, authorizer))
+    routes, inner_prefix = _held(route, prefix)
+    if isinstance(route, Mount | Host) and _is_plain_router(route.app):
+        return _rebuilt(route, gate_routes(routes, authorizer, inner_prefix))
+    unmatched = RouteInfo(inner_prefix + "/{path:path}", route, ("*",), RoutePolicies())
+
+    def container_gate(gated: BaseRoute, handle: ASGIApp) -> ASGIApp:
+        gates = _Gates(handle, authorizer)
+        return ContainerGate(_resolver(gated, prefix, gates), gates.gate(unmatched))
+
+    return _with_gate(route, container_gate)
+
+
+def _endpoint_info(route: BaseRoute, prefix: str) -> RouteInfo | None:
+    """``route`` as one endpoint, or None when it holds others. A route type meshkit
+    does not know is one endpoint under the default rules: gated, never skipped."""
+    info = route_info(route, prefix)
+    if info is None and sub_routes(route, prefix) is None:
+        info = RouteInfo(prefix + getattr(route, "path", ""), route, ("*",), RoutePolicies())
+    return info
+
+
+def _held(container: BaseRoute, prefix: str) -> tuple[Sequence[BaseRoute], str]:
+    inner = sub_routes(container, prefix)
+    assert inner is not None, "only containers hold routes"
+    return inner
+
+
+def _with_gate(route: BaseRoute, gate: Callable[[BaseRoute, ASGIApp], ASGIApp]) -> BaseRoute:
+    """A shallow copy of ``route`` whose ``handle`` is ``gate(copy, the copy's handle)``."""
+    gated = copy.copy(route)
+    gated.handle = gate(gated, gated.handle)  # type: ignore[method-assign,assignment]
+    setattr(gated, _ORIGINAL_ATTRIBUTE, route)
+    return gated
+
+
+def _rebuilt(route: Mount | Host, routes: list[BaseRoute]) -> Mount | Host:
+    """``route`` made again over a Router of ``routes``, its router's options kept."""
+    router = route.app
+    assert isinstance(router, Router)
+    app = Router(routes, redirect_slashes=router.redirect_slashes, default=router.default)
+    rebuilt: Mount | Host
+    if isinstance(route, Mount):
+        rebuilt = Mount(route.path, app=app, name=route.name)
+    else:
+        rebuilt = Host(route.host, app=app, name=route.name)
+    setattr(rebuilt, _ORIGINAL_ATTRIBUTE, route)
+    return rebuilt
+
+
+def _is_plain_router(app: ASGIApp) -> bool:
+    """A Starlette Router (not a subclass, which may dispatch its own way) without
+    middleware of its own: one that can be made again."""
+    if not isinstance(app, Router) or type(app) is not Router:
+        return False
+    return bool(getattr(app, "middleware_stack", app.app) == app.app)
+
+
+def _original(route: BaseRoute) -> BaseRoute:
+    original: BaseRoute = getattr(route, _ORIGINAL_ATTRIBUTE, route)
+    return original
+
+
+class _Gates:
+    """Makes the gates of the endpoints under one container, all in front of its handle."""
+
+    def __init__(self, handle: ASGIApp, authorizer: Authorizer) -> None:
+        self._handle = handle
+        self._authorizer = authorizer
+
+    def gate(self, info: RouteInfo) -> PolicyGate:
+        return PolicyGate(self._handle, info, self._authorizer)
+
+
+def _resolver(container: BaseRoute, prefix: str, gates: _Gates) -> _Resolver:
+    """What the container's own router would match, with the gate of each endpoint."""
+    routes, inner_prefix = _held(container, prefix)
+    contexts = getattr(container, "effective_route_contexts", None)
+    if contexts is None:  # Starlette: its routes match as its router asks them
+        return _Resolver([(route, _target(route, inner_prefix, gates)) for route in routes])
+    # A FastAPI included router matches its routes through contexts that add its prefix
+    # (built once per version of its routes); each names the route it stands for.
+    targets = _included_targets(routes, inner_prefix, gates)
+    entries: list[tuple[_Matcher, _Target]] = []
+    for context in contexts():
+        target = targets.get(id(context.original_route))
+        if target is None:  # a FastAPI this code does not know: refuse to start
+            raise ConfigError(f"cannot authorize {context.original_route!r} under {container!r}")
+        entries.append((context, target))
+    return _Resolver(entries)
+
+
+def _included_targets(
+    routes: Sequence[BaseRoute], prefix: str, gates: _Gates
+) -> dict[int, _Target]:
+    """The targets of a FastAPI router's routes and of the routers it includes, by id."""
+    targets: dict[int, _Target] = {}
+    for route in routes:
+        if hasattr(route, "original_router"):
+            targets.update(_included_targets(*_held(route, prefix), gates))
+        else:
+            targets[id(route)] = _target(route, prefix, gates)
+    return targets
+
+
+def _target(route: BaseRoute, prefix: str, gates: _Gates) -> _Target:
+    info = _endpoint_info(route, prefix)
+    return gates.gate(info) if info is not None else _resolver(route, prefix, gates)
 
 
 class AuthzMiddleware:
-    """Pure ASGI: gates the routes of ``routes`` (e.g. ``app.router.routes``) lazily.
+    """Pure ASGI: wires the gates into ``routes`` (the app's own ``app.router.routes``)
+    when constructed, that is when the app builds its middleware stack.
 
-    ``app`` is the next ASGI app; the gates run inside it, after routing.
+    ``app`` is the next ASGI app; the gates run inside it, after routing. A route added
+    to the app after that could not be gated: requests then fail (500) rather than
+    reach an ungated endpoint.
     """
 
-    def __init__(
-        self, app: ASGIApp, *, routes: Sequence[BaseRoute], authorizer: Authorizer
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, routes: list[BaseRoute], authorizer: Authorizer) -> None:
         self.app = app
         self.authorizer = authorizer
+        routes[:] = gate_routes(routes, authorizer)
         self._routes = routes
-        self._gated_count = -1
+        self._gated_count = len(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Re-check when the route list grew, so a route added late is never ungated.
-        if self._gated_count != len(self._routes) and scope["type"] != "lifespan":
-            install_gates(self._routes, self.authorizer)
-            self._gated_count = len(self._routes)
+        if len(self._routes) != self._gated_count and scope["type"] != "lifespan":
+            raise RuntimeError(
+                "a route was added after the app was built; meshkit authorizes the routes "
+                "an app has when it starts: add every route before it serves"
+            )
         await self.app(scope, receive, send)

@@ -12,7 +12,8 @@ The decorators only attach immutable values (``__meshkit_policies__``) and retur
 endpoint unchanged, so they stack in any order: on endpoint functions, on HTTPEndpoint
 classes and their methods, and on FastAPI path operations above or below ``@app.get``.
 Enforcement lives in ``meshkit.middleware.authz``, which compiles each route's
-policies once; a route without limits pays only for the caller check.
+policies once per app, when the app is built; a route without limits pays only for
+the caller check.
 
 Caller names: a bare name (``"web"``, ``"pay*"``) matches a caller's service name when
 the caller is in this service's trust domain and namespace; a ``spiffe://`` pattern
@@ -338,7 +339,7 @@ class RouteInfo:
     """
 
     path: str
-    route: Route | WebSocketRoute | Mount | Host
+    route: BaseRoute
     methods: tuple[str, ...]
     policies: RoutePolicies
     by_method: Mapping[str, RoutePolicies] = field(default_factory=dict)
@@ -348,20 +349,37 @@ def iter_routes(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[Route
     """Every endpoint route under ``routes``, descending into Mounts, Hosts and FastAPI's
     included routers (which keep the original route objects and add a prefix)."""
     for route in routes:
-        if isinstance(route, Route | WebSocketRoute):
-            yield _route_info(route, prefix + route.path)
-        elif isinstance(route, Mount | Host) and not route.routes:
-            # A mounted app without routes (static files, another framework) is one
-            # endpoint: gated whole, with the policies attached to the app itself.
-            path = prefix + (route.path if isinstance(route, Mount) else "") + "/{path:path}"
-            yield RouteInfo(path, route, ("*",), RoutePolicies.merge(policies_of(route.app)))
-        elif isinstance(route, Mount):
-            yield from iter_routes(route.routes, prefix + route.path)
-        elif isinstance(route, Host):
-            yield from iter_routes(route.routes, prefix)
-        elif (included := getattr(route, "original_router", None)) is not None:
-            included_prefix = getattr(getattr(route, "include_context", None), "prefix", "")
-            yield from iter_routes(included.routes, prefix + included_prefix)
+        info = route_info(route, prefix)
+        if info is not None:
+            yield info
+        elif (inner := sub_routes(route, prefix)) is not None:
+            yield from iter_routes(*inner)
+
+
+def route_info(route: BaseRoute, prefix: str = "") -> RouteInfo | None:
+    """``route`` as one endpoint, or None when it holds other routes (or is unknown)."""
+    if isinstance(route, Route | WebSocketRoute):
+        return _route_info(route, prefix + route.path)
+    if isinstance(route, Mount | Host) and not route.routes:
+        # A mounted app without routes (static files, another framework) is one
+        # endpoint: gated whole, with the policies attached to the app itself.
+        path = prefix + (route.path if isinstance(route, Mount) else "") + "/{path:path}"
+        return RouteInfo(path, route, ("*",), RoutePolicies.merge(policies_of(route.app)))
+    return None
+
+
+def sub_routes(route: BaseRoute, prefix: str = "") -> tuple[Sequence[BaseRoute], str] | None:
+    """The routes a Mount, Host or FastAPI included router holds, with their path
+    prefix; None for an endpoint or a route type meshkit does not know."""
+    if isinstance(route, Mount):
+        return route.routes, prefix + route.path
+    if isinstance(route, Host):
+        return route.routes, prefix
+    included = getattr(route, "original_router", None)
+    if included is None:
+        return None
+    included_prefix = getattr(getattr(route, "include_context", None), "prefix", "")
+    return included.routes, prefix + included_prefix
 
 
 def _route_info(route: Route | WebSocketRoute, path: str) -> RouteInfo:

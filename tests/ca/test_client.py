@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ssl
 import stat
 import subprocess
 import sys
@@ -12,14 +13,16 @@ from pathlib import Path
 import anyio
 import pytest
 
+from meshkit.ca import client as ca_client
 from meshkit.ca.client import CERT_FILE, KEY_FILE, CAIdentity, fetch_bundle
 from meshkit.ca.store import CAStore, init_ca
 from meshkit.ca.x509 import renewal_time
 from meshkit.errors import CAError, CertificateError
 from meshkit.settings import MeshSettings
 from meshkit.testing import CAProcess
-from meshkit.tls import TLSContexts, TLSMaterial
+from meshkit.tls import TLSContexts, TLSMaterial, server_context
 from tests.ca.conftest import make_token
+from tests.client.helpers import SilentPeer, raw_server
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +75,41 @@ async def test_a_wrong_pin_is_refused(ca_server: CAProcess) -> None:
 async def test_an_unreachable_ca_is_a_ca_error(ca_store: CAStore) -> None:
     with pytest.raises(CAError, match="cannot reach"):
         await fetch_bundle("https://127.0.0.1:9", ca_store.root_fingerprint)
+
+
+def _server_tls(material: TLSMaterial) -> ssl.SSLContext:
+    return server_context(material, require_client_cert=False)
+
+
+async def test_a_server_of_the_same_ca_but_not_the_ca_gets_no_request(
+    ca_server: CAProcess, ca_store: CAStore, tmp_path: Path
+) -> None:
+    # A workload's certificate chains to the CA's root: only its identity gives it away,
+    # and it must, before the request (with the current certificate's renewal) is sent.
+    settings = _settings(ca_server, ca_store, tmp_path, join_token=make_token(ca_store, "web"))
+    material = await CAIdentity(settings).obtain()
+    impostor = SilentPeer()
+    async with raw_server(impostor.handle, tls=_server_tls(material)) as port:
+        url = f"https://127.0.0.1:{port}"
+        with pytest.raises(CAError, match="/svc/web, not the CA"):
+            await CAIdentity(settings.replace(ca_url=url)).renew(material)
+        await anyio.sleep(0.2)  # what was sent, had anything been, has arrived by now
+    assert impostor.received == b""
+
+
+async def test_a_silent_ca_is_a_ca_error_within_the_timeout(
+    ca_server: CAProcess, ca_store: CAStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(ca_server, ca_store, tmp_path, join_token=make_token(ca_store, "web"))
+    material = await CAIdentity(settings).obtain()
+    monkeypatch.setattr(ca_client, "REQUEST_TIMEOUT", 0.5)
+    silent = SilentPeer()
+    async with raw_server(silent.handle, tls=_server_tls(material)) as port:
+        started = time.monotonic()
+        with pytest.raises(CAError, match="cannot reach"):
+            await fetch_bundle(f"https://127.0.0.1:{port}", ca_store.root_fingerprint)
+        assert time.monotonic() - started < 5
+    assert silent.received.startswith(b"GET /v1/roots/sha256:")
 
 
 async def _rotation(contexts: TLSContexts, current: TLSMaterial) -> TLSMaterial:

@@ -1,13 +1,18 @@
-"""Real mTLS servers and a static endpoint source for the mesh client tests."""
+"""Real mTLS servers and a static endpoint source for the mesh client tests; raw TCP
+and TLS servers for the other internal HTTP clients' tests (the CA's, the checks')."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import uvicorn
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.streams.tls import TLSStream
 
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import ClientPolicy, MeshClientFactory
@@ -102,3 +107,52 @@ def factory(
     return MeshClientFactory(
         source, contexts(authority, caller), settings, policy=ClientPolicy(**policy), hooks=hooks
     )
+
+
+Handler = Callable[[ByteStream], Awaitable[None]]
+_BROKEN = (anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError, OSError)
+
+
+@asynccontextmanager
+async def raw_server(handle: Handler, *, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """Run ``handle`` for each connection on an ephemeral 127.0.0.1 port (after a TLS
+    handshake when ``tls`` is given); yield the port. On exit every accepted connection
+    is closed, also one whose handler had not started yet."""
+    accepted: list[SocketStream] = []
+
+    async def run(stream: SocketStream) -> None:
+        with contextlib.suppress(*_BROKEN):
+            wrapped: ByteStream = stream
+            if tls is not None:
+                wrapped = await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=tls, standard_compatible=False
+                )
+            async with wrapped:
+                await handle(wrapped)
+
+    async def accept(listener: SocketListener, tasks: TaskGroup) -> None:
+        while True:
+            stream = await listener.accept()
+            accepted.append(stream)
+            tasks.start_soon(run, stream)
+
+    listener = (await anyio.create_tcp_listener(local_host="127.0.0.1")).listeners[0]
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(accept, listener, tasks)
+        try:
+            yield listener.extra(SocketAttribute.local_port)
+        finally:
+            tasks.cancel_scope.cancel()
+            for stream in accepted:
+                await anyio.aclose_forcefully(stream)
+
+
+class SilentPeer:
+    """A server that keeps what it receives and never answers."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    async def handle(self, stream: ByteStream) -> None:
+        async for chunk in stream:
+            self.received += chunk

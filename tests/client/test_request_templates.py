@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from meshkit._httpx import AsyncBaseTransport, Request, Response
 from meshkit.client._client import MeshClient
-from meshkit.client._http import AsyncBaseTransport, Request, Response
 
 
 class Recorder(AsyncBaseTransport):
@@ -18,6 +18,7 @@ class Recorder(AsyncBaseTransport):
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("httpx_path")
 async def test_bodiless_requests_are_independent_and_follow_client_headers() -> None:
     recorder = Recorder()
     client = MeshClient("callee", recorder)

@@ -9,7 +9,7 @@ from starlette.routing import Route
 from meshkit.ca.x509 import LocalAuthority
 from tests.client.helpers import StaticSource, contexts, endpoint, factory, serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("httpx_path")]
 
 
 async def echo(request: Request) -> JSONResponse:

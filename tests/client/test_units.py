@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from meshkit import deadline
+from meshkit._httpx import Request
 from meshkit.client import ClientPolicy
 from meshkit.client._breaker import ADMITTED, PROBE, REFUSED, CircuitBreaker
 from meshkit.client._budget import RetryBudget, WindowedCounter
-from meshkit.client._http import Request
 from meshkit.client._transports import _retry_after, read_body, serialize_head
 from meshkit.errors import ConfigError
 

@@ -14,9 +14,9 @@ from meshkit.middleware.authz import (
     AuthzMiddleware,
     PolicyGate,
     RouteAccess,
-    install_gates,
+    gate_routes,
 )
-from meshkit.policy.decorators import Allow, Deny, RoutePolicies, allow, iter_routes
+from meshkit.policy.decorators import Allow, Deny, RoutePolicies, allow
 from meshkit.policy.intentions import Intention, Intentions
 from tests.middleware._asgi_call import Handler, call
 
@@ -89,13 +89,13 @@ async def test_websocket_denial_closes_with_policy_violation() -> None:
     def broken_hook(*args: object) -> None:
         raise RuntimeError("a failing hook must not break the answer")
 
-    routes = [WebSocketRoute("/ws", endpoint)]
+    route = WebSocketRoute("/ws", endpoint)
     authorizer = Authorizer(service="payments", default_policy="deny", on_denial=broken_hook)
-    assert install_gates(routes, authorizer) == 1
-    assert install_gates(routes, authorizer) == 0  # idempotent
-    (info,) = iter_routes(routes)
-    gate = vars(info.route)["handle"]
-    assert isinstance(gate, PolicyGate)
+    (gated,) = gate_routes([route], authorizer)
+    (again,) = gate_routes([gated], authorizer)  # gated from the route, not the copy
+    gate = vars(again)["handle"]
+    assert isinstance(gate, PolicyGate) and gate.app.__self__ is again  # type: ignore[attr-defined]
+    assert "handle" not in vars(route)  # the route itself is left as it was
     sent: list[Any] = []
 
     async def send(message: Any) -> None:

@@ -3,28 +3,34 @@
 Each runner reports through one callback, ``update(check_id, status, output)``, so the
 agent owns every state change. TTL checks are loop timers (thousands cost nothing while
 idle); HTTP and script checks are tasks in the runner's task group, staggered over their
-first interval as Consul staggers them.
+first interval as Consul staggers them. HTTP probes are httpx requests (through
+meshkit/_httpx.py) set up as Consul sets up its Go ``http.Client`` for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import ssl
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskGroup
 
+from meshkit._httpx import AsyncClient, HTTPError, InvalidURL, Response, Timeout
 from meshkit.registry.dev.state import CRITICAL, PASSING, WARNING
 
 OUTPUT_MAX = 4096  # Consul's default OutputMaxSize
 MIN_INTERVAL = 1.0  # Consul raises shorter intervals to one second
 DEFAULT_HTTP_TIMEOUT = 10.0
 DEFAULT_SCRIPT_TIMEOUT = 30.0
+USER_AGENT = "Consul Health Check"
+ACCEPT = "text/plain, text/*, */*"
+MAX_REDIRECTS = 10  # Go's http.Client follows at most ten
+_AWAITING_HEADERS = "context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
 UpdateFn = Callable[[str, str, str], None]
 
 
@@ -51,6 +57,7 @@ class HTTPProbe:
     header: Mapping[str, Sequence[str]] = field(default_factory=dict)
     body: str = ""
     tls_skip_verify: bool = False
+    output_max: int = OUTPUT_MAX
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ class CheckRunner:
                     status, output = await run_http_probe(probe)
                 else:
                     status, output = await run_script_probe(probe)
-                self._update(check_id, status, truncate(output))
+                self._update(check_id, status, output)
                 await anyio.sleep(interval)
 
     def stop(self, check_id: str) -> None:
@@ -134,106 +141,112 @@ class CheckRunner:
 
 
 async def run_http_probe(probe: HTTPProbe) -> tuple[str, str]:
-    """One HTTP check: 2xx passing, 429 warning, anything else critical (Consul's rules)."""
+    """One HTTP check: 2xx passing, 429 warning, anything else critical (Consul's rules).
+
+    As Consul's client: the check's timeout bounds the whole exchange, body included;
+    once the status line has arrived, a failure while reading the body only cuts the
+    output short (Consul logs it and still judges the status).
+    """
     method = probe.method or "GET"
+    answer = _Answer(probe.output_max)
     try:
         with anyio.fail_after(probe.timeout):
-            code, reason, body = await _http_request(probe, method)
+            await _exchange(probe, method, answer)
     except TimeoutError:
-        return CRITICAL, (
-            f'{method} "{probe.url}": context deadline exceeded '
-            "(Client.Timeout exceeded while awaiting headers)"
-        )
-    except (OSError, ValueError, anyio.BrokenResourceError, ssl.SSLError) as exc:
-        return CRITICAL, f'{method} "{probe.url}": {exc}'
-    output = f"HTTP {method} {probe.url}: {code} {reason} Output: {body}"
-    if 200 <= code < 300:
+        if answer.status is None:
+            return CRITICAL, _request_error(method, probe.url, _AWAITING_HEADERS)
+    except (HTTPError, InvalidURL, ValueError) as exc:  # ValueError: a malformed definition
+        if answer.status is None:
+            return CRITICAL, _request_error(method, probe.url, str(exc) or type(exc).__name__)
+    return _judge(method, probe.url, answer)
+
+
+class _Answer:
+    """The status line once received, and the last ``limit`` bytes of the body.
+
+    Consul copies the body into a circular buffer of OutputMaxSize bytes: the output
+    shows its end, and a body of any length costs bounded memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.status: str | None = None
+        self.code = 0
+        self.tail = bytearray()
+
+    def start(self, response: Response) -> None:
+        self.code = response.status_code
+        reason = response.reason_phrase
+        self.status = f"{self.code} {reason}" if reason else str(self.code)
+
+    def add(self, chunk: bytes) -> None:
+        self.tail += chunk
+        if len(self.tail) > self.limit:
+            del self.tail[: len(self.tail) - self.limit]
+
+
+async def _exchange(probe: HTTPProbe, method: str, answer: _Answer) -> None:
+    async with (
+        _client(probe.tls_skip_verify) as client,
+        client.stream(
+            method, probe.url, headers=_headers(probe), content=probe.body.encode()
+        ) as response,
+    ):
+        answer.start(response)
+        async for chunk in response.aiter_raw():
+            answer.add(chunk)
+
+
+def _client(tls_skip_verify: bool) -> AsyncClient:
+    """Consul's check client: no keep-alive, redirects followed, no proxy for local checks.
+
+    The body is asked for and read unencoded, so each chunk is bounded by the network
+    read, never by a decompression ratio. The timeout is ``run_http_probe``'s, overall.
+    """
+    return AsyncClient(
+        verify=_tls_context(tls_skip_verify),
+        trust_env=False,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        timeout=Timeout(None),
+        headers={"connection": "close", "accept-encoding": "identity"},
+    )
+
+
+@functools.cache
+def _tls_context(skip_verify: bool) -> ssl.SSLContext:
+    """The system's trust store and hostname checks, as a dev Consul agent without TLS
+    settings verifies; ``TLSSkipVerify`` turns both off."""
+    context = ssl.create_default_context()
+    if skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _headers(probe: HTTPProbe) -> list[tuple[bytes, bytes]]:
+    """The check's own headers (every value, as UTF-8 bytes like Go sends them), then
+    Consul's User-Agent and Accept unless the check set them."""
+    headers = [(name, value) for name, values in probe.header.items() for value in values]
+    given = {name.lower() for name, _ in headers}
+    defaults = [("User-Agent", USER_AGENT), ("Accept", ACCEPT)]
+    headers += [(name, value) for name, value in defaults if name.lower() not in given]
+    return [(name.encode(), value.encode()) for name, value in headers]
+
+
+def _request_error(method: str, url: str, reason: str) -> str:
+    """A failed request as Go's ``url.Error`` prints it: ``Get "http://...": reason``."""
+    return f'{method[:1]}{method[1:].lower()} "{url}": {reason}'
+
+
+def _judge(method: str, url: str, answer: _Answer) -> tuple[str, str]:
+    body = answer.tail.decode(errors="replace")
+    output = f"HTTP {method} {url}: {answer.status} Output: {body}"
+    if 200 <= answer.code < 300:
         return PASSING, output
-    if code == 429:
+    if answer.code == 429:
         return WARNING, output
     return CRITICAL, output
-
-
-async def _http_request(probe: HTTPProbe, method: str) -> tuple[int, str, str]:
-    url = urlsplit(probe.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ValueError(f"unsupported protocol scheme {url.scheme!r}")
-    tls = url.scheme == "https"
-    context = None
-    if tls:
-        context = ssl.create_default_context()
-        if probe.tls_skip_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-    port = url.port or (443 if tls else 80)
-    target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    headers = {
-        "Host": url.netloc,
-        "User-Agent": "Consul Health Check",
-        "Accept": "text/plain, text/*, */*",
-        "Connection": "close",
-    }
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines += [f"{k}: {v}" for k, values in probe.header.items() for v in values]
-    body = probe.body.encode()
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-    stream: anyio.abc.ByteStream
-    if context is not None:
-        stream = await anyio.connect_tcp(
-            url.hostname, port, ssl_context=context, tls_standard_compatible=False
-        )
-    else:
-        stream = await anyio.connect_tcp(url.hostname, port)
-    async with stream:
-        await stream.send(request)
-        raw = await _read_all(stream)
-    return _parse_response(raw)
-
-
-async def _read_all(stream: anyio.abc.ByteStream, limit: int = 64 * 1024) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        try:
-            chunk = await stream.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-def _parse_response(raw: bytes) -> tuple[int, str, str]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError("malformed HTTP response")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(body)
-    elif "content-length" in headers and headers["content-length"].isdigit():
-        body = body[: int(headers["content-length"])]
-    reason = parts[2] if len(parts) > 2 else ""
-    return int(parts[1]), reason, body[:OUTPUT_MAX].decode(errors="replace")
-
-
-def _dechunk(body: bytes) -> bytes:
-    out = bytearray()
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        try:
-            size = int(size_line.split(b";")[0], 16)
-        except ValueError:
-            break
-        if size == 0:
-            break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return bytes(out)
 
 
 async def run_script_probe(probe: ScriptProbe) -> tuple[str, str]:
@@ -247,7 +260,7 @@ async def run_script_probe(probe: ScriptProbe) -> tuple[str, str]:
         return CRITICAL, f"Timed out ({probe.timeout:g}s) running check"
     except OSError as exc:
         return CRITICAL, str(exc)
-    output = result.stdout.decode(errors="replace")
+    output = truncate(result.stdout.decode(errors="replace"))
     if result.returncode == 0:
         return PASSING, output
     if result.returncode == 1:

@@ -1,0 +1,130 @@
+"""meshkit/_httpx.py: the one module that imports httpx, its fast path and its fallback."""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import warnings
+from pathlib import Path
+
+import anyio
+import pytest
+
+import meshkit
+from meshkit import _httpx
+from meshkit._httpx import (
+    URL,
+    AsyncClient,
+    ByteStream,
+    LocalProtocolError,
+    PeerGate,
+    Request,
+    Response,
+    complete_response,
+)
+from meshkit.client._client import merge_url
+from tests.client.helpers import SilentPeer, raw_server
+
+pytestmark = pytest.mark.anyio
+THIRD_PARTY_HTTP = {"httpx", "httpcore", "h11", "httpx2"}
+HEADERS = [(b"Content-Type", b"text/plain"), (b"X-Trace", b"a"), (b"x-trace", b"b")]
+
+
+async def stock_response(raw: list[tuple[bytes, bytes]], body: bytes, request: Request) -> Response:
+    response = Response(200, headers=raw, stream=ByteStream(body), request=request)
+    await response.aread()
+    return response
+
+
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [
+        (HEADERS, b"plain"),
+        ([*HEADERS, (b"Content-Encoding", b"gzip")], gzip.compress(b"plain")),
+    ],
+    ids=["plain", "gzip"],
+)
+async def test_complete_response_equals_httpx_response(
+    raw: list[tuple[bytes, bytes]], body: bytes, httpx_path: str
+) -> None:
+    request = Request("GET", "http://payments/")
+    built = await complete_response(200, raw, body, request, 0.002)
+    expected = await stock_response(raw, body, request)
+    assert built.headers.multi_items() == expected.headers.multi_items()
+    assert built.headers.raw == raw
+    assert built.headers.get_list("x-trace") == ["a", "b"]
+    assert built.content == expected.content == b"plain"
+    assert await built.aread() == b"plain"
+    assert built.text == "plain"
+    assert (built.is_closed, built.is_stream_consumed) == (True, True)
+    assert built.request is request
+    assert built.elapsed.total_seconds() == 0.002
+
+
+def test_this_httpx_passes_the_check() -> None:
+    # CI's newest-releases job fails here the day a release breaks the fast path.
+    assert _httpx.fast_paths_problem() is None
+
+
+async def test_a_failed_check_warns_once_and_takes_the_stock_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def renamed_field(response: Response, body: bytes) -> None:
+        response._body = body  # type: ignore[attr-defined]  # as if httpx renamed _content
+
+    monkeypatch.setattr(_httpx, "_read_privately", renamed_field)
+    try:
+        with pytest.warns(RuntimeWarning, match="public constructors") as caught:
+            assert _httpx.use_fast_paths() is False
+        # Only ours: a test before may leave a ResourceWarning for the collector to raise.
+        assert sum("meshkit: httpx" in str(warning.message) for warning in caught) == 1
+        response = await complete_response(200, HEADERS, b"ok", Request("GET", "http://a/"), 0.1)
+        assert response.content == b"ok" and response.is_closed
+    finally:
+        monkeypatch.undo()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _httpx.use_fast_paths() is True
+
+
+@pytest.mark.parametrize(
+    "url", ["/items", "items", "/a/b?x=1&y=%20", "/", "", "?q=1", "//elsewhere/x", "http://o:81/p"]
+)
+def test_merge_url_merges_as_httpx_does(url: str) -> None:
+    client = AsyncClient(base_url="http://payments")
+    assert merge_url(client.base_url, url) == client.build_request("GET", url).url
+    assert isinstance(merge_url(client.base_url, url), URL)
+
+
+async def test_a_peer_gate_that_never_saw_a_handshake_sends_nothing() -> None:
+    # Fails closed: were httpcore to stop reporting handshakes, nothing is sent unchecked.
+    peer = SilentPeer()
+    checked: list[bytes | None] = []
+    gate = PeerGate(checked.append)
+    async with raw_server(peer.handle) as port, AsyncClient() as client:
+        with pytest.raises(LocalProtocolError, match="not checked before sending"):
+            await client.get(f"http://127.0.0.1:{port}/", extensions=gate.extensions)
+        await anyio.sleep(0.1)
+    assert (peer.received, checked, gate.ran) == (bytearray(), [], False)
+    with pytest.raises(LocalProtocolError, match="never checked"):
+        gate.verify_ran()
+
+
+def _imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+def test_only_the_adapter_imports_an_http_library() -> None:
+    package = Path(meshkit.__file__).parent
+    importers = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if _imported_modules(path) & THIRD_PARTY_HTTP
+    }
+    assert importers == {"_httpx.py"}
