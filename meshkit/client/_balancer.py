@@ -21,6 +21,7 @@ from meshkit.client._hooks import ClientHooks, EndpointEjected, EndpointReadmitt
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._pool import EndpointPool
 from meshkit.errors import NoHealthyInstances
+from meshkit.identity import SpiffeId
 from meshkit.registry.base import Endpoint, EndpointSource
 
 _DECAY = 10.0  # seconds for the latency average to forget (Finagle's default)
@@ -79,14 +80,16 @@ class Balancer:
         *,
         policy: ClientPolicy,
         ssl_context: Callable[[], ssl.SSLContext],
-        default_identity: str,
+        expected_identity: SpiffeId,
         hooks: ClientHooks | None,
+        service: str | None = None,
     ) -> None:
         self.destination = destination
+        self.service = service or destination
         self._source = source
         self._policy = policy
         self._ssl_context = ssl_context
-        self._default_identity = default_identity
+        self._expected_identity = expected_identity
         self._hooks = hooks
         self._generation: int | None = None
         self._states: list[EndpointState] = []
@@ -102,9 +105,9 @@ class Balancer:
         generation = self._source.generation
         if generation == self._generation:
             return
-        endpoints = self._source.endpoints(self.destination)
+        endpoints = self._source.endpoints(self.service)
         if endpoints is None:
-            endpoints = await self._source.prime(self.destination)
+            endpoints = await self._source.prime(self.service)
         self._rebuild(endpoints)
         self._generation = generation
 
@@ -126,7 +129,9 @@ class Balancer:
             endpoint.port,
             destination=self.destination,
             ssl_context=self._ssl_context,
-            expected_identity=endpoint.spiffe_id or self._default_identity,
+            # From the destination and settings, never from the registry's metadata: a
+            # registry entry cannot make another workload acceptable for this name.
+            expected_identity=self._expected_identity,
             max_connections=policy.max_connections,
             connect_timeout=policy.connect_timeout,
             idle_timeout=policy.idle_timeout,

@@ -11,6 +11,7 @@ Anything else takes httpx's full path, through the same transports.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,7 @@ from meshkit.client._transports import (
     PoolTransport,
     RetryTransport,
 )
+from meshkit.errors import ConfigError
 from meshkit.identity import SpiffeId
 from meshkit.registry.base import EndpointSource
 from meshkit.settings import MeshSettings
@@ -200,6 +202,26 @@ def timeout_seconds(timeout: object) -> float | None:
     return None
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def expected_identity(destination: str, settings: MeshSettings) -> tuple[str, SpiffeId]:
+    """The registry name of ``destination`` and the SPIFFE ID its servers must hold.
+
+    ``name`` is a service of the caller's namespace, ``name.namespace`` one of another;
+    the trust domain is always the caller's. Only this decides whom a call trusts: what
+    the registry says of an instance never widens it.
+    """
+    name, dot, namespace = destination.partition(".")
+    namespace = namespace if dot else settings.namespace
+    if not (_DNS_LABEL.fullmatch(name) and _DNS_LABEL.fullmatch(namespace)):
+        raise ConfigError(
+            f"destination {destination!r}: expected a service name or service.namespace "
+            "(DNS labels: a-z, 0-9, '-')"
+        )
+    return name, SpiffeId.for_service(settings.trust_domain, namespace, name)
+
+
 class MeshClientFactory:
     """Creates one ``MeshClient`` per destination and owns everything under them.
 
@@ -242,15 +264,14 @@ class MeshClientFactory:
     def _stack(self, service: str) -> AsyncBaseTransport:
         policy = self._policies.get(service, self._policy)
         hooks = self._hooks
-        expected = SpiffeId.for_service(
-            self._settings.trust_domain, self._settings.namespace, service
-        )
+        name, expected = expected_identity(service, self._settings)
         balancer = Balancer(
             service,
             self._source,
+            service=name,
             policy=policy,
             ssl_context=self._client_context,
-            default_identity=str(expected),
+            expected_identity=expected,
             hooks=hooks,
         )
         self._balancers.append(balancer)

@@ -27,7 +27,7 @@ import httptools
 
 from meshkit.deadline import now
 from meshkit.errors import PeerIdentityMismatch
-from meshkit.identity import identity_from_peercert
+from meshkit.identity import SpiffeId, identity_from_peercert
 
 RawHeaders = list[tuple[bytes, bytes]]
 Message = tuple[int, RawHeaders, bytes]
@@ -203,7 +203,7 @@ class EndpointPool:
         destination: str,
         ssl_context: Callable[[], ssl.SSLContext] | None,
         server_hostname: str | None = None,
-        expected_identity: str | None = None,
+        expected_identity: SpiffeId | None = None,
         max_connections: int = 64,
         connect_timeout: float = 2.0,
         idle_timeout: float = 4.0,
@@ -314,16 +314,12 @@ class EndpointPool:
         return protocol
 
     def _check_identity(self, connection: _Connection) -> None:
-        """Refuse the server before sending anything if it is not who the registry said."""
+        """Refuse the server before sending anything unless it holds the identity the
+        destination names (the whole SPIFFE ID: trust domain, namespace, service)."""
         if self.expected_identity is None:
             return
         identity = identity_from_peercert(connection.peercert)  # type: ignore[arg-type]
-        # The registry's word is not enough: the certificate must also name the service.
-        if (
-            identity is None
-            or str(identity) != self.expected_identity
-            or identity.service != self.destination
-        ):
+        if identity != self.expected_identity:
             raise PeerIdentityMismatch(
                 f"{self.address}:{self.port} presented {identity or 'no SPIFFE ID'}, "
                 f"expected {self.expected_identity}",
