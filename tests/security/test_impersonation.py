@@ -68,9 +68,7 @@ async def test_a_destination_must_be_a_name_or_a_name_and_namespace(
     authority: LocalAuthority,
 ) -> None:
     settings = MeshSettings(service="web", consul_http_addr=None)
-    mesh = MeshClientFactory(
-        WatchedCache.__new__(WatchedCache), contexts(authority, "web"), settings
-    )
+    mesh = MeshClientFactory(StaticSource(), contexts(authority, "web"), settings)
     for bad in ("Payments", "a.b.c", "pay ments", ".x", "x."):
         with pytest.raises(ConfigError, match="destination"):
             mesh.client(bad)
