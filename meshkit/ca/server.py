@@ -407,6 +407,7 @@ async def serve(
         mode="tls",
         tls=lambda: contexts.listening_context,
     )
+    server.hold_within_descriptors()
     sock = listen(host, port)
     try:
         async with anyio.create_task_group() as tasks:

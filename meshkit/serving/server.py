@@ -106,6 +106,13 @@ class Server(uvicorn.Server):
         self._handle_signals = handle_signals
         self._accepting: list[asyncio.Task[None]] = []
 
+    def hold_within_descriptors(self, *, reserve: int = 0) -> None:
+        """Raise the process's soft ``nofile`` to its hard limit, and hold no more
+        connections than it leaves after ``reserve`` (another server's budget) and what
+        clients and files need."""
+        descriptors = raise_descriptor_limit()
+        self.acceptor.cap_to(descriptors - reserve - _RESERVED_DESCRIPTORS)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup([])  # uvicorn listens on nothing: the acceptor does
         if self.started:
@@ -202,8 +209,7 @@ class MeshServer:
             mode="plain",
             handle_signals=False,
         )
-        descriptors = raise_descriptor_limit()
-        service.acceptor.cap_to(descriptors - ADMIN_LIMITS.max_connections - _RESERVED_DESCRIPTORS)
+        service.hold_within_descriptors(reserve=ADMIN_LIMITS.max_connections)
         return service, admin
 
     async def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:

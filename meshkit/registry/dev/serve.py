@@ -56,4 +56,6 @@ def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
         print("meshkit registry: script checks are enabled: registrations can run commands")
     sys.stdout.flush()
     app = DevRegistryApp(DevAgent(enable_script_checks=enable_script_checks))
-    RegistryServer(app).run(sockets=[sock])
+    server = RegistryServer(app)
+    server.hold_within_descriptors()
+    server.run(sockets=[sock])
