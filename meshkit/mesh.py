@@ -32,6 +32,7 @@ from meshkit._statedir import claimed_slot
 from meshkit.ca.client import CAIdentity
 from meshkit.client import ClientPolicy, MeshClient, MeshClientFactory
 from meshkit.errors import (
+    CertificateError,
     ConfigError,
     DeadlineExceeded,
     MeshError,
@@ -155,11 +156,15 @@ class MeshRuntime:
                 yield
                 await self._close()
                 tg.cancel_scope.cancel()
-        except MeshError as exc:
-            if not started:
-                self.startup_error = exc
-                logger.error("%s", exc)
-            raise
+        except BaseException as exc:
+            # A failure inside the task group arrives wrapped in an exception group: the
+            # cause is told as one line (the server prints it), not as a traceback.
+            error = first_mesh_error(exc)
+            if error is None or started:
+                raise
+            self.startup_error = error
+            logger.error("%s", error)
+            raise error from None
 
     async def _join_registry(self, stack: contextlib.AsyncExitStack, tg: TaskGroup) -> None:
         registry = ConsulRegistry.from_settings(self.settings)
@@ -220,7 +225,13 @@ class MeshRuntime:
                 settings.bundle_file,
                 interval=settings.cert_reload_interval,
             )
-            self.tls = TLSContexts(watcher.load(), require_client_cert=require_client_cert)
+            try:
+                material = watcher.load()
+            except CertificateError as exc:
+                raise CertificateError(
+                    f"{exc} (MESHKIT_CERT_FILE, MESHKIT_KEY_FILE, MESHKIT_BUNDLE_FILE)"
+                ) from exc
+            self.tls = TLSContexts(material, require_client_cert=require_client_cert)
             tg.start_soon(_watch_files, watcher, self.tls)
         elif settings.ca_url:
             if settings.data_dir is None:
@@ -237,6 +248,18 @@ async def _watch_files(watcher: FileIdentityWatcher, contexts: TLSContexts) -> N
     while True:
         await anyio.sleep(watcher.interval)
         watcher.reload_if_changed(contexts)
+
+
+def first_mesh_error(exc: BaseException) -> MeshError | None:
+    """``exc`` if it is a MeshError, else the first one inside an exception group."""
+    if isinstance(exc, MeshError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_mesh_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 class AdminApp:

@@ -94,7 +94,10 @@ async def fetch_bundle(url: str, pin: str) -> str:
     status, body = await _exchange(url, "GET", f"/v1/roots/{pin}", _unverified())
     anchors = load_certificates(body.decode()) if status == 200 else []
     if not anchors or fingerprint(anchors[0]) != pin:
-        raise CAError(f"the CA at {url} does not hold the pinned root {pin}")
+        raise CAError(
+            f"the CA at {url} does not hold the pinned root {pin} (MESHKIT_CA_FINGERPRINT: "
+            "the fingerprint `meshkit ca init` printed)"
+        )
     anchor_pem = certificate_pem(anchors[0])
     expected = ca_identity(ca_trust_domain(anchors[0]))
     status, body = await _exchange(
@@ -230,7 +233,8 @@ class CAIdentity:
         if material.spiffe_id != self.settings.spiffe_id:
             raise CertificateError(
                 f"the CA issued {material.spiffe_id}, but this service is "
-                f"{self.settings.spiffe_id} (was the join token made for another service?)"
+                f"{self.settings.spiffe_id}: was MESHKIT_JOIN_TOKEN made for another service, "
+                "or do MESHKIT_SERVICE / MESHKIT_NAMESPACE differ from it?"
             )
 
     def _store(self, material: TLSMaterial) -> None:
@@ -256,10 +260,9 @@ def _json(status: int, body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise CAError(f"the CA answered {status} without a JSON body")
     if status != 200:
-        raise CARefused(
-            f"the CA refused: {document.get('error', status)}",
-            reason=str(document.get("reason", status)),
-        )
+        reason = str(document.get("reason", status))
+        hint = " (MESHKIT_JOIN_TOKEN)" if reason.startswith("token") else ""
+        raise CARefused(f"the CA refused: {document.get('error', status)}{hint}", reason=reason)
     if not isinstance(document.get("chain"), list) or not isinstance(document.get("bundle"), str):
         raise CAError("the CA's answer lacks chain or bundle")
     return document
@@ -298,7 +301,9 @@ async def _exchange(
         if gate is not None:
             gate.verify_ran()
     except (HTTPError, InvalidURL, OSError, TimeoutError) as exc:
-        raise CAError(f"cannot reach the CA at {url}: {exc or type(exc).__name__}") from exc
+        raise CAError(
+            f"cannot reach the CA at {url} (MESHKIT_CA_URL): {exc or type(exc).__name__}"
+        ) from exc
     return response.status_code, answer
 
 
@@ -321,11 +326,18 @@ def _client(context: ssl.SSLContext) -> AsyncClient:
     )
 
 
+def _hint(peer: SpiffeId | None) -> str:
+    """What to fix when the CA is a CA of another trust domain (the usual mistake)."""
+    if peer is None or peer.path != f"/ns/{CA_NAMESPACE}/svc/{CA_SERVICE}":
+        return ""
+    return f": if that is your CA, set MESHKIT_TRUST_DOMAIN={peer.trust_domain}"
+
+
 def _peer_is(expected: SpiffeId, url: str) -> PeerCheck:
     def check(der: bytes | None) -> None:
         peer = identity_from_certificate(x509.load_der_x509_certificate(der)) if der else None
         if peer != expected:
-            raise CAError(f"the server at {url} is {peer}, not the CA ({expected})")
+            raise CAError(f"the server at {url} is {peer}, not the CA ({expected}){_hint(peer)}")
 
     return check
 

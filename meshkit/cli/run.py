@@ -87,6 +87,8 @@ def configure_logging(level: str) -> None:
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
+    # httpx logs every request at INFO: the CA client's few are meshkit's to tell.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def load_app(target: str) -> ServiceApp:

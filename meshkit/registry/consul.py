@@ -128,7 +128,7 @@ class ConsulRegistry:
                 return operation(client)
         except OSError as exc:  # requests' errors are OSErrors
             raise RegistryUnavailable(
-                f"consul at {self.address} is unreachable ({type(exc).__name__})"
+                f"consul at {self.address} (CONSUL_HTTP_ADDR) is unreachable ({type(exc).__name__})"
             ) from exc
         except consul.ACLPermissionDenied as exc:
             raise RegistryError(
