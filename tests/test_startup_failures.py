@@ -52,6 +52,18 @@ def run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def joining(ca: tuple[CAProcess, CAStore], **env: str) -> dict[str, str]:
+    """What a service needs to join the test CA, with ``env`` over it."""
+    process, store = ca
+    return {
+        "MESHKIT_TRUST_DOMAIN": "example.org",
+        "MESHKIT_CA_URL": process.url,
+        "MESHKIT_CA_FINGERPRINT": store.root_fingerprint,
+        "MESHKIT_JOIN_TOKEN": token_for(store, "echo"),
+        **env,
+    }
+
+
 def one_line_naming(result: subprocess.CompletedProcess[str], setting: str) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
@@ -76,46 +88,20 @@ def test_the_ca_unreachable(tmp_path: Path) -> None:
 
 
 def test_the_wrong_fingerprint(tmp_path: Path, ca: tuple[CAProcess, CAStore]) -> None:
-    process, store = ca
-    result = run(
-        tmp_path,
-        MESHKIT_TRUST_DOMAIN="example.org",
-        MESHKIT_CA_URL=process.url,
-        MESHKIT_CA_FINGERPRINT="sha256:" + "a" * 64,
-        MESHKIT_JOIN_TOKEN=token_for(store, "echo"),
-    )
+    result = run(tmp_path, **joining(ca, MESHKIT_CA_FINGERPRINT="sha256:" + "a" * 64))
     one_line_naming(result, "MESHKIT_CA_FINGERPRINT")
 
 
 def test_another_trust_domain(tmp_path: Path, ca: tuple[CAProcess, CAStore]) -> None:
-    process, store = ca
-    result = run(
-        tmp_path,
-        MESHKIT_CA_URL=process.url,
-        MESHKIT_CA_FINGERPRINT=store.root_fingerprint,
-        MESHKIT_JOIN_TOKEN=token_for(store, "echo"),
-    )
+    result = run(tmp_path, **joining(ca, MESHKIT_TRUST_DOMAIN="meshkit.local"))
     assert "MESHKIT_TRUST_DOMAIN=example.org" in one_line_naming(result, "MESHKIT_TRUST_DOMAIN")
 
 
 def test_a_token_for_another_service(tmp_path: Path, ca: tuple[CAProcess, CAStore]) -> None:
-    process, store = ca
-    result = run(
-        tmp_path,
-        MESHKIT_TRUST_DOMAIN="example.org",
-        MESHKIT_CA_URL=process.url,
-        MESHKIT_CA_FINGERPRINT=store.root_fingerprint,
-        MESHKIT_JOIN_TOKEN=token_for(store, "billing"),
-    )
+    result = run(tmp_path, **joining(ca, MESHKIT_JOIN_TOKEN=token_for(ca[1], "billing")))
     one_line_naming(result, "MESHKIT_JOIN_TOKEN")
 
 
 def test_no_token(tmp_path: Path, ca: tuple[CAProcess, CAStore]) -> None:
-    process, store = ca
-    result = run(
-        tmp_path,
-        MESHKIT_TRUST_DOMAIN="example.org",
-        MESHKIT_CA_URL=process.url,
-        MESHKIT_CA_FINGERPRINT=store.root_fingerprint,
-    )
+    result = run(tmp_path, **joining(ca, MESHKIT_JOIN_TOKEN=""))
     one_line_naming(result, "MESHKIT_JOIN_TOKEN")
