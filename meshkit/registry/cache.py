@@ -6,6 +6,13 @@ While the registry is unreachable a watch keeps the last list, counts it as stal
 (``stale_seconds``, for a telemetry gauge) and retries with jittered, capped backoff; once
 back it starts over with a non-blocking read, since a restarted registry's index may have
 gone backwards.
+
+A registry that just came back (after an error, or whose index went backwards as Consul's
+does after a restart) may be empty only because its instances have not re-registered yet.
+An empty answer from it never replaces a known non-empty list: the cache keeps that list,
+counted as stale, until the registry has said "empty" for ``restart_grace`` seconds of a
+healthy session. Kept endpoints that really died are the client's outlier ejection's to
+skip. Any non-empty answer applies at once (a shrinking list is a normal scale-down).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
@@ -21,15 +29,33 @@ from anyio.abc import TaskGroup
 
 from meshkit.errors import RegistryError, RegistryUnavailable
 from meshkit.registry.base import Endpoint, Registry
+from meshkit.registry.lifecycle import REREGISTER_WITHIN
 
 logger = logging.getLogger("meshkit.registry")
+
+#: Twice the time a running instance takes to re-register with a registry that came back
+#: empty, so one slow re-registration never empties a caller's list.
+DEFAULT_RESTART_GRACE = 2 * REREGISTER_WITHIN
+
+
+@dataclass
+class _WatchState:
+    """Where one watch stands: the index it blocks on, its backoff, and whether the registry
+    answering may be one that just came back (``suspect``) and since when it answers."""
+
+    delay: float
+    index: int = 0
+    suspect: bool = False
+    back_since: float | None = None  # set only while a kept list awaits confirmation
 
 
 class WatchedCache:
     """An ``EndpointSource`` over a ``Registry``; use as ``async with WatchedCache(r) as c``.
 
     ``wait`` is the blocking-query wait; ``prime_timeout`` bounds the first answer;
-    ``retry_max`` caps the backoff while the registry is unreachable.
+    ``retry_max`` caps the backoff while the registry is unreachable; ``restart_grace`` is
+    how long a registry that came back must keep answering "no instances" before a known
+    non-empty list is dropped.
     """
 
     def __init__(
@@ -40,12 +66,14 @@ class WatchedCache:
         prime_timeout: float = 5.0,
         retry_first: float = 0.1,
         retry_max: float = 5.0,
+        restart_grace: float = DEFAULT_RESTART_GRACE,
     ) -> None:
         self.registry = registry
         self.wait = wait
         self.prime_timeout = prime_timeout
         self.retry_first = retry_first
         self.retry_max = retry_max
+        self.restart_grace = restart_grace
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._first_answer: dict[str, anyio.Event] = {}
         self._stale_since: dict[str, float] = {}
@@ -111,28 +139,91 @@ class WatchedCache:
     # -- the watch -------------------------------------------------------------------------
 
     async def _watch(self, service: str) -> None:
-        index, delay = 0, self.retry_first
+        state = _WatchState(delay=self.retry_first)
         while True:
             try:
                 new_index, found = await self.registry.healthy_endpoints(
-                    service, index=index, wait=self.wait
+                    service, index=state.index, wait=self._wait(state)
                 )
             except RegistryError as exc:
-                self._stale_since.setdefault(service, time.monotonic())
-                if isinstance(exc, RegistryUnavailable):
-                    logger.warning("watch %s: registry unreachable: %s", service, exc)
-                else:
-                    logger.error("watch %s: registry refused: %s", service, exc)
-                index = 0  # a restarted registry's index may be behind ours
-                await anyio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, self.retry_max)
+                self._lost(service, state, exc)
+                await anyio.sleep(random.uniform(state.delay / 2, state.delay))
+                state.delay = min(state.delay * 2, self.retry_max)
                 continue
-            delay = self.retry_first
-            self._stale_since.pop(service, None)
-            self._store(service, tuple(found))
-            # Consul: an index that went backwards means start over; never block on 0.
-            index = new_index if new_index >= index else 0
-            index = max(index, 1)
+            state.delay = self.retry_first
+            self._answered(service, state, new_index, tuple(found))
+
+    def _wait(self, state: _WatchState) -> float:
+        """The blocking-query wait; while a kept list awaits confirmation, no longer than
+        the grace has left, so a registry that stays empty is believed on time."""
+        if state.back_since is None:
+            return self.wait
+        left = self.restart_grace - (time.monotonic() - state.back_since)
+        return min(self.wait, max(left, 0.05))
+
+    def _lost(self, service: str, state: _WatchState, exc: RegistryError) -> None:
+        """No answer: keep the list, count it stale, and distrust the next answer's emptiness
+        (the registry may come back restarted, before its instances re-register)."""
+        self._stale_since.setdefault(service, time.monotonic())
+        if isinstance(exc, RegistryUnavailable):
+            logger.warning("watch %s: registry unreachable: %s", service, exc)
+        else:
+            logger.error("watch %s: registry refused: %s", service, exc)
+        state.index = 0  # a restarted registry's index may be behind ours
+        state.suspect, state.back_since = True, None
+
+    def _answered(
+        self, service: str, state: _WatchState, new_index: int, found: tuple[Endpoint, ...]
+    ) -> None:
+        went_back = new_index < state.index
+        if went_back:  # Consul's index goes backwards when the registry restarted
+            state.suspect, state.back_since = True, None
+        now = time.monotonic()
+        came_back = state.suspect and state.back_since is None
+        if came_back:
+            state.back_since = now
+        if self._keeps(service, state, found, now):
+            self._keep(service, now, announce=came_back)
+        else:
+            self._apply(service, state, found)
+        # Start over after an index went backwards; never block on 0.
+        state.index = 1 if went_back else max(new_index, 1)
+
+    def _keeps(
+        self, service: str, state: _WatchState, found: tuple[Endpoint, ...], now: float
+    ) -> bool:
+        """Whether ``found`` is an empty answer, over a known non-empty list, from a registry
+        that came back less than ``restart_grace`` ago: one not to believe yet."""
+        return (
+            not found
+            and bool(self._endpoints.get(service))
+            and state.back_since is not None
+            and now - state.back_since < self.restart_grace
+        )
+
+    def _keep(self, service: str, now: float, *, announce: bool) -> None:
+        if announce:
+            logger.warning(
+                "watch %s: the registry came back with no instances; keeping the last %d "
+                "for up to %gs while they re-register",
+                service,
+                len(self._endpoints[service]),
+                self.restart_grace,
+            )
+        self._stale_since.setdefault(service, now)
+
+    def _apply(self, service: str, state: _WatchState, found: tuple[Endpoint, ...]) -> None:
+        known = self._endpoints.get(service)
+        if state.back_since is not None and known and not found:
+            logger.warning(
+                "watch %s: the registry confirmed no instances for %gs; dropping the last %d",
+                service,
+                self.restart_grace,
+                len(known),
+            )
+        state.suspect, state.back_since = False, None
+        self._stale_since.pop(service, None)
+        self._store(service, found)
 
     def _store(self, service: str, found: tuple[Endpoint, ...]) -> None:
         if self._endpoints.get(service) != found:

@@ -21,6 +21,10 @@ logger = logging.getLogger("meshkit.registry")
 
 MAX_HEARTBEAT_INTERVAL = 2.0  # bounds how long a restarted registry misses an instance
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0
+#: How long a registry that came back empty may miss a running instance: until its next
+#: heartbeat (at most MAX_HEARTBEAT_INTERVAL away) or its next retry (at most RETRY_MAX),
+#: which finds itself forgotten and registers again. Callers' caches size their grace on it.
+REREGISTER_WITHIN = max(MAX_HEARTBEAT_INTERVAL, RETRY_MAX)
 
 
 class ServiceRegistration:
