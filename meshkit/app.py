@@ -71,7 +71,7 @@ class ServiceApp(Starlette):
         # Outermost first: the caller's deadline bounds everything, authorization included.
         # AuthzMiddleware gates this app's own copies of its routes when the stack is built.
         self.user_middleware[:0] = [
-            Middleware(DeadlineMiddleware),
+            Middleware(DeadlineMiddleware, max_clock_skew=settings.max_clock_skew),
             *fault_middleware(settings.faults),
             Middleware(AuthzMiddleware, routes=self.router.routes, authorizer=self.mesh.authorizer),
         ]

@@ -1,10 +1,40 @@
-"""The deadline of the request being handled, carried in a contextvar and a header.
+"""The deadline of the request being handled: a contextvar, and the headers that carry it.
 
-A caller sends its remaining budget as ``x-meshkit-deadline-ms: <milliseconds>``
-(remaining time, not an absolute timestamp: hosts' clocks need not agree). The server's
-``DeadlineMiddleware`` turns it into an absolute deadline on the event loop's clock and
-stores it here; every mesh call made while handling the request is bounded by it and
-passes on what is left. Deadlines are ``now()`` values: ``time.monotonic()`` seconds.
+A mesh call sends with each attempt::
+
+    x-meshkit-deadline-ms: 2500           budget: the caller's remaining time, whole ms
+    x-meshkit-sent-ms: 1796904000123      the caller's wall clock at sending, Unix ms
+    x-meshkit-start-ms: 300               only when shorter than the budget: see below
+
+Why a budget *and* a timestamp. A budget alone (gRPC's ``grpc-timeout``, Envoy's
+``x-envoy-expected-rq-timeout-ms``) starts counting when the server reads the request,
+so time spent unread does not count: a request that waited 17 s in the socket buffer
+of a paused (SIGSTOP) or stalled process still gets its whole budget, and runs for a
+caller that gave up long ago and may have retried elsewhere. An absolute deadline
+alone (Finagle's) makes every host's clock part of every request. meshkit counts the
+budget from when the request's head arrived (the serving protocol notes it in the
+scope, ``ARRIVED_KEY``), less whatever the timestamp shows the request waited beyond
+``max_clock_skew`` (``MeshSettings.max_clock_skew``, ``MESHKIT_MAX_CLOCK_SKEW``)::
+
+    deadline = arrival + budget - max(0, arrival_wall_clock - sent - max_clock_skew)
+
+The timestamp can only shorten the budget, never extend it: a caller whose clock runs
+ahead changes nothing, clocks that disagree by up to ``max_clock_skew`` change
+nothing, and a server whose clock runs ahead by more loses only the excess. The price
+is that a request unread for less than the allowance still runs. The default, 0.25 s,
+is well above what NTP keeps hosts apart by (milliseconds; Finagle's deadline filter
+allows 170 ms, its measured worst) and below usual per-try timeouts; widen it for
+hosts without synchronized clocks, or set it very large to trust budgets alone.
+
+Start and finish. An attempt with an ``Idempotency-Key`` sends the call's whole budget
+(the server may finish work the caller stopped waiting for, and the retry then gets
+its stored result) but the caller waits for that attempt only its per-try timeout,
+sent as ``x-meshkit-start-ms``. Work not started by then would run for nobody, maybe
+a second time beside the retry: the server answers 504 without starting it.
+
+In the process, deadlines are ``now()`` values (``time.monotonic()`` seconds): the
+server's middleware stores the incoming one here, and every mesh call made while
+handling the request is bounded by it and passes on what is left.
 """
 
 from __future__ import annotations
@@ -17,6 +47,16 @@ from contextvars import ContextVar
 #: The header carrying the remaining budget in whole milliseconds.
 DEADLINE_HEADER = "x-meshkit-deadline-ms"
 DEADLINE_HEADER_BYTES = DEADLINE_HEADER.encode()
+#: The header carrying the caller's wall clock when it sent the request, Unix ms.
+SENT_HEADER = "x-meshkit-sent-ms"
+SENT_HEADER_BYTES = SENT_HEADER.encode()
+#: The header carrying how long the caller waits for this attempt, when that is less
+#: than the budget: no work may start after it.
+START_HEADER = "x-meshkit-start-ms"
+START_HEADER_BYTES = START_HEADER.encode()
+#: The ASGI scope key holding when the request's head began to arrive (``now()``'s
+#: clock), set by meshkit's serving protocol: queueing inside the server counts too.
+ARRIVED_KEY = "meshkit.arrived"
 
 _deadline: ContextVar[float | None] = ContextVar("meshkit_deadline", default=None)
 
@@ -26,6 +66,8 @@ _deadline: ContextVar[float | None] = ContextVar("meshkit_deadline", default=Non
 #: for sub-millisecond calls) and costs ~0.17 µs a read where this costs ~0.04. Timers
 #: are set with ``call_later(deadline - now())``, which holds on either loop.
 now = time.monotonic
+#: The wall clock, only to compare a request's sent time with: hosts share no other.
+wall = time.time
 
 
 def current_deadline() -> float | None:
@@ -62,7 +104,8 @@ def use_deadline(deadline: float | None) -> Iterator[None]:
 
 
 def parse_header(value: bytes | str) -> float | None:
-    """Seconds left from a header value; None when it is not a number of milliseconds."""
+    """Seconds from a budget header value (deadline or start); None when it is not a
+    number of milliseconds."""
     try:
         milliseconds = int(value)
     except ValueError:
@@ -72,4 +115,26 @@ def parse_header(value: bytes | str) -> float | None:
 
 def format_header(seconds_left: float) -> bytes:
     """The header value for ``seconds_left``, rounded down (never promise more time)."""
-    return str(max(int(seconds_left * 1000.0), 0)).encode()
+    return b"%d" % max(int(seconds_left * 1000.0), 0)
+
+
+def parse_sent(value: bytes | str) -> float | None:
+    """Unix seconds from a sent-time header value; None when it is not a positive number
+    of milliseconds (then the budget alone counts)."""
+    try:
+        milliseconds = int(value)
+    except ValueError:
+        return None
+    return milliseconds / 1000.0 if milliseconds > 0 else None
+
+
+def format_sent(unix_seconds: float) -> bytes:
+    """The sent-time header value, rounded down: the request looks, if anything, older."""
+    return b"%d" % int(unix_seconds * 1000.0)
+
+
+def time_unread(sent: float, arrived_wall: float, max_clock_skew: float) -> float:
+    """Seconds of the caller's budget spent before the request arrived, as far as clocks
+    that may disagree by ``max_clock_skew`` can tell: the time from ``sent`` (caller's
+    wall clock) to ``arrived_wall`` (ours) beyond the allowance, never negative."""
+    return max(arrived_wall - sent - max_clock_skew, 0.0)

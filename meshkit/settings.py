@@ -156,6 +156,9 @@ class MeshSettings:
     consul_token: str | None = field(default=None, repr=False)
     deregister_delay: float = 1.0
     drain_timeout: float = 30.0
+    # How far hosts' clocks may disagree before a request's sent time shortens its
+    # budget on the server (meshkit.deadline says why): NTP keeps them milliseconds apart.
+    max_clock_skew: float = 0.25
     default_policy: DefaultPolicy = "allow-mesh"
     access_log: bool = False
     faults: Faults | None = None  # injected into this instance's requests (tests only)
@@ -180,7 +183,7 @@ class MeshSettings:
                 raise _FieldError(name, f"must be a DNS label (a-z, 0-9, '-'), got {value!r}")
         for name in ("port", "admin_port"):
             _check_port(name, getattr(self, name))
-        for name in ("cert_reload_interval", "deregister_delay", "drain_timeout"):
+        for name in ("cert_reload_interval", "deregister_delay", "drain_timeout", "max_clock_skew"):
             if getattr(self, name) < 0:
                 raise _FieldError(name, "must not be negative")
         if self.tls_mode not in ("strict", "permissive"):
@@ -334,6 +337,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "consul_token": ("CONSUL_HTTP_TOKEN", _optional_text),
     "deregister_delay": ("MESHKIT_DEREGISTER_DELAY", _seconds),
     "drain_timeout": ("MESHKIT_DRAIN_TIMEOUT", _seconds),
+    "max_clock_skew": ("MESHKIT_MAX_CLOCK_SKEW", _seconds),
     "default_policy": ("MESHKIT_DEFAULT_POLICY", _text),
     "access_log": ("MESHKIT_ACCESS_LOG", _flag),
     "faults": ("MESHKIT_FAULTS", _faults),

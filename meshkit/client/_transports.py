@@ -64,6 +64,8 @@ _CRLF = b"\r\n"
 _CR, _LF = _CRLF
 _HEAD_CACHE_SIZE = 1024
 _DEADLINE_PREFIX = deadlines.DEADLINE_HEADER_BYTES + b": "
+_SENT_PREFIX = b"\r\n" + deadlines.SENT_HEADER_BYTES + b": "
+_START_PREFIX = deadlines.START_HEADER_BYTES + b": "
 
 
 class Call:
@@ -469,11 +471,12 @@ class PoolTransport(AsyncBaseTransport):
             deadline = started + self._per_try
             # Work behind an Idempotency-Key outlives the attempt: the server may finish
             # it, and the retry then gets its stored result instead of running it again.
+            # It may not start after the attempt's deadline, though (the start header).
             if not call.keyed:
                 sent_deadline = deadline
         parts = [call.prefix]
         if call.send_deadline:
-            parts += [_DEADLINE_PREFIX, deadlines.format_header(sent_deadline - started), _CRLF]
+            parts.append(deadline_headers(started, deadline, sent_deadline))
         for name, value in call.extra_headers:
             parts += [_header_line(name, value)]
         parts += [_CRLF, call.body]
@@ -493,6 +496,18 @@ class PoolTransport(AsyncBaseTransport):
                 self._heads.clear()  # what repeats now comes back at once; one-offs go
             self._heads[key] = head
         return head
+
+
+def deadline_headers(started: float, attempt_deadline: float, work_deadline: float) -> bytes:
+    """An attempt's deadline header lines (``meshkit.deadline`` says why each): the work's
+    budget, when it was sent, and how long the caller waits for this attempt when that
+    is less (a keyed request's work may outlive its attempt; it may not start later)."""
+    budget = deadlines.format_header(work_deadline - started)
+    sent = deadlines.format_sent(deadlines.wall())
+    lines = b"%s%s%s%s\r\n" % (_DEADLINE_PREFIX, budget, _SENT_PREFIX, sent)
+    if attempt_deadline < work_deadline:
+        lines += b"%s%s\r\n" % (_START_PREFIX, deadlines.format_header(attempt_deadline - started))
+    return lines
 
 
 async def read_body(request: Request) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from meshkit.deadline import ARRIVED_KEY
 from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
 from meshkit.settings import ConnectionLimits
 
@@ -99,9 +100,12 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        arrived = self.loop.time()
+        # The caller's deadline counts from here, not from when the handler gets to run.
+        self.scope[ARRIVED_KEY] = arrived  # type: ignore[literal-required]
         if self.idle_since is not None:
             self.idle_since = None
-            self._since = self.loop.time()
+            self._since = arrived
         if self._tls is not None:
             self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
 

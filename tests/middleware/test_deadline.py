@@ -1,0 +1,137 @@
+"""DeadlineMiddleware: the budget counts from arrival, less the time a request waited
+unread beyond the clock-skew allowance; a caller that stopped waiting gets a 504 and
+the handler never runs. In-process, with the clocks read as the middleware reads them;
+over real mTLS in tests/client/test_deadline.py and tests/chaos/."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from meshkit import deadline
+from meshkit.middleware.deadline import DeadlineMiddleware
+
+pytestmark = pytest.mark.anyio
+
+SKEW = 0.25
+
+
+class Handler:
+    """An app that notes the remaining budget it was given, and answers 200."""
+
+    def __init__(self) -> None:
+        self.runs: list[float | None] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.runs.append(deadline.remaining())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def serve(
+    *,
+    budget_ms: int | None = None,
+    sent_ago: float | None = None,
+    start_ms: int | None = None,
+    arrived_ago: float | None = None,
+    default_timeout: float | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[list[Any], Handler]:
+    """One request through the middleware; what it sent, and the handler's record."""
+    headers = list(extra or [])
+    if budget_ms is not None:
+        headers.append((b"x-meshkit-deadline-ms", b"%d" % budget_ms))
+    if sent_ago is not None:
+        headers.append((b"x-meshkit-sent-ms", deadline.format_sent(deadline.wall() - sent_ago)))
+    if start_ms is not None:
+        headers.append((b"x-meshkit-start-ms", b"%d" % start_ms))
+    scope: dict[str, Any] = {"type": "http", "headers": headers}
+    if arrived_ago is not None:
+        scope[deadline.ARRIVED_KEY] = deadline.now() - arrived_ago
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    handler = Handler()
+    middleware = DeadlineMiddleware(handler, default_timeout=default_timeout, max_clock_skew=SKEW)
+    await middleware(scope, None, send)
+    return sent, handler
+
+
+def refused_unstarted(sent: list[Any], handler: Handler) -> bool:
+    body = json.loads(sent[1]["body"])
+    return sent[0]["status"] == 504 and body["error"] == "deadline_exceeded" and not handler.runs
+
+
+async def test_a_request_that_waited_unread_past_its_deadline_never_runs() -> None:
+    # Paused 17 s with a 5 s budget: the caller gave up 12 s ago.
+    assert refused_unstarted(*await serve(budget_ms=5000, sent_ago=17.0))
+
+
+async def test_a_wait_within_the_skew_allowance_costs_nothing() -> None:
+    _, handler = await serve(budget_ms=1000, sent_ago=0.2)
+    assert handler.runs[0] == pytest.approx(1.0, abs=0.02)
+
+
+async def test_a_wait_beyond_the_allowance_shortens_the_budget_by_the_excess() -> None:
+    _, handler = await serve(budget_ms=2000, sent_ago=1.0)
+    assert handler.runs[0] == pytest.approx(2.0 - (1.0 - SKEW), abs=0.02)
+
+
+async def test_a_caller_clock_ahead_of_ours_never_extends_the_budget() -> None:
+    _, handler = await serve(budget_ms=1000, sent_ago=-100.0)
+    assert handler.runs[0] == pytest.approx(1.0, abs=0.02)
+
+
+async def test_without_a_sent_time_the_budget_alone_counts() -> None:
+    _, handler = await serve(budget_ms=1000, extra=[(b"x-meshkit-sent-ms", b"garbage")])
+    assert handler.runs[0] == pytest.approx(1.0, abs=0.02)
+
+
+async def test_work_may_not_start_after_the_attempt_was_given_up() -> None:
+    # A keyed attempt: 5 s of work allowed, but its caller waited only 300 ms for it.
+    assert refused_unstarted(*await serve(budget_ms=5000, start_ms=300, sent_ago=1.0))
+
+
+async def test_work_started_in_time_gets_the_whole_budget() -> None:
+    _, handler = await serve(budget_ms=5000, start_ms=300, sent_ago=0.0)
+    assert handler.runs[0] == pytest.approx(5.0, abs=0.02)
+
+
+async def test_the_budget_counts_from_arrival_not_from_the_handler() -> None:
+    _, handler = await serve(budget_ms=1000, arrived_ago=0.4)
+    assert handler.runs[0] == pytest.approx(0.6, abs=0.02)
+
+
+async def test_a_request_queued_in_the_server_past_its_budget_never_runs() -> None:
+    assert refused_unstarted(*await serve(budget_ms=1000, arrived_ago=1.5))
+
+
+async def test_the_default_timeout_counts_from_arrival_too() -> None:
+    _, handler = await serve(default_timeout=2.0, arrived_ago=0.5)
+    assert handler.runs[0] == pytest.approx(1.5, abs=0.02)
+
+
+async def test_a_sent_time_without_a_budget_bounds_nothing() -> None:
+    _, handler = await serve(sent_ago=60.0)
+    assert handler.runs == [None]
+
+
+async def test_a_handler_that_overruns_its_budget_is_cancelled_with_504() -> None:
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await anyio.sleep(30)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"50")]}
+    with anyio.fail_after(5):
+        await DeadlineMiddleware(slow)(scope, None, send)
+    assert sent[0]["status"] == 504
+    assert json.loads(sent[1]["body"])["detail"] == "the caller's deadline ran out"
