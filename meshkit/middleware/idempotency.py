@@ -25,7 +25,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,32 +75,42 @@ class IdempotencyDefaults:
 
 
 class _Recorder:
-    """Passes the response through while keeping a copy, up to a size limit."""
+    """Passes the response through while keeping a copy, up to a size limit, and
+    settles the claim before the last chunk goes out: once a client has the whole
+    answer, a retry finds it stored (or, after a 5xx, the key free), never running."""
 
-    def __init__(self, send: Send, max_body: int) -> None:
+    def __init__(
+        self,
+        send: Send,
+        max_body: int,
+        settle: Callable[[StoredResponse | None], Awaitable[None]],
+    ) -> None:
         self._send = send
         self._max_body = max_body
+        self._settle = settle
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.size = 0
-        self.complete = False
+        self.settled = False
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = list(message.get("headers", ()))
-        elif message["type"] == "http.response.body":
+        elif message["type"] == "http.response.body" and not self.settled:
             body = message.get("body", b"")
             self.size += len(body)
             if self.size <= self._max_body:
                 self.chunks.append(body)
-            self.complete = not message.get("more_body", False)
+            if not message.get("more_body", False):
+                self.settled = True
+                await self._settle(self._stored())
         await self._send(message)
 
-    def stored(self) -> StoredResponse | None:
-        """The response to keep: None after a 5xx or an unfinished response."""
-        if not self.complete or self.status >= 500:
+    def _stored(self) -> StoredResponse | None:
+        """The finished response to keep: None after a 5xx."""
+        if self.status >= 500:
             return None
         kept = self.size <= self._max_body
         body = b"".join(self.chunks) if kept else b""
@@ -187,15 +197,17 @@ class IdempotencyStage:
         await send_json(send, status, {**payload, "route": self._route}, headers)
 
     async def _run(self, claimed: Claimed, scope: Scope, receive: Receive, send: Send) -> None:
-        recorder = _Recorder(send, self._policy.max_body_bytes)
-        response = None
-        try:
-            await self._holding(claimed, scope, receive, recorder.send)
-            response = recorder.stored()
-        finally:
+        async def settle(response: StoredResponse | None) -> None:
             # Shielded: a cancelled request (deadline, timeout) must still let go of its key.
             with anyio.move_on_after(SETTLE_TIMEOUT, shield=True):
                 await self._settle(claimed, response)
+
+        recorder = _Recorder(send, self._policy.max_body_bytes, settle)
+        try:
+            await self._holding(claimed, scope, receive, recorder.send)
+        finally:
+            if not recorder.settled:  # no whole response: a crash, a cancellation
+                await settle(None)
 
     async def _holding(self, claimed: Claimed, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the handler, renewing the claim meanwhile if the store's lease can lapse."""

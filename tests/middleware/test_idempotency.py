@@ -158,6 +158,28 @@ async def test_two_instances_sharing_a_store_run_a_key_once() -> None:
     assert retried.headers["idempotent-replayed"] == "true"
 
 
+@pytest.mark.parametrize("status", [201, 503])
+async def test_the_key_is_settled_before_the_client_has_the_answer(status: int) -> None:
+    """A retry sent the moment the first answer arrives finds it stored (or, after a
+    5xx, the key free): never still running, which would be a 409."""
+    shared = MemoryStore()
+    handler = Handler(status=status)
+    first, second = stage(handler, shared), stage(handler, shared, in_flight="reject")
+    retried: list[Answer] = []
+
+    async def client(scope: Any, receive: Any, send: Any) -> None:
+        async def receiving(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                retried.append(await post(second))
+            await send(message)
+
+        await first(scope, receive, receiving)
+
+    await post(client)
+    assert retried[0].status == status
+    assert handler.calls == (1 if status < 500 else 2)
+
+
 async def test_a_key_in_flight_elsewhere_is_409_when_rejecting() -> None:
     shared = MemoryStore()
     handler = Handler()
