@@ -208,6 +208,14 @@ class IdempotencyStage:
         finally:
             if not recorder.settled:  # no whole response: a crash, a cancellation
                 await settle(None)
+        await self._sweep()
+
+    async def _sweep(self) -> None:
+        """The store's housekeeping, now that the caller has its answer."""
+        try:
+            await self.store.sweep()
+        except IdempotencyStoreError as exc:
+            logger.warning("idempotency store sweep failed on %s: %s", self._route, exc)
 
     async def _holding(self, claimed: Claimed, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the handler, renewing the claim meanwhile if the store's lease can lapse."""

@@ -262,6 +262,28 @@ async def test_the_stage_renews_its_claim_while_the_handler_runs() -> None:
     assert 2 <= store.renewals <= 15
 
 
+async def test_the_store_sweeps_after_the_answer_went_out() -> None:
+    events: list[str] = []
+
+    class Watched(MemoryStore):
+        async def complete(self, claimed: Claimed, response: StoredResponse, *, ttl: float) -> bool:
+            events.append("complete")
+            return await super().complete(claimed, response, ttl=ttl)
+
+        async def sweep(self) -> None:
+            events.append("sweep")
+
+    async def client(scope: Any, receive: Any, send: Any) -> None:
+        async def sending(message: Any) -> None:
+            events.append(message["type"])
+            await send(message)
+
+        await stage(Handler(), Watched())(scope, receive, sending)
+
+    await post(client)
+    assert events == ["http.response.start", "complete", "http.response.body", "sweep"]
+
+
 async def test_handler_errors_come_out_as_they_were_raised() -> None:
     """Not wrapped in an ExceptionGroup by the renewal's task group: the app's
     exception handlers must still recognise them. The key is released."""

@@ -184,6 +184,17 @@ async def test_wait_returns_once_the_key_is_finished(store: IdempotencyStore) ->
     assert time.monotonic() - started < 3
 
 
+async def test_sweeping_forgets_expired_keys(store: IdempotencyStore, clock: Clock) -> None:
+    claimed = await store.claim(KEY, "fp", ttl=TTL)
+    assert isinstance(claimed, Claimed)
+    await store.complete(claimed, RESPONSE, ttl=TTL)
+    await store.sweep()
+    assert isinstance(await store.claim(KEY, "fp", ttl=TTL), Replay)  # not yet expired
+    clock.now += TTL + 120
+    await store.sweep()
+    assert isinstance(await store.claim(KEY, "another request", ttl=TTL), Claimed)
+
+
 async def test_wait_gives_up_after_its_time(store: IdempotencyStore) -> None:
     await store.claim(KEY, "fp", ttl=TTL)
     running = await store.claim(KEY, "fp", ttl=TTL)
@@ -218,10 +229,12 @@ async def test_sqlite_store_is_bounded(tmp_path: Path, clock: Clock) -> None:
         assert isinstance(claimed, Claimed)
         await store.complete(claimed, RESPONSE, ttl=TTL)
         clock.now += 1
-    await store.claim(IdempotencyKey("s", "c", "sweeps"), "fp", ttl=TTL)
-    assert _rows(store) <= 4  # three finished, and the running one
+    await store.claim(IdempotencyKey("s", "c", "running"), "fp", ttl=TTL)
+    await store.sweep()
+    assert _rows(store) == 3  # max_entries: the running one and the newest finished
     clock.now += TTL + 1
-    await store.claim(IdempotencyKey("s", "c", "sweeps again"), "fp", ttl=TTL)
+    await store.claim(IdempotencyKey("s", "c", "running too"), "fp", ttl=TTL)
+    await store.sweep()
     assert _rows(store) == 1
     await store.aclose()
 
@@ -277,10 +290,11 @@ async def test_consul_store_sweeps_expired_records(
     abandoned = await store.claim(IdempotencyKey("s", "c", "crashed"), "fp", ttl=TTL)
     assert isinstance(abandoned, Claimed)
     clock.now += TTL + 30  # every record and its period are past
-    for number in range(3):  # each completion sweeps a few markers
+    for number in range(3):  # each sweep (after each response) visits a few markers
         claimed = await store.claim(IdempotencyKey("s", "c", f"new{number}"), "fp", ttl=TTL)
         assert isinstance(claimed, Claimed)
         await store.complete(claimed, RESPONSE, ttl=TTL)
+        await store.sweep()
     _, keys = _consul(registry_process).kv.get("test/sweep/s/keys/", keys=True)
     new = {IdempotencyKey("s", "c", f"new{n}").digest for n in range(3)}
     assert {key.rpartition("/")[2] for key in keys} == new

@@ -13,7 +13,6 @@ from meshkit.middleware.limits import (
     build_pipeline,
 )
 from meshkit.policy.decorators import Concurrency, Idempotent, RateLimit, RoutePolicies, Timeout
-from meshkit.policy.idempotency import MemoryStore
 from tests.middleware._asgi_call import Answer, Handler, call, caller
 
 pytestmark = pytest.mark.anyio
@@ -151,7 +150,6 @@ async def test_idempotency_store_is_bounded_and_keys_are_checked() -> None:
     stage = _idempotent(handler, max_entries=2)
     for key in "abc":
         await call(stage, headers={"Idempotency-Key": key})
-    assert isinstance(stage.store, MemoryStore) and len(stage.store) == 2
     assert (await call(stage, headers={"Idempotency-Key": "c"})).body == b"3"  # kept
     assert (await call(stage, headers={"Idempotency-Key": "a"})).body == b"4"  # evicted
     assert (await call(stage, headers={"Idempotency-Key": "x" * 300})).status == 400

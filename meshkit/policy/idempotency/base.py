@@ -17,7 +17,7 @@ every third of ``lease`` while the handler runs.
 
 The middleware does the HTTP side (reading the key, fingerprinting the request,
 recording and replaying responses); a store only stores. To plug another database,
-implement ``IdempotencyStore`` (five async methods and ``lease``) and raise
+implement ``IdempotencyStore`` (six async methods and ``lease``) and raise
 ``IdempotencyStoreError`` when the database cannot answer.
 """
 
@@ -170,6 +170,11 @@ class IdempotencyStore(Protocol):
     async def wait(self, running: Running, *, within: float) -> None:
         """Return once the record may have changed, or after ``within`` seconds; then the
         caller claims again."""
+        ...
+
+    async def sweep(self) -> None:
+        """Delete some expired records, a bounded amount of work: the store must not grow
+        for ever. Called after a response has gone out, so it delays no caller."""
         ...
 
 

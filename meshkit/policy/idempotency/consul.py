@@ -18,7 +18,7 @@ Bounded: a record fits Consul's value limit (``max_value_bytes``, Consul's
 ``kv_max_value_size`` default 512 KiB); a response that does not fit is kept without
 its body. Consul has no per-key ttl, so each claim also writes an empty marker
 ``<prefix>/<service>/expiry/<bucket>/<digest>`` for the period the record should
-expire in; after each completion this store visits a few markers of periods that
+expire in; each ``sweep`` (after each response) visits a few markers of periods that
 have passed, deleting the expired records (CAS) and moving the markers of live ones
 on. Sweeping keeps pace with writing, needs no background task, and reads only the
 records that are due.
@@ -26,6 +26,7 @@ records that are due.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -48,6 +49,7 @@ from meshkit.policy.idempotency.base import (
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.settings import MeshSettings
 
+logger = logging.getLogger("meshkit.policy")
 T = TypeVar("T")
 Entry = dict[str, Any]
 #: Consul's default ``kv_max_value_size``.
@@ -56,7 +58,7 @@ CONSUL_MAX_VALUE = 512 * 1024
 _CLAIM_ATTEMPTS = 5
 #: The longest blocking query: well inside ``ConsulRegistry``'s default 10 s timeout.
 _MAX_BLOCK = 5.0
-#: Markers visited after each completion: more than the one each request writes.
+#: Markers visited by each sweep: more than the one each request writes.
 _SWEEP_BATCH = 4
 
 
@@ -139,9 +141,8 @@ class ConsulKVStore:
             return False
         record, index = owned
         done = self._fitted(Record(record.fingerprint, self._clock() + ttl, None, response))
-        written = await self._put(self._path_of(claimed), done.encode(), index)
-        await self._sweep_some(claimed.key.service)
-        return written
+        self._sweeps.setdefault(claimed.key.service, _Sweep())  # its records: ours to sweep
+        return await self._put(self._path_of(claimed), done.encode(), index)
 
     async def release(self, claimed: Claimed) -> None:
         owned = await self._owned(claimed)
@@ -159,6 +160,11 @@ class ConsulKVStore:
         await self._consul(
             lambda client: client.kv.get(path, index=running.version, wait=wait), long_poll=True
         )
+
+    async def sweep(self) -> None:
+        """Visit a few due markers of each service this store wrote records for."""
+        for service in list(self._sweeps):
+            await self._sweep_some(service)
 
     async def aclose(self) -> None:
         """Nothing to close: the registry's pooled clients end with the process."""
@@ -201,7 +207,7 @@ class ConsulKVStore:
 
     async def _sweep_some(self, service: str) -> None:
         """Visit a few due markers; a failure here costs nothing but a later visit."""
-        sweep = self._sweeps.setdefault(service, _Sweep())
+        sweep = self._sweeps[service]
         now = self._clock()
         try:
             if not sweep.pending and now >= sweep.next_listing:
@@ -209,8 +215,8 @@ class ConsulKVStore:
                 sweep.pending = await self._due_markers(service, now)
             for _ in range(min(_SWEEP_BATCH, len(sweep.pending))):
                 await self._visit(service, sweep.pending.pop(), now)
-        except IdempotencyStoreError:
-            pass  # the next completion sweeps again
+        except IdempotencyStoreError as exc:
+            logger.debug("idempotency sweep of %s: %s (the next one goes on)", service, exc)
 
     async def _due_markers(self, service: str, now: float) -> list[str]:
         """The markers of every period that has passed (clock skew included), shuffled so

@@ -27,6 +27,9 @@ from meshkit.policy.idempotency.base import (
     new_owner,
 )
 
+#: Records looked at by each sweep: more than the one each request adds.
+_SWEEP_BATCH = 4
+
 
 class MemoryStore:
     """Records in a dict, at most ``max_entries`` (the oldest finished ones go first)."""
@@ -40,9 +43,6 @@ class MemoryStore:
         self._clock = clock
         self._records: OrderedDict[str, Record] = OrderedDict()
         self._changed: dict[str, anyio.Event] = {}
-
-    def __len__(self) -> int:
-        return len(self._records)
 
     async def claim(self, key: IdempotencyKey, fingerprint: str, *, ttl: float) -> Claim:
         digest = key.digest
@@ -76,6 +76,14 @@ class MemoryStore:
         event = self._changed.setdefault(running.key.digest, anyio.Event())
         with anyio.move_on_after(within):
             await event.wait()
+
+    async def sweep(self) -> None:
+        """Drop the expired among the oldest few records (``max_entries`` bounds the rest)."""
+        now = self._clock()
+        oldest = list(itertools.islice(self._records.items(), _SWEEP_BATCH))
+        for digest, record in oldest:
+            if record.expires_at <= now:
+                del self._records[digest]
 
     def _live(self, digest: str) -> Record | None:
         record = self._records.get(digest)

@@ -141,6 +141,14 @@ class SQLiteStore:
         # Other processes cannot wake us: look again soon.
         await anyio.sleep(min(within, self._poll_interval))
 
+    async def sweep(self) -> None:
+        """Delete expired records and the oldest finished past ``max_entries``, at most
+        once per ``sweep_interval``."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_interval
+            await self._run(self._sweep, now)
+
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._close)
 
@@ -148,7 +156,6 @@ class SQLiteStore:
 
     def _claim(self, db: sqlite3.Connection, key: IdempotencyKey, fingerprint: str) -> Claim:
         now = self._clock()
-        self._sweep_if_due(db, now)
         owner = new_owner()
         values = {
             "digest": key.digest,
@@ -173,10 +180,7 @@ class SQLiteStore:
         )
         return cursor.rowcount == 1
 
-    def _sweep_if_due(self, db: sqlite3.Connection, now: float) -> None:
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + self._sweep_interval
+    def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         db.execute(_SWEEP, (now,))
         db.execute(_TRIM, {"max_entries": self._max_entries})
 
