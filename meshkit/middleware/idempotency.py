@@ -26,7 +26,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -92,19 +92,19 @@ class _Recorder:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.size = 0
-        self.settled = False
+        self.finished = False
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = list(message.get("headers", ()))
-        elif message["type"] == "http.response.body" and not self.settled:
+        elif message["type"] == "http.response.body" and not self.finished:
             body = message.get("body", b"")
             self.size += len(body)
             if self.size <= self._max_body:
                 self.chunks.append(body)
             if not message.get("more_body", False):
-                self.settled = True
+                self.finished = True
                 await self._settle(self._stored())
         await self._send(message)
 
@@ -115,6 +115,17 @@ class _Recorder:
         kept = self.size <= self._max_body
         body = b"".join(self.chunks) if kept else b""
         return StoredResponse(self.status, tuple(self.headers), body, kept)
+
+
+@dataclass
+class _Hold:
+    """A claim while its handler runs. Renewals and the settling take turns under
+    ``lock``: a renewal racing the completion could make the completion fail (a CAS on
+    a version the renewal replaced) and lose the response."""
+
+    claimed: Claimed
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    settled: bool = False
 
 
 class IdempotencyStage:
@@ -197,17 +208,21 @@ class IdempotencyStage:
         await send_json(send, status, {**payload, "route": self._route}, headers)
 
     async def _run(self, claimed: Claimed, scope: Scope, receive: Receive, send: Send) -> None:
+        hold = _Hold(claimed)
+
         async def settle(response: StoredResponse | None) -> None:
             # Shielded: a cancelled request (deadline, timeout) must still let go of its key.
             with anyio.move_on_after(SETTLE_TIMEOUT, shield=True):
-                await self._settle(claimed, response)
+                async with hold.lock:
+                    if not hold.settled:
+                        hold.settled = True
+                        await self._settle(claimed, response)
 
         recorder = _Recorder(send, self._policy.max_body_bytes, settle)
         try:
-            await self._holding(claimed, scope, receive, recorder.send)
+            await self._holding(hold, scope, receive, recorder.send)
         finally:
-            if not recorder.settled:  # no whole response: a crash, a cancellation
-                await settle(None)
+            await settle(None)  # no whole response (a crash, a cancellation): release
         await self._sweep()
 
     async def _sweep(self) -> None:
@@ -217,7 +232,7 @@ class IdempotencyStage:
         except IdempotencyStoreError as exc:
             logger.warning("idempotency store sweep failed on %s: %s", self._route, exc)
 
-    async def _holding(self, claimed: Claimed, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _holding(self, hold: _Hold, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the handler, renewing the claim meanwhile if the store's lease can lapse."""
         lease = self.store.lease
         if math.isinf(lease):
@@ -225,7 +240,7 @@ class IdempotencyStage:
             return
         failure: list[Exception] = []
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._renew_forever, claimed, lease / 3)
+            tasks.start_soon(self._renew_forever, hold, lease / 3)
             try:
                 await self.app(scope, receive, send)
             except Exception as exc:
@@ -236,14 +251,13 @@ class IdempotencyStage:
         if failure:
             raise failure[0]
 
-    async def _renew_forever(self, claimed: Claimed, interval: float) -> None:
+    async def _renew_forever(self, hold: _Hold, interval: float) -> None:
         while True:
             await anyio.sleep(interval)
-            try:
-                held = await self.store.renew(claimed)
-            except IdempotencyStoreError as exc:
-                logger.warning("could not renew an idempotency claim on %s: %s", self._route, exc)
-                continue
+            async with hold.lock:
+                if hold.settled:
+                    return
+                held = await self._renew(hold.claimed)
             if not held:
                 logger.warning(
                     "lost the claim of an Idempotency-Key on %s (lease lapsed): "
@@ -251,6 +265,14 @@ class IdempotencyStage:
                     self._route,
                 )
                 return
+
+    async def _renew(self, claimed: Claimed) -> bool:
+        """Renew the lease; True while it may still be ours (a failed call may be passing)."""
+        try:
+            return await self.store.renew(claimed)
+        except IdempotencyStoreError as exc:
+            logger.warning("could not renew an idempotency claim on %s: %s", self._route, exc)
+            return True
 
     async def _settle(self, claimed: Claimed, response: StoredResponse | None) -> None:
         try:

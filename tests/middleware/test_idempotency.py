@@ -284,6 +284,36 @@ async def test_the_store_sweeps_after_the_answer_went_out() -> None:
     assert events == ["http.response.start", "complete", "http.response.body", "sweep"]
 
 
+async def test_renewals_and_the_completion_take_turns(caplog: pytest.LogCaptureFixture) -> None:
+    """A renewal racing the completion could make it fail (Consul: a CAS on a replaced
+    version), losing the response; and a renewal after it would report a lost claim."""
+
+    class Slow(LeasedStore):
+        renewing = False
+
+        async def renew(self, claimed: Claimed) -> bool:
+            self.renewing = True
+            await anyio.sleep(0.03)
+            self.renewing = False
+            return await super().renew(claimed)
+
+        async def complete(self, claimed: Claimed, response: StoredResponse, *, ttl: float) -> bool:
+            assert not self.renewing
+            return await super().complete(claimed, response, ttl=ttl)
+
+    store = Slow()
+    for pause in (0.05, 0.07, 0.09, 0.11):
+
+        async def slow(scope: Any, receive: Any, send: Any, pause: float = pause) -> None:
+            await anyio.sleep(pause)
+            await Handler()(scope, receive, send)
+
+        with caplog.at_level(logging.WARNING, "meshkit.policy"):
+            assert (await post(stage(slow, store), key=str(pause))).status == 200
+    assert store.renewals >= 4
+    assert caplog.text == ""
+
+
 async def test_handler_errors_come_out_as_they_were_raised() -> None:
     """Not wrapped in an ExceptionGroup by the renewal's task group: the app's
     exception handlers must still recognise them. The key is released."""
