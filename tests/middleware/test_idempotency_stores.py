@@ -316,6 +316,23 @@ async def test_consul_store_keeps_a_large_response_without_its_body(
     assert replay == Replay(StoredResponse(200, (), b"", body_kept=False))
 
 
+async def test_consul_wait_blocks_on_its_key_alone(
+    registry_process: RegistryProcess, clock: Clock
+) -> None:
+    """Other keys written meanwhile (other requests, markers) do not end the wait: it
+    blocks on the record's own index, not the KV store's."""
+    store = ConsulKVStore(
+        ConsulRegistry(address=registry_process.address), prefix="test/wait", clock=clock
+    )
+    await store.claim(KEY, "fp", ttl=TTL)
+    running = await store.claim(KEY, "fp", ttl=TTL)
+    assert isinstance(running, Running)
+    await store.claim(OTHER_CALLER, "fp", ttl=TTL)
+    started = time.monotonic()
+    await store.wait(running, within=0.5)
+    assert time.monotonic() - started >= 0.45
+
+
 async def test_consul_store_unreachable_is_a_store_error() -> None:
     store = ConsulKVStore(ConsulRegistry(address="127.0.0.1:9", timeout=1))
     with pytest.raises(IdempotencyStoreError, match="unreachable"):
