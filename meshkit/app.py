@@ -73,7 +73,12 @@ class ServiceApp(Starlette):
         self.user_middleware[:0] = [
             Middleware(DeadlineMiddleware, max_clock_skew=settings.max_clock_skew),
             *fault_middleware(settings.faults),
-            Middleware(AuthzMiddleware, routes=self.router.routes, authorizer=self.mesh.authorizer),
+            Middleware(
+                AuthzMiddleware,
+                routes=self.router.routes,
+                authorizer=self.mesh.authorizer,
+                idempotency=self.mesh.idempotency_defaults,
+            ),
         ]
         for error, handler in MESH_ERROR_HANDLERS.items():
             self.exception_handlers.setdefault(error, handler)

@@ -42,7 +42,9 @@ from meshkit.errors import (
 )
 from meshkit.identity import SpiffeId
 from meshkit.middleware.authz import Authorizer
+from meshkit.middleware.idempotency import IdempotencyDefaults
 from meshkit.middleware.telemetry import source_label
+from meshkit.policy.idempotency import configured_store
 from meshkit.policy.intentions import Intentions, IntentionStore, IntentionWatcher
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
 from meshkit.settings import MeshSettings
@@ -83,6 +85,8 @@ class MeshRuntime:
             settings, intentions=self.intentions, on_denial=self._count_denial
         )
         self.admin_app = AdminApp(self)
+        # Opens nothing yet (stores connect on first use); closed when ``running`` ends.
+        self.idempotency_store = configured_store(settings)
 
     def _count_denial(self, caller: SpiffeId | None, route: str, reason: str) -> None:
         self.metrics.policy_denied(source_label(caller), route, reason)
@@ -96,6 +100,16 @@ class MeshRuntime:
         authorizer.service, authorizer.namespace = settings.service, settings.namespace
         authorizer.trust_domain = settings.trust_domain
         authorizer.default_policy = settings.default_policy
+        self.idempotency_store = configured_store(settings)
+
+    def idempotency_defaults(self) -> IdempotencyDefaults:
+        """What ``@idempotent`` routes use unless they say otherwise (asked for when the
+        app builds its middleware, after the last ``configure``)."""
+        return IdempotencyDefaults(
+            service=self.settings.service,
+            store=self.idempotency_store,
+            in_flight=self.settings.idempotency_in_flight,
+        )
 
     @property
     def spiffe_id(self) -> SpiffeId:
@@ -189,6 +203,8 @@ class MeshRuntime:
             await self.registration.deregister()
         if self.clients is not None:
             await self.clients.aclose()
+        if self.idempotency_store is not None:
+            await self.idempotency_store.aclose()
 
     def instance(self) -> InstanceRegistration:
         """What this instance publishes to the registry."""

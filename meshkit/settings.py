@@ -21,6 +21,9 @@ from meshkit.identity import SpiffeId
 
 TLSMode = Literal["strict", "permissive"]
 DefaultPolicy = Literal["allow-mesh", "deny"]
+#: What a request meets when its Idempotency-Key is being run elsewhere: it waits for
+#: that result, or is refused at once with 409.
+InFlight = Literal["wait", "reject"]
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -162,6 +165,8 @@ class MeshSettings:
     default_policy: DefaultPolicy = "allow-mesh"
     access_log: bool = False
     faults: Faults | None = None  # injected into this instance's requests (tests only)
+    idempotency_store: str = "memory"  # memory | sqlite:PATH | consul
+    idempotency_in_flight: InFlight = "wait"
     handshake_timeout: float = ConnectionLimits.handshake_timeout
     header_timeout: float = ConnectionLimits.header_timeout
     body_timeout: float = ConnectionLimits.body_timeout
@@ -192,6 +197,7 @@ class MeshSettings:
             raise _FieldError(
                 "default_policy", f"must be allow-mesh or deny, got {self.default_policy!r}"
             )
+        self._validate_idempotency()
         files = (self.cert_file, self.key_file, self.bundle_file)
         if any(files) and not all(files):
             raise _FieldError("cert_file", "cert_file, key_file and bundle_file go together")
@@ -206,6 +212,18 @@ class MeshSettings:
         except ConfigError as exc:
             name, _, problem = str(exc).partition(": ")
             raise _FieldError(name, problem) from None
+
+    def _validate_idempotency(self) -> None:
+        store = self.idempotency_store
+        if store not in ("memory", "consul") and not re.fullmatch(r"sqlite:.+", store):
+            raise _FieldError(
+                "idempotency_store", f"must be memory, sqlite:PATH or consul, got {store!r}"
+            )
+        if self.idempotency_in_flight not in ("wait", "reject"):
+            raise _FieldError(
+                "idempotency_in_flight",
+                f"must be wait or reject, got {self.idempotency_in_flight!r}",
+            )
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -341,6 +359,8 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "default_policy": ("MESHKIT_DEFAULT_POLICY", _text),
     "access_log": ("MESHKIT_ACCESS_LOG", _flag),
     "faults": ("MESHKIT_FAULTS", _faults),
+    "idempotency_store": ("MESHKIT_IDEMPOTENCY_STORE", _text),
+    "idempotency_in_flight": ("MESHKIT_IDEMPOTENCY_IN_FLIGHT", _text),
     "handshake_timeout": ("MESHKIT_HANDSHAKE_TIMEOUT", _seconds),
     "header_timeout": ("MESHKIT_HEADER_TIMEOUT", _seconds),
     "body_timeout": ("MESHKIT_BODY_TIMEOUT", _seconds),

@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meshkit.errors import ConfigError
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.middleware._asgi import send_json
+from meshkit.middleware.idempotency import IdempotencyDefaults
 from meshkit.middleware.limits import build_pipeline
 from meshkit.policy.decorators import (
     CallerSet,
@@ -171,16 +172,24 @@ class RouteAccess:
 class PolicyGate:
     """Stands in front of one route's handling: checks the caller, then runs its stages."""
 
-    def __init__(self, app: ASGIApp, info: RouteInfo, authorizer: Authorizer) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        info: RouteInfo,
+        authorizer: Authorizer,
+        idempotency: IdempotencyDefaults | None = None,
+    ) -> None:
         self.app = app  # the route's own handle
         self.route = info.path
         self._authorizer = authorizer
         self._access = RouteAccess(authorizer, info.policies)
-        self._pipeline = build_pipeline(app, info.policies, route=info.path)
+        self._pipeline = build_pipeline(
+            app, info.policies, route=info.path, idempotency=idempotency
+        )
         self._by_method: Mapping[str, tuple[RouteAccess, ASGIApp]] = {
             method: (
                 RouteAccess(authorizer, policies),
-                build_pipeline(app, policies, route=info.path),
+                build_pipeline(app, policies, route=info.path, idempotency=idempotency),
             )
             for method, policies in info.by_method.items()
         }
@@ -249,7 +258,10 @@ def _descend(target: _Target, child_scope: Scope, scope: Scope) -> PolicyGate | 
 
 
 def gate_routes(
-    routes: Sequence[BaseRoute], authorizer: Authorizer, prefix: str = ""
+    routes: Sequence[BaseRoute],
+    authorizer: Authorizer,
+    prefix: str = "",
+    idempotency: IdempotencyDefaults | None = None,
 ) -> list[BaseRoute]:
     """This app's own copies of ``routes``, every endpoint behind its PolicyGate.
 
@@ -258,20 +270,27 @@ def gate_routes(
     gate. The routes given are not changed (another app may share them); copies made
     for another app are traced back to the route they came from.
     """
-    return [_gated(_original(route), authorizer, prefix) for route in routes]
+    return [_gated(_original(route), authorizer, prefix, idempotency) for route in routes]
 
 
-def _gated(route: BaseRoute, authorizer: Authorizer, prefix: str) -> BaseRoute:
+def _gated(
+    route: BaseRoute,
+    authorizer: Authorizer,
+    prefix: str,
+    idempotency: IdempotencyDefaults | None,
+) -> BaseRoute:
     info = _endpoint_info(route, prefix)
     if info is not None:
-        return _with_gate(route, lambda _, handle: PolicyGate(handle, info, authorizer))
+        return _with_gate(
+            route, lambda _, handle: PolicyGate(handle, info, authorizer, idempotency)
+        )
     routes, inner_prefix = _held(route, prefix)
     if isinstance(route, Mount | Host) and _is_plain_router(route.app):
-        return _rebuilt(route, gate_routes(routes, authorizer, inner_prefix))
+        return _rebuilt(route, gate_routes(routes, authorizer, inner_prefix, idempotency))
     unmatched = RouteInfo(inner_prefix + "/{path:path}", route, ("*",), RoutePolicies())
 
     def container_gate(gated: BaseRoute, handle: ASGIApp) -> ASGIApp:
-        gates = _Gates(handle, authorizer)
+        gates = _Gates(handle, authorizer, idempotency)
         return ContainerGate(_resolver(gated, prefix, gates), gates.gate(unmatched))
 
     return _with_gate(route, container_gate)
@@ -330,12 +349,15 @@ def _original(route: BaseRoute) -> BaseRoute:
 class _Gates:
     """Makes the gates of the endpoints under one container, all in front of its handle."""
 
-    def __init__(self, handle: ASGIApp, authorizer: Authorizer) -> None:
+    def __init__(
+        self, handle: ASGIApp, authorizer: Authorizer, idempotency: IdempotencyDefaults | None
+    ) -> None:
         self._handle = handle
         self._authorizer = authorizer
+        self._idempotency = idempotency
 
     def gate(self, info: RouteInfo) -> PolicyGate:
-        return PolicyGate(self._handle, info, self._authorizer)
+        return PolicyGate(self._handle, info, self._authorizer, self._idempotency)
 
 
 def _resolver(container: BaseRoute, prefix: str, gates: _Gates) -> _Resolver:
@@ -380,13 +402,22 @@ class AuthzMiddleware:
 
     ``app`` is the next ASGI app; the gates run inside it, after routing. A route added
     to the app after that could not be gated: requests then fail (500) rather than
-    reach an ungated endpoint.
+    reach an ungated endpoint. ``idempotency`` is asked then for the service's
+    ``@idempotent`` defaults, so settings changed before serving still count.
     """
 
-    def __init__(self, app: ASGIApp, *, routes: list[BaseRoute], authorizer: Authorizer) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        routes: list[BaseRoute],
+        authorizer: Authorizer,
+        idempotency: Callable[[], IdempotencyDefaults] | None = None,
+    ) -> None:
         self.app = app
         self.authorizer = authorizer
-        routes[:] = gate_routes(routes, authorizer)
+        defaults = None if idempotency is None else idempotency()
+        routes[:] = gate_routes(routes, authorizer, idempotency=defaults)
         self._routes = routes
         self._gated_count = len(routes)
 

@@ -3,7 +3,8 @@
 ``build_pipeline`` stacks only the stages a route's policies ask for, outermost first:
 rate limits, timeout (so time spent queued for a slot counts), concurrency,
 idempotency, then the route's own app. A request refused by a limit never reaches the
-idempotency store, so a retry of it runs fresh.
+idempotency store, so a retry of it runs fresh. ``idempotency`` holds the service's
+defaults for ``@idempotent`` routes (its name, its configured store).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.middleware._asgi import caller_key, send_json
-from meshkit.middleware.idempotency import IdempotencyStage
+from meshkit.middleware.idempotency import IdempotencyDefaults, IdempotencyStage
 from meshkit.policy.decorators import Concurrency, RateLimit, RoutePolicies, Timeout
 
 logger = logging.getLogger("meshkit.policy")
@@ -25,11 +26,18 @@ Clock = Callable[[], float]
 
 
 def build_pipeline(
-    app: ASGIApp, policies: RoutePolicies, *, route: str, clock: Clock = time.monotonic
+    app: ASGIApp,
+    policies: RoutePolicies,
+    *,
+    route: str,
+    idempotency: IdempotencyDefaults | None = None,
+    clock: Clock = time.monotonic,
 ) -> ASGIApp:
     """Wrap ``app`` in the stages ``policies`` ask for; ``app`` itself when none."""
     if policies.idempotent:
-        app = IdempotencyStage(app, policies.idempotent, route=route, clock=clock)
+        app = IdempotencyStage(
+            app, policies.idempotent, route=route, defaults=idempotency, clock=clock
+        )
     if policies.concurrency:
         app = ConcurrencyStage(app, policies.concurrency, route=route)
     if policies.timeout:

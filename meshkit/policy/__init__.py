@@ -3,7 +3,8 @@
 ``decorators`` attaches policies to handlers (``@allow``, ``@deny``, ``@timeout``,
 ``@rate_limit``, ``@concurrency``, ``@idempotent``) and compiles them per route;
 ``intentions`` holds the service-to-service rules kept in the registry (meshkit's or
-Consul's), watched at run time. Enforcement is ``meshkit.middleware.authz``.
+Consul's), watched at run time; ``idempotency`` the stores ``@idempotent`` keeps its
+keys in (memory, SQLite, Consul KV, or yours). Enforcement is ``meshkit.middleware``.
 """
 
 from meshkit.policy.decorators import (

@@ -6,7 +6,7 @@
     @timeout(2.0)                        504 when the handler runs longer
     @rate_limit("100/s", per="caller")   token bucket; 429 with Retry-After
     @concurrency(10, queue=20)           503 when every slot and queue place is taken
-    @idempotent(ttl=3600)                one execution per (caller, Idempotency-Key)
+    @idempotent(ttl=3600, store=...)     one execution per (caller, Idempotency-Key)
 
 The decorators only attach immutable values (``__meshkit_policies__``) and return the
 endpoint unchanged, so they stack in any order: on endpoint functions, on HTTPEndpoint
@@ -35,7 +35,8 @@ from starlette.routing import BaseRoute, Host, Mount, Route, WebSocketRoute
 
 from meshkit.errors import ConfigError, IdentityError
 from meshkit.identity import SpiffeId
-from meshkit.settings import DefaultPolicy
+from meshkit.policy.idempotency.base import IdempotencyStore
+from meshkit.settings import DefaultPolicy, InFlight
 
 POLICIES_ATTRIBUTE = "__meshkit_policies__"
 RatePer = Literal["caller", "global"]
@@ -91,11 +92,19 @@ class Concurrency:
 
 @dataclass(frozen=True, slots=True)
 class Idempotent:
-    """Remember responses by (caller, Idempotency-Key) for ``ttl`` seconds, bounded."""
+    """Run a request once per (caller, Idempotency-Key); keep its response ``ttl`` seconds.
+
+    ``store`` None: the service's configured store (``MESHKIT_IDEMPOTENCY_STORE``), else
+    one in memory per route, of ``max_entries``. ``in_flight`` None: the service's
+    ``MESHKIT_IDEMPOTENCY_IN_FLIGHT``. A waiting request gives up after ``wait_timeout``.
+    """
 
     ttl: float = 24 * 3600.0
     max_entries: int = 10_000
     max_body_bytes: int = 1 << 20
+    store: IdempotencyStore | None = None
+    in_flight: InFlight | None = None
+    wait_timeout: float = 30.0
 
 
 Policy = Allow | Deny | Timeout | RateLimit | Concurrency | Idempotent
@@ -146,11 +155,32 @@ def concurrency(limit: int, *, queue: int = 0) -> Callable[[F], F]:
 
 
 def idempotent(
-    *, ttl: float = 24 * 3600.0, max_entries: int = 10_000, max_body_bytes: int = 1 << 20
+    *,
+    ttl: float = 24 * 3600.0,
+    store: IdempotencyStore | None = None,
+    in_flight: InFlight | None = None,
+    wait_timeout: float = 30.0,
+    max_entries: int = 10_000,
+    max_body_bytes: int = 1 << 20,
 ) -> Callable[[F], F]:
-    if ttl <= 0 or max_entries < 1 or max_body_bytes < 0:
-        raise ConfigError("idempotent() needs ttl > 0, max_entries >= 1, max_body_bytes >= 0")
-    return _attaching(Idempotent(float(ttl), max_entries, max_body_bytes))
+    """Requests with an ``Idempotency-Key`` run once per (service, caller, key).
+
+    A repeat gets the stored response; the key with another request (method, path or
+    body) gets 422; while the key runs elsewhere a request waits for its result
+    (``in_flight="wait"``, at most ``wait_timeout`` seconds) or gets 409 with
+    Retry-After (``"reject"``). ``store`` decides where keys live: across instances only
+    with a shared one (``SQLiteStore``, ``ConsulKVStore`` or your own).
+    """
+    if ttl <= 0 or max_entries < 1 or max_body_bytes < 0 or wait_timeout < 0:
+        raise ConfigError(
+            "idempotent() needs ttl > 0, max_entries >= 1, max_body_bytes >= 0, wait_timeout >= 0"
+        )
+    if in_flight not in (None, "wait", "reject"):
+        raise ConfigError(f"idempotent(in_flight=) must be 'wait' or 'reject', got {in_flight!r}")
+    policy = Idempotent(
+        float(ttl), max_entries, max_body_bytes, store, in_flight, float(wait_timeout)
+    )
+    return _attaching(policy)
 
 
 def parse_rate(rate: str) -> tuple[float, float]:

@@ -122,6 +122,20 @@ class ConsulRegistry:
             self._translated, operation, abandon_on_cancel=abandon
         )
 
+    async def call(self, operation: Callable[[Any], T], *, long_poll: bool = False) -> T:
+        """``operation(client)`` on a pooled py-consul client, off the event loop, with its
+        errors translated: for code beside the registry that keeps state in Consul's KV.
+
+        ``long_poll``: a blocking query, run in a daemon thread of its own (see
+        ``healthy_endpoints``); otherwise a worker thread that finishes the call even
+        if the caller is cancelled.
+        """
+        if long_poll:
+            return await in_daemon_thread(
+                lambda: self._translated(operation), name="meshkit-consul-watch"
+            )
+        return await self._call(operation)
+
     def _translated(self, operation: Callable[[Any], T]) -> T:
         try:
             with self._client() as client:

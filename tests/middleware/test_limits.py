@@ -146,10 +146,12 @@ async def test_idempotency_duplicates_wait_for_the_first() -> None:
 
 
 async def test_idempotency_store_is_bounded_and_keys_are_checked() -> None:
-    stage = _idempotent(Handler(), max_entries=2)
+    handler = Handler()
+    stage = _idempotent(handler, max_entries=2)
     for key in "abc":
         await call(stage, headers={"Idempotency-Key": key})
-    assert [k for _, k in stage._entries] == [b"b", b"c"]
+    assert (await call(stage, headers={"Idempotency-Key": "c"})).body == b"3"  # kept
+    assert (await call(stage, headers={"Idempotency-Key": "a"})).body == b"4"  # evicted
     assert (await call(stage, headers={"Idempotency-Key": "x" * 300})).status == 400
 
 

@@ -639,6 +639,10 @@ class DevRegistryApp:
         if exact:
             entry = self.store.kv.get(key)
             entries = [entry] if entry is not None else []
+            if entry is not None:
+                # Consul (KVS.Get): one key's index is its ModifyIndex, so a blocking read
+                # made with it waits for that key, whatever else was written meanwhile.
+                index = entry.modify_index
         else:
             entries = [self.store.kv[k] for k in sorted(self.store.kv) if k.startswith(key)]
         if not entries:

@@ -403,6 +403,25 @@ def test_kv_blocking_get_wakes_on_its_key_only(client: Any, registry: ThreadedRe
     assert answer["result"][1]["Value"] == b"2"
 
 
+def test_kv_one_key_is_indexed_by_its_modify_index(client: Any) -> None:
+    """As Consul's KVS.Get: a read of one key answers its ModifyIndex (the table's when
+    it is missing), so writes to other keys between a read and a blocking read made
+    with its index do not end the wait."""
+    client.kv.put("mine", "1")
+    raw_index, entry = client.kv.get("mine")
+    index = int(raw_index)  # py-consul passes X-Consul-Index on as text
+    assert index == entry["ModifyIndex"]
+    client.kv.put("theirs", "x")
+    assert int(client.kv.get("mine")[0]) == index
+    started = time.monotonic()
+    client.kv.get("mine", index=index, wait="200ms")
+    assert time.monotonic() - started >= 0.2
+    missing_index, _ = client.kv.get("missing")
+    assert int(missing_index) == client.kv.get("theirs")[1]["ModifyIndex"]
+    client.kv.delete("mine")
+    assert int(client.kv.get("mine", index=index, wait="5s")[0]) > index  # deleted: at once
+
+
 def test_catalog_register_and_deregister_external_node(client: Any) -> None:
     assert client.catalog.register(
         "ext",
