@@ -57,4 +57,6 @@ def test_unreachable_registry_is_one_line_and_exit_1(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1
-    assert captured.err.startswith("meshkit: error: consul at http://127.0.0.1:9 is unreachable")
+    assert captured.err.startswith(
+        "meshkit: error: consul at http://127.0.0.1:9 (CONSUL_HTTP_ADDR) is unreachable"
+    )
