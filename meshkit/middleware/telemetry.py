@@ -98,7 +98,7 @@ class TelemetryMiddleware:
             route = self._routes.lookup(scope)
             identity = peer_identity(scope)
             source = source_label(identity)
-            self.metrics.server_finished((method, route, status, source), duration)
+            self.metrics.server_finished(method, route, status, source, duration)
             if span.is_recording():
                 self._server_spans.finish(
                     span, scope, method, route, status, identity, source, error
