@@ -242,24 +242,3 @@ def test_zipkin_receives_meshkit_spans_as_sdk_spans() -> None:
     assert zipkin_span["localEndpoint"] == {"serviceName": "orders"}
     assert zipkin_span["tags"]["http.response.status_code"] == "200"  # type: ignore[index]
     assert zipkin_span["traceId"] == f"{span.get_span_context().trace_id:032x}"
-
-
-def test_a_span_entered_is_current_alone_in_an_immutable_context() -> None:
-    from opentelemetry import context as otel_context
-    from opentelemetry.context import Context
-    from opentelemetry.trace.propagation import _SPAN_KEY
-
-    from meshkit.telemetry import propagation
-
-    enter = propagation._enter_span
-    var = otel_context._RUNTIME_CONTEXT._current_context  # type: ignore[attr-defined]
-    span = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
-    before = otel_context.get_current()
-    token = enter(var, Context, _SPAN_KEY, span)
-    current = otel_context.get_current()
-    assert type(current) is Context and dict(current) == {_SPAN_KEY: span}
-    assert trace.get_current_span() is span
-    with pytest.raises(ValueError):
-        current[_SPAN_KEY] = None  # type: ignore[index]
-    var.reset(token)
-    assert otel_context.get_current() is before
