@@ -6,8 +6,8 @@ request runs on the event loop's thread, so these metrics keep plain Python numb
 lists and update them with no lock at all. **Record from one thread only**, the event
 loop's: two threads updating one series could lose increments.
 
-A scrape may run on another thread. It copies each series' list in one C call (no
-bytecode boundary inside, so no update lands halfway through the copy) and derives the
+A scrape may run on another thread. It copies each series' list with one ``list.copy()``
+(no bytecode boundary inside, so no update lands halfway through the copy) and derives the
 cumulative ``le`` buckets, ``+Inf`` and ``_count`` from that copy: a scrape between two
 updates still sees a consistent histogram (``_sum`` may be one observation apart from
 the count, as with prometheus_client's separate locks). New series, rare, are added
