@@ -11,7 +11,6 @@ the SDK for ``meshkit run``, which owns the process.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import MutableMapping, Sequence
 from importlib import metadata
@@ -26,7 +25,6 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
-logger = logging.getLogger(__name__)
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
 MESH_PROPAGATOR = CompositePropagator([_TRACE_CONTEXT, W3CBaggagePropagator()])
 INSTRUMENTATION_NAME = "meshkit"
