@@ -2,7 +2,10 @@
 
 Library code never sets OpenTelemetry globals; ``configure_tracing_from_env`` builds a
 ``TracerProvider`` for the process that owns it (``meshkit run``), which installs it.
-The middleware and the client need none of this: they use the API (``propagation``).
+The middleware and the client need none of this: they take whatever provider they are
+given (``propagation``, ``_otel_sdk``). OTLP spans go through ``export``'s encoding
+processor when the OpenTelemetry adapter's import check passed, else through the stock
+``BatchSpanProcessor``; either way the stock ``OTLPSpanExporter`` posts them.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def _processor(
     name: str, environ: Mapping[str, str], batching: _Batching, otlp: OTLPSpanExporter | None
 ) -> SpanProcessor:
     if otlp is not None and name == "otlp":
-        if _otel_sdk.usable():
+        if _otel_sdk.usable():  # the encoding processor needs the adapter
             return OTLPBatchProcessor(
                 otlp,
                 schedule_delay=batching.schedule_delay_millis / 1000,
