@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, TraceFlags, TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from meshkit.telemetry._otel_sdk import UNSET_STATUS, SpanFields, post_encoded, span_fields
 
@@ -63,6 +64,7 @@ _LOCAL_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x100)
 _REMOTE_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x300)
 _SMALL = [bytes((value,)) for value in range(128)]
 _SHUTDOWN_SECONDS = 30.0
+_SAMPLED = TraceFlags.SAMPLED
 _UNSET_STATUS_FIELD = b"\x7a\x00"  # Span.status present and empty, as the stock encoder sends
 #: The context of the span ``_resource_and_scope`` has the stock encoder encode.
 _PLACEHOLDER_CONTEXT = SpanContext(1, 1, False, TraceFlags(1))
@@ -187,7 +189,9 @@ class SpanEncoder:
         return b"".join(
             (
                 _pack_ids(0x0A10, trace_id >> 64, trace_id & _LOW_64, 0x1208, context.span_id),
-                _trace_state_field(trace_state) if trace_state else b"",
+                b""
+                if trace_state is DEFAULT_TRACE_STATE or not trace_state
+                else _trace_state_field(trace_state),
                 b"" if parent is None else _pack_parent(0x2208, parent.span_id),
                 name_and_kind,
                 _pack_times(0x39, start, 0x41, end),
@@ -233,10 +237,11 @@ def _trace_state_field(trace_state: TraceState) -> bytes:
 
 def _dropped_fields(attributes: object, events: Sequence[Any], links: Sequence[Any]) -> bytes:
     """Fields 10, 12, 14: what the span's limits refused (nearly always nothing)."""
-    dropped = attributes.dropped if isinstance(attributes, BoundedAttributes) else 0
+    # Exact types: an ABC's isinstance costs more than the rest of this on every span.
+    dropped = attributes.dropped if type(attributes) is BoundedAttributes else 0
     # Empty here, but a bounded list that holds none may still count what it refused.
-    dropped_events = events.dropped if isinstance(events, BoundedList) else 0
-    dropped_links = links.dropped if isinstance(links, BoundedList) else 0
+    dropped_events = events.dropped if type(events) is BoundedList else 0
+    dropped_links = links.dropped if type(links) is BoundedList else 0
     if not (dropped or dropped_events or dropped_links):
         return b""
     return b"".join(
@@ -354,7 +359,7 @@ class OTLPBatchProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         context = span.context
-        if context is None or not context.trace_flags.sampled or self._shutdown:
+        if context is None or not context.trace_flags & _SAMPLED or self._shutdown:
             return
         queue = self._queue
         if len(queue) >= self._max_queue_size:
