@@ -50,7 +50,10 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 MODES = (
     "off",
@@ -130,7 +133,7 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def tracer_provider(ratio: float, variant: str, sink: str) -> Any:
+def tracer_provider(ratio: float, variant: str, sink: str) -> TracerProvider | None:
     """The provider of a ``sampledN[_variant]`` mode (built before the middleware, which
     decides then whether it makes meshkit's spans)."""
     from opentelemetry.sdk.resources import Resource
