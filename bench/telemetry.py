@@ -67,6 +67,8 @@ MODES = (
 )
 TRANSPORTS = ("mtls", "plaintext")
 CONCURRENCY = 16
+#: Every measured request rides a connection opened in the warm-up (no handshakes).
+KEEP_ALIVE_SECONDS = 3600
 
 
 # --- the server process -------------------------------------------------------------
@@ -124,7 +126,15 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
             "ssl_cert_reqs": ssl.CERT_REQUIRED,
         }
     config = uvicorn.Config(
-        app, loop="uvloop", lifespan="off", access_log=False, log_level="error", **options
+        app,
+        loop="uvloop",
+        lifespan="off",
+        access_log=False,
+        log_level="error",
+        # Connections idle while the other modes run: uvicorn's default (5 s) would
+        # close them, and each mode whose wait outlasted it would pay new handshakes.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        **options,
     )
     # As `meshkit run` does once it serves, in every mode alike.
     from meshkit.serving.server import freeze_startup_objects
@@ -275,7 +285,10 @@ async def measure(
     with ExitStack() as stack:
         servers = {mode: stack.enter_context(server(mode, sink, tls_dir)) for mode in modes}
         connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=CONCURRENCY, ssl=context if context else False
+            limit=0,
+            limit_per_host=CONCURRENCY,
+            ssl=context if context else False,
+            keepalive_timeout=KEEP_ALIVE_SECONDS,
         )
         async with aiohttp.ClientSession(connector=connector) as session:
             for _, port in servers.values():
