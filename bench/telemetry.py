@@ -13,13 +13,25 @@ the headline ratios) and over plaintext HTTP (``*_plaintext``: a smaller denomin
 Modes: ``off`` (no middleware), ``notrace`` (metrics, no tracer provider: the API's
 no-op tracer, which still propagates context), ``sampledN`` (the SDK configured by
 ``configure_tracing_from_env`` with parentbased_traceidratio N/100, exporting
-OTLP/HTTP protobuf to a sink in the load generator, as in production) and
-``sampledN_noexport`` (spans recorded but never exported: the recording's share).
-The default modes are off, notrace, sampled10, sampled100, sampled100_noexport.
+OTLP/HTTP protobuf to a sink in the load generator, as in production), and variants
+of it that measure meshkit's two fast paths against the stock ones in the same run:
+
+- ``sampledN_stock``: both off, as when ``meshkit.telemetry._otel_sdk``'s import check
+  fails: spans from the SDK's ``Tracer.start_span``, exported by the stock
+  ``BatchSpanProcessor`` + ``OTLPSpanExporter``;
+- ``sampledN_stockexport``: meshkit's spans (``SpanStarter``/``MeshSpan``), the stock
+  processor and exporter: against ``sampledN_stock`` it isolates the span making,
+  against ``sampledN`` the encoder (``OTLPBatchProcessor``);
+- ``sampledN_noexport``: meshkit's spans recorded but never exported.
+
+The default modes are off, notrace, sampled10, sampled10_stock, sampled100,
+sampled100_stockexport, sampled100_stock, sampled100_noexport.
 
     python -m bench.telemetry [--requests 4000] [--rounds 9] [--modes notrace,sampled0]
 
-Ends with one JSON line: CPU µs per request per mode and ratios to ``off``.
+Ends with one JSON line: CPU µs per request per mode, ratios to ``off``, and
+``us_saved_<mode>``: the µs per request ``<mode>`` saves over ``<mode>_stock`` (and
+``us_saved_sampledN_spans``/``_export``: what each fast path saves alone).
 """
 
 from __future__ import annotations
@@ -38,11 +50,25 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-MODES = ("off", "notrace", "sampled10", "sampled100", "sampled100_noexport")
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+MODES = (
+    "off",
+    "notrace",
+    "sampled10",
+    "sampled10_stock",
+    "sampled100",
+    "sampled100_stockexport",
+    "sampled100_stock",
+    "sampled100_noexport",
+)
 TRANSPORTS = ("mtls", "plaintext")
 CONCURRENCY = 16
+#: Every measured request rides a connection opened in the warm-up (no handshakes).
+KEEP_ALIVE_SECONDS = 3600
 
 
 # --- the server process -------------------------------------------------------------
@@ -58,7 +84,6 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
 
     from meshkit.middleware.telemetry import TelemetryMiddleware
     from meshkit.telemetry.metrics import MeshMetrics
-    from meshkit.telemetry.sdk import configure_tracing_from_env
 
     provider = None
 
@@ -78,18 +103,8 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
     )
     if mode != "off":
         if mode.startswith("sampled"):
-            ratio = str(int(mode.removeprefix("sampled").partition("_")[0]) / 100)
-            environ = {
-                # noexport: spans recorded by the SDK, then dropped (its cost without OTLP).
-                "OTEL_TRACES_EXPORTER": "console" if mode.endswith("noexport") else "otlp",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
-                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                "OTEL_TRACES_SAMPLER_ARG": ratio,
-            }
-            provider = configure_tracing_from_env("bench", environ)
-            if mode.endswith("noexport"):
-                assert provider is not None
-                provider._active_span_processor._span_processors = ()
+            percent, _, variant = mode.removeprefix("sampled").partition("_")
+            provider = tracer_provider(int(percent) / 100, variant, sink)
         # Outermost, as ServiceApp installs it.
         app = TelemetryMiddleware(
             app, service="bench", metrics=MeshMetrics(), tracer_provider=provider
@@ -111,13 +126,49 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
             "ssl_cert_reqs": ssl.CERT_REQUIRED,
         }
     config = uvicorn.Config(
-        app, loop="uvloop", lifespan="off", access_log=False, log_level="error", **options
+        app,
+        loop="uvloop",
+        lifespan="off",
+        access_log=False,
+        log_level="error",
+        # Connections idle while the other modes run: uvicorn's default (5 s) would
+        # close them, and each mode whose wait outlasted it would pay new handshakes.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        **options,
     )
     # As `meshkit run` does once it serves, in every mode alike.
     from meshkit.serving.server import freeze_startup_objects
 
     freeze_startup_objects()
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def tracer_provider(ratio: float, variant: str, sink: str) -> TracerProvider | None:
+    """The provider of a ``sampledN[_variant]`` mode (built before the middleware, which
+    decides then whether it makes meshkit's spans)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from meshkit.telemetry import _otel_sdk
+    from meshkit.telemetry.sdk import configure_tracing_from_env, sampler_from_env
+
+    environ = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+    }
+    if variant == "noexport":
+        # No span processor: spans recorded, then dropped as they end.
+        resource = Resource.create({"service.name": "bench"})
+        return TracerProvider(resource=resource, sampler=sampler_from_env(environ))
+    if variant in ("stock", "stockexport"):
+        # What meshkit does when the adapter's import-time check fails.
+        _otel_sdk._INTERNALS = None
+    provider = configure_tracing_from_env("bench", environ)
+    if variant == "stockexport":
+        _otel_sdk._INTERNALS = _otel_sdk.check()  # the middleware's spans are meshkit's
+    return provider
 
 
 # --- the load generator -------------------------------------------------------------
@@ -234,7 +285,10 @@ async def measure(
     with ExitStack() as stack:
         servers = {mode: stack.enter_context(server(mode, sink, tls_dir)) for mode in modes}
         connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=CONCURRENCY, ssl=context if context else False
+            limit=0,
+            limit_per_host=CONCURRENCY,
+            ssl=context if context else False,
+            keepalive_timeout=KEEP_ALIVE_SECONDS,
         )
         async with aiohttp.ClientSession(connector=connector) as session:
             for _, port in servers.values():
@@ -255,6 +309,17 @@ def summarize(per_request: dict[str, list[float]], suffix: str) -> dict[str, obj
         figures[f"cpu_us_per_request_{mode}{suffix}"] = round(median[mode] * 1e6, 2)
     for mode in list(median)[1:]:
         figures[f"ratio_cpu_{mode}{suffix}"] = round(median[mode] / median["off"], 3)
+    for mode in median:
+        # What a fast path saves: the same traffic without it minus the traffic with it.
+        compared = {
+            mode: (f"{mode}_stock", mode),  # both fast paths
+            f"{mode}_spans": (f"{mode}_stock", f"{mode}_stockexport"),  # span making
+            f"{mode}_export": (f"{mode}_stockexport", mode),  # the encoding processor
+        }
+        for name, (without, with_it) in compared.items():
+            if without in median and with_it in median:
+                us = (median[without] - median[with_it]) * 1e6
+                figures[f"us_saved_{name}{suffix}"] = round(us, 2)
     return figures
 
 

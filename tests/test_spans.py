@@ -271,16 +271,20 @@ def test_attributes_are_checked_and_bounded_as_the_sdk_does(
     exporter = InMemorySpanExporter()
     provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=3))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    started = SpanStarter(provider).start("GET", SpanKind.SERVER, Context())
-    assert isinstance(started, MeshSpan)
-    started.set_attribute("", "no key")
-    started.set_attributes({"list": ["a", "b"], "n": 1, "object": object()})
-    started.set_attribute("last", True)
-    started.end()
-    (span,) = exporter.get_finished_spans()
-    assert dict(span.attributes) == {"n": 1, "object": None, "last": True}  # oldest dropped
-    assert span.dropped_attributes == 2  # the empty key, then "list" to make room
-    assert "invalid attribute key" in caplog.text
+    mesh = SpanStarter(provider).start("GET", SpanKind.SERVER, Context())
+    sdk = provider.get_tracer("user").start_span("GET", Context(), SpanKind.SERVER)
+    assert isinstance(mesh, MeshSpan) and not isinstance(sdk, MeshSpan)
+    for span in (mesh, sdk):
+        set_mesh_attributes(span, {"http.route": "/a"})
+        span.set_attribute("", "no key")
+        span.set_attributes({"list": ["a", "b"], "n": 1, "object": object()})
+        span.set_attribute("last", True)
+        span.end()
+    ours, theirs = exporter.get_finished_spans()
+    assert dict(ours.attributes) == dict(theirs.attributes)
+    assert dict(ours.attributes) == {"n": 1, "object": None, "last": True}  # oldest dropped
+    assert ours.dropped_attributes == theirs.dropped_attributes == 3  # "", route, list
+    assert caplog.text.count("invalid key ``") == 2
 
 
 def test_mesh_attributes_events_status_and_exceptions() -> None:

@@ -6,8 +6,8 @@ request runs on the event loop's thread, so these metrics keep plain Python numb
 lists and update them with no lock at all. **Record from one thread only**, the event
 loop's: two threads updating one series could lose increments.
 
-A scrape may run on another thread. It copies each series' list in one C call (no
-bytecode boundary inside, so no update lands halfway through the copy) and derives the
+A scrape may run on another thread. It copies each series' list with one ``list.copy()``
+(no bytecode boundary inside, so no update lands halfway through the copy) and derives the
 cumulative ``le`` buckets, ``+Inf`` and ``_count`` from that copy: a scrape between two
 updates still sees a consistent histogram (``_sum`` may be one observation apart from
 the count, as with prometheus_client's separate locks). New series, rare, are added
@@ -129,14 +129,6 @@ class LoopHistogram(_LoopMetric):
             family.add_metric(labels, list(zip(self._le, cumulative, strict=True)), series[0])
         return [family]
 
-    def counts(self, labels: int) -> dict[Labels, int]:
-        """How many values were observed, per value of the first ``labels`` labels."""
-        totals: dict[Labels, int] = {}
-        for key, series in self._snapshot():
-            prefix = key[:labels]
-            totals[prefix] = totals.get(prefix, 0) + int(sum(series[1:]))
-        return totals
-
     def _new_series(self) -> list[float]:
         return [0.0] + [0] * (len(self._bounds) + 1)
 
@@ -181,35 +173,6 @@ class LoopCounter(_LoopValue):
 
 
 class LoopGauge(_LoopValue):
+    """A gauge: ``add`` any amount, negative ones included."""
+
     family_type = GaugeMetricFamily
-
-
-class LoopInFlight(LoopGauge):
-    """A gauge of what is in progress: starts are added here (``add``/``series``), ends
-    are the observations of ``ends``, a histogram that records each one as it ends and
-    whose first labels are this gauge's. The value is starts minus ends, derived at
-    scrape time: an end costs nothing here (no lookup, no update, on the request path).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry,
-        *,
-        ends: LoopHistogram,
-    ) -> None:
-        if tuple(ends.labelnames[: len(labelnames)]) != tuple(labelnames):
-            raise ValueError(f"{name}: {ends.name} must be labelled by {labelnames} first")
-        self._ends = ends
-        super().__init__(name, documentation, labelnames, registry)
-
-    def collect(self) -> list[Metric]:
-        # Ends first: a request ending between the two reads counts as still running,
-        # never as ended before it started (a negative value).
-        ended = self._ends.counts(len(self.labelnames))
-        family = self._family()
-        for labels, (started,) in self._snapshot():
-            family.add_metric(labels, float(started - ended.get(labels, 0)))
-        return [family]

@@ -1,46 +1,66 @@
-"""SpanStarter: meshkit's own spans, with the SDK's decisions at a fraction of its cost.
+"""The OpenTelemetry adapter: the one meshkit module that uses OpenTelemetry's private names.
 
-A request through the mesh makes up to three spans (the callee's SERVER span, the
-caller's call and attempt spans), and the SDK's ``Tracer.start_span`` + ``Span`` cost
-~20 µs of a ~40 µs request: sampling-result objects, a lock and a bounded attribute
-dict per span, validation of every attribute, a snapshot copy at the end. When the
-provider is a plain SDK one (a sampler whose decision is a pure function of the parent
-and the trace id, the default id generator or any other, no per-span SDK metrics,
-unbounded attribute values) ``SpanStarter`` takes the same decisions itself:
+Two things meshkit does per request cost more through the SDK's public path than the
+request itself (bench/telemetry.py measures both paths side by side), and both need the
+SDK's internals:
 
-- a span the sampler drops is the same ``NonRecordingSpan`` the SDK makes (parent's
-  trace id or a new one, a new span id, unsampled flags, parent's trace state);
-- a recorded span is a ``MeshSpan``: a subclass of the SDK's ``Span`` built in a
-  fraction of the time, started and ended through the provider's span processors like
-  any SDK span, so exporters, processors and user code see an SDK span.
+- ``SpanStarter`` takes the SDK's sampling decision before any span object exists (a
+  dropped span is a ``NonRecordingSpan`` whose context is made only if read), and makes
+  a sampled span a ``MeshSpan``: an SDK ``Span`` that skips the SDK's per-span setup
+  and goes through the provider's span processors like any other;
+- ``span_fields`` reads an ended span without the copies its properties make, and
+  ``post_encoded`` sends a body ``meshkit.telemetry.export`` encoded already through the
+  stock ``OTLPSpanExporter`` (its HTTP session, retries, headers and TLS settings).
 
-Any other provider, sampler or tracer goes through ``start_span`` as usual.
+``check`` runs when this module is imported: it looks up every private name used here
+and probes the shapes relied on (the fields the SDK's ``Span`` constructor sets, the
+sampler delegates, the exporter's parts) and makes a ``MeshSpan`` and an SDK span go
+through the same calls. If anything is missing or differs (a new release), it logs one
+warning naming it and ``usable()`` is False: every span then comes from
+``Tracer.start_span`` and ``meshkit.telemetry.sdk`` exports with the stock
+``BatchSpanProcessor`` and ``OTLPSpanExporter``. Nothing here may crash meshkit.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import random
+import operator
 import threading
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from time import time_ns
 from typing import Any, NamedTuple, cast
 
 from opentelemetry import trace
-from opentelemetry.attributes import _clean_attribute_value
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import (
+    ReadableSpan,
+    SpanLimits,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+)
 from opentelemetry.sdk.trace import Span as SdkSpan
-from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
     TraceIdRatioBased,
 )
 from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationInfo, InstrumentationScope
+from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -52,19 +72,12 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _DEFAULT_TRACE_STATE
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 from meshkit.telemetry.propagation import EMPTY_CONTEXT, get_tracer
 
-try:  # a private SDK name; without it every span is left to the SDK
-    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
-except ImportError:  # pragma: no cover (a future SDK)
-    NoOpTracerMetrics = None  # type: ignore[assignment,misc]
-
 logger = logging.getLogger(__name__)
-_time_ns = time.time_ns
-_new_object = object.__new__
 
 #: Trace flags by (sampled, random trace id), as the SDK sets them.
 _FLAGS = {
@@ -74,9 +87,233 @@ _FLAGS = {
     for sampled in (False, True)
     for random_id in (False, True)
 }
+_LOW_64 = TraceIdRatioBased.TRACE_ID_LIMIT
 _PROVIDER_RECHECK_SECONDS = 1.0
-#: The status of every span nobody set one on (one object: encoders compare identity).
+#: The status of every span nobody set one on (one object: the encoder compares identity).
 UNSET_STATUS = Status(StatusCode.UNSET)
+
+
+# --- what is relied on, checked at import ---------------------------------------------
+
+#: Private names looked up by ``check``, by the field of ``_Internals`` that holds them.
+_PRIVATE_NAMES = {
+    "no_op_tracer_metrics": ("opentelemetry.sdk.trace._tracer_metrics", "NoOpTracerMetrics"),
+}
+#: The fields the SDK's ``Span`` constructor sets: ``MeshSpan`` gives each a value, and
+#: ``span_fields`` reads some of them.
+_SDK_SPAN_FIELDS = frozenset(
+    (
+        "_attributes",
+        "_context",
+        "_end_time",
+        "_events",
+        "_instrumentation_info",
+        "_instrumentation_scope",
+        "_kind",
+        "_limits",
+        "_links",
+        "_lock",
+        "_name",
+        "_parent",
+        "_record_end_metrics",
+        "_record_exception",
+        "_resource",
+        "_sampler",
+        "_set_status_on_exception",
+        "_span_processor",
+        "_start_time",
+        "_status",
+        "_trace_config",
+    )
+)
+_TRACER_FIELDS = ("_tracer_config", "_span_limits", "_instrumentation_scope", "_tracer_metrics")
+_PRIVATE_METHODS = (
+    (SdkTracer, "_is_enabled"),
+    (SdkSpan, "_add_event"),
+    (SdkSpan, "_add_link"),
+    (SpanProcessor, "_on_ending"),
+)
+#: ``ParentBased``'s delegates and the defaults ``_sampling`` can stand in for.
+_PARENT_BASED_DEFAULTS = {
+    "_remote_parent_sampled": ALWAYS_ON,
+    "_remote_parent_not_sampled": ALWAYS_OFF,
+    "_local_parent_sampled": ALWAYS_ON,
+    "_local_parent_not_sampled": ALWAYS_OFF,
+}
+_EXPORTER_FIELDS = ("_client", "_metrics", "_shutdown", "_max_request_size")
+
+
+@dataclass(frozen=True)
+class _Internals:
+    """The private objects ``check`` found."""
+
+    no_op_tracer_metrics: type
+
+
+def check() -> _Internals | None:
+    """The private objects this module needs, or None (after one warning naming what is
+    missing or changed) when OpenTelemetry is not what this module was written for."""
+    problems: list[str] = []
+    found: dict[str, Any] = {}
+    for field, (module, name) in _PRIVATE_NAMES.items():
+        try:
+            found[field] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            problems.append(f"{module}.{name}")
+    internals = None if problems else _Internals(**found)
+    for probe in (_shape_problems, _sampler_problems, _exporter_problems):
+        try:
+            problems.extend(probe())
+        except Exception as exc:  # a probe that cannot even run: the shape changed
+            problems.append(f"{probe.__name__.strip('_')}: {exc!r}")
+    if internals is not None and not problems:
+        try:
+            problems.extend(_mesh_span_problems(internals))
+        except Exception as exc:
+            problems.append(f"MeshSpan probe: {exc!r}")
+    if problems:
+        logger.warning(
+            "OpenTelemetry internals meshkit relies on are missing or changed (%s): spans "
+            "and OTLP export take the SDK's public path",
+            "; ".join(problems),
+        )
+        return None
+    return internals
+
+
+def usable() -> bool:
+    """Whether ``check`` passed: else spans and export take the SDK's public path."""
+    return _INTERNALS is not None
+
+
+def _probe_tracer(processor: SpanProcessor | None = None) -> SdkTracer:
+    """An SDK tracer built directly (a provider would read ``OTEL_SDK_DISABLED``)."""
+    processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
+    if processor is not None:
+        processors.add_span_processor(processor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the Tracer still takes it
+        info = InstrumentationInfo("meshkit.probe", "0")
+    return SdkTracer(
+        ALWAYS_ON,
+        Resource.get_empty(),
+        processors,
+        RandomIdGenerator(),
+        info,
+        SpanLimits(),
+        InstrumentationScope("meshkit.probe", "0"),
+    )
+
+
+def _shape_problems() -> list[str]:
+    problems = [
+        f"{owner.__name__}.{name}" for owner, name in _PRIVATE_METHODS if not hasattr(owner, name)
+    ]
+    tracer = _probe_tracer()
+    problems += [f"Tracer.{name}" for name in _TRACER_FIELDS if not hasattr(tracer, name)]
+    if not hasattr(getattr(tracer, "_tracer_config", None), "is_enabled"):
+        problems.append("Tracer._tracer_config.is_enabled")
+    fields = set(vars(tracer.start_span("probe")))
+    if fields != _SDK_SPAN_FIELDS:
+        added, gone = sorted(fields - _SDK_SPAN_FIELDS), sorted(_SDK_SPAN_FIELDS - fields)
+        problems.append(f"Span fields: new {added}, gone {gone}")
+    if set(vars(NonRecordingSpan(trace.INVALID_SPAN_CONTEXT))) != {"_context"}:
+        problems.append("NonRecordingSpan fields")
+    return problems
+
+
+def _sampler_problems() -> list[str]:
+    """``_sampling`` must decide as the samplers do, on the trace ids that matter."""
+    delegates = vars(ParentBased(ALWAYS_ON))
+    missing = [name for name in ("_root", *_PARENT_BASED_DEFAULTS) if name not in delegates]
+    if missing:
+        return [f"ParentBased.{name}" for name in missing]
+    problems = []
+    ratio = TraceIdRatioBased(0.5)
+    trace_ids = (1, ratio.bound - 1, ratio.bound, _LOW_64, (7 << 64) | ratio.bound)
+    for sampler in (ALWAYS_ON, ALWAYS_OFF, ratio, ParentBased(ratio)):
+        sampling = _sampling(sampler)
+        decided = [sampler.should_sample(None, trace_id, "probe") for trace_id in trace_ids]
+        expected = [result.decision is Decision.RECORD_AND_SAMPLE for result in decided]
+        if sampling is None or [sampling.samples(None, t) for t in trace_ids] != expected:
+            problems.append(f"sampling of {sampler.get_description()}")
+    return problems
+
+
+def _exporter_problems() -> list[str]:
+    exporter = OTLPSpanExporter(
+        endpoint="http://127.0.0.1:4318/v1/traces",
+        headers={},
+        timeout=1,
+        compression=Compression.NoCompression,
+    )
+    try:
+        problems = [
+            f"OTLPSpanExporter.{name}" for name in _EXPORTER_FIELDS if not hasattr(exporter, name)
+        ]
+        if not callable(getattr(getattr(exporter, "_client", None), "export", None)):
+            problems.append("OTLPSpanExporter._client.export")
+        if not callable(getattr(getattr(exporter, "_metrics", None), "export_operation", None)):
+            problems.append("OTLPSpanExporter._metrics.export_operation")
+        return problems
+    finally:
+        exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+class _Keeping(SpanProcessor):
+    def __init__(self) -> None:
+        self.ended: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+
+
+def _mesh_span_problems(internals: _Internals) -> list[str]:
+    """A ``MeshSpan`` and an SDK span through the same calls must end the same."""
+    kept = _Keeping()
+    tracer = _probe_tracer(kept)
+    recorder = _Recorder.of(tracer, internals)
+    if recorder is None:
+        return ["a plain SDK tracer is not one MeshSpan can stand in for"]
+    parent = SpanContext(0xABC, 0xDEF, True, _FLAGS[True, True])
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    for span in (
+        recorder.start("probe", SpanKind.SERVER, context),
+        tracer.start_span("probe", context, SpanKind.SERVER),
+    ):
+        span.set_attribute("key", "value")
+        span.set_attributes({"count": 1, "list": ["a", "b"]})
+        span.add_event("event", {"at": 1})
+        span.add_link(parent, {"why": "probe"})
+        span.update_name("renamed")
+        span.record_exception(ValueError("probe"))
+        span.set_status(Status(StatusCode.ERROR, "probe"))
+        span.end()
+    if len(kept.ended) != 2 or not isinstance(kept.ended[0], MeshSpan):
+        return ["MeshSpan: not ended through the span processors"]
+    mesh, sdk = (_public_view(span) for span in kept.ended)
+    if mesh != sdk:
+        return [f"MeshSpan ends as {mesh}, an SDK span as {sdk}"]
+    return []
+
+
+def _public_view(span: ReadableSpan) -> tuple[object, ...]:
+    return (
+        span.kind,
+        span.parent,
+        span.name,
+        dict(span.attributes or {}),
+        [event.name for event in span.events],
+        [link.context.span_id for link in span.links],
+        (span.status.status_code, span.status.description),
+        span.dropped_attributes,
+        span.end_time is not None,
+        span.resource,
+        span.instrumentation_scope,
+    )
+
+
+# --- SpanStarter ----------------------------------------------------------------------
 
 
 class SpanStarter:
@@ -102,51 +339,19 @@ class SpanStarter:
         if self._global and time.monotonic() >= self._next_check:
             self._follow_global()
         recorder = self._recorder
-        # Read as _is_enabled() reads it, without its call: tracer configurators may
-        # replace a tracer's config at any time.
-        if recorder is None or not recorder.tracer._tracer_config.is_enabled:
+        if recorder is None or not recorder.tracer._is_enabled():
             return self._tracer.start_span(name, context=context, kind=kind)
-        # The recorder's decision, inline: every request makes a span here (~50 ns a call).
-        parent: SpanContext | None = None
-        if context is not EMPTY_CONTEXT:  # the usual request: no trace context came with it
-            parent_span = trace.get_current_span(context)
-            if isinstance(parent_span, _DroppedSpan) and recorder.sampling.follows_parent:
-                # A child of a dropped span is dropped: its trace is the parent's, and the
-                # parent's own context need not be made for it.
-                return _dropped_span(
-                    recorder, parent_span._trace_id, parent_span._random_id, parent_span._state
-                )
-            parent = parent_span.get_span_context()
-            if not parent.is_valid:
-                parent = None
-        if parent is None:
-            # A new trace; 0 is no valid id: the generator itself draws again.
-            trace_id = (recorder.sdk_random_ids and random.getrandbits(128)) or (
-                recorder.new_trace_id()
-            )
-            if trace_id & _LOW_64 >= recorder.bound:
-                # Dropped, as most roots of a sampled mesh are: ~70 ns in all.
-                dropped = _new_object(recorder.dropped_class)
-                dropped._trace_id = trace_id
-                return dropped
-            trace_state, flags = _DEFAULT_TRACE_STATE, recorder.root_flags
-        else:
-            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
-            trace_state = parent.trace_state
-            if not recorder.sampling.samples(parent, trace_id):
-                return _dropped_span(recorder, trace_id, random_id, trace_state)
-            flags = _FLAGS[True, random_id]
-        return recorder.record(name, kind, context, parent, trace_id, flags, trace_state)
+        return recorder.start(name, kind, context)
 
     def _use(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
-        self._tracing = not isinstance(tracer, (trace.NoOpTracer, trace.ProxyTracer))
-        self._recorder = _Recorder.of(tracer)
+        self._tracing = not isinstance(tracer, trace.NoOpTracer | trace.ProxyTracer)
+        self._recorder = None if _INTERNALS is None else _Recorder.of(tracer, _INTERNALS)
 
     def _follow_global(self) -> None:
         # The global provider may be installed after the app is built: follow it, but
         # look at most once a second, since while none is set the API reads os.environ
-        # on every call (~1 µs a request for nothing).
+        # on every call.
         now = time.monotonic()
         if now < self._next_check:
             return
@@ -155,8 +360,7 @@ class SpanStarter:
         if provider is not self._provider:
             self._provider = provider
             self._use(get_tracer(provider))
-        # The API sets the global provider once: found, it needs no more looking for
-        # (no clock read per span from now on).
+        # The API sets the global provider once: found, it needs no more looking for.
         self._global = isinstance(provider, trace.ProxyTracerProvider)
 
 
@@ -166,38 +370,48 @@ class _Recorder:
     def __init__(self, tracer: SdkTracer, sampling: _Sampling) -> None:
         self.tracer = tracer
         self.sampling = sampling
-        self.bound = sampling.bound
-        ids = tracer.id_generator
-        self.new_trace_id = ids.generate_trace_id
-        self.new_span_id = ids.generate_span_id
-        # The SDK's default generator draws its ids with random.getrandbits: called here
-        # directly, that saves a Python call per root span and per recorded span (~30 ns).
-        self.sdk_random_ids = _is_sdk_random(ids)
-        self.random_trace_ids = ids.is_trace_id_random()
+        self.ids = tracer.id_generator
+        self.random_trace_ids = self.ids.is_trace_id_random()
         self.root_flags = _FLAGS[True, self.random_trace_ids]
-        self.processor = tracer.span_processor
-        self.hooks = _Hooks.of(tracer.span_processor)
-        self.span_class = _bound_span_class(tracer, self.hooks)
-        # A dropped root span of this recorder sets only its trace id (the rest is shared).
-        self.dropped_class = _bound_dropped_class(self)
+        self.span_class = _span_class(tracer)
 
     @classmethod
-    def of(cls, tracer: trace.Tracer) -> _Recorder | None:
+    def of(cls, tracer: trace.Tracer, internals: _Internals) -> _Recorder | None:
         """A recorder for an SDK tracer meshkit can stand in for, else None."""
-        if not isinstance(tracer, SdkTracer) or not hasattr(
-            getattr(tracer, "_tracer_config", None), "is_enabled"
-        ):
+        if not isinstance(tracer, SdkTracer):
             return None
-        if NoOpTracerMetrics is None or not isinstance(
-            getattr(tracer, "_tracer_metrics", None), NoOpTracerMetrics
-        ):
+        if not isinstance(tracer._tracer_metrics, internals.no_op_tracer_metrics):
             return None  # the SDK's span metrics would miss the spans made here
         if tracer._span_limits.max_span_attribute_length is not None:
-            return None  # meshkit's own attributes are set unchecked: they must not need cutting
+            return None  # meshkit's own attributes go in unchecked: they must need no cutting
         sampling = _sampling(tracer.sampler)
         return None if sampling is None else cls(tracer, sampling)
 
-    def record(
+    def start(self, name: str, kind: SpanKind, context: Context | None) -> Span:
+        """The span the tracer's sampler decides for, recorded or dropped."""
+        parent: SpanContext | None = None
+        if context is not EMPTY_CONTEXT:  # the usual request: no trace context came with it
+            parent_span = trace.get_current_span(context)
+            if isinstance(parent_span, _DroppedSpan) and self.sampling.follows_parent:
+                # A child of a dropped span is dropped, in its trace: the parent's own
+                # context need not be made for it.
+                return _DroppedSpan(
+                    self, parent_span.trace_id, parent_span.random_id, parent_span.state
+                )
+            parent = parent_span.get_span_context()
+            if not parent.is_valid:
+                parent = None
+        if parent is None:
+            trace_id = self.ids.generate_trace_id()
+            if not self.sampling.samples(None, trace_id):
+                return _DroppedSpan(self, trace_id, self.random_trace_ids, DEFAULT_TRACE_STATE)
+            return self._record(name, kind, context, None, trace_id, self.root_flags)
+        trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+        if not self.sampling.samples(parent, trace_id):
+            return _DroppedSpan(self, trace_id, random_id, parent.trace_state)
+        return self._record(name, kind, context, parent, trace_id, _FLAGS[True, random_id])
+
+    def _record(
         self,
         name: str,
         kind: SpanKind,
@@ -205,150 +419,46 @@ class _Recorder:
         parent: SpanContext | None,
         trace_id: int,
         flags: TraceFlags,
-        trace_state: TraceState,
     ) -> MeshSpan:
         """A span the sampler records, started through the tracer's processors."""
-        # 0 is no valid id: the generator itself draws again.
-        span_id = (self.sdk_random_ids and random.getrandbits(64)) or self.new_span_id()
-        span_context = _span_context(trace_id, span_id, flags, trace_state)
-        # The fields a MeshSpan sets itself, without SdkSpan.__new__'s (*args, **kwargs)
-        # call: ~0.1 µs where the constructor costs ~0.3.
-        span = _new_object(self.span_class)
-        span._name = name
-        span._context = span_context
-        span._parent = parent
-        span._kind = kind
-        span._start_time = _time_ns()
-        span._attributes = {}
-        if self.hooks is None:
-            self.processor.on_start(span, parent_context=context)
-        else:
-            for on_start in self.hooks.current().starts:
-                on_start(span, parent_context=context)
+        state = DEFAULT_TRACE_STATE if parent is None else parent.trace_state
+        span_context = SpanContext(trace_id, self.ids.generate_span_id(), False, flags, state)
+        span = self.span_class(name, span_context, parent, kind, self.tracer.resource)
+        self.tracer.span_processor.on_start(span, parent_context=context)
         return span
-
-
-def _is_sdk_random(ids: IdGenerator) -> bool:
-    """Whether ``ids`` draws its trace and span ids as the SDK's ``RandomIdGenerator``."""
-    return (
-        getattr(ids.generate_trace_id, "__func__", None) is RandomIdGenerator.generate_trace_id
-        and getattr(ids.generate_span_id, "__func__", None) is RandomIdGenerator.generate_span_id
-    )
-
-
-class _Hooks:
-    """What a ``SynchronousMultiSpanProcessor`` calls, minus ``SpanProcessor``'s no-ops
-    (a BatchSpanProcessor's on_start and _on_ending, say): ~0.1 µs each per span. Found
-    again when a processor is added, since the SDK then makes a new tuple of them."""
-
-    def __init__(self, multi: SynchronousMultiSpanProcessor) -> None:
-        self._multi = multi
-        self._seen: tuple[SpanProcessor, ...] | None = None
-        self.starts: tuple[Callable[..., None], ...] = ()
-        self.endings: tuple[Callable[[SdkSpan], None], ...] = ()
-        self.ends: tuple[Callable[[SdkSpan], None], ...] = ()
-
-    @classmethod
-    def of(cls, processor: SpanProcessor) -> _Hooks | None:
-        is_multi = type(processor) is SynchronousMultiSpanProcessor
-        return cls(cast(SynchronousMultiSpanProcessor, processor)) if is_multi else None
-
-    def current(self) -> _Hooks:
-        processors = self._multi._span_processors
-        if processors is not self._seen:
-            self.starts = _overridden(processors, "on_start")
-            self.endings = _overridden(processors, "_on_ending")
-            self.ends = _overridden(processors, "on_end")
-            self._seen = processors
-        return self
-
-
-def _overridden(processors: tuple[SpanProcessor, ...], name: str) -> tuple[Any, ...]:
-    base = getattr(SpanProcessor, name)
-    return tuple(getattr(p, name) for p in processors if getattr(type(p), name) is not base)
 
 
 class _DroppedSpan(NonRecordingSpan):
     """The ``NonRecordingSpan`` of a span the sampler dropped, its context made on first use.
 
     Most dropped spans are never looked at (a request that calls nobody and logs no
-    trace id), so they cost no span id and no SpanContext; once read, the context is
-    the one the SDK would have made.
+    trace id), so they draw no span id and make no SpanContext; once read, the context
+    is the one the SDK would have made: in its trace (its parent's, or a new one), a new
+    span id, unsampled flags and the parent's trace state.
     """
 
-    _recorder: _Recorder
-    _trace_id: int
-    _random_id: bool
-    _state: TraceState
+    def __init__(
+        self, recorder: _Recorder, trace_id: int, random_id: bool, state: TraceState
+    ) -> None:
+        # Not NonRecordingSpan's constructor: it takes the context this span defers.
+        self.recorder = recorder
+        self.trace_id = trace_id
+        self.random_id = random_id
+        self.state = state
 
     @property
     def _context(self) -> SpanContext:  # type: ignore[override]
         made = self.__dict__.get("_made")
         if made is None:
-            # In its trace (its parent's, or a new one), a new span id, unsampled flags
-            # and the parent's trace state: what the SDK makes for a dropped span.
-            flags = _FLAGS[False, self._random_id]
-            span_id = self._recorder.new_span_id()
-            context = _span_context(self._trace_id, span_id, flags, self._state)
+            span_id = self.recorder.ids.generate_span_id()
+            flags = _FLAGS[False, self.random_id]
+            context = SpanContext(self.trace_id, span_id, False, flags, self.state)
             # setdefault is atomic: two threads reading at once agree on one context.
             made = self.__dict__.setdefault("_made", context)
         return cast(SpanContext, made)
 
     def get_span_context(self) -> SpanContext:
         return self._context
-
-
-def _bound_dropped_class(recorder: _Recorder) -> type[_DroppedSpan]:
-    """``_DroppedSpan`` with what a dropped root span of ``recorder`` shares set once."""
-    shared = {
-        "_recorder": recorder,
-        "_random_id": recorder.random_trace_ids,
-        "_state": _DEFAULT_TRACE_STATE,
-        "__module__": __name__,
-    }
-    return type("_DroppedSpan", (_DroppedSpan,), shared)
-
-
-def _dropped_span(
-    recorder: _Recorder, trace_id: int, random_id: bool, state: TraceState
-) -> _DroppedSpan:
-    # Set the fields directly (~70 ns) rather than through NonRecordingSpan's
-    # constructor call (~150 ns).
-    span = _new_object(_DroppedSpan)
-    span._recorder = recorder
-    span._trace_id = trace_id
-    span._random_id = random_id
-    span._state = state
-    return span
-
-
-def _checked_span_context(
-    trace_id: int, span_id: int, flags: TraceFlags, trace_state: TraceState
-) -> SpanContext:
-    return SpanContext(trace_id, span_id, False, flags, trace_state)
-
-
-def _built_span_context(
-    trace_id: int, span_id: int, flags: TraceFlags, trace_state: TraceState
-) -> SpanContext:
-    # SpanContext is a tuple; its __new__ checks the id ranges (~0.25 µs a span), which
-    # ids from the id generator always pass.
-    return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, trace_state, True))
-
-
-def _pick_span_context_builder() -> Callable[[int, int, TraceFlags, TraceState], SpanContext]:
-    """The direct builder when it makes what SpanContext makes on this API version."""
-    sample = (0xABC, 0xDEF, _FLAGS[True, True], TraceState([("k", "v")]))
-    made, checked = _built_span_context(*sample), _checked_span_context(*sample)
-    same = made == checked and (made.trace_id, made.span_id, made.is_valid) == (
-        checked.trace_id,
-        checked.span_id,
-        checked.is_valid,
-    )
-    return _built_span_context if same else _checked_span_context
-
-
-_span_context = _pick_span_context_builder()
 
 
 class _Sampling(NamedTuple):
@@ -365,9 +475,6 @@ class _Sampling(NamedTuple):
         return trace_id & _LOW_64 < self.bound
 
 
-_LOW_64 = TraceIdRatioBased.TRACE_ID_LIMIT
-
-
 def _sampling(sampler: Sampler) -> _Sampling | None:
     """What ``sampler`` decides, when it is one of the SDK's pure samplers, else None."""
     if sampler is ALWAYS_ON:
@@ -378,13 +485,7 @@ def _sampling(sampler: Sampler) -> _Sampling | None:
         return _Sampling(cast(TraceIdRatioBased, sampler).bound, follows_parent=False)
     if type(sampler).should_sample is ParentBased.should_sample:
         delegates = vars(sampler)
-        defaults = {
-            "_remote_parent_sampled": ALWAYS_ON,
-            "_remote_parent_not_sampled": ALWAYS_OFF,
-            "_local_parent_sampled": ALWAYS_ON,
-            "_local_parent_not_sampled": ALWAYS_OFF,
-        }
-        if any(delegates.get(name) is not value for name, value in defaults.items()):
+        if any(delegates.get(name) is not d for name, d in _PARENT_BASED_DEFAULTS.items()):
             return None
         root = _sampling(delegates["_root"])
         # A parent decides (its sampled flag honoured as is); a root asks the root sampler.
@@ -392,98 +493,92 @@ def _sampling(sampler: Sampler) -> _Sampling | None:
     return None
 
 
-# --- MeshSpan ------------------------------------------------------------------------
+# --- MeshSpan -------------------------------------------------------------------------
 
 
 class MeshSpan(SdkSpan):
-    """An SDK ``Span`` without the SDK's per-span setup cost.
+    """An SDK ``Span`` made without the SDK's per-span setup.
 
-    What every span of one tracer shares (resource, scope, processor, limits) lives on a
-    subclass made per tracer (``_bound_span_class``), and what most spans never use
-    (events, links, a status) defaults on the class: ``_Recorder.start`` sets six fields
-    on a new instance (name, context, parent, kind, start time, attributes). Attributes
-    are a plain dict, checked and bounded as the SDK does when set through the API;
-    meshkit's own, known-valid attributes go in unchecked (``set_mesh_attributes``). An
-    ended span is handed to the processors as is: it refuses every change after ``end``,
-    so it needs no snapshot copy.
+    What every span of one tracer shares (its processors, limits and scope) is set once
+    on a subclass per tracer (``_span_class``); what most spans never use (events,
+    links, a status) defaults on the class and is made on first use. Attributes start as
+    a plain dict that meshkit's own, valid by construction, go into as they are
+    (``set_mesh_attributes``); the first attribute set through the API turns them into
+    the SDK's ``BoundedAttributes``, checked and bounded as on any SDK span. An ended
+    span refuses every change, so the processors get it as is, with no snapshot copy.
     """
 
     _end_time: int | None = None
     _events: Any = ()
     _links: Any = ()
     _status = UNSET_STATUS
-    _dropped_attributes = 0
+    _sampler = None
+    _trace_config = None
+    _record_end_metrics = None
     _record_exception = True
     _set_status_on_exception = True
-    # Held for a few bytecodes by the SDK method this class inherits (set_status): one
-    # lock for all spans costs no allocation per span.
+    # SDK methods hold it for a few bytecodes: one lock for all spans, none made per span.
     _lock = threading.Lock()
-    _attributes: dict[str, types.AnyValue]
-    _hooks: _Hooks | None
+    _attributes: dict[str, types.AnyValue] | BoundedAttributes
 
-    @property
-    def dropped_attributes(self) -> int:
-        return self._dropped_attributes
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        resource: Resource,
+    ) -> None:
+        # Not the SDK's constructor: its per-span work is what this class leaves out.
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._resource = resource
+        self._attributes = {}
+        self._start_time = time_ns()
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
+        if not self._refuse("set attributes"):
+            checked = self._checked_attributes()
+            for key, value in attributes.items():
+                checked[key] = value
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
-        if self._refuse("set an attribute"):
-            return
-        if not key or not isinstance(key, str):
-            logger.warning("invalid attribute key %r: must be a non-empty string", key)
-            self._dropped_attributes += 1
-            return
-        self._put(key, _clean_attribute_value(value, None))
+        if not self._refuse("set an attribute"):
+            self._checked_attributes()[key] = value
 
-    def _put(self, key: str, value: types.AnyValue) -> None:
+    def _checked_attributes(self) -> BoundedAttributes:
         attributes = self._attributes
-        attributes.pop(key, None)
-        limit = self._limits.max_span_attributes
-        if limit is not None and len(attributes) >= limit:
-            if limit == 0:
-                self._dropped_attributes += 1
-                return
-            del attributes[next(iter(attributes))]  # the oldest goes, as in the SDK
-            self._dropped_attributes += 1
-        attributes[key] = value
-
-    def update_name(self, name: str) -> None:
-        if self._end_time is None:  # _refuse's test, without its call on every span
-            self._name = name
-        else:
-            self._refuse("update the name")
+        if not isinstance(attributes, BoundedAttributes):
+            limits = self._limits
+            attributes = self._attributes = BoundedAttributes(
+                limits.max_span_attributes,
+                attributes,
+                immutable=False,
+                max_value_len=limits.max_span_attribute_length,
+            )
+        return attributes
 
     def _add_event(self, event: Any) -> None:
         if not self._refuse("add an event"):
-            if not self._events:
+            if not isinstance(self._events, BoundedList):
                 self._events = BoundedList(self._limits.max_events)
             self._events.append(event)
 
     def _add_link(self, link: Link) -> None:
         if not self._refuse("add a link"):
-            if not self._links:
+            if not isinstance(self._links, BoundedList):
                 self._links = BoundedList(self._limits.max_links)
             self._links.append(link)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end_time is not None:
-            self._refuse("end")
-            return
-        self._end_time = end_time if end_time is not None else _time_ns()
-        hooks = self._hooks
-        if hooks is None:
-            self._span_processor._on_ending(self)
-            self._span_processor.on_end(self)
-            return
-        if hooks._seen is not hooks._multi._span_processors:
-            hooks.current()  # a processor was added: find the hooks again
-        for on_ending in hooks.endings:
-            on_ending(self)
-        for on_end in hooks.ends:
-            on_end(self)
+        with self._lock:
+            if self._refuse("end"):
+                return
+            self._end_time = end_time if end_time is not None else time_ns()
+        self._span_processor._on_ending(self)
+        self._span_processor.on_end(self)
 
     def _refuse(self, what: str) -> bool:
         if self._end_time is None:
@@ -492,15 +587,13 @@ class MeshSpan(SdkSpan):
         return True
 
 
-def _bound_span_class(tracer: SdkTracer, hooks: _Hooks | None) -> type[MeshSpan]:
+def _span_class(tracer: SdkTracer) -> type[MeshSpan]:
     """``MeshSpan`` with ``tracer``'s shared fields set once, on a class of its own."""
     shared = {
-        "_hooks": hooks,
-        "_resource": tracer.resource,
-        "_instrumentation_info": tracer.instrumentation_info,
-        "_instrumentation_scope": tracer._instrumentation_scope,
         "_span_processor": tracer.span_processor,
         "_limits": tracer._span_limits,
+        "_instrumentation_info": tracer.instrumentation_info,
+        "_instrumentation_scope": tracer._instrumentation_scope,
         "__module__": __name__,
     }
     return type("MeshSpan", (MeshSpan,), shared)
@@ -513,13 +606,11 @@ def set_mesh_attributes(span: Span, attributes: dict[str, Any], name: str | None
     if isinstance(span, MeshSpan) and span._end_time is None:
         own = span._attributes
         limit = span._limits.max_span_attributes
-        if not own and (limit is None or len(attributes) <= limit):
-            span._attributes = attributes  # the caller hands it over: no copy
-            if name is not None:
-                span._name = name
-            return
-        if limit is None or len(own) + len(attributes) <= limit:
-            own.update(attributes)
+        if type(own) is dict and (limit is None or len(own) + len(attributes) <= limit):
+            if own:
+                own.update(attributes)
+            else:
+                span._attributes = attributes  # handed over: no copy
             if name is not None:
                 span._name = name
             return
@@ -527,3 +618,70 @@ def set_mesh_attributes(span: Span, attributes: dict[str, Any], name: str | None
     if name is not None:
         span.update_name(name)
     span.set_attributes(attributes)
+
+
+# --- reading ended spans and posting encoded ones -------------------------------------
+
+#: An ended span's name, kind, context, parent, start and end times, attributes,
+#: events, links, status, resource and instrumentation scope, as ``span_fields`` reads them.
+SpanFields = tuple[
+    str,
+    SpanKind,
+    SpanContext | None,
+    SpanContext | None,
+    int | None,
+    int | None,
+    Mapping[str, types.AnyValue] | None,
+    Sequence[Any],
+    Sequence[Link],
+    Status,
+    Resource,
+    InstrumentationScope | None,
+]
+_read_fields = operator.attrgetter(
+    "_name",
+    "_kind",
+    "_context",
+    "_parent",
+    "_start_time",
+    "_end_time",
+    "_attributes",
+    "_events",
+    "_links",
+    "_status",
+    "_resource",
+    "_instrumentation_scope",
+)
+
+
+def span_fields(span: ReadableSpan) -> SpanFields:
+    """``span``'s fields in one call, without the copies its properties make: an
+    encoder reads every field of every span, and must not change them."""
+    return cast(SpanFields, _read_fields(span))
+
+
+def post_encoded(exporter: OTLPSpanExporter, body: bytes, count: int) -> SpanExportResult:
+    """Send one ``ExportTraceServiceRequest`` body holding ``count`` spans: what
+    ``exporter.export`` does once it has encoded the spans itself."""
+    if exporter._shutdown:
+        logger.warning("Exporter already shutdown, ignoring batch")
+        return SpanExportResult.FAILURE
+    with exporter._metrics.export_operation(count) as result:
+        # A non-positive max_request_size turns the limit off, as in the exporter.
+        if 0 < exporter._max_request_size < len(body):
+            logger.warning(
+                "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                len(body),
+                exporter._max_request_size,
+            )
+            return SpanExportResult.FAILURE
+        sent = exporter._client.export(body)
+        if not sent.success:
+            result.error = sent.error
+            if sent.status_code is not None:
+                result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: sent.status_code}
+            return SpanExportResult.FAILURE
+    return SpanExportResult.SUCCESS
+
+
+_INTERNALS = check()

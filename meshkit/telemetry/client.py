@@ -16,6 +16,7 @@ from __future__ import annotations
 from contextvars import Token
 from typing import Any, cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -33,7 +34,7 @@ from meshkit.client._hooks import (
 )
 from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
 from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics
-from meshkit.telemetry.propagation import append_span_headers, attach_span, detach
+from meshkit.telemetry.propagation import append_span_headers
 
 
 class ClientTelemetry(BaseClientHooks):
@@ -48,12 +49,12 @@ class ClientTelemetry(BaseClientHooks):
 
     def on_call_start(self, event: CallStarted) -> object:
         span = self._spans.start(_span_name(event.method), SpanKind.CLIENT)
-        token = attach_span(span)
+        token = otel_context.attach(trace.set_span_in_context(span))
         return span, token
 
     def on_call_end(self, event: CallEnded) -> None:
         span, token = cast("tuple[Span, Token[Context]]", event.state)
-        detach(token)
+        otel_context.detach(token)
         error_type = _error_type(event.status, event.error)
         self.metrics.observe_client_call(
             event.method, event.destination, event.status, error_type, event.duration

@@ -1,17 +1,20 @@
 """OTLP/HTTP span export: each span encoded as it ends, batches posted by one thread.
 
 The stock path keeps every ended span object in a queue until the batch thread builds
-a protobuf object per span, per attribute and per value (~25 µs a span, more CPU than
-a whole request served by uvicorn), and the queued spans outlive enough allocations to
-be walked by the garbage collector on their way out. Here ``OTLPBatchProcessor``
-encodes a span into its OTLP wire bytes when it ends and queues only those bytes
-(~1.5 µs: spans of a mesh repeat the same few attributes, so each encoded key/value
-pair is memoized). Its thread wraps them
-into ``ExportTraceServiceRequest`` bodies and posts them with the stock exporter's HTTP
-client (retries, timeouts, headers, TLS settings as the ``OTEL_EXPORTER_OTLP_*``
-variables say). A span with events, links or array values is encoded by the stock
-per-span encoder: the output is always what a collector would get from the stock
-exporter.
+a protobuf object per span, per attribute and per value, and the queued spans outlive
+enough allocations to be walked by the garbage collector on their way out. Here
+``OTLPBatchProcessor`` encodes a span into its OTLP wire bytes when it ends and queues
+only those bytes (spans of a mesh repeat the same few attributes, so each encoded
+key/value pair is memoized). Its thread wraps them into ``ExportTraceServiceRequest``
+bodies and posts them through the stock ``OTLPSpanExporter``: its HTTP session,
+retries, timeouts, headers and TLS settings. A span with events, links or array values
+is encoded by the stock encoder: a collector always gets what the stock exporter
+would send. bench/telemetry.py measures this against the stock ``BatchSpanProcessor``
+(mode ``sampled100_stockexport``).
+
+Reading an ended span's fields and posting a ready body need the SDK's internals:
+``meshkit.telemetry._otel_sdk`` does both, and ``meshkit.telemetry.sdk`` uses this
+module only when that adapter's import-time check passed.
 """
 
 from __future__ import annotations
@@ -25,22 +28,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common._internal import (
-    _encode_instrumentation_scope,
-    _encode_resource,
-)
-from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
-from opentelemetry.exporter.otlp.proto.http._common import _is_request_too_large
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import SpanContext, SpanKind, Status, TraceFlags, TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from meshkit.telemetry._otel_sdk import UNSET_STATUS
+from meshkit.telemetry._otel_sdk import UNSET_STATUS, SpanFields, post_encoded, span_fields
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +63,11 @@ _pack_times = struct.Struct("<BQBQ").pack
 _LOCAL_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x100)
 _REMOTE_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x300)
 _SMALL = [bytes((value,)) for value in range(128)]
-_SAMPLED = TraceFlags.SAMPLED
 _SHUTDOWN_SECONDS = 30.0
+_SAMPLED = TraceFlags.SAMPLED
 _UNSET_STATUS_FIELD = b"\x7a\x00"  # Span.status present and empty, as the stock encoder sends
-
-
-# OTLPBatchProcessor.on_end reads a span's trace flags as item 3 of its SpanContext.
-assert SpanContext(1, 1, False, TraceFlags(1))[3] == 1
+#: The context of the span ``_resource_and_scope`` has the stock encoder encode.
+_PLACEHOLDER_CONTEXT = SpanContext(1, 1, False, TraceFlags(1))
 
 
 class _Unsupported(Exception):
@@ -124,9 +121,8 @@ class _Memo:
 
 
 class _KeyValues:
-    """Encoded ``KeyValue`` fields by value type, then key, then value: three dict hits
-    and no tuple built per attribute (~60 ns where a (key, type, value) key costs ~80).
-    By type, since True == 1 == 1.0 but each goes out as its own type."""
+    """Encoded ``KeyValue`` fields by value type, then key, then value. By type, since
+    True == 1 == 1.0 but each goes out as its own type."""
 
     def __init__(self) -> None:
         self.by_type: dict[type, dict[str, dict[Any, bytes]]] = {}
@@ -155,6 +151,10 @@ class _KeyValues:
         return encoded
 
 
+#: A span encoded: its resource, its instrumentation scope, its ``ScopeSpans.spans`` field.
+_Encoded = tuple[Resource, InstrumentationScope | None, bytes]
+
+
 class SpanEncoder:
     """OTLP protobuf encoding of SDK spans: one ``Span`` message, or a whole request."""
 
@@ -165,44 +165,38 @@ class SpanEncoder:
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The ``ExportTraceServiceRequest`` of ``spans``."""
-        encoded = ((span.resource, span.instrumentation_scope, self.span(span)) for span in spans)
-        return request_body(_grouped(encoded))
+        return request_body(_grouped(self.encoded(span) for span in spans))
 
-    def span(self, span: ReadableSpan) -> bytes:
-        """One span as a field of ``ScopeSpans`` (its tag and length, then the ``Span``
-        message): what a request body holds of it, ready to be joined."""
+    def encoded(self, span: ReadableSpan) -> _Encoded:
+        """``span``'s resource and scope, and the span as a field of ``ScopeSpans`` (its
+        tag and length, then the ``Span`` message): what a request body holds of it."""
+        fields = span_fields(span)
         try:
-            message = self._span(span)
+            message = self._message(fields)
         except _Unsupported:
-            message = _encode_span(span).SerializeToString()
-        return _delimited(b"\x12", message)
+            message = _stock_message(span)
+        return fields[10], fields[11], _delimited(b"\x12", message)
 
-    def _span(self, span: ReadableSpan) -> bytes:
-        # The private fields every ReadableSpan has: its properties copy events, links
-        # and attributes on each read. Fields in field-number order, as protobuf writes.
-        events, links = span._events, span._links
-        start, end = span._start_time, span._end_time
-        if events or links or not start or not end:
+    def _message(self, fields: SpanFields) -> bytes:
+        # Fields in field-number order, as protobuf writes them.
+        name, kind, context, parent, start, end, attributes, events, links, status, _, _ = fields
+        if events or links or not start or not end or context is None:
             raise _Unsupported
-        context, parent = span._context, span._parent
-        assert context is not None
         trace_id, trace_state = context.trace_id, context.trace_state
-        name_and_kind = self._names.cache.get((span._name, span._kind))
+        name_and_kind = self._names.cache.get((name, kind))
         if name_and_kind is None:
-            name_and_kind = self._name_and_kind(span._name, span._kind)
-        attributes = span._attributes
-        status = span._status
+            name_and_kind = self._name_and_kind(name, kind)
         return b"".join(
             (
                 _pack_ids(0x0A10, trace_id >> 64, trace_id & _LOW_64, 0x1208, context.span_id),
-                _trace_state_field(trace_state) if trace_state else b"",
+                b""
+                if trace_state is DEFAULT_TRACE_STATE or not trace_state
+                else _trace_state_field(trace_state),
                 b"" if parent is None else _pack_parent(0x2208, parent.span_id),
                 name_and_kind,
                 _pack_times(0x39, start, 0x41, end),
-                self._key_values.encode(getattr(attributes, "_dict", attributes))
-                if attributes
-                else b"",
-                _dropped_fields(span),
+                self._key_values.encode(attributes) if attributes else b"",
+                _dropped_fields(attributes, events, links),
                 _UNSET_STATUS_FIELD if status is UNSET_STATUS else self._status(status),
                 _REMOTE_PARENT_FLAGS
                 if parent is not None and parent.is_remote
@@ -227,16 +221,25 @@ class SpanEncoder:
         return encoded
 
 
+def _stock_message(span: ReadableSpan) -> bytes:
+    """``span``'s ``Span`` message as the stock encoder writes it."""
+    (resource_spans,) = encode_spans([span]).resource_spans
+    (scope_spans,) = resource_spans.scope_spans
+    (message,) = scope_spans.spans
+    encoded: bytes = message.SerializeToString()
+    return encoded
+
+
 def _trace_state_field(trace_state: TraceState) -> bytes:
     state = ",".join(f"{key}={value}" for key, value in trace_state.items())
     return _delimited(b"\x1a", state.encode())
 
 
-def _dropped_fields(span: ReadableSpan) -> bytes:
+def _dropped_fields(attributes: object, events: Sequence[Any], links: Sequence[Any]) -> bytes:
     """Fields 10, 12, 14: what the span's limits refused (nearly always nothing)."""
-    dropped = span.dropped_attributes
+    # Exact types: an ABC's isinstance costs more than the rest of this on every span.
+    dropped = attributes.dropped if type(attributes) is BoundedAttributes else 0
     # Empty here, but a bounded list that holds none may still count what it refused.
-    events, links = span._events, span._links
     dropped_events = events.dropped if type(events) is BoundedList else 0
     dropped_links = links.dropped if type(links) is BoundedList else 0
     if not (dropped or dropped_events or dropped_links):
@@ -246,10 +249,6 @@ def _dropped_fields(span: ReadableSpan) -> bytes:
         for tag, count in ((b"\x50", dropped), (b"\x60", dropped_events), (b"\x70", dropped_links))
         if count
     )
-
-
-#: A span encoded: its resource, its instrumentation scope, its ``ScopeSpans.spans`` field.
-_Encoded = tuple[Resource, InstrumentationScope | None, bytes]
 
 
 class _Group:
@@ -294,9 +293,12 @@ def request_body(groups: Iterable[_Group]) -> bytes:
 
 def _resource_spans(groups: list[_Group]) -> bytes:
     resource = groups[0].resource
-    parts = [_delimited(b"\x0a", _encode_resource(resource).SerializeToString())]
+    parts: list[bytes] = []
     for group in groups:
-        scope_spans = [_delimited(b"\x0a", _encode_scope(group.scope))]
+        resource_field, scope_field = _resource_and_scope(resource, group.scope)
+        if not parts:
+            parts.append(_delimited(b"\x0a", resource_field))
+        scope_spans = [_delimited(b"\x0a", scope_field)]
         scope_spans.extend(group.spans)  # tagged already
         if group.scope is not None and group.scope.schema_url:
             scope_spans.append(_delimited(b"\x1a", group.scope.schema_url.encode()))
@@ -306,50 +308,21 @@ def _resource_spans(groups: list[_Group]) -> bytes:
     return b"".join(parts)
 
 
-def _encode_scope(scope: InstrumentationScope | None) -> bytes:
-    # The stock helper handles None although its signature says otherwise.
-    message = _encode_instrumentation_scope(scope)  # type: ignore[arg-type]
-    encoded: bytes = message.SerializeToString()
-    return encoded
-
-
-class MeshOTLPSpanExporter(OTLPSpanExporter):
-    """``OTLPSpanExporter`` (its HTTP client, retries, limits) with the faster encoder;
-    ``post`` sends a body ``OTLPBatchProcessor`` encoded already."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._encoder = SpanEncoder()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.post(self._encoder.encode(spans), len(spans))
-
-    def post(self, body: bytes, count: int) -> SpanExportResult:
-        """Send one request body holding ``count`` spans (OTLPSpanExporter.export's
-        steps once it has the body, opentelemetry 1.45)."""
-        if self._shutdown:
-            logger.warning("Exporter already shutdown, ignoring batch")
-            return SpanExportResult.FAILURE
-        with self._metrics.export_operation(count) as result:
-            if _is_request_too_large(body, self._max_request_size):
-                logger.warning(
-                    "Dropping span batch: serialized size %d bytes exceeds max_request_size "
-                    "%d bytes.",
-                    len(body),
-                    self._max_request_size,
-                )
-                return SpanExportResult.FAILURE
-            sent = self._client.export(body)
-            if not sent.success:
-                result.error = sent.error
-                if sent.status_code is not None:
-                    result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: sent.status_code}
-                return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+def _resource_and_scope(
+    resource: Resource, scope: InstrumentationScope | None
+) -> tuple[bytes, bytes]:
+    """The ``Resource`` and ``InstrumentationScope`` messages the stock encoder writes
+    (once per request body and scope, so through its public entry point)."""
+    placeholder = ReadableSpan(
+        "", _PLACEHOLDER_CONTEXT, resource=resource, instrumentation_scope=scope
+    )
+    (resource_spans,) = encode_spans([placeholder]).resource_spans
+    (scope_spans,) = resource_spans.scope_spans
+    return resource_spans.resource.SerializeToString(), scope_spans.scope.SerializeToString()
 
 
 class OTLPBatchProcessor(SpanProcessor):
-    """The ``BatchSpanProcessor`` of ``MeshOTLPSpanExporter``, queueing encoded spans.
+    """A ``BatchSpanProcessor`` for an ``OTLPSpanExporter``, queueing encoded spans.
 
     Same knobs and behaviour as the SDK's (``OTEL_BSP_*``): sampled spans only, a batch
     posted every ``schedule_delay`` seconds or as soon as ``max_export_batch_size`` spans
@@ -360,7 +333,7 @@ class OTLPBatchProcessor(SpanProcessor):
 
     def __init__(
         self,
-        exporter: MeshOTLPSpanExporter,
+        exporter: OTLPSpanExporter,
         *,
         schedule_delay: float = 5.0,
         max_queue_size: int = 2048,
@@ -385,18 +358,15 @@ class OTLPBatchProcessor(SpanProcessor):
         self._worker.start()
 
     def on_end(self, span: ReadableSpan) -> None:
-        # Fields, not properties, and the flags' bit, not their Python property: this
-        # runs on every span. A SpanContext is a tuple: trace flags are its item 3.
-        context = span._context
-        if context is None or not context[3] & _SAMPLED or self._shutdown:
+        context = span.context
+        if context is None or not context.trace_flags & _SAMPLED or self._shutdown:
             return
         queue = self._queue
         if len(queue) >= self._max_queue_size:
             self._dropped += 1  # two threads at once may count one: it only feeds a warning
             return
         # Encoded now, so that the span object goes as soon as it ends.
-        encoded = self._encoder.span(span)
-        queue.append((span._resource, span._instrumentation_scope, encoded))
+        queue.append(self._encoder.encoded(span))
         if len(queue) >= self._max_export_batch_size and not self._wake.is_set():
             self._wake.set()
 
@@ -431,7 +401,8 @@ class OTLPBatchProcessor(SpanProcessor):
             while waiting:
                 count = min(waiting, self._max_export_batch_size)
                 batch = [queue.popleft() for _ in range(count)]
-                results.append(self._exporter.post(request_body(_grouped(batch)), count))
+                body = request_body(_grouped(batch))
+                results.append(post_encoded(self._exporter, body, count))
                 waiting -= count
         return all(result is SpanExportResult.SUCCESS for result in results)
 

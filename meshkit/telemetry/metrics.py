@@ -30,14 +30,14 @@ Every metric lives in the registry given to ``MeshMetrics`` (a fresh one by defa
 never in prometheus_client's global ``REGISTRY``: two apps in one process never collide.
 
 The server and client metrics are recorded on every request, on the event loop's thread:
-they are ``meshkit.telemetry._loopmetrics`` metrics, updated without locks, so record them from
-that thread only. They expose no ``_created`` series (see that module). The mesh
-internals, rarely updated, are prometheus_client's own metrics.
+they are ``meshkit.telemetry._loopmetrics`` metrics, updated without locks, so record
+them from that thread only. They expose no ``_created`` series (see that module). The
+mesh internals, rarely updated, are prometheus_client's own metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -46,7 +46,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
 
-from meshkit.telemetry._loopmetrics import LoopCounter, LoopHistogram, LoopInFlight
+from meshkit.telemetry._loopmetrics import LoopCounter, LoopGauge, LoopHistogram
 
 if TYPE_CHECKING:
     from meshkit.tls import TLSContexts, TLSMaterial
@@ -77,8 +77,6 @@ KNOWN_METHODS = frozenset(
 )
 CircuitState = Literal["closed", "half-open", "open"]
 _CIRCUIT_VALUES: dict[CircuitState, int] = {"closed": 0, "half-open": 1, "open": 2}
-#: The label values of a server request's duration: method, route, status code, source.
-ServerKey = tuple[str, str, int, str]
 _CLIENT_LABELS = (
     "http_request_method",
     "destination_service",
@@ -158,21 +156,14 @@ class MeshMetrics:
             self.registry,
             buckets=DURATION_BUCKETS,
         )
-        # Requests started per method, kept: no key tuple and no call per update. Those
-        # that ended are the duration histogram's: the gauge subtracts them when scraped.
-        self._started_by_method: dict[str, list[float]] = {}
-        self._server_active = LoopInFlight(
+        self._server_active = LoopGauge(
             "http_server_active_requests",
             "Number of active HTTP server requests.",
             ["http_request_method"],
             self.registry,
-            ends=self._server_duration,
         )
-        #: ``server_finished((method, route, status, source), seconds)``: the request
-        #: ``server_started`` counted is over, after ``seconds``. Its end is the duration's
-        #: observation and nothing more, so this is the histogram's own method (no call
-        #: around it on the request path).
-        self.server_finished: Callable[[ServerKey, float], None] = self._server_duration.observe
+        # The gauge's series per method, kept: a request adds to it and takes away.
+        self._active_by_method: dict[str, list[float]] = {}
 
     def _register_client(self) -> None:
         self._client_duration = LoopHistogram(
@@ -251,10 +242,18 @@ class MeshMetrics:
 
     def server_started(self, method: str) -> None:
         """A request came in; ``method`` is its ``method_label``."""
-        started = self._started_by_method.get(method)
-        if started is None:
-            started = self._started_by_method[method] = self._server_active.series((method,))
-        started[0] += 1
+        active = self._active_by_method.get(method)
+        if active is None:
+            active = self._active_by_method[method] = self._server_active.series((method,))
+        active[0] += 1
+
+    def server_finished(
+        self, method: str, route: str, status: int, source: str, seconds: float
+    ) -> None:
+        """The request ``server_started`` counted is over, answered ``status`` after
+        ``seconds``; ``route`` is its template, ``source`` the caller's service."""
+        self._active_by_method[method][0] -= 1
+        self._server_duration.observe((method, route, status, source), seconds)
 
     def observe_client_call(
         self, method: str, destination: str, status: int | None, error_type: str, seconds: float

@@ -2,16 +2,21 @@
 
 Library code never sets OpenTelemetry globals; ``configure_tracing_from_env`` builds a
 ``TracerProvider`` for the process that owns it (``meshkit run``), which installs it.
-The middleware and the client need none of this: they use the API (``propagation``).
+The middleware and the client need none of this: they take whatever provider they are
+given (``propagation``, ``_otel_sdk``). OTLP spans go through ``export``'s encoding
+processor when the OpenTelemetry adapter's import check passed, else through the stock
+``BatchSpanProcessor``; either way the stock ``OTLPSpanExporter`` posts them.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import requests
 from opentelemetry import trace
-from opentelemetry.exporter.http.transport._base import BaseHTTPTransport
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -29,8 +34,8 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from meshkit.errors import ConfigError
-from meshkit.telemetry._otlp_transport import HTTPClientTransport, TLSFileError
-from meshkit.telemetry.export import MeshOTLPSpanExporter, OTLPBatchProcessor
+from meshkit.telemetry import _otel_sdk
+from meshkit.telemetry.export import OTLPBatchProcessor
 
 _DEFAULT_ZIPKIN = "http://localhost:9411/api/v2/spans"
 _EXPORTER_NAMES = ("otlp", "zipkin", "console", "none")
@@ -58,12 +63,11 @@ def configure_tracing_from_env(
     # Every setting checked before any processor starts its thread.
     sampler = sampler_from_env(environ)
     batching = _batching(environ)
-    if "otlp" in names:
-        _check_otlp_protocol(environ)
+    otlp = _otlp_exporter(environ) if "otlp" in names else None
     resource = Resource.create({"service.name": service_name})
     provider = TracerProvider(resource=resource, sampler=sampler)
     for name in names:
-        provider.add_span_processor(_processor(name, environ, batching))
+        provider.add_span_processor(_processor(name, environ, batching, otlp))
     return provider
 
 
@@ -85,19 +89,61 @@ def _exporter_names(environ: Mapping[str, str]) -> list[str]:
     return [name for name in names if name != "none"]
 
 
-def _processor(name: str, environ: Mapping[str, str], batching: _Batching) -> SpanProcessor:
-    if name == "otlp":
-        return OTLPBatchProcessor(
-            _otlp_exporter(environ),
-            schedule_delay=batching.schedule_delay_millis / 1000,
-            max_queue_size=batching.max_queue_size,
-            max_export_batch_size=batching.max_export_batch_size,
-        )
+def _processor(
+    name: str, environ: Mapping[str, str], batching: _Batching, otlp: OTLPSpanExporter | None
+) -> SpanProcessor:
+    if otlp is not None and name == "otlp":
+        if _otel_sdk.usable():  # the encoding processor needs the adapter
+            return OTLPBatchProcessor(
+                otlp,
+                schedule_delay=batching.schedule_delay_millis / 1000,
+                max_queue_size=batching.max_queue_size,
+                max_export_batch_size=batching.max_export_batch_size,
+            )
+        return BatchSpanProcessor(otlp, **batching._asdict())
     if name == "zipkin":
         endpoint = environ.get("OTEL_EXPORTER_ZIPKIN_ENDPOINT", _DEFAULT_ZIPKIN)
         return BatchSpanProcessor(ZipkinExporter(endpoint=endpoint), **batching._asdict())
     # The console is for development: print each span as it ends, not in batches.
     return SimpleSpanProcessor(ConsoleSpanExporter())
+
+
+def _otlp_exporter(environ: Mapping[str, str]) -> OTLPSpanExporter:
+    """The stock OTLP/HTTP exporter (its own HTTP session posts), with the TLS files of
+    the standard variables, read here: an unreadable one is a ConfigError naming its
+    variable now, not a failed post later."""
+    _check_otlp_protocol(environ)
+    tls = _OTLPFiles.from_env(environ)
+    tls.check()
+    return OTLPSpanExporter(
+        endpoint=otlp_traces_endpoint(environ),
+        certificate_file=tls.ca_bundle,
+        client_certificate_file=tls.client_certificate,
+        client_key_file=tls.client_key,
+        session=_CollectorSession(),
+    )
+
+
+class _CollectorSession(requests.Session):
+    """The exporter's HTTP session, keeping the collector's CA bundle it is given.
+
+    requests lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` replace a session's own
+    CA bundle (psf/requests#4726): on a host that sets either, as many images do,
+    ``OTEL_EXPORTER_OTLP_CERTIFICATE`` would be ignored and the collector refused.
+    """
+
+    def merge_environment_settings(
+        self,
+        url: str,
+        proxies: dict[str, str] | None,
+        stream: bool | None,
+        verify: bool | str | None,
+        cert: str | tuple[str, str] | None,
+    ) -> dict[str, Any]:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and isinstance(self.verify, str):
+            settings["verify"] = self.verify
+        return settings
 
 
 def _check_otlp_protocol(environ: Mapping[str, str]) -> None:
@@ -111,36 +157,63 @@ def _check_otlp_protocol(environ: Mapping[str, str]) -> None:
         )
 
 
-def _otlp_exporter(environ: Mapping[str, str]) -> MeshOTLPSpanExporter:
-    return MeshOTLPSpanExporter(
-        endpoint=otlp_traces_endpoint(environ), _transport=_otlp_transport(environ)
-    )
+class _OTLPFiles(NamedTuple):
+    """TLS to the collector: its CA bundle, and a client certificate and key for a
+    collector that asks for mutual TLS, each with the variable that named it."""
+
+    ca_bundle: str | None
+    client_certificate: str | None
+    client_key: str | None
+    ca_variable: str
+    certificate_variable: str
+    key_variable: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> _OTLPFiles:
+        """The traces-specific variable where set, else the general one (spec)."""
+
+        def setting(name: str) -> tuple[str, str | None]:
+            for variable in (f"OTEL_EXPORTER_OTLP_TRACES_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+                if environ.get(variable):
+                    return variable, environ[variable]
+            return f"OTEL_EXPORTER_OTLP_{name}", None
+
+        ca_variable, ca_bundle = setting("CERTIFICATE")
+        certificate_variable, client_certificate = setting("CLIENT_CERTIFICATE")
+        key_variable, client_key = setting("CLIENT_KEY")
+        return cls(
+            ca_bundle,
+            client_certificate,
+            client_key,
+            ca_variable,
+            certificate_variable,
+            key_variable,
+        )
+
+    def check(self) -> None:
+        """Load the files as the exporter's TLS will: a ConfigError names what fails."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{self.ca_variable}: CA bundle {self.ca_bundle!r}: {_reason(exc)}"
+            ) from exc
+        if not self.client_certificate:
+            return
+        try:
+            context.load_cert_chain(self.client_certificate, self.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            key = f" (key {self.client_key!r})" if self.client_key else ""
+            raise ConfigError(
+                f"{self.certificate_variable} / {self.key_variable}: client certificate "
+                f"{self.client_certificate!r}{key}: {_reason(exc)}"
+            ) from exc
 
 
-def _otlp_transport(environ: Mapping[str, str]) -> BaseHTTPTransport:
-    """The exporter's HTTP transport (``meshkit.telemetry._otlp_transport``), with the TLS settings
-    of the same variables the stock exporter reads; an unreadable file is a ConfigError
-    naming its variable."""
-
-    def setting(name: str) -> tuple[str, str | None]:
-        for variable in (f"OTEL_EXPORTER_OTLP_TRACES_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
-            if environ.get(variable):
-                return variable, environ[variable]
-        return f"OTEL_EXPORTER_OTLP_{name}", None
-
-    ca_variable, ca_bundle = setting("CERTIFICATE")
-    cert_variable, client_certificate = setting("CLIENT_CERTIFICATE")
-    key_variable, client_key = setting("CLIENT_KEY")
-    cert = (
-        (client_certificate, client_key)
-        if client_certificate and client_key
-        else client_certificate
-    )
-    try:
-        return HTTPClientTransport(verify=ca_bundle or True, cert=cert)
-    except TLSFileError as exc:
-        variables = ca_variable if exc.of_ca else f"{cert_variable} / {key_variable}"
-        raise ConfigError(f"{variables}: {exc}") from exc
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return exc.strerror or str(exc)
 
 
 class _Batching(NamedTuple):

@@ -1,11 +1,11 @@
-"""The OTLP exporter's http.client transport, against real collectors on 127.0.0.1:
-kept-alive connections, a connection the collector dropped, mutual TLS, bad settings."""
+"""OTLP export through the stock exporter's own HTTP session, against real collectors on
+127.0.0.1: kept-alive connections, a connection the collector dropped, mutual TLS from
+the standard variables, unreadable TLS files refused at startup."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import socket
 import ssl
 from pathlib import Path
 
@@ -13,32 +13,34 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 from meshkit.ca.x509 import LocalAuthority, certificate_pem, new_private_key, private_key_pem
 from meshkit.errors import ConfigError
-from meshkit.telemetry._otlp_transport import HTTPClientTransport
-from meshkit.telemetry.export import MeshOTLPSpanExporter
-from meshkit.telemetry.sdk import _otlp_transport, configure_tracing_from_env
+from meshkit.telemetry._otel_sdk import post_encoded
+from meshkit.telemetry.sdk import _otlp_exporter, configure_tracing_from_env
 from tests._sink import PostSink, post_sink
 
 BODIES = [b"first batch", b"second batch", b"third batch"]
 
 
-def exporter(sink: PostSink, transport: HTTPClientTransport | None = None) -> MeshOTLPSpanExporter:
-    return MeshOTLPSpanExporter(
-        endpoint=sink.url("/v1/traces"), timeout=5, _transport=transport or HTTPClientTransport()
+def post_all(exporter: OTLPSpanExporter) -> list[str]:
+    try:
+        return [post_encoded(exporter, body, 1).name for body in BODIES]
+    finally:
+        exporter.shutdown()
+
+
+def to(sink: PostSink, environ: dict[str, str] | None = None) -> OTLPSpanExporter:
+    """The exporter ``meshkit run`` builds, pointed at ``sink``."""
+    return _otlp_exporter(
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url("/v1/traces")} | (environ or {})
     )
-
-
-def post_all(client: MeshOTLPSpanExporter) -> list[str]:
-    return [client.post(body, 1).name for body in BODIES]
 
 
 def test_posts_share_one_kept_alive_connection() -> None:
     with post_sink(keep_alive=True) as sink:
-        client = exporter(sink)
-        assert post_all(client) == ["SUCCESS"] * 3
-        client.shutdown()
+        assert post_all(to(sink)) == ["SUCCESS"] * 3
     assert sink.bodies == BODIES
     assert sink.connections == 1
 
@@ -47,22 +49,10 @@ def test_a_connection_the_collector_dropped_is_reopened_at_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with post_sink(keep_alive=True, hang_up_after=1) as sink:
-        client = exporter(sink)
-        assert post_all(client) == ["SUCCESS"] * 3
-        client.shutdown()
+        assert post_all(to(sink)) == ["SUCCESS"] * 3
     assert sink.bodies == BODIES
     assert sink.connections == 3
-    assert "retrying" not in caplog.text  # no backoff: the transport reconnected
-
-
-def test_a_collector_that_is_not_there_is_a_connection_error() -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    transport = HTTPClientTransport()
-    result = transport.request("POST", f"http://127.0.0.1:{port}/v1/traces", data=b"x", timeout=1)
-    assert result.status_code is None
-    assert transport.is_connection_error(result.error)
+    assert "retrying" not in caplog.text  # no backoff: the session reconnected
 
 
 class CollectorTLS:
@@ -102,33 +92,29 @@ class CollectorTLS:
         self.client_cert, self.client_key = str(client_cert), str(client_key)
 
 
-def test_mutual_tls_to_the_collector_from_the_standard_variables(tmp_path: Path) -> None:
+def test_mutual_tls_to_the_collector_from_the_standard_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tls = CollectorTLS(tmp_path)
+    (tmp_path / "other").mkdir()
+    stranger = CollectorTLS(tmp_path / "other")
+    # As on hosts that set it: requests alone would trust this bundle instead of ours.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(stranger.bundle))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")  # failures retry until then
     environ = {
         "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tls.bundle),
         "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE": tls.client_cert,
         "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": tls.client_key,
     }
     with post_sink(tls=tls.server, keep_alive=True) as sink:
-        transport = _otlp_transport(environ)
-        assert isinstance(transport, HTTPClientTransport)
-        client = exporter(sink, transport)
-        assert post_all(client) == ["SUCCESS"] * 3
-        client.shutdown()
+        assert post_all(to(sink, environ)) == ["SUCCESS"] * 3
         # Without a client certificate, or trusting another CA: no post gets through.
-        anonymous = exporter(sink, HTTPClientTransport(verify=str(tls.bundle)))
-        assert anonymous.post(b"nope", 1).name == "FAILURE"
-        anonymous.shutdown()
-        (tmp_path / "other").mkdir()
-        stranger = CollectorTLS(tmp_path / "other")
-        untrusting = exporter(
-            sink,
-            HTTPClientTransport(
-                verify=str(stranger.bundle), cert=(tls.client_cert, tls.client_key)
-            ),
-        )
-        assert untrusting.post(b"nope", 1).name == "FAILURE"
-        untrusting.shutdown()
+        anonymous = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tls.bundle)}
+        untrusting = environ | {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(stranger.bundle)}
+        for refused in (anonymous, untrusting):
+            exporter = to(sink, refused)
+            assert post_encoded(exporter, b"nope", 1).name == "FAILURE"
+            exporter.shutdown()
     assert sink.bodies == BODIES
 
 

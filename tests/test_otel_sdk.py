@@ -1,0 +1,172 @@
+"""The OpenTelemetry adapter's import-time check, and the stock path meshkit takes when an
+OpenTelemetry release is not what the adapter was written for: a warning, never a crash,
+and spans still made and exported."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import opentelemetry.sdk.trace._tracer_metrics
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased
+from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from meshkit.middleware.telemetry import TelemetryMiddleware
+from meshkit.telemetry import _otel_sdk
+from meshkit.telemetry._otel_sdk import MeshSpan, SpanStarter
+from meshkit.telemetry.export import OTLPBatchProcessor
+from meshkit.telemetry.metrics import MeshMetrics
+from meshkit.telemetry.sdk import configure_tracing_from_env
+from tests._sink import post_sink
+from tests.middleware.servers import connect, get, running
+
+ADAPTER = "meshkit.telemetry._otel_sdk"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def adapter_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == ADAPTER]
+
+
+def test_the_installed_releases_pass_the_check(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=ADAPTER):
+        assert _otel_sdk.check() is not None
+    assert adapter_warnings(caplog) == []
+    assert _otel_sdk.usable()
+
+
+def a_new_span_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    constructor = SdkSpan.__init__
+
+    def with_a_new_field(self: SdkSpan, *args: object, **kwargs: object) -> None:
+        constructor(self, *args, **kwargs)  # type: ignore[arg-type]
+        self._new_field = None  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(SdkSpan, "__init__", with_a_new_field)
+
+
+def a_parent_based_delegate_renamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    constructor = ParentBased.__init__
+
+    def renamed(self: ParentBased, *args: object, **kwargs: object) -> None:
+        constructor(self, *args, **kwargs)  # type: ignore[arg-type]
+        self._root_sampler = vars(self).pop("_root")  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(ParentBased, "__init__", renamed)
+
+
+def an_exporter_field_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    constructor = OTLPSpanExporter.__init__
+
+    def without_limit(self: OTLPSpanExporter, *args: object, **kwargs: object) -> None:
+        constructor(self, *args, **kwargs)  # type: ignore[arg-type]
+        del self._max_request_size
+
+    monkeypatch.setattr(OTLPSpanExporter, "__init__", without_limit)
+
+
+def a_private_name_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(opentelemetry.sdk.trace._tracer_metrics, "NoOpTracerMetrics")
+
+
+def a_processor_hook_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(SpanProcessor, "_on_ending")
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (a_new_span_field, "_new_field"),
+        (a_parent_based_delegate_renamed, "ParentBased._root"),
+        (an_exporter_field_gone, "OTLPSpanExporter._max_request_size"),
+        (a_private_name_gone, "opentelemetry.sdk.trace._tracer_metrics.NoOpTracerMetrics"),
+        (a_processor_hook_gone, "SpanProcessor._on_ending"),
+    ],
+)
+def test_a_release_that_changed_what_meshkit_relies_on_fails_the_check_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    change: Callable[[pytest.MonkeyPatch], None],
+    named: str,
+) -> None:
+    change(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger=ADAPTER):
+        assert _otel_sdk.check() is None
+    (warning,) = adapter_warnings(caplog)
+    assert named in warning
+    assert "the SDK's public path" in warning
+
+
+async def order(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def test_without_the_internals_spans_are_made_and_exported_the_stock_way(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As with an SDK release the adapter was not written for: its check fails, the
+    warning says so, and a request through a real server is traced and exported through
+    the stock BatchSpanProcessor and OTLPSpanExporter to a real collector."""
+    a_new_span_field(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger=ADAPTER):
+        internals = _otel_sdk.check()
+    assert internals is None and "_new_field" in adapter_warnings(caplog)[0]
+    monkeypatch.setattr(_otel_sdk, "_INTERNALS", internals)  # as if imported with that SDK
+    with post_sink() as collector:
+        environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url("/v1/traces")}
+        provider = configure_tracing_from_env("orders", environ)
+        assert isinstance(provider, TracerProvider)
+        (processor,) = provider._active_span_processor._span_processors
+        assert type(processor) is BatchSpanProcessor
+        app = TelemetryMiddleware(
+            Starlette(routes=[Route("/orders/{order_id}", order)]),
+            service="orders",
+            metrics=MeshMetrics(),
+            tracer_provider=provider,
+        )
+        with running(app) as port:
+            traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+            status, _ = get(connect(port), "/orders/7", {"traceparent": traceparent})
+        assert status == 200
+        call = SpanStarter(provider).start("POST", SpanKind.CLIENT)
+        assert not isinstance(call, MeshSpan) and call.is_recording()
+        call.end()
+        provider.shutdown()  # flushes
+    exported = {
+        span.name: span
+        for body in collector.bodies
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    }
+    assert exported.keys() == {"GET /orders/{order_id}", "POST"}
+    server = exported["GET /orders/{order_id}"]
+    assert (server.trace_id.hex(), server.parent_span_id.hex()) == (TRACE_ID, PARENT_ID)
+
+
+def test_with_the_internals_the_mesh_path_is_taken() -> None:
+    with post_sink() as collector:
+        environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url("/v1/traces")}
+        provider = configure_tracing_from_env("orders", environ)
+        assert isinstance(provider, TracerProvider)
+        (processor,) = provider._active_span_processor._span_processors
+        assert type(processor) is OTLPBatchProcessor
+        assert isinstance(SpanStarter(provider).start("GET", SpanKind.SERVER), MeshSpan)
+        provider.shutdown()
+
+
+def test_a_mesh_span_has_every_field_the_sdk_span_constructor_sets() -> None:
+    span = SpanStarter(TracerProvider()).start("GET", SpanKind.SERVER)
+    assert isinstance(span, MeshSpan)
+    assert all(hasattr(span, field) for field in _otel_sdk._SDK_SPAN_FIELDS)
