@@ -49,10 +49,11 @@ prometheus:
 # a second virtualenv, upgraded eagerly, running the tests that exercise each adapter.
 LATEST := .venv-latest
 LATEST_LIBS := starlette httpx 'uvicorn[standard]' opentelemetry-api opentelemetry-sdk \
-	opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-zipkin-json prometheus-client
-SMOKE := tests/test_layout.py tests/test_spans.py tests/test_otlp.py tests/test_tracing.py \
-	tests/client/test_http.py tests/client/test_smoke.py tests/middleware/test_telemetry.py \
-	tests/test_app.py
+	opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-zipkin-json prometheus-client \
+	requests
+SMOKE := tests/test_layout.py tests/test_otel_sdk.py tests/test_spans.py tests/test_otlp.py \
+	tests/test_otlp_http.py tests/test_tracing.py tests/client/test_httpx_adapter.py \
+	tests/client/test_smoke.py tests/middleware/test_telemetry.py tests/test_app.py
 test-latest:
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip --disable-pip-version-check -q install -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
