@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--caller-env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--debug-log", type=Path, help="JSON lines of the caller's /_debug")
+    parser.add_argument(
+        "--debug-trim", action="store_true", help="/_debug calls malloc_trim(0) (changes RSS)"
+    )
     return parser.parse_args(argv)
 
 
@@ -234,6 +237,8 @@ async def drive(
 ) -> dict[str, Any]:
     url = f"https://127.0.0.1:{caller.port}/item"
     debug_url = f"https://127.0.0.1:{caller.port}/_debug" if args.debug_log else None
+    if debug_url is not None and args.debug_trim:
+        debug_url += "?trim=1"
     connector = aiohttp.TCPConnector(limit=1024, ssl=tls)
     async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
         pacer = Pacer(session, url, args)
