@@ -69,8 +69,50 @@ def _smaps_rollup() -> dict[str, int]:
     return fields
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL("libc.so.6")
+
+
 def _malloc_trim() -> int:
-    return int(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    return int(_libc().malloc_trim(0))
+
+
+def _mallinfo() -> dict[str, float]:
+    """glibc's heap, all arenas, MB: ``arena`` from the system (brk + arena heaps),
+    ``in_use`` and ``free`` of it (free: held by malloc, resident if touched), ``mmapped``
+    (big blocks, returned on free)."""
+    mallinfo2 = _libc().mallinfo2
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    mb = 2**20
+    return {
+        "arena": info.arena / mb,
+        "in_use": info.uordblks / mb,
+        "free": info.fordblks / mb,
+        "mmapped": info.hblkhd / mb,
+    }
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
 
 
 def _object_counts(top: int) -> dict[str, int]:
@@ -98,8 +140,11 @@ async def debug(request: Request) -> JSONResponse:
     if request.query_params.get("trim"):
         gc.collect()
         figures["smaps_before_trim"] = _smaps_rollup()
+        figures["malloc_before_trim"] = _mallinfo()
         figures["malloc_trim"] = _malloc_trim()
     figures["smaps"] = _smaps_rollup()
+    figures["malloc"] = _mallinfo()
+    figures["threads"] = _threads()
     figures["tasks"] = len(asyncio.all_tasks())
     figures["objects"] = _object_counts(25)
     figures["tracemalloc"] = _tracemalloc_diff(15)

@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-percent", type=float, default=30.0, help="of their requests")
     parser.add_argument("--per-try-timeout", type=float, default=0.5)
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument(
+        "--connections", type=int, default=128, help="the load generator's, all opened first"
+    )
     parser.add_argument("--caller-env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--debug-log", type=Path, help="JSON lines of the caller's /_debug")
     parser.add_argument(
@@ -232,6 +235,20 @@ async def record_debug(session: aiohttp.ClientSession, url: str, log: Path, elap
         out.write(json.dumps({"t": round(elapsed), **figures}) + "\n")
 
 
+async def open_connections(session: aiohttp.ClientSession, url: str, count: int) -> None:
+    """Open every connection of the load generator before measuring.
+
+    aiohttp reuses its idle connections first in, first out, so none stays idle long
+    enough to be closed: a burst of requests that opened more would keep them, and the
+    caller's TLS state for them, to the end of the run, a step in its RSS that says
+    nothing about the caller. Opened at once, they are part of ``rss_mb_start``.
+    """
+    async with asyncio.TaskGroup() as group:
+        for number in range(count):
+            group.create_task(one_request(session, url, "get", number, Tally()))
+    await asyncio.sleep(1.0)
+
+
 async def drive(
     args: argparse.Namespace, caller: ServiceProcess, tls: ssl.SSLContext
 ) -> dict[str, Any]:
@@ -239,8 +256,9 @@ async def drive(
     debug_url = f"https://127.0.0.1:{caller.port}/_debug" if args.debug_log else None
     if debug_url is not None and args.debug_trim:
         debug_url += "?trim=1"
-    connector = aiohttp.TCPConnector(limit=1024, ssl=tls)
+    connector = aiohttp.TCPConnector(limit=args.connections, ssl=tls)
     async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
+        await open_connections(session, url, args.connections)
         pacer = Pacer(session, url, args)
         samples = Samples(caller.process.pid)
         samples.take(0.0)
