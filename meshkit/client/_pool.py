@@ -91,6 +91,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLost("connection closed before the response", sent=True))
         self._disarm()
+        # The TLS state (OpenSSL's, and uvloop's 256 KiB read buffer) goes with the socket:
+        # this object may live on until the cyclic GC's next pass (its parser's callbacks
+        # and a failed attempt's traceback hold it in cycles).
+        self._transport = None
         if not self.closed:
             self.closed = True
             self._pool._forget(self)
@@ -142,7 +146,7 @@ class _Connection(asyncio.Protocol):
             message: tuple[int, RawHeaders, bytes, bool] = await waiter
             return message
         except asyncio.CancelledError:
-            self.close()  # the response may still arrive: this stream is unusable
+            self.close(abort=True)  # the response may still arrive: this stream is unusable
             raise
 
     def _arm(self, deadline: float) -> None:
@@ -170,20 +174,30 @@ class _Connection(asyncio.Protocol):
             self._arm(deadline)
             return
         self._fail(AttemptTimedOut("no response before the deadline", sent=True))
-        self.close()
+        self.close(abort=True)
 
     def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
+        """Close, gracefully or, for a request abandoned in flight, at once (``abort``).
+
+        A graceful TLS close sends close_notify and keeps the socket and its TLS state
+        until the peer answers with its own: a peer stuck in the abandoned request
+        answers when it is done, or never (then the loop waits 30 s). Under an
+        instance slower than the per-try timeout that held hundreds of connections.
+        """
         if self.closed:
             return
         self.closed = True
         self._disarm()
         if self._transport is not None:
-            self._transport.close()
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
         self._pool._forget(self)
 
     @property
@@ -232,7 +246,7 @@ class EndpointPool:
                 data, head=head, deadline=deadline
             )
         except BaseException:
-            connection.close()
+            connection.close(abort=True)
             raise
         self._release(connection, keep_alive)
         return status, headers, body

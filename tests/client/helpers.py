@@ -142,9 +142,12 @@ async def raw_server(handle: Handler, *, tls: ssl.SSLContext | None = None) -> A
         try:
             yield listener.extra(SocketAttribute.local_port)
         finally:
+            # Shielded: awaiting in the cancelled scope would raise a CancelledError that
+            # the task group absorbs, and with it whatever the body raised (a test's failure).
+            with anyio.CancelScope(shield=True):
+                for stream in accepted:
+                    await anyio.aclose_forcefully(stream)
             tasks.cancel_scope.cancel()
-            for stream in accepted:
-                await anyio.aclose_forcefully(stream)
 
 
 class SilentPeer:

@@ -1,16 +1,24 @@
-"""EndpointPool over a real socket: one connection, requests with different deadlines."""
+"""EndpointPool over a real socket: one connection, requests with different deadlines;
+attempts abandoned mid-request over TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
+import anyio
 import pytest
+from anyio.abc import ByteStream
 
 from meshkit import deadline as deadlines
+from meshkit.ca.x509 import LocalAuthority
 from meshkit.client._pool import AttemptTimedOut, EndpointPool
+from meshkit.tls import client_context, server_context
+from tests._mtls import material
+from tests.client.helpers import raw_server
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +71,63 @@ async def test_a_long_deadline_after_a_short_one_is_not_cut_short() -> None:
             assert (status, body, pool.connections) == (200, b"ok", 1)
         finally:
             pool.close()
+
+
+# -- attempts abandoned mid-request (issue #16: memory bounded under overload) ---------
+
+TLS_LOOPS = [
+    pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+]
+
+
+async def stuck(stream: ByteStream) -> None:
+    """A peer stuck in its handler: it reads the request, then neither answers nor reads,
+    so a TLS close_notify sent to it is never answered either."""
+    await stream.receive()
+    await anyio.sleep_forever()
+
+
+def tls_protocols() -> int:
+    """Live TLS protocol objects of the running loop (asyncio's or uvloop's): each holds a
+    connection's OpenSSL state and buffers (and, in uvloop, a 256 KiB read buffer)."""
+    return sum(1 for item in gc.get_objects() if type(item).__name__ == "SSLProtocol")
+
+
+@contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    """Only reference counting frees objects inside: what a cycle holds stays held, as it
+    does in a busy process between the collector's passes."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@pytest.mark.parametrize("anyio_backend", TLS_LOOPS)
+async def test_attempts_timed_out_mid_request_keep_no_tls_state(
+    authority: LocalAuthority, anyio_backend: object
+) -> None:
+    # Each timed-out attempt leaves its connection unusable. Its socket and TLS state must
+    # go at once: neither wait for a close_notify the stuck peer never sends (up to the
+    # loop's 30 s TLS shutdown timeout), nor stay referenced by what outlives the socket
+    # (the connection object, its parser and the attempt's traceback form cycles).
+    server, client = material(authority, "stuck"), material(authority, "caller")
+    async with raw_server(stuck, tls=server_context(server, require_client_cert=False)) as port:
+        pool = EndpointPool(
+            "127.0.0.1", port, destination="stuck", ssl_context=lambda: client_context(client)
+        )
+        with cyclic_gc_off():
+            before = tls_protocols()
+            for _ in range(20):
+                with pytest.raises(AttemptTimedOut):
+                    await pool.request(get(0), head=False, deadline=deadlines.now() + 0.05)
+            with anyio.fail_after(2):
+                while tls_protocols() > before:  # noqa: ASYNC110 (no event to wait on)
+                    await anyio.sleep(0.01)
+        assert pool.connections == 0
+        pool.close()
