@@ -7,10 +7,12 @@ default 0.5 s) shorter than the delay the slow callee instances inject, so every
 attempt that lands on one is abandoned mid-request.
 
 ``SOAK_DEBUG=1`` adds ``GET /_debug`` to the caller: what its memory holds (object
-counts by type, asyncio tasks, /proc smaps_rollup, and with ``SOAK_TRACEMALLOC=<frames>``
-a tracemalloc diff against the first snapshot taken). ``?trim=1`` calls glibc's
-``malloc_trim(0)`` first, to tell memory glibc holds but does not use from memory that
-is in use. Investigation only: it is never on in a measured run.
+counts by type, those made since startup: ``meshkit run`` freezes the rest out of the
+collector's sight; asyncio tasks and threads; /proc smaps_rollup; glibc's mallinfo2;
+with ``SOAK_TRACEMALLOC=<frames>`` a tracemalloc diff against the first snapshot, at
+a CPU cost that starves the caller). ``?trim=1`` runs the cyclic GC and glibc's
+``malloc_trim(0)`` first, to tell memory held free by malloc from memory in use.
+Investigation only: it is never on in a measured run.
 """
 
 from __future__ import annotations
