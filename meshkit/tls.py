@@ -14,6 +14,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -96,9 +97,45 @@ def _load_trust(context: ssl.SSLContext, material: TLSMaterial) -> None:
         raise CertificateError(f"trust bundle rejected: {exc}") from exc
 
 
+#: Where a server hears why a handshake it accepted was refused: set per connection by
+#: the code that accepts it (asyncio's transport reports only a lost connection).
+HANDSHAKE_FAILED: ContextVar[Callable[[ssl.SSLError], None] | None] = ContextVar(
+    "meshkit_handshake_failed", default=None
+)
+
+
+class AlertingSSLObject(ssl.SSLObject):
+    """An SSLObject whose refused handshake gets its TLS alert to the client.
+
+    asyncio's and uvloop's TLS transports abort the connection when ``do_handshake``
+    raises, dropping the alert (certificate_required, unknown_ca, certificate_expired...)
+    OpenSSL just wrote. Reported first as "wants more data", the failure lets the
+    transport send what is pending (the alert) as it does for any handshake step; the
+    next call raises it for real.
+    """
+
+    _failed: ssl.SSLError | None = None
+
+    def do_handshake(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            self._failed = exc
+            report = HANDSHAKE_FAILED.get()
+            if report is not None:
+                report(exc)
+            raise ssl.SSLWantReadError("the alert is on its way") from exc
+
+
 def server_context(material: TLSMaterial, *, require_client_cert: bool = True) -> ssl.SSLContext:
-    """A server context: our chain, and client certificates verified against the bundle."""
+    """A server context: our chain, and client certificates verified against the bundle;
+    a refused client gets its TLS alert (``AlertingSSLObject``)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslobject_class = AlertingSSLObject
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     context.set_alpn_protocols(["http/1.1"])

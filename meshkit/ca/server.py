@@ -59,7 +59,7 @@ from meshkit.ca.x509 import (
 )
 from meshkit.errors import CAError, CARefused
 from meshkit.identity import SpiffeId
-from meshkit.serving.listen import listen, uvicorn_config
+from meshkit.serving.listen import listen
 from meshkit.serving.server import Server
 from meshkit.settings import ConnectionLimits
 from meshkit.tls import TLSContexts, TLSMaterial
@@ -399,13 +399,13 @@ async def serve(
         registry=CollectorRegistry(auto_describe=True),
         dev=dev,
     )
-    limits = CA_LIMITS.replace(max_connections=max_connections)
     server = Server(
-        uvicorn_config(service.app(), limits, lifespan="off"),
+        service.app(),
         name="ca",
-        limits=limits,
+        limits=CA_LIMITS.replace(max_connections=max_connections),
         mode="tls",
         tls=lambda: contexts.listening_context,
+        lifespan="off",
     )
     server.hold_within_descriptors()
     sock = listen(host, port)

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import errno
 import logging
 import resource
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,11 +34,12 @@ import anyio
 
 from meshkit.serving.protocol import error_response
 from meshkit.settings import ConnectionLimits
+from meshkit.tls import HANDSHAKE_FAILED
 
 logger = logging.getLogger("meshkit.serving")
 
-#: ``mtls``/``tls``: TLS only (the listening context decides whether a client certificate
-#: is required); ``permissive``: TLS or plaintext by the first byte; ``plain``: no TLS.
+#: ``tls``: TLS only (the listening context decides whether a client certificate is
+#: required); ``permissive``: TLS or plaintext by the first byte; ``plain``: no TLS.
 TLSMode = Literal["tls", "permissive", "plain"]
 _TLS_HANDSHAKE = 0x16  # the content type of a TLS record that opens a handshake
 _SWEEP_SECONDS = 1.0
@@ -52,40 +52,10 @@ class _Handshake:
 
     peer: str
     started: float
-    task: asyncio.Task[None] | None = None
     failure: ssl.SSLError | None = None
 
-
-_HANDSHAKE: contextvars.ContextVar[_Handshake | None] = contextvars.ContextVar(
-    "meshkit_handshake", default=None
-)
-
-
-class AlertingSSLObject(ssl.SSLObject):
-    """An SSLObject whose failed handshake gets its TLS alert to the client.
-
-    asyncio's and uvloop's TLS transports abort the connection when ``do_handshake``
-    raises, dropping the alert OpenSSL just wrote. Reported first as "wants more data",
-    the failure lets the transport send what is pending (the alert) as it does for any
-    handshake step; the next call raises it for real. Installed on a listening context
-    through ``SSLContext.sslobject_class``.
-    """
-
-    _failed: ssl.SSLError | None = None
-
-    def do_handshake(self) -> None:
-        if self._failed is not None:
-            raise self._failed
-        try:
-            super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except ssl.SSLError as exc:
-            self._failed = exc
-            handshake = _HANDSHAKE.get()
-            if handshake is not None:
-                handshake.failure = exc
-            raise ssl.SSLWantReadError("the alert is on its way") from exc
+    def failed(self, exc: ssl.SSLError) -> None:
+        self.failure = exc
 
 
 def refusal_reason(exc: BaseException) -> str:
@@ -113,7 +83,6 @@ _VERIFY_REASONS = {
 _SSL_REASONS = {
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": "certificate_required",
     "CERTIFICATE_VERIFY_FAILED": "bad_certificate",
-    "HTTP_REQUEST": "plaintext",
     "WRONG_VERSION_NUMBER": "protocol_error",
     "NO_SHARED_CIPHER": "no_shared_cipher",
     "UNSUPPORTED_PROTOCOL": "protocol_version",
@@ -151,7 +120,7 @@ class Acceptor:
         name: str,
         limits: ConnectionLimits,
         protocol: Callable[[], asyncio.Protocol],
-        connections: Iterable[Any],
+        connections: Collection[Any],
         mode: TLSMode,
         tls: Callable[[], ssl.SSLContext | None] = lambda: None,
         on_refused: Callable[[str], None] | None = None,
@@ -203,17 +172,18 @@ class Acceptor:
             self._start(connection, _peer(address))
 
     def _held(self) -> int:
-        return len(self._pending) + sum(1 for _ in self._connections)
+        return len(self._pending) + len(self._connections)
 
     def _start(self, connection: socket.socket, peer: str) -> None:
         handshake = _Handshake(peer, asyncio.get_running_loop().time())
         task = asyncio.get_running_loop().create_task(self._hand_over(connection, handshake))
-        handshake.task = task
         self._pending[task] = handshake
         task.add_done_callback(self._pending.pop)
 
     async def _hand_over(self, connection: socket.socket, handshake: _Handshake) -> None:
-        _HANDSHAKE.set(handshake)
+        # The transport reports a refused handshake as a lost connection; the TLS
+        # object tells the reason here (see ``meshkit.tls.AlertingSSLObject``).
+        HANDSHAKE_FAILED.set(handshake.failed)
         loop = asyncio.get_running_loop()
         try:
             with anyio.fail_after(self.limits.handshake_timeout):
@@ -242,10 +212,7 @@ class Acceptor:
             return None
         first = await _peek(loop, connection)
         if first == _TLS_HANDSHAKE:
-            context = self._tls()
-            if context is not None:
-                context.sslobject_class = AlertingSSLObject
-            return context
+            return self._tls()
         if self._mode == "permissive":
             return None
         if first is not None:  # plaintext on a TLS-only port: say so, in plaintext
@@ -258,10 +225,10 @@ class Acceptor:
     def _shed_one(self) -> bool:
         """Close the connection idle or handshaking the longest; False if none is."""
         oldest: float | None = None
-        victim: Callable[[], None] | None = None
-        for handshake in self._pending.values():
+        victim: Callable[[], object] | None = None
+        for task, handshake in self._pending.items():
             if oldest is None or handshake.started < oldest:
-                oldest, victim = handshake.started, _canceller(handshake)
+                oldest, victim = handshake.started, task.cancel
         for connection in self._connections:
             since = getattr(connection, "idle_since", None)
             if since is not None and (oldest is None or since < oldest):
@@ -285,14 +252,6 @@ class Acceptor:
         self._refusals.refused(peer, reason, self.name)
         if self._on_refused is not None:
             self._on_refused(reason)
-
-
-def _canceller(handshake: _Handshake) -> Callable[[], None]:
-    def cancel() -> None:
-        if handshake.task is not None:
-            handshake.task.cancel()
-
-    return cancel
 
 
 def _peer(address: Any) -> str:

@@ -77,13 +77,14 @@ class Servable(Protocol):
 
 
 class Server(uvicorn.Server):
-    """uvicorn, accepting through an ``Acceptor`` (meshkit's connection policy) instead
-    of ``loop.create_server``; ``listening`` is set once it accepts. With
+    """uvicorn serving ``app`` under ``limits``, accepting through an ``Acceptor``
+    (meshkit's connection policy) instead of ``loop.create_server``; ``listening`` is set
+    once it accepts. ``options`` are uvicorn's (``uvicorn_config``). With
     ``handle_signals=False`` the owner (MeshServer) orders shutdown itself."""
 
     def __init__(
         self,
-        config: uvicorn.Config,
+        app: Any,
         *,
         name: str,
         limits: ConnectionLimits,
@@ -91,8 +92,9 @@ class Server(uvicorn.Server):
         tls: Callable[[], ssl.SSLContext | None] = lambda: None,
         on_refused: Callable[[str], None] | None = None,
         handle_signals: bool = True,
+        **options: Any,
     ) -> None:
-        super().__init__(config)
+        super().__init__(uvicorn_config(app, limits, **options))
         self.listening = anyio.Event()
         self.acceptor = Acceptor(
             name=name,
@@ -189,25 +191,25 @@ class MeshServer:
         """The service port's server and the admin port's, each with its own budget of
         connections within this process's descriptors."""
         settings, mesh = self.settings, self.app.mesh
-        limits = settings.connection_limits
         service = Server(
-            uvicorn_config(
-                self.app, limits, lifespan="on", timeout_graceful_shutdown=settings.drain_timeout
-            ),
+            self.app,
             name=settings.service,
-            limits=limits,
+            limits=settings.connection_limits,
             mode="permissive" if settings.tls_mode == "permissive" else "tls",
             tls=lambda: mesh.listening_context,
             on_refused=mesh.connection_refused,
             handle_signals=False,
+            lifespan="on",
+            timeout_graceful_shutdown=settings.drain_timeout,
         )
         service.config.lifespan_class = _mesh_lifespan(self.app)
         admin = Server(
-            uvicorn_config(mesh.admin_app, ADMIN_LIMITS, lifespan="off"),
+            mesh.admin_app,
             name=f"{settings.service} admin",
             limits=ADMIN_LIMITS,
             mode="plain",
             handle_signals=False,
+            lifespan="off",
         )
         service.hold_within_descriptors(reserve=ADMIN_LIMITS.max_connections)
         return service, admin

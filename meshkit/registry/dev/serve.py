@@ -6,11 +6,9 @@ from __future__ import annotations
 import socket
 import sys
 
-import uvicorn
-
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import DevRegistryApp
-from meshkit.serving.listen import listen, uvicorn_config
+from meshkit.serving.listen import listen
 from meshkit.serving.server import Server
 from meshkit.settings import ConnectionLimits
 
@@ -23,12 +21,6 @@ REGISTRY_LIMITS = ConnectionLimits(
 )
 
 
-def registry_config(app: DevRegistryApp) -> uvicorn.Config:
-    return uvicorn_config(
-        app, REGISTRY_LIMITS, loop="uvloop", lifespan="on", timeout_graceful_shutdown=5
-    )
-
-
 class RegistryServer(Server):
     """uvicorn, answering parked blocking queries at once when asked to stop.
 
@@ -37,7 +29,13 @@ class RegistryServer(Server):
 
     def __init__(self, app: DevRegistryApp) -> None:
         super().__init__(
-            registry_config(app), name="registry", limits=REGISTRY_LIMITS, mode="plain"
+            app,
+            name="registry",
+            limits=REGISTRY_LIMITS,
+            mode="plain",
+            loop="uvloop",
+            lifespan="on",
+            timeout_graceful_shutdown=5,
         )
         self.app = app
 
