@@ -31,12 +31,22 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
+def status_kb(pid: int, field_name: str) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (VmRSS, VmHWM, ...); 0 if absent."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set (``VmHWM``), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return status_kb(pid, "VmHWM") / 1024
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident set now (``VmRSS``), in MiB."""
+    return status_kb(pid, "VmRSS") / 1024
 
 
 def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:

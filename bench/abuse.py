@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench._procs import rss_mb
 from meshkit.ca.store import init_ca
 from meshkit.ca.x509 import LocalAuthority, build_csr, csr_pem, new_private_key
 from meshkit.identity import SpiffeId
@@ -44,13 +45,6 @@ from meshkit.testing import (
 )
 
 TRUST_DOMAIN = "bench.local"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class PeakRSS:

@@ -19,6 +19,7 @@ import pytest
 from meshkit.ca.store import CAStore, init_ca
 from meshkit.ca.x509 import build_csr, csr_pem, new_private_key
 from meshkit.testing import CAProcess
+from tests._procs import rss_mb
 from tests.ca.conftest import call, make_token, trusting
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,13 +30,6 @@ def ca(tmp_path: Path) -> Iterator[tuple[CAProcess, CAStore]]:
     store = init_ca(tmp_path / "ca", "example.org")
     with CAProcess(store.directory) as process:
         yield process, store
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def sign(process: CAProcess, store: CAStore, token: str | None, csr: str) -> tuple[int, dict]:
