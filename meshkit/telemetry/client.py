@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from meshkit.client._hooks import (
+from meshkit.client import (
     AttemptEnded,
     AttemptStarted,
     BaseClientHooks,
