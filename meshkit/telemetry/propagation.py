@@ -26,8 +26,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from meshkit.telemetry import tracecontext
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
-_TRACE_CONTEXT = TraceContextTextMapPropagator()
-MESH_PROPAGATOR = CompositePropagator([_TRACE_CONTEXT, W3CBaggagePropagator()])
+_BAGGAGE = W3CBaggagePropagator()
+MESH_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), _BAGGAGE])
 INSTRUMENTATION_NAME = "meshkit"
 _VERSION = metadata.version("meshkit")
 
@@ -52,7 +52,6 @@ class _ListSetter(Setter[list[tuple[str, str]]]):
 _ASGI_GETTER = _ASGIHeaderGetter()
 _LIST_SETTER = _ListSetter()
 _TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
-_BAGGAGE = W3CBaggagePropagator()
 # Contexts are immutable (setting a value makes a new one), so one empty context is shared.
 EMPTY_CONTEXT = Context()
 
