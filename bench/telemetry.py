@@ -201,12 +201,11 @@ def server(mode: str, sink: str, tls_dir: str) -> Iterator[tuple[subprocess.Pope
         process.wait(timeout=10)
 
 
-async def drive(session: object, port: int, requests: int) -> None:
+async def drive(session: object, origin: str, requests: int) -> None:
     import aiohttp
 
     assert isinstance(session, aiohttp.ClientSession)
-    scheme = "https" if session.connector and session.connector._ssl else "http"  # type: ignore[attr-defined]
-    url = f"{scheme}://127.0.0.1:{port}/items/42"
+    url = f"{origin}/items/42"
 
     async def worker(count: int) -> None:
         for _ in range(count):
@@ -217,14 +216,13 @@ async def drive(session: object, port: int, requests: int) -> None:
     await asyncio.gather(*(worker(requests // CONCURRENCY) for _ in range(CONCURRENCY)))
 
 
-async def flush_spans(session: object, port: int) -> None:
+async def flush_spans(session: object, origin: str) -> None:
     """Have the server post the spans its exporter still holds (one request; every mode
     gets it, so each pays the same for it)."""
     import aiohttp
 
     assert isinstance(session, aiohttp.ClientSession)
-    scheme = "https" if session.connector and session.connector._ssl else "http"  # type: ignore[attr-defined]
-    async with session.post(f"{scheme}://127.0.0.1:{port}/flush") as response:
+    async with session.post(f"{origin}/flush") as response:
         await response.read()
         assert response.status == 200
 
@@ -282,6 +280,7 @@ async def measure(
     import aiohttp
 
     per_request: dict[str, list[float]] = {mode: [] for mode in modes}
+    scheme = "https" if context else "http"
     with ExitStack() as stack:
         servers = {mode: stack.enter_context(server(mode, sink, tls_dir)) for mode in modes}
         connector = aiohttp.TCPConnector(
@@ -291,13 +290,14 @@ async def measure(
             keepalive_timeout=KEEP_ALIVE_SECONDS,
         )
         async with aiohttp.ClientSession(connector=connector) as session:
-            for _, port in servers.values():
-                await drive(session, port, requests // 4)  # warm up
+            origins = {mode: f"{scheme}://127.0.0.1:{port}" for mode, (_, port) in servers.items()}
+            for origin in origins.values():
+                await drive(session, origin, requests // 4)  # warm up
             for _ in range(rounds):
-                for mode, (process, port) in servers.items():
+                for mode, (process, _) in servers.items():
                     before = cpu_seconds(process.pid)
-                    await drive(session, port, requests)
-                    await flush_spans(session, port)
+                    await drive(session, origins[mode], requests)
+                    await flush_spans(session, origins[mode])
                     per_request[mode].append((cpu_seconds(process.pid) - before) / requests)
     return per_request
 

@@ -27,7 +27,7 @@ from meshkit.telemetry._otel_sdk import MeshSpan, SpanStarter
 from meshkit.telemetry.export import OTLPBatchProcessor
 from meshkit.telemetry.metrics import MeshMetrics
 from meshkit.telemetry.sdk import configure_tracing_from_env
-from tests._sink import post_sink
+from tests._sink import PostSink, post_sink
 from tests.middleware.servers import connect, get, running
 
 ADAPTER = "meshkit.telemetry._otel_sdk"
@@ -112,37 +112,31 @@ async def order(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
-def test_without_the_internals_spans_are_made_and_exported_the_stock_way(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """As with an SDK release the adapter was not written for: its check fails, the
-    warning says so, and a request through a real server is traced and exported through
-    the stock BatchSpanProcessor and OTLPSpanExporter to a real collector."""
-    a_new_span_field(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger=ADAPTER):
-        internals = _otel_sdk.check()
-    assert internals is None and "_new_field" in adapter_warnings(caplog)[0]
-    monkeypatch.setattr(_otel_sdk, "_INTERNALS", internals)  # as if imported with that SDK
-    with post_sink() as collector:
-        environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url("/v1/traces")}
-        provider = configure_tracing_from_env("orders", environ)
-        assert isinstance(provider, TracerProvider)
-        (processor,) = provider._active_span_processor._span_processors
-        assert type(processor) is BatchSpanProcessor
-        app = TelemetryMiddleware(
-            Starlette(routes=[Route("/orders/{order_id}", order)]),
-            service="orders",
-            metrics=MeshMetrics(),
-            tracer_provider=provider,
-        )
-        with running(app) as port:
-            traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
-            status, _ = get(connect(port), "/orders/7", {"traceparent": traceparent})
-        assert status == 200
-        call = SpanStarter(provider).start("POST", SpanKind.CLIENT)
-        assert not isinstance(call, MeshSpan) and call.is_recording()
-        call.end()
-        provider.shutdown()  # flushes
+def otlp_provider(collector: PostSink) -> tuple[TracerProvider, SpanProcessor]:
+    """The provider ``meshkit run`` builds to export to ``collector``, and its processor."""
+    environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url("/v1/traces")}
+    provider = configure_tracing_from_env("orders", environ)
+    assert isinstance(provider, TracerProvider)
+    (processor,) = provider._active_span_processor._span_processors
+    return provider, processor
+
+
+def serve_a_traced_request(provider: TracerProvider) -> None:
+    """One request through a real server, continuing the caller's trace."""
+    app = TelemetryMiddleware(
+        Starlette(routes=[Route("/orders/{order_id}", order)]),
+        service="orders",
+        metrics=MeshMetrics(),
+        tracer_provider=provider,
+    )
+    with running(app) as port:
+        traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+        status, _ = get(connect(port), "/orders/7", {"traceparent": traceparent})
+    assert status == 200
+
+
+def assert_exported(collector: PostSink) -> None:
+    """The collector decoded the server span, in the caller's trace, and the call span."""
     exported = {
         span.name: span
         for body in collector.bodies
@@ -155,15 +149,40 @@ def test_without_the_internals_spans_are_made_and_exported_the_stock_way(
     assert (server.trace_id.hex(), server.parent_span_id.hex()) == (TRACE_ID, PARENT_ID)
 
 
-def test_with_the_internals_the_mesh_path_is_taken() -> None:
+def test_without_the_internals_spans_are_made_and_exported_the_stock_way(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As with an SDK release the adapter was not written for: its check fails, the
+    warning says so, and a request through a real server is traced and exported through
+    the stock BatchSpanProcessor and OTLPSpanExporter to a real collector."""
+    a_new_span_field(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger=ADAPTER):
+        internals = _otel_sdk.check()
+    assert internals is None and "_new_field" in adapter_warnings(caplog)[0]
+    monkeypatch.setattr(_otel_sdk, "_INTERNALS", internals)  # as if imported with that SDK
     with post_sink() as collector:
-        environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url("/v1/traces")}
-        provider = configure_tracing_from_env("orders", environ)
-        assert isinstance(provider, TracerProvider)
-        (processor,) = provider._active_span_processor._span_processors
+        provider, processor = otlp_provider(collector)
+        assert type(processor) is BatchSpanProcessor
+        serve_a_traced_request(provider)
+        call = SpanStarter(provider).start("POST", SpanKind.CLIENT)
+        assert not isinstance(call, MeshSpan) and call.is_recording()
+        call.end()
+        provider.shutdown()  # flushes
+    assert_exported(collector)
+
+
+def test_with_the_internals_the_mesh_path_is_taken() -> None:
+    """The same request and call with the check passed: MeshSpans, encoded and posted by
+    OTLPBatchProcessor, decode at the collector as the stock path's spans do."""
+    with post_sink() as collector:
+        provider, processor = otlp_provider(collector)
         assert type(processor) is OTLPBatchProcessor
-        assert isinstance(SpanStarter(provider).start("GET", SpanKind.SERVER), MeshSpan)
-        provider.shutdown()
+        serve_a_traced_request(provider)
+        call = SpanStarter(provider).start("POST", SpanKind.CLIENT)
+        assert isinstance(call, MeshSpan)
+        call.end()
+        provider.shutdown()  # flushes
+    assert_exported(collector)
 
 
 def test_a_mesh_span_has_every_field_the_sdk_span_constructor_sets() -> None:

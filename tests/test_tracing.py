@@ -4,7 +4,7 @@ import json
 import threading
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
@@ -20,7 +20,11 @@ from opentelemetry.trace import SpanKind
 from meshkit.errors import ConfigError
 from meshkit.telemetry._otel_sdk import MeshSpan, SpanStarter, set_mesh_attributes
 from meshkit.telemetry.export import OTLPBatchProcessor
-from meshkit.telemetry.propagation import append_context_headers, extract_context
+from meshkit.telemetry.propagation import (
+    MESH_PROPAGATOR,
+    append_context_headers,
+    extract_context,
+)
 from meshkit.telemetry.sdk import configure_tracing_from_env, otlp_traces_endpoint, sampler_from_env
 from tests._sink import post_sink
 
@@ -155,8 +159,6 @@ def test_extract_ignores_the_current_context_and_bad_headers() -> None:
 
 
 def test_append_context_headers_carries_the_span_and_baggage() -> None:
-    from opentelemetry import baggage
-
     tracer = TracerProvider().get_tracer("test")
     with tracer.start_as_current_span("call") as span:
         headers: list[tuple[str, str]] = []
@@ -189,11 +191,6 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
     ],
 )
 def test_extract_reads_as_the_w3c_propagators(headers: list[tuple[bytes, bytes]]) -> None:
-    from opentelemetry import baggage
-    from opentelemetry.context import Context
-
-    from meshkit.telemetry.propagation import MESH_PROPAGATOR
-
     ours = extract_context(headers)
     textual = {name.decode(): value.decode() for name, value in reversed(headers)}
     theirs = MESH_PROPAGATOR.extract(textual, context=Context())

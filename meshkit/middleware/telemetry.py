@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
-from meshkit.telemetry.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, MeshMetrics
+from meshkit.telemetry.metrics import UNMATCHED_ROUTE, MeshMetrics, method_label
 from meshkit.telemetry.propagation import EMPTY_CONTEXT, extract_context
 
 UNKNOWN_SOURCE = "unknown"
@@ -68,9 +68,7 @@ class TelemetryMiddleware:
         # Every line here is paid on every request of every service: no per-request
         # helper objects, no coroutine where a plain call does.
         start = _perf_counter()
-        method = scope["method"]
-        if method not in KNOWN_METHODS:
-            method = "_OTHER"
+        method = method_label(scope["method"])
         self.metrics.server_started(method)
         # The SERVER span, made current (with the caller's baggage) when there is anything
         # to carry on to calls the handler makes. Its attributes are set at the end, in

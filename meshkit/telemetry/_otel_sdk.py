@@ -350,12 +350,9 @@ class SpanStarter:
 
     def _follow_global(self) -> None:
         # The global provider may be installed after the app is built: follow it, but
-        # look at most once a second, since while none is set the API reads os.environ
-        # on every call.
-        now = time.monotonic()
-        if now < self._next_check:
-            return
-        self._next_check = now + _PROVIDER_RECHECK_SECONDS
+        # look at most once a second (both callers check the time), since while none is
+        # set the API reads os.environ on every call.
+        self._next_check = time.monotonic() + _PROVIDER_RECHECK_SECONDS
         provider = trace.get_tracer_provider()
         if provider is not self._provider:
             self._provider = provider

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from meshkit.client._hooks import (
+from meshkit.client import (
     AttemptEnded,
     AttemptStarted,
     BaseClientHooks,
@@ -33,7 +33,7 @@ from meshkit.client._hooks import (
     RetryScheduled,
 )
 from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
-from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics
+from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics, method_label
 from meshkit.telemetry.propagation import append_span_headers
 
 
@@ -114,7 +114,7 @@ def _error_type(status: int | None, error: BaseException | None) -> str:
 
 def _attributes(method: str, destination: str, status: int | None, error: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {
-        "http.request.method": method if method in KNOWN_METHODS else "_OTHER",
+        "http.request.method": method_label(method),
         "server.address": destination,
         "peer.service": destination,
     }

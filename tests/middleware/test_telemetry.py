@@ -313,14 +313,13 @@ def test_without_a_tracer_provider_the_context_is_still_carried_on() -> None:
 
 
 def test_the_observed_send_notes_status_and_body_bytes() -> None:
-    observed_send = ObservedSend
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
         sent.append(message)
 
     async def respond() -> ObservedSend:
-        observed = observed_send(send)
+        observed = ObservedSend(send)
         assert (observed.status, observed.sent) == (0, 0)
         await observed({"type": "http.response.start", "status": 201, "headers": []})
         await observed({"type": "http.response.body", "body": b"abc", "more_body": True})
