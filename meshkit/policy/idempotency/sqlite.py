@@ -30,6 +30,7 @@ import anyio.to_thread
 
 from meshkit.errors import ConfigError
 from meshkit.policy.idempotency.base import (
+    CLAIM_ATTEMPTS,
     Claim,
     Claimed,
     IdempotencyKey,
@@ -38,6 +39,7 @@ from meshkit.policy.idempotency.base import (
     Running,
     StoredResponse,
     judge,
+    kept_changing,
     new_owner,
 )
 
@@ -80,8 +82,6 @@ DELETE FROM meshkit_idempotency WHERE digest IN (
     LIMIT max(0, (SELECT count(*) FROM meshkit_idempotency) - :max_entries)
 )
 """
-#: Claims that meet a record changing under them try again this often, then give up.
-_CLAIM_ATTEMPTS = 5
 #: How often a connection opening a new file looks again for its turn to switch to WAL.
 _WAL_RETRY = 0.01
 
@@ -166,13 +166,13 @@ class SQLiteStore:
             "lease_end": now + self._lease,
             "now": now,
         }
-        for _ in range(_CLAIM_ATTEMPTS):
+        for _ in range(CLAIM_ATTEMPTS):
             if db.execute(_CLAIM, values).fetchall():
                 return Claimed(key, owner)
             row = db.execute(_READ, (key.digest,)).fetchone()
             if row is not None:  # else it expired and was swept between the two: again
                 return judge(key, _record(row), fingerprint)
-        raise IdempotencyStoreError(f"{self!r}: the record of a key kept changing")
+        raise kept_changing(self)
 
     def _change(
         self, db: sqlite3.Connection, statement: str, claimed: Claimed, values: dict[str, Any]
