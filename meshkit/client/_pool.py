@@ -142,12 +142,8 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
         if deadline is not None:
             self._arm(deadline)
-        try:
-            message: tuple[int, RawHeaders, bytes, bool] = await waiter
-            return message
-        except asyncio.CancelledError:
-            self.close(abort=True)  # the response may still arrive: this stream is unusable
-            raise
+        message: tuple[int, RawHeaders, bytes, bool] = await waiter
+        return message
 
     def _arm(self, deadline: float) -> None:
         """Make sure the timer fires by ``deadline``.
@@ -246,6 +242,8 @@ class EndpointPool:
                 data, head=head, deadline=deadline
             )
         except BaseException:
+            # Abandoned (a timeout, a cancellation, a failure): the response may still
+            # arrive, so this stream is unusable.
             connection.close(abort=True)
             raise
         self._release(connection, keep_alive)

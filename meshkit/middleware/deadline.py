@@ -13,7 +13,6 @@ mesh call raised ``DeadlineExceeded``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -21,6 +20,7 @@ import anyio
 
 from meshkit import deadline as deadlines
 from meshkit.errors import DeadlineExceeded
+from meshkit.middleware._asgi import send_json
 from meshkit.settings import MeshSettings
 
 Scope = MutableMapping[str, Any]
@@ -30,12 +30,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _body(detail: str) -> bytes:
-    return json.dumps({"error": "deadline_exceeded", "detail": detail}).encode()
-
-
-_RAN_OUT = _body("the caller's deadline ran out")
-_NOT_STARTED = _body("the caller stopped waiting before the request could start")
+_RAN_OUT = "the caller's deadline ran out"
+_NOT_STARTED = "the caller stopped waiting before the request could start"
 _DEADLINE = deadlines.DEADLINE_HEADER_BYTES
 _SENT = deadlines.SENT_HEADER_BYTES
 _START = deadlines.START_HEADER_BYTES
@@ -128,8 +124,6 @@ class DeadlineMiddleware:
             await send_deadline_exceeded(send)
 
 
-async def send_deadline_exceeded(send: Send, body: bytes = _RAN_OUT) -> None:
+async def send_deadline_exceeded(send: Send, detail: str = _RAN_OUT) -> None:
     """Answer 504 with meshkit's JSON error body."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": 504, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 504, {"error": "deadline_exceeded", "detail": detail})

@@ -91,58 +91,6 @@ async def test_incoming_deadline_bounds_outgoing_calls(authority: LocalAuthority
             await mesh.client("c").get("/hop")
 
 
-async def run_middleware(headers: list[tuple[bytes, bytes]], handler_sleep: float) -> list[Any]:
-    sent: list[Any] = []
-    seen: list[float | None] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(deadline.remaining())
-        await anyio.sleep(handler_sleep)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    async def receive() -> Any:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "headers": headers}
-    await DeadlineMiddleware(app)(scope, receive, send)
-    return [sent, seen]
-
-
-async def test_middleware_answers_504_when_no_time_is_left() -> None:
-    sent, seen = await run_middleware([(b"x-meshkit-deadline-ms", b"0")], 0)
-    assert sent[0]["status"] == 504 and seen == []
-    assert b"deadline_exceeded" in sent[1]["body"]
-
-
-async def test_middleware_cancels_the_handler_at_the_deadline() -> None:
-    sent, seen = await run_middleware([(b"x-meshkit-deadline-ms", b"50")], 30)
-    assert sent[0]["status"] == 504
-    assert seen[0] is not None and 0 < seen[0] <= 0.05
-
-
-async def test_middleware_turns_a_downstream_deadline_error_into_504() -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        raise DeadlineExceeded("no time left", destination="payments")
-
-    sent: list[Any] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"1000")]}
-    await DeadlineMiddleware(app)(scope, None, send)  # type: ignore[arg-type]
-    assert sent[0]["status"] == 504
-
-
-async def test_middleware_without_header_sets_no_deadline() -> None:
-    sent, seen = await run_middleware([], 0)
-    assert sent[0]["status"] == 200 and seen == [None]
-
-
 def deadline_headers_seen() -> Any:
     """An app answering with the deadline headers it got and when its request arrived."""
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -108,11 +109,24 @@ def cyclic_gc_off() -> Iterator[None]:
             gc.enable()
 
 
+async def timed_out(pool: EndpointPool) -> None:
+    with pytest.raises(AttemptTimedOut):  # a second: time to connect on a busy host
+        await pool.request(get(0), head=False, deadline=deadlines.now() + 1.0)
+
+
+async def cancelled(pool: EndpointPool) -> None:
+    """The caller gives up (its own timeout, a cancelled handler): no attempt deadline."""
+    with anyio.move_on_after(1.0) as scope:
+        await pool.request(get(0), head=False, deadline=None)
+    assert scope.cancelled_caught
+
+
+@pytest.mark.parametrize("abandon", [timed_out, cancelled])
 @pytest.mark.parametrize("anyio_backend", TLS_LOOPS)
-async def test_attempts_timed_out_mid_request_keep_no_tls_state(
-    authority: LocalAuthority, anyio_backend: object
+async def test_attempts_abandoned_mid_request_keep_no_tls_state(
+    authority: LocalAuthority, anyio_backend: object, abandon: Callable[[EndpointPool], Any]
 ) -> None:
-    # Each timed-out attempt leaves its connection unusable. Its socket and TLS state must
+    # Each abandoned attempt leaves its connection unusable. Its socket and TLS state must
     # go at once: neither wait for a close_notify the stuck peer never sends (up to the
     # loop's 30 s TLS shutdown timeout), nor stay referenced by what outlives the socket
     # (the connection object, its parser and the attempt's traceback form cycles).
@@ -123,8 +137,7 @@ async def test_attempts_timed_out_mid_request_keep_no_tls_state(
         )
 
         async def abandoned() -> None:
-            with pytest.raises(AttemptTimedOut):  # a second: time to connect on a busy host
-                await pool.request(get(0), head=False, deadline=deadlines.now() + 1.0)
+            await abandon(pool)
 
         with cyclic_gc_off():
             before = tls_protocols()

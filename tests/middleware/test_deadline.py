@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from meshkit import deadline
+from meshkit.errors import DeadlineExceeded
 from meshkit.middleware.deadline import DeadlineMiddleware
 
 pytestmark = pytest.mark.anyio
@@ -20,13 +21,16 @@ SKEW = 0.25
 
 
 class Handler:
-    """An app that notes the remaining budget it was given, and answers 200."""
+    """An app that notes the remaining budget it was given, works ``work`` seconds, and
+    answers 200."""
 
-    def __init__(self) -> None:
+    def __init__(self, work: float = 0.0) -> None:
+        self.work = work
         self.runs: list[float | None] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.runs.append(deadline.remaining())
+        await anyio.sleep(self.work)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -39,8 +43,10 @@ async def serve(
     arrived_ago: float | None = None,
     default_timeout: float | None = None,
     extra: list[tuple[bytes, bytes]] | None = None,
+    handler: Any = None,
 ) -> tuple[list[Any], Handler]:
-    """One request through the middleware; what it sent, and the handler's record."""
+    """One request through the middleware (to a ``Handler()`` unless another app is
+    given); what it sent, and the handler."""
     headers = list(extra or [])
     if budget_ms is not None:
         headers.append((b"x-meshkit-deadline-ms", b"%d" % budget_ms))
@@ -56,7 +62,7 @@ async def serve(
     async def send(message: Any) -> None:
         sent.append(message)
 
-    handler = Handler()
+    handler = Handler() if handler is None else handler
     middleware = DeadlineMiddleware(handler, default_timeout=default_timeout, max_clock_skew=SKEW)
     await middleware(scope, None, send)
     return sent, handler
@@ -121,17 +127,26 @@ async def test_a_sent_time_without_a_budget_bounds_nothing() -> None:
     assert handler.runs == [None]
 
 
+async def test_a_request_with_no_time_left_never_runs() -> None:
+    assert refused_unstarted(*await serve(budget_ms=0))
+
+
+async def test_without_a_budget_or_default_there_is_no_deadline() -> None:
+    sent, handler = await serve()
+    assert sent[0]["status"] == 200 and handler.runs == [None]
+
+
 async def test_a_handler_that_overruns_its_budget_is_cancelled_with_504() -> None:
-    async def slow(scope: Any, receive: Any, send: Any) -> None:
-        await anyio.sleep(30)
-
-    sent: list[Any] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"50")]}
     with anyio.fail_after(5):
-        await DeadlineMiddleware(slow)(scope, None, send)
+        sent, handler = await serve(budget_ms=50, handler=Handler(work=30))
     assert sent[0]["status"] == 504
     assert json.loads(sent[1]["body"])["detail"] == "the caller's deadline ran out"
+    assert handler.runs[0] is not None and 0 < handler.runs[0] <= 0.05
+
+
+async def test_a_downstream_deadline_error_is_answered_504() -> None:
+    async def its_call_ran_out(scope: Any, receive: Any, send: Any) -> None:
+        raise DeadlineExceeded("no time left", destination="payments")
+
+    sent, _ = await serve(budget_ms=1000, handler=its_call_ran_out)
+    assert sent[0]["status"] == 504

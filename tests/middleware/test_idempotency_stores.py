@@ -76,7 +76,13 @@ def make_store(
     return ConsulKVStore(ConsulRegistry(address=registry.address), prefix=prefix, clock=clock)
 
 
-def lapse(store: IdempotencyStore, clock: Clock) -> None:
+@pytest.fixture(params=["sqlite", "consul"])
+def leased_store(request: pytest.FixtureRequest, clock: Clock, tmp_path: Path) -> IdempotencyStore:
+    """The stores whose claims lapse unless renewed (memory's never do)."""
+    return make_store(request.param, clock, tmp_path, request)
+
+
+def lapse(clock: Clock) -> None:
     """Move the clock past the end of a lease not renewed (and any skew allowance)."""
     clock.now += LEASE + 2.5
 
@@ -132,16 +138,15 @@ async def test_a_finished_key_expires_after_its_ttl(store: IdempotencyStore, clo
     assert isinstance(await store.claim(KEY, "other", ttl=TTL), Claimed)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "consul"])
 async def test_the_claim_of_a_crashed_instance_lapses(
-    kind: str, clock: Clock, tmp_path: Path, request: pytest.FixtureRequest
+    leased_store: IdempotencyStore, clock: Clock
 ) -> None:
-    store = make_store(kind, clock, tmp_path, request)
+    store = leased_store
     crashed = await store.claim(KEY, "fp", ttl=TTL)
     assert isinstance(crashed, Claimed)
     clock.now += LEASE - 1
     assert isinstance(await store.claim(KEY, "fp", ttl=TTL), Running)
-    lapse(store, clock)
+    lapse(clock)
     retry = await store.claim(KEY, "fp", ttl=TTL)
     assert isinstance(retry, Claimed)
     # Back from the dead, the first owner can neither renew, finish nor release.
@@ -152,11 +157,8 @@ async def test_the_claim_of_a_crashed_instance_lapses(
     assert await store.claim(KEY, "fp", ttl=TTL) == Replay(RESPONSE)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "consul"])
-async def test_renewal_keeps_a_long_claim(
-    kind: str, clock: Clock, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    store = make_store(kind, clock, tmp_path, request)
+async def test_renewal_keeps_a_long_claim(leased_store: IdempotencyStore, clock: Clock) -> None:
+    store = leased_store
     claimed = await store.claim(KEY, "fp", ttl=TTL)
     assert isinstance(claimed, Claimed)
     for _ in range(3):

@@ -31,9 +31,19 @@ from typing import Protocol
 
 from meshkit.errors import MeshError
 
+#: A shared store's claim that meets its record changing under it (a race lost to
+#: another instance, a record expiring as it was read) looks again this often, then
+#: gives up with ``kept_changing``.
+CLAIM_ATTEMPTS = 5
+
 
 class IdempotencyStoreError(MeshError):
     """The store could not answer; the request is refused (503) rather than run unguarded."""
+
+
+def kept_changing(store: object) -> IdempotencyStoreError:
+    """The error of a claim that met a changing record ``CLAIM_ATTEMPTS`` times."""
+    return IdempotencyStoreError(f"{store!r}: the record of a key kept changing")
 
 
 @dataclass(frozen=True, slots=True)

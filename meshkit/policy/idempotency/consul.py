@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from meshkit.errors import ConfigError, RegistryError
 from meshkit.policy.idempotency.base import (
+    CLAIM_ATTEMPTS,
     Claim,
     Claimed,
     IdempotencyKey,
@@ -44,6 +45,7 @@ from meshkit.policy.idempotency.base import (
     Running,
     StoredResponse,
     judge,
+    kept_changing,
     new_owner,
 )
 from meshkit.registry.consul import ConsulRegistry
@@ -54,8 +56,6 @@ T = TypeVar("T")
 Entry = dict[str, Any]
 #: Consul's default ``kv_max_value_size``.
 CONSUL_MAX_VALUE = 512 * 1024
-#: Claims that lose a CAS race read and try again this often, then give up.
-_CLAIM_ATTEMPTS = 5
 #: The longest blocking query: well inside ``ConsulRegistry``'s default 10 s timeout.
 _MAX_BLOCK = 5.0
 #: Markers visited by each sweep: more than the one each request writes.
@@ -113,7 +113,7 @@ class ConsulKVStore:
 
     async def claim(self, key: IdempotencyKey, fingerprint: str, *, ttl: float) -> Claim:
         path = self._record_path(key.service, key.digest)
-        for _ in range(_CLAIM_ATTEMPTS):
+        for _ in range(CLAIM_ATTEMPTS):
             index, entry = await self._get(path)
             now = self._clock()
             record = _decoded(entry)
@@ -125,7 +125,7 @@ class ConsulKVStore:
             running = Record(fingerprint, now + self._lease, owner)
             if await self._put(path, running.encode(), _index_of(entry)):
                 return Claimed(key, owner)
-        raise IdempotencyStoreError(f"{self!r}: the record of a key kept changing")
+        raise kept_changing(self)
 
     async def renew(self, claimed: Claimed) -> bool:
         owned = await self._owned(claimed)

@@ -30,6 +30,7 @@ import anyio.to_thread
 
 from meshkit.errors import ConfigError
 from meshkit.policy.idempotency.base import (
+    CLAIM_ATTEMPTS,
     Claim,
     Claimed,
     IdempotencyKey,
@@ -38,6 +39,7 @@ from meshkit.policy.idempotency.base import (
     Running,
     StoredResponse,
     judge,
+    kept_changing,
     new_owner,
 )
 
@@ -80,8 +82,8 @@ DELETE FROM meshkit_idempotency WHERE digest IN (
     LIMIT max(0, (SELECT count(*) FROM meshkit_idempotency) - :max_entries)
 )
 """
-#: Claims that meet a record changing under them try again this often, then give up.
-_CLAIM_ATTEMPTS = 5
+#: How often a connection opening a new file looks again for its turn to switch to WAL.
+_WAL_RETRY = 0.01
 
 
 class SQLiteStore:
@@ -164,13 +166,13 @@ class SQLiteStore:
             "lease_end": now + self._lease,
             "now": now,
         }
-        for _ in range(_CLAIM_ATTEMPTS):
+        for _ in range(CLAIM_ATTEMPTS):
             if db.execute(_CLAIM, values).fetchall():
                 return Claimed(key, owner)
             row = db.execute(_READ, (key.digest,)).fetchone()
             if row is not None:  # else it expired and was swept between the two: again
                 return judge(key, _record(row), fingerprint)
-        raise IdempotencyStoreError(f"{self!r}: the record of a key kept changing")
+        raise kept_changing(self)
 
     def _change(
         self, db: sqlite3.Connection, statement: str, claimed: Claimed, values: dict[str, Any]
@@ -203,11 +205,30 @@ class SQLiteStore:
                 isolation_level=None,  # autocommit: each statement is its own transaction
                 check_same_thread=False,  # worker threads take turns, under the lock
             )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
+            try:
+                self._switch_to_wal(db)
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
         return self._db
+
+    def _switch_to_wal(self, db: sqlite3.Connection) -> None:
+        """WAL mode, waiting up to ``busy_timeout`` for it. The switch needs the file to
+        itself, and SQLite refuses it at once, without its busy handler, while another
+        process opening the new file holds it: the first processes to start would race."""
+        give_up = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
+                if not busy or time.monotonic() >= give_up:
+                    raise
+                time.sleep(_WAL_RETRY)
 
     def _close(self) -> None:
         with self._lock:
