@@ -424,10 +424,9 @@ class DevRegistryApp:
         return handler
 
     async def agent_check_update(self, request: Request) -> Response:
-        values, decoding = decode_top(
+        values = decode_top(
             await self._json(request), _CHECK_UPDATE, "agent.checkUpdate", struct="checkUpdate"
         )
-        decoding.raise_first()
         status = values.get("Status", "")
         if status not in STATUSES:
             raise bad_request(f"Invalid check status: '{status}'")

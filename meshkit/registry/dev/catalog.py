@@ -112,9 +112,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 
 def _decoded(raw: Any, fields: go.Fields, go_type: str) -> dict[str, Any]:
-    values, decoding = go.decode_top(raw, fields, go_type, struct=go_type.rpartition(".")[2])
-    decoding.raise_first()
-    return values
+    return go.decode_top(raw, fields, go_type, struct=go_type.rpartition(".")[2])
 
 
 def datacenter_of(raw: Any) -> str:

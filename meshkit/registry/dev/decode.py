@@ -235,15 +235,16 @@ def load_json(body: bytes) -> Any:
     return loads(body)
 
 
-def decode_top(
-    raw: Any, fields: Fields, go_type: str, *, struct: str = ""
-) -> tuple[dict[str, Any], Decoding]:
+def decode_top(raw: Any, fields: Fields, go_type: str, *, struct: str = "") -> dict[str, Any]:
     """The root object of a body (``struct``: its Go name; "" for Consul's anonymous
-    wrappers); anything but an object is Go's "Go value" error."""
-    decoding = Decoding()
+    wrappers), or ``DecodeError`` with the first error in it; anything but an object is
+    Go's "Go value" error."""
     if not isinstance(raw, dict):
         raise DecodeError(TypeError_(_kind(raw), go_type, At()).text())
-    return decode_struct(raw, fields, At(struct), decoding), decoding
+    decoding = Decoding()
+    values = decode_struct(raw, fields, At(struct), decoding)
+    decoding.raise_first()
+    return values
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -353,8 +354,7 @@ class CheckDefinition:
 
 def decode_check(raw: Any) -> CheckDefinition:
     """The body of PUT /v1/agent/check/register (structs.CheckDefinition)."""
-    values, decoding = decode_top(raw, _CHECK_DEFINITION_FIELDS, "structs.CheckDefinition")
-    decoding.raise_first()
+    values = decode_top(raw, _CHECK_DEFINITION_FIELDS, "structs.CheckDefinition")
     return _check(values)
 
 
@@ -488,8 +488,7 @@ _SERVICE_FIELDS = Fields(
 
 def decode_service(raw: Any) -> ServiceDefinition:
     """The body of PUT /v1/agent/service/register."""
-    values, decoding = decode_top(raw, _SERVICE_FIELDS, "structs.ServiceDefinition")
-    decoding.raise_first()
+    values = decode_top(raw, _SERVICE_FIELDS, "structs.ServiceDefinition")
     single: CheckDefinition | None = values.get("Check")
     checks = (
         [single] if single is not None and not single.empty else []
