@@ -33,9 +33,9 @@ from meshkit.registry.dev.decode import (
     decode_check,
     decode_service,
     decode_top,
-    load_json,
 )
 from meshkit.registry.dev.errors import AgentError, DecodeError, bad_request, rpc_error
+from meshkit.registry.dev.gojson import loads
 from meshkit.registry.dev.query import (
     Blocking,
     Query,
@@ -297,12 +297,12 @@ class DevRegistryApp:
         in a worker thread, one at a time, and are read only once their turn comes."""
         length = request.content_length()
         if length is not None and length <= INLINE_JSON_BYTES:
-            return load_json(await _body(request, MAX_BODY_BYTES))
+            return loads(await _body(request, MAX_BODY_BYTES))
         if self._decode_slot is None:
             self._decode_slot = anyio.CapacityLimiter(1)
         async with self._decode_slot:
             body = await _body(request, MAX_BODY_BYTES)
-            return await anyio.to_thread.run_sync(load_json, body)
+            return await anyio.to_thread.run_sync(loads, body)
 
     # -- blocking queries ---------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from meshkit.registry.dev import durations
 from meshkit.registry.dev.errors import DecodeError
-from meshkit.registry.dev.gojson import Number, loads
+from meshkit.registry.dev.gojson import Number
 
 # -- Go's typed decoding -----------------------------------------------------------------
 
@@ -228,11 +228,6 @@ TAGGED_ADDRESSES = map_of(SERVICE_ADDRESS, "map[string]structs.ServiceAddress")
 WEIGHTS = struct_of(
     Fields([("Passing", "Passing", INT), ("Warning", "Warning", INT)]), "structs.Weights"
 )
-
-
-def load_json(body: bytes) -> Any:
-    """A body as Go's decoder reads it (see ``gojson``)."""
-    return loads(body)
 
 
 def decode_top(raw: Any, fields: Fields, go_type: str, *, struct: str = "") -> dict[str, Any]:
