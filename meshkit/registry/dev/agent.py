@@ -24,7 +24,7 @@ from meshkit.registry.dev.checks import CheckRunner, HTTPProbe, ScriptProbe, tru
 from meshkit.registry.dev.decode import (
     CheckDefinition,
     ServiceDefinition,
-    port_problem,
+    ports_problem,
     validate_meta,
 )
 from meshkit.registry.dev.durations import SECOND, format_duration
@@ -163,7 +163,9 @@ class DevAgent:
             raise bad_request("Missing service name")
         if is_any_address(definition.address):
             raise bad_request("Invalid service address")
-        _check_ports(definition)
+        problem = ports_problem(definition.port, definition.tagged_addresses)
+        if problem:
+            raise bad_request(problem)
         weights = {"Passing": 1, "Warning": 1}
         if definition.weights is not None:
             weights = _weights(definition.weights)
@@ -432,12 +434,3 @@ def _weights(weights: dict[str, int]) -> dict[str, int]:
     if passing > 65535 or warning > 65535:
         raise bad_request("Invalid Weights: DNS Weight must be between 0 and 65535")
     return {"Passing": passing, "Warning": warning}
-
-
-def _check_ports(definition: ServiceDefinition) -> None:
-    """The service's port and its tagged addresses' ports (see ``decode.port_problem``)."""
-    problem = port_problem(definition.port)
-    for name, address in definition.tagged_addresses.items():
-        problem = problem or port_problem(address.get("Port", 0), f"TaggedAddresses[{name}].Port")
-    if problem:
-        raise bad_request(problem)

@@ -548,3 +548,12 @@ def port_problem(port: int, what: str = "Port") -> str | None:
     if 0 <= port <= PORT_MAX:
         return None
     return f"Invalid {what}: {port} is not a port number (0-{PORT_MAX})"
+
+
+def ports_problem(port: int, tagged_addresses: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The first problem of a service's ports: its own, then its tagged addresses'."""
+    tagged = (
+        port_problem(address.get("Port", 0), f"TaggedAddresses[{name}].Port")
+        for name, address in tagged_addresses.items()
+    )
+    return port_problem(port) or next((problem for problem in tagged if problem), None)

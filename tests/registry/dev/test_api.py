@@ -520,6 +520,27 @@ def test_ports_outside_0_to_65535_are_refused_through_py_consul(client: Any) -> 
     assert client.agent.services() == {}
 
 
+def test_tagged_address_ports_are_held_to_0_to_65535_on_both_write_paths(
+    registry: ThreadedRegistry, client: Any
+) -> None:
+    tagged = {"lan": {"Address": "10.0.0.1", "Port": 80}, "wan": {"Port": 70000}}
+    text = "Invalid TaggedAddresses[wan].Port: 70000 is not a port number (0-65535)"
+    response = _put(
+        registry, "/v1/agent/service/register", {"Name": "web", "TaggedAddresses": tagged}
+    )
+    assert (response.status_code, response.text) == (400, text)
+    service = {"Service": "web", "Port": 70000, "TaggedAddresses": tagged}
+    body = {"Node": "ext", "Address": "10.0.0.1", "Service": service}
+    response = _put(registry, "/v1/catalog/register", body)  # its own port is named first
+    assert (response.status_code, response.text) == (
+        400,
+        "Invalid Port: 70000 is not a port number (0-65535)",
+    )
+    response = _put(registry, "/v1/catalog/register", body | {"Service": service | {"Port": 1}})
+    assert (response.status_code, response.text) == (400, text)
+    assert client.agent.services() == {} and client.catalog.node("ext")[1] is None
+
+
 def test_non_integer_ports_fail_as_gos_decoder_fails(
     registry: ThreadedRegistry, client: Any
 ) -> None:
