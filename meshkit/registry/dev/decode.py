@@ -201,8 +201,12 @@ def decode_struct(
     return out
 
 
-def struct_of(fields: Fields, go_type: str) -> Decoder:
-    """A named struct (``structs.Weights``): its name becomes the error's struct."""
+def struct_of(fields: Fields, go_type: str, *, pointer: bool = True) -> Decoder:
+    """A named struct (``structs.Weights``): its name becomes the error's struct.
+
+    ``null`` leaves a pointer nil (None); a struct held by value (a map's element) is
+    then its zero value, ``{}`` here (unset fields are left out, as for any struct).
+    """
     struct = go_type.rpartition(".")[2]
 
     def decode(value: Any, at: At, decoding: Decoding) -> dict[str, Any] | None:
@@ -210,7 +214,7 @@ def struct_of(fields: Fields, go_type: str) -> Decoder:
             return decode_struct(value, fields, At(struct, at.path), decoding)
         if value is not None:
             decoding.type_error(value, go_type, at)
-        return None
+        return None if pointer else {}
 
     return decode
 
@@ -223,7 +227,7 @@ STRINGS = list_of(STRING, "[]string")
 STRING_MAP = map_of(STRING, "map[string]string")
 HEADER = map_of(list_of(STRING, "[]string"), "map[string][]string")
 _ADDRESS_FIELDS = Fields([("Address", "Address", STRING), ("Port", "Port", INT)])
-SERVICE_ADDRESS = struct_of(_ADDRESS_FIELDS, "structs.ServiceAddress")
+SERVICE_ADDRESS = struct_of(_ADDRESS_FIELDS, "structs.ServiceAddress", pointer=False)
 TAGGED_ADDRESSES = map_of(SERVICE_ADDRESS, "map[string]structs.ServiceAddress")
 WEIGHTS = struct_of(
     Fields([("Passing", "Passing", INT), ("Warning", "Warning", INT)]), "structs.Weights"

@@ -541,6 +541,24 @@ def test_tagged_address_ports_are_held_to_0_to_65535_on_both_write_paths(
     assert client.agent.services() == {} and client.catalog.node("ext")[1] is None
 
 
+def test_a_null_tagged_address_is_an_empty_one_not_a_500(
+    registry: ThreadedRegistry, client: Any
+) -> None:
+    """Go decodes null into a map's struct value as the zero struct."""
+    tagged = {"lan": None}
+    response = _put(
+        registry,
+        "/v1/agent/service/register",
+        {"Name": "web", "ID": "web-1", "TaggedAddresses": tagged},
+    )
+    assert response.status_code == 200
+    assert client.agent.services()["web-1"]["TaggedAddresses"] == {"lan": {}}
+    service = {"Service": "api", "TaggedAddresses": tagged}
+    body = {"Node": "ext", "Address": "10.0.0.1", "Service": service}
+    assert _put(registry, "/v1/catalog/register", body).status_code == 200
+    assert client.catalog.node("ext")[1]["Services"]["api"]["TaggedAddresses"] == {"lan": {}}
+
+
 def test_non_integer_ports_fail_as_gos_decoder_fails(
     registry: ThreadedRegistry, client: Any
 ) -> None:
