@@ -20,7 +20,14 @@ from typing import Any
 import anyio
 
 from meshkit.registry.dev.catalog import apply_deregister, apply_register, prepare_register
-from meshkit.registry.dev.checks import CheckRunner, HTTPProbe, ScriptProbe, truncate
+from meshkit.registry.dev.checks import (
+    DEFAULT_HTTP_TIMEOUT,
+    DEFAULT_SCRIPT_TIMEOUT,
+    CheckRunner,
+    HTTPProbe,
+    ScriptProbe,
+    truncate,
+)
 from meshkit.registry.dev.decode import (
     CheckDefinition,
     ServiceDefinition,
@@ -269,7 +276,7 @@ class DevAgent:
                 ScriptProbe(
                     definition.script_args,
                     definition.interval / SECOND,
-                    _timeout(definition, default=30.0),
+                    _timeout(definition, default=DEFAULT_SCRIPT_TIMEOUT),
                 ),
             )
 
@@ -394,7 +401,7 @@ def _http_probe(definition: CheckDefinition) -> HTTPProbe:
     return HTTPProbe(
         url=definition.http,
         interval=definition.interval / SECOND,
-        timeout=_timeout(definition, default=10.0),
+        timeout=_timeout(definition, default=DEFAULT_HTTP_TIMEOUT),
         method=definition.method or "GET",
         header=definition.header,
         body=definition.body,
