@@ -58,7 +58,8 @@ LEADER = "127.0.0.1:8300"
 #: Consul's kv_max_value_size default, and the text it refuses a larger value with.
 MAX_KV_SIZE = 512 * 1024
 KV_LIMIT_DOCS = "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size"
-#: A JSON body (registrations, updates): the serving policy's limit, held here again.
+#: A JSON body (registrations, updates); the server's connection policy refuses larger
+#: bodies before they reach the app (serve.REGISTRY_LIMITS).
 MAX_BODY_BYTES = 1024 * 1024
 #: JSON bodies larger than this decode in a worker thread, one at a time: a hostile 1 MiB
 #: body then costs its own request time, not every other client's.
