@@ -23,6 +23,7 @@ import consul.exceptions
 import pytest
 
 from meshkit.testing import RegistryProcess
+from tests.registry.dev.helpers import raw
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,17 +63,6 @@ def assert_nothing_stored(client: Any) -> None:
     _, services = client.catalog.services()
     assert services == {"consul": []}
     assert client.kv.get("", recurse=True)[1] is None
-
-
-def raw(registry: RegistryProcess, method: str, target: str, body: bytes = b"") -> tuple[int, str]:
-    host, port = registry.address.rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        connection.request(method, target, body=body or None)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
 
 
 def unmarshal(value: str, field: str, go_type: str) -> str:

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tests.registry.conftest import HealthzServer, ThreadedRegistry, wait_until
+from tests.registry.dev.helpers import raw
 
 
 def _put(registry: ThreadedRegistry, path: str, body: Any) -> requests.Response:
@@ -365,7 +366,7 @@ def test_kv_put_get_keys_recurse_delete(client: Any) -> None:
     assert client.kv.get("app/config/", recurse=True)[1] is None
 
 
-def test_kv_raw(client: Any, registry: ThreadedRegistry) -> None:
+def test_kvraw(client: Any, registry: ThreadedRegistry) -> None:
     client.kv.put("blob", b"\x00\x01raw")
     response = requests.get(f"http://{registry.address}/v1/kv/blob?raw", timeout=5)
     assert response.content == b"\x00\x01raw"
@@ -500,19 +501,6 @@ def test_identical_reregistration_takes_no_index(client: Any) -> None:
 # -- hostile and malformed input: Consul's answers, never a 5xx ------------------------
 
 
-def _raw(
-    registry: ThreadedRegistry, method: str, target: str, body: bytes = b""
-) -> tuple[int, str]:
-    """One request as sent, for what py-consul (or requests) would not send."""
-    connection = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=10)
-    try:
-        connection.request(method, target, body=body or None)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
-
-
 def test_ports_outside_0_to_65535_are_refused_through_py_consul(client: Any) -> None:
     for port in (-1, 65536):
         with pytest.raises(consul.exceptions.BadRequest, match="not a port number"):
@@ -563,7 +551,7 @@ def test_non_integer_ports_fail_as_gos_decoder_fails(
     registry: ThreadedRegistry, client: Any
 ) -> None:
     for literal in (b"NaN", b"1e300", b"80.5"):
-        status, text = _raw(
+        status, text = raw(
             registry,
             "PUT",
             "/v1/agent/service/register",
@@ -610,7 +598,7 @@ def test_check_durations_are_go_durations(client: Any, registry: ThreadedRegistr
         client.agent.service.register("web", check={"TTL": "Infinity"})
     with pytest.raises(consul.exceptions.BadRequest, match="TTL must be > 0"):
         client.agent.service.register("web", check={"TTL": "-10s"})
-    status, text = _raw(
+    status, text = raw(
         registry, "PUT", "/v1/agent/service/register", b'{"Name":"web","Check":{"TTL":Infinity}}'
     )
     assert (status, text) == (
@@ -646,35 +634,35 @@ def test_kv_keys_refuse_traversal(registry: ThreadedRegistry, client: Any) -> No
         ("/v1/kv/%20a", "key must not begin or end with whitespace"),
         ("/v1/kv//a", "key must not begin with a '/'"),
     ):
-        assert _raw(registry, "PUT", target, b"x") == (400, text)
+        assert raw(registry, "PUT", target, b"x") == (400, text)
     assert client.kv.get("", recurse=True)[1] is None
 
 
 def test_kv_flags_and_cas_are_uint64s(registry: ThreadedRegistry) -> None:
-    assert _raw(registry, "PUT", "/v1/kv/k?cas=%C2%B2", b"x") == (
+    assert raw(registry, "PUT", "/v1/kv/k?cas=%C2%B2", b"x") == (
         400,
         'strconv.ParseUint: parsing "²": invalid syntax',
     )
-    assert _raw(registry, "PUT", "/v1/kv/k?flags=-1", b"x")[0] == 400
-    assert _raw(registry, "PUT", "/v1/kv/k?cas=1&acquire=s", b"x") == (
+    assert raw(registry, "PUT", "/v1/kv/k?flags=-1", b"x")[0] == 400
+    assert raw(registry, "PUT", "/v1/kv/k?cas=1&acquire=s", b"x") == (
         400,
         "Conflicting flags: acquire=s&cas=1\n",
     )
-    assert _raw(registry, "PUT", "/v1/kv/k?acquire=s", b"x") == (400, 'Invalid session "s"')
+    assert raw(registry, "PUT", "/v1/kv/k?acquire=s", b"x") == (400, 'Invalid session "s"')
 
 
 def test_query_strings_are_read_as_go_reads_them(registry: ThreadedRegistry, client: Any) -> None:
-    assert _raw(registry, "GET", "/v1/health/service/web?index=%C2%B2") == (400, "Invalid index")
-    assert _raw(registry, "GET", "/v1/health/service/web?index=1&wait=1e3s") == (
+    assert raw(registry, "GET", "/v1/health/service/web?index=%C2%B2") == (400, "Invalid index")
+    assert raw(registry, "GET", "/v1/health/service/web?index=1&wait=1e3s") == (
         400,
         "Invalid wait time",
     )
-    assert _raw(registry, "GET", "/v1/catalog/services?a=%zz") == (400, 'invalid URL escape "%zz"')
-    assert _raw(registry, "GET", "/v1/catalog/services?a=1;b=2") == (
+    assert raw(registry, "GET", "/v1/catalog/services?a=%zz") == (400, 'invalid URL escape "%zz"')
+    assert raw(registry, "GET", "/v1/catalog/services?a=1;b=2") == (
         400,
         "invalid semicolon separator in query",
     )
-    assert _raw(registry, "GET", "/v1/catalog/services?stale&consistent") == (
+    assert raw(registry, "GET", "/v1/catalog/services?stale&consistent") == (
         400,
         "Cannot specify ?stale with ?consistent, conflicting semantics.",
     )
@@ -687,17 +675,17 @@ def test_query_strings_are_read_as_go_reads_them(registry: ThreadedRegistry, cli
 def test_unknown_query_parameters_are_ignored_as_consul_ignores_them(
     client: Any, registry: ThreadedRegistry
 ) -> None:
-    assert _raw(registry, "GET", "/v1/catalog/services?whatever=1")[0] == 200
+    assert raw(registry, "GET", "/v1/catalog/services?whatever=1")[0] == 200
 
 
 def test_a_non_printable_path_is_a_bare_400(registry: ThreadedRegistry) -> None:
-    assert _raw(registry, "GET", "/v1/kv/a%00b") == (400, "")
+    assert raw(registry, "GET", "/v1/kv/a%00b") == (400, "")
 
 
 def test_any_nesting_depth_is_a_400(registry: ThreadedRegistry) -> None:
     for depth in (2_000, 10_001):
         body = b'{"Name": "web", "Meta": ' + b"[" * depth + b"]" * depth + b"}"
-        status, text = _raw(registry, "PUT", "/v1/agent/service/register", body)
+        status, text = raw(registry, "PUT", "/v1/agent/service/register", body)
         assert status == 400 and text.startswith("Request decode failed: ")
 
 
@@ -728,11 +716,11 @@ def test_an_unexpected_failure_is_a_logged_bare_500(
 
     monkeypatch.setattr(registry.agent, "local_services", broken)
     with caplog.at_level(logging.ERROR, logger="meshkit.registry"):
-        assert _raw(registry, "GET", "/v1/agent/services") == (500, "Internal Server Error")
+        assert raw(registry, "GET", "/v1/agent/services") == (500, "Internal Server Error")
     assert "planted bug" in caplog.text
 
 
-def test_a_catalog_checks_definition_is_typed_not_stored_raw(
+def test_a_catalog_checks_definition_is_typed_not_storedraw(
     client: Any, registry: ThreadedRegistry
 ) -> None:
     definition = {"HTTP": "http://10.1.1.1/h", "Interval": "10s", "Timeout": 5e9, "X": [[1]]}
