@@ -33,6 +33,7 @@ from meshkit.registry.dev.decode import (
     ServiceDefinition,
     ports_problem,
     validate_meta,
+    weights_problem,
 )
 from meshkit.registry.dev.durations import SECOND, format_duration
 from meshkit.registry.dev.errors import AgentError, bad_request, is_any_address, rpc_error
@@ -175,7 +176,10 @@ class DevAgent:
             raise bad_request(problem)
         weights = {"Passing": 1, "Warning": 1}
         if definition.weights is not None:
-            weights = _weights(definition.weights)
+            problem = weights_problem(definition.weights)
+            if problem:
+                raise bad_request(f"Invalid Weights: {problem}")
+            weights = {"Passing": 0, "Warning": 0} | definition.weights  # Go's zeros
         meta_error = validate_meta(definition.meta)
         if meta_error:
             raise bad_request(f"Invalid Service Meta: {meta_error}")
@@ -429,15 +433,3 @@ def _check_definition_json(definition: CheckDefinition) -> dict[str, Any]:
     if definition.deregister_after:
         body["DeregisterCriticalServiceAfter"] = format_duration(definition.deregister_after)
     return body
-
-
-def _weights(weights: dict[str, int]) -> dict[str, int]:
-    """structs.ValidateWeights, on the decoded ``structs.Weights`` (absent fields are 0)."""
-    passing, warning = weights.get("Passing", 0), weights.get("Warning", 0)
-    if passing < 1:
-        raise bad_request("Invalid Weights: Passing must be greater than 0")
-    if warning < 0:
-        raise bad_request("Invalid Weights: Warning must be greater or equal than 0")
-    if passing > 65535 or warning > 65535:
-        raise bad_request("Invalid Weights: DNS Weight must be between 0 and 65535")
-    return {"Passing": passing, "Warning": warning}

@@ -215,10 +215,9 @@ def _service(raw: dict[str, Any] | None, node_name: str) -> Service | None:
 
 def _weights(weights: dict[str, int] | None) -> dict[str, int]:
     """Consul's ToServiceNode: the given weights if ValidateWeights accepts them, else 1/1."""
-    passing, warning = (weights or {}).get("Passing", 0), (weights or {}).get("Warning", 0)
-    if weights is None or not (1 <= passing <= 65535 and 0 <= warning <= 65535):
+    if weights is None or go.weights_problem(weights):
         return {"Passing": 1, "Warning": 1}
-    return {"Passing": passing, "Warning": warning}
+    return {"Passing": 0, "Warning": 0} | weights  # an absent Warning is Go's zero
 
 
 def _service_problem(raw: dict[str, Any]) -> str | None:

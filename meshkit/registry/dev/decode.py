@@ -518,6 +518,7 @@ META_KEY_MAX = 128
 META_VALUE_MAX = 512
 META_RESERVED_PREFIX = "consul-"
 PORT_MAX = 65535
+WEIGHT_MAX = 65535  # a DNS SRV weight
 
 
 def validate_meta(meta: Mapping[str, str], *, allow_consul_prefix: bool = False) -> str | None:
@@ -543,6 +544,19 @@ def _meta_pair_problem(key: str, value: str, *, allow_consul_prefix: bool) -> st
         return f"Key prefix '{META_RESERVED_PREFIX}' is reserved for internal use"
     if len(value.encode()) > META_VALUE_MAX:
         return f"Value is too long (limit: {META_VALUE_MAX} characters)"
+    return None
+
+
+def weights_problem(weights: Mapping[str, int]) -> str | None:
+    """structs.ValidateWeights on the decoded ``structs.Weights`` (absent fields are 0):
+    the error text, or None."""
+    passing, warning = weights.get("Passing", 0), weights.get("Warning", 0)
+    if passing < 1:
+        return "Passing must be greater than 0"
+    if warning < 0:
+        return "Warning must be greater or equal than 0"
+    if passing > WEIGHT_MAX or warning > WEIGHT_MAX:
+        return f"DNS Weight must be between 0 and {WEIGHT_MAX}"
     return None
 
 

@@ -217,6 +217,14 @@ BAD_REGISTRATIONS = [
         "Invalid Weights: Passing must be greater than 0",
     ),
     (
+        {"Name": "web", "Weights": {"Passing": 1, "Warning": -1}},
+        "Invalid Weights: Warning must be greater or equal than 0",
+    ),
+    (
+        {"Name": "web", "Weights": {"Passing": 1, "Warning": 65536}},
+        "Invalid Weights: DNS Weight must be between 0 and 65535",
+    ),
+    (
         {"Name": "web", "Check": {"TTL": "soon"}},
         'Request decode failed: time: invalid duration "soon"',
     ),
@@ -545,6 +553,24 @@ def test_a_null_tagged_address_is_an_empty_one_not_a_500(
     body = {"Node": "ext", "Address": "10.0.0.1", "Service": service}
     assert _put(registry, "/v1/catalog/register", body).status_code == 200
     assert client.catalog.node("ext")[1]["Services"]["api"]["TaggedAddresses"] == {"lan": {}}
+
+
+def test_weights_default_to_1_and_1_and_an_absent_warning_is_0(
+    registry: ThreadedRegistry, client: Any
+) -> None:
+    """The agent refuses weights ValidateWeights refuses (BAD_REGISTRATIONS); a catalog
+    write keeps them only if it accepts them, else 1/1 (Consul's ToServiceNode)."""
+    client.agent.service.register("web", service_id="web-1", weights={"Passing": 3})
+    assert client.agent.services()["web-1"]["Weights"] == {"Passing": 3, "Warning": 0}
+    for node, weights, kept in (
+        ("a", {"Passing": 5}, {"Passing": 5, "Warning": 0}),
+        ("b", {"Passing": 0, "Warning": 2}, {"Passing": 1, "Warning": 1}),
+        ("c", {"Passing": 70000}, {"Passing": 1, "Warning": 1}),
+    ):
+        service = {"Service": "api", "Weights": weights}
+        body = {"Node": node, "Address": "10.0.0.1", "Service": service}
+        assert _put(registry, "/v1/catalog/register", body).status_code == 200
+        assert client.catalog.node(node)[1]["Services"]["api"]["Weights"] == kept
 
 
 def test_non_integer_ports_fail_as_gos_decoder_fails(
