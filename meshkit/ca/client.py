@@ -328,7 +328,7 @@ def _client(context: ssl.SSLContext) -> AsyncClient:
 
 def _hint(peer: SpiffeId | None) -> str:
     """What to fix when the CA is a CA of another trust domain (the usual mistake)."""
-    if peer is None or peer.path != f"/ns/{CA_NAMESPACE}/svc/{CA_SERVICE}":
+    if peer is None or peer != ca_identity(peer.trust_domain):
         return ""
     return f": if that is your CA, set MESHKIT_TRUST_DOMAIN={peer.trust_domain}"
 

@@ -71,21 +71,25 @@ class EndpointState:
 
 
 class Balancer:
-    """Picks the endpoint of each attempt to ``destination`` and learns from outcomes."""
+    """Picks the endpoint of each attempt to ``destination`` and learns from outcomes.
+
+    ``service`` is the destination's name in the registry (``payments`` for the
+    destination ``payments.shop``); ``destination`` names it in errors and hooks.
+    """
 
     def __init__(
         self,
         destination: str,
         source: EndpointSource,
         *,
+        service: str,
         policy: ClientPolicy,
         ssl_context: Callable[[], ssl.SSLContext],
         expected_identity: SpiffeId,
         hooks: ClientHooks | None,
-        service: str | None = None,
     ) -> None:
         self.destination = destination
-        self.service = service or destination
+        self.service = service
         self._source = source
         self._policy = policy
         self._ssl_context = ssl_context

@@ -11,7 +11,6 @@ Anything else takes httpx's full path, through the same transports.
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +43,7 @@ from meshkit.client._transports import (
 from meshkit.errors import ConfigError
 from meshkit.identity import SpiffeId
 from meshkit.registry.base import EndpointSource
+from meshkit.settings import _NAME as _DNS_LABEL
 from meshkit.settings import MeshSettings
 from meshkit.tls import TLSContexts
 
@@ -202,15 +202,13 @@ def timeout_seconds(timeout: object) -> float | None:
     return None
 
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-
-
 def expected_identity(destination: str, settings: MeshSettings) -> tuple[str, SpiffeId]:
     """The registry name of ``destination`` and the SPIFFE ID its servers must hold.
 
-    ``name`` is a service of the caller's namespace, ``name.namespace`` one of another;
-    the trust domain is always the caller's. Only this decides whom a call trusts: what
-    the registry says of an instance never widens it.
+    ``name`` is a service of the caller's namespace, ``name.namespace`` one of another,
+    each a DNS label as settings require of them; the trust domain is always the
+    caller's. Only this decides whom a call trusts: what the registry says of an
+    instance never widens it.
     """
     name, dot, namespace = destination.partition(".")
     namespace = namespace if dot else settings.namespace

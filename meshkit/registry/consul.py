@@ -231,7 +231,7 @@ class ConsulRegistry:
 
         # Watches run here; a daemon thread each keeps them off the worker-thread pool
         # that registration and heartbeats share, even when the registry hangs.
-        return await in_daemon_thread(lambda: self._translated(query), name="meshkit-consul-watch")
+        return await self.call(query, long_poll=True)
 
     async def services(self) -> Sequence[ServiceSummary]:
         def listing(client: Any) -> list[ServiceSummary]:

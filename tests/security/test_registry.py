@@ -23,6 +23,7 @@ import consul.exceptions
 import pytest
 
 from meshkit.testing import RegistryProcess
+from tests.registry.dev.helpers import raw
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -64,23 +65,20 @@ def assert_nothing_stored(client: Any) -> None:
     assert client.kv.get("", recurse=True)[1] is None
 
 
-def raw(registry: RegistryProcess, method: str, target: str, body: bytes = b"") -> tuple[int, str]:
-    host, port = registry.address.rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        connection.request(method, target, body=body or None)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
-
-
 def unmarshal(value: str, field: str, go_type: str) -> str:
     """Consul's 400 for a value Go's decoder cannot put in its field."""
     return (
         f"{DECODE_FAILED}json: cannot unmarshal {value} into Go struct field {field} "
         f"of type {go_type}"
     )
+
+
+def refusal(client: Any, **registration: Any) -> str:
+    """What the registry answers py-consul registering ``web`` with ``registration``
+    (a 400, as py-consul's BadRequest shows it)."""
+    with pytest.raises(consul.exceptions.BadRequest) as raised:
+        client.agent.service.register("web", **registration)
+    return str(raised.value)
 
 
 def register(registry: RegistryProcess, body: bytes) -> tuple[int, str]:
@@ -98,9 +96,8 @@ def rss_mb(pid: int) -> float:
 
 
 def test_port_nan_is_a_syntax_error_not_a_500(client: Any) -> None:
-    with pytest.raises(consul.exceptions.BadRequest) as raised:
-        client.agent.service.register("web", port=float("nan"))
-    assert str(raised.value) == f"400 {DECODE_FAILED}invalid character 'N' {BEGINNING}"
+    text = f"{DECODE_FAILED}invalid character 'N' {BEGINNING}"
+    assert refusal(client, port=float("nan")) == f"400 {text}"
 
 
 @pytest.mark.parametrize(
@@ -113,9 +110,7 @@ def test_port_nan_is_a_syntax_error_not_a_500(client: Any) -> None:
     ],
 )  # fmt: skip
 def test_ports_are_integers_from_0_to_65535(client: Any, port: float, text: str) -> None:
-    with pytest.raises(consul.exceptions.BadRequest) as raised:
-        client.agent.service.register("web", port=port)
-    assert str(raised.value) == f"400 {text}"
+    assert refusal(client, port=port) == f"400 {text}"
 
 
 @pytest.mark.parametrize("depth", [5_000, 10_001, 200_000])
@@ -153,9 +148,7 @@ def test_a_unicode_digit_in_index_is_invalid_not_a_500(
     ],
 )  # fmt: skip
 def test_durations_are_finite_go_durations(client: Any, check: dict[str, Any], text: str) -> None:
-    with pytest.raises(consul.exceptions.BadRequest) as raised:
-        client.agent.service.register("web", check=check)
-    assert str(raised.value) == f"400 {text}"
+    assert refusal(client, check=check) == f"400 {text}"
 
 
 @pytest.mark.parametrize(
@@ -172,9 +165,7 @@ def test_durations_are_finite_go_durations(client: Any, check: dict[str, Any], t
 def test_service_meta_is_strings_within_consuls_limits(
     client: Any, meta: dict[str, Any], text: str
 ) -> None:
-    with pytest.raises(consul.exceptions.BadRequest) as raised:
-        client.agent.service.register("web", meta=meta)
-    assert str(raised.value) == f"400 {text}"
+    assert refusal(client, meta=meta) == f"400 {text}"
 
 
 @pytest.mark.parametrize(

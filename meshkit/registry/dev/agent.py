@@ -20,12 +20,20 @@ from typing import Any
 import anyio
 
 from meshkit.registry.dev.catalog import apply_deregister, apply_register, prepare_register
-from meshkit.registry.dev.checks import CheckRunner, HTTPProbe, ScriptProbe, truncate
+from meshkit.registry.dev.checks import (
+    DEFAULT_HTTP_TIMEOUT,
+    DEFAULT_SCRIPT_TIMEOUT,
+    CheckRunner,
+    HTTPProbe,
+    ScriptProbe,
+    truncate,
+)
 from meshkit.registry.dev.decode import (
     CheckDefinition,
     ServiceDefinition,
-    port_problem,
+    ports_problem,
     validate_meta,
+    weights_problem,
 )
 from meshkit.registry.dev.durations import SECOND, format_duration
 from meshkit.registry.dev.errors import AgentError, bad_request, is_any_address, rpc_error
@@ -163,10 +171,15 @@ class DevAgent:
             raise bad_request("Missing service name")
         if is_any_address(definition.address):
             raise bad_request("Invalid service address")
-        _check_ports(definition)
+        problem = ports_problem(definition.port, definition.tagged_addresses)
+        if problem:
+            raise bad_request(problem)
         weights = {"Passing": 1, "Warning": 1}
         if definition.weights is not None:
-            weights = _weights(definition.weights)
+            problem = weights_problem(definition.weights)
+            if problem:
+                raise bad_request(f"Invalid Weights: {problem}")
+            weights = {"Passing": 0, "Warning": 0} | definition.weights  # Go's zeros
         meta_error = validate_meta(definition.meta)
         if meta_error:
             raise bad_request(f"Invalid Service Meta: {meta_error}")
@@ -267,7 +280,7 @@ class DevAgent:
                 ScriptProbe(
                     definition.script_args,
                     definition.interval / SECOND,
-                    _timeout(definition, default=30.0),
+                    _timeout(definition, default=DEFAULT_SCRIPT_TIMEOUT),
                 ),
             )
 
@@ -392,7 +405,7 @@ def _http_probe(definition: CheckDefinition) -> HTTPProbe:
     return HTTPProbe(
         url=definition.http,
         interval=definition.interval / SECOND,
-        timeout=_timeout(definition, default=10.0),
+        timeout=_timeout(definition, default=DEFAULT_HTTP_TIMEOUT),
         method=definition.method or "GET",
         header=definition.header,
         body=definition.body,
@@ -420,24 +433,3 @@ def _check_definition_json(definition: CheckDefinition) -> dict[str, Any]:
     if definition.deregister_after:
         body["DeregisterCriticalServiceAfter"] = format_duration(definition.deregister_after)
     return body
-
-
-def _weights(weights: dict[str, int]) -> dict[str, int]:
-    """structs.ValidateWeights, on the decoded ``structs.Weights`` (absent fields are 0)."""
-    passing, warning = weights.get("Passing", 0), weights.get("Warning", 0)
-    if passing < 1:
-        raise bad_request("Invalid Weights: Passing must be greater than 0")
-    if warning < 0:
-        raise bad_request("Invalid Weights: Warning must be greater or equal than 0")
-    if passing > 65535 or warning > 65535:
-        raise bad_request("Invalid Weights: DNS Weight must be between 0 and 65535")
-    return {"Passing": passing, "Warning": warning}
-
-
-def _check_ports(definition: ServiceDefinition) -> None:
-    """The service's port and its tagged addresses' ports (see ``decode.port_problem``)."""
-    problem = port_problem(definition.port)
-    for name, address in definition.tagged_addresses.items():
-        problem = problem or port_problem(address.get("Port", 0), f"TaggedAddresses[{name}].Port")
-    if problem:
-        raise bad_request(problem)

@@ -33,9 +33,9 @@ from meshkit.registry.dev.decode import (
     decode_check,
     decode_service,
     decode_top,
-    load_json,
 )
 from meshkit.registry.dev.errors import AgentError, DecodeError, bad_request, rpc_error
+from meshkit.registry.dev.gojson import loads
 from meshkit.registry.dev.query import (
     Blocking,
     Query,
@@ -58,7 +58,8 @@ LEADER = "127.0.0.1:8300"
 #: Consul's kv_max_value_size default, and the text it refuses a larger value with.
 MAX_KV_SIZE = 512 * 1024
 KV_LIMIT_DOCS = "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size"
-#: A JSON body (registrations, updates): the serving policy's limit, held here again.
+#: A JSON body (registrations, updates); the server's connection policy refuses larger
+#: bodies before they reach the app (serve.REGISTRY_LIMITS).
 MAX_BODY_BYTES = 1024 * 1024
 #: JSON bodies larger than this decode in a worker thread, one at a time: a hostile 1 MiB
 #: body then costs its own request time, not every other client's.
@@ -90,9 +91,9 @@ class Request:
     receive: Receive
     blocking: Blocking = field(default_factory=Blocking)
 
-    def param(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
+    def param(self, name: str) -> str:
+        """The parameter's first value, "" when absent (Go's ``url.Values.Get``)."""
+        return first(self.query, name)
 
     def has(self, name: str) -> bool:
         return name in self.query
@@ -297,12 +298,12 @@ class DevRegistryApp:
         in a worker thread, one at a time, and are read only once their turn comes."""
         length = request.content_length()
         if length is not None and length <= INLINE_JSON_BYTES:
-            return load_json(await _body(request, MAX_BODY_BYTES))
+            return loads(await _body(request, MAX_BODY_BYTES))
         if self._decode_slot is None:
             self._decode_slot = anyio.CapacityLimiter(1)
         async with self._decode_slot:
             body = await _body(request, MAX_BODY_BYTES)
-            return await anyio.to_thread.run_sync(load_json, body)
+            return await anyio.to_thread.run_sync(loads, body)
 
     # -- blocking queries ---------------------------------------------------------------
 
@@ -386,8 +387,9 @@ class DevRegistryApp:
 
     async def agent_service_register(self, request: Request) -> Response:
         definition = decode_service(await self._json(request))
-        replace = request.param("replace-existing-checks")
-        self.agent.register_service(definition, replace_checks=replace in ("", "true"))
+        flag = "replace-existing-checks"
+        replace = request.has(flag) and request.param(flag) in ("", "true")
+        self.agent.register_service(definition, replace_checks=replace)
         return Response()
 
     async def agent_service_deregister(self, request: Request) -> Response:
@@ -398,14 +400,12 @@ class DevRegistryApp:
         if not request.rest:
             raise bad_request("Missing service ID")
         enable = _enable_param(request)
-        self.agent.service_maintenance(
-            request.rest, enable=enable, reason=request.param("reason") or ""
-        )
+        self.agent.service_maintenance(request.rest, enable=enable, reason=request.param("reason"))
         return Response()
 
     async def agent_node_maintenance(self, request: Request) -> Response:
         enable = _enable_param(request)
-        self.agent.node_maintenance(enable=enable, reason=request.param("reason") or "")
+        self.agent.node_maintenance(enable=enable, reason=request.param("reason"))
         return Response()
 
     async def agent_check_register(self, request: Request) -> Response:
@@ -418,16 +418,15 @@ class DevRegistryApp:
 
     def ttl_handler(self, status: str) -> Handler:
         async def handler(request: Request) -> Response:
-            self.agent.update_ttl(request.rest, status, request.param("note") or "")
+            self.agent.update_ttl(request.rest, status, request.param("note"))
             return Response()
 
         return handler
 
     async def agent_check_update(self, request: Request) -> Response:
-        values, decoding = decode_top(
+        values = decode_top(
             await self._json(request), _CHECK_UPDATE, "agent.checkUpdate", struct="checkUpdate"
         )
-        decoding.raise_first()
         status = values.get("Status", "")
         if status not in STATUSES:
             raise bad_request(f"Invalid check status: '{status}'")
@@ -607,7 +606,7 @@ class DevRegistryApp:
         if not key and not (keys or recurse):
             raise bad_request("Missing key name")
         if keys:
-            separator = request.param("separator") or request.param("seperator") or ""
+            separator = request.param("separator") or request.param("seperator")
             return await self._blocking(
                 request, [], lambda: self._kv_keys(key, separator), prefix=key
             )
@@ -687,7 +686,7 @@ class DevRegistryApp:
             raise AgentError(
                 413, f"Request body too large, max size: {MAX_KV_SIZE} bytes. See {KV_LIMIT_DOCS}."
             )
-        session = first(request.query, "acquire") or first(request.query, "release")
+        session = request.param("acquire") or request.param("release")
         if request.has("acquire") or request.has("release"):
             raise rpc_error(f"Invalid session {go_quote(session)}")  # the registry has none
         written = self.store.kv_put(key, body or None, flags, cas)
@@ -766,7 +765,7 @@ def _has_meta(meta: dict[str, str], wanted: tuple[tuple[str, str], ...]) -> bool
 def _enable_param(request: Request) -> bool:
     if not request.has("enable"):
         raise bad_request("Missing value for enable")
-    raw = request.param("enable") or ""
+    raw = request.param("enable")
     parsed = _go_bool(raw)
     if parsed is None:
         raise bad_request(f'Invalid value for enable: "{raw}"')
@@ -776,7 +775,7 @@ def _enable_param(request: Request) -> bool:
 def _passing_param(request: Request) -> bool:
     if not request.has("passing"):
         return False
-    raw = request.param("passing") or ""
+    raw = request.param("passing")
     if raw == "":
         return True
     parsed = _go_bool(raw)
@@ -799,6 +798,6 @@ def _uint_param(request: Request, name: str) -> int | None:
     if not request.has(name):
         return None
     try:
-        return parse_uint(first(request.query, name))
+        return parse_uint(request.param(name))
     except DecodeError as exc:
         raise rpc_error(str(exc)) from None  # Consul returns the bare error (as a 500)

@@ -112,9 +112,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 
 def _decoded(raw: Any, fields: go.Fields, go_type: str) -> dict[str, Any]:
-    values, decoding = go.decode_top(raw, fields, go_type, struct=go_type.rpartition(".")[2])
-    decoding.raise_first()
-    return values
+    return go.decode_top(raw, fields, go_type, struct=go_type.rpartition(".")[2])
 
 
 def datacenter_of(raw: Any) -> str:
@@ -197,7 +195,8 @@ def _service(raw: dict[str, Any] | None, node_name: str) -> Service | None:
         return None
     if is_any_address(raw.get("Address", "")):
         raise rpc_error("Invalid service address")
-    for problem in _service_problems(raw):
+    problem = _service_problem(raw)
+    if problem:
         raise rpc_error(problem)
     return Service(
         node=node_name,
@@ -216,21 +215,19 @@ def _service(raw: dict[str, Any] | None, node_name: str) -> Service | None:
 
 def _weights(weights: dict[str, int] | None) -> dict[str, int]:
     """Consul's ToServiceNode: the given weights if ValidateWeights accepts them, else 1/1."""
-    passing, warning = (weights or {}).get("Passing", 0), (weights or {}).get("Warning", 0)
-    if weights is None or not (1 <= passing <= 65535 and 0 <= warning <= 65535):
+    if weights is None or go.weights_problem(weights):
         return {"Passing": 1, "Warning": 1}
-    return {"Passing": passing, "Warning": warning}
+    return {"Passing": 0, "Warning": 0} | weights  # an absent Warning is Go's zero
 
 
-def _service_problems(raw: dict[str, Any]) -> list[str]:
+def _service_problem(raw: dict[str, Any]) -> str | None:
     """What the registry refuses in a service beyond Consul's own checks (see
     ``decode.port_problem``); its Meta within Consul's metadata limits."""
-    problems = [go.port_problem(raw.get("Port", 0))]
-    for name, address in raw.get("TaggedAddresses", {}).items():
-        problems.append(go.port_problem(address.get("Port", 0), f"TaggedAddresses[{name}].Port"))
+    problem = go.ports_problem(raw.get("Port", 0), raw.get("TaggedAddresses", {}))
+    if problem:
+        return problem
     meta_problem = go.validate_meta(raw.get("Meta", {}), allow_consul_prefix=True)
-    problems.append(f"Invalid Service Meta: {meta_problem}" if meta_problem else None)
-    return [problem for problem in problems if problem]
+    return f"Invalid Service Meta: {meta_problem}" if meta_problem else None
 
 
 def _check(store: Store, raw: dict[str, Any], node_name: str, service: Service | None) -> Check:

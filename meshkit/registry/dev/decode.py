@@ -19,7 +19,7 @@ from typing import Any
 
 from meshkit.registry.dev import durations
 from meshkit.registry.dev.errors import DecodeError
-from meshkit.registry.dev.gojson import Number, loads
+from meshkit.registry.dev.gojson import Number
 
 # -- Go's typed decoding -----------------------------------------------------------------
 
@@ -201,8 +201,12 @@ def decode_struct(
     return out
 
 
-def struct_of(fields: Fields, go_type: str) -> Decoder:
-    """A named struct (``structs.Weights``): its name becomes the error's struct."""
+def struct_of(fields: Fields, go_type: str, *, pointer: bool = True) -> Decoder:
+    """A named struct (``structs.Weights``): its name becomes the error's struct.
+
+    ``null`` leaves a pointer nil (None); a struct held by value (a map's element) is
+    then its zero value, ``{}`` here (unset fields are left out, as for any struct).
+    """
     struct = go_type.rpartition(".")[2]
 
     def decode(value: Any, at: At, decoding: Decoding) -> dict[str, Any] | None:
@@ -210,7 +214,7 @@ def struct_of(fields: Fields, go_type: str) -> Decoder:
             return decode_struct(value, fields, At(struct, at.path), decoding)
         if value is not None:
             decoding.type_error(value, go_type, at)
-        return None
+        return None if pointer else {}
 
     return decode
 
@@ -223,27 +227,23 @@ STRINGS = list_of(STRING, "[]string")
 STRING_MAP = map_of(STRING, "map[string]string")
 HEADER = map_of(list_of(STRING, "[]string"), "map[string][]string")
 _ADDRESS_FIELDS = Fields([("Address", "Address", STRING), ("Port", "Port", INT)])
-SERVICE_ADDRESS = struct_of(_ADDRESS_FIELDS, "structs.ServiceAddress")
+SERVICE_ADDRESS = struct_of(_ADDRESS_FIELDS, "structs.ServiceAddress", pointer=False)
 TAGGED_ADDRESSES = map_of(SERVICE_ADDRESS, "map[string]structs.ServiceAddress")
 WEIGHTS = struct_of(
     Fields([("Passing", "Passing", INT), ("Warning", "Warning", INT)]), "structs.Weights"
 )
 
 
-def load_json(body: bytes) -> Any:
-    """A body as Go's decoder reads it (see ``gojson``)."""
-    return loads(body)
-
-
-def decode_top(
-    raw: Any, fields: Fields, go_type: str, *, struct: str = ""
-) -> tuple[dict[str, Any], Decoding]:
+def decode_top(raw: Any, fields: Fields, go_type: str, *, struct: str = "") -> dict[str, Any]:
     """The root object of a body (``struct``: its Go name; "" for Consul's anonymous
-    wrappers); anything but an object is Go's "Go value" error."""
-    decoding = Decoding()
+    wrappers), or ``DecodeError`` with the first error in it; anything but an object is
+    Go's "Go value" error."""
     if not isinstance(raw, dict):
         raise DecodeError(TypeError_(_kind(raw), go_type, At()).text())
-    return decode_struct(raw, fields, At(struct), decoding), decoding
+    decoding = Decoding()
+    values = decode_struct(raw, fields, At(struct), decoding)
+    decoding.raise_first()
+    return values
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -353,8 +353,7 @@ class CheckDefinition:
 
 def decode_check(raw: Any) -> CheckDefinition:
     """The body of PUT /v1/agent/check/register (structs.CheckDefinition)."""
-    values, decoding = decode_top(raw, _CHECK_DEFINITION_FIELDS, "structs.CheckDefinition")
-    decoding.raise_first()
+    values = decode_top(raw, _CHECK_DEFINITION_FIELDS, "structs.CheckDefinition")
     return _check(values)
 
 
@@ -488,8 +487,7 @@ _SERVICE_FIELDS = Fields(
 
 def decode_service(raw: Any) -> ServiceDefinition:
     """The body of PUT /v1/agent/service/register."""
-    values, decoding = decode_top(raw, _SERVICE_FIELDS, "structs.ServiceDefinition")
-    decoding.raise_first()
+    values = decode_top(raw, _SERVICE_FIELDS, "structs.ServiceDefinition")
     single: CheckDefinition | None = values.get("Check")
     checks = (
         [single] if single is not None and not single.empty else []
@@ -520,6 +518,7 @@ META_KEY_MAX = 128
 META_VALUE_MAX = 512
 META_RESERVED_PREFIX = "consul-"
 PORT_MAX = 65535
+WEIGHT_MAX = 65535  # a DNS SRV weight
 
 
 def validate_meta(meta: Mapping[str, str], *, allow_consul_prefix: bool = False) -> str | None:
@@ -548,9 +547,31 @@ def _meta_pair_problem(key: str, value: str, *, allow_consul_prefix: bool) -> st
     return None
 
 
+def weights_problem(weights: Mapping[str, int]) -> str | None:
+    """structs.ValidateWeights on the decoded ``structs.Weights`` (absent fields are 0):
+    the error text, or None."""
+    passing, warning = weights.get("Passing", 0), weights.get("Warning", 0)
+    if passing < 1:
+        return "Passing must be greater than 0"
+    if warning < 0:
+        return "Warning must be greater or equal than 0"
+    if passing > WEIGHT_MAX or warning > WEIGHT_MAX:
+        return f"DNS Weight must be between 0 and {WEIGHT_MAX}"
+    return None
+
+
 def port_problem(port: int, what: str = "Port") -> str | None:
     """A port a client could never dial. Consul checks only the Go ``int`` type; the
     registry also holds ports to 0-65535, so no instance is published unreachable."""
     if 0 <= port <= PORT_MAX:
         return None
     return f"Invalid {what}: {port} is not a port number (0-{PORT_MAX})"
+
+
+def ports_problem(port: int, tagged_addresses: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The first problem of a service's ports: its own, then its tagged addresses'."""
+    tagged = (
+        port_problem(address.get("Port", 0), f"TaggedAddresses[{name}].Port")
+        for name, address in tagged_addresses.items()
+    )
+    return port_problem(port) or next((problem for problem in tagged if problem), None)

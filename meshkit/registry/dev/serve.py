@@ -7,7 +7,7 @@ import socket
 import sys
 
 from meshkit.registry.dev.agent import DevAgent
-from meshkit.registry.dev.api import DevRegistryApp
+from meshkit.registry.dev.api import MAX_BODY_BYTES, DevRegistryApp
 from meshkit.serving.listen import listen
 from meshkit.serving.server import Server
 from meshkit.settings import ConnectionLimits
@@ -17,7 +17,7 @@ from meshkit.settings import ConnectionLimits
 #: 4,096 connections (each instance holds a few, for its watches) bound what bodies can
 #: hold at once to 4 GiB in theory; in practice bodies are small and decoded one at a time.
 REGISTRY_LIMITS = ConnectionLimits(
-    keepalive_timeout=65.0, max_body_bytes=1024 * 1024, max_connections=4096
+    keepalive_timeout=65.0, max_body_bytes=MAX_BODY_BYTES, max_connections=4096
 )
 
 

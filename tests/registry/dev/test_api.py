@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tests.registry.conftest import HealthzServer, ThreadedRegistry, wait_until
+from tests.registry.dev.helpers import raw
 
 
 def _put(registry: ThreadedRegistry, path: str, body: Any) -> requests.Response:
@@ -216,6 +217,14 @@ BAD_REGISTRATIONS = [
         "Invalid Weights: Passing must be greater than 0",
     ),
     (
+        {"Name": "web", "Weights": {"Passing": 1, "Warning": -1}},
+        "Invalid Weights: Warning must be greater or equal than 0",
+    ),
+    (
+        {"Name": "web", "Weights": {"Passing": 1, "Warning": 65536}},
+        "Invalid Weights: DNS Weight must be between 0 and 65535",
+    ),
+    (
         {"Name": "web", "Check": {"TTL": "soon"}},
         'Request decode failed: time: invalid duration "soon"',
     ),
@@ -365,7 +374,7 @@ def test_kv_put_get_keys_recurse_delete(client: Any) -> None:
     assert client.kv.get("app/config/", recurse=True)[1] is None
 
 
-def test_kv_raw(client: Any, registry: ThreadedRegistry) -> None:
+def test_kvraw(client: Any, registry: ThreadedRegistry) -> None:
     client.kv.put("blob", b"\x00\x01raw")
     response = requests.get(f"http://{registry.address}/v1/kv/blob?raw", timeout=5)
     assert response.content == b"\x00\x01raw"
@@ -500,19 +509,6 @@ def test_identical_reregistration_takes_no_index(client: Any) -> None:
 # -- hostile and malformed input: Consul's answers, never a 5xx ------------------------
 
 
-def _raw(
-    registry: ThreadedRegistry, method: str, target: str, body: bytes = b""
-) -> tuple[int, str]:
-    """One request as sent, for what py-consul (or requests) would not send."""
-    connection = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=10)
-    try:
-        connection.request(method, target, body=body or None)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
-
-
 def test_ports_outside_0_to_65535_are_refused_through_py_consul(client: Any) -> None:
     for port in (-1, 65536):
         with pytest.raises(consul.exceptions.BadRequest, match="not a port number"):
@@ -520,11 +516,68 @@ def test_ports_outside_0_to_65535_are_refused_through_py_consul(client: Any) -> 
     assert client.agent.services() == {}
 
 
+def test_tagged_address_ports_are_held_to_0_to_65535_on_both_write_paths(
+    registry: ThreadedRegistry, client: Any
+) -> None:
+    tagged = {"lan": {"Address": "10.0.0.1", "Port": 80}, "wan": {"Port": 70000}}
+    text = "Invalid TaggedAddresses[wan].Port: 70000 is not a port number (0-65535)"
+    response = _put(
+        registry, "/v1/agent/service/register", {"Name": "web", "TaggedAddresses": tagged}
+    )
+    assert (response.status_code, response.text) == (400, text)
+    service = {"Service": "web", "Port": 70000, "TaggedAddresses": tagged}
+    body = {"Node": "ext", "Address": "10.0.0.1", "Service": service}
+    response = _put(registry, "/v1/catalog/register", body)  # its own port is named first
+    assert (response.status_code, response.text) == (
+        400,
+        "Invalid Port: 70000 is not a port number (0-65535)",
+    )
+    response = _put(registry, "/v1/catalog/register", body | {"Service": service | {"Port": 1}})
+    assert (response.status_code, response.text) == (400, text)
+    assert client.agent.services() == {} and client.catalog.node("ext")[1] is None
+
+
+def test_a_null_tagged_address_is_an_empty_one_not_a_500(
+    registry: ThreadedRegistry, client: Any
+) -> None:
+    """Go decodes null into a map's struct value as the zero struct."""
+    tagged = {"lan": None}
+    response = _put(
+        registry,
+        "/v1/agent/service/register",
+        {"Name": "web", "ID": "web-1", "TaggedAddresses": tagged},
+    )
+    assert response.status_code == 200
+    assert client.agent.services()["web-1"]["TaggedAddresses"] == {"lan": {}}
+    service = {"Service": "api", "TaggedAddresses": tagged}
+    body = {"Node": "ext", "Address": "10.0.0.1", "Service": service}
+    assert _put(registry, "/v1/catalog/register", body).status_code == 200
+    assert client.catalog.node("ext")[1]["Services"]["api"]["TaggedAddresses"] == {"lan": {}}
+
+
+def test_weights_default_to_1_and_1_and_an_absent_warning_is_0(
+    registry: ThreadedRegistry, client: Any
+) -> None:
+    """The agent refuses weights ValidateWeights refuses (BAD_REGISTRATIONS); a catalog
+    write keeps them only if it accepts them, else 1/1 (Consul's ToServiceNode)."""
+    client.agent.service.register("web", service_id="web-1", weights={"Passing": 3})
+    assert client.agent.services()["web-1"]["Weights"] == {"Passing": 3, "Warning": 0}
+    for node, weights, kept in (
+        ("a", {"Passing": 5}, {"Passing": 5, "Warning": 0}),
+        ("b", {"Passing": 0, "Warning": 2}, {"Passing": 1, "Warning": 1}),
+        ("c", {"Passing": 70000}, {"Passing": 1, "Warning": 1}),
+    ):
+        service = {"Service": "api", "Weights": weights}
+        body = {"Node": node, "Address": "10.0.0.1", "Service": service}
+        assert _put(registry, "/v1/catalog/register", body).status_code == 200
+        assert client.catalog.node(node)[1]["Services"]["api"]["Weights"] == kept
+
+
 def test_non_integer_ports_fail_as_gos_decoder_fails(
     registry: ThreadedRegistry, client: Any
 ) -> None:
     for literal in (b"NaN", b"1e300", b"80.5"):
-        status, text = _raw(
+        status, text = raw(
             registry,
             "PUT",
             "/v1/agent/service/register",
@@ -571,7 +624,7 @@ def test_check_durations_are_go_durations(client: Any, registry: ThreadedRegistr
         client.agent.service.register("web", check={"TTL": "Infinity"})
     with pytest.raises(consul.exceptions.BadRequest, match="TTL must be > 0"):
         client.agent.service.register("web", check={"TTL": "-10s"})
-    status, text = _raw(
+    status, text = raw(
         registry, "PUT", "/v1/agent/service/register", b'{"Name":"web","Check":{"TTL":Infinity}}'
     )
     assert (status, text) == (
@@ -607,35 +660,35 @@ def test_kv_keys_refuse_traversal(registry: ThreadedRegistry, client: Any) -> No
         ("/v1/kv/%20a", "key must not begin or end with whitespace"),
         ("/v1/kv//a", "key must not begin with a '/'"),
     ):
-        assert _raw(registry, "PUT", target, b"x") == (400, text)
+        assert raw(registry, "PUT", target, b"x") == (400, text)
     assert client.kv.get("", recurse=True)[1] is None
 
 
 def test_kv_flags_and_cas_are_uint64s(registry: ThreadedRegistry) -> None:
-    assert _raw(registry, "PUT", "/v1/kv/k?cas=%C2%B2", b"x") == (
+    assert raw(registry, "PUT", "/v1/kv/k?cas=%C2%B2", b"x") == (
         400,
         'strconv.ParseUint: parsing "²": invalid syntax',
     )
-    assert _raw(registry, "PUT", "/v1/kv/k?flags=-1", b"x")[0] == 400
-    assert _raw(registry, "PUT", "/v1/kv/k?cas=1&acquire=s", b"x") == (
+    assert raw(registry, "PUT", "/v1/kv/k?flags=-1", b"x")[0] == 400
+    assert raw(registry, "PUT", "/v1/kv/k?cas=1&acquire=s", b"x") == (
         400,
         "Conflicting flags: acquire=s&cas=1\n",
     )
-    assert _raw(registry, "PUT", "/v1/kv/k?acquire=s", b"x") == (400, 'Invalid session "s"')
+    assert raw(registry, "PUT", "/v1/kv/k?acquire=s", b"x") == (400, 'Invalid session "s"')
 
 
 def test_query_strings_are_read_as_go_reads_them(registry: ThreadedRegistry, client: Any) -> None:
-    assert _raw(registry, "GET", "/v1/health/service/web?index=%C2%B2") == (400, "Invalid index")
-    assert _raw(registry, "GET", "/v1/health/service/web?index=1&wait=1e3s") == (
+    assert raw(registry, "GET", "/v1/health/service/web?index=%C2%B2") == (400, "Invalid index")
+    assert raw(registry, "GET", "/v1/health/service/web?index=1&wait=1e3s") == (
         400,
         "Invalid wait time",
     )
-    assert _raw(registry, "GET", "/v1/catalog/services?a=%zz") == (400, 'invalid URL escape "%zz"')
-    assert _raw(registry, "GET", "/v1/catalog/services?a=1;b=2") == (
+    assert raw(registry, "GET", "/v1/catalog/services?a=%zz") == (400, 'invalid URL escape "%zz"')
+    assert raw(registry, "GET", "/v1/catalog/services?a=1;b=2") == (
         400,
         "invalid semicolon separator in query",
     )
-    assert _raw(registry, "GET", "/v1/catalog/services?stale&consistent") == (
+    assert raw(registry, "GET", "/v1/catalog/services?stale&consistent") == (
         400,
         "Cannot specify ?stale with ?consistent, conflicting semantics.",
     )
@@ -648,17 +701,17 @@ def test_query_strings_are_read_as_go_reads_them(registry: ThreadedRegistry, cli
 def test_unknown_query_parameters_are_ignored_as_consul_ignores_them(
     client: Any, registry: ThreadedRegistry
 ) -> None:
-    assert _raw(registry, "GET", "/v1/catalog/services?whatever=1")[0] == 200
+    assert raw(registry, "GET", "/v1/catalog/services?whatever=1")[0] == 200
 
 
 def test_a_non_printable_path_is_a_bare_400(registry: ThreadedRegistry) -> None:
-    assert _raw(registry, "GET", "/v1/kv/a%00b") == (400, "")
+    assert raw(registry, "GET", "/v1/kv/a%00b") == (400, "")
 
 
 def test_any_nesting_depth_is_a_400(registry: ThreadedRegistry) -> None:
     for depth in (2_000, 10_001):
         body = b'{"Name": "web", "Meta": ' + b"[" * depth + b"]" * depth + b"}"
-        status, text = _raw(registry, "PUT", "/v1/agent/service/register", body)
+        status, text = raw(registry, "PUT", "/v1/agent/service/register", body)
         assert status == 400 and text.startswith("Request decode failed: ")
 
 
@@ -689,11 +742,11 @@ def test_an_unexpected_failure_is_a_logged_bare_500(
 
     monkeypatch.setattr(registry.agent, "local_services", broken)
     with caplog.at_level(logging.ERROR, logger="meshkit.registry"):
-        assert _raw(registry, "GET", "/v1/agent/services") == (500, "Internal Server Error")
+        assert raw(registry, "GET", "/v1/agent/services") == (500, "Internal Server Error")
     assert "planted bug" in caplog.text
 
 
-def test_a_catalog_checks_definition_is_typed_not_stored_raw(
+def test_a_catalog_checks_definition_is_typed_not_storedraw(
     client: Any, registry: ThreadedRegistry
 ) -> None:
     definition = {"HTTP": "http://10.1.1.1/h", "Interval": "10s", "Timeout": 5e9, "X": [[1]]}

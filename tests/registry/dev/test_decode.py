@@ -10,16 +10,16 @@ import pytest
 from meshkit.registry.dev.decode import (
     decode_check,
     decode_service,
-    load_json,
     port_problem,
     validate_meta,
 )
 from meshkit.registry.dev.durations import MIN_DURATION, SECOND
 from meshkit.registry.dev.errors import DecodeError
+from meshkit.registry.dev.gojson import loads
 
 
 def service(body: str) -> Any:
-    return decode_service(load_json(body.encode()))
+    return decode_service(loads(body.encode()))
 
 
 def test_service_keys_are_case_insensitive_with_consuls_snake_case_aliases() -> None:
@@ -109,7 +109,7 @@ def test_an_empty_check_object_is_ignored_as_consul_ignores_it() -> None:
 
 def test_check_validation_texts() -> None:
     def problem(body: str) -> str | None:
-        return decode_check(load_json(body.encode())).validate()
+        return decode_check(loads(body.encode())).validate()
 
     assert problem('{"HTTP": "http://x"}') == (
         "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"
@@ -123,9 +123,7 @@ def test_check_validation_texts() -> None:
 
 
 def test_check_definition_names_its_own_fields() -> None:
-    check = decode_check(
-        load_json(b'{"name": "disk", "id": "d1", "serviceid": "web-1", "ttl": "5s"}')
-    )
+    check = decode_check(loads(b'{"name": "disk", "id": "d1", "serviceid": "web-1", "ttl": "5s"}'))
     assert (check.name, check.check_id, check.service_id, check.ttl) == (
         "disk",
         "d1",
@@ -133,7 +131,7 @@ def test_check_definition_names_its_own_fields() -> None:
         5 * SECOND,
     )
     with pytest.raises(DecodeError, match=r"Go struct field \.Alias\.ID of type types\.CheckID"):
-        decode_check(load_json(b'{"ID": 5}'))
+        decode_check(loads(b'{"ID": 5}'))
 
 
 PAIR = "Couldn't load metadata pair"

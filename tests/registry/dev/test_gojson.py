@@ -66,6 +66,17 @@ def test_one_value_is_read_and_what_follows_it_is_left() -> None:
     assert loads(b"5 x") == Number("5")
 
 
+def test_the_iterative_reader_builds_what_the_standard_parser_builds() -> None:
+    """Bytes after the value send a body to the iterative reader (the standard parser
+    refuses them): every kind of value comes out as the fast path makes it."""
+    document = b'{"a": [true, false, null, "x\\u00e9\\n", -1.5e3, 7, {}, []], "b": {"c": {}}}'
+    assert loads(document) == {
+        "a": [True, False, None, "x\u00e9\n", Number("-1.5e3"), Number("7"), {}, []],
+        "b": {"c": {}},
+    }
+    assert loads(document + b" trailing") == loads(document)
+
+
 def test_strings_are_repaired_as_go_repairs_them() -> None:
     assert loads(b'["\\ud800", "\\ud83d\\ude00", "\xff"]') == ["\ufffd", "\U0001f600", "\ufffd"]
 
