@@ -50,7 +50,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from bench._procs import cpu_seconds
+from bench._procs import cpu_seconds, rss_mb
 from meshkit.testing import Mesh, ServiceProcess, admin_get, context_for
 
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=15)
@@ -84,14 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- measuring the caller ---------------------------------------------------------------
 
 
-def status_kb(pid: int, field_name: str) -> int:
-    """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM, ...)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -117,7 +109,7 @@ class Samples:
     fds: list[int] = field(default_factory=list)
 
     def take(self, elapsed: float) -> float:
-        mb = status_kb(self.pid, "VmRSS") / 1024
+        mb = rss_mb(self.pid)
         self.rss.append((elapsed, mb))
         self.fds.append(descriptors(self.pid))
         return mb

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import consul
@@ -23,6 +22,7 @@ import consul.exceptions
 import pytest
 
 from meshkit.testing import RegistryProcess
+from tests._procs import rss_mb
 from tests.registry.dev.helpers import raw
 
 pytestmark = pytest.mark.timeout(180)
@@ -83,13 +83,6 @@ def refusal(client: Any, **registration: Any) -> str:
 
 def register(registry: RegistryProcess, body: bytes) -> tuple[int, str]:
     return raw(registry, "PUT", "/v1/agent/service/register", body)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 # -- the findings of #15, one by one ------------------------------------------------------
