@@ -46,6 +46,7 @@ from meshkit.registry.dev.http import (
     query_headers,
     text_response,
 )
+from meshkit.registry.dev.intentions_api import DefaultPolicy, IntentionEndpoints
 from meshkit.registry.dev.query import (
     first,
     go_quote,
@@ -92,8 +93,9 @@ Selection = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]  # ?tag=..., ?no
 class DevRegistryApp:
     """ASGI entry point; ``agent`` holds the state, the app only speaks HTTP."""
 
-    def __init__(self, agent: DevAgent) -> None:
+    def __init__(self, agent: DevAgent, *, acl_default_policy: DefaultPolicy = "allow") -> None:
         self.agent = agent
+        self.acl_default_policy = acl_default_policy
         self.store = agent.store
         self._health_cache: dict[tuple[str, bool, Selection], tuple[int, bytes]] = {}
         self._decode_slot: anyio.CapacityLimiter | None = None  # made in the event loop
@@ -131,7 +133,9 @@ class DevRegistryApp:
             ("/v1/catalog/node/", {get: self.catalog_node}),
             ("/v1/kv/", {get: self.kv_get, put: self.kv_put, "DELETE": self.kv_delete}),
         ]
-        self._include(ConfigEndpoints(self, ConfigEntries(self.store, KINDS)).routes())
+        self.config_entries = ConfigEntries(self.store, KINDS)
+        self._include(ConfigEndpoints(self, self.config_entries).routes())
+        self._include(IntentionEndpoints(self, self.config_entries).routes())
 
     def _include(self, routes: tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]) -> None:
         """Add the routes of an endpoint module (config entries, Connect) to the tables."""
@@ -259,7 +263,7 @@ class DevRegistryApp:
             while index <= min_index and time.monotonic() < deadline and not self.store.closing:
                 await self.store.wait(topics, deadline, prefix=prefix)
                 index, response = compute()
-        response.headers = query_headers(index) + response.headers
+        response.headers = query_headers(index, self.acl_default_policy) + response.headers
         return response
 
     # -- agent ---------------------------------------------------------------------------

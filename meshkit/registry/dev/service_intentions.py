@@ -51,11 +51,12 @@ _HTTP = Struct(
     ]
 )
 _PERMISSION = Struct([("Action", STRING), ("HTTP", _HTTP)])
+PERMISSIONS = ListOf(_PERMISSION)
 _SOURCE = Struct(
     [
         ("Name", STRING),
         ("Action", STRING),
-        ("Permissions", ListOf(_PERMISSION)),
+        ("Permissions", PERMISSIONS),
         ("Precedence", INT),  # read-only: recomputed on every write
         ("LegacyID", STRING),
         ("Type", STRING),
