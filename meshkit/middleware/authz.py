@@ -144,7 +144,11 @@ class RouteAccess:
     def check(self, caller: SpiffeId | None, scope: Scope | None = None) -> str | None:
         """None when ``caller`` may call, else the reason it may not. With Consul's
         intentions the answer may depend on the request (L7): decided per request."""
-        if caller is not None and scope is not None and self._authorizer.consul_intentions:
+        if (
+            caller is not None
+            and scope is not None
+            and self._authorizer.consul_intentions is not None
+        ):
             return self._decide(caller, scope)
         if self._version != self._intentions.version:
             self._cache.clear()

@@ -1,0 +1,106 @@
+"""Authorization from Consul's intentions (``MESHKIT_INTENTIONS=consul``), over real
+processes: a dev registry, a ServiceApp with decorated routes, callers with their own
+certificates. Intentions are written through py-consul, as an operator's tools would."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import consul
+import pytest
+
+from meshkit.testing import Mesh
+from meshkit.testing.processes import Connection, ServiceProcess
+
+APP = "tests.apps.guarded:app"
+CONSUL_SOURCE = {"MESHKIT_INTENTIONS": "consul"}
+KIND = "service-intentions"
+#: The issue's target: an intention change is in force within a second.
+APPLIED_WITHIN = 1.0
+
+
+def _registry(mesh: Mesh) -> Any:
+    host, port = mesh.registry.address.rsplit(":", 1)
+    return consul.Consul(host=host, port=int(port))
+
+
+def _until(connection: Connection, path: str, status: int) -> float:
+    """Seconds until ``path`` answers ``status``, polling; fails past APPLIED_WITHIN."""
+    started = time.monotonic()
+    while True:
+        if connection.get(path)[0] == status:
+            return time.monotonic() - started
+        elapsed = time.monotonic() - started
+        assert elapsed < APPLIED_WITHIN, f"{path} still not {status} after {elapsed:.3f}s"
+        time.sleep(0.005)
+
+
+def _start(mesh: Mesh) -> ServiceProcess:
+    (payments,) = mesh.start(APP, "payments", env=CONSUL_SOURCE)
+    return payments
+
+
+def test_an_intention_change_is_in_force_within_a_second(mesh: Mesh) -> None:
+    payments = _start(mesh)
+    web = mesh.connect(payments, as_="web")
+    assert web.get("/items") == (200, {"caller": "web"})  # Consul's default: allow
+
+    intentions = _registry(mesh).connect.intentions
+    intentions.upsert("web", "payments", action="deny")
+    denied_after = _until(web, "/items", 403)
+    assert mesh.connect(payments, as_="cart").get("/items")[0] == 200  # only web's changed
+
+    intentions.upsert("web", "payments", action="allow")
+    allowed_after = _until(web, "/items", 200)
+    print(f"intention change in force after {denied_after:.3f}s (deny), {allowed_after:.3f}s")
+
+
+def test_l7_permissions_by_path_method_and_header(mesh: Mesh) -> None:
+    payments = _start(mesh)
+    web_rules = [
+        {"Action": "deny", "HTTP": {"PathPrefix": "/items/", "Methods": ["DELETE"]}},
+        {"Action": "deny", "HTTP": {"Header": [{"Name": "X-Debug", "Present": True}]}},
+        {"Action": "allow", "HTTP": {"PathRegex": "/items(/[0-9]+)?"}},
+    ]
+    sources = [{"Name": "web", "Permissions": web_rules}, {"Name": "*", "Action": "deny"}]
+    _registry(mesh).config.set(KIND, "payments", {"Sources": sources})
+    web = mesh.connect(payments, as_="web")
+    _until(web, "/items/3", 200)  # the entry is in force (web matched its L7 intention)
+    _until(mesh.connect(payments, as_="cart"), "/items", 403)  # and * denies the others
+
+    assert web.request("GET", "/items")[0] == 200
+    assert web.request("POST", "/items")[0] == 200
+    assert web.request("DELETE", "/items/3")[0] == 403  # the first matching permission
+    assert web.request("GET", "/items", headers={"X-Debug": "1"})[0] == 403
+    # No permission matches: the default (allow) decides, then the decorators.
+    assert web.request("GET", "/admin")[0] == 403  # @deny("web") wins
+    assert web.request("GET", "/internal")[0] == 403  # @allow("ops") only
+
+    ops = mesh.connect(payments, as_="ops")
+    assert ops.get("/internal")[0] == 403  # @allow("ops"), but the * intention denies
+
+
+def test_default_deny_from_consuls_acl_default(tmp_path: Path) -> None:
+    with Mesh(tmp_path / "mesh", registry_args=("--acl-default-policy", "deny")) as mesh:
+        payments = _start(mesh)
+        web = mesh.connect(payments, as_="web")
+        assert web.get("/items")[0] == 403  # no intention: Consul's default denies
+        _registry(mesh).connect.intentions.upsert("web", "payments", action="allow")
+        _until(web, "/items", 200)
+        assert mesh.connect(payments, as_="cart").get("/items")[0] == 403
+        assert web.get("/admin")[0] == 403  # the decorator's deny still wins
+
+
+@pytest.mark.parametrize("status", [403])
+def test_meshkit_intentions_are_not_consulted_in_consul_mode(mesh: Mesh, status: int) -> None:
+    """With Consul as the source, meshkit's KV rules do not widen or narrow anything."""
+    payments = _start(mesh)
+    registry = _registry(mesh)
+    registry.kv.put("meshkit/intentions/payments/web", "deny")
+    registry.connect.intentions.upsert("web", "payments", action="allow")
+    registry.connect.intentions.upsert("cart", "payments", action="deny")
+    web, cart = mesh.connect(payments, as_="web"), mesh.connect(payments, as_="cart")
+    _until(cart, "/items", status)
+    assert web.get("/items")[0] == 200
