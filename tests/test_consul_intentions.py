@@ -4,6 +4,7 @@ certificates. Intentions are written through py-consul, as an operator's tools w
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import consul
 import pytest
 
-from meshkit.testing import Mesh
+from meshkit import cli
+from meshkit.testing import Mesh, RegistryProcess
 from meshkit.testing.processes import Connection, ServiceProcess
 
 APP = "tests.apps.guarded:app"
@@ -104,3 +106,37 @@ def test_meshkit_intentions_are_not_consulted_in_consul_mode(mesh: Mesh, status:
     web, cart = mesh.connect(payments, as_="web"), mesh.connect(payments, as_="cart")
     _until(cart, "/items", status)
     assert web.get("/items")[0] == 200
+
+
+def test_intentions_cli_reads_and_writes_consuls_intentions(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    dev_registry: RegistryProcess,
+) -> None:
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", f"http://{dev_registry.address}")
+    monkeypatch.setenv("MESHKIT_INTENTIONS", "consul")
+    assert cli.main(["intentions", "allow", "web", "payments"]) == 0
+    assert cli.main(["intentions", "deny", "*", "payments"]) == 0
+    host, port = dev_registry.address.rsplit(":", 1)
+    registry = consul.Consul(host=host, port=int(port))
+    entry = registry.config.get(KIND, "payments")  # the same data as the config entry
+    assert [(s["Name"], s["Action"]) for s in entry["Sources"]] == [("web", "allow"), ("*", "deny")]
+    permission = {"Action": "allow", "HTTP": {"PathPrefix": "/api"}}
+    registry.config.set(KIND, "orders", {"Sources": [{"Name": "web", "Permissions": [permission]}]})
+    capsys.readouterr()
+
+    assert cli.main(["intentions", "list"]) == 0
+    assert capsys.readouterr().out == (
+        "web -> orders: 1 L7 permissions\nweb -> payments: allow\n* -> payments: deny\n"
+    )
+    assert cli.main(["intentions", "delete", "web", "payments"]) == 0
+    capsys.readouterr()
+    assert cli.main(["intentions", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"source": "web", "destination": "orders", "action": "L7", "permissions": [permission]},
+        {"source": "*", "destination": "payments", "action": "deny"},
+    ]
+    assert cli.main(["intentions", "allow", "we*b", "payments"]) == 1  # Consul's refusal
+    error = capsys.readouterr().err
+    assert "wildcard character '*' cannot be used with partial values" in error
+    assert error.count("\n") == 1

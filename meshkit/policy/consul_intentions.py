@@ -171,3 +171,58 @@ def intention_watcher(
         store = ConsulIntentionStore(client, service=settings.service, namespace=settings.namespace)
         return IntentionWatcher(store, consul_intentions)
     return IntentionWatcher(IntentionStore(client), intentions)
+
+
+@dataclass(frozen=True)
+class ListedIntention:
+    """One of Consul's intentions as ``meshkit intentions list`` shows it."""
+
+    source: str
+    destination: str
+    action: str  # allow, deny, or "L7" when permissions decide
+    permissions: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "source": self.source,
+            "destination": self.destination,
+            "action": self.action,
+        }
+        if self.permissions:
+            shown["permissions"] = list(self.permissions)
+        return shown
+
+
+class ConsulIntentionAdmin:
+    """Consul's intentions read and written by name (``/v1/connect/intentions/exact``),
+    for ``meshkit intentions`` when Consul is the source."""
+
+    def __init__(self, client: consul.Consul) -> None:
+        self._client = client
+
+    def set(self, source: str, destination: str, action: Action) -> None:
+        intentions = self._client.connect.intentions
+        registry_call(self._client, intentions.upsert, source, destination, action=action)
+
+    def delete(self, source: str, destination: str) -> None:
+        intentions = self._client.connect.intentions
+        registry_call(self._client, intentions.delete, source, destination)
+
+    def rules(self) -> list[ListedIntention]:
+        listed = registry_call(self._client, self._client.connect.intentions.list) or []
+        return [_listed(raw) for raw in listed]
+
+
+def _listed(raw: Mapping[str, Any]) -> ListedIntention:
+    permissions = tuple(raw.get("Permissions") or ())
+    return ListedIntention(
+        source=_qualified(raw.get("SourceNS"), raw.get("SourceName", "")),
+        destination=_qualified(raw.get("DestinationNS"), raw.get("DestinationName", "")),
+        action="L7" if permissions else str(raw.get("Action", "")),
+        permissions=permissions,
+    )
+
+
+def _qualified(namespace: str | None, name: str) -> str:
+    """``name`` in the default namespace, else ``namespace/name`` (Consul's own form)."""
+    return name if namespace in (None, "", DEFAULT_NAMESPACE) else f"{namespace}/{name}"
