@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from meshkit.registry.dev.decode import json_kind
 from meshkit.registry.dev.errors import AgentError, DecodeError, bad_request, rpc_error
 from meshkit.registry.dev.http import Request, Response, json_response, text_response
 from meshkit.registry.dev.mapdecode import (
@@ -181,7 +182,7 @@ def decode_entry(raw: Any, entries: ConfigEntries) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise bad_request(
             "Request decoding failed: json: cannot unmarshal "
-            f"{_json_kind(raw)} into Go value of type map[string]interface {{}}"
+            f"{json_kind(raw)} into Go value of type map[string]interface {{}}"
         )
     kind_value = raw["Kind"] if "Kind" in raw else raw.get("kind")
     if "Kind" not in raw and "kind" not in raw:
@@ -208,16 +209,6 @@ def decode_entry(raw: Any, entries: ConfigEntries) -> dict[str, Any]:
 def _ignored_key(key: str) -> bool:
     """validateUnusedKeys: the kind and the indexes may be sent back as they were read."""
     return key in ("Kind", "kind", "CreateIndex", "ModifyIndex")
-
-
-def _json_kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "bool"
-    return "null" if value is None else "number"
 
 
 def _cas(request: Request) -> int | None:

@@ -220,3 +220,20 @@ def _dumps(value: Any) -> bytes:
 
 def _literal(text: str) -> str:
     return re.escape(text)
+
+
+def test_weak_typing_and_its_refusals(own_registry: ThreadedRegistry) -> None:
+    client = own_registry.client()
+    header = {"Name": "X-Debug", "Present": "true"}  # a string for a bool: weakly decoded
+    body = {"Kind": KIND, "Name": "api", "Sources": [_l7({"Header": [header]})]}
+    assert client.http.put(CB.json(), "/v1/config", data=_dumps(body)) is True
+    stored = client.config.get(KIND, "api")["Sources"][0]["Permissions"][0]["HTTP"]
+    assert stored == {"Header": [{"Name": "X-Debug", "Present": True}]}
+
+    bad = {"Kind": KIND, "Name": "api", "Sources": [{"Name": {"a": 1}, "Action": "allow"}]}
+    status, text = raw(own_registry, "PUT", "/v1/config", _dumps(bad))
+    assert (status, text) == (
+        400,
+        "Request decoding failed: 1 error(s) decoding:\n\n* 'Sources[0].Name' expected type "
+        "'string', got unconvertible type 'map[string]interface {}'",
+    )
