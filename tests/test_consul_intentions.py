@@ -140,3 +140,17 @@ def test_intentions_cli_reads_and_writes_consuls_intentions(
     error = capsys.readouterr().err
     assert "wildcard character '*' cannot be used with partial values" in error
     assert error.count("\n") == 1
+
+
+def test_namespaces_scope_intentions(mesh: Mesh) -> None:
+    """An entry in namespace "shop" names shop's callers; the same name elsewhere is
+    another service (Consul Enterprise's namespaces, which meshkit's IDs carry)."""
+    (payments,) = mesh.start(APP, "payments", env=CONSUL_SOURCE, namespace="shop")
+    entry = {"Namespace": "shop", "Sources": [{"Name": "web", "Action": "deny"}]}
+    _registry(mesh).config.set(KIND, "payments", entry)
+    shop_web = mesh.connect(payments, as_="web")  # the process's namespace: shop
+    _until(shop_web, "/items", 403)
+    other_web = mesh.connect(payments, as_="web", namespace="default")
+    # Not shop's web: no intention applies, and both defaults (Consul's allow, meshkit's
+    # allow-mesh: any identity of the trust domain) let it in.
+    assert other_web.get("/items")[0] == 200

@@ -111,7 +111,9 @@ class ConsulIntentions:
 
 def _decide_l7(intention: Intention, scope: Scope) -> Action | None:
     method = scope.get("method", "GET")  # a websocket handshake is a GET
-    return intention.decide(method, scope["path"], _headers(scope))
+    # Headers are gathered only for an intention that looks at them.
+    wanted = any(permission.http.headers for permission in intention.permissions)
+    return intention.decide(method, scope["path"], _headers(scope) if wanted else {})
 
 
 def _headers(scope: Scope) -> dict[str, str]:
