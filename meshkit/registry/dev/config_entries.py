@@ -133,7 +133,7 @@ class ConfigEntries:
     def get(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> StoredEntry | None:
         return self._entries.get(kind, {}).get((namespace, name))
 
-    def list(self, kind: str) -> list[StoredEntry]:
+    def of_kind(self, kind: str) -> list[StoredEntry]:
         kinds = [kind] if kind else sorted(self._entries)
         return [entry for name in kinds for _, entry in sorted(self._entries.get(name, {}).items())]
 
@@ -167,6 +167,19 @@ class ConfigEntries:
             self._touch(kind, namespace, name)
             self.store.commit()
         return True
+
+    def dump(self) -> list[dict[str, Any]]:
+        """Every entry as read back (indexes included), for a data directory to keep."""
+        return [entry.to_json() for entry in self.of_kind("")]
+
+    def restore(self, dumped: list[dict[str, Any]]) -> None:
+        """Entries from ``dump``, with their indexes (the Store's index must be restored
+        to at least their highest ModifyIndex by whoever restores it)."""
+        for raw in dumped:
+            body = {k: v for k, v in raw.items() if k not in ("CreateIndex", "ModifyIndex")}
+            key = (body.get("Namespace", DEFAULT_NAMESPACE), body["Name"])
+            stored = StoredEntry(body["Kind"], *key, body, raw["CreateIndex"], raw["ModifyIndex"])
+            self._entries.setdefault(body["Kind"], {})[key] = stored
 
     def _touch(self, kind: str, namespace: str, name: str) -> None:
         self.store.touch(TABLE, topic(kind), topic(kind, namespace, name))
@@ -266,7 +279,7 @@ class ConfigEndpoints:
 
     async def _list(self, request: Request, kind: str) -> Response:
         def compute() -> tuple[int, Response]:
-            listed = [entry.to_json() for entry in self.entries.list(kind)]
+            listed = [entry.to_json() for entry in self.entries.of_kind(kind)]
             return self.entries.index, json_response(listed)
 
         return await self.app._blocking(request, [topic(kind)] if kind else [TABLE], compute)

@@ -16,6 +16,9 @@ import consul.exceptions
 import pytest
 from consul.callback import CB
 
+from meshkit.registry.dev.config_entries import ConfigEntries
+from meshkit.registry.dev.config_kinds import KINDS
+from meshkit.registry.dev.state import Store
 from tests.registry.conftest import ThreadedRegistry
 from tests.registry.dev.helpers import raw
 
@@ -237,3 +240,20 @@ def test_weak_typing_and_its_refusals(own_registry: ThreadedRegistry) -> None:
         "Request decoding failed: 1 error(s) decoding:\n\n* 'Sources[0].Name' expected type "
         "'string', got unconvertible type 'map[string]interface {}'",
     )
+
+
+def test_dump_and_restore_keep_entries_and_indexes(own_registry: ThreadedRegistry) -> None:
+    """What a data directory needs to keep the entries over a restart."""
+    client = own_registry.client()
+    client.config.set(KIND, "db", {"Sources": [{"Name": "web", "Action": "allow"}]})
+    client.config.set("service-defaults", "web", {"Protocol": "http"})
+    before = [client.config.get(KIND, "db"), client.config.get("service-defaults", "web")]
+    assert own_registry._server is not None
+    dumped = own_registry._server.app.config_entries.dump()
+    assert sorted(e["Name"] for e in dumped) == ["db", "web"]
+
+    fresh = ConfigEntries(Store(), KINDS)
+    fresh.restore(json.loads(json.dumps(dumped)))
+    assert fresh.dump() == dumped
+    restored = fresh.get(KIND, "db")
+    assert restored is not None and restored.to_json() == before[0]
