@@ -132,6 +132,8 @@ def test_default_deny_from_the_acl_default_policy() -> None:
         }
         _, headers = client.http.get(_with_headers(), "/v1/connect/intentions")
         assert headers["X-Consul-Default-Acl-Policy"] == "deny"
+        _, headers = client.http.get(_with_headers(), "/v1/agent/self")  # on every answer
+        assert headers["X-Consul-Default-Acl-Policy"] == "deny"
 
 
 def _authorize(client: Any, target: str, uri: str) -> dict[str, Any]:
