@@ -190,8 +190,9 @@ def topic(kind: str, namespace: str | None = None, name: str | None = None) -> s
     return f"config:{kind}" if name is None else f"config:{kind}/{namespace}/{name}"
 
 
-def decode_entry(raw: Any, entries: ConfigEntries) -> dict[str, Any]:
-    """structs.DecodeConfigEntry, then the kind's Normalize and Validate."""
+def decode_entry(raw: Any, entries: ConfigEntries, namespace: str = "") -> dict[str, Any]:
+    """structs.DecodeConfigEntry, then the kind's Normalize and Validate; ``namespace``
+    (``?ns=``) scopes a namespaced kind's entry whose body names none."""
     if not isinstance(raw, dict):
         raise bad_request(
             "Request decoding failed: json: cannot unmarshal "
@@ -214,6 +215,8 @@ def decode_entry(raw: Any, entries: ConfigEntries) -> dict[str, Any]:
     if refused:
         raise bad_request(f"Request decoding failed: {multierror(refused)}")
     try:
+        if namespace and kind.namespaced and not fields.get("Namespace"):
+            fields["Namespace"] = namespace
         return kind.normalize(fields)
     except ConfigEntryInvalid as exc:
         raise rpc_error(str(exc)) from None
@@ -249,21 +252,8 @@ class ConfigEndpoints:
 
     async def apply(self, request: Request) -> Response:
         self.app._check_datacenter(request.param("dc"))
-        body = decode_entry(await self.app._json(request), self.entries)
-        kind = self.entries.kinds[body["Kind"]]
-        body = self._scoped(request, kind, body)
+        body = decode_entry(await self.app._json(request), self.entries, request.param("ns"))
         return json_response(self.entries.apply(body, _cas(request)))
-
-    def _scoped(self, request: Request, kind: ConfigKind, body: dict[str, Any]) -> dict[str, Any]:
-        """``?ns=`` sets a namespaced kind's namespace when its body names none."""
-        namespace = request.param("ns")
-        if (
-            namespace
-            and kind.namespaced
-            and body.get("Namespace", DEFAULT_NAMESPACE) == (DEFAULT_NAMESPACE)
-        ):
-            return kind.normalize({**body, "Namespace": namespace})
-        return body
 
     async def read(self, request: Request) -> Response:
         request.blocking = parse_options(request.query, request.header(b"cache-control"))

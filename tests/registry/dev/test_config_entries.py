@@ -257,3 +257,15 @@ def test_dump_and_restore_keep_entries_and_indexes(own_registry: ThreadedRegistr
     assert fresh.dump() == dumped
     restored = fresh.get(KIND, "db")
     assert restored is not None and restored.to_json() == before[0]
+
+
+def test_namespace_parameter_scopes_an_entry(own_registry: ThreadedRegistry) -> None:
+    client = own_registry.client()
+    body = {"Kind": KIND, "Name": "payments", "Sources": [{"Name": "web", "Action": "deny"}]}
+    assert client.http.put(CB.json(), "/v1/config", params=[("ns", "shop")], data=_dumps(body))
+    path = f"/v1/config/{KIND}/payments"
+    entry = client.http.get(CB.json(), path, params=[("ns", "shop")])
+    assert entry["Namespace"] == entry["Sources"][0]["Namespace"] == "shop"
+    assert client.config.get(KIND, "payments") is None  # the default namespace has none
+    assert client.connect.intentions.check("shop/web", "shop/payments") is False
+    assert client.connect.intentions.check("web", "shop/payments") is True
