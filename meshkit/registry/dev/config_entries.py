@@ -126,6 +126,12 @@ class ConfigEntries:
             )
         raise bad_request(f"invalid config entry kind: {name}")
 
+    def check_known(self, name: str) -> None:
+        """MakeConfigEntry for reads and deletes: any kind Consul knows (an unimplemented
+        one simply has no entries here)."""
+        if name not in self.kinds and name not in CONSUL_KINDS:
+            raise bad_request(f"invalid config entry kind: {name}")
+
     @property
     def index(self) -> int:
         return self.store.topic_index(TABLE)
@@ -261,9 +267,9 @@ class ConfigEndpoints:
         kind_name, has_name, name = request.rest.partition("/")
         if not has_name:
             if kind_name:
-                self.entries.kind(kind_name)
+                self.entries.check_known(kind_name)
             return await self._list(request, kind_name)
-        self.entries.kind(kind_name)
+        self.entries.check_known(kind_name)
         namespace = request.param("ns") or DEFAULT_NAMESPACE
         return await self._get(request, kind_name, namespace, name)
 
@@ -289,7 +295,7 @@ class ConfigEndpoints:
         kind, has_name, name = request.rest.partition("/")
         if not has_name:
             raise AgentError(404, "Must provide both a kind and name to delete")
-        self.entries.kind(kind)
+        self.entries.check_known(kind)
         namespace = request.param("ns") or DEFAULT_NAMESPACE
         cas = _cas(request)
         deleted = self.entries.delete(kind, name, namespace, cas)

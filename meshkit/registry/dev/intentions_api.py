@@ -11,7 +11,9 @@ agent/connect_auth.go):
   intentions that apply, in evaluation order (a blocking query);
 - ``GET /v1/connect/intentions/check?source=&destination=``: ``{"Allowed": bool}``;
 - ``POST /v1/agent/connect/authorize``: ``{"Authorized", "Reason"}`` for a client
-  certificate's SPIFFE ID calling ``Target``.
+  certificate's SPIFFE ID calling ``Target``;
+- the deprecated API by ID (``POST /v1/connect/intentions``, ``GET|PUT|DELETE
+  /v1/connect/intentions/<id>``): sources that keep a LegacyID, meta and times.
 
 An L7 intention (with Permissions) answers "not allowed" to ``check`` and ``authorize``,
 as in Consul: they see no request. No intention matching means the ACL default policy:

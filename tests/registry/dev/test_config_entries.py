@@ -158,6 +158,9 @@ def test_decoding_as_consul_decodes(own_registry: ThreadedRegistry) -> None:
     status, text = raw(own_registry, "PUT", "/v1/config", b"[1]")
     assert status == 400 and "cannot unmarshal array" in text
     assert raw(own_registry, "GET", "/v1/config/nope")[0] == 400
+    assert raw(own_registry, "GET", "/v1/config/ingress-gateway")[1] == "[]"  # known, none
+    status, text = raw(own_registry, "PUT", "/v1/config", _dumps({"Kind": "mesh"}))
+    assert status == 400 and "not implemented by the meshkit dev registry" in text
     assert raw(own_registry, "GET", f"/v1/config/{KIND}/missing") == (
         404,
         f'Config entry not found for "{KIND}" / "missing"',
