@@ -202,6 +202,8 @@ class DevAgent:
             enable_tag_override=definition.enable_tag_override,
             tagged_addresses=dict(definition.tagged_addresses),
             kind=definition.kind,
+            connect=dict(definition.connect),
+            proxy=dict(definition.proxy),
         )
 
     def _service_check(self, service: Service, check: CheckDefinition, default_id: str) -> Check:

@@ -8,6 +8,7 @@ import sys
 
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import MAX_BODY_BYTES, DevRegistryApp
+from meshkit.registry.dev.connect_api import ConnectRegistryApp
 from meshkit.serving.listen import listen
 from meshkit.serving.server import Server
 from meshkit.settings import ConnectionLimits
@@ -53,7 +54,7 @@ def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
     if enable_script_checks:
         print("meshkit registry: script checks are enabled: registrations can run commands")
     sys.stdout.flush()
-    app = DevRegistryApp(DevAgent(enable_script_checks=enable_script_checks))
+    app = ConnectRegistryApp(DevAgent(enable_script_checks=enable_script_checks))
     server = RegistryServer(app)
     server.hold_within_descriptors()
     server.run(sockets=[sock])

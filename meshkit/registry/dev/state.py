@@ -59,8 +59,14 @@ class Service:
     enable_tag_override: bool = False
     tagged_addresses: dict[str, Any] = field(default_factory=dict)
     kind: str = ""
+    connect: dict[str, Any] = field(default_factory=dict)
+    proxy: dict[str, Any] = field(default_factory=dict)
     create_index: int = 0
     modify_index: int = 0
+
+    @property
+    def connect_native(self) -> bool:
+        return bool(self.connect.get("Native"))
 
     def same_definition(self, other: Service) -> bool:
         return (
@@ -73,6 +79,8 @@ class Service:
             self.enable_tag_override,
             self.tagged_addresses,
             self.kind,
+            self.connect,
+            self.proxy,
         ) == (
             other.name,
             other.tags,
@@ -83,6 +91,8 @@ class Service:
             other.enable_tag_override,
             other.tagged_addresses,
             other.kind,
+            other.connect,
+            other.proxy,
         )
 
     def agent_json(self, datacenter: str) -> dict[str, Any]:
@@ -93,12 +103,12 @@ class Service:
         body |= {"Meta": self.meta, "Port": self.port, "Address": self.address}
         if self.tagged_addresses:
             body["TaggedAddresses"] = self.tagged_addresses
-        body |= {
-            "Weights": self.weights,
-            "EnableTagOverride": self.enable_tag_override,
-            "Datacenter": datacenter,
-        }
-        return body
+        body |= {"Weights": self.weights, "EnableTagOverride": self.enable_tag_override}
+        if self.proxy:
+            body["Proxy"] = self.proxy
+        if self.connect:
+            body["Connect"] = self.connect
+        return body | {"Datacenter": datacenter}
 
     def node_service_json(self) -> dict[str, Any]:
         """As /v1/health/service shows it (structs.NodeService)."""
@@ -113,12 +123,15 @@ class Service:
             "Port": self.port,
             "Weights": self.weights,
             "EnableTagOverride": self.enable_tag_override,
-            "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
-            "Connect": {},
+            "Proxy": self._proxy_json(),
+            "Connect": self.connect,
             "PeerName": "",
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
         }
+
+    def _proxy_json(self) -> dict[str, Any]:
+        return {"Mode": "", "MeshGateway": {}, "Expose": {}} | self.proxy
 
     def catalog_json(self, node: Node) -> dict[str, Any]:
         """As /v1/catalog/service shows it (structs.ServiceNode)."""
@@ -139,8 +152,8 @@ class Service:
             "ServicePort": self.port,
             "ServiceSocketPath": "",
             "ServiceEnableTagOverride": self.enable_tag_override,
-            "ServiceProxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
-            "ServiceConnect": {},
+            "ServiceProxy": self._proxy_json(),
+            "ServiceConnect": self.connect,
             "ServicePeerName": "",
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
