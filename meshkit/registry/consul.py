@@ -177,6 +177,8 @@ class ConsulRegistry:
                     check=ttl_check,
                     extra_checks=[http_check],
                     replace_existing_checks=True,
+                    # Consul's catalog, UI and sidecars then treat it as a mesh member.
+                    connect={"Native": True} if instance.connect_native else None,
                 )
             )
 
