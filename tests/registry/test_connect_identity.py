@@ -109,6 +109,18 @@ def test_services_run_on_the_connect_ca_alone(consul_mesh: Mesh) -> None:
     assert meta["spiffe_id"] == f"spiffe://{trust_domain}/ns/default/dc/dc1/svc/upstream"
 
 
+def test_consul_identity_is_chosen_when_the_agent_has_connect_enabled(
+    consul_mesh: Mesh,
+) -> None:
+    """No certificate files, no CA URL, MESHKIT_IDENTITY unset: the agent's
+    DebugConfig.ConnectEnabled decides."""
+    (echo,) = consul_mesh.start("tests.apps.echo:app", "echo", env={"MESHKIT_IDENTITY": "auto"})
+    trust_domain = _client(consul_mesh).agent.connect.ca.roots()["TrustDomain"]
+    connection = consul_mesh.connect(echo, "web")
+    assert connection.get("/whoami")[0] == 200
+    assert _served_uri(connection) == f"spiffe://{trust_domain}/ns/default/dc/dc1/svc/echo"
+
+
 def test_echo_sees_the_callers_consul_identity(consul_mesh: Mesh) -> None:
     (echo,) = consul_mesh.start("tests.apps.echo:app", "echo")
     trust_domain = _client(consul_mesh).agent.connect.ca.roots()["TrustDomain"]
