@@ -64,7 +64,7 @@ def test_roots_have_consuls_fields_and_one_active_root(client: Any) -> None:
     assert set(roots) == {"ActiveRootID", "TrustDomain", "Roots"}
     assert roots["TrustDomain"].endswith(".consul")
     (root,) = [r for r in roots["Roots"] if r["Active"]]
-    assert ROOT_FIELDS <= set(root)
+    assert set(root) >= ROOT_FIELDS
     assert root["ID"] == roots["ActiveRootID"]
     cert = x509.load_pem_x509_certificate(root["RootCert"].encode())
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
