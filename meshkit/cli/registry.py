@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,6 +29,13 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="run script checks (Args) that registrations define, as Consul's flag does",
     )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep the catalog, KV and Connect CA in this directory across restarts "
+        "(default: in memory only, as consul agent -dev)",
+    )
     serve.set_defaults(handler=_serve)
 
     services = subparsers.add_parser(
@@ -38,7 +46,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    serve(args.host, args.port, enable_script_checks=args.enable_script_checks)
+    serve(
+        args.host,
+        args.port,
+        enable_script_checks=args.enable_script_checks,
+        data_dir=args.data_dir,
+    )
     return 0
 
 

@@ -76,6 +76,10 @@ class DevAgent:
         self.deregister_minimum = deregister_minimum
         self.runner = CheckRunner(self._on_check_result)
         self._deregister_after: dict[str, float] = {}  # check id -> seconds
+        #: The definitions of the agent's own checks, kept to run them again after a
+        #: restart from ``--data-dir`` (``restore_checks``).
+        self.definitions: dict[str, CheckDefinition] = {}
+        self._restored: list[Check] = []
         self._bootstrap()
 
     @contextmanager
@@ -135,6 +139,10 @@ class DevAgent:
         try:
             async with anyio.create_task_group() as task_group:
                 self.runner.bind(task_group)
+                with self._write():
+                    for check in self._restored:
+                        self._add_check(check, self.definitions[check.check_id])
+                self._restored.clear()
                 task_group.start_soon(self._reap_forever)
                 await anyio.sleep_forever()
         finally:
@@ -263,7 +271,14 @@ class DevAgent:
         with self._write():
             self._add_check(check, definition)
 
+    def restore_checks(self, definitions: dict[str, CheckDefinition]) -> None:
+        """Run the agent's restored checks again, from their definitions, once serving."""
+        own = self.store.checks.get(self.node_name, {})
+        self.definitions = {cid: d for cid, d in definitions.items() if cid in own}
+        self._restored = [own[cid] for cid in self.definitions]
+
     def _add_check(self, check: Check, definition: CheckDefinition) -> None:
+        self.definitions[check.check_id] = definition
         self.runner.stop(check.check_id)
         self.store.upsert_check(check)
         if definition.deregister_after > 0:
@@ -300,6 +315,7 @@ class DevAgent:
             self._remove_check(check_id)
 
     def _remove_check(self, check_id: str) -> None:
+        self.definitions.pop(check_id, None)
         self.runner.stop(check_id)
         self._deregister_after.pop(check_id, None)
         self.store.remove_check(self.node_name, check_id)

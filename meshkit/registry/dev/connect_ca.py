@@ -161,6 +161,58 @@ class ConnectCA:
         self.config_index = 0
         self._serial = 0
 
+    # -- state kept across restarts (--data-dir) -------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a restart must keep: the cluster ID, roots with their keys, the config.
+        Leaves are not kept: an agent issues new ones after a restart too."""
+        return {
+            "cluster_id": self.cluster_id,
+            "serial": self._serial,
+            "config": self.config,
+            "config_index": self.config_index,
+            "roots": [
+                {
+                    "id": root.id,
+                    "name": root.name,
+                    "serial": root.serial,
+                    "cert": root.pem,
+                    "key": private_key_pem(root.key),
+                    "intermediates": root.intermediates,
+                    "active": root.active,
+                    "rotated_out_at": root.rotated_out_at.isoformat()
+                    if root.rotated_out_at
+                    else None,
+                    "create_index": root.create_index,
+                    "modify_index": root.modify_index,
+                }
+                for root in self.roots
+            ],
+        }
+
+    @classmethod
+    def restored(cls, datacenter: str, data: dict[str, Any]) -> ConnectCA:
+        ca = cls(datacenter, cluster_id=str(data["cluster_id"]))
+        ca._serial = int(data["serial"])
+        ca.config, ca.config_index = dict(data["config"]), int(data["config_index"])
+        for raw in data["roots"]:
+            rotated = raw["rotated_out_at"]
+            ca.roots.append(
+                Root(
+                    id=raw["id"],
+                    name=raw["name"],
+                    serial=raw["serial"],
+                    cert=x509.load_pem_x509_certificate(raw["cert"].encode()),
+                    key=load_private_key(raw["key"]),
+                    intermediates=list(raw["intermediates"]),
+                    active=raw["active"],
+                    rotated_out_at=dt.datetime.fromisoformat(rotated) if rotated else None,
+                    create_index=raw["create_index"],
+                    modify_index=raw["modify_index"],
+                )
+            )
+        return ca
+
     # -- roots -------------------------------------------------------------------------
 
     @property

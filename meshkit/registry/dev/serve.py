@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import MAX_BODY_BYTES, DevRegistryApp
 from meshkit.registry.dev.connect_api import ConnectRegistryApp
+from meshkit.registry.dev.persist import DataDir
 from meshkit.serving.listen import listen
 from meshkit.serving.server import Server
 from meshkit.settings import ConnectionLimits
@@ -45,8 +47,12 @@ class RegistryServer(Server):
         await super().shutdown(sockets)
 
 
-def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
-    """Run until interrupted; print the bound address first (``port=0`` picks one)."""
+def serve(
+    host: str, port: int, *, enable_script_checks: bool = False, data_dir: Path | None = None
+) -> None:
+    """Run until interrupted; print the bound address first (``port=0`` picks one).
+    ``data_dir``: keep the catalog, KV and CA there across restarts."""
+    app = build_app(enable_script_checks=enable_script_checks, data_dir=data_dir)
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -54,7 +60,21 @@ def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
     if enable_script_checks:
         print("meshkit registry: script checks are enabled: registrations can run commands")
     sys.stdout.flush()
-    app = ConnectRegistryApp(DevAgent(enable_script_checks=enable_script_checks))
     server = RegistryServer(app)
     server.hold_within_descriptors()
     server.run(sockets=[sock])
+
+
+def build_app(
+    *, enable_script_checks: bool = False, data_dir: Path | None = None
+) -> ConnectRegistryApp:
+    """The registry's app, its state restored from ``data_dir`` and saved there."""
+    agent = DevAgent(enable_script_checks=enable_script_checks)
+    if data_dir is None:
+        return ConnectRegistryApp(agent)
+    directory = DataDir(data_dir)
+    directory.prepare()
+    app = ConnectRegistryApp(agent, ca=directory.load(agent))
+    agent.store.on_commit = lambda: directory.save(agent, app.ca)
+    directory.save(agent, app.ca)
+    return app

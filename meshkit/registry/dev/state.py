@@ -10,9 +10,10 @@ wakes exactly the readers it concerns, in microseconds, whatever the number of s
 
 from __future__ import annotations
 
+import base64
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
@@ -227,6 +228,10 @@ class KVEntry:
     modify_index: int = 0
 
 
+def _b64(value: bytes | None) -> str | None:
+    return None if value is None else base64.b64encode(value).decode()
+
+
 def worst_status(checks: Iterable[Check]) -> str:
     return max((c.status for c in checks), key=_SEVERITY.__getitem__, default=PASSING)
 
@@ -248,6 +253,8 @@ class Store:
         self._touched: set[str] = set()
         self._touched_keys: set[str] = set()
         self.closing = False
+        #: Called after every commit that changed something (``--data-dir`` saves then).
+        self.on_commit: Callable[[], None] | None = None
 
     # -- indexes and wake-ups ------------------------------------------------------------
 
@@ -274,6 +281,47 @@ class Store:
                     event.set()
         self._touched.clear()
         self._touched_keys.clear()
+        if self.on_commit is not None:
+            self.on_commit()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every table and index as JSON-able data (``--data-dir``)."""
+        return {
+            "index": self.index,
+            "topics": dict(self._topic_index),
+            "nodes": [asdict(node) for node in self.nodes.values()],
+            "services": [
+                asdict(s) for services in self.services.values() for s in services.values()
+            ],
+            "checks": [
+                {k: v for k, v in asdict(c).items() if k != "critical_since"}
+                for c in self.all_checks()
+            ],
+            "kv": [asdict(entry) | {"value": _b64(entry.value)} for entry in self.kv.values()],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace every table with a ``snapshot``'s (before serving: wakes nobody)."""
+        self.nodes, self.services, self.checks, self.by_name, self.kv = {}, {}, {}, {}, {}
+        for raw in data["nodes"]:
+            node = Node(**raw)
+            self.nodes[node.name] = node
+            self.services[node.name], self.checks[node.name] = {}, {}
+        for raw in data["services"]:
+            service = Service(**raw)
+            self.services[service.node][service.id] = service
+            self.by_name.setdefault(service.name, {})[(service.node, service.id)] = service
+        for raw in data["checks"]:
+            check = Check(**raw)
+            # A check critical before the restart counts from now (a monotonic clock).
+            check.critical_since = time.monotonic() if check.status == CRITICAL else None
+            self.checks[check.node][check.check_id] = check
+        for raw in data["kv"]:
+            value = raw["value"]
+            entry = KVEntry(**(raw | {"value": None if value is None else base64.b64decode(value)}))
+            self.kv[entry.key] = entry
+        self.index = int(data["index"])
+        self._topic_index = {str(k): int(v) for k, v in data["topics"].items()}
 
     def topic_index(self, *topics: str) -> int:
         return max((self._topic_index.get(t, 0) for t in topics), default=0)
