@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from meshkit.ca.x509 import (
+    LocalAuthority,
     PrivateKey,
     build_ca_certificate,
-    build_leaf_certificate,
     certificate_pem,
     load_private_key,
     new_private_key,
@@ -382,16 +382,12 @@ class ConnectCA:
         spiffe_id = SpiffeId.for_consul_service(
             self.trust_domain, namespace, self.datacenter, service
         )
-        key = new_private_key()
         now = utcnow()
-        cert = build_leaf_certificate(
-            spiffe_id=spiffe_id,
-            public_key=key.public_key(),
-            issuer_cert=root.cert,
-            issuer_key=root.key,
-            ttl=self._leaf_ttl(self.config),
-            now=now,
+        signer = LocalAuthority(self.trust_domain, signer=(root.cert, root.key, root.pem))
+        issued = signer.issue(
+            service, ttl=self._leaf_ttl(self.config), now=now, spiffe_id=spiffe_id
         )
+        cert = issued.certificate
         after, before = cert.not_valid_before_utc, cert.not_valid_after_utc
         life = (before - now).total_seconds()
         renew_at = now + dt.timedelta(seconds=life * random.uniform(*RENEW_BETWEEN))
@@ -400,7 +396,7 @@ class ConnectCA:
             uri=str(spiffe_id),
             serial=cert.serial_number,
             cert_pem=certificate_pem(cert) + "".join(root.intermediates),
-            key_pem=private_key_pem(key),
+            key_pem=issued.key_pem,
             valid_after=after,
             valid_before=before,
             renew_at=renew_at,
