@@ -10,6 +10,7 @@ Every mutation ends in one ``Store.commit()``: one new index, one wake-up.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 import uuid
@@ -208,7 +209,7 @@ class DevAgent:
             meta=dict(definition.meta),
             weights=weights,
             enable_tag_override=definition.enable_tag_override,
-            tagged_addresses=dict(definition.tagged_addresses),
+            tagged_addresses=_default_tagged(definition),
             kind=definition.kind,
             connect=dict(definition.connect),
             proxy=dict(definition.proxy),
@@ -407,6 +408,20 @@ class DevAgent:
     def catalog_deregister(self, body: Any) -> None:
         with self._write():
             apply_deregister(self.store, body)
+
+
+def _default_tagged(definition: ServiceDefinition) -> dict[str, dict[str, Any]]:
+    """The service's tagged addresses plus the defaults Consul's agent adds for an IP
+    address (addServiceInternal): lan_ipv4/wan_ipv4, or lan_ipv6/wan_ipv6."""
+    tagged = dict(definition.tagged_addresses)
+    try:
+        ip = ipaddress.ip_address(definition.address)
+    except ValueError:
+        return tagged
+    default = {"Address": definition.address, "Port": definition.port}
+    for network in ("lan", "wan"):
+        tagged.setdefault(f"{network}_ipv{ip.version}", dict(default))
+    return tagged
 
 
 def _default_check_id(service_id: str, position: int, count: int) -> str:

@@ -151,6 +151,7 @@ class Service:
             "ServiceWeights": self.weights,
             "ServiceMeta": self.meta,
             "ServicePort": self.port,
+            **({"ServiceTaggedAddresses": self.tagged_addresses} if self.tagged_addresses else {}),
             "ServiceSocketPath": "",
             "ServiceEnableTagOverride": self.enable_tag_override,
             "ServiceProxy": self._proxy_json(),
