@@ -189,7 +189,8 @@ class MeshRuntime:
             raise error from None
 
     async def _join_registry(self, stack: contextlib.AsyncExitStack, tg: TaskGroup) -> None:
-        registry = ConsulRegistry.from_settings(self.settings)
+        connect = self.identity_source() == "consul"
+        registry = ConsulRegistry.from_settings(self.settings, connect=connect)
         cache = await stack.enter_async_context(WatchedCache(registry))
         self.metrics.watch_cache(cache)
         if self.tls is not None:

@@ -101,9 +101,16 @@ def test_meshkit_calls_a_plain_app_behind_an_envoy_sidecar(
             identity, app_port=app_port, allowed_caller=_spiffe(consul_mesh, "caller")
         )
         envoy = start_envoy(stack, "upstream-sidecar", config, tmp_path)
-        # The sidecar's listener is what the catalog gives for upstream.
-        _consul(consul_mesh).agent.service.register(
-            "upstream", service_id="upstream-envoy", address="127.0.0.1", port=envoy.port
+        # Registered as Consul registers a service with a sidecar: the app on its
+        # plaintext port, and the sidecar proxy for it, which Connect callers dial.
+        agent = _consul(consul_mesh).agent
+        agent.service.register("upstream", address="127.0.0.1", port=app_port)
+        agent.service.register(
+            "upstream-sidecar-proxy",
+            address="127.0.0.1",
+            port=envoy.port,
+            kind="connect-proxy",
+            proxy={"DestinationServiceName": "upstream", "LocalServicePort": app_port},
         )
         (caller,) = consul_mesh.start("tests.apps.caller:app", "caller")
         status, body = consul_mesh.connect(caller).get("/call")
