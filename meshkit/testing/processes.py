@@ -117,16 +117,16 @@ class MeshProcess:
 
 
 class RegistryProcess(MeshProcess):
-    """``meshkit registry serve`` on an ephemeral port; ``address`` is host:port.
-    ``data_dir``: its state is kept there (``--data-dir``), so a restart keeps it."""
+    """``meshkit registry serve`` on an ephemeral port (extra ``args``); ``address`` is
+    host:port. ``data_dir``: its state is kept there (``--data-dir``), so a restart keeps it."""
 
     def __init__(
-        self, *, env: Mapping[str, str] | None = None, data_dir: Path | None = None
+        self, *args: str, env: Mapping[str, str] | None = None, data_dir: Path | None = None
     ) -> None:
-        args = ["registry", "serve", "--port", "0"]
+        argv = ["registry", "serve", "--port", "0", *args]
         if data_dir is not None:
-            args += ["--data-dir", str(data_dir)]
-        super().__init__(args, ready=_REGISTRY, name="registry", env=env)
+            argv += ["--data-dir", str(data_dir)]
+        super().__init__(argv, ready=_REGISTRY, name="registry", env=env)
 
     @property
     def address(self) -> str:

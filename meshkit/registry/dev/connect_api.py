@@ -38,8 +38,8 @@ CONNECT_PROXY = "connect-proxy"
 class ConnectRegistryApp(DevRegistryApp):
     """The dev registry with Connect enabled, as a Consul dev agent has it."""
 
-    def __init__(self, agent: DevAgent, *, ca: ConnectCA | None = None) -> None:
-        super().__init__(agent)
+    def __init__(self, agent: DevAgent, *, ca: ConnectCA | None = None, **options: Any) -> None:
+        super().__init__(agent, **options)  # the base app's own options, passed through
         self.ca = ca or ConnectCA(self.store.datacenter)
         if not self.ca.roots:
             self.ca.bootstrap(self.store.write_index)
