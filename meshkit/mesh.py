@@ -48,6 +48,7 @@ from meshkit.policy.consul_intentions import ConsulIntentions, intention_watcher
 from meshkit.policy.idempotency import configured_store
 from meshkit.policy.intentions import Intentions
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
+from meshkit.registry.connect import ConsulIdentity, identity_source
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry
 from meshkit.telemetry.metrics import MeshMetrics
@@ -92,6 +93,7 @@ class MeshRuntime:
         self.admin_app = AdminApp(self)
         # Opens nothing yet (stores connect on first use); closed when ``running`` ends.
         self.idempotency_store = configured_store(settings)
+        self._identity_source: str | None = None  # decided once (it may ask the agent)
 
     def _count_denial(self, caller: SpiffeId | None, route: str, reason: str) -> None:
         self.metrics.policy_denied(source_label(caller), route, reason)
@@ -129,12 +131,18 @@ class MeshRuntime:
         return self.tls.listening_context
 
     def check_identity_configured(self) -> None:
-        settings = self.settings
-        if settings.cert_file is None and settings.ca_url is None:
+        if self.identity_source() is None:
             raise ConfigError(
                 "no workload identity: set MESHKIT_CERT_FILE, MESHKIT_KEY_FILE and "
-                "MESHKIT_BUNDLE_FILE, or MESHKIT_CA_URL and MESHKIT_CA_FINGERPRINT"
+                "MESHKIT_BUNDLE_FILE, or MESHKIT_CA_URL and MESHKIT_CA_FINGERPRINT, or "
+                "MESHKIT_IDENTITY=consul (a Consul agent with Connect enabled)"
             )
+
+    def identity_source(self) -> str | None:
+        """files, ca, consul or None: ``settings.identity`` resolved, once."""
+        if self._identity_source is None:
+            self._identity_source = identity_source(self.settings) or ""
+        return self._identity_source or None
 
     def connection_refused(self, reason: str) -> None:
         """The server refused a connection before any request (see ``meshkit.serving``)."""
@@ -188,7 +196,8 @@ class MeshRuntime:
             raise error from None
 
     async def _join_registry(self, stack: contextlib.AsyncExitStack, tg: TaskGroup) -> None:
-        registry = ConsulRegistry.from_settings(self.settings)
+        connect = self.identity_source() == "consul"
+        registry = ConsulRegistry.from_settings(self.settings, connect=connect)
         cache = await stack.enter_async_context(WatchedCache(registry))
         self.metrics.watch_cache(cache)
         if self.tls is not None:
@@ -223,10 +232,11 @@ class MeshRuntime:
             address=self.advertise_address,
             port=self.port,
             admin_port=self.admin_port,
-            spiffe_id=str(settings.spiffe_id),
+            spiffe_id=str(self.tls.material.spiffe_id if self.tls else settings.spiffe_id),
             version=settings.version,
             tags=(f"version={settings.version}",),
             meta={"namespace": settings.namespace},
+            connect_native=self.identity_source() == "consul",
         )
 
     @property
@@ -239,10 +249,17 @@ class MeshRuntime:
         return settings.host
 
     async def _start_identity(self, tg: TaskGroup, stack: contextlib.AsyncExitStack) -> None:
-        """Certificate files when given ("bring your own PKI"), else the meshkit CA."""
+        """Certificate files when given ("bring your own PKI"), else the meshkit CA, else
+        Consul Connect's CA through the agent."""
         settings = self.settings
         require_client_cert = settings.tls_mode == "strict"
-        if settings.cert_file and settings.key_file and settings.bundle_file:
+        source = await anyio.to_thread.run_sync(self.identity_source)
+        if source == "consul":
+            consul = ConsulIdentity.from_settings(settings)
+            self.tls = TLSContexts(await consul.obtain(), require_client_cert=require_client_cert)
+            self._adopt_trust_domain(consul.trust_domain)
+            tg.start_soon(consul.watch_forever, self.tls)
+        elif settings.cert_file and settings.key_file and settings.bundle_file:
             watcher = FileIdentityWatcher(
                 settings.cert_file,
                 settings.key_file,
@@ -266,6 +283,14 @@ class MeshRuntime:
             tg.start_soon(identity.renew_forever, self.tls)
         if self.tls is not None:
             self.metrics.watch_certificates(self.tls)
+
+    def _adopt_trust_domain(self, trust_domain: str) -> None:
+        """Consul's CA decides the trust domain (``<cluster-id>.consul``): peers are expected
+        and callers judged in it."""
+        if trust_domain != self.settings.trust_domain:
+            logger.info("trust domain %s (from the Consul Connect CA)", trust_domain)
+            self.settings = self.settings.replace(trust_domain=trust_domain)
+            self.authorizer.trust_domain = trust_domain
 
 
 async def _watch_files(watcher: FileIdentityWatcher, contexts: TLSContexts) -> None:

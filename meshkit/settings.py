@@ -26,6 +26,10 @@ IntentionSource = Literal["meshkit", "consul"]
 #: What a request meets when its Idempotency-Key is being run elsewhere: it waits for
 #: that result, or is refused at once with 409.
 InFlight = Literal["wait", "reject"]
+#: Where the workload certificate comes from: files, the meshkit CA, or Consul Connect's
+#: CA through the local agent; ``auto`` picks the first configured, in that order, and
+#: Consul when its agent reports Connect enabled.
+IdentitySource = Literal["auto", "files", "ca", "consul"]
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -149,6 +153,7 @@ class MeshSettings:
     admin_port: int = 0
     advertise_address: str | None = None
     tls_mode: TLSMode = "strict"
+    identity: IdentitySource = "auto"
     cert_file: Path | None = None
     key_file: Path | None = None
     bundle_file: Path | None = None
@@ -208,6 +213,7 @@ class MeshSettings:
             raise _FieldError("cert_file", "cert_file, key_file and bundle_file go together")
         if self.ca_url and not self.ca_fingerprint:
             raise _FieldError("ca_fingerprint", "is required with ca_url (the pinned root)")
+        self._validate_identity()
         try:
             SpiffeId.for_service(self.trust_domain, self.namespace, self.service)
         except IdentityError as exc:
@@ -217,6 +223,18 @@ class MeshSettings:
         except ConfigError as exc:
             name, _, problem = str(exc).partition(": ")
             raise _FieldError(name, problem) from None
+
+    def _validate_identity(self) -> None:
+        needs = {"files": self.cert_file, "ca": self.ca_url, "consul": self.consul_http_addr}
+        if self.identity == "auto":
+            return
+        if self.identity not in needs:
+            raise _FieldError(
+                "identity", f"must be auto, files, ca or consul, got {self.identity!r}"
+            )
+        if not needs[self.identity]:
+            wanted = {"files": "cert_file", "ca": "ca_url", "consul": "consul_http_addr"}
+            raise _FieldError("identity", f"{self.identity} needs {wanted[self.identity]}")
 
     def _validate_idempotency(self) -> None:
         store = self.idempotency_store
@@ -348,6 +366,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "admin_port": ("MESHKIT_ADMIN_PORT", _port),
     "advertise_address": ("MESHKIT_ADVERTISE_ADDRESS", _optional_text),
     "tls_mode": ("MESHKIT_TLS_MODE", _text),
+    "identity": ("MESHKIT_IDENTITY", _text),
     "cert_file": ("MESHKIT_CERT_FILE", _path),
     "key_file": ("MESHKIT_KEY_FILE", _path),
     "bundle_file": ("MESHKIT_BUNDLE_FILE", _path),

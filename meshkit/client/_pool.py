@@ -327,11 +327,12 @@ class EndpointPool:
 
     def _check_identity(self, connection: _Connection) -> None:
         """Refuse the server before sending anything unless it holds the identity the
-        destination names (the whole SPIFFE ID: trust domain, namespace, service)."""
+        destination names (the whole SPIFFE ID: trust domain, namespace, service; in
+        meshkit's form or Consul's)."""
         if self.expected_identity is None:
             return
         identity = identity_from_peercert(connection.peercert)  # type: ignore[arg-type]
-        if identity != self.expected_identity:
+        if not self.expected_identity.same_workload(identity):
             raise PeerIdentityMismatch(
                 f"{self.address}:{self.port} presented {identity or 'no SPIFFE ID'}, "
                 f"expected {self.expected_identity}",
