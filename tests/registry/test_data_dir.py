@@ -1,4 +1,4 @@
-"""``meshkit registry serve --data-dir``: catalog, KV, CA and the agent's checks survive
+"""``meshkit registry serve --data-dir``: catalog, KV, CA, config entries and the agent's checks survive
 a restart of the real process, as with a single-node Consul server."""
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         client.agent.service.register("web", service_id="web-1", port=80, check=check)
         client.agent.service.register("db", service_id="db-1", port=5432, connect={"Native": True})
         client.kv.put("config/answer", "42")
+        sources = [{"Name": "web", "Action": "allow"}]
+        assert client.config.set("service-intentions", "db", {"Sources": sources})
+        entry = client.config.get("service-intentions", "db")
         roots = client.agent.connect.ca.roots()
         index, _ = client.kv.get("config/answer")
     assert (tmp_path / "registry-state.json").stat().st_mode & 0o777 == 0o600
@@ -38,6 +41,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert client.kv.get("config/answer")[1]["Value"] == b"42"
         assert client.kv.get("config/answer")[0] == index  # indexes go on, never back
         assert client.agent.connect.ca.roots() == roots
+        assert client.config.get("service-intentions", "db") == entry
         assert client.agent.services()["db-1"]["Connect"] == {"Native": True}
         assert {e["Service"]["ID"] for e in client.health.service("web")[1]} == {"web-1"}
         # The agent runs its restored TTL check again: nobody heartbeats it, so it expires.
