@@ -29,6 +29,7 @@ from meshkit.errors import (
     UpstreamFailed,
 )
 from meshkit.identity import SpiffeId, peer_identity
+from meshkit.mesh import Mesh
 from meshkit.policy import allow, concurrency, deny, idempotent, rate_limit, timeout
 from meshkit.settings import Faults, MeshSettings
 from meshkit.tls import TLSMaterial
@@ -43,6 +44,7 @@ __all__ = [
     "DeadlineExceeded",
     "Faults",
     "IdentityError",
+    "Mesh",
     "MeshClient",
     "MeshError",
     "MeshSettings",

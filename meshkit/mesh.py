@@ -1,11 +1,20 @@
-"""The mesh side of one service instance (``MeshRuntime``), for any Starlette app.
+"""``Mesh``: meshes any Starlette or FastAPI app, without subclassing it.
 
-``MeshRuntime.running()`` is a lifespan that owns the mesh resources, in the order
-DESIGN.md gives: workload identity (certificate files or the CA) and the TLS contexts
-made from it, then registration, then readiness; and in reverse on the way out. The
-server (``meshkit.serving``) asks the runtime for the listening TLS context, reports
-the bound ports, and flips readiness; the admin app answers ``/healthz``, ``/readyz``
-and ``/metrics`` on the plaintext admin port.
+    app = FastAPI()
+    mesh = Mesh(app, service="orders")
+
+``Mesh`` wires itself into the app when it is made, never on a live request: the app's
+lifespan runs inside ``Mesh.running()``, which owns the mesh resources in the order
+DESIGN.md gives (workload identity from certificate files or the CA and the TLS
+contexts made from it, then registration, then readiness; the reverse on the way out);
+one entry at the front of the app's middleware adds telemetry, deadlines, faults and
+authorization when the app builds its stack; the mesh errors a handler lets escape get
+JSON answers; and ``app.state.mesh`` is the mesh, for handlers, FastAPI dependencies
+(``meshkit.fastapi``) and ``meshkit run``.
+
+``MeshRuntime`` is the part the server (``meshkit.serving``) talks to: it asks for the
+listening TLS context, reports the bound ports and flips readiness; ``AdminApp``
+answers ``/healthz``, ``/readyz`` and ``/metrics`` on the plaintext admin port.
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ import anyio
 from anyio.abc import TaskGroup
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Lifespan, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from meshkit._statedir import claimed_slot
 from meshkit.ca.client import CAIdentity
@@ -41,12 +52,16 @@ from meshkit.errors import (
     UpstreamFailed,
 )
 from meshkit.identity import SpiffeId
-from meshkit.middleware.authz import Authorizer
+from meshkit.middleware.authz import Authorizer, AuthzMiddleware
+from meshkit.middleware.deadline import DeadlineMiddleware
+from meshkit.middleware.faults import FaultMiddleware
 from meshkit.middleware.idempotency import IdempotencyDefaults
-from meshkit.middleware.telemetry import source_label
+from meshkit.middleware.telemetry import TelemetryMiddleware, source_label
 from meshkit.policy.idempotency import configured_store
 from meshkit.policy.intentions import Intentions, IntentionStore, IntentionWatcher
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
+from meshkit.serving.connections import TLSMode
+from meshkit.serving.server import serve
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry
 from meshkit.telemetry.metrics import MeshMetrics
@@ -121,12 +136,35 @@ class MeshRuntime:
             raise ConfigError("the mesh runtime has no TLS identity (lifespan not started)")
         return self.tls.listening_context
 
+    @property
+    def has_identity_source(self) -> bool:
+        """Certificate files or a CA are configured."""
+        return self.settings.cert_file is not None or self.settings.ca_url is not None
+
+    @property
+    def plaintext_only(self) -> bool:
+        """Permissive mode without any identity: local hacking, plaintext and nothing more."""
+        return self.settings.tls_mode == "permissive" and not self.has_identity_source
+
+    @property
+    def serving_mode(self) -> TLSMode:
+        if self.plaintext_only:
+            return "plain"
+        return "permissive" if self.settings.tls_mode == "permissive" else "tls"
+
     def check_identity_configured(self) -> None:
-        settings = self.settings
-        if settings.cert_file is None and settings.ca_url is None:
+        if self.plaintext_only:
+            logger.warning(
+                "permissive mode without a workload identity (no MESHKIT_CA_URL, no "
+                "MESHKIT_CERT_FILE): serving PLAINTEXT only, every caller anonymous, not "
+                "joining the registry, no mesh calls; for local development only"
+            )
+            return
+        if not self.has_identity_source:
             raise ConfigError(
                 "no workload identity: set MESHKIT_CERT_FILE, MESHKIT_KEY_FILE and "
-                "MESHKIT_BUNDLE_FILE, or MESHKIT_CA_URL and MESHKIT_CA_FINGERPRINT"
+                "MESHKIT_BUNDLE_FILE, or MESHKIT_CA_URL and MESHKIT_CA_FINGERPRINT "
+                "(or MESHKIT_TLS_MODE=permissive to serve plaintext alone, for local hacking)"
             )
 
     def connection_refused(self, reason: str) -> None:
@@ -164,7 +202,7 @@ class MeshRuntime:
             async with contextlib.AsyncExitStack() as stack:
                 tg = await stack.enter_async_context(anyio.create_task_group())
                 await self._start_identity(tg, stack)
-                if self.settings.consul_http_addr:
+                if self.settings.consul_http_addr and not self.plaintext_only:
                     await self._join_registry(stack, tg)
                 started = True
                 yield
@@ -332,14 +370,97 @@ MESH_ERROR_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response
 }
 
 
-def with_mesh(user_lifespan: Lifespan[Any] | None) -> Callable[[Any], Any]:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[Any]:
-        async with app.mesh.running():
-            if user_lifespan is None:
-                yield None
-            else:
-                async with user_lifespan(app) as state:
-                    yield state
+class Mesh(MeshRuntime):
+    """Meshes a Starlette or FastAPI app: ``mesh = Mesh(app, service="orders")``.
 
-    return lifespan
+    Settings come from ``settings=`` when given; otherwise from the environment
+    (``MeshSettings.from_env``) over ``service=`` as the code's default name. Mesh the
+    app before it serves and after its middleware is added (middleware added later
+    runs outside the mesh's, so telemetry would not time it). Routes may be added until
+    the app starts: authorization wires its gates when the app builds its stack.
+    """
+
+    def __init__(
+        self,
+        app: Starlette,
+        *,
+        service: str | None = None,
+        settings: MeshSettings | None = None,
+        client_policy: ClientPolicy | None = None,
+        client_policies: Mapping[str, ClientPolicy] | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        if app.middleware_stack is not None:
+            raise ConfigError("Mesh(app) must come before the app serves its first request")
+        super().__init__(
+            resolve_settings(service, settings),
+            client_policy=client_policy,
+            client_policies=client_policies,
+            metrics_registry=metrics_registry,
+            tracer_provider=tracer_provider,
+        )
+        self.app = app
+        app.state.mesh = self
+        app.router.lifespan_context = self.lifespan(app.router.lifespan_context)
+        # Outermost of the app's own middleware, built when the app builds its stack.
+        app.user_middleware.insert(0, Middleware(self.wrap))
+        for error, handler in MESH_ERROR_HANDLERS.items():
+            app.exception_handlers.setdefault(error, handler)
+
+    def lifespan(self, inner: Lifespan[Any]) -> Callable[[Any], Any]:
+        """``inner`` (the app's own lifespan) inside the mesh's: the mesh is up before the
+        app's startup code runs and still up while its shutdown code runs."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[Any]:
+            async with self.running(), inner(app) as state:
+                yield state
+
+        return lifespan
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """The mesh middleware around ``app``, from the settings in force when the app
+        builds its stack (``run(port=...)`` may change them before)."""
+        settings = self.settings
+        inner: ASGIApp = AuthzMiddleware(
+            app,
+            routes=self.app.router.routes,
+            authorizer=self.authorizer,
+            idempotency=self.idempotency_defaults,
+        )
+        if settings.faults is not None:
+            inner = FaultMiddleware(inner, faults=settings.faults)
+        # The caller's deadline bounds everything, authorization included; telemetry
+        # outermost measures what the caller experiences, 500s included.
+        inner = DeadlineMiddleware(inner, max_clock_skew=settings.max_clock_skew)
+        return TelemetryMiddleware(
+            inner,
+            service=settings.service,
+            metrics=self.metrics,
+            tracer_provider=self.tracer_provider,
+            access_log=settings.access_log,
+        )
+
+    def run(self, **overrides: Any) -> None:
+        """Serve the app (``meshkit run`` does the same); ``overrides`` are MeshSettings."""
+        if overrides:
+            self.configure(self.settings.replace(**overrides))
+        serve(self.app, self)
+
+
+def resolve_settings(service: str | None, settings: MeshSettings | None) -> MeshSettings:
+    """``settings`` as given, else the environment's over ``service`` as the default name."""
+    if settings is not None:
+        return settings
+    base = MeshSettings(service=service) if service else None
+    return MeshSettings.from_env(base=base)
+
+
+def mesh_of(app: Any) -> Mesh:
+    """The ``Mesh`` of a meshed Starlette or FastAPI app (``app.state.mesh``)."""
+    state = getattr(app, "state", None)
+    mesh = getattr(state, "mesh", None)
+    if not isinstance(mesh, Mesh):
+        raise ConfigError(f"{type(app).__name__} is not meshed: no Mesh(app, ...) was made for it")
+    return mesh
