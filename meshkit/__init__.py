@@ -8,25 +8,29 @@ assemble their own, each a layer of the design (imports only go downwards): ``cl
 """
 
 from meshkit.app import ServiceApp
-from meshkit.client import ClientPolicy, MeshClient
+from meshkit.client import (
+    CircuitOpen,
+    ClientPolicy,
+    DeadlineExceeded,
+    MeshCallError,
+    MeshClient,
+    NoHealthyInstances,
+    OutsideClient,
+    Overloaded,
+    PeerIdentityMismatch,
+    RetryBudgetExhausted,
+    UpstreamFailed,
+)
 from meshkit.errors import (
     CAError,
     CARefused,
     CertificateError,
-    CircuitOpen,
     ConfigError,
-    DeadlineExceeded,
     IdentityError,
     MeshError,
-    NoHealthyInstances,
-    Overloaded,
-    PeerIdentityMismatch,
     PolicyDenied,
     RegistryError,
     RegistryUnavailable,
-    RequestError,
-    RetryBudgetExhausted,
-    UpstreamFailed,
 )
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.mesh import Mesh
@@ -45,16 +49,17 @@ __all__ = [
     "Faults",
     "IdentityError",
     "Mesh",
+    "MeshCallError",
     "MeshClient",
     "MeshError",
     "MeshSettings",
     "NoHealthyInstances",
+    "OutsideClient",
     "Overloaded",
     "PeerIdentityMismatch",
     "PolicyDenied",
     "RegistryError",
     "RegistryUnavailable",
-    "RequestError",
     "RetryBudgetExhausted",
     "ServiceApp",
     "SpiffeId",

@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.types import Lifespan
 
-from meshkit.client import ClientPolicy, MeshClient
+from meshkit.client import ClientPolicy, MeshClient, OutsideClient
 from meshkit.mesh import Mesh
 from meshkit.settings import MeshSettings
 
@@ -73,6 +73,11 @@ class ServiceApp(Starlette):
     def client(self, service: str) -> MeshClient:
         """The mesh client bound to ``service``: ``await app.client("payments").get("/")``."""
         return self.mesh.client(service)
+
+    @property
+    def outside(self) -> OutsideClient:
+        """The client for URLs outside the mesh (``mesh.outside``)."""
+        return self.mesh.outside
 
     def run(self, **overrides: Any) -> None:
         """Serve this app (``meshkit run`` does the same); ``overrides`` are MeshSettings."""

@@ -41,16 +41,16 @@ from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from meshkit._statedir import claimed_slot
 from meshkit.ca.client import CAIdentity
-from meshkit.client import ClientPolicy, MeshClient, MeshClientFactory
-from meshkit.errors import (
-    CertificateError,
-    ConfigError,
+from meshkit.client import (
+    ClientPolicy,
     DeadlineExceeded,
-    MeshError,
-    PolicyDenied,
-    RequestError,
+    MeshCallError,
+    MeshClient,
+    MeshClientFactory,
+    OutsideClient,
     UpstreamFailed,
 )
+from meshkit.errors import CertificateError, ConfigError, MeshError, PolicyDenied
 from meshkit.identity import SpiffeId
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.middleware.deadline import DeadlineMiddleware
@@ -96,6 +96,7 @@ class MeshRuntime:
         self.instance_id = f"{settings.service}-{uuid.uuid4().hex[:12]}"
         self.registration: ServiceRegistration | None = None
         self.clients: MeshClientFactory | None = None
+        self._outside: OutsideClient | None = None
         self.authorizer = Authorizer.from_settings(
             settings, intentions=self.intentions, on_denial=self._count_denial
         )
@@ -194,6 +195,18 @@ class MeshRuntime:
             )
         return self.clients.client(service)
 
+    @property
+    def outside(self) -> OutsideClient:
+        """The client for URLs outside the mesh: ``await mesh.outside.get("https://...")``
+        (trace context and client metrics, no mesh identity; see ``OutsideClient``)."""
+        if self._outside is None:
+            raise ConfigError("the outside client exists while the app's lifespan runs")
+        return self._outside
+
+    def client_hooks(self) -> ClientTelemetry:
+        """What records this service's client calls: metrics and CLIENT spans."""
+        return ClientTelemetry(self.metrics, tracer_provider=self.tracer_provider)
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Own the mesh resources for the life of the app."""
@@ -201,6 +214,9 @@ class MeshRuntime:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 tg = await stack.enter_async_context(anyio.create_task_group())
+                self._outside = await stack.enter_async_context(
+                    OutsideClient(hooks=self.client_hooks())
+                )
                 await self._start_identity(tg, stack)
                 if self.settings.consul_http_addr and not self.plaintext_only:
                     await self._join_registry(stack, tg)
@@ -229,7 +245,7 @@ class MeshRuntime:
                 self.settings,
                 policy=self.client_policy,
                 policies=self.client_policies,
-                hooks=ClientTelemetry(self.metrics, tracer_provider=self.tracer_provider),
+                hooks=self.client_hooks(),
             )
             self.registration = ServiceRegistration(registry, self.instance())
             tg.start_soon(self.registration.run)
@@ -350,7 +366,7 @@ async def _send_raw(send: Send, status: int, body: bytes, content_type: bytes) -
 
 async def _mesh_error(request: Request, exc: Exception) -> Response:
     """A mesh call failed inside a handler: answer for it instead of a bare 500."""
-    assert isinstance(exc, RequestError)
+    assert isinstance(exc, MeshCallError)
     if isinstance(exc, DeadlineExceeded):
         status = 504
     else:
@@ -365,7 +381,7 @@ async def _policy_denied(request: Request, exc: Exception) -> Response:
 
 
 MESH_ERROR_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-    RequestError: _mesh_error,
+    MeshCallError: _mesh_error,
     PolicyDenied: _policy_denied,
 }
 

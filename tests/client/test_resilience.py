@@ -15,8 +15,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import EndpointEjected, EndpointReadmitted, RetryBudgetSpent
-from meshkit.errors import PeerIdentityMismatch, RetryBudgetExhausted, UpstreamFailed
+from meshkit.client import (
+    EndpointEjected,
+    EndpointReadmitted,
+    PeerIdentityMismatch,
+    RetryBudgetExhausted,
+    RetryBudgetSpent,
+    UpstreamFailed,
+)
 from meshkit.registry.base import Endpoint
 from meshkit.tls import TLSContexts
 from tests.client.helpers import Recorder, StaticSource, contexts, endpoint, factory, serve
