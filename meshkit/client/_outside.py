@@ -11,6 +11,7 @@ the W3C trace context to the request and records the client metrics and spans.
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
 
 from meshkit import deadline as deadlines
@@ -30,30 +31,46 @@ class OutsideClient(AsyncClient):
 
     async def send(self, request: Request, **options: Any) -> Response:
         """httpx's ``send``, reported to the hooks (every request method ends here)."""
-        hooks = self._hooks
-        if hooks is None:
+        if self._hooks is None:
             return await super().send(request, **options)
-        destination, method, path = request.url.host, request.method, request.url.path
-        call_state = hooks.on_call_start(CallStarted(destination, method, path))
-        headers: list[tuple[str, str]] = []
-        attempt = AttemptStarted(destination, method, 1, None, headers)
-        attempt_state = hooks.on_attempt_start(attempt)
-        for name, value in headers:  # the trace context of the attempt's span
-            request.headers[name] = value
-        started = deadlines.now()
-        status: int | None = None
-        error: BaseException | None = None
-        try:
+        with _Reported(self._hooks, request) as report:
             response = await super().send(request, **options)
-            status = response.status_code
-            return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            took = deadlines.now() - started
-            ended = AttemptEnded(destination, method, 1, None, status, took, error, attempt_state)
-            hooks.on_attempt_end(ended)
-            hooks.on_call_end(
-                CallEnded(destination, method, path, status, took, 1, error, call_state)
-            )
+            report.status = response.status_code
+        return response
+
+
+class _Reported:
+    """One outside call as the hooks see a mesh call: one call of one attempt, the
+    attempt's headers (the trace context) added to the request."""
+
+    def __init__(self, hooks: ClientHooks, request: Request) -> None:
+        self._hooks = hooks
+        url = request.url
+        self._call = CallStarted(url.host, request.method, url.path)
+        self._call_state = hooks.on_call_start(self._call)
+        headers: list[tuple[str, str]] = []
+        self._attempt_state = hooks.on_attempt_start(
+            AttemptStarted(url.host, request.method, 1, None, headers)
+        )
+        request.headers.update(headers)
+        self.status: int | None = None
+        self._started = deadlines.now()
+
+    def __enter__(self) -> _Reported:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        took = deadlines.now() - self._started
+        destination, method, path = self._call.destination, self._call.method, self._call.path
+        status, hooks = self.status, self._hooks
+        hooks.on_attempt_end(
+            AttemptEnded(destination, method, 1, None, status, took, error, self._attempt_state)
+        )
+        hooks.on_call_end(
+            CallEnded(destination, method, path, status, took, 1, error, self._call_state)
+        )

@@ -15,26 +15,20 @@ from starlette.routing import Route
 
 import meshkit
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import (
-    CircuitOpen,
-    DeadlineExceeded,
-    MeshCallError,
-    NoHealthyInstances,
-    Overloaded,
-    PeerIdentityMismatch,
-    RetryBudgetExhausted,
-    UpstreamFailed,
-)
+from meshkit.client import DeadlineExceeded, MeshCallError, NoHealthyInstances, UpstreamFailed
 from tests.client.helpers import StaticSource, contexts, endpoint, factory, serve
 
-TRANSPORT_FAILURES = (
-    NoHealthyInstances,
-    CircuitOpen,
-    RetryBudgetExhausted,
-    PeerIdentityMismatch,
-    Overloaded,
-    UpstreamFailed,
-)
+TRANSPORT_FAILURES = [
+    getattr(meshkit, name)
+    for name in (
+        "NoHealthyInstances",
+        "CircuitOpen",
+        "RetryBudgetExhausted",
+        "PeerIdentityMismatch",
+        "Overloaded",
+        "UpstreamFailed",
+    )
+]
 
 
 def test_no_public_name_shadows_an_httpx_name() -> None:
