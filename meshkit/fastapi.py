@@ -12,7 +12,8 @@
 
 ``Caller`` is the verified caller's SPIFFE ID (None for an anonymous caller, which
 only ``@allow(anonymous=True)`` lets in); ``mesh_client(name)`` the mesh client bound
-to a service; ``CurrentMesh`` the app's ``Mesh``. Each reads what the mesh put in the
+to a service; ``Outside`` the client for URLs outside the mesh (``Mesh.outside``);
+``CurrentMesh`` the app's ``Mesh``. Each reads what the mesh put in the
 request, so they cost a lookup, nothing more.
 """
 
@@ -24,11 +25,19 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from meshkit.client import MeshClient
+from meshkit.client import MeshClient, OutsideClient
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.mesh import Mesh, mesh_of
 
-__all__ = ["Caller", "CurrentMesh", "caller_identity", "current_mesh", "mesh_client"]
+__all__ = [
+    "Caller",
+    "CurrentMesh",
+    "Outside",
+    "caller_identity",
+    "current_mesh",
+    "mesh_client",
+    "outside_client",
+]
 
 
 def current_mesh(connection: HTTPConnection) -> Mesh:
@@ -39,6 +48,11 @@ def current_mesh(connection: HTTPConnection) -> Mesh:
 def caller_identity(connection: HTTPConnection) -> SpiffeId | None:
     """The caller's SPIFFE ID from its verified client certificate, or None."""
     return peer_identity(connection)
+
+
+def outside_client(connection: HTTPConnection) -> OutsideClient:
+    """The client for URLs outside the mesh: trace context and metrics, no identity."""
+    return mesh_of(connection.app).outside
 
 
 def mesh_client(service: str) -> Callable[[HTTPConnection], MeshClient]:
@@ -53,3 +67,4 @@ def mesh_client(service: str) -> Callable[[HTTPConnection], MeshClient]:
 
 Caller = Annotated[SpiffeId | None, Depends(caller_identity)]
 CurrentMesh = Annotated[Mesh, Depends(current_mesh)]
+Outside = Annotated[OutsideClient, Depends(outside_client)]

@@ -66,12 +66,11 @@ def outside() -> Iterator[Outside]:
         thread.join(timeout=5)
 
 
-@pytest.fixture
-def relay() -> Iterator[ServiceProcess]:
+@pytest.fixture(params=["tests.apps.relay:app", "tests.apps.relay_fastapi:app"])
+def relay(request: pytest.FixtureRequest) -> Iterator[ServiceProcess]:
+    """The relay as a Starlette app, then as a FastAPI app (``Outside`` dependency)."""
     # No certificate files, no CA URL, no registry: permissive mode's local hacking.
-    process = ServiceProcess(
-        "tests.apps.relay:app", service="relay", env={"MESHKIT_TLS_MODE": "permissive"}
-    )
+    process = ServiceProcess(request.param, service="relay", env={"MESHKIT_TLS_MODE": "permissive"})
     with process:
         yield process
 
