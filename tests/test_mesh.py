@@ -5,6 +5,9 @@ tests/test_outside.py.)"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,9 +20,12 @@ from starlette.applications import Starlette
 
 from meshkit import ConfigError, Mesh, MeshSettings, ServiceApp
 from meshkit.mesh import mesh_of
+from meshkit.testing import admin_get
+from meshkit.testing.supervisor import Child
 
 # Permissive mode without an identity and no registry: the lifespan opens no CA or Consul.
 LOCAL = MeshSettings(service="local", tls_mode="permissive", consul_http_addr=None)
+SERVING = re.compile(r"(?P<id>spiffe://\S+) serving .* admin on \S+:(?P<admin>\d+)")
 
 
 @pytest.mark.anyio
@@ -75,3 +81,21 @@ def test_meshkit_run_names_an_app_that_is_not_meshed() -> None:
         "meshkit: error: tests.apps.echo:whoami is not a meshed app "
         "(a ServiceApp, or an app given to Mesh(app, ...))"
     )
+
+
+def test_mesh_run_serves_the_app_it_meshes() -> None:
+    """``mesh.run(...)`` (what ``ServiceApp.run`` calls) serves the app with its overrides."""
+    script = (
+        "import logging; logging.basicConfig(level='INFO'); from tests.apps.relay import mesh; "
+        "mesh.run(service='ran', admin_port=0)"
+    )
+    env = {**os.environ, "MESHKIT_TLS_MODE": "permissive", "CONSUL_HTTP_ADDR": ""}
+    argv = [sys.executable, "-c", script]
+    child = Child.spawn("run", argv, env=env, cwd=Path(__file__).parent.parent)
+    try:
+        match = child.wait_for(SERVING, timeout=30)
+        status, body = admin_get(int(match["admin"]), "/readyz")
+        assert (status, json.loads(body)) == (200, {"ready": True})
+        assert "svc/ran" in match.group(0)  # the override reached the served settings
+    finally:
+        assert child.stop() == 0
