@@ -99,3 +99,18 @@ def test_mesh_run_serves_the_app_it_meshes() -> None:
         assert "svc/ran" in match.group(0)  # the override reached the served settings
     finally:
         assert child.stop() == 0
+
+
+def test_policy_export_describes_a_meshed_fastapi_app_with_its_own_settings() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "meshkit", "policy", "export", "examples.orders.app:app"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).parent.parent,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")},
+    )
+    assert completed.returncode == 0, completed.stderr
+    manifest = json.loads(completed.stdout)
+    # Mesh(app, service="orders"), not the environment's default name ("service").
+    assert manifest["service"] == "orders"
