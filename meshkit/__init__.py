@@ -2,9 +2,10 @@
 
 The names here are the public API. The subpackages hold the parts for those who
 assemble their own, each a layer of the design (imports only go downwards): ``cli``,
-``demo``, ``testing``, ``app`` and ``mesh``, ``middleware``, ``telemetry`` and
-``policy``, ``client``, ``ca`` and ``registry``, ``serving``, and the core
-(``errors``, ``settings``, ``identity``, ``tls``, ``deadline``).
+``demo``, ``testing``, ``app`` and ``fastapi`` (FastAPI dependencies, needs fastapi),
+``mesh``, ``middleware``, ``telemetry`` and ``policy``, ``client``, ``ca`` and
+``registry``, ``serving``, and the core (``errors``, ``settings``, ``identity``,
+``tls``, ``deadline``).
 """
 
 from meshkit.app import ServiceApp
