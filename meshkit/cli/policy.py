@@ -11,6 +11,7 @@ from typing import Any, cast
 from starlette.routing import BaseRoute
 
 from meshkit.errors import ConfigError
+from meshkit.mesh import Mesh
 from meshkit.policy.consul_intentions import ConsulIntentionAdmin, ListedIntention
 from meshkit.policy.decorators import policy_manifest
 from meshkit.policy.intentions import Intention, IntentionStore, consul_client
@@ -109,10 +110,10 @@ def _export(args: argparse.Namespace) -> int:
     routes = cast(list[BaseRoute], getattr(app, "routes", None))
     if routes is None:
         raise ConfigError(f"{args.app} has no routes (expected a Starlette or FastAPI app)")
-    # A ServiceApp carries its settings; any other app is described with the environment's.
-    settings = getattr(app, "settings", None)
-    if not isinstance(settings, MeshSettings):
-        settings = MeshSettings.from_env()
+    # A meshed app (ServiceApp, Mesh(app)) carries its settings; any other app is
+    # described with the environment's.
+    mesh = getattr(getattr(app, "state", None), "mesh", None)
+    settings = mesh.settings if isinstance(mesh, Mesh) else MeshSettings.from_env()
     default: DefaultPolicy = args.default_policy or settings.default_policy
     manifest = policy_manifest(routes, default_policy=default, service=settings.service)
     json.dump(manifest, sys.stdout, indent=2, sort_keys=True)

@@ -1,4 +1,6 @@
-"""``meshkit run MODULE:APP``: serve a ServiceApp with mTLS, registration and telemetry.
+"""``meshkit run MODULE:APP``: serve a meshed app with mTLS, registration and telemetry.
+
+APP is a ``ServiceApp``, or any Starlette or FastAPI app meshed with ``Mesh(app, ...)``.
 
 Flags become ``MESHKIT_*`` variables before the app module is imported; the process
 owns the OpenTelemetry SDK (set up from ``OTEL_*``) and logging.
@@ -17,8 +19,8 @@ from typing import Any
 
 from opentelemetry import trace
 
-from meshkit.app import ServiceApp
 from meshkit.errors import ConfigError
+from meshkit.mesh import Mesh, mesh_of
 from meshkit.serving.server import serve
 from meshkit.telemetry.sdk import configure_tracing_from_env
 
@@ -34,7 +36,7 @@ _RUN_FLAGS: Mapping[str, str] = {
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     run = subparsers.add_parser(
         "run",
-        help="serve a ServiceApp with mTLS, registration and telemetry",
+        help="serve a meshed app (ServiceApp or Mesh(app)) with mTLS, registration and telemetry",
         description="Serve MODULE:APP. Flags override MESHKIT_* variables.",
     )
     run.add_argument("target", metavar="MODULE:APP", help="e.g. payments.app:app")
@@ -52,19 +54,19 @@ def _run_command(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     configure_logging(args.log_level)
-    app = load_app(args.target)
-    with _tracing_from_env(app):
-        serve(app)
+    app, mesh = load_app(args.target)
+    with _tracing_from_env(mesh):
+        serve(app, mesh)
     return 0
 
 
 @contextlib.contextmanager
-def _tracing_from_env(app: ServiceApp) -> Generator[None, None, None]:
+def _tracing_from_env(mesh: Mesh) -> Generator[None, None, None]:
     """The OpenTelemetry SDK as the standard OTEL_* variables say, unless the app brought
     its own provider or one is installed already; flushed at exit."""
     provider = None
-    if app.tracer_provider is None:
-        provider = configure_tracing_from_env(app.settings.service, os.environ)
+    if mesh.tracer_provider is None:
+        provider = configure_tracing_from_env(mesh.settings.service, os.environ)
     if provider is not None:
         trace.set_tracer_provider(provider)
     try:
@@ -91,8 +93,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def load_app(target: str) -> ServiceApp:
-    """Import ``module:attribute`` and check that it is a ServiceApp."""
+def load_app(target: str) -> tuple[Any, Mesh]:
+    """Import ``module:attribute``: a meshed app (a ServiceApp, or any app given to
+    ``Mesh``) and its mesh."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"expected MODULE:APP, got {target!r}")
@@ -102,6 +105,9 @@ def load_app(target: str) -> ServiceApp:
     except ModuleNotFoundError as exc:
         raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
     app = getattr(module, attribute, None)
-    if not isinstance(app, ServiceApp):
-        raise ConfigError(f"{target} is not a meshkit ServiceApp")
-    return app
+    try:
+        return app, mesh_of(app)
+    except ConfigError:
+        raise ConfigError(
+            f"{target} is not a meshed app (a ServiceApp, or an app given to Mesh(app, ...))"
+        ) from None

@@ -1,5 +1,7 @@
 """The resilient mesh client: httpx transports that wrap each other.
 
+``OutsideClient`` calls URLs outside the mesh with the same telemetry.
+
 ``MeshClientFactory(source, tls, settings).client("payments")`` is an
 ``httpx.AsyncClient`` for ``http://payments``: discovery, P2C balancing, per-try and
 call timeouts bounded by the incoming deadline, safe retries under a budget, outlier
@@ -7,6 +9,16 @@ ejection, a circuit breaker, and mTLS checked against the destination's SPIFFE I
 """
 
 from meshkit.client._client import MeshClient, MeshClientFactory
+from meshkit.client._errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    MeshCallError,
+    NoHealthyInstances,
+    Overloaded,
+    PeerIdentityMismatch,
+    RetryBudgetExhausted,
+    UpstreamFailed,
+)
 from meshkit.client._hooks import (
     AttemptEnded,
     AttemptStarted,
@@ -20,6 +32,7 @@ from meshkit.client._hooks import (
     RetryBudgetSpent,
     RetryScheduled,
 )
+from meshkit.client._outside import OutsideClient
 from meshkit.client._policy import ClientPolicy
 
 __all__ = [
@@ -29,12 +42,21 @@ __all__ = [
     "BreakerChanged",
     "CallEnded",
     "CallStarted",
+    "CircuitOpen",
     "ClientHooks",
     "ClientPolicy",
+    "DeadlineExceeded",
     "EndpointEjected",
     "EndpointReadmitted",
+    "MeshCallError",
     "MeshClient",
     "MeshClientFactory",
+    "NoHealthyInstances",
+    "OutsideClient",
+    "Overloaded",
+    "PeerIdentityMismatch",
+    "RetryBudgetExhausted",
     "RetryBudgetSpent",
     "RetryScheduled",
+    "UpstreamFailed",
 ]

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import httptools
 
+from meshkit.client._errors import PeerIdentityMismatch
 from meshkit.deadline import now
-from meshkit.errors import PeerIdentityMismatch
 from meshkit.identity import SpiffeId, identity_from_peercert
 
 RawHeaders = list[tuple[bytes, bytes]]

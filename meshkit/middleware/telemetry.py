@@ -1,6 +1,6 @@
 """TelemetryMiddleware: metrics, a SERVER span and an access log line for every request.
 
-ServiceApp installs it outermost, so it times everything the app does, including the
+``Mesh`` installs it outermost, so it times everything the app does, including the
 other mesh middleware. Per request it
 
 - counts the request in ``http_server_active_requests`` while it runs;

@@ -15,8 +15,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import EndpointEjected, EndpointReadmitted, RetryBudgetSpent
-from meshkit.errors import PeerIdentityMismatch, RetryBudgetExhausted, UpstreamFailed
+from meshkit.client import (
+    EndpointEjected,
+    EndpointReadmitted,
+    PeerIdentityMismatch,
+    RetryBudgetExhausted,
+    RetryBudgetSpent,
+    UpstreamFailed,
+)
 from meshkit.identity import SpiffeId
 from meshkit.registry.base import Endpoint
 from meshkit.tls import TLSContexts

@@ -1,5 +1,5 @@
-"""``meshkit registry serve --data-dir``: catalog, KV, CA, config entries and the agent's checks survive
-a restart of the real process, as with a single-node Consul server."""
+"""``meshkit registry serve --data-dir``: catalog, KV, CA, config entries and the agent's
+checks survive a restart of the real process, as with a single-node Consul server."""
 
 from __future__ import annotations
 

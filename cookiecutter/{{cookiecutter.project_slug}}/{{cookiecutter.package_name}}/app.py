@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from meshkit import MeshSettings, RequestError, ServiceApp, peer_identity
+from meshkit import MeshCallError, MeshSettings, ServiceApp, peer_identity
 from meshkit.policy import allow
 
 SERVICE = "{{ cookiecutter.service_name }}"
@@ -30,7 +30,7 @@ async def upstream(request: Request) -> JSONResponse:
     # identity over mTLS, applies timeouts and retries, and records metrics.
     try:
         response = await request.app.client(UPSTREAM).get("/hello")
-    except RequestError as exc:
+    except MeshCallError as exc:
         # The client already retried what was safe to retry: the dependency is down.
         return JSONResponse({"error": str(exc)}, status_code=503)
     return JSONResponse({"upstream": response.json()}, status_code=response.status_code)
