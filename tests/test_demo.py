@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from meshkit.cli import main
-from meshkit.demo.golden import Edge, Histogram
 from meshkit.demo.run import (
     EDGES,
     SHOP,
@@ -37,6 +36,7 @@ from meshkit.demo.run import (
 )
 from meshkit.demo.traffic import HttpsSender, Shopper, TrafficStats, drive
 from meshkit.errors import MeshError
+from meshkit.observe.golden import Edge, Histogram
 from meshkit.testing.supervisor import Child, Supervisor, group_alive
 
 pytestmark = pytest.mark.timeout(90)

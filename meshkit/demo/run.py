@@ -32,9 +32,16 @@ import anyio
 
 from meshkit.ca.client import CAIdentity
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.demo.golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
 from meshkit.demo.traffic import HttpsSender, TrafficStats, drive
 from meshkit.errors import MeshError
+from meshkit.observe.golden import (
+    Edge,
+    Histogram,
+    Scoreboard,
+    edge_stats,
+    format_table,
+    parse_edges,
+)
 from meshkit.settings import MeshSettings
 from meshkit.testing.processes import admin_get, context_for
 from meshkit.testing.supervisor import Child, Supervisor
@@ -345,7 +352,7 @@ def run_demo(
     events = [f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)"]
     stats, stop = TrafficStats(), threading.Event()
     threads = drive(lambda: HttpsSender(web.port, context), stats, stop, rate=options.rate)
-    board = Scoreboard()
+    board: Scoreboard[Edge] = Scoreboard()
     started = time.monotonic()
     try:
         watch(options, instances, board, stats, events, display, started)
@@ -360,7 +367,7 @@ def run_demo(
 def watch(
     options: DemoOptions,
     instances: list[Instance],
-    board: Scoreboard,
+    board: Scoreboard[Edge],
     stats: TrafficStats,
     events: list[str],
     display: Display,
@@ -397,7 +404,11 @@ def _kill_victim(instances: list[Instance], events: list[str], elapsed: float) -
 
 
 def summarize(
-    board: Scoreboard, stats: TrafficStats, events: list[str], display: Display, elapsed: float
+    board: Scoreboard[Edge],
+    stats: TrafficStats,
+    events: list[str],
+    display: Display,
+    elapsed: float,
 ) -> None:
     lines = ["", f"summary over {elapsed:.0f}s", format_table(edge_stats(board.total, elapsed)), ""]
     lines.append(progress(elapsed, elapsed, stats, events).splitlines()[0])

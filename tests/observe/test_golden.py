@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from meshkit.demo.golden import (
+from meshkit.observe.golden import (
     CLIENT_METRIC,
     SERVER_METRIC,
     Edge,
@@ -14,7 +14,7 @@ from meshkit.demo.golden import (
     format_table,
     parse_edges,
 )
-from meshkit.demo.golden import Histogram as EdgeHistogram
+from meshkit.observe.golden import Histogram as EdgeHistogram
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
