@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from meshkit.testing import Connection, Mesh, MeshProcess, ServiceProcess
+from meshkit.testing import Mesh, MeshProcess, ServiceProcess
+from tests.observe.helpers import Traffic
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -33,34 +33,6 @@ pytestmark = [
 ]
 _LISTENING = re.compile(r"meshkit dashboard on (?P<url>http://\S+/)")
 WAIT_MS = 30_000
-
-
-class Traffic:
-    """Calls ``/call`` on one connection in a thread until stopped; counts statuses."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.stopped = threading.Event()
-        self.statuses: list[int] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stopped.wait(0.02):
-            try:
-                self.statuses.append(self.connection.get("/call")[0])
-            except OSError:
-                self.statuses.append(0)
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=15)
 
 
 @pytest.fixture
