@@ -201,6 +201,7 @@ def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(
     assert code == 0
     text = out.getvalue()
     assert "shop UI: https://127.0.0.1:" in text
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", text)
     assert "killed cart-2" in text
     assert text.count("edge  ") >= 2  # live tables, then the summary's
     assert re.search(r"summary over \d+s", text)

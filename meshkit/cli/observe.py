@@ -14,14 +14,17 @@ import anyio
 
 from meshkit.cli.policy import manifest_of
 from meshkit.errors import ConfigError
-from meshkit.observe.dashboard import DashboardOptions, DashboardState, serve_dashboard
+from meshkit.observe.dashboard import (
+    DASHBOARD_PORT,
+    DashboardOptions,
+    DashboardState,
+    listening_line,
+    serve_dashboard,
+)
 from meshkit.observe.scrape import Observer
 from meshkit.observe.top import as_json, as_table, check_service
 from meshkit.registry.consul import DEFAULT_ADDRESS, ConsulRegistry
 from meshkit.settings import MeshSettings
-
-#: The dashboard's default port: beside the dev registry's 8500 (``meshkit up``).
-DASHBOARD_PORT = 8550
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -106,7 +109,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     observer, state = _observer(args), DashboardState(manifests=_manifests(args))
 
     def listening(url: str) -> None:
-        print(f"meshkit dashboard on {url} (registry {observer.registry.address})", flush=True)
+        print(listening_line(url, observer.registry.address), flush=True)
 
     anyio.run(lambda: serve_dashboard(observer, state, options, on_listening=listening))
     return 0

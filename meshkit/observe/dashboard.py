@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -60,6 +61,10 @@ MAX_CLIENTS = 16
 SEND_TIMEOUT = 10.0
 #: A comment line this often keeps idle proxies and browsers from closing the stream.
 KEEPALIVE_SECONDS = 15.0
+#: The default port: beside the dev registry's 8500 (``meshkit up``).
+DASHBOARD_PORT = 8550
+#: The line ``meshkit dashboard`` prints once it listens, and the pattern that finds it.
+LISTENING = re.compile(r"meshkit dashboard on (?P<url>http://\S+/)")
 _CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'"
 
 
@@ -306,6 +311,10 @@ async def observe(
         state.intentions = await read_intentions(observer)
         feed.publish(json.dumps(state.document(observer), separators=(",", ":")))
         await anyio.sleep(max(0.0, interval - (anyio.current_time() - started)))
+
+
+def listening_line(url: str, registry: str) -> str:
+    return f"meshkit dashboard on {url} (registry {registry})"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from meshkit.observe.dashboard import LISTENING
 from meshkit.testing import Mesh, MeshProcess, ServiceProcess
 from tests.observe.helpers import Traffic
 
@@ -31,7 +32,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(180),
 ]
-_LISTENING = re.compile(r"meshkit dashboard on (?P<url>http://\S+/)")
 WAIT_MS = 30_000
 
 
@@ -49,7 +49,7 @@ def dashboard(mesh: Mesh) -> Iterator[str]:
             "--app",
             "tests.apps.caller:app",
         ],
-        ready=_LISTENING,
+        ready=LISTENING,
         name="dashboard",
     )
     with process:
