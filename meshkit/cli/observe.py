@@ -21,6 +21,7 @@ from meshkit.observe.dashboard import (
     listening_line,
     serve_dashboard,
 )
+from meshkit.observe.prometheus import PrometheusScraper
 from meshkit.observe.scrape import Observer
 from meshkit.observe.top import as_json, as_table, check_service
 from meshkit.registry.consul import DEFAULT_ADDRESS, ConsulRegistry
@@ -38,6 +39,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     dashboard.add_argument(
         "--port", type=int, default=DASHBOARD_PORT, help=f"port (default {DASHBOARD_PORT}; 0: any)"
+    )
+    dashboard.add_argument(
+        "--prometheus",
+        metavar="URL",
+        default=None,
+        help="read the metrics from this Prometheus (http://host:9090) instead of each instance",
     )
     dashboard.add_argument(
         "--app",
@@ -106,7 +113,11 @@ def _manifests(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def _dashboard(args: argparse.Namespace) -> int:
     options = DashboardOptions(args.host, args.port, interval=_interval(args.interval))
-    observer, state = _observer(args), DashboardState(manifests=_manifests(args))
+    state = DashboardState(manifests=_manifests(args))
+    observer = _observer(args)
+    if args.prometheus:
+        observer.scraper = PrometheusScraper(args.prometheus)
+        state.source = f"the Prometheus at {args.prometheus}"
 
     def listening(url: str) -> None:
         print(listening_line(url, observer.registry.address), flush=True)

@@ -45,6 +45,7 @@ from meshkit.observe.scrape import (
     Observer,
     Tick,
     edge_golden,
+    window_seconds,
 )
 from meshkit.policy.intentions import IntentionStore
 from meshkit.serving.listen import listen
@@ -55,6 +56,8 @@ logger = logging.getLogger("meshkit.observe")
 STATIC = Path(__file__).parent / "static"
 #: Below this success ratio an edge is drawn as failing.
 FAILING_BELOW = 0.95
+#: Seconds each point of the time series covers (120 points in ten minutes).
+SERIES_STEP = 5.0
 #: Streams ``/events`` holds at once (the admin limits cap connections at 64 anyway).
 MAX_CLIENTS = 16
 #: How long one document may take to leave for a client before it is dropped.
@@ -77,23 +80,30 @@ class DashboardState:
     """What the page shows, rebuilt after every round; ``document`` is its JSON."""
 
     manifests: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: str = "each instance's /metrics"  # where the numbers come from, for the page
     keep: float = HISTORY_SECONDS
     intentions: list[dict[str, str]] = field(default_factory=list)
     series: deque[tuple[float, dict[str, list[float | None]]]] = field(default_factory=deque)
+    _pending: list[Tick] = field(default_factory=list)
 
     def add_tick(self, tick: Tick, services: Sequence[str]) -> None:
-        """One point per edge for the time series: requests/s, success, p50, p99."""
+        """Collect rounds until they span ``SERIES_STEP`` seconds, then add one point per
+        edge to the time series: requests/s, success, p50, p99 over those rounds (one
+        round alone is too short to say much: a burst, then nothing)."""
+        self._pending.append(tick)
+        if window_seconds(self._pending) < SERIES_STEP:
+            return
         point: dict[str, list[float | None]] = {}
-        if tick.seconds > 0:
-            for row in edge_golden([tick], services):
-                golden = row.golden
-                point[_edge_key(row.edge)] = [
-                    _finite(golden.rate, 3),
-                    _finite(golden.success),
-                    _finite(golden.p50),
-                    _finite(golden.p99),
-                ]
+        for row in edge_golden(self._pending, services):
+            golden = row.golden
+            point[_edge_key(row.edge)] = [
+                _finite(golden.rate, 3),
+                _finite(golden.success),
+                _finite(golden.p50),
+                _finite(golden.p99),
+            ]
         self.series.append((tick.at, point))
+        self._pending.clear()
         while self.series and self.series[-1][0] - self.series[0][0] > self.keep:
             self.series.popleft()
 
@@ -108,6 +118,7 @@ class DashboardState:
             "at": time.time(),
             "window_seconds": round(sum(t.seconds for t in ticks), 3),
             "registry": observer.registry.address,
+            "source": self.source,
             "error": observer.error,
             "nodes": _nodes(services, edges, series_edges),
             "edges": edges,

@@ -19,7 +19,7 @@ import http.client
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +120,8 @@ class InstanceMetrics:
     ejections: dict[str, float] = field(default_factory=dict)  # destination -> total
 
 
-def _read_sample(metrics: InstanceMetrics, family: str, sample: Sample, service: str) -> None:
+def read_sample(metrics: InstanceMetrics, family: str, sample: Sample, service: str) -> None:
+    """Count one sample of ``family`` (the metric's name) into ``metrics``."""
     if family in (SERVER_METRIC, CLIENT_METRIC):
         side: Side = "server" if family == SERVER_METRIC else "client"
         flows = metrics.inbound if side == "server" else metrics.outbound
@@ -145,7 +146,7 @@ def parse_metrics(text: str, *, service: str) -> InstanceMetrics:
     metrics = InstanceMetrics()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            _read_sample(metrics, family.name, sample, service)
+            read_sample(metrics, family.name, sample, service)
     return metrics
 
 
@@ -299,12 +300,23 @@ def inbound_golden(ticks: Sequence[Tick], service: str) -> list[FlowGolden]:
     ]
 
 
+#: Where a round's metrics come from: each instance's /metrics (``scrape``), or Prometheus.
+Scraper = Callable[[Sequence[Target]], Awaitable[dict[str, InstanceMetrics | None]]]
+
+
 class Observer:
     """Discover, scrape and record, one round at a time: what ``meshkit top`` and the
     dashboard read. ``targets`` and ``latest`` are the last round's."""
 
-    def __init__(self, registry: ConsulRegistry, *, keep: float = HISTORY_SECONDS) -> None:
+    def __init__(
+        self,
+        registry: ConsulRegistry,
+        *,
+        keep: float = HISTORY_SECONDS,
+        scraper: Scraper = scrape,
+    ) -> None:
         self.registry = registry
+        self.scraper = scraper
         self.history = History(keep=keep)
         self.targets: list[Target] = []
         self.latest: dict[str, InstanceMetrics | None] = {}
@@ -317,7 +329,7 @@ class Observer:
             self.error = None
         except RegistryError as exc:
             self.error = str(exc)
-        self.latest = await scrape(self.targets)
+        self.latest = await self.scraper(self.targets)
         return self.history.record(self.latest, now=time.monotonic())
 
     @property

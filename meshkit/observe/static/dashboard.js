@@ -78,16 +78,15 @@ function layout(nodes, links) {
       place.set(id, { x, y });
     });
   }
-  return { place, width, height };
+  return { place, width, height, step: count === 1 ? width : (width - 200) / (count - 1) };
 }
 
 function renderTopology(doc) {
   const links = doc.edges.map((e) => [e.source, e.destination]);
   for (const key of Object.keys(doc.series.edges)) links.push(key.split("->"));
-  const { place, width, height } = layout(doc.nodes, links);
+  const { place, width, height, step } = layout(doc.nodes, links);
   const box = { w: 140, h: 50 };
   const root = document.getElementById("topology");
-  root.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const services = new Map(doc.services.map((s) => [s.name, s]));
   const nodes = doc.nodes.map((node) => {
     const p = place.get(node.id);
@@ -103,6 +102,7 @@ function renderTopology(doc) {
       svg("text", { class: "name", x: box.w / 2, y: 21, "text-anchor": "middle" }, node.id),
       svg("text", { class: "detail", x: box.w / 2, y: 39, "text-anchor": "middle" }, detail));
   });
+  const placed = []; // label centres drawn so far, to keep labels from covering each other
   const edges = doc.edges.map((edge) => {
     const a = place.get(edge.source);
     const b = place.get(edge.destination);
@@ -112,20 +112,28 @@ function renderTopology(doc) {
     const y1 = a.y + (forward ? 0 : box.h / 2);
     const x2 = b.x - (forward ? box.w / 2 : 0);
     const y2 = b.y + (forward ? 0 : box.h / 2);
-    const bend = forward ? 0 : 60;
+    // An edge that skips columns arcs over the nodes between; a backward one loops below.
+    const skipped = forward ? Math.max(0, Math.round((b.x - a.x) / step) - 1) : 0;
+    const bend = forward ? -80 * skipped : 70;
     const cx = (x1 + x2) / 2;
     const cy = (y1 + y2) / 2 + bend;
+    const mx = 0.25 * x1 + 0.5 * cx + 0.25 * x2; // the curve's midpoint
+    const my = 0.25 * y1 + 0.5 * cy + 0.25 * y2;
+    let ly = forward ? my - 24 : my + 16;
+    while (placed.some((p) => Math.abs(p.x - mx) < 165 && Math.abs(p.y - ly) < 38)) ly += forward ? -38 : 38;
+    placed.push({ x: mx, y: ly });
     const first = `${fmt.rps(edge.rps)} rps · ${fmt.pct(edge.success)}`;
     const second = `p50 ${fmt.ms(edge.p50)} · p99 ${fmt.ms(edge.p99)} ms`;
-    // Labels sit above a forward edge's middle (below a backward one's), clear of the boxes.
-    const ly = forward ? (y1 + y2) / 2 - 30 : cy + 10;
     return svg("g", { class: edge.failing ? "edge failing" : "edge", "data-edge": edge.id },
       svg("title", {}, `${edge.source} → ${edge.destination}: ${first}, ${second}`),
       svg("path", { d: `M${x1},${y1} Q${cx},${cy} ${x2},${y2}`, "marker-end": edge.failing ? "url(#arrow-failing)" : "url(#arrow)" }),
-      svg("rect", { class: "label-bg", x: cx - 80, y: ly - 13, width: 160, height: 34, rx: 4 }),
-      svg("text", { class: "label", x: cx, y: ly, "text-anchor": "middle" }, first),
-      svg("text", { class: "label", x: cx, y: ly + 16, "text-anchor": "middle" }, second));
+      svg("rect", { class: "label-bg", x: mx - 80, y: ly - 13, width: 160, height: 34, rx: 4 }),
+      svg("text", { class: "label", x: mx, y: ly, "text-anchor": "middle" }, first),
+      svg("text", { class: "label", x: mx, y: ly + 16, "text-anchor": "middle" }, second));
   });
+  const top = Math.min(0, ...placed.map((p) => p.y - 20));
+  const bottom = Math.max(height, ...placed.map((p) => p.y + 30));
+  root.setAttribute("viewBox", `0 ${top} ${width} ${bottom - top}`);
   replace("topology-nodes", nodes);
   replace("topology-edges", edges.filter(Boolean));
   const failing = doc.edges.filter((e) => e.failing).map((e) => `${e.source} to ${e.destination}`);
@@ -193,7 +201,10 @@ function renderPolicies(doc) {
     ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 3 }, "No intentions: the default policy decides."))]));
   const manifests = doc.policies.map((m) => {
     const name = m.service || "app";
-    const routes = (m.routes || []).map((r) =>
+    const gets = new Set((m.routes || []).filter((r) => r.method === "GET").map((r) => r.path));
+    // Starlette answers HEAD wherever it answers GET, with the same policies: one row.
+    const shown = (m.routes || []).filter((r) => !(r.method === "HEAD" && gets.has(r.path)));
+    const routes = shown.map((r) =>
       el("tr", {},
         el("td", {}, r.method), el("td", {}, el("code", {}, r.path)), el("td", {}, r.access),
         el("td", {}, [...(r.allow || []), r.allow_mesh ? "mesh" : null, r.anonymous ? "anonymous" : null].filter(Boolean).join(", ") || "–"),
@@ -262,6 +273,7 @@ function renderSeries(doc) {
 function render(doc) {
   document.getElementById("window").textContent = doc.window_seconds.toFixed(0);
   document.getElementById("registry").textContent = doc.registry;
+  document.getElementById("source").textContent = doc.source;
   renderTopology(doc);
   renderEdges(doc);
   renderSeries(doc);
