@@ -260,7 +260,7 @@ class EventStream:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await self._send(send, b"retry: 2000\n\n")
-        version = -1
+        version = 0  # the first document is the first round's: none before it
         while True:
             if version == self.feed.version and not await self.feed.wait_past(version):
                 await self._send(send, b": keepalive\n\n")

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -15,7 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from meshkit.cli import main
-from meshkit.observe.dashboard import LISTENING, MAX_CLIENTS
+from meshkit.observe.dashboard import LISTENING, MAX_CLIENTS, SERIES_STEP, DashboardState
+from meshkit.observe.golden import Flow, Histogram
+from meshkit.observe.scrape import Tick
 from meshkit.testing import Mesh, MeshProcess, admin_get
 
 
@@ -119,3 +123,15 @@ def test_up_starts_the_dashboard_on_its_registry(tmp_path: Path) -> None:
         registry = next(line for line in up.lines if "CONSUL_HTTP_ADDR=" in line)
         _until(lambda: "at" in _state(port))
         assert _state(port)["registry"] == "http://" + registry.partition("=")[2].strip()
+
+
+def test_the_time_series_has_one_point_per_step_and_keeps_only_its_span() -> None:
+    state = DashboardState(keep=60.0)
+    edge = Flow("web", "cart", "GET")
+    for second in range(1, 121):  # two minutes of one-second rounds, 10 calls each
+        tick = Tick(1000.0 + second, 1.0, {}, {edge: Histogram({0.01: 10, math.inf: 10}, 10)})
+        state.add_tick(tick, ["web", "cart"])
+    times = [at for at, _ in state.series]
+    assert len(times) == 60 / SERIES_STEP + 1  # the span is bounded by time
+    assert all(b - a == SERIES_STEP for a, b in itertools.pairwise(times))
+    assert all(point == {"web->cart": [10.0, 1.0, 0.005, 0.0099]} for _, point in state.series)

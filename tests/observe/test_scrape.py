@@ -33,12 +33,18 @@ def shop(mesh: Mesh) -> tuple[list[ServiceProcess], ServiceProcess]:
     return upstreams, caller
 
 
-def test_discover_finds_every_instance_with_its_admin_port(
-    mesh: Mesh, shop: tuple[list[ServiceProcess], ServiceProcess]
-) -> None:
-    upstreams, caller = shop
+@pytest.fixture
+def observer(mesh: Mesh, shop: tuple[list[ServiceProcess], ServiceProcess]) -> Observer:
+    """An observer of ``shop`` after its first round (the baseline rates start from)."""
     observer = _observer(mesh)
     anyio.run(observer.round)
+    return observer
+
+
+def test_discover_finds_every_instance_with_its_admin_port(
+    shop: tuple[list[ServiceProcess], ServiceProcess], observer: Observer
+) -> None:
+    upstreams, caller = shop
     assert observer.error is None
     assert observer.services == ["caller", "upstream"]
     admin_ports = {t.admin_port for t in observer.targets}
@@ -48,11 +54,9 @@ def test_discover_finds_every_instance_with_its_admin_port(
 
 
 def test_edges_and_routes_carry_rate_success_and_latency(
-    mesh: Mesh, shop: tuple[list[ServiceProcess], ServiceProcess]
+    mesh: Mesh, shop: tuple[list[ServiceProcess], ServiceProcess], observer: Observer
 ) -> None:
     _, caller = shop
-    observer = _observer(mesh)
-    anyio.run(observer.round)  # the baseline: counts before it are not a rate
     connection = mesh.connect(caller, as_="tester")
     assert _traffic(connection, "/call", 20) == [200] * 20
     anyio.run(observer.round)
@@ -85,11 +89,9 @@ def test_failures_show_in_the_edge_success(mesh: Mesh) -> None:
 
 
 def test_a_killed_instance_is_not_scraped_and_its_counts_stay(
-    mesh: Mesh, shop: tuple[list[ServiceProcess], ServiceProcess]
+    mesh: Mesh, shop: tuple[list[ServiceProcess], ServiceProcess], observer: Observer
 ) -> None:
     upstreams, caller = shop
-    observer = _observer(mesh)
-    anyio.run(observer.round)
     mesh.kill(upstreams[0])
     anyio.run(observer.round)
     victim = next(t for t in observer.targets if t.admin_port == upstreams[0].admin_port)
