@@ -7,6 +7,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
@@ -128,3 +129,43 @@ def test_the_page_loads_nothing_from_elsewhere(dashboard: str, page: Page) -> No
     page.goto(dashboard)
     expect(page.locator("#status")).to_have_text("Live", timeout=WAIT_MS)
     assert requested and all(url.startswith(dashboard) for url in requested)
+
+
+# The WCAG contrast ratio of an element's text against the first opaque background
+# behind it, computed by the browser from the styles it applied.
+CONTRAST = """(selector) => {
+  const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+  const background = (node) => {
+    for (; node; node = node.parentElement) {
+      const c = rgb(getComputedStyle(node).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  const luminance = ([r, g, b]) => {
+    const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const node = document.querySelector(selector);
+  const [a, b] = [luminance(rgb(getComputedStyle(node).color)), luminance(background(node))];
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+}"""
+TEXTS = ("h1", "h2", ".hint", "#edges caption", "#edges th", "footer p", "header nav a")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_is_legible_in_light_and_dark_mode(
+    dashboard: str, page: Page, scheme: Literal["light", "dark"]
+) -> None:
+    page.emulate_media(color_scheme=scheme)
+    page.goto(dashboard)
+    expect(page.locator("#status")).to_have_text("Live", timeout=WAIT_MS)
+    body = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert body == ("rgb(255, 255, 255)" if scheme == "light" else "rgb(15, 20, 25)")
+    for selector in TEXTS:
+        assert page.evaluate(CONTRAST, selector) >= 4.5, selector  # WCAG AA, normal text
+    # Every table has a caption, every column header a scope; the pictures have text.
+    assert page.locator("table:not(:has(caption))").count() == 0
+    assert page.locator("th:not([scope])").count() == 0
+    assert page.get_attribute("#topology", "role") == "img"
+    assert page.locator("#topology-desc").text_content()
