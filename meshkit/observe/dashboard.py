@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import re
 import time
@@ -37,12 +36,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from meshkit.errors import RegistryError
-from meshkit.observe.golden import Edge
+from meshkit.observe.golden import Edge, Golden
 from meshkit.observe.scrape import (
     HISTORY_SECONDS,
     WINDOW_SECONDS,
     InstanceMetrics,
     Observer,
+    Target,
     Tick,
     edge_golden,
     window_seconds,
@@ -52,7 +52,6 @@ from meshkit.serving.listen import listen
 from meshkit.serving.server import Server
 from meshkit.settings import ADMIN_LIMITS
 
-logger = logging.getLogger("meshkit.observe")
 STATIC = Path(__file__).parent / "static"
 #: Below this success ratio an edge is drawn as failing.
 FAILING_BELOW = 0.95
@@ -139,7 +138,7 @@ def _edge_key(edge: Edge) -> str:
     return f"{edge.source}->{edge.destination}"
 
 
-def _edge_row(edge: Edge, golden: Any, seen_by: str) -> dict[str, Any]:
+def _edge_row(edge: Edge, golden: Golden, seen_by: str) -> dict[str, Any]:
     success = golden.success
     return {
         "id": _edge_key(edge),
@@ -168,7 +167,7 @@ def _nodes(
     return [{"id": name, "meshed": name in services} for name in sorted(names)]
 
 
-def _instance_row(target: Any, metrics: InstanceMetrics | None) -> dict[str, Any]:
+def _instance_row(target: Target, metrics: InstanceMetrics | None) -> dict[str, Any]:
     return {
         "id": target.instance_id,
         "address": f"{target.address}:{target.port}",

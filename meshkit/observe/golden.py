@@ -11,7 +11,7 @@ Prometheus' ``histogram_quantile`` does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -175,6 +175,12 @@ class Scoreboard(Generic[K]):
             self._last[instance] = dict(edges)
         self.total = merge(self.total, window)
         return window
+
+    def retain(self, instances: Collection[str]) -> None:
+        """Forget the last scrape of every instance not in ``instances`` (gone from the
+        registry): a long-running observer of a changing mesh holds only current ones."""
+        for instance in self._last.keys() - set(instances):
+            del self._last[instance]
 
 
 @dataclass(frozen=True)

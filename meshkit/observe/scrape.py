@@ -236,9 +236,11 @@ class History:
         self._last: float | None = None
 
     def record(self, scrapes: Mapping[str, InstanceMetrics | None], *, now: float) -> Tick:
-        """Add one round (instance ID -> metrics, None for one not scraped) at ``now``
-        (monotonic seconds); the first round only sets the baseline."""
+        """Add one round (instance ID -> metrics, None for one registered but not
+        scraped) at ``now`` (monotonic seconds); the first round only sets the baseline."""
         live = {key: metrics for key, metrics in scrapes.items() if metrics is not None}
+        for board in (self._inbound, self._outbound):
+            board.retain(scrapes.keys())
         inbound = self._inbound.update({k: m.inbound for k, m in live.items()})
         outbound = self._outbound.update({k: m.outbound for k, m in live.items()})
         seconds = 0.0 if self._last is None else now - self._last

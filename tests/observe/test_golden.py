@@ -100,6 +100,20 @@ def test_the_scoreboard_keeps_what_a_killed_instance_counted() -> None:
     assert board.total[Edge("web", "cart")].count == 19
 
 
+def test_a_retained_scoreboard_forgets_instances_gone_from_the_registry() -> None:
+    cart = Instance()
+    cart.serve("web", 200, 0.01, times=3)
+    board: Scoreboard[Edge] = Scoreboard()
+    board.update({"cart-1": parse_edges(cart.text(), service="cart")})
+    board.retain({"cart-2"})
+    # Forgotten: were it to come back, all it counted would be new again.
+    window = board.update({"cart-1": parse_edges(cart.text(), service="cart")})
+    assert window[Edge("web", "cart")].count == 3
+    board.retain({"cart-1"})  # still registered: kept, so nothing new is counted
+    window = board.update({"cart-1": parse_edges(cart.text(), service="cart")})
+    assert window[Edge("web", "cart")].count == 0
+
+
 def test_a_counter_reset_counts_as_new_requests() -> None:
     before = EdgeHistogram({0.1: 10.0, float("inf"): 10.0}, 10, 0)
     after = EdgeHistogram({0.1: 3.0, float("inf"): 3.0}, 3, 0)
