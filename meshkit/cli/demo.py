@@ -10,8 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshkit.demo.run import DemoOptions, Display, demo, interruptible, start_control_plane
+from meshkit.demo.run import (
+    DemoOptions,
+    Display,
+    demo,
+    interruptible,
+    start_control_plane,
+    start_dashboard,
+)
 from meshkit.errors import MeshError
+from meshkit.observe.dashboard import DASHBOARD_PORT
 from meshkit.testing.supervisor import Supervisor
 
 
@@ -37,6 +45,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     up.add_argument("--registry-port", type=int, default=8500)
     up.add_argument("--ca-port", type=int, default=8443)
     up.add_argument("--dir", type=Path, default=Path(".meshkit/control-plane"))
+    up.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=DASHBOARD_PORT,
+        help=f"port of the dashboard it starts (default {DASHBOARD_PORT}; 0: any)",
+    )
     up.set_defaults(handler=_up_command)
 
 
@@ -50,10 +64,12 @@ def _up_command(args: argparse.Namespace) -> int:
         plane = start_control_plane(
             supervisor, args.dir, registry_port=args.registry_port, ca_port=args.ca_port
         )
+        dashboard = start_dashboard(supervisor, plane.registry_port, port=args.dashboard_port)
         print("control plane up: dev registry and dev CA. Point your services at it:\n")
         for name, value in plane.env().items():
             print(f"  export {name}={value}")
-        print(f"\nlogs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
+        print(f"\ndashboard: {dashboard}")
+        print(f"logs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while all(child.running for child in supervisor.children):
                 time.sleep(0.5)

@@ -106,19 +106,24 @@ def _list_intentions(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    app = load_app(args.app)
+    manifest = manifest_of(args.app, default_policy=args.default_policy)
+    json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def manifest_of(reference: str, *, default_policy: DefaultPolicy | None = None) -> dict[str, Any]:
+    """The policy manifest of the app ``module:attribute`` (``meshkit policy export``)."""
+    app = load_app(reference)
     routes = cast(list[BaseRoute], getattr(app, "routes", None))
     if routes is None:
-        raise ConfigError(f"{args.app} has no routes (expected a Starlette or FastAPI app)")
+        raise ConfigError(f"{reference} has no routes (expected a Starlette or FastAPI app)")
     # A meshed app (ServiceApp, Mesh(app)) carries its settings; any other app is
     # described with the environment's.
     mesh = getattr(getattr(app, "state", None), "mesh", None)
     settings = mesh.settings if isinstance(mesh, Mesh) else MeshSettings.from_env()
-    default: DefaultPolicy = args.default_policy or settings.default_policy
-    manifest = policy_manifest(routes, default_policy=default, service=settings.service)
-    json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-    return 0
+    default: DefaultPolicy = default_policy or settings.default_policy
+    return policy_manifest(routes, default_policy=default, service=settings.service)
 
 
 def load_app(reference: str) -> object:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -32,9 +32,17 @@ import anyio
 
 from meshkit.ca.client import CAIdentity
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.demo.golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
 from meshkit.demo.traffic import HttpsSender, TrafficStats, drive
 from meshkit.errors import MeshError
+from meshkit.observe.dashboard import LISTENING
+from meshkit.observe.golden import (
+    Edge,
+    Histogram,
+    Scoreboard,
+    edge_stats,
+    format_table,
+    parse_edges,
+)
 from meshkit.settings import MeshSettings
 from meshkit.testing.processes import admin_get, context_for
 from meshkit.testing.supervisor import Child, Supervisor
@@ -115,6 +123,21 @@ def start_registry(supervisor: Supervisor, directory: Path, *, port: int = 0) ->
     )
     registry.wait_until(lambda: answers(port, "/v1/status/leader"))
     return port
+
+
+def start_dashboard(
+    supervisor: Supervisor, registry_port: int, *, port: int = 0, apps: Sequence[str] = ()
+) -> str:
+    """``meshkit dashboard`` on the registry, showing the route policies of ``apps``
+    (``module:attribute``, importable from the checkout); its URL once it listens."""
+    argv = meshkit_argv("dashboard", "--registry", f"127.0.0.1:{registry_port}")
+    argv += ["--port", str(port), *(arg for app in apps for arg in ("--app", app))]
+    env = {**os.environ, "PYTHONPATH": _with_checkout(os.environ.get("PYTHONPATH"))}
+    return supervisor.start("dashboard", argv, env=env).wait_for(LISTENING)["url"]
+
+
+def _with_checkout(pythonpath: str | None) -> str:
+    return os.pathsep.join(filter(None, [str(CHECKOUT), pythonpath]))
 
 
 def start_ca(supervisor: Supervisor, directory: Path, *, port: int = 0) -> tuple[str, str]:
@@ -223,7 +246,7 @@ def instance_env(
         "MESHKIT_DRAIN_TIMEOUT": "5",
         "SHOP_DATA_DIR": str(shared_data),
         # `meshkit run examples.shop.<service>:app` from wherever the demo was started.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": _with_checkout(os.environ.get("PYTHONPATH")),
     }
     if service == "web":
         # Browsers have no mesh certificate: web also accepts TLS without one.
@@ -342,10 +365,16 @@ def run_demo(
     display.show("starting the shop: " + ", ".join(f"{s} x{n}" for s, n in SHOP) + "...")
     instances = start_shop(supervisor, directory, identities, mesh_env)
     web = next(i for i in instances if i.service == "web")
-    events = [f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)"]
+    registry_port = int(mesh_env["CONSUL_HTTP_ADDR"].rpartition(":")[2])
+    apps = [f"examples.shop.{service}:app" for service, _ in SHOP]
+    dashboard = start_dashboard(supervisor, registry_port, apps=apps)
+    events = [
+        f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)\n"
+        f"dashboard: {dashboard}"
+    ]
     stats, stop = TrafficStats(), threading.Event()
     threads = drive(lambda: HttpsSender(web.port, context), stats, stop, rate=options.rate)
-    board = Scoreboard()
+    board: Scoreboard[Edge] = Scoreboard()
     started = time.monotonic()
     try:
         watch(options, instances, board, stats, events, display, started)
@@ -360,7 +389,7 @@ def run_demo(
 def watch(
     options: DemoOptions,
     instances: list[Instance],
-    board: Scoreboard,
+    board: Scoreboard[Edge],
     stats: TrafficStats,
     events: list[str],
     display: Display,
@@ -397,7 +426,11 @@ def _kill_victim(instances: list[Instance], events: list[str], elapsed: float) -
 
 
 def summarize(
-    board: Scoreboard, stats: TrafficStats, events: list[str], display: Display, elapsed: float
+    board: Scoreboard[Edge],
+    stats: TrafficStats,
+    events: list[str],
+    display: Display,
+    elapsed: float,
 ) -> None:
     lines = ["", f"summary over {elapsed:.0f}s", format_table(edge_stats(board.total, elapsed)), ""]
     lines.append(progress(elapsed, elapsed, stats, events).splitlines()[0])
