@@ -6,7 +6,7 @@ call timeouts bounded by the incoming deadline, safe retries under a budget, out
 ejection, a circuit breaker, and mTLS checked against the destination's SPIFFE ID.
 """
 
-from meshkit.client._client import MeshClient, MeshClientFactory
+from meshkit.client._client import MeshClient, MeshClientFactory, expected_identity
 from meshkit.client._hooks import (
     AttemptEnded,
     AttemptStarted,
@@ -37,4 +37,5 @@ __all__ = [
     "MeshClientFactory",
     "RetryBudgetSpent",
     "RetryScheduled",
+    "expected_identity",
 ]
