@@ -7,6 +7,8 @@ assemble their own, each a layer of the design (imports only go downwards): ``cl
 (``errors``, ``settings``, ``identity``, ``tls``, ``deadline``).
 """
 
+from importlib import metadata
+
 from meshkit.app import ServiceApp
 from meshkit.client import ClientPolicy, MeshClient
 from meshkit.errors import (
@@ -32,6 +34,11 @@ from meshkit.identity import SpiffeId, peer_identity
 from meshkit.policy import allow, concurrency, deny, idempotent, rate_limit, timeout
 from meshkit.settings import Faults, MeshSettings
 from meshkit.tls import TLSMaterial
+
+try:
+    __version__ = metadata.version("meshkit")
+except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CAError",

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from meshkit.cli.run import port_number
 from meshkit.demo.run import DemoOptions, Display, demo, interruptible, start_control_plane
-from meshkit.errors import MeshError
+from meshkit.errors import ConfigError, MeshError
 from meshkit.testing.supervisor import Supervisor
 
 
@@ -34,10 +36,38 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     up = subparsers.add_parser(
         "up", help="run the control plane (dev registry + dev CA) for your services"
     )
-    up.add_argument("--registry-port", type=int, default=8500)
-    up.add_argument("--ca-port", type=int, default=8443)
-    up.add_argument("--dir", type=Path, default=Path(".meshkit/control-plane"))
+    up.add_argument(
+        "--registry-port",
+        type=port_number,
+        default=8500,
+        help="the dev registry's port (default 8500, Consul's)",
+    )
+    up.add_argument(
+        "--ca-port", type=port_number, default=8443, help="the dev CA's port (default 8443)"
+    )
+    up.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".meshkit/control-plane"),
+        help="state and logs; the CA made there is reused (default .meshkit/control-plane)",
+    )
     up.set_defaults(handler=_up_command)
+
+
+def check_free(port: int, flag: str) -> None:
+    """Refuse a port another process listens on, naming the flag that chose it."""
+    if port == 0:
+        return
+    with socket.socket() as sock:
+        # As the servers bind: connections in TIME_WAIT do not make a port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(
+                f"{flag} {port}: 127.0.0.1:{port} is in use ({exc.strerror}); is another "
+                f"`meshkit up` running? Stop it, or choose another {flag}"
+            ) from None
 
 
 def _demo_command(args: argparse.Namespace) -> int:
@@ -46,6 +76,10 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 
 def _up_command(args: argparse.Namespace) -> int:
+    # Before anything starts or prints: a busy port is most often a `meshkit up` already
+    # running, whose registry would even answer the readiness check of ours.
+    check_free(args.registry_port, "--registry-port")
+    check_free(args.ca_port, "--ca-port")
     with interruptible(), Supervisor(args.dir / "logs") as supervisor:
         plane = start_control_plane(
             supervisor, args.dir, registry_port=args.registry_port, ca_port=args.ca_port

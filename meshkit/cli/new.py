@@ -164,8 +164,15 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     new.add_argument("name", metavar="NAME", help="service name (a DNS label), e.g. payments")
     new.add_argument("--dir", type=Path, default=Path("."), help="parent directory (default: .)")
-    new.add_argument("--namespace", default="default", help="namespace in the SPIFFE ID")
-    new.add_argument("--allow", default="web", metavar="SERVICE", help="who may call it")
+    new.add_argument(
+        "--namespace", default="default", help="namespace in the SPIFFE ID (default: default)"
+    )
+    new.add_argument(
+        "--allow",
+        default="web",
+        metavar="SERVICE",
+        help="the service that may call it (default: web)",
+    )
     new.add_argument(
         "--calls",
         default=None,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import os
 import sys
@@ -18,8 +17,10 @@ from typing import Any
 from opentelemetry import trace
 
 from meshkit.app import ServiceApp
+from meshkit.cli.policy import load_app as load_target
 from meshkit.errors import ConfigError
 from meshkit.serving.server import serve
+from meshkit.settings import MeshSettings
 from meshkit.telemetry.sdk import configure_tracing_from_env
 
 _RUN_FLAGS: Mapping[str, str] = {
@@ -31,16 +32,59 @@ _RUN_FLAGS: Mapping[str, str] = {
 }
 
 
+def service_name(text: str) -> str:
+    """A ``--service`` value, checked as the settings will check it, named by its flag."""
+    try:
+        MeshSettings(service=text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+    return text
+
+
+def port_number(text: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return int(text)
+
+
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     run = subparsers.add_parser(
         "run",
         help="serve a ServiceApp with mTLS, registration and telemetry",
-        description="Serve MODULE:APP. Flags override MESHKIT_* variables.",
+        description="Serve MODULE:APP (imported from the current directory). Flags override "
+        "the MESHKIT_* variables; the rest of the settings come from those variables.",
     )
     run.add_argument("target", metavar="MODULE:APP", help="e.g. payments.app:app")
-    for name in _RUN_FLAGS:
-        run.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--service",
+        type=service_name,
+        help="service name in the SPIFFE ID and the registry (default: MESHKIT_SERVICE, "
+        "else the app's)",
+    )
+    run.add_argument(
+        "--host", help="service port's interface (default: MESHKIT_HOST, else 127.0.0.1)"
+    )
+    run.add_argument(
+        "--port",
+        type=port_number,
+        help="service port, 0 for any free one (default: MESHKIT_PORT, else 0)",
+    )
+    run.add_argument(
+        "--admin-host",
+        help="admin port's interface (default: MESHKIT_ADMIN_HOST, else 127.0.0.1)",
+    )
+    run.add_argument(
+        "--admin-port",
+        type=port_number,
+        help="admin port for /healthz, /readyz, /metrics, 0 for any free one "
+        "(default: MESHKIT_ADMIN_PORT, else 0)",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the lowest level logged to stderr (default: info)",
+    )
     run.set_defaults(handler=_run_command)
 
 
@@ -93,15 +137,7 @@ def configure_logging(level: str) -> None:
 
 def load_app(target: str) -> ServiceApp:
     """Import ``module:attribute`` and check that it is a ServiceApp."""
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"expected MODULE:APP, got {target!r}")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
-    app = getattr(module, attribute, None)
+    app = load_target(target)
     if not isinstance(app, ServiceApp):
-        raise ConfigError(f"{target} is not a meshkit ServiceApp")
+        raise ConfigError(f"{target} is a {type(app).__name__}, not a meshkit ServiceApp")
     return app
