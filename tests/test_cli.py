@@ -6,7 +6,6 @@ import argparse
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,7 @@ import meshkit
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.cli import build_parser, main
 from meshkit.testing import ServiceProcess
-
-
-def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
-    """``parser`` and every subcommand's parser under it."""
-    yield parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in dict.fromkeys(action.choices.values()):
-                yield from parsers(sub)
+from tests.cli_reference import parsers
 
 
 def test_every_flag_has_help_and_says_its_default() -> None:

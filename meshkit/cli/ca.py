@@ -86,7 +86,10 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--namespace", default="default", help="its namespace in the SPIFFE ID (default: default)"
     )
     create.add_argument(
-        "--ttl", type=parse_duration, default=dt.timedelta(minutes=10), help="default 10m"
+        "--ttl",
+        type=parse_duration,
+        default=dt.timedelta(minutes=10),
+        help="how long the token may be used, e.g. 90s, 1h (default 10m)",
     )
     create.add_argument("--uses", type=int, default=1, help="signings it allows (default 1)")
     create.add_argument(

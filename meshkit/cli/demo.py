@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import socket
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -84,13 +85,21 @@ def _up_command(args: argparse.Namespace) -> int:
         plane = start_control_plane(
             supervisor, args.dir, registry_port=args.registry_port, ca_port=args.ca_port
         )
+        exports = "".join(f"export {name}={value}\n" for name, value in plane.env().items())
+        # The same lines in a file, so another shell joins with `. DIR/env`; removed on
+        # the way out, so it never points at a control plane that is gone.
+        env_file = args.dir / "env"
+        env_file.write_text(exports)
         print("control plane up: dev registry and dev CA. Point your services at it:\n")
-        for name, value in plane.env().items():
-            print(f"  export {name}={value}")
-        print(f"\nlogs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while all(child.running for child in supervisor.children):
-                time.sleep(0.5)
-            failed = next(c for c in supervisor.children if not c.running)
-            raise MeshError(f"{failed.name} exited:\n{failed.log_tail()}")
+        print(textwrap.indent(exports, "  "))
+        print(f"or, in another shell: . {env_file}")
+        print(f"logs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(child.running for child in supervisor.children):
+                    time.sleep(0.5)
+                failed = next(c for c in supervisor.children if not c.running)
+                raise MeshError(f"{failed.name} exited:\n{failed.log_tail()}")
+        finally:
+            env_file.unlink(missing_ok=True)
     return 0
