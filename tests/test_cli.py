@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 import meshkit
-from meshkit.ca.x509 import LocalAuthority
 from meshkit.cli import build_parser, main
-from meshkit.testing import ServiceProcess
 from tests.cli_reference import parsers
 
 
@@ -99,26 +97,3 @@ def test_a_second_up_fails_on_the_busy_port_before_any_banner(tmp_path: Path) ->
     assert up.stderr.startswith(f"meshkit: error: --registry-port {port}: ")
     assert "another `meshkit up`" in up.stderr and up.stderr.count("\n") == 1
     assert not (tmp_path / ".meshkit").exists()  # nothing was started
-
-
-@pytest.mark.parametrize("mode", ["strict", "permissive"])
-def test_run_logs_its_lifecycle_once_and_its_tls_mode_truly(
-    mode: str, authority: LocalAuthority, tmp_path: Path
-) -> None:
-    process = ServiceProcess(
-        "tests.apps.echo:app",
-        service="echo",
-        identity=authority.issue("echo"),
-        identity_dir=tmp_path,
-        env={"MESHKIT_TLS_MODE": mode},
-    )
-    with process:
-        (serving,) = [line for line in process.lines if " serving " in line]
-    assert process.stop() == 0
-    output = "\n".join(process.lines)
-    assert output.count("Started server process") == 1
-    assert output.count("Finished server process") == 1
-    if mode == "strict":
-        assert "serving mTLS on" in serving and "plaintext" not in serving
-    else:
-        assert "serving mTLS and plaintext (permissive) on" in serving

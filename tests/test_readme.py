@@ -36,6 +36,13 @@ def test_no_issue_numbers_or_internal_history() -> None:
         assert not re.search(r"(?i)\bissue\s*#?\d|(?<![\w/])#\d+\b", text), path
 
 
+def test_a_trust_domain_the_ca_is_made_for_is_one_services_are_told() -> None:
+    """A CA made for another trust domain than the default needs MESHKIT_TRUST_DOMAIN in
+    the services that join it: the README must say so wherever it makes one."""
+    for domain in re.findall(r"meshkit ca init .*--trust-domain (\S+)", README):
+        assert f"MESHKIT_TRUST_DOMAIN={domain}" in README, domain
+
+
 @dataclass
 class Terminal:
     """One ``sh`` block of the walkthrough: the commands a user types in one terminal."""
