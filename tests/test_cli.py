@@ -49,6 +49,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["run", "x:app", "--service", "Bad_Name"], "--service"),
         (["ca", "serve", "--dir", "x", "--port", "http"], "--port"),
         (["up", "--registry-port", "-1"], "--registry-port"),
+        (["new", "Billing_Service"], "NAME"),
+        (["new", "x", "--allow", "Web_App"], "--allow"),
+        (["new", "x", "--namespace", "Shop"], "--namespace"),
+        (["call", "x", "/", "--as", "A_B"], "--as"),
+        (["cert", "issue", "--service", "a.b", "--out", "x"], "--service"),
     ],
 )
 def test_a_bad_flag_is_named_as_the_flag(

@@ -128,7 +128,6 @@ def test_a_status_of_400_or_more_is_printed_and_exits_1(
         (["call", "echo", "/", "--token", "bogus"], "all", "the CA refused"),
         (["call", "echo", "/", "--cert-dir", "missing"], "all", "missing/svid.pem"),
         (["call", "echo", "/", "-H", "nocolon", "--ca-dir", "{ca}"], "all", "expected 'Name:"),
-        (["cert", "issue", "--service", "Bad_Name", "--out", "x"], "all", "--service: must be"),
     ],
 )
 def test_mistakes_are_one_line(

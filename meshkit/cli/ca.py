@@ -16,7 +16,7 @@ from meshkit.ca.client import fetch_bundle
 from meshkit.ca.server import CA_LIMITS, DEV_WARNING, serve
 from meshkit.ca.store import CAStore, init_ca
 from meshkit.ca.tokens import MAX_TTL, MAX_USES, TokenStore
-from meshkit.cli.run import port_number
+from meshkit.cli._args import port_number
 from meshkit.errors import CAError, ConfigError, IdentityError
 from meshkit.identity import SpiffeId
 

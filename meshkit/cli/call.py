@@ -23,6 +23,7 @@ from meshkit._httpx import Response
 from meshkit.ca.client import BUNDLE_FILE, CERT_FILE, KEY_FILE, CAIdentity
 from meshkit.ca.store import CAStore
 from meshkit.ca.tokens import TokenStore
+from meshkit.cli._args import namespace_name, service_name
 from meshkit.client import AttemptEnded, BaseClientHooks, MeshClientFactory, expected_identity
 from meshkit.errors import ConfigError
 from meshkit.mesh import first_mesh_error
@@ -46,7 +47,9 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Get a key and certificate for --service from the CA (MESHKIT_CA_URL, "
         "MESHKIT_CA_FINGERPRINT) and write svid.pem, svid-key.pem and bundle.pem to --out.",
     )
-    issue.add_argument("--service", required=True, help="the service name in the SPIFFE ID")
+    issue.add_argument(
+        "--service", required=True, type=service_name, help="the service name in the SPIFFE ID"
+    )
     _add_identity_flags(issue)
     issue.add_argument(
         "--out",
@@ -70,6 +73,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--as",
         dest="caller",
         default="meshkit-cli",
+        type=service_name,
         metavar="NAME",
         help="the service name to call as, certified by the CA (default: meshkit-cli)",
     )
@@ -109,6 +113,7 @@ def _add_identity_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace",
         default=None,
+        type=namespace_name,
         help="namespace in the SPIFFE ID (default: MESHKIT_NAMESPACE, else default)",
     )
     tokens = parser.add_mutually_exclusive_group()
@@ -154,7 +159,7 @@ def identity_settings(
     store = CAStore.open(ca_dir) if ca_dir is not None else None
     if store is not None:
         overrides["trust_domain"] = store.trust_domain
-    settings = _settings(**overrides)
+    settings = MeshSettings.from_env(**overrides)
     if not settings.ca_url or not settings.ca_fingerprint:
         raise ConfigError(
             "no CA: set MESHKIT_CA_URL and MESHKIT_CA_FINGERPRINT (`meshkit up` prints them)"
@@ -162,15 +167,6 @@ def identity_settings(
     if store is not None:
         settings = settings.replace(join_token=_one_use_token(store, settings))
     return settings
-
-
-def _settings(**overrides: Any) -> MeshSettings:
-    try:
-        return MeshSettings.from_env(**overrides)
-    except ConfigError as exc:
-        name, _, problem = str(exc).partition(": ")
-        flag = {"service": "--service", "namespace": "--namespace", "data_dir": "--out"}
-        raise ConfigError(f"{flag.get(name, name)}: {problem}") from None
 
 
 def _one_use_token(store: CAStore, settings: MeshSettings) -> str:
@@ -227,7 +223,9 @@ def _caller(args: argparse.Namespace) -> tuple[TLSMaterial, MeshSettings]:
         paths = [args.cert_dir / name for name in (CERT_FILE, KEY_FILE, BUNDLE_FILE)]
         material = TLSMaterial.from_files(*paths)
         identity = material.spiffe_id
-        settings = _settings(trust_domain=identity.trust_domain, namespace=identity.namespace)
+        settings = MeshSettings.from_env(
+            trust_domain=identity.trust_domain, namespace=identity.namespace
+        )
         return material, settings.replace(service=identity.service)
     namespace = args.namespace
     home = _CALLER_DIR / (namespace or "default") / args.caller

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshkit.cli.run import port_number
+from meshkit.cli._args import port_number
 from meshkit.demo.run import DemoOptions, Display, demo, interruptible, start_control_plane
 from meshkit.errors import ConfigError, MeshError
 from meshkit.testing.supervisor import Supervisor

@@ -24,6 +24,7 @@ from cookiecutter.exceptions import (  # type: ignore[import-untyped]
 )
 from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 
+from meshkit.cli._args import namespace_name, service_name
 from meshkit.errors import ConfigError, MeshError
 from meshkit.settings import MeshSettings
 
@@ -162,20 +163,27 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="create a service project from the meshkit template",
         description="Create NAME/ with a ServiceApp, a policy, a mesh call, tests and a README.",
     )
-    new.add_argument("name", metavar="NAME", help="service name (a DNS label), e.g. payments")
+    new.add_argument(
+        "name", metavar="NAME", type=service_name, help="service name (a DNS label), e.g. payments"
+    )
     new.add_argument("--dir", type=Path, default=Path("."), help="parent directory (default: .)")
     new.add_argument(
-        "--namespace", default="default", help="namespace in the SPIFFE ID (default: default)"
+        "--namespace",
+        default="default",
+        type=namespace_name,
+        help="namespace in the SPIFFE ID (default: default)",
     )
     new.add_argument(
         "--allow",
         default="web",
         metavar="SERVICE",
+        type=service_name,
         help="the service that may call it (default: web)",
     )
     new.add_argument(
         "--calls",
         default=None,
+        type=service_name,
         metavar="SERVICE",
         help="a service it calls by name, with a stub of it in the tests (default: none)",
     )

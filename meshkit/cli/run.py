@@ -17,10 +17,10 @@ from typing import Any
 from opentelemetry import trace
 
 from meshkit.app import ServiceApp
+from meshkit.cli._args import port_number, service_name
 from meshkit.cli.policy import load_app as load_target
 from meshkit.errors import ConfigError
 from meshkit.serving.server import serve
-from meshkit.settings import MeshSettings
 from meshkit.telemetry.sdk import configure_tracing_from_env
 
 _RUN_FLAGS: Mapping[str, str] = {
@@ -30,21 +30,6 @@ _RUN_FLAGS: Mapping[str, str] = {
     "admin_host": "MESHKIT_ADMIN_HOST",
     "admin_port": "MESHKIT_ADMIN_PORT",
 }
-
-
-def service_name(text: str) -> str:
-    """A ``--service`` value, checked as the settings will check it, named by its flag."""
-    try:
-        MeshSettings(service=text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
-    return text
-
-
-def port_number(text: str) -> int:
-    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
-    return int(text)
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
