@@ -75,7 +75,8 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         default="meshkit-cli",
         type=service_name,
         metavar="NAME",
-        help="the service name to call as, certified by the CA (default: meshkit-cli)",
+        help="the service name to call as, certified by the CA; the certificate is kept in "
+        ".meshkit/callers/ and reused while valid (default: meshkit-cli)",
     )
     _add_identity_flags(call)
     call.add_argument(
