@@ -12,13 +12,7 @@ import pytest
 from meshkit.cli import main
 from meshkit.cli.new import INSTALL_COMMANDS, meshkit_requirement, requirement_of
 from meshkit.errors import MeshError
-from tests.walkthrough import (
-    SERVERS,
-    clean_environment,
-    run_terminals,
-    terminals,
-    up_on_free_ports,
-)
+from tests import walkthrough
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,19 +134,21 @@ def test_the_rendered_readme_runs_as_written(
     assert main(["new", "billing", "--dir", str(tmp_path), "--calls", "ledger"]) == 0
     printed = [line.strip() for line in capsys.readouterr().out.splitlines()[2:]]
     project = tmp_path / "billing"
-    blocks = list(terminals(up_on_free_ports((project / "README.md").read_text())))
+    blocks = list(
+        walkthrough.terminals(walkthrough.up_on_free_ports((project / "README.md").read_text()))
+    )
     assert blocks[0].lines == list(INSTALL_COMMANDS) == printed
     assert [block.server for block in blocks[1:3]] == [
-        SERVERS["meshkit up"],
-        SERVERS["meshkit run"],
+        walkthrough.SERVERS["meshkit up"],
+        walkthrough.SERVERS["meshkit run"],
     ]
     assert "meshkit call billing /hello --as web" in blocks[3].lines[-1]
-    env = clean_environment()
+    env = walkthrough.clean_environment()
     # As on a fresh machine: pip caches the wheels it builds from a path with a '-' in it
     # (it takes it for a versioned archive), so it would install a meshkit built from
     # this checkout by an earlier run instead of the checkout as it is.
     env["PIP_CACHE_DIR"] = str(tmp_path / "pip-cache")
-    run_terminals(blocks, project, env)
+    walkthrough.run_terminals(blocks, project, env)
     # `meshkit new` from the installed meshkit, away from any checkout: the template is
     # in the wheel, and the new project depends on what that venv has.
     elsewhere = tmp_path / "elsewhere"
