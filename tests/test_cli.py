@@ -53,6 +53,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["new", "x", "--allow", "Web_App"], "--allow"),
         (["new", "x", "--namespace", "Shop"], "--namespace"),
         (["call", "x", "/", "--as", "A_B"], "--as"),
+        (["call", "x", "https://example.org/"], "PATH"),
         (["cert", "issue", "--service", "a.b", "--out", "x"], "--service"),
     ],
 )
