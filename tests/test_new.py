@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -174,3 +175,18 @@ def test_a_missing_template_is_one_error(
     assert capsys.readouterr().err == (
         "meshkit: error: the service template is not installed with this meshkit\n"
     )
+
+
+@pytest.mark.parametrize("calls", [[], ["--calls", "ledger"]])
+def test_the_rendered_code_has_no_unused_or_undefined_names(
+    calls: list[str], tmp_path: Path
+) -> None:
+    """Each variant of the template's conditionals renders code pyflakes finds clean."""
+    assert main(["new", "billing", "--dir", str(tmp_path), *calls]) == 0
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "F,E9", "."],
+        cwd=tmp_path / "billing",
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout

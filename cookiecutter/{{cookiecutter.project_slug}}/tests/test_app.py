@@ -7,7 +7,7 @@ import ssl
 import pytest
 
 from meshkit.testing import Mesh, ServiceProcess, admin_get
-from tests.conftest import APP, NAMESPACE, SERVICE
+from tests.conftest import {% if cookiecutter.upstream_service %}APP, NAMESPACE, {% endif %}SERVICE
 
 ALLOWED = "{{ cookiecutter.allowed_caller }}"
 {%- if cookiecutter.upstream_service %}
