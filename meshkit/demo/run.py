@@ -101,6 +101,8 @@ class ControlPlane:
             "CONSUL_HTTP_ADDR": f"127.0.0.1:{self.registry_port}",
             "MESHKIT_CA_URL": self.ca_url,
             "MESHKIT_CA_FINGERPRINT": self.ca_fingerprint,
+            # The CA's trust domain: services check it against the CA and each other.
+            "MESHKIT_TRUST_DOMAIN": TRUST_DOMAIN,
         }
 
 

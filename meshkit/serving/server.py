@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
 import signal
@@ -37,6 +38,27 @@ logger = logging.getLogger("meshkit.serving")
 #: Descriptors kept for what is not a served connection: the mesh client's pooled
 #: connections, the registry's, the CA's, log and state files.
 _RESERVED_DESCRIPTORS = 256
+#: Set in the admin server's task: its uvicorn lifecycle lines ("Started server process",
+#: "Shutting down", ...) would repeat the service port's word for word (one process, one
+#: uvicorn logger), and meshkit's own "serving ... admin on ..." line tells of it.
+_ADMIN_TASK: contextvars.ContextVar[bool] = contextvars.ContextVar("meshkit_admin", default=False)
+_TLS_MODES: dict[TLSMode, str] = {
+    "tls": "mTLS",
+    "permissive": "mTLS and plaintext (permissive)",
+    "plain": "plaintext only (permissive, no identity)",
+}
+
+
+class _OneLifecycle(logging.Filter):
+    """Drops uvicorn's INFO lines emitted by the admin server; warnings still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not _ADMIN_TASK.get()
+
+
+_UVICORN_LOGGER = logging.getLogger("uvicorn.error")
+if not any(isinstance(f, _OneLifecycle) for f in _UVICORN_LOGGER.filters):
+    _UVICORN_LOGGER.addFilter(_OneLifecycle())
 
 
 class MeshMember(Protocol):
@@ -173,7 +195,7 @@ class MeshServer:
         service, admin = self._servers()
         with self._signals():
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._run, admin, admin_sock)
+                tg.start_soon(self._run_admin, admin, admin_sock)
                 tg.start_soon(self._run_service, service, service_sock, admin)
                 await self._stop.wait()
                 if self._failure is None:
@@ -210,6 +232,10 @@ class MeshServer:
         service.hold_within_descriptors(reserve=ADMIN_LIMITS.max_connections)
         return service, admin
 
+    async def _run_admin(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        _ADMIN_TASK.set(True)  # this task's context only (anyio copies it per task)
+        await self._run(server, sock)
+
     async def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
         try:
             await server.serve(sockets=[sock])
@@ -227,8 +253,9 @@ class MeshServer:
             freeze_startup_objects()
             self.mesh.set_ready(True)
             logger.info(
-                "%s serving mTLS on %s:%d, admin on %s:%d",
+                "%s serving %s on %s:%d, admin on %s:%d",
                 self.mesh.spiffe_id,
+                _TLS_MODES[self.mesh.serving_mode],
                 self.settings.host,
                 self.mesh.port,
                 self.settings.admin_host,

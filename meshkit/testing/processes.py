@@ -30,7 +30,10 @@ from meshkit.settings import Faults
 from meshkit.testing.supervisor import Child
 from meshkit.tls import TLSMaterial, client_context
 
-_SERVING = re.compile(r"serving mTLS on (?P<host>\S+):(?P<port>\d+), admin on \S+:(?P<admin>\d+)")
+_SERVING = re.compile(
+    r"serving mTLS(?: and plaintext \(permissive\))? on (?P<host>\S+):(?P<port>\d+), "
+    r"admin on \S+:(?P<admin>\d+)"
+)
 _CA = re.compile(r"listening on https://(?P<host>[^:]+):(?P<port>\d+)")
 _REGISTRY = re.compile(r"serving the Consul HTTP API on http://(?P<host>[^:/]+):(?P<port>\d+)")
 
