@@ -72,7 +72,7 @@ def test_a_bad_flag_is_named_as_the_flag(
     ("target", "message"),
     [
         ("json:missing", "json has no attribute missing"),
-        ("json:dumps", "json:dumps is a function, not a meshkit ServiceApp"),
+        ("json:dumps", "json:dumps is a function, not a meshed app"),
         ("no_such_module_here:app", "cannot import no_such_module_here"),
         ("json", "expected module:attribute"),
     ],

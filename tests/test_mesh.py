@@ -68,21 +68,6 @@ def test_service_app_is_starlette_plus_mesh() -> None:
         mesh_of(Starlette())
 
 
-def test_meshkit_run_names_an_app_that_is_not_meshed() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "meshkit", "run", "tests.apps.echo:whoami"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert completed.returncode == 1
-    assert completed.stderr.strip().splitlines()[-1] == (
-        "meshkit: error: tests.apps.echo:whoami is not a meshed app "
-        "(a ServiceApp, or an app given to Mesh(app, ...))"
-    )
-
-
 def test_mesh_run_serves_the_app_it_meshes() -> None:
     """``mesh.run(...)`` (what ``ServiceApp.run`` calls) serves the app with its overrides."""
     script = (
