@@ -57,7 +57,11 @@ from meshkit.middleware.deadline import DeadlineMiddleware
 from meshkit.middleware.faults import FaultMiddleware
 from meshkit.middleware.idempotency import IdempotencyDefaults
 from meshkit.middleware.telemetry import TelemetryMiddleware, source_label
-from meshkit.policy.consul_intentions import ConsulIntentions, intention_watcher
+from meshkit.policy.consul_intentions import (
+    ConsulIntentions,
+    intention_source,
+    intention_watcher,
+)
 from meshkit.policy.idempotency import configured_store
 from meshkit.policy.intentions import Intentions
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
@@ -267,7 +271,12 @@ class MeshRuntime:
             self.registration = ServiceRegistration(registry, self.instance())
             tg.start_soon(self.registration.run)
         client = registry.new_client()
-        watcher = intention_watcher(self.settings, client, self.intentions, self.consul_intentions)
+        source = intention_source(self.settings, self.identity_source())
+        consul = self.consul_intentions if source == "consul" else None
+        self.authorizer.consul_intentions = consul
+        watcher = intention_watcher(
+            self.settings, source, client, self.intentions, self.consul_intentions
+        )
         tg.start_soon(watcher.run)
 
     async def _close(self) -> None:

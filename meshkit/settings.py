@@ -21,8 +21,9 @@ from meshkit.identity import SpiffeId
 
 TLSMode = Literal["strict", "permissive"]
 DefaultPolicy = Literal["allow-mesh", "deny"]
-#: Where intentions come from: meshkit's keys in Consul KV, or Consul's own intentions.
-IntentionSource = Literal["meshkit", "consul"]
+#: Where intentions come from: meshkit's keys in Consul KV, or Consul's own intentions;
+#: ``auto``: Consul's when the identity is Consul's (Connect), else meshkit's.
+IntentionSource = Literal["auto", "meshkit", "consul"]
 #: What a request meets when its Idempotency-Key is being run elsewhere: it waits for
 #: that result, or is refused at once with 409.
 InFlight = Literal["wait", "reject"]
@@ -170,7 +171,7 @@ class MeshSettings:
     # budget on the server (meshkit.deadline says why): NTP keeps them milliseconds apart.
     max_clock_skew: float = 0.25
     default_policy: DefaultPolicy = "allow-mesh"
-    intentions: IntentionSource = "meshkit"
+    intentions: IntentionSource = "auto"
     access_log: bool = False
     faults: Faults | None = None  # injected into this instance's requests (tests only)
     idempotency_store: str = "memory"  # memory | sqlite:PATH | consul
@@ -205,8 +206,10 @@ class MeshSettings:
             raise _FieldError(
                 "default_policy", f"must be allow-mesh or deny, got {self.default_policy!r}"
             )
-        if self.intentions not in ("meshkit", "consul"):
-            raise _FieldError("intentions", f"must be meshkit or consul, got {self.intentions!r}")
+        if self.intentions not in ("auto", "meshkit", "consul"):
+            raise _FieldError(
+                "intentions", f"must be auto, meshkit or consul, got {self.intentions!r}"
+            )
         self._validate_idempotency()
         files = (self.cert_file, self.key_file, self.bundle_file)
         if any(files) and not all(files):

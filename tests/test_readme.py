@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshkit.demo.run import free_port
+from meshkit.settings import _ENVIRONMENT
 from tests.cli_reference import in_readme, reference
 from tests.walkthrough import (
     SERVERS,
@@ -27,6 +28,12 @@ ADMIN_PORTS = ("9101", "9102")
 
 def test_the_cli_reference_is_the_parsers() -> None:
     assert in_readme(README) == reference(), "run `make readme`"
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    table = README[README.index("## Configuration") : README.index("### Connection policy")]
+    missing = [name for name, _ in _ENVIRONMENT.values() if f"`{name}`" not in table]
+    assert not missing, missing
 
 
 def test_no_issue_numbers_or_internal_history() -> None:

@@ -12,9 +12,14 @@ from starlette.routing import BaseRoute
 
 from meshkit.errors import ConfigError
 from meshkit.mesh import Mesh
-from meshkit.policy.consul_intentions import ConsulIntentionAdmin, ListedIntention
+from meshkit.policy.consul_intentions import (
+    ConsulIntentionAdmin,
+    ListedIntention,
+    intention_source,
+)
 from meshkit.policy.decorators import policy_manifest
 from meshkit.policy.intentions import Intention, IntentionStore, consul_client
+from meshkit.registry.connect import identity_source
 from meshkit.settings import DefaultPolicy, MeshSettings
 
 
@@ -60,9 +65,10 @@ def _store() -> IntentionStore:
 
 
 def _consul_admin() -> ConsulIntentionAdmin | None:
-    """Consul's intentions when they are the source (MESHKIT_INTENTIONS=consul)."""
+    """Consul's intentions when they are the source (MESHKIT_INTENTIONS=consul, or
+    ``auto`` with a Consul Connect identity)."""
     settings = MeshSettings.from_env()
-    if settings.intentions != "consul":
+    if intention_source(settings, identity_source(settings)) != "consul":
         return None
     return ConsulIntentionAdmin(consul_client(settings))
 

@@ -129,6 +129,18 @@ def test_echo_sees_the_callers_consul_identity(consul_mesh: Mesh) -> None:
     assert body["caller"] == f"spiffe://{trust_domain}/ns/default/dc/dc1/svc/web"
 
 
+def test_a_connect_member_obeys_consuls_intentions_by_default(consul_mesh: Mesh) -> None:
+    """MESHKIT_INTENTIONS unset (auto): with Consul's identity come Consul's intentions,
+    so an operator's `consul intention create -deny web echo` holds for meshkit too."""
+    (echo,) = consul_mesh.start("tests.apps.echo:app", "echo")
+    connection = consul_mesh.connect(echo, "web")
+    assert connection.get("/whoami")[0] == 200  # Consul's default (allow) until told
+    sources = [{"Name": "web", "Action": "deny"}]
+    assert _client(consul_mesh).config.set("service-intentions", "echo", {"Sources": sources})
+    _eventually(lambda: connection.get("/whoami")[0] == 403, within=5)
+    assert consul_mesh.connect(echo, "other").get("/whoami")[0] == 200
+
+
 class _Load:
     """Requests through ``caller`` in a thread until stopped: keep-alive requests on one
     connection, and every tenth request on a new connection with a freshly fetched leaf
