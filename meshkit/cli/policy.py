@@ -19,7 +19,6 @@ from meshkit.policy.consul_intentions import (
 )
 from meshkit.policy.decorators import policy_manifest
 from meshkit.policy.intentions import Intention, IntentionStore, consul_client
-from meshkit.registry.connect import identity_source
 from meshkit.settings import DefaultPolicy, MeshSettings
 
 
@@ -65,10 +64,11 @@ def _store() -> IntentionStore:
 
 
 def _consul_admin() -> ConsulIntentionAdmin | None:
-    """Consul's intentions when they are the source (MESHKIT_INTENTIONS=consul, or
-    ``auto`` with a Consul Connect identity)."""
+    """Consul's intentions when they are the source: MESHKIT_INTENTIONS=consul, or
+    ``auto`` with MESHKIT_IDENTITY=consul. Not detected from the agent as a service does:
+    a shell without the services' variables would then write where they do not read."""
     settings = MeshSettings.from_env()
-    if intention_source(settings, identity_source(settings)) != "consul":
+    if intention_source(settings, settings.identity) != "consul":
         return None
     return ConsulIntentionAdmin(consul_client(settings))
 
