@@ -43,7 +43,7 @@ from meshkit.errors import (
 from meshkit.identity import SpiffeId
 from meshkit.middleware.authz import Authorizer
 from meshkit.middleware.idempotency import IdempotencyDefaults
-from meshkit.middleware.telemetry import source_label
+from meshkit.middleware.telemetry import namespace_label, source_label
 from meshkit.policy.idempotency import configured_store
 from meshkit.policy.intentions import Intentions, IntentionStore, IntentionWatcher
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
@@ -89,7 +89,7 @@ class MeshRuntime:
         self.idempotency_store = configured_store(settings)
 
     def _count_denial(self, caller: SpiffeId | None, route: str, reason: str) -> None:
-        self.metrics.policy_denied(source_label(caller), route, reason)
+        self.metrics.policy_denied(source_label(caller), route, reason, namespace_label(caller))
 
     def configure(self, settings: MeshSettings) -> None:
         """New settings before serving (``app.run(port=...)``); the middleware that holds

@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "meshkit.cli.policy",
     "meshkit.cli.new",
     "meshkit.cli.demo",
+    "meshkit.cli.ops",
 )
 
 

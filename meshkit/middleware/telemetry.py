@@ -5,7 +5,8 @@ other mesh middleware. Per request it
 
 - counts the request in ``http_server_active_requests`` while it runs;
 - observes ``http_server_request_duration_seconds`` labelled by method, route template,
-  status code and the caller's verified service (``source_service``);
+  status code and the caller's verified service and namespace (``source_service``,
+  ``source_namespace``);
 - continues the caller's W3C trace (``traceparent``/``tracestate``, ``baggage``) in a
   SERVER span named ``METHOD /route/template``, made current for the handler so mesh
   client calls it makes carry the context on; a malformed header starts a new trace;
@@ -31,7 +32,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
-from meshkit.telemetry.metrics import UNMATCHED_ROUTE, MeshMetrics, method_label
+from meshkit.telemetry.metrics import (
+    UNKNOWN_NAMESPACE,
+    UNMATCHED_ROUTE,
+    MeshMetrics,
+    method_label,
+)
 from meshkit.telemetry.propagation import EMPTY_CONTEXT, extract_context
 
 UNKNOWN_SOURCE = "unknown"
@@ -97,7 +103,8 @@ class TelemetryMiddleware:
             route = self._routes.lookup(scope)
             identity = peer_identity(scope)
             source = source_label(identity)
-            self.metrics.server_finished(method, route, status, source, duration)
+            namespace = namespace_label(identity)
+            self.metrics.server_finished(method, route, status, source, duration, namespace)
             if span.is_recording():
                 self._server_spans.finish(
                     span, scope, method, route, status, identity, source, error
@@ -230,6 +237,11 @@ def _rfc3339(timestamp: float) -> str:
 def source_label(identity: SpiffeId | None) -> str:
     """The ``source_service`` label of a caller: its service name, else ``unknown``."""
     return (identity.service if identity else None) or UNKNOWN_SOURCE
+
+
+def namespace_label(identity: SpiffeId | None) -> str:
+    """The ``source_namespace`` label of a caller: its namespace, else ``unknown``."""
+    return (identity.namespace if identity else None) or UNKNOWN_NAMESPACE
 
 
 class RouteTemplates:

@@ -1,0 +1,35 @@
+"""`meshkit check`, `meshkit tap` and `meshkit prometheus-config`: operating a mesh."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from meshkit.observe.prometheus import ScrapeSettings, scrape_config
+from meshkit.settings import MeshSettings
+
+
+def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    prometheus = subparsers.add_parser(
+        "prometheus-config",
+        help="print a Prometheus configuration that finds every instance in the registry",
+    )
+    prometheus.add_argument(
+        "--registry",
+        help="the registry (Consul) address Prometheus asks (default: CONSUL_HTTP_ADDR)",
+    )
+    prometheus.add_argument(
+        "--interval", default="15s", help="scrape and evaluation interval (default 15s)"
+    )
+    prometheus.add_argument("--job", default="meshkit", help="the scrape job's name")
+    prometheus.add_argument("--datacenter", help="the Consul datacenter (default: the agent's)")
+    prometheus.set_defaults(handler=_prometheus_config)
+
+
+def _prometheus_config(args: argparse.Namespace) -> int:
+    registry = args.registry or MeshSettings.from_env().consul_http_addr or "127.0.0.1:8500"
+    settings = ScrapeSettings(
+        registry=registry, job=args.job, interval=args.interval, datacenter=args.datacenter
+    )
+    print(scrape_config(settings), end="")
+    return 0
