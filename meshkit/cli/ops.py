@@ -5,11 +5,24 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import anyio
+
+from meshkit.observe.check import Checker, failed, render_json, render_text
 from meshkit.observe.prometheus import ScrapeSettings, scrape_config
 from meshkit.settings import MeshSettings
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    check = subparsers.add_parser(
+        "check",
+        help="check the registry, the CA, this identity and each service; exit 1 on failure",
+    )
+    check.add_argument("service", nargs="?", help="check only this service (default: all)")
+    check.add_argument(
+        "--output", choices=("text", "json"), default="text", help="text lines or one JSON document"
+    )
+    check.set_defaults(handler=_check)
+
     prometheus = subparsers.add_parser(
         "prometheus-config",
         help="print a Prometheus configuration that finds every instance in the registry",
@@ -33,3 +46,10 @@ def _prometheus_config(args: argparse.Namespace) -> int:
     )
     print(scrape_config(settings), end="")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    checker = Checker(MeshSettings.from_env())
+    results = anyio.run(checker.run, args.service)
+    print(render_json(results) if args.output == "json" else render_text(results))
+    return 1 if failed(results) else 0
