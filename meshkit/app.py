@@ -91,6 +91,7 @@ class ServiceApp(Starlette):
             metrics=self.mesh.metrics,
             tracer_provider=self.tracer_provider,
             access_log=self.settings.access_log,
+            tap=self.mesh.tap,
         )
 
     def client(self, service: str) -> MeshClient:

@@ -50,6 +50,7 @@ from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegist
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry
 from meshkit.telemetry.metrics import MeshMetrics
+from meshkit.telemetry.tap import TapRing, tap_answer
 from meshkit.tls import FileIdentityWatcher, TLSContexts
 
 logger = logging.getLogger("meshkit.app")
@@ -84,6 +85,7 @@ class MeshRuntime:
         self.authorizer = Authorizer.from_settings(
             settings, intentions=self.intentions, on_denial=self._count_denial
         )
+        self.tap = TapRing(settings.tap_size)
         self.admin_app = AdminApp(self)
         # Opens nothing yet (stores connect on first use); closed when ``running`` ends.
         self.idempotency_store = configured_store(settings)
@@ -279,7 +281,7 @@ def first_mesh_error(exc: BaseException) -> MeshError | None:
 
 
 class AdminApp:
-    """The plaintext admin port: ``/healthz``, ``/readyz`` and ``/metrics``, nothing else."""
+    """The plaintext admin port: ``/healthz``, ``/readyz``, ``/metrics`` and ``/tap``."""
 
     def __init__(self, runtime: MeshRuntime) -> None:
         self.runtime = runtime
@@ -296,6 +298,9 @@ class AdminApp:
             await _send(send, 200 if ready else 503, {"ready": ready})
         elif scope["path"] == "/metrics":
             await self.runtime.metrics.asgi_app(scope, receive, send)
+        elif scope["path"] == "/tap":
+            status, payload = tap_answer(self.runtime.tap, scope, self.runtime.settings.tap_remote)
+            await _send(send, status, payload)
         else:
             await _send(send, 404, {"error": "not found"})
 

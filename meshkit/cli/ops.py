@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
 
 import anyio
 
 from meshkit.observe.check import Checker, failed, render_json, render_text
 from meshkit.observe.prometheus import ScrapeSettings, scrape_config
+from meshkit.observe.tap import Tap, TapQuery, format_record
+from meshkit.registry.consul import ConsulRegistry
 from meshkit.settings import MeshSettings
 
 
@@ -22,6 +26,18 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--output", choices=("text", "json"), default="text", help="text lines or one JSON document"
     )
     check.set_defaults(handler=_check)
+
+    tap = subparsers.add_parser(
+        "tap", help="stream the requests SERVICE's instances serve (from their admin /tap)"
+    )
+    tap.add_argument("service", help="the service to tap")
+    tap.add_argument("--route", default="", help="only this route template, e.g. /items/{id}")
+    tap.add_argument("--caller", default="", help="only this caller: a service name or SPIFFE ID")
+    tap.add_argument("--count", type=_positive, help="stop after this many requests")
+    tap.add_argument(
+        "--output", choices=("text", "json"), default="text", help="text lines or JSON lines"
+    )
+    tap.set_defaults(handler=_tap)
 
     prometheus = subparsers.add_parser(
         "prometheus-config",
@@ -53,3 +69,24 @@ def _check(args: argparse.Namespace) -> int:
     results = anyio.run(checker.run, args.service)
     print(render_json(results) if args.output == "json" else render_text(results))
     return 1 if failed(results) else 0
+
+
+def _positive(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def _tap(args: argparse.Namespace) -> int:
+    query = TapQuery(service=args.service, route=args.route, caller=args.caller, count=args.count)
+
+    def emit(record: dict[str, Any]) -> None:
+        line = json.dumps(record) if args.output == "json" else format_record(record)
+        print(line, flush=True)
+
+    def warn(message: str) -> None:
+        print(f"meshkit tap: {message}", file=sys.stderr, flush=True)
+
+    registry = ConsulRegistry.from_settings(MeshSettings.from_env())
+    anyio.run(Tap(registry, query, emit, warn).run)
+    return 0
