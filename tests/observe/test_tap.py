@@ -4,8 +4,8 @@ with the verified caller and the trace, and nothing of the headers or bodies."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
