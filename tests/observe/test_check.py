@@ -92,17 +92,22 @@ def test_the_text_output_is_one_marked_line_per_check(mesh: Mesh, tmp_path: Path
     assert lines[-1] == "Status: every check passed"
 
 
+def intention(mesh: Mesh, *args: str) -> None:
+    """``meshkit intentions ARGS`` against the mesh's registry."""
+    subprocess.run(
+        [sys.executable, "-m", "meshkit", "intentions", *args],
+        check=True,
+        env={**os.environ, "CONSUL_HTTP_ADDR": mesh.registry.address},
+        timeout=30,
+    )
+
+
 def test_a_crashed_instance_and_a_shut_off_service_fail_with_hints(
     mesh: Mesh, tmp_path: Path
 ) -> None:
     first, _ = mesh.start(UPSTREAM, "upstream", instances=2)
     mesh.kill(first)  # still registered: the registry has not noticed yet
-    subprocess.run(
-        [sys.executable, "-m", "meshkit", "intentions", "deny", "*", "upstream"],
-        check=True,
-        env={**os.environ, "CONSUL_HTTP_ADDR": mesh.registry.address},
-        timeout=30,
-    )
+    intention(mesh, "deny", "*", "upstream")
     code, document = check(operator_env(mesh, tmp_path), "upstream")
     assert code == 1 and not document["success"]
     failures = failing(document)
@@ -114,12 +119,7 @@ def test_a_crashed_instance_and_a_shut_off_service_fail_with_hints(
     denial = next(c for c in document["checks"] if c["message"].startswith("intentions deny"))
     assert denial["hint"] == "meshkit intentions allow SOURCE upstream (or delete the deny rules)"
     # One allowed caller is enough to pass that check.
-    subprocess.run(
-        [sys.executable, "-m", "meshkit", "intentions", "allow", "web", "upstream"],
-        check=True,
-        env={**os.environ, "CONSUL_HTTP_ADDR": mesh.registry.address},
-        timeout=30,
-    )
+    intention(mesh, "allow", "web", "upstream")
     _, document = check(operator_env(mesh, tmp_path), "upstream")
     assert "intentions deny every caller of upstream" not in failing(document)
 
