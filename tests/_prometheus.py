@@ -114,7 +114,16 @@ def consul_sd_groups(registry: str) -> list[dict[str, Any]]:
 
 def _group(registry: str, name: str, datacenter: str) -> dict[str, Any]:
     entries, headers = consul_get(registry, f"/v1/health/service/{name}", stale="")
-    assert int(headers["x-consul-index"]) > 0
+    index = headers["x-consul-index"]
+    # Prometheus then watches with a blocking query at that index: without a change it
+    # must wait, then answer with the same index.
+    began = time.monotonic()
+    again, headers = consul_get(
+        registry, f"/v1/health/service/{name}", stale="", index=index, wait="300ms"
+    )
+    if headers["x-consul-index"] == index:  # else a health check ran meanwhile: a change
+        assert again == entries
+        assert time.monotonic() - began >= 0.25, "a blocking query answered before its wait"
     return {
         "targets": [_address(entry) for entry in entries],
         "labels": {"__meta_consul_service": name, "__meta_consul_dc": datacenter},
