@@ -335,3 +335,22 @@ def test_active_requests_are_those_started_and_not_yet_finished_per_method() -> 
     assert (active("GET"), active("POST"), active("PUT")) == (1, 1, None)
     metrics.server_finished("GET", "/orders", 500, "web", 0.001)
     assert active("GET") == 0
+
+
+def test_every_watched_destination_has_a_breaker_series_closed_until_it_trips() -> None:
+    metrics = MeshMetrics()
+    sample = metrics.registry.get_sample_value
+    assert sample("meshkit_circuit_state", {"destination_service": "payments"}) is None
+    metrics.watch_cache(_Cache({"payments": 0.0, "cart": 0.0}))
+    for destination in ("payments", "cart"):
+        assert sample("meshkit_circuit_state", {"destination_service": destination}) == 0
+    metrics.set_circuit_state("cart", "open")
+    assert sample("meshkit_circuit_state", {"destination_service": "cart"}) == 2
+    assert sample("meshkit_circuit_state", {"destination_service": "payments"}) == 0
+
+
+def test_process_and_python_collectors_live_in_the_app_registry() -> None:
+    metrics = MeshMetrics()
+    names = {family.name for family in metrics.registry.collect()}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= names
+    assert "python_gc_collections" in names

@@ -174,3 +174,26 @@ def test_the_ca_is_checked_against_its_pin(mesh: Mesh, tmp_path: Path) -> None:
         assert code == 1
         ((status, message),) = statuses(document, "ca")
         assert status == "fail" and "does not hold the pinned root" in message
+
+
+def test_without_a_local_identity_the_served_certificates_are_still_read(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    mesh.start(UPSTREAM, "upstream")
+    env = {
+        "CONSUL_HTTP_ADDR": mesh.registry.address,
+        "MESHKIT_CA_URL": "",
+        "MESHKIT_DATA_DIR": str(tmp_path / "empty"),
+    }
+    code, document = check(env, "upstream")
+    assert code == 0, failing(document)
+    ((status, message),) = statuses(document, "identity")
+    assert status == "skip" and "no local workload identity" in message
+    served = [m for _, m in statuses(document, "service upstream") if "certificate valid" in m]
+    assert len(served) == 1 and "svc/upstream" in served[0]
+
+
+def test_a_service_nobody_registered_fails(mesh: Mesh, tmp_path: Path) -> None:
+    code, document = check(operator_env(mesh, tmp_path), "nosuch")
+    assert code == 1
+    assert statuses(document, "service nosuch")[0] == ("fail", "0/0 instances passing")
