@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from meshkit.observe.tap import format_record
 from meshkit.testing import Mesh, MeshProcess, admin_get
 
 pytestmark = pytest.mark.timeout(120)
@@ -105,3 +106,20 @@ def test_tap_can_be_turned_off_and_an_unknown_service_is_one_line(mesh: Mesh) ->
     assert result.stderr.strip().splitlines() == [
         f"meshkit: error: no instance of 'nosuch' at http://{mesh.registry.address}"
     ]
+
+
+def test_a_text_line_has_every_field_in_order() -> None:
+    record = {
+        "time": "2026-12-05T21:59:07.025Z",
+        "instance": "upstream-7c0429fec88a",
+        "caller": None,
+        "method": "GET",
+        "route": "/work",
+        "status": 503,
+        "duration_ms": 1.5,
+        "trace_id": None,
+    }
+    assert format_record(record) == (
+        "21:59:07.025  upstream-7c0429fec88a  src=unknown  GET /work  status=503"
+        "  latency=1.5ms  trace=-"
+    )
