@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from meshkit.observe.check import Checker, failed, render_json, render_text
-from meshkit.observe.prometheus import ScrapeSettings, scrape_config
+from meshkit.observe.prometheus_config import ScrapeSettings, scrape_config
 from meshkit.observe.tap import Tap, TapQuery, format_record
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.settings import MeshSettings

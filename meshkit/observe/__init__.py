@@ -1,7 +1,10 @@
-"""Operating a mesh from outside it: what the registry and each instance's admin port say.
+"""Operating the mesh: what is running, how it is doing, and where it hurts.
 
-``check`` (``meshkit check``) diagnoses the registry, the CA, the local identity and each
-service; ``tap`` streams the requests an instance serves; ``prometheus`` writes the
-scrape configuration; ``grafana/`` holds the dashboards; ``instances`` lists every
-registered instance with its admin port.
+Tools for operators, outside the request path: they read the registry (every instance,
+healthy or not, with the admin port it published) and scrape each instance's admin
+``/metrics``. ``golden`` turns expositions into the golden signals per edge (requests/s,
+success, p50/p99); ``scrape`` discovers and scrapes instances and keeps a sliding window
+of what each round added; ``dashboard`` serves the live web page (``meshkit
+dashboard``), ``top`` the live terminal table (``meshkit top``). The commands themselves
+live in ``meshkit.cli``.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,12 @@ from starlette.routing import Route
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.middleware.telemetry import TelemetryMiddleware
 from meshkit.telemetry.metrics import MeshMetrics
-from tests._prometheus import needs_prometheus, query, running_prometheus, wait_for
 from tests.middleware.servers import connect, get, running
+from tests.prometheus import query, running_prometheus, wait_for
 
-pytestmark = needs_prometheus
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus is not installed (make prometheus)"
+)
 ROUTE = "/orders/{order_id}"
 
 
@@ -42,14 +45,8 @@ def admin_port(metrics: MeshMetrics) -> Iterator[int]:
 @pytest.fixture
 def prometheus(tmp_path: Path, admin_port: int) -> Iterator[str]:
     """A real Prometheus scraping the admin port every second; yields its base URL."""
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: orders\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{admin_port}']\n"
-    )
-    with running_prometheus(config, tmp_path) as base:
+    targets = f"    static_configs:\n      - targets: ['127.0.0.1:{admin_port}']\n"
+    with running_prometheus(tmp_path, f"  - job_name: orders\n{targets}") as base:
         wait_for(lambda: query(base, 'up{job="orders"} == 1'), "the first scrape")
         yield base
 

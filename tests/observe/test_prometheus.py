@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,18 +17,18 @@ from pathlib import Path
 import pytest
 
 from meshkit.testing import Mesh, ServiceProcess
-from tests._prometheus import (
+from tests.observe.consul_sd import (
     consul_sd_groups,
     file_sd_targets,
-    needs_prometheus,
-    query,
-    running_prometheus,
     supports_consul_sd,
-    wait_for,
     with_file_sd,
 )
+from tests.prometheus import query, running_prometheus, wait_for
 
-pytestmark = [needs_prometheus, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="make prometheus installs it"),
+    pytest.mark.timeout(180),
+]
 
 DASHBOARDS = Path(__file__).parents[2] / "meshkit" / "observe" / "grafana"
 #: What the dashboards' variables stand for in the test mesh.
@@ -80,13 +81,21 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "prometheus-config", "--registry", mesh.registry.address, "--interval", "1s"
         )
         assert printed.returncode == 0, printed.stderr
-        config = directory / "prometheus.yml"
+        # Prometheus runs on the printed scrape job; its global part (intervals) is the
+        # test helper's, which the printed one (--interval 1s) matches.
+        global_part, _, scrape_configs = printed.stdout.partition("scrape_configs:\n")
+        assert "scrape_interval: 1s" in global_part
+        config = directory / "printed.yml"
         config.write_text(printed.stdout)
         if not supports_consul_sd(config):
             targets = directory / "targets.json"
-            targets.write_text(json.dumps(file_sd_targets(consul_sd_groups(mesh.registry.address))))
-            config.write_text(with_file_sd(printed.stdout, targets))
-        with Traffic(mesh, caller) as traffic, running_prometheus(config, directory) as base:
+            groups = consul_sd_groups(mesh.registry.address)
+            targets.write_text(json.dumps(file_sd_targets(groups)))
+            scrape_configs = with_file_sd(scrape_configs, targets)
+        with (
+            Traffic(mesh, caller) as traffic,
+            running_prometheus(directory, scrape_configs) as base,
+        ):
             wait_for(lambda: len(query(base, 'up{service_instance_id!=""} == 1')) == 2, "2 targets")
             edge = "rate(http_client_request_duration_seconds_count[15s]) > 0"
             wait_for(lambda: query(base, edge), "the caller -> upstream edge")

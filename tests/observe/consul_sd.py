@@ -1,89 +1,22 @@
-"""A real Prometheus for tests: started on a config, asked through its HTTP API."""
+"""Prometheus's Consul service discovery, done by the test where Prometheus cannot.
+
+Debian's Prometheus is built without Consul SD ("Disable Consul SD until its Debian
+package is back in shape"), so where `promtool check config` refuses consul_sd_configs
+the test does that one step itself, asking the registry what Prometheus's
+discovery/consul/consul.go asks (agent/self for the datacenter, the catalog, then each
+service's health entries, all of them, stale reads, blocking) and labelling targets
+as it does; Prometheus then relabels and scrapes them for real (file_sd_configs).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-from tests.middleware.servers import free_port
-
-#: For test modules that need Prometheus: skipped where it is not installed.
-needs_prometheus = pytest.mark.skipif(
-    shutil.which("prometheus") is None, reason="prometheus is not installed (make prometheus)"
-)
-
-
-@contextlib.contextmanager
-def running_prometheus(config: Path, directory: Path) -> Iterator[str]:
-    """Prometheus on ``config`` (storage under ``directory``) until the block ends;
-    yields its base URL once it is ready."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={directory / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(base), "prometheus to start")
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-
-
-def _ready(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/-/ready", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def query(base: str, promql: str) -> list[dict[str, Any]]:
-    """The result of an instant query (asserting Prometheus accepted it)."""
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=5) as response:
-        answer = json.load(response)
-    assert answer["status"] == "success", answer
-    result: list[dict[str, Any]] = answer["data"]["result"]
-    return result
-
-
-def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-# -- Consul service discovery ---------------------------------------------------------------
-#
-# Debian's Prometheus is built without Consul SD ("Disable Consul SD until its Debian
-# package is back in shape"), so where `promtool check config` refuses consul_sd_configs
-# the test does that one step itself, asking the registry what Prometheus's
-# discovery/consul/consul.go asks (agent/self for the datacenter, the catalog, then each
-# service's health entries, all of them, stale reads, blocking) and labelling targets
-# as it does; Prometheus then relabels and scrapes them for real (file_sd_configs).
 
 
 def supports_consul_sd(config: Path) -> bool:
