@@ -56,7 +56,7 @@ from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.middleware.deadline import DeadlineMiddleware
 from meshkit.middleware.faults import FaultMiddleware
 from meshkit.middleware.idempotency import IdempotencyDefaults
-from meshkit.middleware.telemetry import TelemetryMiddleware, source_label
+from meshkit.middleware.telemetry import TelemetryMiddleware, namespace_label, source_label
 from meshkit.policy.consul_intentions import (
     ConsulIntentions,
     intention_source,
@@ -71,6 +71,7 @@ from meshkit.serving.server import serve
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry
 from meshkit.telemetry.metrics import MeshMetrics
+from meshkit.telemetry.tap import TapRing, tap_answer
 from meshkit.tls import FileIdentityWatcher, TLSContexts
 
 logger = logging.getLogger("meshkit.app")
@@ -110,13 +111,14 @@ class MeshRuntime:
             consul_intentions=self.consul_intentions,
             on_denial=self._count_denial,
         )
+        self.tap = TapRing(settings.tap_size)
         self.admin_app = AdminApp(self)
         # Opens nothing yet (stores connect on first use); closed when ``running`` ends.
         self.idempotency_store = configured_store(settings)
         self._identity_source: str | None = None  # decided once (it may ask the agent)
 
     def _count_denial(self, caller: SpiffeId | None, route: str, reason: str) -> None:
-        self.metrics.policy_denied(source_label(caller), route, reason)
+        self.metrics.policy_denied(source_label(caller), route, reason, namespace_label(caller))
 
     def configure(self, settings: MeshSettings) -> None:
         """New settings before serving (``app.run(port=...)``); the middleware that holds
@@ -376,7 +378,7 @@ def first_mesh_error(exc: BaseException) -> MeshError | None:
 
 
 class AdminApp:
-    """The plaintext admin port: ``/healthz``, ``/readyz`` and ``/metrics``, nothing else."""
+    """The plaintext admin port: ``/healthz``, ``/readyz``, ``/metrics`` and ``/tap``."""
 
     def __init__(self, runtime: MeshRuntime) -> None:
         self.runtime = runtime
@@ -393,6 +395,9 @@ class AdminApp:
             await _send(send, 200 if ready else 503, {"ready": ready})
         elif scope["path"] == "/metrics":
             await self.runtime.metrics.asgi_app(scope, receive, send)
+        elif scope["path"] == "/tap":
+            status, payload = tap_answer(self.runtime.tap, scope, self.runtime.settings.tap_remote)
+            await _send(send, status, payload)
         else:
             await _send(send, 404, {"error": "not found"})
 
@@ -499,6 +504,7 @@ class Mesh(MeshRuntime):
             metrics=self.metrics,
             tracer_provider=self.tracer_provider,
             access_log=settings.access_log,
+            tap=self.tap,
         )
 
     def run(self, **overrides: Any) -> None:

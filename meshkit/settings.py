@@ -173,6 +173,10 @@ class MeshSettings:
     default_policy: DefaultPolicy = "allow-mesh"
     intentions: IntentionSource = "auto"
     access_log: bool = False
+    # The admin port's /tap: how many recent requests each instance keeps (0: none), and
+    # whether callers other than loopback may read them (they hold callers' identities).
+    tap_size: int = 1024
+    tap_remote: bool = False
     faults: Faults | None = None  # injected into this instance's requests (tests only)
     idempotency_store: str = "memory"  # memory | sqlite:PATH | consul
     idempotency_in_flight: InFlight = "wait"
@@ -197,6 +201,10 @@ class MeshSettings:
                 raise _FieldError(name, f"must be a DNS label (a-z, 0-9, '-'), got {value!r}")
         for name in ("port", "admin_port"):
             _check_port(name, getattr(self, name))
+        if isinstance(self.tap_size, bool) or not isinstance(self.tap_size, int):
+            raise _FieldError("tap_size", f"must be a whole number, got {self.tap_size!r}")
+        if not 0 <= self.tap_size <= 100_000:
+            raise _FieldError("tap_size", f"must be within 0-100000, got {self.tap_size!r}")
         for name in ("cert_reload_interval", "deregister_delay", "drain_timeout", "max_clock_skew"):
             if getattr(self, name) < 0:
                 raise _FieldError(name, "must not be negative")
@@ -386,6 +394,8 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "default_policy": ("MESHKIT_DEFAULT_POLICY", _text),
     "intentions": ("MESHKIT_INTENTIONS", _text),
     "access_log": ("MESHKIT_ACCESS_LOG", _flag),
+    "tap_size": ("MESHKIT_TAP_SIZE", _count),
+    "tap_remote": ("MESHKIT_TAP_REMOTE", _flag),
     "faults": ("MESHKIT_FAULTS", _faults),
     "idempotency_store": ("MESHKIT_IDEMPOTENCY_STORE", _text),
     "idempotency_in_flight": ("MESHKIT_IDEMPOTENCY_IN_FLIGHT", _text),

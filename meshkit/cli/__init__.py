@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "meshkit.cli.demo",
     "meshkit.cli.observe",
     "meshkit.cli.call",
+    "meshkit.cli.ops",
 )
 
 
