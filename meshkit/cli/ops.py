@@ -23,7 +23,10 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     check.add_argument("service", nargs="?", help="check only this service (default: all)")
     check.add_argument(
-        "--output", choices=("text", "json"), default="text", help="text lines or one JSON document"
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text lines or one JSON document (default: text)",
     )
     check.set_defaults(handler=_check)
 
@@ -31,11 +34,22 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "tap", help="stream the requests SERVICE's instances serve (from their admin /tap)"
     )
     tap.add_argument("service", help="the service to tap")
-    tap.add_argument("--route", default="", help="only this route template, e.g. /items/{id}")
-    tap.add_argument("--caller", default="", help="only this caller: a service name or SPIFFE ID")
+    tap.add_argument(
+        "--route",
+        default="",
+        help="only this route template, e.g. /items/{id} (default: every route)",
+    )
+    tap.add_argument(
+        "--caller",
+        default="",
+        help="only this caller: a service name or SPIFFE ID (default: every caller)",
+    )
     tap.add_argument("--count", type=_positive, help="stop after this many requests")
     tap.add_argument(
-        "--output", choices=("text", "json"), default="text", help="text lines or JSON lines"
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text lines or JSON lines (default: text)",
     )
     tap.set_defaults(handler=_tap)
 
@@ -50,7 +64,9 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     prometheus.add_argument(
         "--interval", default="15s", help="scrape and evaluation interval (default 15s)"
     )
-    prometheus.add_argument("--job", default="meshkit", help="the scrape job's name")
+    prometheus.add_argument(
+        "--job", default="meshkit", help="the scrape job's name (default: meshkit)"
+    )
     prometheus.add_argument("--datacenter", help="the Consul datacenter (default: the agent's)")
     prometheus.set_defaults(handler=_prometheus_config)
 

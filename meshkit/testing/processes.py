@@ -31,7 +31,7 @@ from meshkit.testing.supervisor import Child
 from meshkit.tls import TLSMaterial, client_context
 
 _SERVING = re.compile(
-    r"serving mTLS(?: and plaintext \(permissive\))? on (?P<host>\S+):(?P<port>\d+), "
+    r"serving (?:mTLS|plaintext).*? on (?P<host>\S+):(?P<port>\d+), "
     r"admin on \S+:(?P<admin>\d+)"
 )
 _CA = re.compile(r"listening on https://(?P<host>[^:]+):(?P<port>\d+)")
