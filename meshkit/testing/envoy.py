@@ -206,13 +206,13 @@ class RunningEnvoy:
     def pid(self) -> int:
         return self.child.process.pid
 
-    def stats(self, prefix: str) -> dict[str, int]:
-        """Its counters and gauges whose names start with ``prefix`` (``/stats``)."""
+    def stats(self) -> dict[str, int]:
+        """Its counters and gauges by name (the admin's ``/stats``)."""
         status, body = admin_get(int(self.admin.rpartition(":")[2]), "/stats?format=json")
         if status != 200:
             raise MeshError(f"envoy admin answered {status} to /stats")
         found = json.loads(body)["stats"]
-        return {s["name"]: int(s["value"]) for s in found if s.get("name", "").startswith(prefix)}
+        return {s["name"]: int(s["value"]) for s in found if "name" in s and "value" in s}
 
 
 #: Starts a named process (``Supervisor.start``, or ``Child.spawn`` for a caller that
