@@ -267,6 +267,17 @@ def test_the_cli_reports_a_failure_as_one_line(
     assert capsys.readouterr().err == "meshkit: error: registry exited with 1\n"
 
 
+def test_consul_native_without_envoy_is_one_line_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("meshkit.cli.demo.envoy_missing", lambda: "envoy is not installed")
+    assert main(["demo", "--consul-native", "--dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        "meshkit: error: --consul-native runs payments behind Envoy, but envoy is not installed\n"
+    )
+    assert not (tmp_path / "logs").exists()
+
+
 @pytest.mark.slow
 def test_acceptance_demo_for_20_seconds(tmp_path: Path) -> None:
     """CI's acceptance: exit 0, every edge carried traffic, >= 99% success, nothing left."""
