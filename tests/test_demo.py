@@ -320,9 +320,11 @@ def test_consul_native_demo_runs_the_shop_on_connect_with_payments_behind_envoy(
         "Connect-native (meshkit, leaf from Consul's CA): cart x2, inventory x2, web x1" in summary
     )
     assert "behind an Envoy sidecar (plain Starlette, connect-proxy): payments x1" in summary
+    # Intentions at the sidecar: web, which none allows, was refused once; cart never.
+    assert "the payments sidecar answers web (no intention allows it): 403" in summary
     carried = re.search(
         r"payments through Envoy: (\d+) requests forwarded to the plain app; "
-        r"RBAC from intentions allowed (\d+), denied 0",
+        r"RBAC from intentions allowed (\d+), denied 1\n",
         summary,
     )
     assert carried is not None and int(carried[1]) > 0 and carried[1] == carried[2], summary

@@ -13,6 +13,7 @@ finds it through ``/v1/health/connect/payments`` like any Connect-capable instan
 from __future__ import annotations
 
 import functools
+import http.client
 import os
 import ssl
 import sys
@@ -126,6 +127,17 @@ def start_plain_member(
     return envoy
 
 
+def refused(registry: str, port: int, caller: str) -> int:
+    """The status a sidecar on ``port`` answers ``caller`` presenting its Connect leaf."""
+    context = client_context(connect_leaf(registry, caller))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def members(registry: str, services: Iterable[str]) -> tuple[Counter[str], Counter[str]]:
     """(Connect-native instances, sidecar proxies) per service, as Consul's catalog has
     them: what ``/v1/health/connect/<service>`` returns, which is what callers dial."""
@@ -151,6 +163,8 @@ class EnvoySidecars:
     """payments as a plain Starlette app behind an Envoy sidecar (``run.Sidecars``)."""
 
     services = frozenset({"payments"})
+    #: A shop service no intention lets call payments: its sidecar must refuse it.
+    OUTSIDER = "web"
 
     def __init__(self) -> None:
         self.registry = ""
@@ -163,10 +177,16 @@ class EnvoySidecars:
 
     def describe(self) -> list[str]:
         native, sidecar = members(self.registry, (service for service, _ in SHOP))
+        refusals = [
+            f"the {service} sidecar answers {self.OUTSIDER} (no intention allows it): "
+            f"{refused(self.registry, envoy.port, self.OUTSIDER)}"
+            for service, envoy in sorted(self.envoys.items())
+        ]
         return [
             f"Connect-native (meshkit, leaf from Consul's CA): {_listed(native)}",
             f"behind an Envoy sidecar (plain Starlette, connect-proxy): {_listed(sidecar)}"
             " (its edges as its callers count them)",
+            *refusals,
         ]
 
     def report(self) -> list[str]:
@@ -175,7 +195,7 @@ class EnvoySidecars:
     @staticmethod
     def _carried(service: str, envoy: RunningEnvoy) -> str:
         if not envoy.child.running:
-            return f"{service}'s Envoy sidecar exited with {envoy.child.process.returncode}"
+            return f"the {service} Envoy sidecar exited with {envoy.child.process.returncode}"
         stats = envoy.stats()
         return (
             f"{service} through Envoy: {stats.get(FORWARDED, 0)} requests forwarded to the "
