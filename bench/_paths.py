@@ -188,7 +188,7 @@ def start_c(ws: Workspace) -> RunningPath:
         ws.stack,
         "C-envoy-server",
         server_sidecar_config(
-            ws.identity("callee"), app_port=app_port, allowed_caller=spiffe("caller")
+            ws.identity("callee"), app_port=app_port, allowed_callers=[spiffe("caller")]
         ),
         ws.directory,
     )

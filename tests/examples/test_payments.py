@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 
+from examples.shop import payments
 from tests.examples.conftest import Shop
 
 pytestmark = pytest.mark.anyio
@@ -74,3 +78,23 @@ async def test_only_cart_may_charge(shop: Shop) -> None:
     )
     assert response.status_code == 403
     assert await _charges(shop) == 0
+
+
+async def test_the_plain_app_charges_with_no_mesh_at_all(tmp_path: Path) -> None:
+    """``create_plain_app`` (payments behind an Envoy sidecar in ``meshkit demo
+    --consul-native``): the same handlers serve requests that carry no identity, since
+    the sidecar authorizes; the database is where it is told."""
+    app = payments.create_plain_app(database=tmp_path / "payments.db")
+    transport = httpx.ASGITransport(app)
+    # httpx.ASGITransport does not run lifespans: run it here.
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://payments") as client,
+    ):
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        headers = {"Idempotency-Key": "k"}
+        charged = await client.post("/charges", json=CHARGE, headers=headers)
+        assert charged.status_code == 201
+        shown = await client.get(f"/charges/{charged.json()['id']}")
+        assert shown.json() == charged.json()
+    assert (tmp_path / "payments.db").exists()
