@@ -28,7 +28,9 @@ from meshkit._httpx import (
 from meshkit.client._balancer import Balancer
 from meshkit.client._breaker import CircuitBreaker
 from meshkit.client._budget import RetryBudget
+from meshkit.client._hedging import HedgeTransport
 from meshkit.client._hooks import BreakerChanged, BreakerState, ClientHooks
+from meshkit.client._mirror import MirrorTransport
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._transports import (
     TIMEOUT_EXTENSION,
@@ -247,6 +249,7 @@ class MeshClientFactory:
         self._hooks = hooks
         self._clients: dict[str, MeshClient] = {}
         self._balancers: list[Balancer] = []
+        self._mirrors: list[MirrorTransport] = []
         self._passthrough = PassthroughTransport(policy=self._policy, hooks=hooks)
 
     def client(self, service: str) -> MeshClient:
@@ -286,23 +289,51 @@ class MeshClientFactory:
             on_change=_breaker_reporter(service, hooks),
         )
         pooled = PoolTransport(policy.per_try_timeout)
-        balanced = BalancerTransport(pooled, balancer, hooks)
+        attempt: AsyncBaseTransport = BalancerTransport(pooled, balancer, hooks)
+        if policy.hedging:
+            attempt = HedgeTransport(
+                service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
+            )
         retried = RetryTransport(
-            service, balanced, balancer=balancer, budget=budget, policy=policy, hooks=hooks
+            service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
         )
         broken = BreakerTransport(service, retried, breaker)
         limited = LimitTransport(service, broken, policy)
-        return MeshTransport(
+        meshed = MeshTransport(
             service, limited, passthrough=self._passthrough, policy=policy, hooks=hooks
         )
+        if policy.mirror_to in (None, service) or policy.mirror_fraction <= 0:
+            return meshed  # the mirror's own client, under a shared policy, copies nothing
+        return self._mirrored(service, meshed, policy, policy.mirror_to)
+
+    def _mirrored(
+        self, service: str, inner: AsyncBaseTransport, policy: ClientPolicy, mirror: str
+    ) -> MirrorTransport:
+        expected_identity(mirror, self._settings)  # a bad name fails now, not per copy
+        mirrored = MirrorTransport(
+            service,
+            inner,
+            mirror=mirror,
+            # Built on first copy, after this client exists: no recursion between two
+            # destinations that mirror to each other.
+            mirror_transport=lambda: self.client(mirror)._mesh_transport,
+            fraction=policy.mirror_fraction,
+            max_in_flight=policy.mirror_max_in_flight,
+            hooks=self._hooks,
+        )
+        self._mirrors.append(mirrored)
+        return mirrored
 
     async def aclose(self) -> None:
         """Close every connection of every client; the clients are unusable after."""
+        for mirror in self._mirrors:
+            mirror.close()
         for balancer in self._balancers:
             balancer.close()
         self._passthrough.close()
         self._clients.clear()
         self._balancers.clear()
+        self._mirrors.clear()
 
 
 def _breaker_reporter(service: str, hooks: ClientHooks | None) -> Any:
