@@ -250,6 +250,7 @@ class MeshClientFactory:
         self._clients: dict[str, MeshClient] = {}
         self._balancers: list[Balancer] = []
         self._mirrors: list[MirrorTransport] = []
+        self._hedgers: list[HedgeTransport] = []
         self._passthrough = PassthroughTransport(policy=self._policy, hooks=hooks)
 
     def client(self, service: str) -> MeshClient:
@@ -294,6 +295,7 @@ class MeshClientFactory:
             attempt = HedgeTransport(
                 service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
             )
+            self._hedgers.append(attempt)
         retried = RetryTransport(
             service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
         )
@@ -326,14 +328,15 @@ class MeshClientFactory:
 
     async def aclose(self) -> None:
         """Close every connection of every client; the clients are unusable after."""
-        for mirror in self._mirrors:
-            mirror.close()
+        for closing in (*self._mirrors, *self._hedgers):
+            closing.close()
         for balancer in self._balancers:
             balancer.close()
         self._passthrough.close()
         self._clients.clear()
         self._balancers.clear()
         self._mirrors.clear()
+        self._hedgers.clear()
 
 
 def _breaker_reporter(service: str, hooks: ClientHooks | None) -> Any:

@@ -2,7 +2,8 @@
 
 An idempotent call whose attempt has not answered after the destination's recent
 p95 (or a fixed delay) gets a second attempt on another endpoint; the first usable
-answer wins and the other attempt is cancelled. A hedge spends the retry budget as a
+answer wins, the caller stops waiting for the other, which is cancelled or (the
+default) left to finish on its connection with its answer discarded. A hedge spends the retry budget as a
 retry does, so under a destination-wide slowdown hedging stops instead of doubling
 the load, and it counts as an attempt against ``max_attempts``.
 """
@@ -87,6 +88,7 @@ class HedgeTransport(AsyncBaseTransport):
         self._policy = policy
         self._hooks = hooks
         self.latency = LatencyWindow()
+        self._losers: set[Attempt] = set()
 
     async def handle_async_request(self, request: Request) -> Response:
         call = call_of(request)
@@ -104,11 +106,37 @@ class HedgeTransport(AsyncBaseTransport):
             call.attempt += 1  # a hedge is an attempt: it counts against max_attempts
             twin.attempt = call.attempt
             second = asyncio.ensure_future(self._attempt(_twin_request(request, twin), twin))
-            return await _race(first, call, second, twin)
+            winner, loser = await _race(first, second)
+            if loser is not None:
+                self._settle(loser, call if loser is first else twin)
+            return winner.result()
         finally:
             for task in (first, second):
-                if task is not None and not task.done():
-                    task.cancel()  # the caller gave up (a lost race was cancelled already)
+                if task is not None and not task.done() and task not in self._losers:
+                    task.cancel()  # the caller gave up
+
+    def _settle(self, loser: Attempt, call: Call) -> None:
+        """The attempt that lost the race: cancelled, or by default left to finish
+        within its own per-try timeout, its answer discarded. Over HTTP/1.1 cancelling
+        means closing the connection, and the fresh mTLS handshake that replaces it
+        costs more CPU than the rest of a call (bench/hedging.py measured a worse p99
+        with cancelling); finishing also keeps the endpoint's outstanding count true
+        while it still works on the request."""
+        call.lost = True
+        if self._policy.hedge_cancel_loser:
+            loser.cancel()
+            return
+        self._losers.add(loser)
+        loser.add_done_callback(self._forget)
+
+    def _forget(self, loser: Attempt) -> None:
+        self._losers.discard(loser)
+        if not loser.cancelled():
+            loser.exception()  # retrieved: its failure is nobody's
+
+    def close(self) -> None:
+        for loser in list(self._losers):
+            loser.cancel()
 
     def _delay(self) -> float | None:
         policy = self._policy
@@ -163,10 +191,9 @@ def _twin_request(request: Request, twin: Call) -> Request:
     return Request(request.method, request.url, extensions=extensions)
 
 
-async def _race(first: Attempt, first_call: Call, second: Attempt, second_call: Call) -> Response:
-    """The first usable answer of two attempts; the other is cancelled as lost. When
+async def _race(first: Attempt, second: Attempt) -> tuple[Attempt, Attempt | None]:
+    """The attempt with the first usable answer, and the other if still running. When
     both fail, the later failure is the call's (the retry layer then decides)."""
-    calls = {first: first_call, second: second_call}
     pending = {first, second}
     while True:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -174,10 +201,7 @@ async def _race(first: Attempt, first_call: Call, second: Attempt, second_call: 
         if winner is None and not pending:
             winner = done.pop()
         if winner is not None:
-            for loser in pending:
-                calls[loser].lost = True
-                loser.cancel()
-            return winner.result()
+            return winner, next(iter(pending), None)
 
 
 def _usable(task: Attempt) -> bool:

@@ -45,6 +45,7 @@ class ClientPolicy:
     hedge_percentile: float | None = None
     hedge_delay: float | None = None
     hedge_min_delay: float = 0.001  # never hedge sooner, whatever the percentile says
+    hedge_cancel_loser: bool = False  # abort the slower attempt's connection (else it finishes)
     busy_cap: float = 30.0  # the longest Retry-After that makes an endpoint less chosen
     # Mirroring: this share of the calls is copied to ``mirror_to`` (a destination),
     # fire-and-forget; at most ``mirror_max_in_flight`` copies at once, the rest dropped.

@@ -100,20 +100,32 @@ async def gather_calls(mesh: MeshClientFactory, count: int, *, workers: int = 8)
     return statuses
 
 
+@pytest.mark.parametrize("cancel", [False, True], ids=["finish", "cancel"])
 async def test_a_slow_first_attempt_is_hedged_and_the_fast_answer_wins(
-    authority: LocalAuthority,
+    authority: LocalAuthority, cancel: bool
 ) -> None:
     seen, hooks = Seen(), Recorder()
     # Whichever instance gets the first attempt hangs on it: the hedge goes to the other.
     hangs = Behaviour(hang_first_overall=True)
     specs = {"payments": {"a": hangs, "b": hangs}}
     async with services(authority, seen, specs) as source:
-        mesh = factory(authority, source, hooks=hooks, hedge_delay=0.05, **NO_BREAKER)
+        mesh = factory(
+            authority,
+            source,
+            hooks=hooks,
+            hedge_delay=0.05,
+            hedge_cancel_loser=cancel,
+            **NO_BREAKER,
+        )
         response = await mesh.client("payments").get("/item")
         first = next(name for name in "ab" if name != response.text)
         assert response.status_code == 200
         assert [e.delay for e in hooks.of(HedgeStarted)] == [0.05]
         assert seen.hits == {"a": 1, "b": 1}
+        if not cancel:
+            await anyio.sleep(0.2)
+            assert not seen.abandoned[first]  # still running: its answer will be discarded
+            await mesh.aclose()  # closing the client ends it
         with anyio.fail_after(5):  # the loser's connection was closed: its server sees it
             while not seen.abandoned[first]:  # noqa: ASYNC110 (a server-side flag)
                 await anyio.sleep(0.01)
