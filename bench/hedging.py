@@ -2,12 +2,13 @@
 
 Four instance processes serve strict mTLS (uvicorn, uvloop, httptools); each answers
 after a latency drawn like a real service's (a base plus an exponential tail); one of
-them answers ``--slow-ms`` later to ``--slow-share`` of its requests (a noisy
-neighbour, GC pauses), which the balancer's latency average sees only after the fact.
-This process calls them with the mesh client at ``--concurrency`` concurrent GETs in two settings, each with hedging off and
-on (hedging at the p95 of the destination's recent latency), interleaved over
-``--rounds`` rounds: ``normal`` (three normal instances) and ``one_slow`` (two normal,
-one slow). Every setting starts from a fresh client (no latency history).
+them answers ``--slow-ms`` later to ``--slow-share`` of its requests (a noisy neighbour,
+GC pauses), which the balancer's latency average sees only after the fact. This process
+calls them with the mesh client at ``--concurrency`` concurrent GETs in two settings,
+each with hedging off and on (hedging at the p95 of the destination's recent latency),
+interleaved over ``--rounds`` rounds: ``normal`` (three normal instances) and
+``one_slow`` (two normal, one slow). Every setting starts from a fresh client (no
+latency history).
 
 Reported: p50/p99 of the calls as the caller saw them, and extra attempts (attempts
 beyond one per call: hedges and retries) in percent of calls; ratios are medians over

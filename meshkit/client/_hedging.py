@@ -1,11 +1,11 @@
 """Hedged attempts (Finagle's backup requests) and the latency window that times them.
 
-An idempotent call whose attempt has not answered after the destination's recent
-p95 (or a fixed delay) gets a second attempt on another endpoint; the first usable
-answer wins, the caller stops waiting for the other, which is cancelled or (the
-default) left to finish on its connection with its answer discarded. A hedge spends
-the retry budget as a retry does, so under a destination-wide slowdown hedging stops instead of doubling
-the load, and it counts as an attempt against ``max_attempts``.
+An idempotent call whose attempt has not answered after the destination's recent p95 (or
+a fixed delay) gets a second attempt on another endpoint; the first usable answer wins,
+the caller stops waiting for the other, which is cancelled or (the default) left to
+finish on its connection with its answer discarded. A hedge spends the retry budget as a
+retry does, so under a destination-wide slowdown hedging stops instead of doubling the
+load, and it counts as an attempt against ``max_attempts``.
 """
 
 from __future__ import annotations
