@@ -292,10 +292,11 @@ class MeshClientFactory:
         pooled = PoolTransport(policy.per_try_timeout)
         attempt: AsyncBaseTransport = BalancerTransport(pooled, balancer, hooks)
         if policy.hedging:
-            attempt = HedgeTransport(
+            hedged = HedgeTransport(
                 service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
             )
-            self._hedgers.append(attempt)
+            self._hedgers.append(hedged)
+            attempt = hedged
         retried = RetryTransport(
             service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
         )
