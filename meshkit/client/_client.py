@@ -329,8 +329,10 @@ class MeshClientFactory:
 
     async def aclose(self) -> None:
         """Close every connection of every client; the clients are unusable after."""
-        for closing in (*self._mirrors, *self._hedgers):
-            closing.close()
+        for mirror in self._mirrors:
+            mirror.close()
+        for hedger in self._hedgers:
+            hedger.close()
         for balancer in self._balancers:
             balancer.close()
         self._passthrough.close()
