@@ -28,6 +28,13 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="run script checks (Args) that registrations define, as Consul's flag does",
     )
+    serve.add_argument(
+        "--acl-default-policy",
+        choices=("allow", "deny"),
+        default="allow",
+        help="what no matching intention means, as Consul's acl.default_policy: allow "
+        "(default, like consul agent -dev) or deny",
+    )
     serve.set_defaults(handler=_serve)
 
     services = subparsers.add_parser(
@@ -38,7 +45,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    serve(args.host, args.port, enable_script_checks=args.enable_script_checks)
+    serve(
+        args.host,
+        args.port,
+        enable_script_checks=args.enable_script_checks,
+        acl_default_policy=args.acl_default_policy,
+    )
     return 0
 
 

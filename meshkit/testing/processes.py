@@ -117,11 +117,12 @@ class MeshProcess:
 
 
 class RegistryProcess(MeshProcess):
-    """``meshkit registry serve`` on an ephemeral port; ``address`` is host:port."""
+    """``meshkit registry serve`` on an ephemeral port (extra ``args``, e.g.
+    ``--acl-default-policy deny``); ``address`` is host:port."""
 
-    def __init__(self, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
         super().__init__(
-            ["registry", "serve", "--port", "0"], ready=_REGISTRY, name="registry", env=env
+            ["registry", "serve", "--port", "0", *args], ready=_REGISTRY, name="registry", env=env
         )
 
     @property

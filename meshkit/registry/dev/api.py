@@ -19,7 +19,6 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -27,6 +26,8 @@ import anyio
 
 from meshkit.registry.dev.agent import CONSUL_VERSION, DevAgent
 from meshkit.registry.dev.catalog import datacenter_of
+from meshkit.registry.dev.config_entries import ConfigEndpoints, ConfigEntries
+from meshkit.registry.dev.config_kinds import KINDS
 from meshkit.registry.dev.decode import (
     STRING,
     Fields,
@@ -36,9 +37,17 @@ from meshkit.registry.dev.decode import (
 )
 from meshkit.registry.dev.errors import AgentError, DecodeError, bad_request, rpc_error
 from meshkit.registry.dev.gojson import loads
+from meshkit.registry.dev.http import (
+    Disconnected,
+    Request,
+    Response,
+    dump,
+    json_response,
+    query_headers,
+    text_response,
+)
+from meshkit.registry.dev.intentions_api import DefaultPolicy, IntentionEndpoints
 from meshkit.registry.dev.query import (
-    Blocking,
-    Query,
     first,
     go_quote,
     parse_options,
@@ -77,86 +86,6 @@ _KV_KEY_ENCODED = re.compile(_KV_ENCODED_TRAVERSAL, re.IGNORECASE)
 _CHECK_UPDATE = Fields([("Status", "Status", STRING), ("Output", "Output", STRING)])
 
 
-class Disconnected(Exception):
-    """The client left while its body was being read: there is no one to answer."""
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    rest: str  # the path after the route's prefix (an ID, a name, a key)
-    query: Query
-    headers: list[tuple[bytes, bytes]]
-    receive: Receive
-    blocking: Blocking = field(default_factory=Blocking)
-
-    def param(self, name: str) -> str:
-        """The parameter's first value, "" when absent (Go's ``url.Values.Get``)."""
-        return first(self.query, name)
-
-    def has(self, name: str) -> bool:
-        return name in self.query
-
-    def header(self, name: bytes) -> str:
-        """The first value of a header (Go's Header.Get), "" when absent."""
-        return next((v.decode("latin-1") for k, v in self.headers if k == name), "")
-
-    def content_length(self) -> int | None:
-        raw = self.header(b"content-length")
-        return int(raw) if raw.isascii() and raw.isdigit() else None
-
-    async def read(self, limit: int) -> bytes | None:
-        """The body, or None as soon as it passes ``limit`` bytes (no more is kept)."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
-@dataclass
-class Response:
-    status: int = 200
-    body: bytes = b""
-    content_type: str | None = None
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-def json_response(value: Any, *, status: int = 200, index: int | None = None) -> Response:
-    response = Response(status, _dump(value), "application/json")
-    if index is not None:
-        response.headers = _query_headers(index)
-    return response
-
-
-def _dump(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _query_headers(index: int) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"X-Consul-Default-Acl-Policy", b"allow"),
-        (b"X-Consul-Effective-Consistency", b"leader"),
-        (b"X-Consul-Index", str(max(index, 1)).encode()),
-        (b"X-Consul-Knownleader", b"true"),
-        (b"X-Consul-Lastcontact", b"0"),
-        (b"X-Consul-Query-Backend", b"blocking-query"),
-    ]
-
-
-def text_response(status: int, text: str) -> Response:
-    return Response(status, text.encode(), "text/plain; charset=utf-8")
-
-
 Handler = Callable[[Request], Awaitable[Response]]
 Selection = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]  # ?tag=..., ?node-meta=k:v
 
@@ -164,8 +93,9 @@ Selection = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]  # ?tag=..., ?no
 class DevRegistryApp:
     """ASGI entry point; ``agent`` holds the state, the app only speaks HTTP."""
 
-    def __init__(self, agent: DevAgent) -> None:
+    def __init__(self, agent: DevAgent, *, acl_default_policy: DefaultPolicy = "allow") -> None:
         self.agent = agent
+        self.acl_default_policy = acl_default_policy
         self.store = agent.store
         self._health_cache: dict[tuple[str, bool, Selection], tuple[int, bytes]] = {}
         self._decode_slot: anyio.CapacityLimiter | None = None  # made in the event loop
@@ -203,6 +133,15 @@ class DevRegistryApp:
             ("/v1/catalog/node/", {get: self.catalog_node}),
             ("/v1/kv/", {get: self.kv_get, put: self.kv_put, "DELETE": self.kv_delete}),
         ]
+        self.config_entries = ConfigEntries(self.store, KINDS)
+        self._include(ConfigEndpoints(self, self.config_entries).routes())
+        self._include(IntentionEndpoints(self, self.config_entries).routes())
+
+    def _include(self, routes: tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]) -> None:
+        """Add the routes of an endpoint module (config entries, Connect) to the tables."""
+        exact, prefixes = routes
+        self._exact.update(exact)
+        self._prefixes.extend(prefixes)
 
     # -- ASGI ------------------------------------------------------------------------------
 
@@ -324,7 +263,7 @@ class DevRegistryApp:
             while index <= min_index and time.monotonic() < deadline and not self.store.closing:
                 await self.store.wait(topics, deadline, prefix=prefix)
                 index, response = compute()
-        response.headers = _query_headers(index) + response.headers
+        response.headers = query_headers(index, self.acl_default_policy) + response.headers
         return response
 
     # -- agent ---------------------------------------------------------------------------
@@ -447,7 +386,7 @@ class DevRegistryApp:
             if cached is None or cached[0] != index:
                 if len(self._health_cache) > HEALTH_CACHE_MAX:
                     self._health_cache.clear()  # distinct queries are few; this only bounds abuse
-                cached = (index, _dump(self._health_entries(name, passing, selection)))
+                cached = (index, dump(self._health_entries(name, passing, selection)))
                 self._health_cache[key] = cached
             return index, Response(200, cached[1], "application/json")
 

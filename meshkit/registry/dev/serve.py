@@ -8,6 +8,7 @@ import sys
 
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import MAX_BODY_BYTES, DevRegistryApp
+from meshkit.registry.dev.intentions_api import DefaultPolicy
 from meshkit.serving.listen import listen
 from meshkit.serving.server import Server
 from meshkit.settings import ConnectionLimits
@@ -44,7 +45,13 @@ class RegistryServer(Server):
         await super().shutdown(sockets)
 
 
-def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
+def serve(
+    host: str,
+    port: int,
+    *,
+    enable_script_checks: bool = False,
+    acl_default_policy: DefaultPolicy = "allow",
+) -> None:
     """Run until interrupted; print the bound address first (``port=0`` picks one)."""
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -53,7 +60,8 @@ def serve(host: str, port: int, *, enable_script_checks: bool = False) -> None:
     if enable_script_checks:
         print("meshkit registry: script checks are enabled: registrations can run commands")
     sys.stdout.flush()
-    app = DevRegistryApp(DevAgent(enable_script_checks=enable_script_checks))
+    agent = DevAgent(enable_script_checks=enable_script_checks)
+    app = DevRegistryApp(agent, acl_default_policy=acl_default_policy)
     server = RegistryServer(app)
     server.hold_within_descriptors()
     server.run(sockets=[sock])
