@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshkit.registry.dev.config_entries import ConfigEntryInvalid, ConfigKind, validate_meta
+from meshkit.registry.dev.discovery_chain import SERVICE_RESOLVER, SERVICE_ROUTER, SERVICE_SPLITTER
 from meshkit.registry.dev.mapdecode import ANY, STRING, MapOf, Struct
 from meshkit.registry.dev.service_intentions import SERVICE_INTENTIONS
 
@@ -59,5 +60,9 @@ SERVICE_DEFAULTS = ConfigKind(
 )
 
 KINDS: dict[str, ConfigKind] = {
-    kind.name: kind for kind in (SERVICE_INTENTIONS, PROXY_DEFAULTS, SERVICE_DEFAULTS)
+    kind.name: kind
+    for kind in (
+        *(SERVICE_INTENTIONS, PROXY_DEFAULTS, SERVICE_DEFAULTS),
+        *(SERVICE_RESOLVER, SERVICE_SPLITTER, SERVICE_ROUTER),
+    )
 }
