@@ -137,7 +137,8 @@ def _literal(text: str) -> str:
         (
             "service-router",
             {"Routes": [{"Match": {"HTTP": {"Header": [{"Name": "a"}]}}}]},
-            "Route[0] Header[0] should only contain one of Present, Exact, Prefix, Suffix, or Regex",
+            "Route[0] Header[0] should only contain one of Present, Exact, Prefix, Suffix, "
+            "or Regex",
         ),
         (
             "service-router",
