@@ -47,6 +47,7 @@ from meshkit.middleware.telemetry import source_label
 from meshkit.policy.idempotency import configured_store
 from meshkit.policy.intentions import Intentions, IntentionStore, IntentionWatcher
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
+from meshkit.registry.routing_watch import WatchedRouting
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry
 from meshkit.telemetry.metrics import MeshMetrics
@@ -185,6 +186,8 @@ class MeshRuntime:
         cache = await stack.enter_async_context(WatchedCache(registry))
         self.metrics.watch_cache(cache)
         if self.tls is not None:
+            routing = WatchedRouting(registry)  # Consul's resolver/splitter/router entries
+            tg.start_soon(routing.run)
             self.clients = MeshClientFactory(
                 cache,
                 self.tls,
@@ -192,6 +195,7 @@ class MeshRuntime:
                 policy=self.client_policy,
                 policies=self.client_policies,
                 hooks=ClientTelemetry(self.metrics, tracer_provider=self.tracer_provider),
+                routing=routing,
             )
             self.registration = ServiceRegistration(registry, self.instance())
             tg.start_soon(self.registration.run)

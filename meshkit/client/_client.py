@@ -11,6 +11,7 @@ Anything else takes httpx's full path, through the same transports.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,7 @@ from meshkit.client._hedging import HedgeTransport
 from meshkit.client._hooks import BreakerChanged, BreakerState, ClientHooks
 from meshkit.client._mirror import MirrorTransport
 from meshkit.client._policy import ClientPolicy
+from meshkit.client._routing import RoutingTransport, SubsetSource
 from meshkit.client._transports import (
     TIMEOUT_EXTENSION,
     BalancerTransport,
@@ -45,6 +47,8 @@ from meshkit.client._transports import (
 from meshkit.errors import ConfigError
 from meshkit.identity import SpiffeId
 from meshkit.registry.base import EndpointSource
+from meshkit.registry.routing import Decision, Target
+from meshkit.registry.routing_watch import RoutingSource
 from meshkit.settings import _NAME as _DNS_LABEL
 from meshkit.settings import MeshSettings
 from meshkit.tls import TLSContexts
@@ -228,7 +232,8 @@ class MeshClientFactory:
     ``source`` finds endpoints, ``tls`` gives the client SSLContext at connect time
     (so rotation applies to new connections), ``settings`` give the trust domain and
     namespace of the SPIFFE IDs expected from servers. ``policies`` override
-    ``policy`` for some destinations.
+    ``policy`` for some destinations. ``routing`` (Consul's discovery-chain entries,
+    watched) routes, splits and resolves calls to subsets and other services.
     """
 
     def __init__(
@@ -240,8 +245,11 @@ class MeshClientFactory:
         policy: ClientPolicy | None = None,
         policies: Mapping[str, ClientPolicy] | None = None,
         hooks: ClientHooks | None = None,
+        routing: RoutingSource | None = None,
     ) -> None:
         self._source = source
+        self._routing = routing
+        self._targets: dict[tuple[Target, ClientPolicy], AsyncBaseTransport] = {}
         self._tls = tls
         self._settings = settings
         self._policy = policy or ClientPolicy()
@@ -264,12 +272,48 @@ class MeshClientFactory:
         return self._tls.client
 
     def _stack(self, service: str) -> AsyncBaseTransport:
+        """The destination's transports: mirroring, the discovery chain when there is
+        a routing source, then its own stack."""
         policy = self._policies.get(service, self._policy)
+        name, _ = expected_identity(service, self._settings)
+        stack = self._attempts(service, policy, self._source)
+        if self._routing is not None:
+            stack = RoutingTransport(
+                name,
+                stack,
+                routing=self._routing,
+                target_stack=self._target_stack,
+                host_of=functools.partial(_destination_of, service),
+            )
+        if policy.mirror_to in (None, service) or policy.mirror_fraction <= 0:
+            return stack  # the mirror's own client, under a shared policy, copies nothing
+        return self._mirrored(service, stack, policy, policy.mirror_to)
+
+    def _target_stack(
+        self, destination: str, target: Target, decision: Decision
+    ) -> AsyncBaseTransport:
+        """The stack of one routed target (a subset, another service; ``destination``
+        names its service as the client does), made on first use for each distinct
+        policy the chain gives it, then kept."""
+        assert self._routing is not None
+        policy = _routed_policy(self._policies.get(destination, self._policy), decision)
+        key = (target, policy)
+        stack = self._targets.get(key)
+        if stack is None:
+            source = SubsetSource(self._source, self._routing, target)
+            stack = self._targets[key] = self._attempts(destination, policy, source)
+        return stack
+
+    def _attempts(
+        self, service: str, policy: ClientPolicy, source: EndpointSource
+    ) -> AsyncBaseTransport:
+        """Deadline, limits, breaker, retries, hedging, balancing and the pool for the
+        calls to ``service``'s endpoints that ``source`` lists."""
         hooks = self._hooks
         name, expected = expected_identity(service, self._settings)
         balancer = Balancer(
             service,
-            self._source,
+            source,
             service=name,
             policy=policy,
             ssl_context=self._client_context,
@@ -302,12 +346,9 @@ class MeshClientFactory:
         )
         broken = BreakerTransport(service, retried, breaker)
         limited = LimitTransport(service, broken, policy)
-        meshed = MeshTransport(
+        return MeshTransport(
             service, limited, passthrough=self._passthrough, policy=policy, hooks=hooks
         )
-        if policy.mirror_to in (None, service) or policy.mirror_fraction <= 0:
-            return meshed  # the mirror's own client, under a shared policy, copies nothing
-        return self._mirrored(service, meshed, policy, policy.mirror_to)
 
     def _mirrored(
         self, service: str, inner: AsyncBaseTransport, policy: ClientPolicy, mirror: str
@@ -337,9 +378,32 @@ class MeshClientFactory:
             balancer.close()
         self._passthrough.close()
         self._clients.clear()
+        self._targets.clear()
         self._balancers.clear()
         self._mirrors.clear()
         self._hedgers.clear()
+
+
+def _destination_of(destination: str, service: str) -> str:
+    """How the client names ``service`` of the namespace ``destination`` is in (a bare
+    service name is in the caller's namespace, which a bare name keeps)."""
+    _, dot, namespace = destination.partition(".")
+    return f"{service}.{namespace}" if dot else service
+
+
+def _routed_policy(policy: ClientPolicy, decision: Decision) -> ClientPolicy:
+    """The destination's policy with what the chain sets: the resolver's connect timeout
+    and the route's retries (NumRetries, the status codes to retry on)."""
+    changes: dict[str, Any] = {}
+    if decision.connect_timeout is not None:
+        changes["connect_timeout"] = decision.connect_timeout
+    retries = decision.retries
+    if retries is not None:
+        if retries.num_retries:
+            changes["max_attempts"] = retries.num_retries + 1
+        if retries.on_status:
+            changes["retry_status"] = retries.on_status
+    return policy.replace(**changes) if changes else policy
 
 
 def _breaker_reporter(service: str, hooks: ClientHooks | None) -> Any:

@@ -22,6 +22,8 @@ class ClientPolicy:
     backoff_base: float = 0.025  # exponential backoff with full jitter
     backoff_cap: float = 1.0
     max_retry_after: float = 5.0  # a longer Retry-After is not waited for
+    # Answers retried (when the method is safe to repeat); a route's RetryOnStatusCodes.
+    retry_status: frozenset[int] = frozenset({502, 503, 504})
     budget_ratio: float = 0.2  # retries <= 20% of requests ...
     budget_min_per_second: float = 10.0  # ... + 10 per second
     budget_ttl: float = 10.0  # over this window

@@ -308,7 +308,8 @@ class RetryTransport(AsyncBaseTransport):
                         raise
                     raise self._translate(exc, call) from exc
             else:
-                if response.status_code not in RETRYABLE_STATUS or not (safe_method or call.keyed):
+                retryable = response.status_code in self._policy.retry_status
+                if not retryable or not (safe_method or call.keyed):
                     return response
                 delay = self._next_delay(request, call, response, f"status {response.status_code}")
                 if delay is None:
