@@ -1,0 +1,27 @@
+"""A ServiceApp that says which version answered and what it received, for the routing
+tests: ``meshkit run tests.apps.versioned:app`` with ``MESHKIT_VERSION`` set."""
+
+from __future__ import annotations
+
+import os
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from meshkit import ServiceApp
+
+
+async def answer(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {
+            "version": os.environ.get("MESHKIT_VERSION", ""),
+            "path": request.url.path,
+            "canary": request.headers.get("x-canary"),
+        }
+    )
+
+
+app = ServiceApp(
+    service="inventory", routes=[Route("/{path:path}", answer, methods=["GET", "POST"])]
+)
