@@ -1,0 +1,70 @@
+"""``meshkit config write|read|list|delete`` against a dev registry, as ``consul config``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from meshkit.cli import main
+from tests.registry.conftest import ThreadedRegistry
+
+SPLITTER = {
+    "Kind": "service-splitter",
+    "Name": "inventory",
+    "Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v2"}],
+}
+
+
+@pytest.fixture
+def env(own_registry: ThreadedRegistry, monkeypatch: pytest.MonkeyPatch) -> ThreadedRegistry:
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", own_registry.address)
+    return own_registry
+
+
+def test_write_read_list_delete(
+    env: ThreadedRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = tmp_path / "splitter.json"
+    entry.write_text(json.dumps(SPLITTER))
+    assert main(["config", "write", str(entry)]) == 0
+    assert capsys.readouterr().out == "Config entry written: service-splitter/inventory\n"
+    assert env.client().config.get("service-splitter", "inventory")["Splits"][1]["Weight"] == 10
+    assert main(["config", "read", "--kind", "service-splitter", "--name", "inventory"]) == 0
+    assert json.loads(capsys.readouterr().out)["Name"] == "inventory"
+    assert main(["config", "list", "--kind", "service-splitter"]) == 0
+    assert capsys.readouterr().out == "inventory\n"
+    assert main(["config", "delete", "--kind", "service-splitter", "--name", "inventory"]) == 0
+    assert env.client().config.get("service-splitter", "inventory") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ("{not json", "not JSON"),
+        ("[]", "expected one config entry"),
+        ('{"Kind": "service-splitter"}', "needs a Kind and a Name"),
+        (json.dumps({**SPLITTER, "Splits": [{"Weight": 50}]}), "must be 100, not 50.000000"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(
+    env: ThreadedRegistry,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str,
+    text: str,
+) -> None:
+    entry = tmp_path / "entry.json"
+    entry.write_text(content)
+    assert main(["config", "write", str(entry)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and text in err, err
+
+
+def test_missing_file_is_one_line(
+    env: ThreadedRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "write", "/nonexistent/entry.json"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read" in err
