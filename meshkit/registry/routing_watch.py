@@ -45,7 +45,7 @@ class WatchedRouting:
     def __init__(self, registry: ConsulRegistry, *, wait: float = 30.0) -> None:
         self._registry = registry
         self._wait = wait
-        self._entries: dict[str, Entries] = {kind: () for kind in KINDS}
+        self._entries: dict[str, Entries] = {kind: [] for kind in KINDS}  # as read: lists
         self.table = RoutingTable()
         self.generation = 0
 
@@ -97,4 +97,4 @@ class WatchedRouting:
     def replace(self, entries: Mapping[str, Entries]) -> None:
         """Put ``entries`` in force at once (tests, and tools that hold entries already)."""
         for kind in KINDS:
-            self._apply(kind, entries.get(kind, ()))
+            self._apply(kind, list(entries.get(kind, ())))

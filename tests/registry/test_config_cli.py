@@ -20,6 +20,8 @@ SPLITTER = {
 @pytest.fixture
 def env(own_registry: ThreadedRegistry, monkeypatch: pytest.MonkeyPatch) -> ThreadedRegistry:
     monkeypatch.setenv("CONSUL_HTTP_ADDR", own_registry.address)
+    # As on Consul: a splitter needs the service's protocol to be HTTP-based.
+    own_registry.client().config.set("service-defaults", "inventory", {"Protocol": "http"})
     return own_registry
 
 

@@ -76,6 +76,9 @@ class ConfigKind:
     struct: Struct
     normalize: Normalize
     namespaced: bool = False  # whether ?ns= and a Namespace field scope its entries
+    # Consul's graph validation of a write against the other entries (the discovery
+    # chain's protocol checks); raises ConfigEntryInvalid with Consul's text.
+    check_graph: Callable[[ConfigEntries, dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -248,6 +251,11 @@ class ConfigEndpoints:
         body = decode_entry(await self.app._json(request), self.entries)
         kind = self.entries.kinds[body["Kind"]]
         body = self._scoped(request, kind, body)
+        if kind.check_graph is not None:
+            try:
+                kind.check_graph(self.entries, body)
+            except ConfigEntryInvalid as exc:
+                raise rpc_error(str(exc)) from None
         return json_response(self.entries.apply(body, _cas(request)))
 
     def _scoped(self, request: Request, kind: ConfigKind, body: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,10 @@ Their Normalize and Validate as Consul runs them on a write, with Consul's texts
 bexpr filters), default subset, redirect and failover; a splitter's weights (scaled to
 0.01 %, summing to 100, each destination once); a router's matches (one path form,
 one test per header and query match, valid methods) and destinations (prefix rewrite
-only after a path match, valid retry conditions). Entries are shown as Consul shows
-them: empty fields left out, durations as Go prints them.
+only after a path match, valid retry conditions). A splitter or router is refused for a
+service whose protocol is not HTTP-based, as Consul's chain compilation refuses it.
+Entries are shown as Consul shows them: empty fields left out, durations as Go prints
+them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from meshkit.registry.bexpr import FilterError, compile_filter
 from meshkit.registry.dev.config_entries import (
     DEFAULT_NAMESPACE,
+    ConfigEntries,
     ConfigEntryInvalid,
     ConfigKind,
     validate_meta,
@@ -475,6 +478,36 @@ def _one_test(at: str, match: dict[str, Any], tests: tuple[str, ...]) -> None:
         raise ConfigEntryInvalid(f"{at} should only contain one of {listed}")
 
 
+# -- graph validation -------------------------------------------------------------------------
+
+_ADVANCED_PROTOCOLS = frozenset({"http", "http2", "grpc"})
+
+
+def check_protocol(entries: ConfigEntries, body: dict[str, Any]) -> None:
+    """A splitter or router is advanced routing: Consul refuses it for a service whose
+    protocol (service-defaults, else proxy-defaults' ``Config.protocol``, else tcp) is
+    not HTTP-based, when it compiles the discovery chain on the write."""
+    name = body["Name"]
+    protocol = _protocol(entries, name)
+    if protocol not in _ADVANCED_PROTOCOLS:
+        raise ConfigEntryInvalid(
+            f'discovery chain "{name}" uses a protocol "{protocol}" that does not permit '
+            "advanced routing or splitting behavior"
+        )
+
+
+def _protocol(entries: ConfigEntries, service: str) -> str:
+    defaults = entries.get("service-defaults", service)
+    if defaults is not None and defaults.body.get("Protocol"):
+        return str(defaults.body["Protocol"]).lower()
+    proxy = entries.get("proxy-defaults", "global")
+    config = (proxy.body.get("Config") or {}) if proxy is not None else {}
+    protocol = config.get("protocol") if isinstance(config, dict) else None
+    return str(protocol).lower() if protocol else "tcp"
+
+
 SERVICE_RESOLVER = ConfigKind("service-resolver", RESOLVER, normalize_resolver)
-SERVICE_SPLITTER = ConfigKind("service-splitter", SPLITTER, normalize_splitter)
-SERVICE_ROUTER = ConfigKind("service-router", ROUTER, normalize_router)
+SERVICE_SPLITTER = ConfigKind(
+    "service-splitter", SPLITTER, normalize_splitter, check_graph=check_protocol
+)
+SERVICE_ROUTER = ConfigKind("service-router", ROUTER, normalize_router, check_graph=check_protocol)

@@ -17,7 +17,26 @@ from tests.registry.conftest import ThreadedRegistry
 
 @pytest.fixture
 def client(own_registry: ThreadedRegistry) -> Iterator[Any]:
-    yield own_registry.client()
+    client = own_registry.client()
+    # As on Consul: splitters and routers need an HTTP-based protocol.
+    client.config.set("service-defaults", "inventory", {"Protocol": "http"})
+    yield client
+
+
+def test_splitting_and_routing_need_an_http_protocol(client: Any) -> None:
+    client.config.delete("service-defaults", "inventory")
+    text = (
+        'discovery chain "inventory" uses a protocol "tcp" that does not permit advanced '
+        "routing or splitting behavior"
+    )
+    splits = {"Splits": [{"Weight": 100}]}
+    with pytest.raises(consul.exceptions.BadRequest, match=_literal(text)):
+        client.config.set("service-splitter", "inventory", splits)
+    with pytest.raises(consul.exceptions.BadRequest, match=_literal(text)):
+        client.config.set("service-router", "inventory", {"Routes": []})
+    assert client.config.set("service-resolver", "inventory", {})  # subsets work on L4
+    client.config.set("proxy-defaults", "global", {"Config": {"protocol": "http"}})
+    assert client.config.set("service-splitter", "inventory", splits)
 
 
 def test_resolver_round_trip(client: Any) -> None:
