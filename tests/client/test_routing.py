@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from meshkit.client import MeshClientFactory
+from meshkit.errors import DeadlineExceeded
 from meshkit.registry import WatchedCache
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.registry.routing_watch import WatchedRouting
@@ -30,6 +31,7 @@ VERSIONS = {
         "v1": {"Filter": "Service.Meta.version == v1"},
         "v2": {"Filter": "Service.Meta.version == v2"},
         "v3": {"Filter": "Service.Meta.version == v3"},  # no instance publishes it
+        "v4": {"Filter": "Service.Meta.version == v4"},
     },
 }
 
@@ -39,7 +41,10 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with Mesh(tmp_path_factory.mktemp("routing")) as mesh:
         mesh.start(APP, "inventory", env={"MESHKIT_VERSION": "v1"})
         mesh.start(APP, "inventory", env={"MESHKIT_VERSION": "v2"})
-        mesh.start(APP, "catalog", env={"MESHKIT_VERSION": "c1"})
+        mesh.start(APP, "catalog", env={"MESHKIT_VERSION": "c1"}, faults="delay=2,path=/slow")
+        # Two v4 instances, one failing every /flaky call: for the route's retries.
+        mesh.start(APP, "inventory", env={"MESHKIT_VERSION": "v4"}, faults="abort=500,path=/flaky")
+        mesh.start(APP, "inventory", env={"MESHKIT_VERSION": "v4"})
         yield mesh
 
 
@@ -191,3 +196,29 @@ async def test_a_change_under_load_drops_no_request(shop: Mesh, registry: Consul
     assert tally["v1"] > 0 and tally["v2"] > 0
     assert set(last.values()) == {"v2"}
     print(f"splitter change in force after {in_force * 1000:.0f} ms")
+
+
+async def test_route_retries_and_timeout(shop: Mesh, registry: ConsulRegistry) -> None:
+    async with client_of(shop, registry) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        assert {(await routed.client.get("/flaky")).status_code for _ in range(10)} == {200}
+        routes = [
+            {
+                "Match": {"HTTP": {"PathPrefix": "/flaky"}},
+                # 500 is not retried by default (only 502-504): the route says it is.
+                "Destination": {
+                    "ServiceSubset": "v4",
+                    "NumRetries": 3,
+                    "RetryOnStatusCodes": [500],
+                },
+            },
+            {
+                "Match": {"HTTP": {"PathPrefix": "/slow"}},
+                "Destination": {"Service": "catalog", "RequestTimeout": "300ms"},
+            },
+        ]
+        await routed.apply("service-router", {"Routes": routes})
+        statuses = [(await routed.client.get("/flaky")).status_code for _ in range(30)]
+        assert statuses == [200] * 30
+        with pytest.raises(DeadlineExceeded):
+            await routed.client.get("/slow")  # the instance waits 2 s; the route, 300 ms
