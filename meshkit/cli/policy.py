@@ -8,11 +8,14 @@ import json
 import sys
 from typing import Any, cast
 
+import anyio
 from starlette.routing import BaseRoute
 
 from meshkit.errors import ConfigError
 from meshkit.policy.decorators import policy_manifest
 from meshkit.policy.intentions import Intention, IntentionStore, consul_client
+from meshkit.registry.consul import ConsulRegistry
+from meshkit.registry.routing_watch import routing_by_service
 from meshkit.settings import DefaultPolicy, MeshSettings
 
 
@@ -42,6 +45,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--default-policy",
         choices=("allow-mesh", "deny"),
         help="the mesh default to assume (default: the app's, else MESHKIT_DEFAULT_POLICY)",
+    )
+    export.add_argument(
+        "--routing",
+        action="store_true",
+        help="add the routing in force per destination (Consul's service-router, -splitter "
+        "and -resolver entries, read from CONSUL_HTTP_ADDR)",
     )
     export.set_defaults(handler=_export)
 
@@ -93,7 +102,10 @@ def _export(args: argparse.Namespace) -> int:
     if not isinstance(settings, MeshSettings):
         settings = MeshSettings.from_env()
     default: DefaultPolicy = args.default_policy or settings.default_policy
-    manifest = policy_manifest(routes, default_policy=default, service=settings.service)
+    manifest: Any = policy_manifest(routes, default_policy=default, service=settings.service)
+    if args.routing:
+        registry = ConsulRegistry.from_settings(settings)
+        manifest = {**manifest, "routing": anyio.run(routing_by_service, registry)}
     json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0

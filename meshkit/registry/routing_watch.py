@@ -28,6 +28,34 @@ _RETRY_MAX = 10.0
 Entries = Sequence[Mapping[str, Any]]
 
 
+async def list_entries(
+    registry: ConsulRegistry, kind: str, *, index: int = 0, wait: float = 30.0
+) -> tuple[int, Entries]:
+    """One kind's entries and Consul's index; with ``index``, a blocking query."""
+    wait_text = f"{max(1, round(wait * 1000))}ms"
+
+    def query(client: Any) -> tuple[int, Entries]:
+        params = [("index", str(index)), ("wait", wait_text)] if index else []
+        raw_index, entries = client.http.get(
+            CB.json(index=True), f"/v1/config/{kind}", params=params
+        )
+        return int(raw_index or 0), list(entries or ())
+
+    return await registry.call(query, long_poll=bool(index))
+
+
+async def routing_by_service(registry: ConsulRegistry) -> dict[str, dict[str, Any]]:
+    """Every discovery-chain entry in force, by the service it applies to, then kind
+    (what ``meshkit policy export --routing`` shows)."""
+    found: dict[str, dict[str, Any]] = {}
+    for kind in KINDS:
+        _, entries = await list_entries(registry, kind)
+        for entry in entries:
+            shown = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
+            found.setdefault(str(entry.get("Name", "")), {})[kind] = shown
+    return dict(sorted(found.items()))
+
+
 class RoutingSource(Protocol):
     """Where the mesh client reads the chain: ``table`` is replaced whole on a change and
     ``generation`` counts the replacements (read on the request path: no I/O)."""
@@ -70,16 +98,7 @@ class WatchedRouting:
             self._apply(kind, entries)
 
     async def _list(self, kind: str, index: int) -> tuple[int, Entries]:
-        wait = f"{max(1, round(self._wait * 1000))}ms"
-
-        def query(client: Any) -> tuple[int, Entries]:
-            params = [("index", str(index)), ("wait", wait)] if index else []
-            raw_index, entries = client.http.get(
-                CB.json(index=True), f"/v1/config/{kind}", params=params
-            )
-            return int(raw_index or 0), list(entries or ())
-
-        return await self._registry.call(query, long_poll=True)
+        return await list_entries(self._registry, kind, index=index, wait=self._wait)
 
     def _apply(self, kind: str, entries: Entries) -> None:
         if entries == self._entries[kind]:

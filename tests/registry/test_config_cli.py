@@ -70,3 +70,22 @@ def test_missing_file_is_one_line(
     assert main(["config", "write", "/nonexistent/entry.json"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read" in err
+
+
+def test_policy_export_includes_the_routing_per_destination(
+    env: ThreadedRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = tmp_path / "splitter.json"
+    entry.write_text(json.dumps(SPLITTER))
+    assert main(["config", "write", str(entry)]) == 0
+    resolver = {"Kind": "service-resolver", "Name": "inventory", "DefaultSubset": "v1"}
+    entry.write_text(json.dumps({**resolver, "Subsets": {"v1": {}, "v2": {}}}))
+    assert main(["config", "write", str(entry)]) == 0
+    capsys.readouterr()
+    assert main(["policy", "export", "--routing", "tests.middleware.shop_app:app"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    routing = manifest["routing"]["inventory"]
+    assert set(routing) == {"service-splitter", "service-resolver"}
+    assert routing["service-resolver"]["DefaultSubset"] == "v1"
+    assert "ModifyIndex" not in routing["service-splitter"]
+    assert set(manifest) > {"routing"}  # the app's own policies are still there
