@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import uvloop
 
+from bench._mtls import StaticSource, mtls_server
 from bench._procs import free_port, port_open, spawn, wait_until
 from bench._report import percentile
 from meshkit.ca.x509 import LocalAuthority
@@ -53,10 +53,6 @@ TAIL_MS = 1.0  # ... plus an exponential draw of this mean
 def serve(directory: Path, port: int, extra_ms: float, share: float) -> None:
     """One instance process: mTLS on ``port``, answering after its drawn latency, and
     ``extra_ms`` later for ``share`` of the requests."""
-    material = TLSMaterial.from_files(
-        directory / "payments.pem", directory / "payments-key.pem", directory / "bundle.pem"
-    )
-    tls = TLSContexts(material)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -68,31 +64,7 @@ def serve(directory: Path, port: int, extra_ms: float, share: float) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        ssl_context_factory=lambda _config, _default: tls.listening_context,
-    )
-    uvicorn.Server(config).run()
-
-
-class _Source:
-    generation = 0
-
-    def __init__(self, endpoints: list[Endpoint]) -> None:
-        self._endpoints = endpoints
-
-    def endpoints(self, service: str) -> list[Endpoint]:
-        return self._endpoints
-
-    async def prime(self, service: str) -> list[Endpoint]:
-        return self._endpoints
+    mtls_server(app, directory, port=port).run()
 
 
 class _Counts(BaseClientHooks):
@@ -115,7 +87,7 @@ async def measure(
     counts = _Counts()
     settings = MeshSettings(service="web")
     factory = MeshClientFactory(
-        _Source(endpoints), TLSContexts(material), settings, policy=policy, hooks=counts
+        StaticSource(endpoints), TLSContexts(material), settings, policy=policy, hooks=counts
     )
     payments = factory.client("payments")
     for _ in range(100):  # warm up: connections, the latency window

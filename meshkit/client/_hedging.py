@@ -11,18 +11,17 @@ load, and it counts as an attempt against ``max_attempts``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 
 from meshkit import deadline as deadlines
-from meshkit._httpx import AsyncBaseTransport, Request, Response
-from meshkit.client._balancer import Balancer
-from meshkit.client._budget import RetryBudget
-from meshkit.client._hooks import ClientHooks, HedgeStarted
-from meshkit.client._policy import ClientPolicy
+from meshkit._httpx import Request, Response
+from meshkit.client._hooks import HedgeStarted
 from meshkit.client._transports import (
     CALL_EXTENSION,
     IDEMPOTENT_METHODS,
     RETRYABLE_STATUS,
+    AttemptsLayer,
     Call,
     call_of,
 )
@@ -68,27 +67,18 @@ class LatencyWindow:
         return self._sorted[rank]
 
 
-class HedgeTransport(AsyncBaseTransport):
+class HedgeTransport(AttemptsLayer):
     """Between the retry layer and the balancer: one call's attempt, hedged when slow."""
 
-    def __init__(
-        self,
-        destination: str,
-        inner: AsyncBaseTransport,
-        *,
-        balancer: Balancer,
-        budget: RetryBudget,
-        policy: ClientPolicy,
-        hooks: ClientHooks | None,
-    ) -> None:
-        self._destination = destination
-        self._inner = inner
-        self._balancer = balancer
-        self._budget = budget
-        self._policy = policy
-        self._hooks = hooks
-        self.latency = LatencyWindow()
-        self._losers: set[Attempt] = set()
+    @functools.cached_property
+    def latency(self) -> LatencyWindow:
+        """The destination's recent attempt latencies, which time the hedges."""
+        return LatencyWindow()
+
+    @functools.cached_property
+    def _losers(self) -> set[Attempt]:
+        """Attempts that lost a race and are left to finish (held: tasks are weak refs)."""
+        return set()
 
     async def handle_async_request(self, request: Request) -> Response:
         call = call_of(request)

@@ -266,13 +266,9 @@ class BreakerTransport(AsyncBaseTransport):
         return response
 
 
-class RetryTransport(AsyncBaseTransport):
-    """Repeat a failed attempt when it is safe, within attempts, budget and deadline.
-
-    Safe: an attempt that sent nothing (connect failure, identity refused) is always
-    repeatable on another instance; a 502/503/504 or a failure after sending only for
-    idempotent methods or requests with an ``Idempotency-Key``.
-    """
+class AttemptsLayer(AsyncBaseTransport):
+    """A layer that may make more than one attempt of a call (retries, hedges): it knows
+    the destination's balancer (which endpoints are left), retry budget and policy."""
 
     def __init__(
         self,
@@ -290,6 +286,15 @@ class RetryTransport(AsyncBaseTransport):
         self._budget = budget
         self._policy = policy
         self._hooks = hooks
+
+
+class RetryTransport(AttemptsLayer):
+    """Repeat a failed attempt when it is safe, within attempts, budget and deadline.
+
+    Safe: an attempt that sent nothing (connect failure, identity refused) is always
+    repeatable on another instance; a 502/503/504 or a failure after sending only for
+    idempotent methods or requests with an ``Idempotency-Key``.
+    """
 
     async def handle_async_request(self, request: Request) -> Response:
         call = call_of(request)

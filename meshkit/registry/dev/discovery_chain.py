@@ -28,7 +28,7 @@ from meshkit.registry.dev.durations import format_duration, parse_duration
 from meshkit.registry.dev.errors import DecodeError
 from meshkit.registry.dev.gojson import Number
 from meshkit.registry.dev.mapdecode import ANY, BOOL, INT, STRING, ListOf, MapOf, Spec, Struct
-from meshkit.registry.dev.service_intentions import HTTP_METHODS
+from meshkit.registry.dev.service_intentions import HEADER_MATCH, HTTP_METHODS
 
 _SUBSET_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _SUBSET_MAX = 63
@@ -158,24 +158,13 @@ SPLITTER = Struct(
         *_ENTERPRISE,
     ]
 )
-_HEADER_MATCH = Struct(
-    [
-        ("Name", STRING),
-        ("Present", BOOL),
-        ("Exact", STRING),
-        ("Prefix", STRING),
-        ("Suffix", STRING),
-        ("Regex", STRING),
-        ("Invert", BOOL),
-    ]
-)
 _QUERY_MATCH = Struct([("Name", STRING), ("Present", BOOL), ("Exact", STRING), ("Regex", STRING)])
 _HTTP_MATCH = Struct(
     [
         ("PathExact", STRING),
         ("PathPrefix", STRING),
         ("PathRegex", STRING),
-        ("Header", ListOf(_HEADER_MATCH)),
+        ("Header", ListOf(HEADER_MATCH)),
         ("QueryParam", ListOf(_QUERY_MATCH)),
         ("Methods", ListOf(STRING)),
     ]
