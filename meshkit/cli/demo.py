@@ -29,6 +29,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument(
         "--no-kill", dest="kill", action="store_false", help="do not kill an instance"
     )
+    demo.add_argument(
+        "--canary",
+        action="store_true",
+        help="roll inventory 2.0.0 out (10%%, 50%%, 100%%) with Consul's splitter entries, "
+        "then roll a failing 2.0.1 back; shows traffic and success per version",
+    )
     demo.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
     demo.set_defaults(handler=_demo_command)
     up = subparsers.add_parser(
@@ -41,7 +47,9 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    options = DemoOptions(args.duration, args.rate, args.interval, args.kill)
+    options = DemoOptions(
+        args.duration, args.rate, args.interval, args.kill and not args.canary, args.canary
+    )
     return demo(options, args.dir, Display(sys.stdout, interactive=sys.stdout.isatty()))
 
 
