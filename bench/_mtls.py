@@ -3,7 +3,7 @@ endpoint source for the mesh client."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,13 @@ from meshkit.registry.base import Endpoint
 from meshkit.tls import TLSContexts, TLSMaterial
 
 
-def mtls_server(app: Any, directory: Path, *, port: int = 0) -> uvicorn.Server:
-    """uvicorn (uvloop, httptools) serving ``app`` with strict mTLS as ``payments``, from
-    the ``payments*.pem`` and ``bundle.pem`` files in ``directory``."""
+def mtls_server(
+    app: Any, directory: Path, *, port: int = 0, stem: str = "payments"
+) -> uvicorn.Server:
+    """uvicorn (uvloop, httptools) serving ``app`` with strict mTLS as ``stem`` (a service
+    name), from the ``<stem>*.pem`` and ``bundle.pem`` files in ``directory``."""
     material = TLSMaterial.from_files(
-        directory / "payments.pem", directory / "payments-key.pem", directory / "bundle.pem"
+        directory / f"{stem}.pem", directory / f"{stem}-key.pem", directory / "bundle.pem"
     )
     tls = TLSContexts(material)
     config = uvicorn.Config(
@@ -35,15 +37,19 @@ def mtls_server(app: Any, directory: Path, *, port: int = 0) -> uvicorn.Server:
 
 
 class StaticSource:
-    """An EndpointSource that always lists the same endpoints."""
+    """An EndpointSource that always lists the same endpoints (``others`` for the services
+    it names, ``endpoints`` for any other)."""
 
     generation = 0
 
-    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
+    def __init__(
+        self, endpoints: Sequence[Endpoint], others: Mapping[str, Sequence[Endpoint]] | None = None
+    ) -> None:
         self._endpoints = endpoints
+        self._others = dict(others or {})
 
     def endpoints(self, service: str) -> Sequence[Endpoint] | None:
-        return self._endpoints
+        return self._others.get(service, self._endpoints)
 
     async def prime(self, service: str) -> Sequence[Endpoint]:
-        return self._endpoints
+        return self._others.get(service, self._endpoints)
