@@ -41,7 +41,8 @@ async def list_entries(
         )
         return int(raw_index or 0), list(entries or ())
 
-    return await registry.call(query, long_poll=bool(index))
+    # A daemon thread even for a plain read: shutting down never waits on the registry.
+    return await registry.call(query, long_poll=True)
 
 
 async def routing_by_service(registry: ConsulRegistry) -> dict[str, dict[str, Any]]:
@@ -87,7 +88,7 @@ class WatchedRouting:
         while True:
             try:
                 found, entries = await self._list(kind, index)
-            except RegistryError as exc:
+            except (RegistryError, ValueError) as exc:  # ValueError: a body that is not JSON
                 logger.warning("config entries %s: %s; retrying", kind, exc)
                 await anyio.sleep(delay * random.uniform(0.5, 1.0))
                 index, delay = 0, min(delay * 2, _RETRY_MAX)
