@@ -285,9 +285,12 @@ class MeshClientFactory:
                 target_stack=self._target_stack,
                 host_of=functools.partial(_destination_of, service),
             )
-        if policy.mirror_to in (None, service) or policy.mirror_fraction <= 0:
+        mirror = policy.mirror_to
+        if mirror is None or policy.mirror_fraction <= 0:
+            return stack
+        if mirror == service and policy.mirror_subset is None:
             return stack  # the mirror's own client, under a shared policy, copies nothing
-        return self._mirrored(service, stack, policy, policy.mirror_to)
+        return self._mirrored(service, stack, policy, mirror)
 
     def _target_stack(
         self, destination: str, target: Target, decision: Decision
@@ -353,14 +356,24 @@ class MeshClientFactory:
     def _mirrored(
         self, service: str, inner: AsyncBaseTransport, policy: ClientPolicy, mirror: str
     ) -> MirrorTransport:
-        expected_identity(mirror, self._settings)  # a bad name fails now, not per copy
+        name, _ = expected_identity(mirror, self._settings)  # a bad name fails now
+        subset = policy.mirror_subset
+        if subset is not None and self._routing is None:
+            raise ConfigError(f"{service}: mirror_subset needs routing (the resolver's subsets)")
+
+        def mirror_transport() -> AsyncBaseTransport:
+            # Built on first copy, after this client exists: no recursion between two
+            # destinations that mirror to each other. A subset's stack copies nothing.
+            if subset is None:
+                return self.client(mirror)._mesh_transport
+            target = Target(name, subset)
+            return self._target_stack(mirror, target, Decision(target))
+
         mirrored = MirrorTransport(
             service,
             inner,
             mirror=mirror,
-            # Built on first copy, after this client exists: no recursion between two
-            # destinations that mirror to each other.
-            mirror_transport=lambda: self.client(mirror)._mesh_transport,
+            mirror_transport=mirror_transport,
             fraction=policy.mirror_fraction,
             max_in_flight=policy.mirror_max_in_flight,
             hooks=self._hooks,

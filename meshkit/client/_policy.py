@@ -49,9 +49,11 @@ class ClientPolicy:
     hedge_min_delay: float = 0.001  # never hedge sooner, whatever the percentile says
     hedge_cancel_loser: bool = False  # abort the slower attempt's connection (else it finishes)
     busy_cap: float = 30.0  # the longest Retry-After that makes an endpoint less chosen
-    # Mirroring: this share of the calls is copied to ``mirror_to`` (a destination),
+    # Mirroring: this share of the calls is copied to ``mirror_to`` (a destination), or
+    # to its ``mirror_subset`` (a service-resolver subset: the destination's own v2, say),
     # fire-and-forget; at most ``mirror_max_in_flight`` copies at once, the rest dropped.
     mirror_to: str | None = None
+    mirror_subset: str | None = None
     mirror_fraction: float = 0.0
     mirror_max_in_flight: int = 64
 

@@ -4,6 +4,7 @@ tests: ``meshkit run tests.apps.versioned:app`` with ``MESHKIT_VERSION`` set."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -11,8 +12,15 @@ from starlette.routing import Route
 
 from meshkit import ServiceApp
 
+SEEN: Counter[str] = Counter()  # requests per path, for mirroring tests
+
+
+async def seen(request: Request) -> JSONResponse:
+    return JSONResponse({"count": SEEN[request.query_params.get("path", "")]})
+
 
 async def answer(request: Request) -> JSONResponse:
+    SEEN[request.url.path] += 1
     return JSONResponse(
         {
             "version": os.environ.get("MESHKIT_VERSION", ""),
@@ -23,5 +31,6 @@ async def answer(request: Request) -> JSONResponse:
 
 
 app = ServiceApp(
-    service="inventory", routes=[Route("/{path:path}", answer, methods=["GET", "POST"])]
+    service="inventory",
+    routes=[Route("/__seen", seen), Route("/{path:path}", answer, methods=["GET", "POST"])],
 )

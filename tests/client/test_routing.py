@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from meshkit.client import MeshClientFactory
+from meshkit.client import ClientPolicy, MeshClientFactory
 from meshkit.errors import DeadlineExceeded
 from meshkit.registry import WatchedCache
 from meshkit.registry.consul import ConsulRegistry
@@ -64,13 +64,15 @@ async def write(registry: ConsulRegistry, kind: str, name: str, body: dict[str, 
 
 
 @asynccontextmanager
-async def client_of(shop: Mesh, registry: ConsulRegistry) -> AsyncIterator[Routed]:
+async def client_of(
+    shop: Mesh, registry: ConsulRegistry, policy: ClientPolicy | None = None
+) -> AsyncIterator[Routed]:
     settings = MeshSettings(service="caller", trust_domain=shop.authority.trust_domain)
     routing = WatchedRouting(registry, wait=5)
     async with WatchedCache(registry) as cache, anyio.create_task_group() as group:
         group.start_soon(routing.run)
         factory = MeshClientFactory(
-            cache, contexts(shop.authority, "caller"), settings, routing=routing
+            cache, contexts(shop.authority, "caller"), settings, policy=policy, routing=routing
         )
         try:
             yield Routed(factory, routing, registry)
@@ -222,3 +224,16 @@ async def test_route_retries_and_timeout(shop: Mesh, registry: ConsulRegistry) -
         assert statuses == [200] * 30
         with pytest.raises(DeadlineExceeded):
             await routed.client.get("/slow")  # the instance waits 2 s; the route, 300 ms
+
+
+async def test_mirror_to_a_subset_of_the_same_service(shop: Mesh, registry: ConsulRegistry) -> None:
+    mirrored = ClientPolicy(mirror_to="inventory", mirror_subset="v2", mirror_fraction=1.0)
+    async with client_of(shop, registry, mirrored) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        for _ in range(10):
+            assert (await routed.get("/shadowed"))["version"] == "v1"  # DefaultSubset
+    v2 = next(p for p in shop.processes if p.env.get("MESHKIT_VERSION") == "v2")
+    connection = shop.connect(v2)
+    with anyio.fail_after(5):
+        while connection.get("/__seen?path=/shadowed")[1]["count"] < 10:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
