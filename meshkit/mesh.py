@@ -44,8 +44,9 @@ from meshkit.identity import SpiffeId
 from meshkit.middleware.authz import Authorizer
 from meshkit.middleware.idempotency import IdempotencyDefaults
 from meshkit.middleware.telemetry import source_label
+from meshkit.policy.consul_intentions import ConsulIntentions, intention_watcher
 from meshkit.policy.idempotency import configured_store
-from meshkit.policy.intentions import Intentions, IntentionStore, IntentionWatcher
+from meshkit.policy.intentions import Intentions
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
 from meshkit.registry.routing_watch import WatchedRouting
 from meshkit.settings import MeshSettings
@@ -79,11 +80,15 @@ class MeshRuntime:
         self.startup_error: MeshError | None = None
         self.metrics = MeshMetrics(metrics_registry)
         self.intentions = Intentions()
+        self.consul_intentions = ConsulIntentions()  # in force with MESHKIT_INTENTIONS=consul
         self.instance_id = f"{settings.service}-{uuid.uuid4().hex[:12]}"
         self.registration: ServiceRegistration | None = None
         self.clients: MeshClientFactory | None = None
         self.authorizer = Authorizer.from_settings(
-            settings, intentions=self.intentions, on_denial=self._count_denial
+            settings,
+            intentions=self.intentions,
+            consul_intentions=self.consul_intentions,
+            on_denial=self._count_denial,
         )
         self.admin_app = AdminApp(self)
         # Opens nothing yet (stores connect on first use); closed when ``running`` ends.
@@ -101,6 +106,8 @@ class MeshRuntime:
         authorizer.service, authorizer.namespace = settings.service, settings.namespace
         authorizer.trust_domain = settings.trust_domain
         authorizer.default_policy = settings.default_policy
+        consul = settings.intentions == "consul"
+        authorizer.consul_intentions = self.consul_intentions if consul else None
         self.idempotency_store = configured_store(settings)
 
     def idempotency_defaults(self) -> IdempotencyDefaults:
@@ -199,7 +206,8 @@ class MeshRuntime:
             )
             self.registration = ServiceRegistration(registry, self.instance())
             tg.start_soon(self.registration.run)
-        watcher = IntentionWatcher(IntentionStore(registry.new_client()), self.intentions)
+        client = registry.new_client()
+        watcher = intention_watcher(self.settings, client, self.intentions, self.consul_intentions)
         tg.start_soon(watcher.run)
 
     async def _close(self) -> None:

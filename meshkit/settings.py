@@ -21,6 +21,8 @@ from meshkit.identity import SpiffeId
 
 TLSMode = Literal["strict", "permissive"]
 DefaultPolicy = Literal["allow-mesh", "deny"]
+#: Where intentions come from: meshkit's keys in Consul KV, or Consul's own intentions.
+IntentionSource = Literal["meshkit", "consul"]
 #: What a request meets when its Idempotency-Key is being run elsewhere: it waits for
 #: that result, or is refused at once with 409.
 InFlight = Literal["wait", "reject"]
@@ -163,6 +165,7 @@ class MeshSettings:
     # budget on the server (meshkit.deadline says why): NTP keeps them milliseconds apart.
     max_clock_skew: float = 0.25
     default_policy: DefaultPolicy = "allow-mesh"
+    intentions: IntentionSource = "meshkit"
     access_log: bool = False
     faults: Faults | None = None  # injected into this instance's requests (tests only)
     idempotency_store: str = "memory"  # memory | sqlite:PATH | consul
@@ -197,6 +200,8 @@ class MeshSettings:
             raise _FieldError(
                 "default_policy", f"must be allow-mesh or deny, got {self.default_policy!r}"
             )
+        if self.intentions not in ("meshkit", "consul"):
+            raise _FieldError("intentions", f"must be meshkit or consul, got {self.intentions!r}")
         self._validate_idempotency()
         files = (self.cert_file, self.key_file, self.bundle_file)
         if any(files) and not all(files):
@@ -357,6 +362,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "drain_timeout": ("MESHKIT_DRAIN_TIMEOUT", _seconds),
     "max_clock_skew": ("MESHKIT_MAX_CLOCK_SKEW", _seconds),
     "default_policy": ("MESHKIT_DEFAULT_POLICY", _text),
+    "intentions": ("MESHKIT_INTENTIONS", _text),
     "access_log": ("MESHKIT_ACCESS_LOG", _flag),
     "faults": ("MESHKIT_FAULTS", _faults),
     "idempotency_store": ("MESHKIT_IDEMPOTENCY_STORE", _text),

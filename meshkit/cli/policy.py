@@ -12,6 +12,7 @@ import anyio
 from starlette.routing import BaseRoute
 
 from meshkit.errors import ConfigError
+from meshkit.policy.consul_intentions import ConsulIntentionAdmin, ListedIntention
 from meshkit.policy.decorators import policy_manifest
 from meshkit.policy.intentions import Intention, IntentionStore, consul_client
 from meshkit.registry.consul import ConsulRegistry
@@ -21,7 +22,9 @@ from meshkit.settings import DefaultPolicy, MeshSettings
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     intentions = subparsers.add_parser(
-        "intentions", help="mesh-wide allow/deny rules source -> destination (in the registry)"
+        "intentions",
+        help="mesh-wide allow/deny rules source -> destination (in the registry; Consul's "
+        "own intentions with MESHKIT_INTENTIONS=consul)",
     )
     actions = intentions.add_subparsers(dest="intentions_command", metavar="ACTION", required=True)
     for action in ("allow", "deny"):
@@ -64,31 +67,49 @@ def _store() -> IntentionStore:
     return IntentionStore(consul_client(MeshSettings.from_env()))
 
 
+def _consul_admin() -> ConsulIntentionAdmin | None:
+    """Consul's intentions when they are the source (MESHKIT_INTENTIONS=consul)."""
+    settings = MeshSettings.from_env()
+    if settings.intentions != "consul":
+        return None
+    return ConsulIntentionAdmin(consul_client(settings))
+
+
 def _set_intention(args: argparse.Namespace) -> int:
-    intention = Intention(args.source, args.destination, args.action)
-    _store().set(intention)
-    print(f"{intention.source} -> {intention.destination}: {intention.action}")
+    admin = _consul_admin()
+    if admin is not None:
+        admin.set(args.source, args.destination, args.action)
+    else:
+        _store().set(Intention(args.source, args.destination, args.action))
+    print(f"{args.source} -> {args.destination}: {args.action}")
     return 0
 
 
 def _delete_intention(args: argparse.Namespace) -> int:
-    _store().delete(args.source, args.destination)
+    admin = _consul_admin()
+    if admin is not None:
+        admin.delete(args.source, args.destination)
+    else:
+        _store().delete(args.source, args.destination)
     print(f"{args.source} -> {args.destination}: deleted")
     return 0
 
 
 def _list_intentions(args: argparse.Namespace) -> int:
-    rules = _store().rules()
+    admin = _consul_admin()
+    rules = (
+        admin.rules()
+        if admin is not None
+        else [ListedIntention(r.source, r.destination, r.action) for r in _store().rules()]
+    )
     if args.json:
-        as_dicts = [
-            {"source": r.source, "destination": r.destination, "action": r.action} for r in rules
-        ]
-        print(json.dumps(as_dicts, indent=2))
+        print(json.dumps([rule.to_json() for rule in rules], indent=2))
         return 0
     if not rules:
         print("no intentions")
     for rule in rules:
-        print(f"{rule.source} -> {rule.destination}: {rule.action}")
+        shown = f"{len(rule.permissions)} L7 permissions" if rule.permissions else rule.action
+        print(f"{rule.source} -> {rule.destination}: {shown}")
     return 0
 
 

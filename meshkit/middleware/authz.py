@@ -39,6 +39,7 @@ from meshkit.identity import SpiffeId, peer_identity
 from meshkit.middleware._asgi import send_json
 from meshkit.middleware.idempotency import IdempotencyDefaults
 from meshkit.middleware.limits import build_pipeline
+from meshkit.policy.consul_intentions import ConsulIntentions
 from meshkit.policy.decorators import (
     CallerSet,
     RouteInfo,
@@ -46,7 +47,7 @@ from meshkit.policy.decorators import (
     route_info,
     sub_routes,
 )
-from meshkit.policy.intentions import Intentions
+from meshkit.policy.intentions import Action, Intentions
 from meshkit.settings import DefaultPolicy, MeshSettings
 
 logger = logging.getLogger("meshkit.policy")
@@ -69,6 +70,7 @@ class Authorizer:
         trust_domain: str = "meshkit.local",
         default_policy: DefaultPolicy = "allow-mesh",
         intentions: Intentions | None = None,
+        consul_intentions: ConsulIntentions | None = None,
         on_denial: DenialHook | None = None,
     ) -> None:
         self.service = service
@@ -76,6 +78,8 @@ class Authorizer:
         self.trust_domain = trust_domain
         self.default_policy = default_policy
         self.intentions = intentions if intentions is not None else Intentions()
+        # Consul's intentions, when they are the source: decided per request (L7).
+        self.consul_intentions = consul_intentions
         self.on_denial = on_denial
 
     @classmethod
@@ -84,6 +88,7 @@ class Authorizer:
         settings: MeshSettings,
         *,
         intentions: Intentions | None = None,
+        consul_intentions: ConsulIntentions | None = None,
         on_denial: DenialHook | None = None,
     ) -> Authorizer:
         return cls(
@@ -92,6 +97,7 @@ class Authorizer:
             trust_domain=settings.trust_domain,
             default_policy=settings.default_policy,
             intentions=intentions,
+            consul_intentions=consul_intentions if settings.intentions == "consul" else None,
             on_denial=on_denial,
         )
 
@@ -135,8 +141,15 @@ class RouteAccess:
         self._cache: dict[int, tuple[SpiffeId | None, str | None]] = {}
         self._version = -1
 
-    def check(self, caller: SpiffeId | None) -> str | None:
-        """None when ``caller`` may call, else the reason it may not."""
+    def check(self, caller: SpiffeId | None, scope: Scope | None = None) -> str | None:
+        """None when ``caller`` may call, else the reason it may not. With Consul's
+        intentions the answer may depend on the request (L7): decided per request."""
+        if (
+            caller is not None
+            and scope is not None
+            and self._authorizer.consul_intentions is not None
+        ):
+            return self._decide(caller, scope)
         if self._version != self._intentions.version:
             self._cache.clear()
             self._version = self._intentions.version
@@ -149,7 +162,7 @@ class RouteAccess:
         self._cache[id(caller)] = (caller, reason)
         return reason
 
-    def _decide(self, caller: SpiffeId | None) -> str | None:
+    def _decide(self, caller: SpiffeId | None, scope: Scope | None = None) -> str | None:
         if caller is None:
             return None if self._anonymous else "unauthenticated"
         authorizer = self._authorizer
@@ -157,16 +170,30 @@ class RouteAccess:
         if self._deny.matches(caller, local):
             return "route-deny"
         in_domain = caller.trust_domain == authorizer.trust_domain
-        intention = self._intentions.action(local, authorizer.service) if in_domain else None
+        intention, default_allows = self._intention(caller, local, in_domain, scope)
         if intention == "deny":
             return "intention-deny"
         if self._allow_declared:
             if self._allow.matches(caller, local) or (self._mesh and in_domain):
                 return None
             return "not-allowed"
-        if intention == "allow" or (authorizer.default_policy == "allow-mesh" and in_domain):
+        if intention == "allow" or default_allows:
             return None
         return "default-deny"
+
+    def _intention(
+        self, caller: SpiffeId, local: str | None, in_domain: bool, scope: Scope | None
+    ) -> tuple[Action | None, bool]:
+        """The intentions' action for this caller (None: none applies) and whether the
+        default lets it in: the mesh default, and with Consul also its ACL default."""
+        authorizer = self._authorizer
+        mesh_default = authorizer.default_policy == "allow-mesh" and in_domain
+        consul = authorizer.consul_intentions
+        if consul is not None and scope is not None:
+            verdict = consul.verdict(caller, scope)
+            return verdict.action, verdict.default_allow and mesh_default
+        action = self._intentions.action(local, authorizer.service) if in_domain else None
+        return action, mesh_default
 
 
 class PolicyGate:
@@ -199,7 +226,7 @@ class PolicyGate:
         if self._by_method and scope["type"] == "http":
             access, app = self._by_method.get(scope["method"], (access, app))
         caller = peer_identity(scope)
-        reason = access.check(caller)
+        reason = access.check(caller, scope)
         if reason is not None:
             await self._authorizer.refuse(scope, send, caller, self.route, reason)
             return

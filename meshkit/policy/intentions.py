@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -45,7 +45,8 @@ INTENTIONS_PREFIX = "meshkit/intentions/"
 Action = Literal["allow", "deny"]
 ACTIONS: tuple[Action, ...] = ("allow", "deny")
 ANY = "*"
-T = TypeVar("T")
+Rules = TypeVar("Rules")
+Rules_co = TypeVar("Rules_co", covariant=True)
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -107,6 +108,10 @@ class Intentions:
         rules = (Intention(s, d, a) for (d, s), a in self._table.items())
         return iter(sorted(rules, key=Intention.sort_key))
 
+    def snapshot(self) -> list[Intention]:
+        """The rules in force, as ``IntentionStore.fetch`` returns them."""
+        return list(self)
+
     def __len__(self) -> int:
         return len(self._table)
 
@@ -142,15 +147,20 @@ class IntentionStore:
         return int(raw_index), sorted(_parse_items(items or ()), key=Intention.sort_key)
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except requests.RequestException as exc:
-            where = getattr(self._client.http, "base_uri", "")
-            raise RegistryUnavailable(
-                f"registry unreachable at {where} ({type(exc).__name__})"
-            ) from exc
-        except consul.ConsulException as exc:
-            raise RegistryError(f"registry refused an intentions request: {exc}") from exc
+        return registry_call(self._client, method, *args, **kwargs)
+
+
+def registry_call(client: consul.Consul, method: Any, *args: Any, **kwargs: Any) -> Any:
+    """``method(*args, **kwargs)`` of a py-consul client, its errors translated."""
+    try:
+        return method(*args, **kwargs)
+    except requests.RequestException as exc:
+        where = getattr(client.http, "base_uri", "")
+        raise RegistryUnavailable(
+            f"registry unreachable at {where} ({type(exc).__name__})"
+        ) from exc
+    except consul.ConsulException as exc:
+        raise RegistryError(f"registry refused an intentions request: {exc}") from exc
 
 
 def _parse_items(items: Iterable[dict[str, Any]]) -> Iterator[Intention]:
@@ -164,8 +174,25 @@ def _parse_items(items: Iterable[dict[str, Any]]) -> Iterator[Intention]:
             logger.warning("ignoring intention key %s: %s", key, exc)
 
 
-class IntentionWatcher:
-    """Keeps ``intentions`` equal to the registry's rules, by blocking queries.
+class RuleSource(Protocol[Rules_co]):
+    """Where rules are read from: with ``index``, blocking up to ``wait`` for a change."""
+
+    def fetch(self, index: int = 0, wait: str | None = None) -> tuple[int, Rules_co]: ...
+
+
+class RuleTable(Protocol[Rules]):
+    """The rules in force, replaced whole on each change."""
+
+    def replace(self, rules: Rules) -> None: ...
+
+    def snapshot(self) -> Rules: ...
+
+    def __len__(self) -> int: ...
+
+
+class IntentionWatcher(Generic[Rules]):
+    """Keeps ``intentions`` equal to the registry's rules, by blocking queries (meshkit's
+    KV rules, or Consul's intentions: ``policy.consul_intentions``).
 
     Run ``run`` in the service's task group (``await tg.start(watcher.run)`` returns once
     the first load succeeded or failed); cancel the group to stop it.
@@ -173,8 +200,8 @@ class IntentionWatcher:
 
     def __init__(
         self,
-        store: IntentionStore,
-        intentions: Intentions,
+        store: RuleSource[Rules],
+        intentions: RuleTable[Rules],
         *,
         wait: float = 10.0,
         max_backoff: float = 30.0,
@@ -208,10 +235,10 @@ class IntentionWatcher:
         # A registry that answers a blocking query at once must not make us spin.
         return 0.05 if answered_at_once else 0.0
 
-    def _apply(self, old_index: int, new_index: int, rules: list[Intention]) -> int:
-        if (new_index != old_index or old_index == 0) and rules != list(self.intentions):
+    def _apply(self, old_index: int, new_index: int, rules: Rules) -> int:
+        if (new_index != old_index or old_index == 0) and rules != self.intentions.snapshot():
             self.intentions.replace(rules)
-            logger.info("intentions: %d rules in force (index %d)", len(rules), new_index)
+            logger.info("intentions: %d rules in force (index %d)", len(self.intentions), new_index)
         # Consul: an index that went backwards (a restored store) means start over.
         return 0 if new_index < old_index else max(new_index, 1)
 

@@ -19,7 +19,7 @@ import re
 import ssl
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -232,7 +232,13 @@ class Connection:
 
     def get(self, path: str, *, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
         """GET ``path``: the status and the JSON body (``None`` when empty)."""
-        self.http.request("GET", path, headers=dict(headers or {}))
+        return self.request("GET", path, headers=headers)
+
+    def request(
+        self, method: str, path: str, *, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """``method path`` without a body: the status and the JSON body (or ``None``)."""
+        self.http.request(method, path, headers=dict(headers or {}))
         response = self.http.getresponse()
         body = response.read()
         return response.status, json.loads(body) if body else None
@@ -260,12 +266,19 @@ class Mesh:
     """A test mesh: ``authority`` (a test CA), ``registry`` (a dev registry process) and
     the ``ServiceProcess`` instances ``start`` adds. Use it as a context manager (the
     ``mesh`` fixture does): leaving it closes every connection and stops every process.
+    ``registry_args`` are extra ``meshkit registry serve`` flags.
     """
 
-    def __init__(self, directory: Path, *, trust_domain: str = "meshkit.local") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        trust_domain: str = "meshkit.local",
+        registry_args: Sequence[str] = (),
+    ) -> None:
         self.directory = directory
         self.authority = LocalAuthority(trust_domain)
-        self.registry = RegistryProcess()
+        self.registry = RegistryProcess(*registry_args)
         self.processes: list[ServiceProcess] = []
         self._connections: list[Connection] = []
 

@@ -159,7 +159,10 @@ class DevRegistryApp:
             # A bug, not the client's doing: logged in full here, a bare 500 for the client.
             logger.exception("dev registry: %s %r failed", scope.get("method"), scope.get("path"))
             response = text_response(500, "Internal Server Error")
-        headers = list(response.headers)
+        # Consul 1.9+ names its ACL default policy on every answer (also the intentions'
+        # default when none matches), ACLs enabled or not.
+        policy = (b"X-Consul-Default-Acl-Policy", self.acl_default_policy.encode())
+        headers = [policy, *response.headers]
         if response.content_type:
             headers.append((b"Content-Type", response.content_type.encode()))
         headers.append((b"Content-Length", str(len(response.body)).encode()))
@@ -263,7 +266,7 @@ class DevRegistryApp:
             while index <= min_index and time.monotonic() < deadline and not self.store.closing:
                 await self.store.wait(topics, deadline, prefix=prefix)
                 index, response = compute()
-        response.headers = query_headers(index, self.acl_default_policy) + response.headers
+        response.headers = query_headers(index) + response.headers
         return response
 
     # -- agent ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from meshkit.registry.dev.decode import json_kind
 from meshkit.registry.dev.errors import AgentError, DecodeError, bad_request, rpc_error
 from meshkit.registry.dev.http import Request, Response, json_response, text_response
 from meshkit.registry.dev.mapdecode import (
@@ -128,6 +129,12 @@ class ConfigEntries:
             )
         raise bad_request(f"invalid config entry kind: {name}")
 
+    def check_known(self, name: str) -> None:
+        """MakeConfigEntry for reads and deletes: any kind Consul knows (an unimplemented
+        one simply has no entries here)."""
+        if name not in self.kinds and name not in CONSUL_KINDS:
+            raise bad_request(f"invalid config entry kind: {name}")
+
     @property
     def index(self) -> int:
         return self.store.topic_index(TABLE)
@@ -135,7 +142,7 @@ class ConfigEntries:
     def get(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> StoredEntry | None:
         return self._entries.get(kind, {}).get((namespace, name))
 
-    def list(self, kind: str) -> list[StoredEntry]:
+    def of_kind(self, kind: str) -> list[StoredEntry]:
         kinds = [kind] if kind else sorted(self._entries)
         return [entry for name in kinds for _, entry in sorted(self._entries.get(name, {}).items())]
 
@@ -170,6 +177,19 @@ class ConfigEntries:
             self.store.commit()
         return True
 
+    def dump(self) -> list[dict[str, Any]]:
+        """Every entry as read back (indexes included), for a data directory to keep."""
+        return [entry.to_json() for entry in self.of_kind("")]
+
+    def restore(self, dumped: list[dict[str, Any]]) -> None:
+        """Entries from ``dump``, with their indexes (the Store's index must be restored
+        to at least their highest ModifyIndex by whoever restores it)."""
+        for raw in dumped:
+            body = {k: v for k, v in raw.items() if k not in ("CreateIndex", "ModifyIndex")}
+            key = (body.get("Namespace", DEFAULT_NAMESPACE), body["Name"])
+            stored = StoredEntry(body["Kind"], *key, body, raw["CreateIndex"], raw["ModifyIndex"])
+            self._entries.setdefault(body["Kind"], {})[key] = stored
+
     def _touch(self, kind: str, namespace: str, name: str) -> None:
         self.store.touch(TABLE, topic(kind), topic(kind, namespace, name))
 
@@ -179,12 +199,13 @@ def topic(kind: str, namespace: str | None = None, name: str | None = None) -> s
     return f"config:{kind}" if name is None else f"config:{kind}/{namespace}/{name}"
 
 
-def decode_entry(raw: Any, entries: ConfigEntries) -> dict[str, Any]:
-    """structs.DecodeConfigEntry, then the kind's Normalize and Validate."""
+def decode_entry(raw: Any, entries: ConfigEntries, namespace: str = "") -> dict[str, Any]:
+    """structs.DecodeConfigEntry, then the kind's Normalize and Validate; ``namespace``
+    (``?ns=``) scopes a namespaced kind's entry whose body names none."""
     if not isinstance(raw, dict):
         raise bad_request(
             "Request decoding failed: json: cannot unmarshal "
-            f"{_json_kind(raw)} into Go value of type map[string]interface {{}}"
+            f"{json_kind(raw)} into Go value of type map[string]interface {{}}"
         )
     kind_value = raw["Kind"] if "Kind" in raw else raw.get("kind")
     if "Kind" not in raw and "kind" not in raw:
@@ -203,6 +224,8 @@ def decode_entry(raw: Any, entries: ConfigEntries) -> dict[str, Any]:
     if refused:
         raise bad_request(f"Request decoding failed: {multierror(refused)}")
     try:
+        if namespace and kind.namespaced and not fields.get("Namespace"):
+            fields["Namespace"] = namespace
         return kind.normalize(fields)
     except ConfigEntryInvalid as exc:
         raise rpc_error(str(exc)) from None
@@ -211,16 +234,6 @@ def decode_entry(raw: Any, entries: ConfigEntries) -> dict[str, Any]:
 def _ignored_key(key: str) -> bool:
     """validateUnusedKeys: the kind and the indexes may be sent back as they were read."""
     return key in ("Kind", "kind", "CreateIndex", "ModifyIndex")
-
-
-def _json_kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "bool"
-    return "null" if value is None else "number"
 
 
 def _cas(request: Request) -> int | None:
@@ -248,9 +261,8 @@ class ConfigEndpoints:
 
     async def apply(self, request: Request) -> Response:
         self.app._check_datacenter(request.param("dc"))
-        body = decode_entry(await self.app._json(request), self.entries)
+        body = decode_entry(await self.app._json(request), self.entries, request.param("ns"))
         kind = self.entries.kinds[body["Kind"]]
-        body = self._scoped(request, kind, body)
         if kind.check_graph is not None:
             try:
                 kind.check_graph(self.entries, body)
@@ -258,32 +270,21 @@ class ConfigEndpoints:
                 raise rpc_error(str(exc)) from None
         return json_response(self.entries.apply(body, _cas(request)))
 
-    def _scoped(self, request: Request, kind: ConfigKind, body: dict[str, Any]) -> dict[str, Any]:
-        """``?ns=`` sets a namespaced kind's namespace when its body names none."""
-        namespace = request.param("ns")
-        if (
-            namespace
-            and kind.namespaced
-            and body.get("Namespace", DEFAULT_NAMESPACE) == (DEFAULT_NAMESPACE)
-        ):
-            return kind.normalize({**body, "Namespace": namespace})
-        return body
-
     async def read(self, request: Request) -> Response:
         request.blocking = parse_options(request.query, request.header(b"cache-control"))
         self.app._check_datacenter(request.param("dc"))
         kind_name, has_name, name = request.rest.partition("/")
         if not has_name:
             if kind_name:
-                self.entries.kind(kind_name)
+                self.entries.check_known(kind_name)
             return await self._list(request, kind_name)
-        self.entries.kind(kind_name)
+        self.entries.check_known(kind_name)
         namespace = request.param("ns") or DEFAULT_NAMESPACE
         return await self._get(request, kind_name, namespace, name)
 
     async def _list(self, request: Request, kind: str) -> Response:
         def compute() -> tuple[int, Response]:
-            listed = [entry.to_json() for entry in self.entries.list(kind)]
+            listed = [entry.to_json() for entry in self.entries.of_kind(kind)]
             return self.entries.index, json_response(listed)
 
         return await self.app._blocking(request, [topic(kind)] if kind else [TABLE], compute)
@@ -303,7 +304,7 @@ class ConfigEndpoints:
         kind, has_name, name = request.rest.partition("/")
         if not has_name:
             raise AgentError(404, "Must provide both a kind and name to delete")
-        self.entries.kind(kind)
+        self.entries.check_known(kind)
         namespace = request.param("ns") or DEFAULT_NAMESPACE
         cas = _cas(request)
         deleted = self.entries.delete(kind, name, namespace, cas)

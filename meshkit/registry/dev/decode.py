@@ -62,7 +62,7 @@ class Decoding:
         self.first: TypeError_ | str | None = None
 
     def type_error(self, value: Any, go_type: str, at: At, *, literal: bool = False) -> None:
-        shown = _kind(value)
+        shown = json_kind(value)
         if literal and isinstance(value, Number):
             shown = f"number {value.text}"
         self.save(TypeError_(shown, go_type, at))
@@ -81,7 +81,8 @@ class Decoding:
 Decoder = Callable[[Any, At, Decoding], Any]
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON kind of a decoded value, as Go's errors name it."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -239,7 +240,7 @@ def decode_top(raw: Any, fields: Fields, go_type: str, *, struct: str = "") -> d
     wrappers), or ``DecodeError`` with the first error in it; anything but an object is
     Go's "Go value" error."""
     if not isinstance(raw, dict):
-        raise DecodeError(TypeError_(_kind(raw), go_type, At()).text())
+        raise DecodeError(TypeError_(json_kind(raw), go_type, At()).text())
     decoding = Decoding()
     values = decode_struct(raw, fields, At(struct), decoding)
     decoding.raise_first()
@@ -363,7 +364,7 @@ def decode_wrapped(value: Any, at: At, fields: Fields, go_type: str) -> dict[str
     if value is None:  # e.g. a null in ``Checks``: Consul would dereference it and panic
         return None
     if not isinstance(value, dict):
-        raise DecodeError(TypeError_(_kind(value), go_type, at).text())
+        raise DecodeError(TypeError_(json_kind(value), go_type, at).text())
     inner = Decoding()
     values = decode_struct(value, fields, At(), inner)
     if isinstance(inner.first, TypeError_):

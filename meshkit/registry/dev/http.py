@@ -82,9 +82,8 @@ def dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def query_headers(index: int, default_policy: str = "allow") -> list[tuple[bytes, bytes]]:
+def query_headers(index: int) -> list[tuple[bytes, bytes]]:
     return [
-        (b"X-Consul-Default-Acl-Policy", default_policy.encode()),
         (b"X-Consul-Effective-Consistency", b"leader"),
         (b"X-Consul-Index", str(max(index, 1)).encode()),
         (b"X-Consul-Knownleader", b"true"),

@@ -11,7 +11,9 @@ agent/connect_auth.go):
   intentions that apply, in evaluation order (a blocking query);
 - ``GET /v1/connect/intentions/check?source=&destination=``: ``{"Allowed": bool}``;
 - ``POST /v1/agent/connect/authorize``: ``{"Authorized", "Reason"}`` for a client
-  certificate's SPIFFE ID calling ``Target``.
+  certificate's SPIFFE ID calling ``Target``;
+- the deprecated API by ID (``POST /v1/connect/intentions``, ``GET|PUT|DELETE
+  /v1/connect/intentions/<id>``): sources that keep a LegacyID, meta and times.
 
 An L7 intention (with Permissions) answers "not allowed" to ``check`` and ``authorize``,
 as in Consul: they see no request. No intention matching means the ACL default policy:
@@ -21,7 +23,9 @@ as in Consul: they see no request. No intention matching means the ACL default p
 
 from __future__ import annotations
 
+import datetime
 import re
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +47,12 @@ from meshkit.registry.dev.http import Request, Response, json_response, text_res
 from meshkit.registry.dev.mapdecode import STRING as MAP_STRING
 from meshkit.registry.dev.mapdecode import MapOf, Struct, decode_struct
 from meshkit.registry.dev.query import parse_options
-from meshkit.registry.dev.service_intentions import KIND, PERMISSIONS, SERVICE_INTENTIONS
+from meshkit.registry.dev.service_intentions import (
+    KIND,
+    PERMISSIONS,
+    SERVICE_INTENTIONS,
+    normalize_legacy,
+)
 
 if TYPE_CHECKING:  # for annotations only: api.py imports this module
     from meshkit.registry.dev.api import DevRegistryApp
@@ -65,11 +74,25 @@ _EXACT_BODY = Struct(
         ("Meta", MapOf(MAP_STRING)),
     ]
 )
+#: The legacy API's body names both sides too.
+_LEGACY_BODY = Struct(
+    [
+        ("ID", MAP_STRING),
+        ("SourceNS", MAP_STRING),
+        ("SourceName", MAP_STRING),
+        ("DestinationNS", MAP_STRING),
+        ("DestinationName", MAP_STRING),
+        *_EXACT_BODY.fields,
+    ]
+)
 
 
 def intention_json(entry: StoredEntry, source: dict[str, Any]) -> dict[str, Any]:
-    """One source of an entry as the intentions API shows it (structs.Intention)."""
-    body: dict[str, Any] = {
+    """One source of an entry as the intentions API shows it (structs.Intention); one
+    written by the legacy API also has its ID, its own Meta and its times."""
+    legacy = bool(source.get("LegacyID"))
+    body: dict[str, Any] = {"ID": source["LegacyID"]} if legacy else {}
+    body |= {
         "Description": source.get("Description", ""),
         "SourceNS": source["Namespace"],
         "SourceName": source["Name"],
@@ -81,12 +104,46 @@ def intention_json(entry: StoredEntry, source: dict[str, Any]) -> dict[str, Any]
         body["Action"] = source["Action"]
     if source.get("Permissions"):
         body["Permissions"] = source["Permissions"]
-    return body | {
-        "Meta": entry.body.get("Meta", {}),
+    body |= {
+        "Meta": source.get("LegacyMeta", {}) if legacy else entry.body.get("Meta", {}),
         "Precedence": source["Precedence"],
-        "CreateIndex": entry.create_index,
-        "ModifyIndex": entry.modify_index,
     }
+    if legacy:
+        body |= {"CreatedAt": source["LegacyCreateTime"], "UpdatedAt": source["LegacyUpdateTime"]}
+    return body | {"CreateIndex": entry.create_index, "ModifyIndex": entry.modify_index}
+
+
+def _legacy_sides(fields: dict[str, Any]) -> tuple[tuple[str, str], tuple[str, str]]:
+    source = (fields.get("SourceNS") or DEFAULT_NAMESPACE, fields.get("SourceName", ""))
+    destination = (
+        fields.get("DestinationNS") or DEFAULT_NAMESPACE,
+        fields.get("DestinationName", ""),
+    )
+    if not destination[1]:
+        raise rpc_error("Name is required")
+    return source, destination
+
+
+def _legacy_source(
+    fields: dict[str, Any], legacy_id: str, created: str, updated: str
+) -> dict[str, Any]:
+    return {
+        "Name": fields.get("SourceName", ""),
+        "Namespace": fields.get("SourceNS") or DEFAULT_NAMESPACE,
+        "Action": fields.get("Action", ""),
+        "Description": fields.get("Description", ""),
+        "Type": fields.get("SourceType", ""),
+        "LegacyID": legacy_id,
+        "LegacyMeta": fields.get("Meta") or {},
+        "LegacyCreateTime": created,
+        "LegacyUpdateTime": updated,
+    }
+
+
+def _now() -> str:
+    """RFC 3339 in UTC with nanoseconds, as Go's time.Time marshals."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond * 1000:09d}Z"
 
 
 def describe(intention: Intention) -> str:
@@ -126,7 +183,7 @@ class IntentionEndpoints:
 
     def routes(self) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
         exact = {
-            "/v1/connect/intentions": {"GET": self.list_all},
+            "/v1/connect/intentions": {"GET": self.list_all, "POST": self.legacy_create},
             "/v1/connect/intentions/exact": {
                 "GET": self.exact_get,
                 "PUT": self.exact_put,
@@ -136,7 +193,8 @@ class IntentionEndpoints:
             "/v1/connect/intentions/check": {"GET": self.check},
             "/v1/agent/connect/authorize": {"POST": self.authorize},
         }
-        return exact, []
+        by_id = {"GET": self.legacy_get, "PUT": self.legacy_update, "DELETE": self.legacy_delete}
+        return exact, [("/v1/connect/intentions/", by_id)]
 
     # -- reading the store ----------------------------------------------------------------
 
@@ -198,12 +256,7 @@ class IntentionEndpoints:
     async def exact_put(self, request: Request) -> Response:
         self.app._check_datacenter(request.param("dc"))
         source, destination = self._pair(request)
-        raw = await self.app._json(request)
-        if not isinstance(raw, dict):
-            raise bad_request("Request decode failed: body must be a JSON object")
-        fields, errors, _ = decode_struct(raw, _EXACT_BODY)
-        if errors:
-            raise bad_request(f"Request decode failed: {errors[0]}")
+        fields = await self._body(request, _EXACT_BODY)
         new_source = {
             "Name": source[1],
             "Namespace": source[0],
@@ -237,7 +290,12 @@ class IntentionEndpoints:
         return json_response(True)
 
     def _write(
-        self, destination: tuple[str, str], sources: list[dict[str, Any]], meta: dict[str, str]
+        self,
+        destination: tuple[str, str],
+        sources: list[dict[str, Any]],
+        meta: dict[str, str],
+        *,
+        legacy: bool = False,
     ) -> None:
         fields = {
             "Name": destination[1],
@@ -246,10 +304,101 @@ class IntentionEndpoints:
             "Meta": meta,
         }
         try:
-            body = SERVICE_INTENTIONS.normalize(fields)
+            body = (normalize_legacy if legacy else SERVICE_INTENTIONS.normalize)(fields)
         except ConfigEntryInvalid as exc:
             raise rpc_error(str(exc)) from None
         self.entries.apply(body)
+
+    # -- the legacy API (by ID) -----------------------------------------------------------
+
+    async def legacy_create(self, request: Request) -> Response:
+        self.app._check_datacenter(request.param("dc"))
+        fields = await self._legacy_body(request)
+        if fields.get("ID"):
+            raise rpc_error("ID must be empty when creating a new intention")
+        source, destination = _legacy_sides(fields)
+        if self._find(source, destination) is not None:
+            raise rpc_error(
+                f"duplicate intention found: {source[0]}/{source[1]} => "
+                f"{destination[0]}/{destination[1]}"
+            )
+        now = _now()
+        created = _legacy_source(fields, str(uuid.uuid4()), now, now)
+        self._legacy_put(destination, created, replacing=None)
+        return json_response({"ID": created["LegacyID"]})
+
+    async def legacy_get(self, request: Request) -> Response:
+        self._read_options(request)
+
+        def compute() -> tuple[int, Response]:
+            found = self._by_id(request.rest)
+            if found is None:
+                return self.entries.index, text_response(404, NOT_FOUND)
+            return self.entries.index, json_response(intention_json(*found))
+
+        return await self.app._blocking(request, [topic(KIND)], compute)
+
+    async def legacy_update(self, request: Request) -> Response:
+        self.app._check_datacenter(request.param("dc"))
+        fields = await self._legacy_body(request)
+        found = self._by_id(request.rest)
+        if found is None:
+            raise rpc_error(f"Cannot modify non-existent intention: '{request.rest}'")
+        entry, old = found
+        _, destination = _legacy_sides(fields)
+        updated = _legacy_source(fields, request.rest, old["LegacyCreateTime"], _now())
+        replacing: dict[str, Any] | None = old
+        if (entry.namespace, entry.name) != destination:
+            self._legacy_remove(entry, old)  # moved to another destination
+            replacing = None
+        self._legacy_put(destination, updated, replacing=replacing)
+        return Response()
+
+    async def legacy_delete(self, request: Request) -> Response:
+        self.app._check_datacenter(request.param("dc"))
+        found = self._by_id(request.rest)
+        if found is None:
+            raise rpc_error(f"Cannot delete non-existent intention: '{request.rest}'")
+        self._legacy_remove(*found)
+        return Response()
+
+    async def _body(self, request: Request, struct: Struct) -> dict[str, Any]:
+        """An intention body: a JSON object, its known fields (others are ignored, as
+        Go's decoder ignores them)."""
+        raw = await self.app._json(request)
+        if not isinstance(raw, dict):
+            raise bad_request("Request decode failed: body must be a JSON object")
+        fields, errors, _ = decode_struct(raw, struct)
+        if errors:
+            raise bad_request(f"Request decode failed: {errors[0]}")
+        return dict(fields)
+
+    async def _legacy_body(self, request: Request) -> dict[str, Any]:
+        fields = await self._body(request, _LEGACY_BODY)
+        if fields.get("Permissions"):
+            raise rpc_error("Permissions cannot be set via the legacy intention API")
+        return dict(fields)
+
+    def _by_id(self, legacy_id: str) -> tuple[StoredEntry, dict[str, Any]] | None:
+        return next(((e, s) for e, s in self._pairs() if s.get("LegacyID") == legacy_id), None)
+
+    def _legacy_put(
+        self,
+        destination: tuple[str, str],
+        source: dict[str, Any],
+        *,
+        replacing: dict[str, Any] | None,
+    ) -> None:
+        existing = self.entries.get(KIND, destination[1], destination[0])
+        kept = [s for s in (existing.body["Sources"] if existing else []) if s is not replacing]
+        self._write(destination, [*kept, source], {}, legacy=True)
+
+    def _legacy_remove(self, entry: StoredEntry, source: dict[str, Any]) -> None:
+        kept = [s for s in entry.body["Sources"] if s is not source]
+        if kept:
+            self._write((entry.namespace, entry.name), kept, {}, legacy=True)
+        else:
+            self.entries.delete(KIND, entry.name, entry.namespace)
 
     async def match(self, request: Request) -> Response:
         self._read_options(request)

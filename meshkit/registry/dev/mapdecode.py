@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkit.registry.dev.decode import json_kind
 from meshkit.registry.dev.gojson import Number
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
@@ -32,72 +33,79 @@ class Spec:
         return _plain(value)
 
 
-class _Str(Spec):
-    go_type = "string"
+class _Refused(ValueError):
+    """A value a scalar field cannot take; the message is mapstructure's."""
+
+
+class _Scalar(Spec):
+    """A string, int or bool field: null (or an empty list) is the zero value."""
+
+    zero: Any = None
 
     def decode(self, value: Any, path: str, errors: list[str], unused: list[str]) -> Any:
         value = _from_slice(value)
+        if value is None:
+            return self.zero
+        try:
+            return self.convert(value, path)
+        except _Refused as exc:
+            errors.append(str(exc))
+            return self.zero
+
+    def convert(self, value: Any, path: str) -> Any:
+        raise NotImplementedError
+
+
+class _Str(_Scalar):
+    go_type, zero = "string", ""
+
+    def convert(self, value: Any, path: str) -> Any:
         if isinstance(value, str):
             return value
         if isinstance(value, bool):
             return "1" if value else "0"
         if isinstance(value, Number):
             return value.text
-        if value is None:
-            return ""
-        errors.append(_unconvertible(path, self.go_type, value))
-        return ""
+        raise _Refused(_unconvertible(path, self.go_type, value))
 
 
-class _Int(Spec):
-    go_type = "int"
+class _Int(_Scalar):
+    go_type, zero = "int", 0
 
-    def decode(self, value: Any, path: str, errors: list[str], unused: list[str]) -> Any:
-        value = _from_slice(value)
+    def convert(self, value: Any, path: str) -> Any:
         if isinstance(value, bool):
             return int(value)
         if isinstance(value, Number):
             as_int = value.as_int()
             return as_int if as_int is not None else int(value.as_float() or 0)
-        if isinstance(value, str):
-            if value == "":
-                return 0
-            try:
-                return int(value, 0)
-            except ValueError:
-                errors.append(
-                    f"cannot parse '{path}' as int: strconv.ParseInt: parsing "
-                    f'"{value}": invalid syntax'
-                )
-                return 0
-        if value is None:
-            return 0
-        errors.append(_unconvertible(path, self.go_type, value))
-        return 0
+        if not isinstance(value, str):
+            raise _Refused(_unconvertible(path, self.go_type, value))
+        try:
+            return int(value, 0) if value else 0
+        except ValueError:
+            raise _Refused(_unparsable(path, "int", "ParseInt", value)) from None
 
 
-class _Bool(Spec):
-    go_type = "bool"
+class _Bool(_Scalar):
+    go_type, zero = "bool", False
 
-    def decode(self, value: Any, path: str, errors: list[str], unused: list[str]) -> Any:
-        value = _from_slice(value)
+    def convert(self, value: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
         if isinstance(value, Number):
             return (value.as_float() or 0) != 0
-        if isinstance(value, str):
-            parsed = _PARSE_BOOL.get(value)
-            if value == "" or parsed is not None:
-                return bool(parsed)
-            errors.append(
-                f"cannot parse '{path}' as bool: strconv.ParseBool: parsing "
-                f'"{value}": invalid syntax'
-            )
-            return False
-        if value is None:
-            return False
-        errors.append(_unconvertible(path, self.go_type, value))
-        return False
+        if not isinstance(value, str):
+            raise _Refused(_unconvertible(path, self.go_type, value))
+        parsed = _PARSE_BOOL.get(value)
+        if value and parsed is None:
+            raise _Refused(_unparsable(path, "bool", "ParseBool", value))
+        return bool(parsed)
+
+
+def _unparsable(path: str, go_type: str, parser: str, value: str) -> str:
+    return (
+        f"cannot parse '{path}' as {go_type}: strconv.{parser}: parsing \"{value}\": invalid syntax"
+    )
 
 
 _PARSE_BOOL = {
@@ -115,10 +123,6 @@ ANY: Spec = Spec()
 class ListOf(Spec):
     element: Spec
 
-    @property
-    def go_type(self) -> str:  # type: ignore[override]
-        return f"[]{self.element.go_type}"
-
     def decode(self, value: Any, path: str, errors: list[str], unused: list[str]) -> Any:
         if value is None:
             return []
@@ -133,17 +137,8 @@ class ListOf(Spec):
 class MapOf(Spec):
     element: Spec
 
-    @property
-    def go_type(self) -> str:  # type: ignore[override]
-        return f"map[string]{self.element.go_type}"
-
     def decode(self, value: Any, path: str, errors: list[str], unused: list[str]) -> Any:
-        value = _from_slice(value)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            errors.append(f"'{path}' expected a map, got '{_go_kind(value)}'")
-            return {}
+        value = _a_map(value, path, errors)
         return {
             key: self.element.decode(item, f"{path}[{key}]", errors, unused)
             for key, item in value.items()
@@ -165,12 +160,7 @@ class Struct(Spec):
         object.__setattr__(self, "_by_name", by_name)
 
     def decode(self, value: Any, path: str, errors: list[str], unused: list[str]) -> Any:
-        value = _from_slice(value)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            errors.append(f"'{path}' expected a map, got '{_go_kind(value)}'")
-            return {}
+        value = _a_map(value, path, errors)
         out: dict[str, Any] = {}
         for key, item in value.items():
             known = self._by_name.get(key.lower())
@@ -183,6 +173,14 @@ class Struct(Spec):
                 continue  # the canonical key wins over its alias
             out[name] = spec.decode(item, f"{path}.{name}" if path else name, errors, unused)
         return out
+
+
+def _a_map(value: Any, path: str, errors: list[str]) -> dict[str, Any]:
+    """The object a map or struct decodes from ({} for null, or when it is not one)."""
+    value = _from_slice(value)
+    if value is not None and not isinstance(value, dict):
+        errors.append(f"'{path}' expected a map, got '{_go_kind(value)}'")
+    return value if isinstance(value, dict) else {}
 
 
 def _from_slice(value: Any) -> Any:
@@ -205,13 +203,9 @@ def _plain(value: Any) -> Any:
 
 
 def _go_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, Number):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    return "slice" if isinstance(value, list) else "map"
+    """reflect.Kind of a value decoded into ``interface{}``."""
+    kind = json_kind(value)
+    return {"number": "float64", "array": "slice", "object": "map"}.get(kind, kind)
 
 
 def _unconvertible(path: str, go_type: str, value: Any) -> str:

@@ -62,6 +62,8 @@ _SOURCE = Struct(
         ("Type", STRING),
         ("Description", STRING),
         ("LegacyMeta", MapOf(STRING)),
+        ("LegacyCreateTime", STRING),
+        ("LegacyUpdateTime", STRING),
         ("Partition", STRING),
         ("Namespace", STRING),
         ("Peer", STRING),
@@ -81,20 +83,34 @@ STRUCT = Struct(
 
 def normalize(fields: dict[str, Any]) -> dict[str, Any]:
     """Normalize() then Validate(), as ConfigEntry.Apply runs them."""
+    return _normalized(fields, legacy=False)
+
+
+def normalize_legacy(fields: dict[str, Any]) -> dict[str, Any]:
+    """LegacyNormalize() then LegacyValidate(): a write of the pre-1.9 intentions API,
+    whose sources keep their ID, meta and times."""
+    return _normalized(fields, legacy=True)
+
+
+def _normalized(fields: dict[str, Any], *, legacy: bool) -> dict[str, Any]:
     namespace = fields.get("Namespace") or DEFAULT_NAMESPACE
     name = fields.get("Name", "")
-    sources = [_normalize_source(src, namespace, name) for src in fields.get("Sources", [])]
+    sources = [_normalize_source(src, namespace, name, legacy) for src in fields.get("Sources", [])]
     sources.sort(key=lambda src: -src["Precedence"])  # stable, as Go's SliceStable
     entry: dict[str, Any] = {"Kind": KIND, "Name": name, "Partition": "default"}
     entry["Namespace"] = namespace
     entry["Sources"] = sources
     if fields.get("Meta"):
         entry["Meta"] = fields["Meta"]
+    if legacy and entry.get("Meta"):
+        raise ConfigEntryInvalid("Meta must be omitted for legacy intention writes")
     _validate(entry, fields)
     return entry
 
 
-def _normalize_source(src: dict[str, Any], namespace: str, destination: str) -> dict[str, Any]:
+def _normalize_source(
+    src: dict[str, Any], namespace: str, destination: str, legacy: bool
+) -> dict[str, Any]:
     src_namespace = src.get("Namespace") or (
         namespace if namespace != WILDCARD else DEFAULT_NAMESPACE
     )
@@ -105,13 +121,19 @@ def _normalize_source(src: dict[str, Any], namespace: str, destination: str) -> 
     if permissions:
         out["Permissions"] = permissions
     out["Precedence"] = precedence(namespace, destination, src_namespace, out["Name"])
+    if legacy:  # a plain write clears these (LegacyMeta stays, for Validate to refuse)
+        out["LegacyID"] = src.get("LegacyID", "")
     out["Type"] = src.get("Type") or "consul"
     if src.get("Description"):
         out["Description"] = src["Description"]
+    if legacy or src.get("LegacyMeta"):
+        out["LegacyMeta"] = src.get("LegacyMeta") or {}
+    if legacy:
+        out |= {key: src[key] for key in ("LegacyCreateTime", "LegacyUpdateTime")}
     out |= {"Partition": "default", "Namespace": src_namespace}
-    for key in ("LegacyID", "LegacyMeta", "Peer", "SamenessGroup"):
+    for key in ("Peer", "SamenessGroup"):
         if src.get(key):
-            out[key] = src[key]  # kept only for Validate to refuse, as Consul does
+            out[key] = src[key]  # kept only for Validate to refuse
     return out
 
 
@@ -179,9 +201,8 @@ def _validate_source(index: int, src: dict[str, Any], destination_wild: bool) ->
         raise ConfigEntryInvalid(f"{at}: peers and sameness groups are not supported here")
     if len(src.get("Description", "")) > DESCRIPTION_MAX:
         raise ConfigEntryInvalid(f"{at}.Description exceeds maximum length {DESCRIPTION_MAX}")
-    for key in ("LegacyMeta", "LegacyID"):
-        if src.get(key):
-            raise ConfigEntryInvalid(f"{at}.{key} must be omitted")
+    if "LegacyID" not in src and src.get("LegacyMeta"):
+        raise ConfigEntryInvalid(f"{at}.LegacyMeta must be omitted")
     permissions = src.get("Permissions", [])
     if not permissions and src.get("Action") not in ("allow", "deny"):
         raise ConfigEntryInvalid(f"{at}.Action must be set to 'allow' or 'deny'")

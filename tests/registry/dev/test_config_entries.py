@@ -16,6 +16,9 @@ import consul.exceptions
 import pytest
 from consul.callback import CB
 
+from meshkit.registry.dev.config_entries import ConfigEntries
+from meshkit.registry.dev.config_kinds import KINDS
+from meshkit.registry.dev.state import Store
 from tests.registry.conftest import ThreadedRegistry
 from tests.registry.dev.helpers import raw
 
@@ -155,6 +158,9 @@ def test_decoding_as_consul_decodes(own_registry: ThreadedRegistry) -> None:
     status, text = raw(own_registry, "PUT", "/v1/config", b"[1]")
     assert status == 400 and "cannot unmarshal array" in text
     assert raw(own_registry, "GET", "/v1/config/nope")[0] == 400
+    assert raw(own_registry, "GET", "/v1/config/ingress-gateway")[1] == "[]"  # known, none
+    status, text = raw(own_registry, "PUT", "/v1/config", _dumps({"Kind": "mesh"}))
+    assert status == 400 and "not implemented by the meshkit dev registry" in text
     assert raw(own_registry, "GET", f"/v1/config/{KIND}/missing") == (
         404,
         f'Config entry not found for "{KIND}" / "missing"',
@@ -220,3 +226,49 @@ def _dumps(value: Any) -> bytes:
 
 def _literal(text: str) -> str:
     return re.escape(text)
+
+
+def test_weak_typing_and_its_refusals(own_registry: ThreadedRegistry) -> None:
+    client = own_registry.client()
+    header = {"Name": "X-Debug", "Present": "true"}  # a string for a bool: weakly decoded
+    body = {"Kind": KIND, "Name": "api", "Sources": [_l7({"Header": [header]})]}
+    assert client.http.put(CB.json(), "/v1/config", data=_dumps(body)) is True
+    stored = client.config.get(KIND, "api")["Sources"][0]["Permissions"][0]["HTTP"]
+    assert stored == {"Header": [{"Name": "X-Debug", "Present": True}]}
+
+    bad = {"Kind": KIND, "Name": "api", "Sources": [{"Name": {"a": 1}, "Action": "allow"}]}
+    status, text = raw(own_registry, "PUT", "/v1/config", _dumps(bad))
+    assert (status, text) == (
+        400,
+        "Request decoding failed: 1 error(s) decoding:\n\n* 'Sources[0].Name' expected type "
+        "'string', got unconvertible type 'map[string]interface {}'",
+    )
+
+
+def test_dump_and_restore_keep_entries_and_indexes(own_registry: ThreadedRegistry) -> None:
+    """What a data directory needs to keep the entries over a restart."""
+    client = own_registry.client()
+    client.config.set(KIND, "db", {"Sources": [{"Name": "web", "Action": "allow"}]})
+    client.config.set("service-defaults", "web", {"Protocol": "http"})
+    before = [client.config.get(KIND, "db"), client.config.get("service-defaults", "web")]
+    assert own_registry._server is not None
+    dumped = own_registry._server.app.config_entries.dump()
+    assert sorted(e["Name"] for e in dumped) == ["db", "web"]
+
+    fresh = ConfigEntries(Store(), KINDS)
+    fresh.restore(json.loads(json.dumps(dumped)))
+    assert fresh.dump() == dumped
+    restored = fresh.get(KIND, "db")
+    assert restored is not None and restored.to_json() == before[0]
+
+
+def test_namespace_parameter_scopes_an_entry(own_registry: ThreadedRegistry) -> None:
+    client = own_registry.client()
+    body = {"Kind": KIND, "Name": "payments", "Sources": [{"Name": "web", "Action": "deny"}]}
+    assert client.http.put(CB.json(), "/v1/config", params=[("ns", "shop")], data=_dumps(body))
+    path = f"/v1/config/{KIND}/payments"
+    entry = client.http.get(CB.json(), path, params=[("ns", "shop")])
+    assert entry["Namespace"] == entry["Sources"][0]["Namespace"] == "shop"
+    assert client.config.get(KIND, "payments") is None  # the default namespace has none
+    assert client.connect.intentions.check("shop/web", "shop/payments") is False
+    assert client.connect.intentions.check("web", "shop/payments") is True

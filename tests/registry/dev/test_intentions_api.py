@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import consul
+import consul.exceptions
 import pytest
 from consul.callback import CB
 
@@ -131,6 +132,8 @@ def test_default_deny_from_the_acl_default_policy() -> None:
         }
         _, headers = client.http.get(_with_headers(), "/v1/connect/intentions")
         assert headers["X-Consul-Default-Acl-Policy"] == "deny"
+        _, headers = client.http.get(_with_headers(), "/v1/agent/self")  # on every answer
+        assert headers["X-Consul-Default-Acl-Policy"] == "deny"
 
 
 def _authorize(client: Any, target: str, uri: str) -> dict[str, Any]:
@@ -146,3 +149,34 @@ def _with_headers() -> Any:
         return json.loads(response.body), response.headers
 
     return callback
+
+
+def test_legacy_api_by_id(client: Any) -> None:
+    """The deprecated ID API (py-consul leaves it out; its HTTP client reaches it)."""
+    body = {"SourceName": "web", "DestinationName": "db", "Action": "allow", "Meta": {"a": "b"}}
+    created = client.http.post(CB.json(), "/v1/connect/intentions", data=json.dumps(body))
+    legacy_id = created["ID"]
+    read = client.http.get(CB.json(), f"/v1/connect/intentions/{legacy_id}")
+    assert (read["ID"], read["SourceName"], read["Action"], read["Meta"]) == (
+        legacy_id,
+        "web",
+        "allow",
+        {"a": "b"},
+    )
+    assert read["CreatedAt"] == read["UpdatedAt"]
+    # The same data as the config entry and the exact API.
+    assert client.config.get(KIND, "db")["Sources"][0]["LegacyID"] == legacy_id
+    assert client.connect.intentions.read("web", "db")["ID"] == legacy_id
+
+    update = {**body, "Action": "deny"}
+    path = f"/v1/connect/intentions/{legacy_id}"
+    assert client.http.put(CB.boolean(), path, data=json.dumps(update)) is True
+    again = client.http.get(CB.json(), path)
+    assert again["Action"] == "deny" and again["CreatedAt"] == read["CreatedAt"]
+    assert client.connect.intentions.check("web", "db") is False
+
+    with pytest.raises(consul.exceptions.ConsulException, match="duplicate intention found"):
+        client.http.post(CB.json(), "/v1/connect/intentions", data=json.dumps(body))
+    assert client.http.delete(CB.boolean(), path) is True
+    assert client.http.get(CB.json(), path) is None  # 404 "Intention not found"
+    assert client.config.get(KIND, "db") is None
