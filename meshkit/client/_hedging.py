@@ -20,7 +20,6 @@ from meshkit.client._hooks import HedgeStarted
 from meshkit.client._transports import (
     CALL_EXTENSION,
     IDEMPOTENT_METHODS,
-    RETRYABLE_STATUS,
     AttemptsLayer,
     Call,
     call_of,
@@ -96,7 +95,7 @@ class HedgeTransport(AttemptsLayer):
             call.attempt += 1  # a hedge is an attempt: it counts against max_attempts
             twin.attempt = call.attempt
             second = asyncio.ensure_future(self._attempt(_twin_request(request, twin), twin))
-            winner, loser = await _race(first, second)
+            winner, loser = await _race(first, second, self._policy.retry_status)
             if loser is not None:
                 self._settle(loser, call if loser is first else twin)
             return winner.result()
@@ -181,20 +180,23 @@ def _twin_request(request: Request, twin: Call) -> Request:
     return Request(request.method, request.url, extensions=extensions)
 
 
-async def _race(first: Attempt, second: Attempt) -> tuple[Attempt, Attempt | None]:
-    """The attempt with the first usable answer, and the other if still running. When
-    both fail, the later failure is the call's (the retry layer then decides)."""
+async def _race(
+    first: Attempt, second: Attempt, retryable: frozenset[int]
+) -> tuple[Attempt, Attempt | None]:
+    """The attempt with the first usable answer (not an error, not a status the retry
+    layer would retry), and the other if still running. When both fail, the later
+    failure is the call's (the retry layer then decides)."""
     pending = {first, second}
     while True:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        winner = next((task for task in done if _usable(task)), None)
+        winner = next((task for task in done if _usable(task, retryable)), None)
         if winner is None and not pending:
             winner = done.pop()
         if winner is not None:
             return winner, next(iter(pending), None)
 
 
-def _usable(task: Attempt) -> bool:
+def _usable(task: Attempt, retryable: frozenset[int]) -> bool:
     if task.cancelled() or task.exception() is not None:
         return False
-    return task.result().status_code not in RETRYABLE_STATUS
+    return task.result().status_code not in retryable

@@ -59,7 +59,6 @@ CALL_EXTENSION = "meshkit.call"
 #: A per-call timeout in seconds (what ``client.get(..., timeout=)`` becomes).
 TIMEOUT_EXTENSION = "meshkit.timeout"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-RETRYABLE_STATUS = frozenset({502, 503, 504})
 _DEFAULT_BUSY = 1.0  # how long a 429 without Retry-After makes its endpoint less chosen
 _CRLF = b"\r\n"
 _CR, _LF = _CRLF
