@@ -5,8 +5,9 @@ splitter or resolver names costs one set lookup per call. Otherwise the chain's
 ``Decision`` picks the target (service and subset), and the call goes through that
 target's own stack (balancer over the subset's instances, retries, breaker), built once
 per target and rule and kept; the route's prefix rewrite, header changes and request
-timeout are applied to the request first. A target with no healthy instance hands the
-call to the resolver's failover targets in turn.
+timeout are applied to the request first, response header changes to its answer. A
+target with no healthy instance hands the call to the resolver's failover targets in
+turn.
 
 A changed chain takes effect with the next call: tables are swapped whole, stacks of
 targets still in use are kept, so no call in flight is dropped by a change.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl
 
-from meshkit._httpx import AsyncBaseTransport, Request, Response
+from meshkit._httpx import AsyncBaseTransport, Headers, Request, Response
 from meshkit.client._transports import TIMEOUT_EXTENSION
 from meshkit.errors import NoHealthyInstances
 from meshkit.registry.base import Endpoint, EndpointSource
@@ -84,10 +85,14 @@ class RoutingTransport(AsyncBaseTransport):
             request.headers["host"] = destination
             stack = self._target_stack(destination, target, decision)
             try:
-                return await stack.handle_async_request(request)
+                response = await stack.handle_async_request(request)
             except NoHealthyInstances:
                 if number == len(targets) - 1:
                     raise
+                continue
+            if decision.response_headers:
+                _change_headers(response.headers, decision.response_headers)
+            return response
         raise AssertionError("unreachable: the loop returns or raises")
 
 
@@ -101,17 +106,18 @@ def _rewrite(request: Request, decision: Decision) -> None:
                 raw_path=replacement.encode() + path[len(prefix.encode()) :]
             )
     if decision.headers:
-        _change_headers(request, decision.headers)
+        _change_headers(request.headers, decision.headers)
     if decision.timeout is not None and TIMEOUT_EXTENSION not in request.extensions:
         request.extensions[TIMEOUT_EXTENSION] = decision.timeout
 
 
-def _change_headers(request: Request, changes: HeaderChanges) -> None:
+def _change_headers(headers: Headers, changes: HeaderChanges) -> None:
+    """A route's or split's ``RequestHeaders``/``ResponseHeaders``: remove, set, add."""
     for name in changes.remove:
-        if name in request.headers:
-            del request.headers[name]
+        if name in headers:
+            del headers[name]
     for name, value in changes.set:
-        request.headers[name] = value
+        headers[name] = value
     for name, value in changes.add:
-        existing = request.headers.get(name)
-        request.headers[name] = value if existing is None else f"{existing},{value}"
+        existing = headers.get(name)
+        headers[name] = value if existing is None else f"{existing},{value}"

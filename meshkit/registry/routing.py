@@ -4,8 +4,8 @@ For a call to ``inventory`` the chain decides, as Consul compiles it for its pro
 
 1. ``service-router/inventory``: the first route whose HTTP match (path exact, prefix or
    regex; methods; headers; query parameters) fits the request gives a destination
-   (service, subset, prefix rewrite, request timeout, retries, header changes); none
-   fitting means ``inventory`` itself.
+   (service, subset, prefix rewrite, request timeout, retries, request and response
+   header changes); none fitting means ``inventory`` itself.
 2. ``service-splitter/<service>``, unless the route named a subset: one split, drawn by
    weight, gives the service and subset (and header changes).
 3. ``service-resolver/<service>``: an empty subset becomes its ``DefaultSubset``; a
@@ -99,6 +99,7 @@ class Decision:
     retries: Retries | None = None
     rewrite: tuple[str, str] | None = None  # (matched path prefix, replacement)
     headers: HeaderChanges = field(default_factory=HeaderChanges)
+    response_headers: HeaderChanges = field(default_factory=HeaderChanges)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class _Split:
     weight: int  # in 0.01 % units, as Consul scales them
     target: Target
     headers: HeaderChanges
+    response_headers: HeaderChanges
 
 
 @dataclass(frozen=True)
@@ -183,9 +185,12 @@ class RoutingTable:
                 break
         target = Target(destination.get("Service") or service, destination.get("ServiceSubset", ""))
         changes = HeaderChanges.from_json(destination.get("RequestHeaders"))
+        answer_changes = HeaderChanges.from_json(destination.get("ResponseHeaders"))
         if not target.subset:
-            target, split_changes = self._split(target)
-            changes = changes.then(split_changes)
+            target, split = self._split(target)
+            if split is not None:
+                changes = changes.then(split.headers)
+                answer_changes = split.response_headers.then(answer_changes)  # the route's last
         target, resolver = self._resolve(target)
         route_timeout = seconds(destination.get("RequestTimeout"))
         return Decision(
@@ -196,20 +201,30 @@ class RoutingTable:
             retries=_retries(destination),
             rewrite=rewrite,
             headers=changes,
+            response_headers=answer_changes,
         )
 
-    def _split(self, target: Target) -> tuple[Target, HeaderChanges]:
-        changes = HeaderChanges()
+    def _split(self, target: Target) -> tuple[Target, _Split | None]:
+        """The split drawn for ``target`` (following splitters of other services it
+        names), with the header changes of every split on the way merged into it."""
+        drawn: _Split | None = None
         for _ in range(_MAX_HOPS):
             splits = self._splitters.get(target.service)
             if not splits:
                 break
             split = _draw(splits)
-            changes = changes.then(split.headers)
+            if drawn is not None:
+                split = _Split(
+                    split.weight,
+                    split.target,
+                    drawn.headers.then(split.headers),
+                    split.response_headers.then(drawn.response_headers),
+                )
+            drawn = split
             if split.target.subset or split.target.service == target.service:
-                return split.target, changes  # a subset, or the service itself: resolve it
+                return split.target, drawn  # a subset, or the service itself: resolve it
             target = split.target
-        return target, changes
+        return target, drawn
 
     def _resolve(self, target: Target) -> tuple[Target, _Resolver]:
         resolver = self._resolvers.get(target.service, _NO_RESOLVER)
@@ -283,6 +298,7 @@ def _splits(entry: Mapping[str, Any]) -> tuple[_Split, ...]:
             round(float(raw.get("Weight") or 0) * 100),
             Target(raw.get("Service") or name, raw.get("ServiceSubset") or ""),
             HeaderChanges.from_json(raw.get("RequestHeaders")),
+            HeaderChanges.from_json(raw.get("ResponseHeaders")),
         )
         for raw in entry.get("Splits") or ()
     )
@@ -328,8 +344,19 @@ def _failover_targets(name: str, subset: str, raw: Mapping[str, Any]) -> tuple[T
     return ()
 
 
+#: The HTTP statuses Envoy's ``retry_on`` conditions cover (the rest are about streams
+#: and gRPC, or transport failures meshkit always retries when nothing was sent).
+_RETRY_ON_STATUS = {
+    "5xx": frozenset(range(500, 600)),
+    "gateway-error": frozenset({502, 503, 504}),
+    "retriable-4xx": frozenset({409}),
+}
+
+
 def _retries(destination: Mapping[str, Any]) -> Retries | None:
     codes = frozenset(int(code) for code in destination.get("RetryOnStatusCodes") or ())
+    for condition in destination.get("RetryOn") or ():
+        codes |= _RETRY_ON_STATUS.get(str(condition), frozenset())
     retries = Retries(
         int(destination.get("NumRetries") or 0),
         bool(destination.get("RetryOnConnectFailure")),

@@ -134,7 +134,10 @@ async def test_default_subset_then_header_path_and_query_routes(
         routes = [
             {
                 "Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "yes"}]}},
-                "Destination": {"ServiceSubset": "v2"},
+                "Destination": {
+                    "ServiceSubset": "v2",
+                    "ResponseHeaders": {"Set": {"x-route": "canary"}},
+                },
             },
             {
                 "Match": {"HTTP": {"PathPrefix": "/browse/", "Methods": ["GET"]}},
@@ -151,6 +154,8 @@ async def test_default_subset_then_header_path_and_query_routes(
         await routed.apply("service-router", {"Routes": routes})
         canary = await routed.get("/item", headers={"x-canary": "yes"})
         assert (canary["version"], canary["canary"]) == ("v2", "yes")
+        answer = await routed.client.get("/item", headers={"x-canary": "yes"})
+        assert answer.headers["x-route"] == "canary"
         browse = await routed.get("/browse/42")
         assert (browse["version"], browse["path"]) == ("c1", "/items/42")
         beta = await routed.get("/item?beta=1")
@@ -206,6 +211,10 @@ async def test_route_retries_and_timeout(shop: Mesh, registry: ConsulRegistry) -
         assert {(await routed.client.get("/flaky")).status_code for _ in range(10)} == {200}
         routes = [
             {
+                "Match": {"HTTP": {"PathPrefix": "/flaky-on"}},
+                "Destination": {"ServiceSubset": "v4", "NumRetries": 3, "RetryOn": ["5xx"]},
+            },
+            {
                 "Match": {"HTTP": {"PathPrefix": "/flaky"}},
                 # 500 is not retried by default (only 502-504): the route says it is.
                 "Destination": {
@@ -222,18 +231,21 @@ async def test_route_retries_and_timeout(shop: Mesh, registry: ConsulRegistry) -
         await routed.apply("service-router", {"Routes": routes})
         statuses = [(await routed.client.get("/flaky")).status_code for _ in range(30)]
         assert statuses == [200] * 30
+        statuses = [(await routed.client.get("/flaky-on")).status_code for _ in range(30)]
+        assert statuses == [200] * 30  # RetryOn 5xx: the same, by Envoy's condition name
         with pytest.raises(DeadlineExceeded):
             await routed.client.get("/slow")  # the instance waits 2 s; the route, 300 ms
 
 
 async def test_mirror_to_a_subset_of_the_same_service(shop: Mesh, registry: ConsulRegistry) -> None:
     mirrored = ClientPolicy(mirror_to="inventory", mirror_subset="v2", mirror_fraction=1.0)
+    v2 = next(p for p in shop.processes if p.env.get("MESHKIT_VERSION") == "v2")
+    connection = shop.connect(v2)
     async with client_of(shop, registry, mirrored) as routed:
         await routed.apply("service-resolver", VERSIONS)
         for _ in range(10):
             assert (await routed.get("/shadowed"))["version"] == "v1"  # DefaultSubset
-    v2 = next(p for p in shop.processes if p.env.get("MESHKIT_VERSION") == "v2")
-    connection = shop.connect(v2)
-    with anyio.fail_after(5):
-        while connection.get("/__seen?path=/shadowed")[1]["count"] < 10:  # noqa: ASYNC110
-            await anyio.sleep(0.05)
+        # The copies are in flight until they are answered: wait with the client open.
+        with anyio.fail_after(5):
+            while connection.get("/__seen?path=/shadowed")[1]["count"] < 10:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
