@@ -89,3 +89,16 @@ def test_policy_export_includes_the_routing_per_destination(
     assert routing["service-resolver"]["DefaultSubset"] == "v1"
     assert "ModifyIndex" not in routing["service-splitter"]
     assert set(manifest) > {"routing"}  # the app's own policies are still there
+
+
+def test_split_writes_a_splitter_in_one_line(
+    env: ThreadedRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["split", "inventory", "v1=90", "v2=10"]) == 0
+    assert capsys.readouterr().out.endswith("(v1 90%, v2 10%)\n")
+    splits = env.client().config.get("service-splitter", "inventory")["Splits"]
+    assert [(s["ServiceSubset"], s["Weight"]) for s in splits] == [("v1", 90), ("v2", 10)]
+    assert main(["split", "inventory", "v1=90", "v2=5"]) == 1  # Consul's sum check
+    assert "must be 100, not 95.000000" in capsys.readouterr().err
+    assert main(["split", "inventory", "v1"]) == 1
+    assert "expected SUBSET=WEIGHT" in capsys.readouterr().err
