@@ -68,10 +68,11 @@ class RoutingTransport(AsyncBaseTransport):
         self._routing = routing
         self._target_stack = target_stack
         self._host_of = host_of
+        self._host = host_of(service)  # the destination's own calls; other hosts pass through
 
     async def handle_async_request(self, request: Request) -> Response:
         table = self._routing.table
-        if self._service not in table.services:
+        if self._service not in table.services or request.url.host != self._host:
             return await self._inner.handle_async_request(request)
         url = request.url
         headers = {name.lower(): value for name, value in request.headers.items()}

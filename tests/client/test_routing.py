@@ -161,6 +161,9 @@ async def test_default_subset_then_header_path_and_query_routes(
         beta = await routed.get("/item?beta=1")
         assert (beta["version"], beta["canary"]) == ("v2", "by-query")
         assert (await routed.get("/item"))["version"] == "v1"  # no route: the default
+        # An absolute URL of another host is not the destination's: never routed.
+        leader = await routed.client.get(f"http://{shop.registry.address}/v1/status/leader")
+        assert leader.status_code == 200 and "version" not in leader.text
 
 
 async def test_subset_without_instances_fails_over(shop: Mesh, registry: ConsulRegistry) -> None:
