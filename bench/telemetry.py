@@ -22,7 +22,9 @@ of it that measure meshkit's two fast paths against the stock ones in the same r
 - ``sampledN_stockexport``: meshkit's spans (``SpanStarter``/``MeshSpan``), the stock
   processor and exporter: against ``sampledN_stock`` it isolates the span making,
   against ``sampledN`` the encoder (``OTLPBatchProcessor``);
-- ``sampledN_noexport``: meshkit's spans recorded but never exported.
+- ``sampledN_noexport``: meshkit's spans recorded but never exported;
+- ``MODE_tap`` (any mode above): the same with the tap ring recording every request
+  (``us_cost_MODE_tap`` is what recording costs per request).
 
 The default modes are off, notrace, sampled10, sampled10_stock, sampled100,
 sampled100_stockexport, sampled100_stock, sampled100_noexport.
@@ -84,6 +86,7 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
 
     from meshkit.middleware.telemetry import TelemetryMiddleware
     from meshkit.telemetry.metrics import MeshMetrics
+    from meshkit.telemetry.tap import TapRing
 
     provider = None
 
@@ -103,11 +106,13 @@ def serve(mode: str, sink: str, tls_dir: str) -> None:
     )
     if mode != "off":
         if mode.startswith("sampled"):
-            percent, _, variant = mode.removeprefix("sampled").partition("_")
+            percent, _, variant = mode.removeprefix("sampled").removesuffix("_tap").partition("_")
             provider = tracer_provider(int(percent) / 100, variant, sink)
-        # Outermost, as ServiceApp installs it.
+        # Outermost, as ServiceApp installs it; ``*_tap`` modes also fill a TapRing, as
+        # ServiceApp does unless MESHKIT_TAP_SIZE=0.
+        tap = TapRing() if mode.endswith("_tap") else None
         app = TelemetryMiddleware(
-            app, service="bench", metrics=MeshMetrics(), tracer_provider=provider
+            app, service="bench", metrics=MeshMetrics(), tracer_provider=provider, tap=tap
         )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -320,6 +325,9 @@ def summarize(per_request: dict[str, list[float]], suffix: str) -> dict[str, obj
             if without in median and with_it in median:
                 us = (median[without] - median[with_it]) * 1e6
                 figures[f"us_saved_{name}{suffix}"] = round(us, 2)
+        if f"{mode}_tap" in median:
+            us = (median[f"{mode}_tap"] - median[mode]) * 1e6
+            figures[f"us_cost_{mode}_tap{suffix}"] = round(us, 2)
     return figures
 
 

@@ -2,36 +2,49 @@
 
 The names here are the public API. The subpackages hold the parts for those who
 assemble their own, each a layer of the design (imports only go downwards): ``cli``,
-``demo``, ``testing``, ``app`` and ``mesh``, ``middleware``, ``telemetry`` and
-``policy``, ``client``, ``ca`` and ``registry``, ``serving``, and the core
-(``errors``, ``settings``, ``identity``, ``tls``, ``deadline``).
+``demo``, ``testing``, ``app`` and ``fastapi`` (FastAPI dependencies, needs fastapi),
+``mesh``, ``middleware``, ``telemetry`` and ``policy``, ``client``, ``ca`` and
+``registry``, ``serving``, and the core (``errors``, ``settings``, ``identity``,
+``tls``, ``deadline``).
 """
 
+from importlib import metadata
+
 from meshkit.app import ServiceApp
-from meshkit.client import ClientPolicy, MeshClient
+from meshkit.client import (
+    CircuitOpen,
+    ClientPolicy,
+    DeadlineExceeded,
+    MeshCallError,
+    MeshClient,
+    NoHealthyInstances,
+    OutsideClient,
+    Overloaded,
+    PeerIdentityMismatch,
+    RetryBudgetExhausted,
+    UpstreamFailed,
+)
 from meshkit.errors import (
     CAError,
     CARefused,
     CertificateError,
-    CircuitOpen,
     ConfigError,
-    DeadlineExceeded,
     IdentityError,
     MeshError,
-    NoHealthyInstances,
-    Overloaded,
-    PeerIdentityMismatch,
     PolicyDenied,
     RegistryError,
     RegistryUnavailable,
-    RequestError,
-    RetryBudgetExhausted,
-    UpstreamFailed,
 )
 from meshkit.identity import SpiffeId, peer_identity
+from meshkit.mesh import Mesh
 from meshkit.policy import allow, concurrency, deny, idempotent, rate_limit, timeout
 from meshkit.settings import Faults, MeshSettings
 from meshkit.tls import TLSMaterial
+
+try:
+    __version__ = metadata.version("meshkit")
+except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CAError",
@@ -43,16 +56,18 @@ __all__ = [
     "DeadlineExceeded",
     "Faults",
     "IdentityError",
+    "Mesh",
+    "MeshCallError",
     "MeshClient",
     "MeshError",
     "MeshSettings",
     "NoHealthyInstances",
+    "OutsideClient",
     "Overloaded",
     "PeerIdentityMismatch",
     "PolicyDenied",
     "RegistryError",
     "RegistryUnavailable",
-    "RequestError",
     "RetryBudgetExhausted",
     "ServiceApp",
     "SpiffeId",

@@ -17,6 +17,7 @@ used: slower, never wrong.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,7 +38,10 @@ from httpx import (
     Response,
     SyncByteStream,
     Timeout,
+    TimeoutException,
+    TransportError,
 )
+from httpx import RequestError as HttpxRequestError
 
 __all__ = [
     "URL",
@@ -47,6 +51,7 @@ __all__ = [
     "ByteStream",
     "HTTPError",
     "Headers",
+    "HttpxRequestError",
     "InvalidURL",
     "LocalProtocolError",
     "PeerCheck",
@@ -55,8 +60,11 @@ __all__ = [
     "RequestNotRead",
     "Response",
     "Timeout",
+    "TimeoutException",
+    "TransportError",
     "complete_response",
     "fast_paths_problem",
+    "http2_available",
     "use_fast_paths",
 ]
 
@@ -150,6 +158,12 @@ def use_fast_paths(enabled: bool = True) -> bool:
 
 
 use_fast_paths()
+
+
+def http2_available() -> bool:
+    """Whether httpx can speak HTTP/2 here: it needs the optional ``h2`` package."""
+    return importlib.util.find_spec("h2") is not None
+
 
 # -- the peer's certificate before the request is sent -----------------------------------
 

@@ -9,14 +9,21 @@
     ├── RegistryError
     │   └── RegistryUnavailable     the registry did not answer
     ├── PolicyDenied                an authorization policy refused the caller
-    └── RequestError                a mesh call failed; names the destination
-        ├── NoHealthyInstances
-        ├── CircuitOpen
-        ├── RetryBudgetExhausted
-        ├── DeadlineExceeded
-        ├── PeerIdentityMismatch    the server did not hold the expected identity
-        ├── Overloaded              the per-destination pending limit was reached
-        └── UpstreamFailed          every attempt failed to connect, or lost the connection
+    └── MeshCallError           also httpx.RequestError: a mesh call failed (``destination``)
+        ├── NoHealthyInstances      httpx.TransportError    no healthy instance known
+        ├── CircuitOpen             httpx.TransportError    the breaker is open: fail fast
+        ├── RetryBudgetExhausted    httpx.TransportError    a retry was due, the budget spent
+        ├── DeadlineExceeded        httpx.TimeoutException  the call's deadline ran out
+        ├── PeerIdentityMismatch    httpx.TransportError    the server had the wrong identity
+        ├── Overloaded              httpx.TransportError    too many calls already pending
+        └── UpstreamFailed          httpx.TransportError    the last attempt failed below HTTP
+
+Each call error is also the httpx exception beside it, so code written for httpx
+(``except httpx.TransportError``, ``except httpx.TimeoutException``) catches mesh
+failures too; no meshkit name is an httpx name.
+The call errors are defined in ``meshkit.client._errors`` (re-exported by ``meshkit``
+and ``meshkit.client``), not here: this module is the core, which imports no httpx
+(.importlinter), and httpx is imported by ``meshkit._httpx`` alone.
 
 Lower-level errors (httpx, py-consul, cryptography, ssl) are translated into these
 at one boundary per subsystem, with ``raise ... from exc``.
@@ -63,40 +70,3 @@ class RegistryUnavailable(RegistryError):
 
 class PolicyDenied(MeshError):
     """An authorization policy refused the caller."""
-
-
-class RequestError(MeshError):
-    """A call through the mesh client failed; ``destination`` names the service."""
-
-    def __init__(self, message: str, *, destination: str) -> None:
-        super().__init__(f"{destination}: {message}")
-        self.destination = destination
-
-
-class NoHealthyInstances(RequestError):
-    """The registry knows no healthy, non-ejected instance of the destination."""
-
-
-class CircuitOpen(RequestError):
-    """The destination's circuit breaker is open: calls fail fast."""
-
-
-class RetryBudgetExhausted(RequestError):
-    """A retry was needed but the destination's retry budget is spent."""
-
-
-class DeadlineExceeded(RequestError):
-    """The call's deadline (its own or the incoming request's) ran out."""
-
-
-class PeerIdentityMismatch(RequestError):
-    """The server reached did not present the destination's SPIFFE ID."""
-
-
-class Overloaded(RequestError):
-    """Too many requests to the destination are already pending."""
-
-
-class UpstreamFailed(RequestError):
-    """The last attempt failed below HTTP (refused, reset, per-try timeout) and no
-    further attempt was allowed; ``__cause__`` holds the transport error."""

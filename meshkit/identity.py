@@ -1,10 +1,15 @@
 """SPIFFE IDs: parse, format and validate them, and read a peer's from its certificate.
 
 A workload's identity is ``spiffe://<trust-domain>/ns/<namespace>/svc/<service>``
-(the layout Istio uses). Validation follows the SPIFFE ID specification
-(spiffe/spiffe standards/SPIFFE-ID.md): lowercase trust domain of ``[a-z0-9._-]``,
-no port, user info, query or fragment; path segments of ``[A-Za-z0-9._-]``, none
-empty, ``.`` or ``..``; at most 2048 bytes in all.
+(the layout Istio uses). Consul Connect's forms name the same workload with its
+datacenter, and its admin partition when not the default one:
+``/ns/<ns>/dc/<dc>/svc/<svc>`` and ``/ap/<partition>/ns/<ns>/dc/<dc>/svc/<svc>``. All
+three give ``namespace`` and ``service``, and ``same_workload`` / ``service_in`` match
+them with each other: a policy naming service X in namespace N holds for either form (the
+datacenter is not part of a service's identity in Consul's intentions either).
+Validation follows the SPIFFE ID specification (spiffe/spiffe standards/SPIFFE-ID.md):
+lowercase trust domain of ``[a-z0-9._-]``, no port, user info, query or fragment; path
+segments of ``[A-Za-z0-9._-]``, none empty, ``.`` or ``..``; at most 2048 bytes in all.
 """
 
 from __future__ import annotations
@@ -29,6 +34,22 @@ _NO_EXTENSIONS: Mapping[str, Any] = {}
 # dict first: an ASGI scope is a dict, and the ABC check costs ~7x more per request (a
 # ``dict | Mapping`` written in the call would also build a union object every time).
 _SCOPE_TYPES = (dict, Mapping)
+#: Consul omits ``/ap/<partition>`` for this one; meshkit's own form lives in it too.
+DEFAULT_PARTITION = "default"
+
+
+def _service_parts(path: str) -> tuple[str, str, str | None, str | None] | None:
+    """``(namespace, service, datacenter, partition)`` of a service ID's path, else None."""
+    parts = path.split("/")
+    if len(parts) == 5 and parts[1] == "ns" and parts[3] == "svc":
+        return parts[2], parts[4], None, None
+    partition = None
+    if len(parts) == 9 and parts[1] == "ap":
+        partition = parts[2]
+        parts = ["", *parts[3:]]
+    if len(parts) == 7 and parts[1] == "ns" and parts[3] == "dc" and parts[5] == "svc":
+        return parts[2], parts[6], parts[4], partition
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +63,13 @@ class SpiffeId:
     """The namespace of a ``/ns/<ns>/svc/<name>`` ID, else None."""
     service: str | None = field(init=False, repr=False, compare=False)
     """The service name of a ``/ns/<ns>/svc/<name>`` ID, else None."""
+    datacenter: str | None = field(init=False, repr=False, compare=False)
+    """The Consul datacenter of a Consul-form service ID, else None."""
+    partition: str | None = field(init=False, repr=False, compare=False)
+    """The admin partition of an ``/ap/<partition>/...`` ID, else None (the default)."""
+    workload_uri: str = field(init=False, repr=False, compare=False)
+    """The URI in meshkit's form for a service of the default partition (what every
+    form of it shares), else the URI itself."""
     uri: str = field(init=False, repr=False, compare=False)
     """``spiffe://<trust-domain><path>``, as ``str()`` gives it."""
 
@@ -51,11 +79,15 @@ class SpiffeId:
         uri = f"{_SCHEME}{self.trust_domain}{self.path}"
         if len(uri.encode()) > _MAX_ID_BYTES:
             raise IdentityError(f"SPIFFE ID longer than {_MAX_ID_BYTES} bytes")
-        parts = self.path.split("/")
-        is_service = len(parts) == 5 and parts[1] == "ns" and parts[3] == "svc"
-        object.__setattr__(self, "namespace", parts[2] if is_service else None)
-        object.__setattr__(self, "service", parts[4] if is_service else None)
+        namespace, service, datacenter, partition = _service_parts(self.path) or (None,) * 4
+        object.__setattr__(self, "namespace", namespace)
+        object.__setattr__(self, "service", service)
+        object.__setattr__(self, "datacenter", datacenter)
+        object.__setattr__(self, "partition", partition)
         object.__setattr__(self, "uri", uri)
+        canonical = service is not None and partition in (None, DEFAULT_PARTITION)
+        workload = f"{_SCHEME}{self.trust_domain}/ns/{namespace}/svc/{service}"
+        object.__setattr__(self, "workload_uri", workload if canonical else uri)
 
     @classmethod
     def parse(cls, uri: str) -> SpiffeId:
@@ -71,6 +103,35 @@ class SpiffeId:
     @classmethod
     def for_service(cls, trust_domain: str, namespace: str, service: str) -> SpiffeId:
         return cls(trust_domain, f"/ns/{namespace}/svc/{service}")
+
+    @classmethod
+    def for_consul_service(
+        cls,
+        trust_domain: str,
+        namespace: str,
+        datacenter: str,
+        service: str,
+        *,
+        partition: str = DEFAULT_PARTITION,
+    ) -> SpiffeId:
+        """The ID Consul's CA puts in a service's leaf (``connect.SpiffeIDService``)."""
+        prefix = "" if partition == DEFAULT_PARTITION else f"/ap/{partition}"
+        return cls(trust_domain, f"{prefix}/ns/{namespace}/dc/{datacenter}/svc/{service}")
+
+    def same_workload(self, other: SpiffeId | None) -> bool:
+        """Whether ``other`` names the same workload, in meshkit's form or Consul's."""
+        return other is not None and other.workload_uri == self.workload_uri
+
+    def service_in(self, trust_domain: str, namespace: str) -> str | None:
+        """The service name if this is a service of ``namespace`` in ``trust_domain``
+        (and the default partition), in either form; else None."""
+        if (
+            self.trust_domain != trust_domain
+            or self.namespace != namespace
+            or self.partition not in (None, DEFAULT_PARTITION)
+        ):
+            return None
+        return self.service
 
     def __str__(self) -> str:
         return self.uri

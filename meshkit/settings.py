@@ -21,11 +21,16 @@ from meshkit.identity import SpiffeId
 
 TLSMode = Literal["strict", "permissive"]
 DefaultPolicy = Literal["allow-mesh", "deny"]
-#: Where intentions come from: meshkit's keys in Consul KV, or Consul's own intentions.
-IntentionSource = Literal["meshkit", "consul"]
+#: Where intentions come from: meshkit's keys in Consul KV, or Consul's own intentions;
+#: ``auto``: Consul's when the identity is Consul's (Connect), else meshkit's.
+IntentionSource = Literal["auto", "meshkit", "consul"]
 #: What a request meets when its Idempotency-Key is being run elsewhere: it waits for
 #: that result, or is refused at once with 409.
 InFlight = Literal["wait", "reject"]
+#: Where the workload certificate comes from: files, the meshkit CA, or Consul Connect's
+#: CA through the local agent; ``auto`` picks the first configured, in that order, and
+#: Consul when its agent reports Connect enabled.
+IdentitySource = Literal["auto", "files", "ca", "consul"]
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -149,6 +154,7 @@ class MeshSettings:
     admin_port: int = 0
     advertise_address: str | None = None
     tls_mode: TLSMode = "strict"
+    identity: IdentitySource = "auto"
     cert_file: Path | None = None
     key_file: Path | None = None
     bundle_file: Path | None = None
@@ -165,8 +171,12 @@ class MeshSettings:
     # budget on the server (meshkit.deadline says why): NTP keeps them milliseconds apart.
     max_clock_skew: float = 0.25
     default_policy: DefaultPolicy = "allow-mesh"
-    intentions: IntentionSource = "meshkit"
+    intentions: IntentionSource = "auto"
     access_log: bool = False
+    # The admin port's /tap: how many recent requests each instance keeps (0: none), and
+    # whether callers other than loopback may read them (they hold callers' identities).
+    tap_size: int = 1024
+    tap_remote: bool = False
     faults: Faults | None = None  # injected into this instance's requests (tests only)
     idempotency_store: str = "memory"  # memory | sqlite:PATH | consul
     idempotency_in_flight: InFlight = "wait"
@@ -191,6 +201,10 @@ class MeshSettings:
                 raise _FieldError(name, f"must be a DNS label (a-z, 0-9, '-'), got {value!r}")
         for name in ("port", "admin_port"):
             _check_port(name, getattr(self, name))
+        if isinstance(self.tap_size, bool) or not isinstance(self.tap_size, int):
+            raise _FieldError("tap_size", f"must be a whole number, got {self.tap_size!r}")
+        if not 0 <= self.tap_size <= 100_000:
+            raise _FieldError("tap_size", f"must be within 0-100000, got {self.tap_size!r}")
         for name in ("cert_reload_interval", "deregister_delay", "drain_timeout", "max_clock_skew"):
             if getattr(self, name) < 0:
                 raise _FieldError(name, "must not be negative")
@@ -200,14 +214,17 @@ class MeshSettings:
             raise _FieldError(
                 "default_policy", f"must be allow-mesh or deny, got {self.default_policy!r}"
             )
-        if self.intentions not in ("meshkit", "consul"):
-            raise _FieldError("intentions", f"must be meshkit or consul, got {self.intentions!r}")
+        if self.intentions not in ("auto", "meshkit", "consul"):
+            raise _FieldError(
+                "intentions", f"must be auto, meshkit or consul, got {self.intentions!r}"
+            )
         self._validate_idempotency()
         files = (self.cert_file, self.key_file, self.bundle_file)
         if any(files) and not all(files):
             raise _FieldError("cert_file", "cert_file, key_file and bundle_file go together")
         if self.ca_url and not self.ca_fingerprint:
             raise _FieldError("ca_fingerprint", "is required with ca_url (the pinned root)")
+        self._validate_identity()
         try:
             SpiffeId.for_service(self.trust_domain, self.namespace, self.service)
         except IdentityError as exc:
@@ -217,6 +234,18 @@ class MeshSettings:
         except ConfigError as exc:
             name, _, problem = str(exc).partition(": ")
             raise _FieldError(name, problem) from None
+
+    def _validate_identity(self) -> None:
+        needs = {"files": self.cert_file, "ca": self.ca_url, "consul": self.consul_http_addr}
+        if self.identity == "auto":
+            return
+        if self.identity not in needs:
+            raise _FieldError(
+                "identity", f"must be auto, files, ca or consul, got {self.identity!r}"
+            )
+        if not needs[self.identity]:
+            wanted = {"files": "cert_file", "ca": "ca_url", "consul": "consul_http_addr"}
+            raise _FieldError("identity", f"{self.identity} needs {wanted[self.identity]}")
 
     def _validate_idempotency(self) -> None:
         store = self.idempotency_store
@@ -348,6 +377,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "admin_port": ("MESHKIT_ADMIN_PORT", _port),
     "advertise_address": ("MESHKIT_ADVERTISE_ADDRESS", _optional_text),
     "tls_mode": ("MESHKIT_TLS_MODE", _text),
+    "identity": ("MESHKIT_IDENTITY", _text),
     "cert_file": ("MESHKIT_CERT_FILE", _path),
     "key_file": ("MESHKIT_KEY_FILE", _path),
     "bundle_file": ("MESHKIT_BUNDLE_FILE", _path),
@@ -364,6 +394,8 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "default_policy": ("MESHKIT_DEFAULT_POLICY", _text),
     "intentions": ("MESHKIT_INTENTIONS", _text),
     "access_log": ("MESHKIT_ACCESS_LOG", _flag),
+    "tap_size": ("MESHKIT_TAP_SIZE", _count),
+    "tap_remote": ("MESHKIT_TAP_REMOTE", _flag),
     "faults": ("MESHKIT_FAULTS", _faults),
     "idempotency_store": ("MESHKIT_IDEMPOTENCY_STORE", _text),
     "idempotency_in_flight": ("MESHKIT_IDEMPOTENCY_IN_FLIGHT", _text),

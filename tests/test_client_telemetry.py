@@ -114,6 +114,7 @@ async def test_one_trace_across_two_services(authority: LocalAuthority) -> None:
         "http_route": "/orders/{order_id}",
         "http_response_status_code": "200",
         "source_service": "web",
+        "source_namespace": "default",
     }
     assert (
         orders_metrics.registry.get_sample_value(

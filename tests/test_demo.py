@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from meshkit.cli import main
-from meshkit.demo.golden import Edge, Histogram
 from meshkit.demo.run import (
     EDGES,
     SHOP,
@@ -37,6 +36,7 @@ from meshkit.demo.run import (
 )
 from meshkit.demo.traffic import HttpsSender, Shopper, TrafficStats, drive
 from meshkit.errors import MeshError
+from meshkit.observe.golden import Edge, Histogram
 from meshkit.testing.supervisor import Child, Supervisor, group_alive
 
 pytestmark = pytest.mark.timeout(90)
@@ -201,6 +201,7 @@ def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(
     assert code == 0
     text = out.getvalue()
     assert "shop UI: https://127.0.0.1:" in text
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", text)
     assert "killed cart-2" in text
     assert text.count("edge  ") >= 2  # live tables, then the summary's
     assert re.search(r"summary over \d+s", text)

@@ -15,9 +15,9 @@ from meshkit.demo.canary import (
     phase_results,
     version_table,
 )
-from meshkit.demo.golden import Edge, Histogram
 from meshkit.demo.run import DemoOptions, Display, LocalIdentities, run_demo
 from meshkit.demo.traffic import TrafficStats
+from meshkit.observe.golden import Edge, Histogram
 from meshkit.testing.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(120)

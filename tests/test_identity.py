@@ -21,6 +21,36 @@ def test_round_trip_service_id() -> None:
     assert SpiffeId.for_service("prod.example", "shop", "payments") == spiffe_id
 
 
+def test_consul_forms_name_the_same_workload() -> None:
+    consul = SpiffeId.parse("spiffe://11111111-2222.consul/ns/shop/dc/dc1/svc/payments")
+    assert (consul.namespace, consul.service) == ("shop", "payments")
+    assert (consul.datacenter, consul.partition) == ("dc1", None)
+    assert consul == SpiffeId.for_consul_service("11111111-2222.consul", "shop", "dc1", "payments")
+    ours = SpiffeId.for_service("11111111-2222.consul", "shop", "payments")
+    assert consul != ours  # equality stays exact; same_workload is the matching rule
+    assert ours.same_workload(consul) and consul.same_workload(ours)
+    assert consul.service_in("11111111-2222.consul", "shop") == "payments"
+    assert consul.service_in("11111111-2222.consul", "other") is None
+    assert consul.service_in("other.consul", "shop") is None
+    assert not ours.same_workload(None)
+
+
+def test_consul_partition_form() -> None:
+    uri = "spiffe://td.consul/ap/finance/ns/shop/dc/dc2/svc/ledger"
+    spiffe_id = SpiffeId.parse(uri)
+    assert (spiffe_id.partition, spiffe_id.namespace) == ("finance", "shop")
+    assert (spiffe_id.datacenter, spiffe_id.service) == ("dc2", "ledger")
+    assert (
+        str(SpiffeId.for_consul_service("td.consul", "shop", "dc2", "ledger", partition="finance"))
+        == uri
+    )
+    # Another partition is another workload; the default partition is meshkit's.
+    assert not SpiffeId.for_service("td.consul", "shop", "ledger").same_workload(spiffe_id)
+    assert spiffe_id.service_in("td.consul", "shop") is None
+    default = SpiffeId.parse("spiffe://td.consul/ap/default/ns/shop/dc/dc2/svc/ledger")
+    assert default.same_workload(SpiffeId.for_service("td.consul", "shop", "ledger"))
+
+
 def test_other_paths_have_no_service() -> None:
     assert SpiffeId.parse("spiffe://td/workload/x").service is None
 

@@ -81,6 +81,7 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
             "http_route": "/orders",
             "http_response_status_code": "200",
             "source_service": "web",
+            "source_namespace": "unknown",
         },
         "meshkit_client_attempts_total": {
             "http_request_method": "GET",
@@ -107,7 +108,12 @@ def test_mesh_internals_are_recorded() -> None:
     assert sample("meshkit_circuit_state", payments) == 1
     assert sample("meshkit_retry_budget_exhausted_total", payments) == 1
     assert sample("meshkit_endpoint_ejections_total", payments) == 1
-    denial = {"source_service": "cart", "http_route": "/orders/{order_id}", "reason": "caller"}
+    denial = {
+        "source_service": "cart",
+        "source_namespace": "unknown",
+        "http_route": "/orders/{order_id}",
+        "reason": "caller",
+    }
     assert sample("meshkit_policy_denials_total", denial) == 1
     failed = {
         "http_request_method": "POST",
@@ -188,7 +194,13 @@ def record_with_prometheus_client(registry: CollectorRegistry) -> None:
     duration = Histogram(
         "http_server_request_duration_seconds",
         "Duration of HTTP server requests.",
-        ["http_request_method", "http_route", "http_response_status_code", "source_service"],
+        [
+            "http_request_method",
+            "http_route",
+            "http_response_status_code",
+            "source_service",
+            "source_namespace",
+        ],
         buckets=DURATION_BUCKETS,
         registry=registry,
     )
@@ -215,7 +227,8 @@ def record_with_prometheus_client(registry: CollectorRegistry) -> None:
         method, source = ("POST", "web") if n % 3 else ("GET", "cart")
         active.labels(method).inc()
         active.labels(method).dec()
-        duration.labels(method, ROUTE, 503 if n % 5 == 0 else 200, source).observe(seconds)
+        status = 503 if n % 5 == 0 else 200
+        duration.labels(method, ROUTE, status, source, "unknown").observe(seconds)
         status, error = ("", "ConnectError") if n % 4 == 0 else (201, "")
         attempts.labels("POST", "payments", status, error).inc()
         client.labels("POST", "payments", status, error).observe(seconds)
@@ -267,6 +280,7 @@ def test_a_value_equal_to_a_bound_counts_in_that_bucket(bound: float) -> None:
         "http_route": ROUTE,
         "http_response_status_code": "200",
         "source_service": "web",
+        "source_namespace": "unknown",
     }
 
     def bucket(index: int) -> float | None:
@@ -321,3 +335,22 @@ def test_active_requests_are_those_started_and_not_yet_finished_per_method() -> 
     assert (active("GET"), active("POST"), active("PUT")) == (1, 1, None)
     metrics.server_finished("GET", "/orders", 500, "web", 0.001)
     assert active("GET") == 0
+
+
+def test_every_watched_destination_has_a_breaker_series_closed_until_it_trips() -> None:
+    metrics = MeshMetrics()
+    sample = metrics.registry.get_sample_value
+    assert sample("meshkit_circuit_state", {"destination_service": "payments"}) is None
+    metrics.watch_cache(_Cache({"payments": 0.0, "cart": 0.0}))
+    for destination in ("payments", "cart"):
+        assert sample("meshkit_circuit_state", {"destination_service": destination}) == 0
+    metrics.set_circuit_state("cart", "open")
+    assert sample("meshkit_circuit_state", {"destination_service": "cart"}) == 2
+    assert sample("meshkit_circuit_state", {"destination_service": "payments"}) == 0
+
+
+def test_process_and_python_collectors_live_in_the_app_registry() -> None:
+    metrics = MeshMetrics()
+    names = {family.name for family in metrics.registry.collect()}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= names
+    assert "python_gc_collections" in names

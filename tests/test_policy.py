@@ -126,6 +126,15 @@ def test_caller_set_matches_names_ids_and_globs() -> None:
     assert not CallerSet.of(["web"]).matches(batch, None)
 
 
+def test_caller_set_matches_consuls_form_of_an_id_in_meshkits_form() -> None:
+    callers = CallerSet.of(["spiffe://td/ns/jobs/svc/batch"])
+    assert callers.matches(SpiffeId.parse("spiffe://td/ns/jobs/dc/dc1/svc/batch"), None)
+    assert not callers.matches(SpiffeId.parse("spiffe://td/ap/p2/ns/jobs/dc/dc1/svc/batch"), None)
+    consul_only = CallerSet.of(["spiffe://td/ns/jobs/dc/dc1/svc/batch"])
+    assert consul_only.matches(SpiffeId.parse("spiffe://td/ns/jobs/dc/dc1/svc/batch"), None)
+    assert not consul_only.matches(SpiffeId.parse("spiffe://td/ns/jobs/dc/dc2/svc/batch"), None)
+
+
 def test_http_endpoint_methods_merge_over_the_class() -> None:
     app = Starlette(routes=[Route("/refunds", Refunds)])
     (info,) = iter_routes(app.routes)

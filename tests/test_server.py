@@ -193,6 +193,19 @@ def test_permissive_mode_accepts_mtls_and_plaintext_on_one_port(
         response = plain.getresponse()
         assert (response.status, json.loads(response.read())["error"]) == (403, "denied")
         plain.close()
+    # The log says what the port accepts.
+    assert any("serving mTLS and plaintext (permissive) on" in line for line in process.lines)
+
+
+def test_the_log_tells_the_lifecycle_once_and_the_tls_mode(echo: ServiceProcess) -> None:
+    """One process, two uvicorn servers (service and admin port): one account of it."""
+    assert echo.stop() == 0
+    output = "\n".join(echo.lines)
+    assert output.count("Started server process") == 1
+    assert output.count("Shutting down") == 1
+    assert output.count("Finished server process") == 1
+    (serving,) = [line for line in echo.lines if " serving " in line]
+    assert "serving mTLS on" in serving and "plaintext" not in serving
 
 
 def test_strict_mode_answers_plaintext_that_it_wants_tls(echo: ServiceProcess) -> None:

@@ -72,3 +72,14 @@ def test_env_wins_over_code_defaults() -> None:
     base = MeshSettings(service="payments", port=8443)
     settings = MeshSettings.from_env({"MESHKIT_PORT": "9443"}, base=base)
     assert (settings.service, settings.port) == ("payments", 9443)
+
+
+def test_identity_source_is_validated() -> None:
+    assert MeshSettings().identity == "auto"
+    assert MeshSettings.from_env({"MESHKIT_IDENTITY": "consul"}).identity == "consul"
+    with pytest.raises(ConfigError, match="MESHKIT_IDENTITY=vault: must be auto, files"):
+        MeshSettings.from_env({"MESHKIT_IDENTITY": "vault"})
+    with pytest.raises(ConfigError, match="identity: consul needs consul_http_addr"):
+        MeshSettings(identity="consul", consul_http_addr=None)
+    with pytest.raises(ConfigError, match="identity: ca needs ca_url"):
+        MeshSettings(identity="ca")

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from examples.shop._mesh import ServiceResponse
-from meshkit import RequestError
+from meshkit import MeshCallError
 
 
 class HTTPProblem(Exception):
@@ -83,5 +83,5 @@ async def mesh_failure_response(request: Request, exc: Exception) -> JSONRespons
 
 JSON_ERROR_HANDLERS: dict[Any, Any] = {
     HTTPProblem: problem_response,
-    RequestError: mesh_failure_response,
+    MeshCallError: mesh_failure_response,
 }

@@ -25,7 +25,7 @@ from examples.shop.common import (
     positive_int,
     text,
 )
-from meshkit import MeshSettings, RequestError, ServiceApp
+from meshkit import MeshCallError, MeshSettings, ServiceApp
 
 CART_COOKIE = "cart_id"
 # Statuses of cart's answers that are the user's business (shown or forwarded as they are).
@@ -293,7 +293,7 @@ def create_app(
         service="web",
         settings=settings,
         routes=ROUTES,
-        exception_handlers={HTTPProblem: problem, RequestError: mesh_failure},
+        exception_handlers={HTTPProblem: problem, MeshCallError: mesh_failure},
     )
     app.state.clients = clients
     return app

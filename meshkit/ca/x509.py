@@ -390,9 +390,12 @@ class LocalAuthority:
         namespace: str = "default",
         ttl: dt.timedelta = LEAF_TTL,
         now: dt.datetime | None = None,
+        spiffe_id: SpiffeId | None = None,
     ) -> IssuedIdentity:
-        """A fresh key and leaf certificate for ``service`` (tests and examples)."""
-        spiffe_id = SpiffeId.for_service(self.trust_domain, namespace, service)
+        """A fresh key and leaf certificate for ``service`` (tests and examples);
+        ``spiffe_id`` names it in another form (e.g. Consul's, with a datacenter)."""
+        if spiffe_id is None:
+            spiffe_id = SpiffeId.for_service(self.trust_domain, namespace, service)
         key = new_private_key()
         leaf = build_leaf_certificate(
             spiffe_id=spiffe_id,

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from meshkit import __version__
 from meshkit.errors import MeshError
 
 _COMMAND_MODULES = (
@@ -22,6 +23,9 @@ _COMMAND_MODULES = (
     "meshkit.cli.config",
     "meshkit.cli.new",
     "meshkit.cli.demo",
+    "meshkit.cli.observe",
+    "meshkit.cli.call",
+    "meshkit.cli.ops",
 )
 
 
@@ -29,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshkit", description="A service mesh without sidecars for Python ASGI services."
     )
+    parser.add_argument("--version", action="version", version=f"meshkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).add_commands(subparsers)

@@ -16,6 +16,7 @@ from meshkit.ca.client import fetch_bundle
 from meshkit.ca.server import CA_LIMITS, DEV_WARNING, serve
 from meshkit.ca.store import CAStore, init_ca
 from meshkit.ca.tokens import MAX_TTL, MAX_USES, TokenStore
+from meshkit.cli._args import port_number
 from meshkit.errors import CAError, ConfigError, IdentityError
 from meshkit.identity import SpiffeId
 
@@ -37,15 +38,31 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
 
     init = commands.add_parser("init", help="create a root and an intermediate CA in DIR")
-    init.add_argument("--dir", type=Path, required=True)
-    init.add_argument("--trust-domain", required=True)
+    init.add_argument(
+        "--dir", type=Path, required=True, help="new directory for the CA's keys and state"
+    )
+    init.add_argument(
+        "--trust-domain",
+        required=True,
+        help="the trust domain of every SPIFFE ID it signs, e.g. example.org (services need "
+        "the same MESHKIT_TRUST_DOMAIN)",
+    )
     init.set_defaults(handler=_init)
 
     serve = commands.add_parser("serve", help="serve the CA's HTTPS API")
-    serve.add_argument("--dir", type=Path, required=True)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8443)
-    serve.add_argument("--leaf-ttl", type=parse_duration, default=dt.timedelta(hours=24))
+    serve.add_argument(
+        "--dir", type=Path, required=True, help="the CA's directory (`meshkit ca init`)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=port_number, default=8443, help="port, 0 for any (default 8443)"
+    )
+    serve.add_argument(
+        "--leaf-ttl",
+        type=parse_duration,
+        default=dt.timedelta(hours=24),
+        help="lifetime of the certificates it signs, e.g. 1h (default 24h; renewed at half)",
+    )
     serve.add_argument(
         "--max-connections",
         type=int,
@@ -61,11 +78,18 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     token = commands.add_parser("token", help="join tokens")
     token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     create = token_commands.add_parser("create", help="a join token bound to one service")
-    create.add_argument("--dir", type=Path, required=True)
-    create.add_argument("--service", required=True)
-    create.add_argument("--namespace", default="default")
     create.add_argument(
-        "--ttl", type=parse_duration, default=dt.timedelta(minutes=10), help="default 10m"
+        "--dir", type=Path, required=True, help="the CA's directory (`meshkit ca init`)"
+    )
+    create.add_argument("--service", required=True, help="the service name the token is for")
+    create.add_argument(
+        "--namespace", default="default", help="its namespace in the SPIFFE ID (default: default)"
+    )
+    create.add_argument(
+        "--ttl",
+        type=parse_duration,
+        default=dt.timedelta(minutes=10),
+        help="how long the token may be used, e.g. 90s, 1h (default 10m)",
     )
     create.add_argument("--uses", type=int, default=1, help="signings it allows (default 1)")
     create.add_argument(
@@ -80,9 +104,9 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     create.set_defaults(handler=_token_create)
 
     bootstrap = commands.add_parser("bootstrap", help="fetch the trust bundle, pinned")
-    bootstrap.add_argument("--url", required=True)
+    bootstrap.add_argument("--url", required=True, help="the CA's URL, https://host:port")
     bootstrap.add_argument("--fingerprint", required=True, help="sha256:<hex> of the root")
-    bootstrap.add_argument("--out", type=Path, required=True)
+    bootstrap.add_argument("--out", type=Path, required=True, help="file to write the bundle to")
     bootstrap.set_defaults(handler=_bootstrap)
 
 

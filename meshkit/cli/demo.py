@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-from meshkit.demo.run import DemoOptions, Display, demo, interruptible, start_control_plane
-from meshkit.errors import MeshError
+from meshkit.cli._args import port_number
+from meshkit.demo.run import (
+    DemoOptions,
+    Display,
+    demo,
+    interruptible,
+    start_control_plane,
+    start_dashboard,
+)
+from meshkit.errors import ConfigError, MeshError
+from meshkit.observe.dashboard import DASHBOARD_PORT
 from meshkit.testing.supervisor import Supervisor
 
 
@@ -32,18 +43,52 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument(
         "--canary",
         action="store_true",
-        help="roll inventory 2.0.0 out (10%%, 50%%, 100%%) with Consul's splitter entries, "
-        "then roll a failing 2.0.1 back; shows traffic and success per version",
+        help="roll inventory 2.0.0 out to 10, 50, then 100 percent with Consul's splitter "
+        "entries, then roll a failing 2.0.1 back; shows traffic and success per version",
     )
     demo.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
     demo.set_defaults(handler=_demo_command)
     up = subparsers.add_parser(
         "up", help="run the control plane (dev registry + dev CA) for your services"
     )
-    up.add_argument("--registry-port", type=int, default=8500)
-    up.add_argument("--ca-port", type=int, default=8443)
-    up.add_argument("--dir", type=Path, default=Path(".meshkit/control-plane"))
+    up.add_argument(
+        "--registry-port",
+        type=port_number,
+        default=8500,
+        help="the dev registry's port (default 8500, Consul's)",
+    )
+    up.add_argument(
+        "--ca-port", type=port_number, default=8443, help="the dev CA's port (default 8443)"
+    )
+    up.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".meshkit/control-plane"),
+        help="state and logs; the CA made there is reused (default .meshkit/control-plane)",
+    )
+    up.add_argument(
+        "--dashboard-port",
+        type=port_number,
+        default=DASHBOARD_PORT,
+        help=f"port of the dashboard it starts (default {DASHBOARD_PORT}; 0: any)",
+    )
     up.set_defaults(handler=_up_command)
+
+
+def check_free(port: int, flag: str) -> None:
+    """Refuse a port another process listens on, naming the flag that chose it."""
+    if port == 0:
+        return
+    with socket.socket() as sock:
+        # As the servers bind: connections in TIME_WAIT do not make a port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(
+                f"{flag} {port}: 127.0.0.1:{port} is in use ({exc.strerror}); is another "
+                f"`meshkit up` running? Stop it, or choose another {flag}"
+            ) from None
 
 
 def _demo_command(args: argparse.Namespace) -> int:
@@ -54,17 +99,32 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 
 def _up_command(args: argparse.Namespace) -> int:
+    # Before anything starts or prints: a busy port is most often a `meshkit up` already
+    # running, whose registry would even answer the readiness check of ours.
+    check_free(args.registry_port, "--registry-port")
+    check_free(args.ca_port, "--ca-port")
+    check_free(args.dashboard_port, "--dashboard-port")
     with interruptible(), Supervisor(args.dir / "logs") as supervisor:
         plane = start_control_plane(
             supervisor, args.dir, registry_port=args.registry_port, ca_port=args.ca_port
         )
+        exports = "".join(f"export {name}={value}\n" for name, value in plane.env().items())
+        # The same lines in a file, so another shell joins with `. DIR/env`; removed on
+        # the way out, so it never points at a control plane that is gone.
+        env_file = args.dir / "env"
+        env_file.write_text(exports)
+        dashboard = start_dashboard(supervisor, plane.registry_port, port=args.dashboard_port)
         print("control plane up: dev registry and dev CA. Point your services at it:\n")
-        for name, value in plane.env().items():
-            print(f"  export {name}={value}")
-        print(f"\nlogs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while all(child.running for child in supervisor.children):
-                time.sleep(0.5)
-            failed = next(c for c in supervisor.children if not c.running)
-            raise MeshError(f"{failed.name} exited:\n{failed.log_tail()}")
+        print(textwrap.indent(exports, "  "))
+        print(f"or, in another shell: . {env_file}")
+        print(f"\ndashboard: {dashboard}")
+        print(f"logs in {args.dir / 'logs'}; Ctrl-C stops everything.", flush=True)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(child.running for child in supervisor.children):
+                    time.sleep(0.5)
+                failed = next(c for c in supervisor.children if not c.running)
+                raise MeshError(f"{failed.name} exited:\n{failed.log_tail()}")
+        finally:
+            env_file.unlink(missing_ok=True)
     return 0

@@ -1,14 +1,20 @@
 """``meshkit new``: a new service project from the ``cookiecutter/`` template.
 
 cookiecutter renders it without questions (``no_input``); the command's flags are the
-template's variables. A meshkit requirement that is a local path (a checkout of
-meshkit) becomes a PEP 508 direct reference, so the project installs with pip as is.
+template's variables. The project depends on the meshkit that rendered it, so its
+documented install works on any machine that can run ``meshkit new``: an installed
+release is pinned to its version; a checkout, a wheel file or a VCS install (what
+``direct_url.json`` records, PEP 610) becomes a PEP 508 direct reference to it. The
+rendered ``pyproject.toml`` says which, so the user can change it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,7 @@ from cookiecutter.exceptions import (  # type: ignore[import-untyped]
 )
 from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 
+from meshkit.cli._args import namespace_name, service_name
 from meshkit.errors import ConfigError, MeshError
 from meshkit.settings import MeshSettings
 
@@ -25,6 +32,13 @@ _HERE = Path(__file__).resolve().parents[1]  # the meshkit package
 #: Where the template may be: inside the package (a wheel that force-includes
 #: ``cookiecutter/`` as ``meshkit/_template``), else next to it (a checkout).
 TEMPLATE_DIRS = (_HERE / "_template", _HERE.parent / "cookiecutter")
+
+
+#: What the rendered README tells the user to run first (tests check it says the same).
+INSTALL_COMMANDS = (
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]'",
+    ".venv/bin/pytest",
+)
 
 
 def template_dir() -> Path:
@@ -51,25 +65,75 @@ def meshkit_requirement(requirement: str) -> str:
     raise ConfigError(f"--meshkit-requirement {requirement}: not a directory")
 
 
+@dataclass(frozen=True)
+class Requirement:
+    """A pip requirement for meshkit and, for the reader of the project, where it came from."""
+
+    spec: str
+    origin: str
+
+
+def running_requirement() -> Requirement:
+    """The meshkit running this command, as a requirement pip can install elsewhere."""
+    try:
+        distribution = metadata.distribution("meshkit")
+    except metadata.PackageNotFoundError:
+        # Imported from a checkout that was never installed: depend on that checkout.
+        return Requirement(meshkit_requirement(str(_HERE.parent)), "the checkout running it")
+    return requirement_of(distribution.version, distribution.read_text("direct_url.json"))
+
+
+def requirement_of(version: str, direct_url: str | None) -> Requirement:
+    """The requirement for an installed meshkit of ``version``; ``direct_url`` is its
+    ``direct_url.json`` (PEP 610), present when it was installed from a URL or a path."""
+    if direct_url is None:
+        return Requirement(f"meshkit=={version}", f"release {version}, from a package index")
+    try:
+        record = json.loads(direct_url)
+        url = str(record["url"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            "meshkit's direct_url.json is unreadable: give --meshkit-requirement"
+        ) from exc
+    if "vcs_info" in record:
+        vcs = record["vcs_info"]
+        return Requirement(
+            f"meshkit @ {vcs['vcs']}+{url}@{vcs['commit_id']}", f"{vcs['vcs']} commit"
+        )
+    if "dir_info" in record:
+        editable = "an editable checkout" if record["dir_info"].get("editable") else "a directory"
+        return Requirement(f"meshkit @ {url}", f"{editable} (version {version})")
+    return Requirement(f"meshkit @ {url}", f"an archive (version {version})")
+
+
 def template_context(
     name: str,
     *,
     namespace: str = "default",
     allowed_caller: str = "web",
-    upstream: str = "inventory",
-    requirement: str = "meshkit",
+    upstream: str | None = None,
+    requirement: str | None = None,
     description: str | None = None,
 ) -> dict[str, str]:
-    """The template's variables, checked like the settings the service will run with."""
-    for service in (name, allowed_caller, upstream):
+    """The template's variables, checked like the settings the service will run with.
+
+    Without ``upstream`` the project calls no other service; without ``requirement`` it
+    depends on the meshkit running this (``running_requirement``).
+    """
+    for service in (name, allowed_caller, upstream or name):
         MeshSettings(service=service, namespace=namespace)  # raises ConfigError if invalid
+    if requirement is None:
+        pinned = running_requirement()
+    else:
+        pinned = Requirement(meshkit_requirement(requirement), "--meshkit-requirement")
     return {
         "service_name": name,
         "description": description or "a service in the meshkit mesh",
         "namespace": namespace,
         "allowed_caller": allowed_caller,
-        "upstream_service": upstream,
-        "meshkit_requirement": meshkit_requirement(requirement),
+        "upstream_service": upstream or "",
+        "meshkit_requirement": pinned.spec,
+        "meshkit_origin": pinned.origin,
     }
 
 
@@ -99,17 +163,41 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="create a service project from the meshkit template",
         description="Create NAME/ with a ServiceApp, a policy, a mesh call, tests and a README.",
     )
-    new.add_argument("name", metavar="NAME", help="service name (a DNS label), e.g. payments")
+    new.add_argument(
+        "name", metavar="NAME", type=service_name, help="service name (a DNS label), e.g. payments"
+    )
     new.add_argument("--dir", type=Path, default=Path("."), help="parent directory (default: .)")
-    new.add_argument("--namespace", default="default", help="namespace in the SPIFFE ID")
-    new.add_argument("--allow", default="web", metavar="SERVICE", help="who may call it")
-    new.add_argument("--calls", default="inventory", metavar="SERVICE", help="the service it calls")
-    new.add_argument("--description", default=None)
+    new.add_argument(
+        "--namespace",
+        default="default",
+        type=namespace_name,
+        help="namespace in the SPIFFE ID (default: default)",
+    )
+    new.add_argument(
+        "--allow",
+        default="web",
+        metavar="SERVICE",
+        type=service_name,
+        help="the service that may call it (default: web)",
+    )
+    new.add_argument(
+        "--calls",
+        default=None,
+        type=service_name,
+        metavar="SERVICE",
+        help="a service it calls by name, with a stub of it in the tests (default: none)",
+    )
+    new.add_argument(
+        "--description",
+        default=None,
+        help="one line for the README and pyproject (default: a service in the meshkit mesh)",
+    )
     new.add_argument(
         "--meshkit-requirement",
-        default="meshkit",
+        default=None,
         metavar="REQ",
-        help="pip requirement for meshkit, or the path of a meshkit checkout",
+        help="pip requirement for meshkit, or the path of a meshkit checkout (default: the "
+        "meshkit running this: its version, or its checkout, wheel or VCS URL)",
     )
     new.set_defaults(handler=_new_command)
 
@@ -124,7 +212,8 @@ def _new_command(args: argparse.Namespace) -> int:
         description=args.description,
     )
     project = render(context, directory=args.dir)
-    print(f"created {project}")
-    print(f"  cd {project} && python -m venv .venv && .venv/bin/pip install -e '.[test]'")
-    print("  .venv/bin/pytest")
+    print(f"created {project} (meshkit requirement: {context['meshkit_requirement']})")
+    print(f"  cd {project}")
+    for command in INSTALL_COMMANDS:
+        print(f"  {command}")
     return 0

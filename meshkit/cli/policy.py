@@ -12,7 +12,12 @@ import anyio
 from starlette.routing import BaseRoute
 
 from meshkit.errors import ConfigError
-from meshkit.policy.consul_intentions import ConsulIntentionAdmin, ListedIntention
+from meshkit.mesh import Mesh
+from meshkit.policy.consul_intentions import (
+    ConsulIntentionAdmin,
+    ListedIntention,
+    intention_source,
+)
 from meshkit.policy.decorators import policy_manifest
 from meshkit.policy.intentions import Intention, IntentionStore, consul_client
 from meshkit.registry.consul import ConsulRegistry
@@ -68,9 +73,11 @@ def _store() -> IntentionStore:
 
 
 def _consul_admin() -> ConsulIntentionAdmin | None:
-    """Consul's intentions when they are the source (MESHKIT_INTENTIONS=consul)."""
+    """Consul's intentions when they are the source: MESHKIT_INTENTIONS=consul, or
+    ``auto`` with MESHKIT_IDENTITY=consul. Not detected from the agent as a service does:
+    a shell without the services' variables would then write where they do not read."""
     settings = MeshSettings.from_env()
-    if settings.intentions != "consul":
+    if intention_source(settings, settings.identity) != "consul":
         return None
     return ConsulIntentionAdmin(consul_client(settings))
 
@@ -114,22 +121,28 @@ def _list_intentions(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    app = load_app(args.app)
-    routes = cast(list[BaseRoute], getattr(app, "routes", None))
-    if routes is None:
-        raise ConfigError(f"{args.app} has no routes (expected a Starlette or FastAPI app)")
-    # A ServiceApp carries its settings; any other app is described with the environment's.
-    settings = getattr(app, "settings", None)
-    if not isinstance(settings, MeshSettings):
-        settings = MeshSettings.from_env()
-    default: DefaultPolicy = args.default_policy or settings.default_policy
-    manifest: Any = policy_manifest(routes, default_policy=default, service=settings.service)
+    manifest = manifest_of(args.app, default_policy=args.default_policy)
     if args.routing:
-        registry = ConsulRegistry.from_settings(settings)
+        # The registry of the environment (CONSUL_HTTP_ADDR), as the other commands use.
+        registry = ConsulRegistry.from_settings(MeshSettings.from_env())
         manifest = {**manifest, "routing": anyio.run(routing_by_service, registry)}
     json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
+
+
+def manifest_of(reference: str, *, default_policy: DefaultPolicy | None = None) -> dict[str, Any]:
+    """The policy manifest of the app ``module:attribute`` (``meshkit policy export``)."""
+    app = load_app(reference)
+    routes = cast(list[BaseRoute], getattr(app, "routes", None))
+    if routes is None:
+        raise ConfigError(f"{reference} has no routes (expected a Starlette or FastAPI app)")
+    # A meshed app (ServiceApp, Mesh(app)) carries its settings; any other app is
+    # described with the environment's.
+    mesh = getattr(getattr(app, "state", None), "mesh", None)
+    settings = mesh.settings if isinstance(mesh, Mesh) else MeshSettings.from_env()
+    default: DefaultPolicy = default_policy or settings.default_policy
+    return policy_manifest(routes, default_policy=default, service=settings.service)
 
 
 def load_app(reference: str) -> object:

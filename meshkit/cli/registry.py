@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,6 +36,13 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="what no matching intention means, as Consul's acl.default_policy: allow "
         "(default, like consul agent -dev) or deny",
     )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep the catalog, KV and Connect CA in this directory across restarts "
+        "(default: in memory only, as consul agent -dev)",
+    )
     serve.set_defaults(handler=_serve)
 
     services = subparsers.add_parser(
@@ -50,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.port,
         enable_script_checks=args.enable_script_checks,
         acl_default_policy=args.acl_default_policy,
+        data_dir=args.data_dir,
     )
     return 0
 

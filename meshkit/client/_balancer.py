@@ -20,10 +20,10 @@ import random
 import ssl
 from collections.abc import Callable, Sequence
 
+from meshkit.client._errors import NoHealthyInstances
 from meshkit.client._hooks import ClientHooks, EndpointBusy, EndpointEjected, EndpointReadmitted
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._pool import EndpointPool
-from meshkit.errors import NoHealthyInstances
 from meshkit.identity import SpiffeId
 from meshkit.registry.base import Endpoint, EndpointSource
 

@@ -29,6 +29,7 @@ from meshkit._httpx import (
 from meshkit.client._balancer import Balancer
 from meshkit.client._breaker import CircuitBreaker
 from meshkit.client._budget import RetryBudget
+from meshkit.client._errors import MeshCallError
 from meshkit.client._hedging import HedgeTransport
 from meshkit.client._hooks import BreakerChanged, BreakerState, ClientHooks
 from meshkit.client._mirror import MirrorTransport
@@ -140,7 +141,11 @@ class MeshClient(AsyncClient):
             request = Request(
                 method, target, headers=merged, content=content, json=json, extensions=extensions
             )
-        return await self._mesh_transport.handle_async_request(request)
+        try:
+            return await self._mesh_transport.handle_async_request(request)
+        except MeshCallError as exc:
+            exc.request = request  # as httpx's send() does for its transport's errors
+            raise
 
     def _bodiless(self, method: str, url: str, extensions: dict[str, Any]) -> Request:
         """A request with no body and the client's headers: a copy of one built before.

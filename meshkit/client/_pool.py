@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import httptools
 
+from meshkit.client._errors import PeerIdentityMismatch
 from meshkit.deadline import now
-from meshkit.errors import PeerIdentityMismatch
 from meshkit.identity import SpiffeId, identity_from_peercert
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -327,11 +327,12 @@ class EndpointPool:
 
     def _check_identity(self, connection: _Connection) -> None:
         """Refuse the server before sending anything unless it holds the identity the
-        destination names (the whole SPIFFE ID: trust domain, namespace, service)."""
+        destination names (the whole SPIFFE ID: trust domain, namespace, service; in
+        meshkit's form or Consul's)."""
         if self.expected_identity is None:
             return
         identity = identity_from_peercert(connection.peercert)  # type: ignore[arg-type]
-        if identity != self.expected_identity:
+        if not self.expected_identity.same_workload(identity):
             raise PeerIdentityMismatch(
                 f"{self.address}:{self.port} presented {identity or 'no SPIFFE ID'}, "
                 f"expected {self.expected_identity}",

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl
 
 from meshkit._httpx import AsyncBaseTransport, Headers, Request, Response
+from meshkit.client._errors import NoHealthyInstances
 from meshkit.client._transports import TIMEOUT_EXTENSION
-from meshkit.errors import NoHealthyInstances
 from meshkit.registry.base import Endpoint, EndpointSource
 from meshkit.registry.routing import Decision, HeaderChanges, Target
 from meshkit.registry.routing_watch import RoutingSource

@@ -35,6 +35,14 @@ from meshkit._httpx import (
 from meshkit.client._balancer import Balancer, EndpointState
 from meshkit.client._breaker import PROBE, REFUSED, CircuitBreaker
 from meshkit.client._budget import RetryBudget
+from meshkit.client._errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    Overloaded,
+    PeerIdentityMismatch,
+    RetryBudgetExhausted,
+    UpstreamFailed,
+)
 from meshkit.client._hooks import (
     AttemptEnded,
     AttemptStarted,
@@ -46,14 +54,6 @@ from meshkit.client._hooks import (
 )
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._pool import AttemptFailed, AttemptTimedOut, EndpointPool
-from meshkit.errors import (
-    CircuitOpen,
-    DeadlineExceeded,
-    Overloaded,
-    PeerIdentityMismatch,
-    RetryBudgetExhausted,
-    UpstreamFailed,
-)
 
 CALL_EXTENSION = "meshkit.call"
 #: A per-call timeout in seconds (what ``client.get(..., timeout=)`` becomes).

@@ -22,8 +22,8 @@ from typing import Any
 
 import anyio
 
-from meshkit.demo.golden import Histogram
 from meshkit.demo.traffic import TrafficStats
+from meshkit.observe.golden import Histogram
 from meshkit.registry.consul import ConsulRegistry
 
 SERVICE = "inventory"

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -45,9 +45,17 @@ from meshkit.demo.canary import (
     phase_results,
     version_table,
 )
-from meshkit.demo.golden import Edge, Histogram, Scoreboard, edge_stats, format_table, parse_edges
 from meshkit.demo.traffic import HttpsSender, TrafficStats, drive
 from meshkit.errors import MeshError
+from meshkit.observe.dashboard import LISTENING
+from meshkit.observe.golden import (
+    Edge,
+    Histogram,
+    Scoreboard,
+    edge_stats,
+    format_table,
+    parse_edges,
+)
 from meshkit.settings import MeshSettings
 from meshkit.testing.processes import admin_get, context_for
 from meshkit.testing.supervisor import Child, Supervisor
@@ -106,6 +114,8 @@ class ControlPlane:
             "CONSUL_HTTP_ADDR": f"127.0.0.1:{self.registry_port}",
             "MESHKIT_CA_URL": self.ca_url,
             "MESHKIT_CA_FINGERPRINT": self.ca_fingerprint,
+            # The CA's trust domain: services check it against the CA and each other.
+            "MESHKIT_TRUST_DOMAIN": TRUST_DOMAIN,
         }
 
 
@@ -128,6 +138,21 @@ def start_registry(supervisor: Supervisor, directory: Path, *, port: int = 0) ->
     )
     registry.wait_until(lambda: answers(port, "/v1/status/leader"))
     return port
+
+
+def start_dashboard(
+    supervisor: Supervisor, registry_port: int, *, port: int = 0, apps: Sequence[str] = ()
+) -> str:
+    """``meshkit dashboard`` on the registry, showing the route policies of ``apps``
+    (``module:attribute``, importable from the checkout); its URL once it listens."""
+    argv = meshkit_argv("dashboard", "--registry", f"127.0.0.1:{registry_port}")
+    argv += ["--port", str(port), *(arg for app in apps for arg in ("--app", app))]
+    env = {**os.environ, "PYTHONPATH": _with_checkout(os.environ.get("PYTHONPATH"))}
+    return supervisor.start("dashboard", argv, env=env).wait_for(LISTENING)["url"]
+
+
+def _with_checkout(pythonpath: str | None) -> str:
+    return os.pathsep.join(filter(None, [str(CHECKOUT), pythonpath]))
 
 
 def start_ca(supervisor: Supervisor, directory: Path, *, port: int = 0) -> tuple[str, str]:
@@ -236,7 +261,7 @@ def instance_env(
         "MESHKIT_DRAIN_TIMEOUT": "5",
         "SHOP_DATA_DIR": str(shared_data),
         # `meshkit run examples.shop.<service>:app` from wherever the demo was started.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": _with_checkout(os.environ.get("PYTHONPATH")),
     }
     if service == "web":
         # Browsers have no mesh certificate: web also accepts TLS without one.
@@ -380,10 +405,16 @@ def run_demo(
         routing = RoutingWriter(mesh_env["CONSUL_HTTP_ADDR"])
         routing.prepare()
     web = next(i for i in instances if i.service == "web")
-    events = [f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)"]
+    registry_port = int(mesh_env["CONSUL_HTTP_ADDR"].rpartition(":")[2])
+    apps = [f"examples.shop.{service}:app" for service, _ in SHOP]
+    dashboard = start_dashboard(supervisor, registry_port, apps=apps)
+    events = [
+        f"shop UI: https://127.0.0.1:{web.port}/  (dev certificates: the browser will warn)\n"
+        f"dashboard: {dashboard}"
+    ]
     stats, stop = TrafficStats(), threading.Event()
     threads = drive(lambda: HttpsSender(web.port, context), stats, stop, rate=options.rate)
-    board = Scoreboard()
+    board: Scoreboard[Edge] = Scoreboard()
     started = time.monotonic()
     try:
         if routing is None:
@@ -401,7 +432,7 @@ def run_demo(
 def watch(
     options: DemoOptions,
     instances: list[Instance],
-    board: Scoreboard,
+    board: Scoreboard[Edge],
     stats: TrafficStats,
     events: list[str],
     display: Display,
@@ -452,7 +483,7 @@ def start_canaries(
 def watch_canary(
     options: DemoOptions,
     instances: list[Instance],
-    board: Scoreboard,
+    board: Scoreboard[Edge],
     stats: TrafficStats,
     events: list[str],
     display: Display,
@@ -505,7 +536,11 @@ def _kill_victim(instances: list[Instance], events: list[str], elapsed: float) -
 
 
 def summarize(
-    board: Scoreboard, stats: TrafficStats, events: list[str], display: Display, elapsed: float
+    board: Scoreboard[Edge],
+    stats: TrafficStats,
+    events: list[str],
+    display: Display,
+    elapsed: float,
 ) -> None:
     lines = ["", f"summary over {elapsed:.0f}s", format_table(edge_stats(board.total, elapsed)), ""]
     lines.append(progress(elapsed, elapsed, stats, events).splitlines()[0])

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware, installed by ServiceApp around every request.
+"""Pure ASGI middleware, installed by ``Mesh`` (so ServiceApp) around every request.
 
 Outermost first: ``telemetry`` (metrics, the SERVER span, the access log: what the
 caller experiences, 500s included), ``deadline`` (the caller's budget bounds all

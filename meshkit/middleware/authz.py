@@ -103,9 +103,7 @@ class Authorizer:
 
     def local_name(self, caller: SpiffeId) -> str | None:
         """The caller's service name if bare names may match it (same domain, namespace)."""
-        if caller.trust_domain != self.trust_domain or caller.namespace != self.namespace:
-            return None
-        return caller.service
+        return caller.service_in(self.trust_domain, self.namespace)
 
     async def refuse(
         self, scope: Scope, send: Send, caller: SpiffeId | None, route: str, reason: str

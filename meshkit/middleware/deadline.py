@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from meshkit import deadline as deadlines
-from meshkit.errors import DeadlineExceeded
+from meshkit.client import DeadlineExceeded
 from meshkit.middleware._asgi import send_json
 from meshkit.settings import MeshSettings
 

@@ -1,6 +1,6 @@
 """Fault injection for resilience tests: delay or abort an instance's own requests.
 
-``ServiceApp`` installs ``FaultMiddleware`` only when ``MeshSettings.faults`` (the
+``Mesh`` installs ``FaultMiddleware`` only when ``MeshSettings.faults`` (the
 ``MESHKIT_FAULTS`` variable) asks for it, so a service without faults pays nothing on
 the request path. It sits inside the telemetry and deadline middleware: an injected
 delay counts against the caller's deadline (the deadline middleware answers 504 when
@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 
 import anyio
-from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshkit.middleware._asgi import send_json
@@ -45,8 +44,3 @@ class FaultMiddleware:
             return
         detail = f"injected by MESHKIT_FAULTS (abort={faults.abort})"
         await send_json(send, faults.abort, {"error": "fault_injected", "detail": detail})
-
-
-def fault_middleware(faults: Faults | None) -> list[Middleware]:
-    """What ``ServiceApp`` adds to its stack: nothing at all unless faults are asked for."""
-    return [] if faults is None else [Middleware(FaultMiddleware, faults=faults)]

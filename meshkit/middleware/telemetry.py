@@ -1,15 +1,17 @@
 """TelemetryMiddleware: metrics, a SERVER span and an access log line for every request.
 
-ServiceApp installs it outermost, so it times everything the app does, including the
+``Mesh`` installs it outermost, so it times everything the app does, including the
 other mesh middleware. Per request it
 
 - counts the request in ``http_server_active_requests`` while it runs;
 - observes ``http_server_request_duration_seconds`` labelled by method, route template,
-  status code and the caller's verified service (``source_service``);
+  status code and the caller's verified service and namespace (``source_service``,
+  ``source_namespace``);
 - continues the caller's W3C trace (``traceparent``/``tracestate``, ``baggage``) in a
   SERVER span named ``METHOD /route/template``, made current for the handler so mesh
   client calls it makes carry the context on; a malformed header starts a new trace;
-- writes one JSON line to the ``meshkit.access`` logger when ``access_log`` is on.
+- writes one JSON line to the ``meshkit.access`` logger when ``access_log`` is on;
+- adds the request to ``tap`` (a ``TapRing``: what ``meshkit tap`` reads), when given.
 
 The route is known only after Starlette's router ran: the router records the matched
 route in the (shared) scope, so the middleware reads it once the app has answered.
@@ -31,8 +33,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
-from meshkit.telemetry.metrics import UNMATCHED_ROUTE, MeshMetrics, method_label
+from meshkit.telemetry.metrics import (
+    UNKNOWN_NAMESPACE,
+    UNMATCHED_ROUTE,
+    MeshMetrics,
+    method_label,
+)
 from meshkit.telemetry.propagation import EMPTY_CONTEXT, extract_context
+from meshkit.telemetry.tap import TapRing, rfc3339
 
 UNKNOWN_SOURCE = "unknown"
 access_logger = logging.getLogger("meshkit.access")
@@ -52,8 +60,10 @@ class TelemetryMiddleware:
         metrics: MeshMetrics,
         tracer_provider: trace.TracerProvider | None = None,
         access_log: bool = False,
+        tap: TapRing | None = None,
     ) -> None:
         self.app = app
+        self.tap = tap
         self.service = service
         self.metrics = metrics
         self.access_log = access_log
@@ -97,7 +107,11 @@ class TelemetryMiddleware:
             route = self._routes.lookup(scope)
             identity = peer_identity(scope)
             source = source_label(identity)
-            self.metrics.server_finished(method, route, status, source, duration)
+            namespace = namespace_label(identity)
+            self.metrics.server_finished(method, route, status, source, duration, namespace)
+            if self.tap is not None:
+                trace_id = span.get_span_context().trace_id
+                self.tap.record(start, identity, method, route, status, duration, trace_id)
             if span.is_recording():
                 self._server_spans.finish(
                     span, scope, method, route, status, identity, source, error
@@ -120,7 +134,7 @@ class TelemetryMiddleware:
     ) -> None:
         span_context = span.get_span_context()
         record = {
-            "time": _rfc3339(time.time() - duration),
+            "time": rfc3339(time.time() - duration),
             "service": self.service,
             "trace_id": format_trace_id(span_context.trace_id) if span_context.is_valid else None,
             "caller": str(identity) if identity else None,
@@ -222,14 +236,14 @@ class ObservedSend:
         return self._send(message)
 
 
-def _rfc3339(timestamp: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
-    return f"{seconds}.{int(timestamp % 1 * 1000):03d}Z"
-
-
 def source_label(identity: SpiffeId | None) -> str:
     """The ``source_service`` label of a caller: its service name, else ``unknown``."""
     return (identity.service if identity else None) or UNKNOWN_SOURCE
+
+
+def namespace_label(identity: SpiffeId | None) -> str:
+    """The ``source_namespace`` label of a caller: its namespace, else ``unknown``."""
+    return (identity.namespace if identity else None) or UNKNOWN_NAMESPACE
 
 
 class RouteTemplates:

@@ -162,14 +162,23 @@ def _answer(response: Any) -> tuple[int, Any, str]:
     return index, body, headers.get("X-Consul-Default-Acl-Policy") or "allow"
 
 
+def intention_source(settings: MeshSettings, identity: str | None) -> str:
+    """``settings.intentions`` resolved: ``auto`` follows the workload identity, so a
+    member of Consul's mesh (``identity`` "consul") obeys Consul's intentions."""
+    if settings.intentions != "auto":
+        return settings.intentions
+    return "consul" if identity == "consul" else "meshkit"
+
+
 def intention_watcher(
     settings: MeshSettings,
+    source: str,
     client: consul.Consul,
     intentions: Intentions,
     consul_intentions: ConsulIntentions,
 ) -> IntentionWatcher[Any]:
-    """The watcher of the settings' intention source: Consul's, or meshkit's KV rules."""
-    if settings.intentions == "consul":
+    """The watcher of ``source``'s intentions: Consul's, or meshkit's KV rules."""
+    if source == "consul":
         store = ConsulIntentionStore(client, service=settings.service, namespace=settings.namespace)
         return IntentionWatcher(store, consul_intentions)
     return IntentionWatcher(IntentionStore(client), intentions)

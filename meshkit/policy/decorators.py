@@ -353,8 +353,12 @@ class CallerSet:
             local_name in self.names or any(fnmatchcase(local_name, g) for g in self.name_globs)
         ):
             return True
-        uri = str(caller)
-        return uri in self.ids or any(fnmatchcase(uri, g) for g in self.id_globs)
+        # Both forms: a pattern in meshkit's form names the workload whatever form
+        # (Consul's adds the datacenter) its certificate carries.
+        return any(
+            uri in self.ids or any(fnmatchcase(uri, g) for g in self.id_globs)
+            for uri in (caller.uri, caller.workload_uri)
+        )
 
 
 # -- routes ----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class InstanceRegistration:
     ttl: float = 10.0  # the TTL check the instance heartbeats
     check_interval: float = 5.0  # the registry's HTTP check on the admin /healthz
     deregister_critical_after: float = 60.0
+    connect_native: bool = False  # registered as Connect-native (Consul Connect identity)
 
 
 class EndpointSource(Protocol):

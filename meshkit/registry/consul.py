@@ -73,8 +73,13 @@ class ConsulRegistry:
         token: str | None = None,
         timeout: float = 10.0,
         verify: bool | str = True,
+        connect: bool = False,
     ) -> None:
         self.scheme, self.host, self.port = parse_address(address)
+        # Connect mode (Consul Connect identity): a destination's endpoints are its
+        # Connect-capable instances, /v1/health/connect: Connect-native instances and the
+        # Envoy sidecars of the others, whose plaintext application ports are not dialled.
+        self.connect = connect
         self.address = f"{self.scheme}://{self.host}:{self.port}"
         self._token = token
         self._timeout = timeout
@@ -82,9 +87,11 @@ class ConsulRegistry:
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     @classmethod
-    def from_settings(cls, settings: MeshSettings) -> ConsulRegistry:
+    def from_settings(cls, settings: MeshSettings, *, connect: bool = False) -> ConsulRegistry:
         return cls(
-            address=settings.consul_http_addr or DEFAULT_ADDRESS, token=settings.consul_token
+            address=settings.consul_http_addr or DEFAULT_ADDRESS,
+            token=settings.consul_token,
+            connect=connect,
         )
 
     def __repr__(self) -> str:
@@ -177,6 +184,8 @@ class ConsulRegistry:
                     check=ttl_check,
                     extra_checks=[http_check],
                     replace_existing_checks=True,
+                    # Consul's catalog, UI and sidecars then treat it as a mesh member.
+                    connect={"Native": True} if instance.connect_native else None,
                 )
             )
 
@@ -224,7 +233,8 @@ class ConsulRegistry:
         self, service: str, *, index: int = 0, wait: float = 30.0
     ) -> tuple[int, Sequence[Endpoint]]:
         def query(client: Any) -> tuple[int, list[Endpoint]]:
-            raw_index, entries = client.health.service(
+            read = client.health.connect if self.connect else client.health.service
+            raw_index, entries = read(
                 service, index=index or None, wait=_go_duration(wait), passing=True
             )
             return int(raw_index), [endpoint_from_entry(e) for e in entries or ()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
 import signal
@@ -37,6 +38,27 @@ logger = logging.getLogger("meshkit.serving")
 #: Descriptors kept for what is not a served connection: the mesh client's pooled
 #: connections, the registry's, the CA's, log and state files.
 _RESERVED_DESCRIPTORS = 256
+#: Set in the admin server's task: its uvicorn lifecycle lines ("Started server process",
+#: "Shutting down", ...) would repeat the service port's word for word (one process, one
+#: uvicorn logger), and meshkit's own "serving ... admin on ..." line tells of it.
+_ADMIN_TASK: contextvars.ContextVar[bool] = contextvars.ContextVar("meshkit_admin", default=False)
+_TLS_MODES: dict[TLSMode, str] = {
+    "tls": "mTLS",
+    "permissive": "mTLS and plaintext (permissive)",
+    "plain": "plaintext only (permissive, no identity)",
+}
+
+
+class _OneLifecycle(logging.Filter):
+    """Drops uvicorn's INFO lines emitted by the admin server; warnings still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not _ADMIN_TASK.get()
+
+
+_UVICORN_LOGGER = logging.getLogger("uvicorn.error")
+if not any(isinstance(f, _OneLifecycle) for f in _UVICORN_LOGGER.filters):
+    _UVICORN_LOGGER.addFilter(_OneLifecycle())
 
 
 class MeshMember(Protocol):
@@ -54,6 +76,9 @@ class MeshMember(Protocol):
     def listening_context(self) -> ssl.SSLContext: ...
 
     @property
+    def serving_mode(self) -> TLSMode: ...
+
+    @property
     def admin_app(self) -> Any: ...
 
     def check_identity_configured(self) -> None: ...
@@ -65,15 +90,6 @@ class MeshMember(Protocol):
     def leave(self) -> Awaitable[None]: ...
 
     def connection_refused(self, reason: str) -> None: ...
-
-
-class Servable(Protocol):
-    """An ASGI app that is a mesh member (``app.mesh``)."""
-
-    @property
-    def mesh(self) -> MeshMember: ...
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
 
 class Server(uvicorn.Server):
@@ -142,13 +158,13 @@ class Server(uvicorn.Server):
             yield
 
 
-def _mesh_lifespan(app: Servable) -> type[LifespanOn]:
+def _mesh_lifespan(mesh: MeshMember) -> type[LifespanOn]:
     class MeshLifespan(LifespanOn):
         """Runs the app's lifespan; a MeshError at startup is told as one line."""
 
         async def send(self, message: Any) -> None:
             # A MeshError at startup is reported by MeshServer as one line, not a traceback.
-            if message["type"] == "lifespan.startup.failed" and app.mesh.startup_error:
+            if message["type"] == "lifespan.startup.failed" and mesh.startup_error:
                 message = {"type": message["type"], "message": ""}
             await super().send(message)
 
@@ -156,11 +172,13 @@ def _mesh_lifespan(app: Servable) -> type[LifespanOn]:
 
 
 class MeshServer:
-    """Runs one mesh member: its service port and its admin port."""
+    """Runs one mesh member: ``app`` on its service port, ``mesh`` beside it (readiness,
+    identity, the admin app on the admin port)."""
 
-    def __init__(self, app: Servable) -> None:
+    def __init__(self, app: Any, mesh: MeshMember) -> None:
         self.app = app
-        self.settings: MeshSettings = app.mesh.settings
+        self.mesh = mesh
+        self.settings: MeshSettings = mesh.settings
         self._stop = anyio.Event()
         self._failure: MeshError | None = None
 
@@ -170,14 +188,14 @@ class MeshServer:
 
     async def serve(self) -> None:
         settings = self.settings
-        self.app.mesh.check_identity_configured()
+        self.mesh.check_identity_configured()
         service_sock = listen(settings.host, settings.port)
         admin_sock = listen(settings.admin_host, settings.admin_port)
-        self.app.mesh.bound(service_sock.getsockname()[1], admin_sock.getsockname()[1])
+        self.mesh.bound(service_sock.getsockname()[1], admin_sock.getsockname()[1])
         service, admin = self._servers()
         with self._signals():
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._run, admin, admin_sock)
+                tg.start_soon(self._run_admin, admin, admin_sock)
                 tg.start_soon(self._run_service, service, service_sock, admin)
                 await self._stop.wait()
                 if self._failure is None:
@@ -190,19 +208,19 @@ class MeshServer:
     def _servers(self) -> tuple[Server, Server]:
         """The service port's server and the admin port's, each with its own budget of
         connections within this process's descriptors."""
-        settings, mesh = self.settings, self.app.mesh
+        settings, mesh = self.settings, self.mesh
         service = Server(
             self.app,
             name=settings.service,
             limits=settings.connection_limits,
-            mode="permissive" if settings.tls_mode == "permissive" else "tls",
+            mode=mesh.serving_mode,
             tls=lambda: mesh.listening_context,
             on_refused=mesh.connection_refused,
             handle_signals=False,
             lifespan="on",
             timeout_graceful_shutdown=settings.drain_timeout,
         )
-        service.config.lifespan_class = _mesh_lifespan(self.app)
+        service.config.lifespan_class = _mesh_lifespan(mesh)
         admin = Server(
             mesh.admin_app,
             name=f"{settings.service} admin",
@@ -214,12 +232,16 @@ class MeshServer:
         service.hold_within_descriptors(reserve=ADMIN_LIMITS.max_connections)
         return service, admin
 
+    async def _run_admin(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        _ADMIN_TASK.set(True)  # this task's context only (anyio copies it per task)
+        await self._run(server, sock)
+
     async def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
         try:
             await server.serve(sockets=[sock])
         except SystemExit:
             # uvicorn exits this way when the lifespan fails; report the reason instead.
-            self._failure = self.app.mesh.startup_error or MeshError("application startup failed")
+            self._failure = self.mesh.startup_error or MeshError("application startup failed")
             self._stop.set()
 
     async def _run_service(
@@ -229,20 +251,21 @@ class MeshServer:
             tg.start_soon(self._run, service, sock)
             await service.listening.wait()
             freeze_startup_objects()
-            self.app.mesh.set_ready(True)
+            self.mesh.set_ready(True)
             logger.info(
-                "%s serving mTLS on %s:%d, admin on %s:%d",
-                self.app.mesh.spiffe_id,
+                "%s serving %s on %s:%d, admin on %s:%d",
+                self.mesh.spiffe_id,
+                _TLS_MODES[self.mesh.serving_mode],
                 self.settings.host,
-                self.app.mesh.port,
+                self.mesh.port,
                 self.settings.admin_host,
-                self.app.mesh.admin_port,
+                self.mesh.admin_port,
             )
         admin.should_exit = True
 
     async def _drain(self, service: uvicorn.Server) -> None:
-        self.app.mesh.set_ready(False)
-        await self.app.mesh.leave()
+        self.mesh.set_ready(False)
+        await self.mesh.leave()
         service.should_exit = True
 
     @contextlib.contextmanager
@@ -279,6 +302,6 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def serve(app: Servable) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, on uvloop."""
-    uvloop.run(MeshServer(app).serve())
+def serve(app: Any, mesh: MeshMember) -> None:
+    """Serve ``app``, a member of the mesh through ``mesh``, until SIGTERM/SIGINT, on uvloop."""
+    uvloop.run(MeshServer(app, mesh).serve())

@@ -9,7 +9,8 @@ Prometheus attaches it as target labels (``job``, ``instance``) when it scrapes.
 
 Server metrics
     http_server_request_duration_seconds  histogram  http_request_method, http_route,
-                                                     http_response_status_code, source_service
+                                                     http_response_status_code, source_service,
+                                                     source_namespace
     http_server_active_requests           gauge      http_request_method
 Client metrics (the mesh client)
     http_client_request_duration_seconds  histogram  http_request_method, destination_service,
@@ -25,11 +26,21 @@ Mesh internals
     meshkit_mirrored_requests_total       counter    destination_service, mirror_service,
                                                      outcome (ok, error, dropped)
     meshkit_circuit_state                 gauge      destination_service (0 closed,
-                                                     1 half-open, 2 open)
-    meshkit_policy_denials_total          counter    source_service, http_route, reason
+                                                     1 half-open, 2 open): every destination
+                                                     the client has watched, 0 until it trips
+    meshkit_policy_denials_total          counter    source_service, source_namespace,
+                                                     http_route, reason
     meshkit_cert_expiry_timestamp_seconds gauge      spiffe_id: the workload certificate's notAfter
     meshkit_registry_cache_staleness_seconds gauge   destination_service: seconds the watched
                                                      cache has served that list unconfirmed
+
+Runtime: ``process_*`` (CPU, memory, file descriptors, start time) and ``python_*`` (GC,
+version), prometheus_client's standard collectors, registered in the app's registry.
+
+``source_namespace`` is the caller's namespace beside its service name: two callers of
+one name in different namespaces are different callers. The service's own namespace is
+a target label, as its name is (``meshkit prometheus-config`` relabels it from the
+registry's metadata).
 
 Every metric lives in the registry given to ``MeshMetrics`` (a fresh one by default),
 never in prometheus_client's global ``REGISTRY``: two apps in one process never collide.
@@ -45,7 +56,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -76,6 +94,8 @@ DURATION_BUCKETS = (
 )
 #: The route label of a request that matched no route (templates always start with "/").
 UNMATCHED_ROUTE = "unmatched"
+#: The ``source_namespace`` of a caller without a verified identity.
+UNKNOWN_NAMESPACE = "unknown"
 #: ``http_request_method`` values; any other method is recorded as ``_OTHER`` (semconv).
 KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
@@ -144,6 +164,35 @@ class _StalenessCollector(Collector):
         return self.collect()
 
 
+class _CircuitCollector(Collector):
+    """The breaker state of every destination the client knows: the ones it has
+    watched (a breaker that never tripped is closed, 0) and any that changed state.
+
+    A series from the start means "open" is a change of value, not a new series, and
+    ``max by (destination_service)`` covers every edge before anything fails.
+    """
+
+    def __init__(self) -> None:
+        self.source: StalenessSource | None = None
+        self.states: dict[str, int] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "meshkit_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            labels=["destination_service"],
+        )
+        known = set(self.states)
+        if self.source is not None:
+            known.update(self.source.services)
+        for destination in sorted(known):
+            family.add_metric([destination], self.states.get(destination, 0))
+        return [family]
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
 class MeshMetrics:
     """All meshkit metrics of one app, registered in ``registry`` (a new one by default)."""
 
@@ -152,12 +201,19 @@ class MeshMetrics:
         self._register_server()
         self._register_client()
         self._register_mesh()
+        self._register_runtime()
 
     def _register_server(self) -> None:
         self._server_duration = LoopHistogram(
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests.",
-            ["http_request_method", "http_route", "http_response_status_code", "source_service"],
+            [
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+                "source_service",
+                "source_namespace",
+            ],
             self.registry,
             buckets=DURATION_BUCKETS,
         )
@@ -230,14 +286,8 @@ class MeshMetrics:
                 registry=self.registry,
             )
         )
-        self._circuit_state = LabelCache(
-            Gauge(
-                "meshkit_circuit_state",
-                "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-                destination,
-                registry=self.registry,
-            )
-        )
+        self._circuits = _CircuitCollector()
+        self.registry.register(self._circuits)
         self._connections_refused = LabelCache(
             Counter(
                 "meshkit_connections_refused",
@@ -250,7 +300,7 @@ class MeshMetrics:
             Counter(
                 "meshkit_policy_denials",
                 "Requests refused by an authorization or admission policy.",
-                ["source_service", "http_route", "reason"],
+                ["source_service", "source_namespace", "http_route", "reason"],
                 registry=self.registry,
             )
         )
@@ -267,6 +317,13 @@ class MeshMetrics:
         self._staleness = _StalenessCollector()
         self.registry.register(self._staleness)
 
+    def _register_runtime(self) -> None:
+        # The standard process_* and python_* series every Prometheus dashboard expects,
+        # in this app's registry (the global one would collide across apps).
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+
     # Per-request recording: lock-free, so only ever from the event loop's thread.
 
     def server_started(self, method: str) -> None:
@@ -277,12 +334,19 @@ class MeshMetrics:
         active[0] += 1
 
     def server_finished(
-        self, method: str, route: str, status: int, source: str, seconds: float
+        self,
+        method: str,
+        route: str,
+        status: int,
+        source: str,
+        seconds: float,
+        source_namespace: str = UNKNOWN_NAMESPACE,
     ) -> None:
         """The request ``server_started`` counted is over, answered ``status`` after
-        ``seconds``; ``route`` is its template, ``source`` the caller's service."""
+        ``seconds``; ``route`` is its template, ``source`` the caller's service and
+        ``source_namespace`` its namespace."""
         self._active_by_method[method][0] -= 1
-        self._server_duration.observe((method, route, status, source), seconds)
+        self._server_duration.observe((method, route, status, source, source_namespace), seconds)
 
     def observe_client_call(
         self, method: str, destination: str, status: int | None, error_type: str, seconds: float
@@ -324,16 +388,20 @@ class MeshMetrics:
         port, or no room left."""
         self._connections_refused.get(reason).inc()
 
-    def policy_denied(self, source: str, route: str, reason: str) -> None:
+    def policy_denied(
+        self, source: str, route: str, reason: str, source_namespace: str = UNKNOWN_NAMESPACE
+    ) -> None:
         """``reason`` is a short fixed word (e.g. ``caller``, ``rate_limit``): it is a label."""
-        self._policy_denials.get(source, route, reason).inc()
+        self._policy_denials.get(source, source_namespace, route, reason).inc()
 
     def set_circuit_state(self, destination: str, state: CircuitState) -> None:
-        self._circuit_state.get(destination).set(_CIRCUIT_VALUES[state])
+        self._circuits.states[destination] = _CIRCUIT_VALUES[state]
 
     def watch_cache(self, cache: StalenessSource) -> None:
-        """Export the registry cache's staleness per watched service."""
+        """Export the registry cache's staleness per watched service, and a breaker state
+        (closed until it trips) for each of them."""
         self._staleness.source = cache
+        self._circuits.source = cache
 
     def set_certificate(self, material: TLSMaterial) -> None:
         self._cert_expiry.get(str(material.spiffe_id)).set(material.not_after)

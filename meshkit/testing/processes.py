@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from meshkit.ca.x509 import IssuedIdentity, LocalAuthority
 from meshkit.errors import MeshError
@@ -30,7 +30,10 @@ from meshkit.settings import Faults
 from meshkit.testing.supervisor import Child
 from meshkit.tls import TLSMaterial, client_context
 
-_SERVING = re.compile(r"serving mTLS on (?P<host>\S+):(?P<port>\d+), admin on \S+:(?P<admin>\d+)")
+_SERVING = re.compile(
+    r"serving mTLS(?: and plaintext \(permissive\))? on (?P<host>\S+):(?P<port>\d+), "
+    r"admin on \S+:(?P<admin>\d+)"
+)
 _CA = re.compile(r"listening on https://(?P<host>[^:]+):(?P<port>\d+)")
 _REGISTRY = re.compile(r"serving the Consul HTTP API on http://(?P<host>[^:/]+):(?P<port>\d+)")
 
@@ -117,13 +120,16 @@ class MeshProcess:
 
 
 class RegistryProcess(MeshProcess):
-    """``meshkit registry serve`` on an ephemeral port (extra ``args``, e.g.
-    ``--acl-default-policy deny``); ``address`` is host:port."""
+    """``meshkit registry serve`` on an ephemeral port (extra ``args``); ``address`` is
+    host:port. ``data_dir``: its state is kept there (``--data-dir``), so a restart keeps it."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
-        super().__init__(
-            ["registry", "serve", "--port", "0", *args], ready=_REGISTRY, name="registry", env=env
-        )
+    def __init__(
+        self, *args: str, env: Mapping[str, str] | None = None, data_dir: Path | None = None
+    ) -> None:
+        argv = ["registry", "serve", "--port", "0", *args]
+        if data_dir is not None:
+            argv += ["--data-dir", str(data_dir)]
+        super().__init__(argv, ready=_REGISTRY, name="registry", env=env)
 
     @property
     def address(self) -> str:
@@ -262,11 +268,32 @@ def admin_get(port: int, path: str) -> tuple[int, bytes]:
         connection.close()
 
 
+def connect_leaf(registry: str, service: str) -> TLSMaterial:
+    """``service``'s identity from the registry's Consul Connect CA: the agent's leaf for it
+    (``/v1/agent/connect/ca/leaf``) and every trusted root."""
+    port = int(registry.rpartition(":")[2])
+    leaf = json.loads(_registry_get(port, f"/v1/agent/connect/ca/leaf/{service}"))
+    roots = json.loads(_registry_get(port, "/v1/agent/connect/ca/roots"))
+    bundle = "".join(root["RootCert"] for root in roots["Roots"])
+    return TLSMaterial(leaf["CertPEM"], leaf["PrivateKeyPEM"], bundle)
+
+
+def _registry_get(port: int, path: str) -> bytes:
+    status, body = admin_get(port, path)
+    if status != 200:
+        raise MeshError(f"registry answered {status} to {path}: {body[:200]!r}")
+    return body
+
+
 class Mesh:
     """A test mesh: ``authority`` (a test CA), ``registry`` (a dev registry process) and
     the ``ServiceProcess`` instances ``start`` adds. Use it as a context manager (the
     ``mesh`` fixture does): leaving it closes every connection and stops every process.
     ``registry_args`` are extra ``meshkit registry serve`` flags.
+
+    ``identity="consul"``: instances get their identity from the registry's Connect CA
+    (``MESHKIT_IDENTITY=consul``) instead of certificate files from ``authority``, and
+    ``connect`` presents a Connect leaf.
     """
 
     def __init__(
@@ -275,8 +302,10 @@ class Mesh:
         *,
         trust_domain: str = "meshkit.local",
         registry_args: Sequence[str] = (),
+        identity: Literal["files", "consul"] = "files",
     ) -> None:
         self.directory = directory
+        self.identity = identity
         self.authority = LocalAuthority(trust_domain)
         self.registry = RegistryProcess(*registry_args)
         self.processes: list[ServiceProcess] = []
@@ -347,10 +376,15 @@ class Mesh:
         }
         if faults is not None:
             mesh_env["MESHKIT_FAULTS"] = faults
+        identity = None
+        if self.identity == "consul":
+            mesh_env["MESHKIT_IDENTITY"] = "consul"
+        else:
+            identity = self.authority.issue(service, namespace=namespace)
         process = ServiceProcess(
             target,
             service=service,
-            identity=self.authority.issue(service, namespace=namespace),
+            identity=identity,
             identity_dir=home,
             registry=self.registry.address,
             env={**mesh_env, **(env or {})},
@@ -380,16 +414,24 @@ class Mesh:
     ) -> Connection:
         """A connection to ``process`` presenting a certificate for service ``as_`` (in
         ``namespace``, by default the process's own), or none when ``as_`` is None."""
+        if self.identity == "consul" and as_ is not None:
+            context = client_context(connect_leaf(self.registry.address, as_))
+        else:
+            context = self._authority_context(process, as_, namespace)
+        connection = Connection(process.port, context, timeout=timeout)
+        self._connections.append(connection)
+        return connection
+
+    def _authority_context(
+        self, process: ServiceProcess, as_: str | None, namespace: str | None
+    ) -> ssl.SSLContext:
         identity = None
         if as_ is not None:
             if namespace is None:
                 own = process.identity.spiffe_id.namespace if process.identity else None
                 namespace = own or "default"
             identity = self.authority.issue(as_, namespace=namespace)
-        context = context_for(identity, self.authority.bundle_pem)
-        connection = Connection(process.port, context, timeout=timeout)
-        self._connections.append(connection)
-        return connection
+        return context_for(identity, self.authority.bundle_pem)
 
     def kill(self, process: ServiceProcess) -> None:
         """SIGKILL ``process``: it vanishes without deregistering, as in a crash."""

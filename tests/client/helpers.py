@@ -17,6 +17,7 @@ from anyio.streams.tls import TLSStream
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import ClientPolicy, MeshClientFactory
 from meshkit.client._hooks import BaseClientHooks
+from meshkit.identity import SpiffeId
 from meshkit.registry.base import Endpoint
 from meshkit.serving.protocol import MeshHttpToolsProtocol
 from meshkit.settings import MeshSettings
@@ -41,8 +42,10 @@ class StaticSource:
         return self._endpoints.get(service, [])
 
 
-def contexts(authority: LocalAuthority, service: str) -> TLSContexts:
-    issued = authority.issue(service)
+def contexts(
+    authority: LocalAuthority, service: str, *, spiffe_id: SpiffeId | None = None
+) -> TLSContexts:
+    issued = authority.issue(service, spiffe_id=spiffe_id)
     return TLSContexts(TLSMaterial(issued.chain_pem, issued.key_pem, issued.bundle_pem))
 
 

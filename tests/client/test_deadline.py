@@ -18,8 +18,7 @@ from starlette.routing import Route
 
 from meshkit import deadline
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import MeshClientFactory
-from meshkit.errors import DeadlineExceeded
+from meshkit.client import DeadlineExceeded, MeshClientFactory
 from meshkit.middleware.deadline import DeadlineMiddleware
 from tests.client.helpers import StaticSource, contexts, endpoint, factory, serve
 

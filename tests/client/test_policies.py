@@ -22,9 +22,12 @@ from meshkit.client import (
     BreakerChanged,
     CallEnded,
     CallStarted,
+    CircuitOpen,
     MeshClientFactory,
+    NoHealthyInstances,
+    Overloaded,
+    UpstreamFailed,
 )
-from meshkit.errors import CircuitOpen, NoHealthyInstances, Overloaded, UpstreamFailed
 from meshkit.settings import MeshSettings
 from meshkit.tls import TLSContexts, TLSMaterial
 from tests.client.helpers import Recorder, StaticSource, contexts, endpoint, factory, serve

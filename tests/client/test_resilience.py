@@ -15,8 +15,15 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import EndpointEjected, EndpointReadmitted, RetryBudgetSpent
-from meshkit.errors import PeerIdentityMismatch, RetryBudgetExhausted, UpstreamFailed
+from meshkit.client import (
+    EndpointEjected,
+    EndpointReadmitted,
+    PeerIdentityMismatch,
+    RetryBudgetExhausted,
+    RetryBudgetSpent,
+    UpstreamFailed,
+)
+from meshkit.identity import SpiffeId
 from meshkit.registry.base import Endpoint
 from meshkit.tls import TLSContexts
 from tests.client.helpers import Recorder, StaticSource, contexts, endpoint, factory, serve
@@ -220,6 +227,31 @@ async def test_server_with_another_identity_is_refused_before_sending(
             await mesh.client("payments").get("/secret")
         await mesh.aclose()
     assert hits["impostor"] == 0
+
+
+async def test_server_in_consuls_form_of_the_expected_identity_is_accepted(
+    authority: LocalAuthority,
+) -> None:
+    """Consul's leaf for payments (with its datacenter) is payments; another service in
+    Consul's form, or payments of another admin partition, is not."""
+    hits: Counter[str] = Counter()
+    td = authority.trust_domain
+    for spiffe_id, accepted in (
+        (SpiffeId.for_consul_service(td, "default", "dc1", "payments"), True),
+        (SpiffeId.for_consul_service(td, "default", "dc1", "inventory"), False),
+        (SpiffeId.for_consul_service(td, "default", "dc1", "payments", partition="ap2"), False),
+    ):
+        tls = contexts(authority, "payments", spiffe_id=spiffe_id)
+        async with serve(counting_app(hits, str(spiffe_id)), tls) as port:
+            source = StaticSource({"payments": [endpoint("payments", port)]})
+            mesh = factory(authority, source, **NO_BREAKER)
+            if accepted:
+                assert (await mesh.client("payments").get("/x")).status_code == 200
+            else:
+                with pytest.raises(PeerIdentityMismatch):
+                    await mesh.client("payments").get("/x")
+            await mesh.aclose()
+    assert sum(hits.values()) == 1
 
 
 def _closed_port() -> int:

@@ -14,8 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from meshkit.client import ClientPolicy, MeshClientFactory
-from meshkit.errors import DeadlineExceeded
+from meshkit.client import ClientPolicy, DeadlineExceeded, MeshClientFactory
 from meshkit.registry import WatchedCache
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.registry.routing_watch import WatchedRouting

@@ -27,6 +27,19 @@ def ids(authority: LocalAuthority) -> dict[str, TLSMaterial]:
     names = ("payments", "web", "cart", "admin-ui")
     found = {name: _mtls.material(authority, name) for name in names}
     found["staging-web"] = _mtls.material(authority, "web", namespace="staging")
+    # Consul's CA names the same workloads with their datacenter (and partition).
+    for name, namespace, partition in (
+        ("web", "default", "default"),
+        ("cart", "default", "default"),
+        ("web", "staging", "default"),
+        ("web", "default", "finance"),
+    ):
+        spiffe_id = SpiffeId.for_consul_service(
+            authority.trust_domain, namespace, "dc1", name, partition=partition
+        )
+        issued = authority.issue(name, spiffe_id=spiffe_id)
+        tls = TLSMaterial(issued.chain_pem, issued.key_pem, issued.bundle_pem)
+        found[f"consul-{partition}-{namespace}-{name}"] = tls
     return found
 
 
@@ -71,6 +84,20 @@ def test_allow_lets_only_named_callers_in(
     assert _status(ids, mesh_url, "staging-web", "/charge", "POST") == 403
     assert _status(ids, mesh_url, "staging-web", "/any-namespace-web") == 200
     assert _status(ids, mesh_url, "cart", "/any-namespace-web") == 403
+
+
+def test_callers_in_consuls_spiffe_form_match_the_same_policies(
+    ids: dict[str, TLSMaterial], mesh_url: str
+) -> None:
+    assert _status(ids, mesh_url, "consul-default-default-web", "/charge", "POST") == 200
+    assert _status(ids, mesh_url, "consul-default-default-cart", "/charge", "POST") == 403
+    assert _status(ids, mesh_url, "consul-default-default-cart", "/no-cart") == 403
+    assert _status(ids, mesh_url, "consul-default-staging-web", "/charge", "POST") == 403
+    assert _status(ids, mesh_url, "consul-default-staging-web", "/any-namespace-web") == 200
+    # Another admin partition's web is another workload: a bare name never means it.
+    assert _status(ids, mesh_url, "consul-finance-default-web", "/charge", "POST") == 403
+    with _mtls.client(mesh_url, ids["consul-default-default-web"]) as client:
+        assert client.get("/plain").text == "spiffe://meshkit.local/ns/default/dc/dc1/svc/web"
 
 
 def test_deny_wins_and_default_allow_mesh_admits_the_rest(

@@ -76,7 +76,12 @@ def two_apps(ids: dict[str, TLSMaterial]) -> Iterator[tuple[str, str, list[BaseR
     for app, denied in ((strict, "cart"), (open_, "web")):
         denials = app.mesh.metrics.registry.get_sample_value(
             "meshkit_policy_denials_total",
-            {"source_service": denied, "http_route": "/plain", "reason": _reason(denied)},
+            {
+                "source_service": denied,
+                "source_namespace": "default",
+                "http_route": "/plain",
+                "reason": _reason(denied),
+            },
         )
         assert denials == 1  # each app counts its own denials
 

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from meshkit import deadline
-from meshkit.errors import DeadlineExceeded
+from meshkit.client import DeadlineExceeded
 from meshkit.middleware.deadline import DeadlineMiddleware
 
 pytestmark = pytest.mark.anyio

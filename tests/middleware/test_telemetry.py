@@ -77,6 +77,7 @@ def duration_count(metrics: MeshMetrics, route: str, status: str, source: str) -
         http_route=route,
         http_response_status_code=status,
         source_service=source,
+        source_namespace="unknown" if source == "unknown" else "default",
     )
 
 
@@ -116,6 +117,7 @@ def test_a_caller_without_identity_is_unknown(tmp_path: Path) -> None:
         http_route="/orders/{order_id}",
         http_response_status_code="405",
         source_service="unknown",
+        source_namespace="unknown",
     )
     assert other == 1
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +17,8 @@ from starlette.routing import Route
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.middleware.telemetry import TelemetryMiddleware
 from meshkit.telemetry.metrics import MeshMetrics
-from tests.middleware.servers import connect, free_port, get, running
+from tests.middleware.servers import connect, get, running
+from tests.prometheus import query, running_prometheus, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="prometheus is not installed (make prometheus)"
@@ -48,60 +45,10 @@ def admin_port(metrics: MeshMetrics) -> Iterator[int]:
 @pytest.fixture
 def prometheus(tmp_path: Path, admin_port: int) -> Iterator[str]:
     """A real Prometheus scraping the admin port every second; yields its base URL."""
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: orders\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{admin_port}']\n"
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(base), "prometheus to start")
+    targets = f"    static_configs:\n      - targets: ['127.0.0.1:{admin_port}']\n"
+    with running_prometheus(tmp_path, f"  - job_name: orders\n{targets}") as base:
         wait_for(lambda: query(base, 'up{job="orders"} == 1'), "the first scrape")
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-
-
-def _ready(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/-/ready", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def query(base: str, promql: str) -> list[dict[str, Any]]:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=5) as response:
-        answer = json.load(response)
-    assert answer["status"] == "success", answer
-    result: list[dict[str, Any]] = answer["data"]["result"]
-    return result
-
-
-def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_prometheus_sees_the_traffic_by_route_and_verified_caller(

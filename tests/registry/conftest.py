@@ -12,7 +12,7 @@ import pytest
 
 from meshkit.registry.base import InstanceRegistration
 from meshkit.registry.dev.agent import DevAgent
-from meshkit.registry.dev.api import DevRegistryApp
+from meshkit.registry.dev.connect_api import ConnectRegistryApp
 from meshkit.registry.dev.serve import RegistryServer
 from meshkit.serving.listen import listen
 
@@ -35,7 +35,7 @@ class ThreadedRegistry:
         sock = listen("127.0.0.1", self.port)
         self.port = sock.getsockname()[1]
         self.agent = DevAgent(**self.agent_options)
-        self._server = RegistryServer(DevRegistryApp(self.agent))
+        self._server = RegistryServer(ConnectRegistryApp(self.agent))
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
         )

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import MeshClientFactory
-from meshkit.errors import ConfigError, PeerIdentityMismatch
+from meshkit.client import MeshClientFactory, PeerIdentityMismatch
+from meshkit.errors import ConfigError
 from meshkit.registry import ConsulRegistry, WatchedCache
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry

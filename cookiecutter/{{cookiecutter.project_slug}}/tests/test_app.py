@@ -7,11 +7,13 @@ import ssl
 import pytest
 
 from meshkit.testing import Mesh, ServiceProcess, admin_get
-from tests.conftest import APP, NAMESPACE, SERVICE
+from tests.conftest import {% if cookiecutter.upstream_service %}APP, NAMESPACE, {% endif %}SERVICE
 
 ALLOWED = "{{ cookiecutter.allowed_caller }}"
+{%- if cookiecutter.upstream_service %}
 UPSTREAM = "{{ cookiecutter.upstream_service }}"
 STUB = "tests.upstream_stub:app"
+{%- endif %}
 
 
 def test_the_allowed_caller_is_answered(mesh: Mesh, service: ServiceProcess) -> None:
@@ -33,6 +35,7 @@ def test_callers_without_a_certificate_cannot_connect(
 def test_the_admin_port_reports_ready(service: ServiceProcess) -> None:
     assert admin_get(service.admin_port, "/readyz")[0] == 200
     assert admin_get(service.admin_port, "/healthz")[0] == 200
+{%- if cookiecutter.upstream_service %}
 
 
 def test_upstream_is_called_through_the_mesh(mesh: Mesh) -> None:
@@ -49,3 +52,4 @@ def test_an_upstream_failing_on_every_try_is_reported(mesh: Mesh) -> None:
     mesh.start(STUB, UPSTREAM, namespace=NAMESPACE, faults="abort=503")
     (service,) = mesh.start(APP, SERVICE, namespace=NAMESPACE)
     assert mesh.connect(service, as_=ALLOWED).get("/upstream")[0] == 503
+{%- endif %}

@@ -10,6 +10,7 @@ Every mutation ends in one ``Store.commit()``: one new index, one wake-up.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 import uuid
@@ -76,6 +77,10 @@ class DevAgent:
         self.deregister_minimum = deregister_minimum
         self.runner = CheckRunner(self._on_check_result)
         self._deregister_after: dict[str, float] = {}  # check id -> seconds
+        #: The definitions of the agent's own checks, kept to run them again after a
+        #: restart from ``--data-dir`` (``restore_checks``).
+        self.definitions: dict[str, CheckDefinition] = {}
+        self._restored: list[Check] = []
         self._bootstrap()
 
     @contextmanager
@@ -135,6 +140,10 @@ class DevAgent:
         try:
             async with anyio.create_task_group() as task_group:
                 self.runner.bind(task_group)
+                with self._write():
+                    for check in self._restored:
+                        self._add_check(check, self.definitions[check.check_id])
+                self._restored.clear()
                 task_group.start_soon(self._reap_forever)
                 await anyio.sleep_forever()
         finally:
@@ -200,8 +209,10 @@ class DevAgent:
             meta=dict(definition.meta),
             weights=weights,
             enable_tag_override=definition.enable_tag_override,
-            tagged_addresses=dict(definition.tagged_addresses),
+            tagged_addresses=_default_tagged(definition),
             kind=definition.kind,
+            connect=dict(definition.connect),
+            proxy=dict(definition.proxy),
         )
 
     def _service_check(self, service: Service, check: CheckDefinition, default_id: str) -> Check:
@@ -261,7 +272,14 @@ class DevAgent:
         with self._write():
             self._add_check(check, definition)
 
+    def restore_checks(self, definitions: dict[str, CheckDefinition]) -> None:
+        """Run the agent's restored checks again, from their definitions, once serving."""
+        own = self.store.checks.get(self.node_name, {})
+        self.definitions = {cid: d for cid, d in definitions.items() if cid in own}
+        self._restored = [own[cid] for cid in self.definitions]
+
     def _add_check(self, check: Check, definition: CheckDefinition) -> None:
+        self.definitions[check.check_id] = definition
         self.runner.stop(check.check_id)
         self.store.upsert_check(check)
         if definition.deregister_after > 0:
@@ -298,6 +316,7 @@ class DevAgent:
             self._remove_check(check_id)
 
     def _remove_check(self, check_id: str) -> None:
+        self.definitions.pop(check_id, None)
         self.runner.stop(check_id)
         self._deregister_after.pop(check_id, None)
         self.store.remove_check(self.node_name, check_id)
@@ -389,6 +408,20 @@ class DevAgent:
     def catalog_deregister(self, body: Any) -> None:
         with self._write():
             apply_deregister(self.store, body)
+
+
+def _default_tagged(definition: ServiceDefinition) -> dict[str, dict[str, Any]]:
+    """The service's tagged addresses plus the defaults Consul's agent adds for an IP
+    address (addServiceInternal): lan_ipv4/wan_ipv4, or lan_ipv6/wan_ipv6."""
+    tagged = dict(definition.tagged_addresses)
+    try:
+        ip = ipaddress.ip_address(definition.address)
+    except ValueError:
+        return tagged
+    default = {"Address": definition.address, "Port": definition.port}
+    for network in ("lan", "wan"):
+        tagged.setdefault(f"{network}_ipv{ip.version}", dict(default))
+    return tagged
 
 
 def _default_check_id(service_id: str, position: int, count: int) -> str:

@@ -396,8 +396,14 @@ class DevRegistryApp:
         return await self._blocking(request, [f"svc:{name}"], compute)
 
     def _health_entries(self, name: str, passing: bool, selection: Selection) -> list[Any]:
+        return self.health_entries_of(
+            self._selected(self.store.instances(name), selection), passing
+        )
+
+    def health_entries_of(self, services: list[Service], passing: bool) -> list[Any]:
+        """/v1/health entries (node, service, checks) of ``services``."""
         entries = []
-        for service in self._selected(self.store.instances(name), selection):
+        for service in services:
             checks = sorted(
                 [
                     *self.store.node_checks(service.node),

@@ -461,6 +461,23 @@ class ServiceDefinition:
     tagged_addresses: dict[str, dict[str, Any]] = field(default_factory=dict)
     kind: str = ""
     checks: list[CheckDefinition] = field(default_factory=list)
+    connect: dict[str, Any] = field(default_factory=dict)  # structs.ServiceConnect
+    proxy: dict[str, Any] = field(default_factory=dict)  # structs.ConnectProxyConfig
+
+
+#: What the mesh reads of structs.ServiceConnect and structs.ConnectProxyConfig: a
+#: Connect-native service, and which service a sidecar proxy (Kind connect-proxy) fronts.
+CONNECT = struct_of(Fields([("Native", "Native", BOOL)]), "structs.ServiceConnect")
+PROXY = struct_of(
+    Fields(
+        [
+            *owned("DestinationServiceName", "DestinationServiceID", decode=STRING),
+            *owned("LocalServiceAddress", "Mode", decode=STRING),
+            ("LocalServicePort", "LocalServicePort", INT),
+        ]
+    ),
+    "structs.ConnectProxyConfig",
+)
 
 
 #: structs.ServiceDefinition; ``Check`` and ``Checks`` are decoded apart (``_checks_of``).
@@ -481,6 +498,8 @@ _SERVICE_FIELDS = Fields(
         ("EnableTagOverride", "EnableTagOverride", BOOL),
         ("Check", "Check", check_type),
         ("Checks", "Checks", list_of(check_type, "structs.CheckTypes")),
+        ("Connect", "Connect", CONNECT),
+        ("Proxy", "Proxy", PROXY),
     ],
     embedded="Alias",
 )
@@ -508,6 +527,8 @@ def decode_service(raw: Any) -> ServiceDefinition:
         tagged_addresses=values.get("TaggedAddresses") or values.get("TaggedSnake") or {},
         kind=values.get("Kind", ""),
         checks=checks,
+        connect=values.get("Connect") or {},
+        proxy=values.get("Proxy") or {},
     )
 
 

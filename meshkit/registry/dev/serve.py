@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 from meshkit.registry.dev.agent import DevAgent
 from meshkit.registry.dev.api import MAX_BODY_BYTES, DevRegistryApp
+from meshkit.registry.dev.connect_api import ConnectRegistryApp
 from meshkit.registry.dev.intentions_api import DefaultPolicy
+from meshkit.registry.dev.persist import DataDir
 from meshkit.serving.listen import listen
 from meshkit.serving.server import Server
 from meshkit.settings import ConnectionLimits
@@ -51,8 +54,15 @@ def serve(
     *,
     enable_script_checks: bool = False,
     acl_default_policy: DefaultPolicy = "allow",
+    data_dir: Path | None = None,
 ) -> None:
-    """Run until interrupted; print the bound address first (``port=0`` picks one)."""
+    """Run until interrupted; print the bound address first (``port=0`` picks one).
+    ``data_dir``: keep the catalog, KV, CA and config entries there across restarts."""
+    app = build_app(
+        enable_script_checks=enable_script_checks,
+        acl_default_policy=acl_default_policy,
+        data_dir=data_dir,
+    )
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -60,8 +70,29 @@ def serve(
     if enable_script_checks:
         print("meshkit registry: script checks are enabled: registrations can run commands")
     sys.stdout.flush()
-    agent = DevAgent(enable_script_checks=enable_script_checks)
-    app = DevRegistryApp(agent, acl_default_policy=acl_default_policy)
     server = RegistryServer(app)
     server.hold_within_descriptors()
     server.run(sockets=[sock])
+
+
+def build_app(
+    *,
+    enable_script_checks: bool = False,
+    acl_default_policy: DefaultPolicy = "allow",
+    data_dir: Path | None = None,
+) -> ConnectRegistryApp:
+    """The registry's app, its state restored from ``data_dir`` and saved there."""
+    agent = DevAgent(enable_script_checks=enable_script_checks)
+    if data_dir is None:
+        return ConnectRegistryApp(agent, acl_default_policy=acl_default_policy)
+    directory = DataDir(data_dir)
+    directory.prepare()
+    saved = directory.load(agent)
+    app = ConnectRegistryApp(
+        agent, ca=saved.ca if saved else None, acl_default_policy=acl_default_policy
+    )
+    if saved is not None:
+        app.config_entries.restore(saved.config_entries)
+    agent.store.on_commit = lambda: directory.save(app)
+    directory.save(app)
+    return app

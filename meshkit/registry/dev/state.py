@@ -10,9 +10,10 @@ wakes exactly the readers it concerns, in microseconds, whatever the number of s
 
 from __future__ import annotations
 
+import base64
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
@@ -59,8 +60,14 @@ class Service:
     enable_tag_override: bool = False
     tagged_addresses: dict[str, Any] = field(default_factory=dict)
     kind: str = ""
+    connect: dict[str, Any] = field(default_factory=dict)
+    proxy: dict[str, Any] = field(default_factory=dict)
     create_index: int = 0
     modify_index: int = 0
+
+    @property
+    def connect_native(self) -> bool:
+        return bool(self.connect.get("Native"))
 
     def same_definition(self, other: Service) -> bool:
         return (
@@ -73,6 +80,8 @@ class Service:
             self.enable_tag_override,
             self.tagged_addresses,
             self.kind,
+            self.connect,
+            self.proxy,
         ) == (
             other.name,
             other.tags,
@@ -83,6 +92,8 @@ class Service:
             other.enable_tag_override,
             other.tagged_addresses,
             other.kind,
+            other.connect,
+            other.proxy,
         )
 
     def agent_json(self, datacenter: str) -> dict[str, Any]:
@@ -93,12 +104,12 @@ class Service:
         body |= {"Meta": self.meta, "Port": self.port, "Address": self.address}
         if self.tagged_addresses:
             body["TaggedAddresses"] = self.tagged_addresses
-        body |= {
-            "Weights": self.weights,
-            "EnableTagOverride": self.enable_tag_override,
-            "Datacenter": datacenter,
-        }
-        return body
+        body |= {"Weights": self.weights, "EnableTagOverride": self.enable_tag_override}
+        if self.proxy:
+            body["Proxy"] = self.proxy
+        if self.connect:
+            body["Connect"] = self.connect
+        return body | {"Datacenter": datacenter}
 
     def node_service_json(self) -> dict[str, Any]:
         """As /v1/health/service shows it (structs.NodeService)."""
@@ -113,12 +124,15 @@ class Service:
             "Port": self.port,
             "Weights": self.weights,
             "EnableTagOverride": self.enable_tag_override,
-            "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
-            "Connect": {},
+            "Proxy": self._proxy_json(),
+            "Connect": self.connect,
             "PeerName": "",
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
         }
+
+    def _proxy_json(self) -> dict[str, Any]:
+        return {"Mode": "", "MeshGateway": {}, "Expose": {}} | self.proxy
 
     def catalog_json(self, node: Node) -> dict[str, Any]:
         """As /v1/catalog/service shows it (structs.ServiceNode)."""
@@ -137,10 +151,11 @@ class Service:
             "ServiceWeights": self.weights,
             "ServiceMeta": self.meta,
             "ServicePort": self.port,
+            **({"ServiceTaggedAddresses": self.tagged_addresses} if self.tagged_addresses else {}),
             "ServiceSocketPath": "",
             "ServiceEnableTagOverride": self.enable_tag_override,
-            "ServiceProxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
-            "ServiceConnect": {},
+            "ServiceProxy": self._proxy_json(),
+            "ServiceConnect": self.connect,
             "ServicePeerName": "",
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
@@ -214,6 +229,10 @@ class KVEntry:
     modify_index: int = 0
 
 
+def _b64(value: bytes | None) -> str | None:
+    return None if value is None else base64.b64encode(value).decode()
+
+
 def worst_status(checks: Iterable[Check]) -> str:
     return max((c.status for c in checks), key=_SEVERITY.__getitem__, default=PASSING)
 
@@ -235,6 +254,8 @@ class Store:
         self._touched: set[str] = set()
         self._touched_keys: set[str] = set()
         self.closing = False
+        #: Called after every commit that changed something (``--data-dir`` saves then).
+        self.on_commit: Callable[[], None] | None = None
 
     # -- indexes and wake-ups ------------------------------------------------------------
 
@@ -261,6 +282,47 @@ class Store:
                     event.set()
         self._touched.clear()
         self._touched_keys.clear()
+        if self.on_commit is not None:
+            self.on_commit()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every table and index as JSON-able data (``--data-dir``)."""
+        return {
+            "index": self.index,
+            "topics": dict(self._topic_index),
+            "nodes": [asdict(node) for node in self.nodes.values()],
+            "services": [
+                asdict(s) for services in self.services.values() for s in services.values()
+            ],
+            "checks": [
+                {k: v for k, v in asdict(c).items() if k != "critical_since"}
+                for c in self.all_checks()
+            ],
+            "kv": [asdict(entry) | {"value": _b64(entry.value)} for entry in self.kv.values()],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace every table with a ``snapshot``'s (before serving: wakes nobody)."""
+        self.nodes, self.services, self.checks, self.by_name, self.kv = {}, {}, {}, {}, {}
+        for raw in data["nodes"]:
+            node = Node(**raw)
+            self.nodes[node.name] = node
+            self.services[node.name], self.checks[node.name] = {}, {}
+        for raw in data["services"]:
+            service = Service(**raw)
+            self.services[service.node][service.id] = service
+            self.by_name.setdefault(service.name, {})[(service.node, service.id)] = service
+        for raw in data["checks"]:
+            check = Check(**raw)
+            # A check critical before the restart counts from now (a monotonic clock).
+            check.critical_since = time.monotonic() if check.status == CRITICAL else None
+            self.checks[check.node][check.check_id] = check
+        for raw in data["kv"]:
+            value = raw["value"]
+            entry = KVEntry(**(raw | {"value": None if value is None else base64.b64decode(value)}))
+            self.kv[entry.key] = entry
+        self.index = int(data["index"])
+        self._topic_index = {str(k): int(v) for k, v in data["topics"].items()}
 
     def topic_index(self, *topics: str) -> int:
         return max((self._topic_index.get(t, 0) for t in topics), default=0)

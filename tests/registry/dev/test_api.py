@@ -761,3 +761,23 @@ def test_a_catalog_checks_definition_is_typed_not_storedraw(
         'Request decode failed: time: invalid duration "soon"',
     )
     assert client.catalog.node("ext2")[1] is None
+
+
+def test_agent_adds_consuls_default_tagged_addresses(client: Any) -> None:
+    """Consul's agent (addServiceInternal) tags an IP-addressed service lan_ipv4/wan_ipv4
+    (or _ipv6), keeping any given; the catalog shows them as ServiceTaggedAddresses."""
+    given = {"lan": {"address": "10.0.0.1", "port": 81}}
+    client.agent.service.register("web", address="10.0.0.1", port=80, tagged_addresses=given)
+    client.agent.service.register("v6", address="::1", port=80)
+    client.agent.service.register("named", address="web.local", port=80)
+    services = client.agent.services()
+    own = {"Address": "10.0.0.1", "Port": 80}
+    assert services["web"]["TaggedAddresses"] == {
+        "lan": {"Address": "10.0.0.1", "Port": 81},
+        "lan_ipv4": own,
+        "wan_ipv4": own,
+    }
+    assert set(services["v6"]["TaggedAddresses"]) == {"lan_ipv6", "wan_ipv6"}
+    assert "TaggedAddresses" not in services["named"]
+    (entry,) = client.catalog.service("web")[1]
+    assert entry["ServiceTaggedAddresses"] == services["web"]["TaggedAddresses"]

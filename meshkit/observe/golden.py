@@ -11,9 +11,9 @@ Prometheus' ``histogram_quantile`` does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +23,8 @@ CLIENT_METRIC = "http_client_request_duration_seconds"
 _STATUS_LABELS = ("http_response_status_code", "status_code", "status", "code")
 _ERROR_LABEL = "error_type"
 Side = Literal["server", "client"]
+#: What histograms are kept per: an ``Edge``, or a finer key (``meshkit.observe.scrape.Flow``).
+K = TypeVar("K")
 
 
 @dataclass(frozen=True, order=True)
@@ -83,7 +85,7 @@ class Histogram:
         return lower
 
 
-def _is_error(labels: Mapping[str, str]) -> bool:
+def is_error(labels: Mapping[str, str]) -> bool:
     if labels.get(_ERROR_LABEL):
         return True
     for name in _STATUS_LABELS:
@@ -93,10 +95,42 @@ def _is_error(labels: Mapping[str, str]) -> bool:
     return False
 
 
-def _edge(labels: Mapping[str, str], service: str, side: Side) -> Edge:
+@dataclass(frozen=True, order=True, slots=True)
+class Flow:
+    """Requests of one kind: who called whom, how (method), and which route ("" when the
+    caller counted it: the caller knows no route template)."""
+
+    source: str
+    destination: str
+    method: str = ""
+    route: str = ""
+
+    @property
+    def edge(self) -> Edge:
+        return Edge(self.source, self.destination)
+
+
+def flow_of(labels: Mapping[str, str], service: str, side: Side) -> Flow:
+    """The flow a sample of ``service``'s server (or client) histogram counts."""
+    method = labels.get("http_request_method", "")
     if side == "server":
-        return Edge(labels.get("source_service") or "unknown", service)
-    return Edge(service, labels.get("destination_service") or "unknown")
+        source = labels.get("source_service") or "unknown"
+        return Flow(source, service, method, labels.get("http_route", ""))
+    return Flow(service, labels.get("destination_service") or "unknown", method)
+
+
+def add_sample(
+    flows: dict[K, Histogram], key: K, name: str, labels: Mapping[str, str], value: float
+) -> None:
+    """Count one ``_bucket`` or ``_count`` sample (``name``) of a histogram into ``key``'s."""
+    histogram = flows.setdefault(key, Histogram())
+    if name.endswith("_bucket"):
+        bound = float(labels["le"])
+        histogram.buckets[bound] = histogram.buckets.get(bound, 0.0) + value
+    elif name.endswith("_count"):
+        histogram.count += value
+        if is_error(labels):
+            histogram.errors += value
 
 
 def parse_edges(text: str, *, service: str, side: Side = "server") -> dict[Edge, Histogram]:
@@ -107,27 +141,20 @@ def parse_edges(text: str, *, service: str, side: Side = "server") -> dict[Edge,
         if family.name != metric:
             continue
         for sample in family.samples:
-            edge = _edge(sample.labels, service, side)
-            histogram = edges.setdefault(edge, Histogram())
-            if sample.name == f"{metric}_bucket":
-                bound = float(sample.labels["le"])
-                histogram.buckets[bound] = histogram.buckets.get(bound, 0.0) + sample.value
-            elif sample.name == f"{metric}_count":
-                histogram.count += sample.value
-                if _is_error(sample.labels):
-                    histogram.errors += sample.value
+            edge = flow_of(sample.labels, service, side).edge
+            add_sample(edges, edge, sample.name, sample.labels, sample.value)
     return edges
 
 
-def merge(*snapshots: Mapping[Edge, Histogram]) -> dict[Edge, Histogram]:
-    merged: dict[Edge, Histogram] = {}
+def merge(*snapshots: Mapping[K, Histogram]) -> dict[K, Histogram]:
+    merged: dict[K, Histogram] = {}
     for snapshot in snapshots:
         for edge, histogram in snapshot.items():
             merged[edge] = merged.get(edge, Histogram()) + histogram
     return merged
 
 
-class Scoreboard:
+class Scoreboard(Generic[K]):
     """Scrapes of many instances over time: what each tick added, and the running total.
 
     An instance that disappears (killed) keeps what it counted before; one that is
@@ -135,12 +162,12 @@ class Scoreboard:
     """
 
     def __init__(self) -> None:
-        self._last: dict[str, dict[Edge, Histogram]] = {}
-        self.total: dict[Edge, Histogram] = {}
+        self._last: dict[str, dict[K, Histogram]] = {}
+        self.total: dict[K, Histogram] = {}
 
-    def update(self, scrapes: Mapping[str, Mapping[Edge, Histogram]]) -> dict[Edge, Histogram]:
+    def update(self, scrapes: Mapping[str, Mapping[K, Histogram]]) -> dict[K, Histogram]:
         """Record one round of scrapes (instance name -> edges); return its increments."""
-        window: dict[Edge, Histogram] = {}
+        window: dict[K, Histogram] = {}
         for instance, edges in scrapes.items():
             previous = self._last.get(instance, {})
             delta = {e: h - previous.get(e, Histogram()) for e, h in edges.items()}
@@ -149,29 +176,43 @@ class Scoreboard:
         self.total = merge(self.total, window)
         return window
 
+    def retain(self, instances: Collection[str]) -> None:
+        """Forget the last scrape of every instance not in ``instances`` (gone from the
+        registry): a long-running observer of a changing mesh holds only current ones."""
+        for instance in self._last.keys() - set(instances):
+            del self._last[instance]
+
 
 @dataclass(frozen=True)
-class EdgeStats:
-    edge: Edge
+class Golden:
+    """The golden signals of one histogram's window: volume, rate, success, latency."""
+
     requests: float
     rate: float
     success: float | None
     p50: float | None
     p99: float | None
 
+    @classmethod
+    def of(cls, histogram: Histogram, seconds: float) -> Golden:
+        return cls(
+            requests=histogram.count,
+            rate=histogram.count / seconds if seconds > 0 else 0.0,
+            success=histogram.success,
+            p50=histogram.quantile(0.5),
+            p99=histogram.quantile(0.99),
+        )
+
+
+@dataclass(frozen=True)
+class EdgeStats(Golden):
+    edge: Edge
+
 
 def edge_stats(window: Mapping[Edge, Histogram], seconds: float) -> list[EdgeStats]:
     """Golden metrics of each edge over a window of ``seconds``, sorted by edge."""
     return [
-        EdgeStats(
-            edge=edge,
-            requests=h.count,
-            rate=h.count / seconds if seconds > 0 else 0.0,
-            success=h.success,
-            p50=h.quantile(0.5),
-            p99=h.quantile(0.99),
-        )
-        for edge, h in sorted(window.items())
+        EdgeStats(edge=edge, **vars(Golden.of(h, seconds))) for edge, h in sorted(window.items())
     ]
 
 

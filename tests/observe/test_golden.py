@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from meshkit.demo.golden import (
+from meshkit.observe.golden import (
     CLIENT_METRIC,
     SERVER_METRIC,
     Edge,
@@ -14,7 +14,7 @@ from meshkit.demo.golden import (
     format_table,
     parse_edges,
 )
-from meshkit.demo.golden import Histogram as EdgeHistogram
+from meshkit.observe.golden import Histogram as EdgeHistogram
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -98,6 +98,20 @@ def test_the_scoreboard_keeps_what_a_killed_instance_counted() -> None:
     window = board.update({"cart-1": parse_edges(first.text(), service="cart")})
     assert window[Edge("web", "cart")].count == 4
     assert board.total[Edge("web", "cart")].count == 19
+
+
+def test_a_retained_scoreboard_forgets_instances_gone_from_the_registry() -> None:
+    cart = Instance()
+    cart.serve("web", 200, 0.01, times=3)
+    board: Scoreboard[Edge] = Scoreboard()
+    board.update({"cart-1": parse_edges(cart.text(), service="cart")})
+    board.retain({"cart-2"})
+    # Forgotten: were it to come back, all it counted would be new again.
+    window = board.update({"cart-1": parse_edges(cart.text(), service="cart")})
+    assert window[Edge("web", "cart")].count == 3
+    board.retain({"cart-1"})  # still registered: kept, so nothing new is counted
+    window = board.update({"cart-1": parse_edges(cart.text(), service="cart")})
+    assert window[Edge("web", "cart")].count == 0
 
 
 def test_a_counter_reset_counts_as_new_requests() -> None:
