@@ -32,8 +32,8 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument(
         "--canary",
         action="store_true",
-        help="roll inventory 2.0.0 out (10%%, 50%%, 100%%) with Consul's splitter entries, "
-        "then roll a failing 2.0.1 back; shows traffic and success per version",
+        help="roll inventory 2.0.0 out to 10, 50, then 100 percent with Consul's splitter "
+        "entries, then roll a failing 2.0.1 back; shows traffic and success per version",
     )
     demo.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
     demo.set_defaults(handler=_demo_command)
