@@ -472,31 +472,43 @@ def _one_test(at: str, match: dict[str, Any], tests: tuple[str, ...]) -> None:
 _ADVANCED_PROTOCOLS = frozenset({"http", "http2", "grpc"})
 
 
-def check_protocol(entries: ConfigEntries, body: dict[str, Any]) -> None:
-    """A splitter or router is advanced routing: Consul refuses it for a service whose
-    protocol (service-defaults, else proxy-defaults' ``Config.protocol``, else tcp) is
-    not HTTP-based, when it compiles the discovery chain on the write."""
-    name = body["Name"]
-    protocol = _protocol(entries, name)
-    if protocol not in _ADVANCED_PROTOCOLS:
-        raise ConfigEntryInvalid(
-            f'discovery chain "{name}" uses a protocol "{protocol}" that does not permit '
-            "advanced routing or splitting behavior"
-        )
+_ROUTING_KINDS = ("service-splitter", "service-router")
 
 
-def _protocol(entries: ConfigEntries, service: str) -> str:
-    defaults = entries.get("service-defaults", service)
-    if defaults is not None and defaults.body.get("Protocol"):
-        return str(defaults.body["Protocol"]).lower()
-    proxy = entries.get("proxy-defaults", "global")
-    config = (proxy.body.get("Config") or {}) if proxy is not None else {}
+def check_chains(entries: ConfigEntries, kind: str, name: str, body: dict[str, Any] | None) -> None:
+    """A splitter or router is advanced routing: Consul refuses any change (a splitter or
+    router written; a service-defaults or proxy-defaults written or deleted) that leaves
+    one on a service whose protocol (service-defaults, else proxy-defaults'
+    ``Config.protocol``, else tcp) is not HTTP-based, when it compiles the chains."""
+
+    def after(of_kind: str, of_name: str) -> dict[str, Any] | None:
+        if (of_kind, of_name) == (kind, name):
+            return body
+        stored = entries.get(of_kind, of_name)
+        return None if stored is None else stored.body
+
+    names = {entry.name for k in _ROUTING_KINDS for entry in entries.of_kind(k)} | {name}
+    for service in sorted(names):
+        if not any(after(k, service) is not None for k in _ROUTING_KINDS):
+            continue
+        protocol = _protocol(after("service-defaults", service), after("proxy-defaults", "global"))
+        if protocol not in _ADVANCED_PROTOCOLS:
+            raise ConfigEntryInvalid(
+                f'discovery chain "{service}" uses a protocol "{protocol}" that does not '
+                "permit advanced routing or splitting behavior"
+            )
+
+
+def _protocol(defaults: dict[str, Any] | None, proxy: dict[str, Any] | None) -> str:
+    if defaults is not None and defaults.get("Protocol"):
+        return str(defaults["Protocol"]).lower()
+    config = (proxy or {}).get("Config") or {}
     protocol = config.get("protocol") if isinstance(config, dict) else None
     return str(protocol).lower() if protocol else "tcp"
 
 
 SERVICE_RESOLVER = ConfigKind("service-resolver", RESOLVER, normalize_resolver)
 SERVICE_SPLITTER = ConfigKind(
-    "service-splitter", SPLITTER, normalize_splitter, check_graph=check_protocol
+    "service-splitter", SPLITTER, normalize_splitter, check_graph=check_chains
 )
-SERVICE_ROUTER = ConfigKind("service-router", ROUTER, normalize_router, check_graph=check_protocol)
+SERVICE_ROUTER = ConfigKind("service-router", ROUTER, normalize_router, check_graph=check_chains)

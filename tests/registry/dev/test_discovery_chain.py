@@ -37,6 +37,16 @@ def test_splitting_and_routing_need_an_http_protocol(client: Any) -> None:
     assert client.config.set("service-resolver", "inventory", {})  # subsets work on L4
     client.config.set("proxy-defaults", "global", {"Config": {"protocol": "http"}})
     assert client.config.set("service-splitter", "inventory", splits)
+    # Nor may a protocol change leave the splitter on tcp: written or deleted.
+    with pytest.raises(consul.exceptions.BadRequest, match=_literal(text)):
+        client.config.set("service-defaults", "inventory", {"Protocol": "tcp"})
+    with pytest.raises(consul.exceptions.BadRequest, match=_literal(text)):
+        client.config.delete("proxy-defaults", "global")
+    assert client.config.get("proxy-defaults", "global") is not None
+    assert client.config.set("service-defaults", "inventory", {"Protocol": "grpc"})
+    assert client.config.delete("proxy-defaults", "global")  # service-defaults decides now
+    client.config.delete("service-splitter", "inventory")
+    assert client.config.set("service-defaults", "inventory", {"Protocol": "tcp"})
 
 
 def test_resolver_round_trip(client: Any) -> None:
