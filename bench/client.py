@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import aiohttp
 import httpx
 import uvloop
 
+from bench._mtls import StaticSource, mtls_server
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import MeshClientFactory
 from meshkit.registry.base import Endpoint
@@ -48,24 +49,7 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def serve(directory: Path) -> None:
     """The server subprocess: mTLS uvicorn on an ephemeral port, printed on stdout."""
-    import uvicorn
-
-    material = TLSMaterial.from_files(
-        directory / "payments.pem", directory / "payments-key.pem", directory / "bundle.pem"
-    )
-    tls = TLSContexts(material)
-    config = uvicorn.Config(
-        _app,
-        host="127.0.0.1",
-        port=0,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        ssl_context_factory=lambda _config, _default: tls.listening_context,
-    )
-    server = uvicorn.Server(config)
+    server = mtls_server(_app, directory)
 
     async def run() -> None:
         task = asyncio.ensure_future(server.serve())
@@ -75,19 +59,6 @@ def serve(directory: Path) -> None:
         await task
 
     uvloop.run(run())
-
-
-class _Source:
-    generation = 0
-
-    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
-        self._endpoints = endpoints
-
-    def endpoints(self, service: str) -> Sequence[Endpoint] | None:
-        return self._endpoints
-
-    async def prime(self, service: str) -> Sequence[Endpoint]:
-        return self._endpoints
 
 
 async def measure(send: Send, concurrency: int, requests: int) -> dict[str, float]:
@@ -138,7 +109,9 @@ async def bench_httpx(url: str, material: TLSMaterial, concurrency: int, request
 
 async def bench_meshkit(port: int, material: TLSMaterial, concurrency: int, requests: int) -> Any:
     # Two registry entries for the one server, so every call runs a real P2C pick.
-    source = _Source([Endpoint(f"payments-{n}", "payments", "127.0.0.1", port) for n in (1, 2)])
+    source = StaticSource(
+        [Endpoint(f"payments-{n}", "payments", "127.0.0.1", port) for n in (1, 2)]
+    )
     factory = MeshClientFactory(source, TLSContexts(material), MeshSettings(service="web"))
     payments = factory.client("payments")
 

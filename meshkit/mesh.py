@@ -66,6 +66,7 @@ from meshkit.policy.idempotency import configured_store
 from meshkit.policy.intentions import Intentions
 from meshkit.registry import ConsulRegistry, InstanceRegistration, ServiceRegistration, WatchedCache
 from meshkit.registry.connect import ConsulIdentity, identity_source
+from meshkit.registry.routing_watch import WatchedRouting
 from meshkit.serving.connections import TLSMode
 from meshkit.serving.server import serve
 from meshkit.settings import MeshSettings
@@ -262,6 +263,8 @@ class MeshRuntime:
         cache = await stack.enter_async_context(WatchedCache(registry))
         self.metrics.watch_cache(cache)
         if self.tls is not None:
+            routing = WatchedRouting(registry)  # Consul's resolver/splitter/router entries
+            tg.start_soon(routing.run)
             self.clients = MeshClientFactory(
                 cache,
                 self.tls,
@@ -269,6 +272,7 @@ class MeshRuntime:
                 policy=self.client_policy,
                 policies=self.client_policies,
                 hooks=self.client_hooks(),
+                routing=routing,
             )
             self.registration = ServiceRegistration(registry, self.instance())
             tg.start_soon(self.registration.run)

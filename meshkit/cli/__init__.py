@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "meshkit.cli.ca",
     "meshkit.cli.registry",
     "meshkit.cli.policy",
+    "meshkit.cli.config",
     "meshkit.cli.new",
     "meshkit.cli.demo",
     "meshkit.cli.observe",

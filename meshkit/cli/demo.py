@@ -42,6 +42,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument(
         "--no-kill", dest="kill", action="store_false", help="do not kill an instance"
     )
+    demo.add_argument(
+        "--canary",
+        action="store_true",
+        help="roll inventory 2.0.0 out to 10, 50, then 100 percent with Consul's splitter "
+        "entries, then roll a failing 2.0.1 back; shows traffic and success per version",
+    )
     demo.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
     demo.add_argument(
         "--consul-native",
@@ -95,7 +101,9 @@ def check_free(port: int, flag: str) -> None:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    options = DemoOptions(args.duration, args.rate, args.interval, args.kill)
+    options = DemoOptions(
+        args.duration, args.rate, args.interval, args.kill and not args.canary, args.canary
+    )
     display = Display(sys.stdout, interactive=sys.stdout.isatty())
     if not args.consul_native:
         return demo(options, args.dir, display)

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any, cast
 
+import anyio
 from starlette.routing import BaseRoute
 
 from meshkit.errors import ConfigError
@@ -19,6 +20,8 @@ from meshkit.policy.consul_intentions import (
 )
 from meshkit.policy.decorators import policy_manifest
 from meshkit.policy.intentions import Intention, IntentionStore, consul_client
+from meshkit.registry.consul import ConsulRegistry
+from meshkit.registry.routing_watch import routing_by_service
 from meshkit.settings import DefaultPolicy, MeshSettings
 
 
@@ -50,6 +53,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--default-policy",
         choices=("allow-mesh", "deny"),
         help="the mesh default to assume (default: the app's, else MESHKIT_DEFAULT_POLICY)",
+    )
+    export.add_argument(
+        "--routing",
+        action="store_true",
+        help="add the routing in force per destination (Consul's service-router, -splitter "
+        "and -resolver entries, read from CONSUL_HTTP_ADDR)",
     )
     export.set_defaults(handler=_export)
 
@@ -113,6 +122,10 @@ def _list_intentions(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     manifest = manifest_of(args.app, default_policy=args.default_policy)
+    if args.routing:
+        # The registry of the environment (CONSUL_HTTP_ADDR), as the other commands use.
+        registry = ConsulRegistry.from_settings(MeshSettings.from_env())
+        manifest = {**manifest, "routing": anyio.run(routing_by_service, registry)}
     json.dump(manifest, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0

@@ -8,6 +8,9 @@ a slow or overloaded instance loses nearly every draw without being starved of t
 probes that show it recovered. An endpoint failing ``ejection_failures`` times in a
 row is ejected for ``ejection_base`` x its number of ejections (capped), unless that
 would eject more than ``ejection_max_fraction`` of the destination (Envoy's rules).
+An endpoint that asked for a pause (429, or 503 with Retry-After) is busy until then:
+its cost counts ``_BUSY_PENALTY`` times, so it loses nearly every draw against an
+endpoint that is not busy, yet is neither ejected nor starved when all of them are.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import ssl
 from collections.abc import Callable, Sequence
 
 from meshkit.client._errors import NoHealthyInstances
-from meshkit.client._hooks import ClientHooks, EndpointEjected, EndpointReadmitted
+from meshkit.client._hooks import ClientHooks, EndpointBusy, EndpointEjected, EndpointReadmitted
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._pool import EndpointPool
 from meshkit.identity import SpiffeId
@@ -26,6 +29,7 @@ from meshkit.registry.base import Endpoint, EndpointSource
 
 _DECAY = 10.0  # seconds for the latency average to forget (Finagle's default)
 _UNKNOWN_RTT = 0.001  # cost of an endpoint that has not answered yet
+_BUSY_PENALTY = 64.0
 
 
 def _key(endpoint: Endpoint) -> tuple[str, str, int, str | None]:
@@ -37,6 +41,7 @@ class EndpointState:
     """What the balancer knows about one endpoint."""
 
     __slots__ = (
+        "busy_until",
         "ejected_until",
         "ejections",
         "endpoint",
@@ -56,10 +61,14 @@ class EndpointState:
         self.failures = 0  # consecutive
         self.ejections = 0
         self.ejected_until = 0.0
+        self.busy_until = 0.0  # asked for a pause until then (Retry-After)
 
     def cost(self, now: float) -> float:
         rtt = self.ewma * math.exp((self.stamp - now) / _DECAY) if self.ewma else _UNKNOWN_RTT
-        return rtt * (self.outstanding + 1)
+        cost = rtt * (self.outstanding + 1)
+        if self.busy_until > now:
+            cost *= _BUSY_PENALTY
+        return cost
 
     def observe(self, rtt: float, now: float) -> None:
         if rtt > self.ewma:
@@ -186,6 +195,21 @@ class Balancer:
         state.failures += 1
         if state.failures >= self._policy.ejection_failures and not state.ejected_until:
             self._maybe_eject(state, now)
+
+    def record_lost(self, state: EndpointState, rtt: float, now: float) -> None:
+        """An attempt on ``state`` lost a hedge race and was cancelled after ``rtt``:
+        a lower bound of its latency, so a slow endpoint keeps looking slow."""
+        state.outstanding -= 1
+        state.observe(rtt, now)
+
+    def busy(self, state: EndpointState, status: int, duration: float, now: float) -> None:
+        """``state`` asked for a pause of ``duration`` seconds: pick it less until then."""
+        duration = min(duration, self._policy.busy_cap)
+        state.busy_until = max(state.busy_until, now + duration)
+        if self._hooks is not None:
+            self._hooks.on_endpoint_busy(
+                EndpointBusy(self.destination, state.endpoint, status, duration)
+            )
 
     def _maybe_eject(self, state: EndpointState, now: float) -> None:
         limit = int(len(self._states) * self._policy.ejection_max_fraction)

@@ -11,6 +11,7 @@ Anything else takes httpx's full path, through the same transports.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -29,8 +30,11 @@ from meshkit.client._balancer import Balancer
 from meshkit.client._breaker import CircuitBreaker
 from meshkit.client._budget import RetryBudget
 from meshkit.client._errors import MeshCallError
+from meshkit.client._hedging import HedgeTransport
 from meshkit.client._hooks import BreakerChanged, BreakerState, ClientHooks
+from meshkit.client._mirror import MirrorTransport
 from meshkit.client._policy import ClientPolicy
+from meshkit.client._routing import RoutingTransport, SubsetSource
 from meshkit.client._transports import (
     TIMEOUT_EXTENSION,
     BalancerTransport,
@@ -44,6 +48,8 @@ from meshkit.client._transports import (
 from meshkit.errors import ConfigError
 from meshkit.identity import SpiffeId
 from meshkit.registry.base import EndpointSource
+from meshkit.registry.routing import Decision, Target
+from meshkit.registry.routing_watch import RoutingSource
 from meshkit.settings import _NAME as _DNS_LABEL
 from meshkit.settings import MeshSettings
 from meshkit.tls import TLSContexts
@@ -231,7 +237,8 @@ class MeshClientFactory:
     ``source`` finds endpoints, ``tls`` gives the client SSLContext at connect time
     (so rotation applies to new connections), ``settings`` give the trust domain and
     namespace of the SPIFFE IDs expected from servers. ``policies`` override
-    ``policy`` for some destinations.
+    ``policy`` for some destinations. ``routing`` (Consul's discovery-chain entries,
+    watched) routes, splits and resolves calls to subsets and other services.
     """
 
     def __init__(
@@ -243,8 +250,11 @@ class MeshClientFactory:
         policy: ClientPolicy | None = None,
         policies: Mapping[str, ClientPolicy] | None = None,
         hooks: ClientHooks | None = None,
+        routing: RoutingSource | None = None,
     ) -> None:
         self._source = source
+        self._routing = routing
+        self._targets: dict[tuple[Target, ClientPolicy], AsyncBaseTransport] = {}
         self._tls = tls
         self._settings = settings
         self._policy = policy or ClientPolicy()
@@ -252,6 +262,8 @@ class MeshClientFactory:
         self._hooks = hooks
         self._clients: dict[str, MeshClient] = {}
         self._balancers: list[Balancer] = []
+        self._mirrors: list[MirrorTransport] = []
+        self._hedgers: list[HedgeTransport] = []
         self._passthrough = PassthroughTransport(policy=self._policy, hooks=hooks)
 
     def client(self, service: str) -> MeshClient:
@@ -265,12 +277,51 @@ class MeshClientFactory:
         return self._tls.client
 
     def _stack(self, service: str) -> AsyncBaseTransport:
+        """The destination's transports: mirroring, the discovery chain when there is
+        a routing source, then its own stack."""
         policy = self._policies.get(service, self._policy)
+        name, _ = expected_identity(service, self._settings)
+        stack = self._attempts(service, policy, self._source)
+        if self._routing is not None:
+            stack = RoutingTransport(
+                name,
+                stack,
+                routing=self._routing,
+                target_stack=self._target_stack,
+                host_of=functools.partial(_destination_of, service),
+            )
+        mirror = policy.mirror_to
+        if mirror is None or policy.mirror_fraction <= 0:
+            return stack
+        if mirror == service and policy.mirror_subset is None:
+            return stack  # the mirror's own client, under a shared policy, copies nothing
+        return self._mirrored(service, stack, policy, mirror)
+
+    def _target_stack(
+        self, destination: str, target: Target, decision: Decision
+    ) -> AsyncBaseTransport:
+        """The stack of one routed target (a subset, another service; ``destination``
+        names its service as the client does), made on first use for each distinct
+        policy the chain gives it, then kept."""
+        assert self._routing is not None
+        policy = _routed_policy(self._policies.get(destination, self._policy), decision)
+        key = (target, policy)
+        stack = self._targets.get(key)
+        if stack is None:
+            source = SubsetSource(self._source, self._routing, target)
+            stack = self._targets[key] = self._attempts(destination, policy, source)
+        return stack
+
+    def _attempts(
+        self, service: str, policy: ClientPolicy, source: EndpointSource
+    ) -> AsyncBaseTransport:
+        """Deadline, limits, breaker, retries, hedging, balancing and the pool for the
+        calls to ``service``'s endpoints that ``source`` lists."""
         hooks = self._hooks
         name, expected = expected_identity(service, self._settings)
         balancer = Balancer(
             service,
-            self._source,
+            source,
             service=name,
             policy=policy,
             ssl_context=self._client_context,
@@ -291,9 +342,15 @@ class MeshClientFactory:
             on_change=_breaker_reporter(service, hooks),
         )
         pooled = PoolTransport(policy.per_try_timeout)
-        balanced = BalancerTransport(pooled, balancer, hooks)
+        attempt: AsyncBaseTransport = BalancerTransport(pooled, balancer, hooks)
+        if policy.hedging:
+            hedged = HedgeTransport(
+                service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
+            )
+            self._hedgers.append(hedged)
+            attempt = hedged
         retried = RetryTransport(
-            service, balanced, balancer=balancer, budget=budget, policy=policy, hooks=hooks
+            service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
         )
         broken = BreakerTransport(service, retried, breaker)
         limited = LimitTransport(service, broken, policy)
@@ -301,13 +358,70 @@ class MeshClientFactory:
             service, limited, passthrough=self._passthrough, policy=policy, hooks=hooks
         )
 
+    def _mirrored(
+        self, service: str, inner: AsyncBaseTransport, policy: ClientPolicy, mirror: str
+    ) -> MirrorTransport:
+        name, _ = expected_identity(mirror, self._settings)  # a bad name fails now
+        subset = policy.mirror_subset
+        if subset is not None and self._routing is None:
+            raise ConfigError(f"{service}: mirror_subset needs routing (the resolver's subsets)")
+
+        def mirror_transport() -> AsyncBaseTransport:
+            # Built on first copy, after this client exists: no recursion between two
+            # destinations that mirror to each other. A subset's stack copies nothing.
+            if subset is None:
+                return self.client(mirror)._mesh_transport
+            target = Target(name, subset)
+            return self._target_stack(mirror, target, Decision(target))
+
+        mirrored = MirrorTransport(
+            service,
+            inner,
+            mirror=mirror,
+            mirror_transport=mirror_transport,
+            fraction=policy.mirror_fraction,
+            max_in_flight=policy.mirror_max_in_flight,
+            hooks=self._hooks,
+        )
+        self._mirrors.append(mirrored)
+        return mirrored
+
     async def aclose(self) -> None:
         """Close every connection of every client; the clients are unusable after."""
+        for mirror in self._mirrors:
+            mirror.close()
+        for hedger in self._hedgers:
+            hedger.close()
         for balancer in self._balancers:
             balancer.close()
         self._passthrough.close()
         self._clients.clear()
+        self._targets.clear()
         self._balancers.clear()
+        self._mirrors.clear()
+        self._hedgers.clear()
+
+
+def _destination_of(destination: str, service: str) -> str:
+    """How the client names ``service`` of the namespace ``destination`` is in (a bare
+    service name is in the caller's namespace, which a bare name keeps)."""
+    _, dot, namespace = destination.partition(".")
+    return f"{service}.{namespace}" if dot else service
+
+
+def _routed_policy(policy: ClientPolicy, decision: Decision) -> ClientPolicy:
+    """The destination's policy with what the chain sets: the resolver's connect timeout
+    and the route's retries (NumRetries, the status codes to retry on)."""
+    changes: dict[str, Any] = {}
+    if decision.connect_timeout is not None:
+        changes["connect_timeout"] = decision.connect_timeout
+    retries = decision.retries
+    if retries is not None:
+        if retries.num_retries:
+            changes["max_attempts"] = retries.num_retries + 1
+        if retries.on_status:
+            changes["retry_status"] = retries.on_status
+    return policy.replace(**changes) if changes else policy
 
 
 def _breaker_reporter(service: str, hooks: ClientHooks | None) -> Any:

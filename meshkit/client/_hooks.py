@@ -95,6 +95,31 @@ class BreakerChanged:
     new: BreakerState
 
 
+@dataclass(frozen=True, slots=True)
+class HedgeStarted:
+    destination: str
+    method: str
+    delay: float  # how long the first attempt had gone unanswered
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointBusy:
+    destination: str
+    endpoint: Endpoint
+    status: int  # 429, or 503 with a Retry-After
+    duration: float  # seconds the endpoint is chosen less
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorEnded:
+    destination: str  # the call's destination
+    mirror: str  # where the copy went
+    method: str
+    status: int | None  # None when the copy failed or was dropped
+    dropped: bool  # too many copies in flight: not sent
+    error: BaseException | None
+
+
 class ClientHooks(Protocol):
     """What the mesh client reports. Called on the request path: keep them cheap, and
     never raise (an exception from a hook fails the call it reports on)."""
@@ -108,6 +133,9 @@ class ClientHooks(Protocol):
     def on_endpoint_ejected(self, event: EndpointEjected) -> None: ...
     def on_endpoint_readmitted(self, event: EndpointReadmitted) -> None: ...
     def on_breaker_changed(self, event: BreakerChanged) -> None: ...
+    def on_hedge_started(self, event: HedgeStarted) -> None: ...
+    def on_endpoint_busy(self, event: EndpointBusy) -> None: ...
+    def on_mirror_ended(self, event: MirrorEnded) -> None: ...
 
 
 class BaseClientHooks:
@@ -138,4 +166,13 @@ class BaseClientHooks:
         pass
 
     def on_breaker_changed(self, event: BreakerChanged) -> None:
+        pass
+
+    def on_hedge_started(self, event: HedgeStarted) -> None:
+        pass
+
+    def on_endpoint_busy(self, event: EndpointBusy) -> None:
+        pass
+
+    def on_mirror_ended(self, event: MirrorEnded) -> None:
         pass

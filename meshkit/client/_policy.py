@@ -22,6 +22,8 @@ class ClientPolicy:
     backoff_base: float = 0.025  # exponential backoff with full jitter
     backoff_cap: float = 1.0
     max_retry_after: float = 5.0  # a longer Retry-After is not waited for
+    # Answers retried (when the method is safe to repeat); a route's RetryOnStatusCodes.
+    retry_status: frozenset[int] = frozenset({502, 503, 504})
     budget_ratio: float = 0.2  # retries <= 20% of requests ...
     budget_min_per_second: float = 10.0  # ... + 10 per second
     budget_ttl: float = 10.0  # over this window
@@ -38,18 +40,42 @@ class ClientPolicy:
     max_connections: int = 64  # per endpoint
     connect_timeout: float = 2.0
     idle_timeout: float = 4.0  # under uvicorn's 5 s keep-alive, so we close first
+    # Hedging (Finagle's backup requests), for idempotent calls only: when the first
+    # attempt has not answered after ``hedge_delay`` seconds, or else after the
+    # ``hedge_percentile`` of the destination's recent attempt latencies, a second
+    # attempt goes to another endpoint. Both None: no hedging.
+    hedge_percentile: float | None = None
+    hedge_delay: float | None = None
+    hedge_min_delay: float = 0.001  # never hedge sooner, whatever the percentile says
+    hedge_cancel_loser: bool = False  # abort the slower attempt's connection (else it finishes)
+    busy_cap: float = 30.0  # the longest Retry-After that makes an endpoint less chosen
+    # Mirroring: this share of the calls is copied to ``mirror_to`` (a destination), or
+    # to its ``mirror_subset`` (a service-resolver subset: the destination's own v2, say),
+    # fire-and-forget; at most ``mirror_max_in_flight`` copies at once, the rest dropped.
+    mirror_to: str | None = None
+    mirror_subset: str | None = None
+    mirror_fraction: float = 0.0
+    mirror_max_in_flight: int = 64
 
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
-            if value is not None and value < 0:
+            if isinstance(value, int | float) and value < 0:
                 raise ConfigError(f"ClientPolicy.{item.name}: must not be negative")
         if self.max_attempts < 1:
             raise ConfigError("ClientPolicy.max_attempts: must be at least 1")
         if not 0 <= self.ejection_max_fraction <= 1:
             raise ConfigError("ClientPolicy.ejection_max_fraction: must be within 0..1")
+        if self.hedge_percentile is not None and not 0 < self.hedge_percentile < 100:
+            raise ConfigError("ClientPolicy.hedge_percentile: must be within 0..100 (exclusive)")
+        if not 0 <= self.mirror_fraction <= 1:
+            raise ConfigError("ClientPolicy.mirror_fraction: must be within 0..1")
         if self.max_connections < 1 or self.max_concurrent < 1:
             raise ConfigError("ClientPolicy: max_connections and max_concurrent must be >= 1")
+
+    @property
+    def hedging(self) -> bool:
+        return self.hedge_delay is not None or self.hedge_percentile is not None
 
     def replace(self, **changes: Any) -> ClientPolicy:
         return replace(self, **changes)

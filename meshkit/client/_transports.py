@@ -59,7 +59,7 @@ CALL_EXTENSION = "meshkit.call"
 #: A per-call timeout in seconds (what ``client.get(..., timeout=)`` becomes).
 TIMEOUT_EXTENSION = "meshkit.timeout"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-RETRYABLE_STATUS = frozenset({502, 503, 504})
+_DEFAULT_BUSY = 1.0  # how long a 429 without Retry-After makes its endpoint less chosen
 _CRLF = b"\r\n"
 _CR, _LF = _CRLF
 _HEAD_CACHE_SIZE = 1024
@@ -79,6 +79,7 @@ class Call:
         "destination",
         "extra_headers",
         "keyed",
+        "lost",
         "pool",
         "prefix",
         "send_deadline",
@@ -99,9 +100,19 @@ class Call:
         # Whether the request carries an Idempotency-Key: found while serializing, which
         # happens before the first attempt sends anything, so before any retry decision.
         self.keyed = False
+        self.lost = False  # cancelled because another (hedged) attempt answered first
+
+    def fork(self) -> Call:
+        """A Call for an attempt running beside this call's own (a hedge): the same
+        deadline, serialized request and tried endpoints; its own pool and headers."""
+        twin = Call(self.destination, self.deadline, send_deadline=self.send_deadline)
+        twin.attempt = self.attempt
+        twin.tried = self.tried  # shared: concurrent attempts pick different endpoints
+        twin.prefix, twin.body, twin.keyed = self.prefix, self.body, self.keyed
+        return twin
 
 
-def _call(request: Request) -> Call:
+def call_of(request: Request) -> Call:
     return request.extensions[CALL_EXTENSION]  # type: ignore[no-any-return]
 
 
@@ -189,7 +200,7 @@ class LimitTransport(AsyncBaseTransport):
         if self._active < self._max_concurrent:
             self._active += 1
         else:
-            await self._wait(_call(request).deadline)
+            await self._wait(call_of(request).deadline)
         try:
             return await self._inner.handle_async_request(request)
         finally:
@@ -254,13 +265,9 @@ class BreakerTransport(AsyncBaseTransport):
         return response
 
 
-class RetryTransport(AsyncBaseTransport):
-    """Repeat a failed attempt when it is safe, within attempts, budget and deadline.
-
-    Safe: an attempt that sent nothing (connect failure, identity refused) is always
-    repeatable on another instance; a 502/503/504 or a failure after sending only for
-    idempotent methods or requests with an ``Idempotency-Key``.
-    """
+class AttemptsLayer(AsyncBaseTransport):
+    """A layer that may make more than one attempt of a call (retries, hedges): it knows
+    the destination's balancer (which endpoints are left), retry budget and policy."""
 
     def __init__(
         self,
@@ -279,8 +286,17 @@ class RetryTransport(AsyncBaseTransport):
         self._policy = policy
         self._hooks = hooks
 
+
+class RetryTransport(AttemptsLayer):
+    """Repeat a failed attempt when it is safe, within attempts, budget and deadline.
+
+    Safe: an attempt that sent nothing (connect failure, identity refused) is always
+    repeatable on another instance; a 502/503/504 or a failure after sending only for
+    idempotent methods or requests with an ``Idempotency-Key``.
+    """
+
     async def handle_async_request(self, request: Request) -> Response:
-        call = _call(request)
+        call = call_of(request)
         self._budget.deposit(deadlines.now())
         safe_method = request.method in IDEMPOTENT_METHODS
         while True:
@@ -296,7 +312,8 @@ class RetryTransport(AsyncBaseTransport):
                         raise
                     raise self._translate(exc, call) from exc
             else:
-                if response.status_code not in RETRYABLE_STATUS or not (safe_method or call.keyed):
+                retryable = response.status_code in self._policy.retry_status
+                if not retryable or not (safe_method or call.keyed):
                     return response
                 delay = self._next_delay(request, call, response, f"status {response.status_code}")
                 if delay is None:
@@ -385,7 +402,7 @@ class BalancerTransport(AsyncBaseTransport):
         self._hooks = hooks
 
     async def handle_async_request(self, request: Request) -> Response:
-        call = _call(request)
+        call = call_of(request)
         balancer = self._balancer
         if balancer.stale:
             await balancer.refresh()
@@ -399,14 +416,32 @@ class BalancerTransport(AsyncBaseTransport):
                 response = await self._inner.handle_async_request(request)
             else:
                 response = await attempt_with_hooks(self._inner, request, call, self._hooks, state)
-            ok = response.status_code < 500
+            status = response.status_code
+            ok = status < 500
+            if status == 429 or status == 503:
+                pause = busy_for(status, response)
+                if pause is not None:
+                    balancer.busy(state, status, pause, deadlines.now())
+                    ok = True  # alive, and asking for less traffic: not a failure to eject on
             return response
         except asyncio.CancelledError:
             ok = None  # the caller gave up: says nothing about the endpoint
             raise
         finally:
             ended = deadlines.now()
-            balancer.record(state, ok, ended - started, ended)
+            if ok is None and call.lost:
+                balancer.record_lost(state, ended - started, ended)
+            else:
+                balancer.record(state, ok, ended - started, ended)
+
+
+def busy_for(status: int, response: Response) -> float | None:
+    """How long an endpoint asked to be spared: its Retry-After; a 429 without one, a
+    second; a 503 without one is a failure, not a request for less traffic."""
+    retry_after = _retry_after(response.headers.get("retry-after"))
+    if retry_after is None and status == 429:
+        return _DEFAULT_BUSY
+    return retry_after
 
 
 async def attempt_with_hooks(
@@ -461,7 +496,7 @@ class PoolTransport(AsyncBaseTransport):
         self._heads: dict[tuple[object, ...], tuple[bytes, bool]] = {}
 
     async def handle_async_request(self, request: Request) -> Response:
-        call = _call(request)
+        call = call_of(request)
         if call.prefix is None:
             call.body = await read_body(request)
             call.prefix, call.keyed = self._head(request, len(call.body))
@@ -591,7 +626,7 @@ class PassthroughTransport(AsyncBaseTransport):
         return pool
 
     async def attempt(self, request: Request) -> Response:
-        call = _call(request)
+        call = call_of(request)
         call.attempt = 1
         call.pool = self.pool_for(request)
         try:

@@ -32,6 +32,19 @@ import anyio
 
 from meshkit.ca.client import CAIdentity
 from meshkit.ca.x509 import LocalAuthority
+from meshkit.demo.canary import (
+    CANARIES,
+    PHASE_SETTLE,
+    PHASES,
+    SERVICE,
+    Phase,
+    RoutingWriter,
+    VersionBoard,
+    canary_env,
+    phase_at,
+    phase_results,
+    version_table,
+)
 from meshkit.demo.traffic import HttpsSender, TrafficStats, drive
 from meshkit.errors import MeshError
 from meshkit.observe.dashboard import LISTENING
@@ -271,28 +284,46 @@ def start_shop(
     """Start every instance of ``shop`` and wait until each answers ``/readyz``."""
     if not (CHECKOUT / "examples" / "shop").is_dir():
         raise MeshError(f"the shop example is not here: {CHECKOUT / 'examples'} (use a checkout)")
-    instances = []
-    for service, count in shop:
-        for number in range(1, count + 1):
-            name = f"{service}-{number}"
-            home = directory / "instances" / name
-            port, admin_port = free_port(), free_port()
-            env = instance_env(
-                service,
-                home,
-                shared_data=directory / "data",
-                mesh_env={**mesh_env, **identities.instance_env(service, home)},
-                port=port,
-                admin_port=admin_port,
-            )
-            target = f"examples.shop.{service}:app"
-            child = supervisor.start(name, meshkit_argv("run", target), env=env)
-            instances.append(Instance(name, service, port, admin_port, child))
+    instances = [
+        start_instance(supervisor, directory, identities, mesh_env, service, f"{service}-{number}")
+        for service, count in shop
+        for number in range(1, count + 1)
+    ]
+    wait_ready(instances, timeout)
+    return instances
+
+
+def start_instance(
+    supervisor: Supervisor,
+    directory: Path,
+    identities: Identities,
+    mesh_env: Mapping[str, str],
+    service: str,
+    name: str,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+) -> Instance:
+    """``meshkit run examples.shop.<service>:app`` as instance ``name`` (not waited for)."""
+    home = directory / "instances" / name
+    port, admin_port = free_port(), free_port()
+    env = instance_env(
+        service,
+        home,
+        shared_data=directory / "data",
+        mesh_env={**mesh_env, **identities.instance_env(service, home)},
+        port=port,
+        admin_port=admin_port,
+    )
+    target = f"examples.shop.{service}:app"
+    child = supervisor.start(name, meshkit_argv("run", target), env={**env, **(extra_env or {})})
+    return Instance(name, service, port, admin_port, child)
+
+
+def wait_ready(instances: list[Instance], timeout: float = 30.0) -> None:
     for instance in instances:
         instance.child.wait_until(
             functools.partial(answers, instance.admin_port, "/readyz"), timeout=timeout
         )
-    return instances
 
 
 def scrape(
@@ -358,6 +389,7 @@ class DemoOptions:
     rate: float = 10.0
     interval: float | None = None
     kill: bool = True
+    canary: bool = False  # inventory 2.0.0 as a canary, then a bad 2.0.1 rolled back
 
 
 MeshFactory = Callable[[Supervisor, Path], tuple[Identities, Mapping[str, str]]]
@@ -404,6 +436,12 @@ def run_demo(
         sidecars.start(supervisor, directory, mesh_env)
     shop = [(service, count) for service, count in SHOP if service not in outside]
     instances = start_shop(supervisor, directory, identities, mesh_env, shop=shop)
+    routing = None
+    if options.canary:
+        display.show("starting inventory canaries: " + ", ".join(c[0] for c in CANARIES) + "...")
+        instances += start_canaries(supervisor, directory, identities, mesh_env)
+        routing = RoutingWriter(mesh_env["CONSUL_HTTP_ADDR"])
+        routing.prepare()
     web = next(i for i in instances if i.service == "web")
     registry_port = int(mesh_env["CONSUL_HTTP_ADDR"].rpartition(":")[2])
     apps = [f"examples.shop.{service}:app" for service, _ in shop]
@@ -418,7 +456,10 @@ def run_demo(
     board: Scoreboard[Edge] = Scoreboard()
     started = time.monotonic()
     try:
-        watch(options, instances, board, stats, events, display, started, outside=outside)
+        if routing is None:
+            watch(options, instances, board, stats, events, display, started, outside=outside)
+        else:
+            watch_canary(options, instances, board, stats, events, display, started, routing)
     finally:
         stop.set()
         for thread in threads:
@@ -460,6 +501,73 @@ def watch(
             display.show(progress(elapsed, options.duration, stats, events) + "\n\n" + table)
             if elapsed >= options.duration:
                 return
+
+
+def start_canaries(
+    supervisor: Supervisor, directory: Path, identities: Identities, mesh_env: Mapping[str, str]
+) -> list[Instance]:
+    canaries = [
+        start_instance(
+            supervisor,
+            directory,
+            identities,
+            mesh_env,
+            SERVICE,
+            name,
+            extra_env=canary_env(version, faults),
+        )
+        for name, version, faults in CANARIES
+    ]
+    wait_ready(canaries)
+    return canaries
+
+
+def watch_canary(
+    options: DemoOptions,
+    instances: list[Instance],
+    board: Scoreboard[Edge],
+    stats: TrafficStats,
+    events: list[str],
+    display: Display,
+    started: float,
+    routing: RoutingWriter,
+) -> None:
+    """The canary's phases, a splitter written at the start of each; per tick, the edges
+    and inventory's traffic per version; at the end, demo-user's success per phase."""
+    interval = options.interval or (2.0 if display.interactive else 5.0)
+    versions = {i.name: "stable" for i in instances if i.service == SERVICE}
+    versions |= {name: version for name, version, _ in CANARIES}
+    by_version = VersionBoard(versions)
+    boundaries: list[tuple[Phase, int, int]] = []
+    end = started + options.duration
+    last = started
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            elapsed = time.monotonic() - started
+            index = phase_at(elapsed, options.duration)
+            if len(boundaries) <= index:
+                phase = PHASES[index]
+                routing.write("service-splitter", phase.splitter())
+                events.append(f"{elapsed:.0f}s: splitter written: {phase.name}")
+                # A phase's calls count from a second after its write: the change reaches
+                # every caller within it, and calls already sent finish where they went.
+                time.sleep(PHASE_SETTLE)
+                boundaries.append((phase, stats.requests, stats.failures))
+            next_phase = started + (index + 1) * options.duration / len(PHASES)
+            time.sleep(
+                max(0.0, min(interval, end - time.monotonic(), next_phase - time.monotonic()))
+            )
+            scrapes = scrape(instances)
+            window, versions_window = board.update(scrapes), by_version.update(scrapes)
+            table = format_table(edge_stats(window, time.monotonic() - last))
+            last = time.monotonic()
+            elapsed = time.monotonic() - started
+            body = table + "\n\n" + version_table(versions_window)
+            display.show(progress(elapsed, options.duration, stats, events) + "\n\n" + body)
+            if elapsed >= options.duration:
+                break
+    events.append("demo-user's success per phase:")
+    events.extend(result.line() for result in phase_results(boundaries, stats))
 
 
 def _kill_victim(instances: list[Instance], events: list[str], elapsed: float) -> None:

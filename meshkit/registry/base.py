@@ -18,6 +18,7 @@ class Endpoint:
     spiffe_id: str | None = None  # from the instance's Meta; what its certificate must hold
     version: str | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
+    tags: Sequence[str] = ()  # what resolver subset filters may test (Service.Tags)
 
 
 @dataclass(frozen=True, slots=True)

@@ -299,6 +299,7 @@ def endpoint_from_entry(entry: Mapping[str, Any]) -> Endpoint:
         spiffe_id=meta.get("spiffe_id"),
         version=_version(service),
         meta=meta,
+        tags=tuple(str(tag) for tag in service.get("Tags") or ()),
     )
 
 

@@ -28,7 +28,10 @@ from meshkit.client import (
     BreakerChanged,
     CallEnded,
     CallStarted,
+    EndpointBusy,
     EndpointEjected,
+    HedgeStarted,
+    MirrorEnded,
     RetryBudgetSpent,
     RetryScheduled,
 )
@@ -96,6 +99,18 @@ class ClientTelemetry(BaseClientHooks):
 
     def on_breaker_changed(self, event: BreakerChanged) -> None:
         self.metrics.set_circuit_state(event.destination, event.new)
+
+    def on_hedge_started(self, event: HedgeStarted) -> None:
+        self.metrics.hedged(event.destination)
+
+    def on_endpoint_busy(self, event: EndpointBusy) -> None:
+        self.metrics.endpoint_busy(event.destination)
+
+    def on_mirror_ended(self, event: MirrorEnded) -> None:
+        outcome = "dropped" if event.dropped else "error"
+        if event.status is not None and event.status < 500:
+            outcome = "ok"
+        self.metrics.mirrored(event.destination, event.mirror, outcome)
 
 
 def _span_name(method: str) -> str:

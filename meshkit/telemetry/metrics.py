@@ -20,6 +20,11 @@ Mesh internals
     meshkit_retries_total                 counter    destination_service
     meshkit_retry_budget_exhausted_total  counter    destination_service
     meshkit_endpoint_ejections_total      counter    destination_service
+    meshkit_hedges_total                  counter    destination_service: hedged attempts
+    meshkit_endpoint_busy_total           counter    destination_service: 429 or 503 with
+                                                     Retry-After that made an endpoint less chosen
+    meshkit_mirrored_requests_total       counter    destination_service, mirror_service,
+                                                     outcome (ok, error, dropped)
     meshkit_circuit_state                 gauge      destination_service (0 closed,
                                                      1 half-open, 2 open): every destination
                                                      the client has watched, 0 until it trips
@@ -257,6 +262,30 @@ class MeshMetrics:
                 registry=self.registry,
             )
         )
+        self._hedges = LabelCache(
+            Counter(
+                "meshkit_hedges",
+                "Hedged attempts: a second attempt sent while the first was slow.",
+                destination,
+                registry=self.registry,
+            )
+        )
+        self._busy = LabelCache(
+            Counter(
+                "meshkit_endpoint_busy",
+                "Answers (429, 503 with Retry-After) that made an endpoint less chosen.",
+                destination,
+                registry=self.registry,
+            )
+        )
+        self._mirrored = LabelCache(
+            Counter(
+                "meshkit_mirrored_requests",
+                "Copies of calls sent to a mirror, by outcome (ok, error, dropped).",
+                [*destination, "mirror_service", "outcome"],
+                registry=self.registry,
+            )
+        )
         self._circuits = _CircuitCollector()
         self.registry.register(self._circuits)
         self._connections_refused = LabelCache(
@@ -342,6 +371,16 @@ class MeshMetrics:
 
     def endpoint_ejected(self, destination: str) -> None:
         self._ejections.get(destination).inc()
+
+    def hedged(self, destination: str) -> None:
+        self._hedges.get(destination).inc()
+
+    def endpoint_busy(self, destination: str) -> None:
+        self._busy.get(destination).inc()
+
+    def mirrored(self, destination: str, mirror: str, outcome: str) -> None:
+        """``outcome``: ``ok`` (any HTTP answer below 500), ``error`` or ``dropped``."""
+        self._mirrored.get(destination, mirror, outcome).inc()
 
     def connection_refused(self, reason: str) -> None:
         """A connection refused before any request: a failed TLS handshake (``reason``

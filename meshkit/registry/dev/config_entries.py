@@ -77,6 +77,10 @@ class ConfigKind:
     struct: Struct
     normalize: Normalize
     namespaced: bool = False  # whether ?ns= and a Namespace field scope its entries
+    # Consul's graph validation of a change against the other entries (the discovery
+    # chain's protocol checks): (entries, kind, name, the new body or None for a delete);
+    # raises ConfigEntryInvalid with Consul's text.
+    check_graph: Callable[[ConfigEntries, str, str, dict[str, Any] | None], None] | None = None
 
 
 @dataclass
@@ -233,6 +237,18 @@ def _ignored_key(key: str) -> bool:
     return key in ("Kind", "kind", "CreateIndex", "ModifyIndex")
 
 
+def _check_graph(
+    entries: ConfigEntries, kind: ConfigKind, name: str, body: dict[str, Any] | None
+) -> None:
+    """The kind's graph validation of a write (``body``) or delete (None), if it has one."""
+    if kind.check_graph is None:
+        return
+    try:
+        kind.check_graph(entries, kind.name, name, body)
+    except ConfigEntryInvalid as exc:
+        raise rpc_error(str(exc)) from None
+
+
 def _cas(request: Request) -> int | None:
     raw = request.param("cas")
     if not raw:
@@ -259,6 +275,8 @@ class ConfigEndpoints:
     async def apply(self, request: Request) -> Response:
         self.app._check_datacenter(request.param("dc"))
         body = decode_entry(await self.app._json(request), self.entries, request.param("ns"))
+        kind = self.entries.kinds[body["Kind"]]
+        _check_graph(self.entries, kind, body["Name"], body)
         return json_response(self.entries.apply(body, _cas(request)))
 
     async def read(self, request: Request) -> Response:
@@ -298,6 +316,9 @@ class ConfigEndpoints:
         self.entries.check_known(kind)
         namespace = request.param("ns") or DEFAULT_NAMESPACE
         cas = _cas(request)
+        known = self.entries.kinds.get(kind)
+        if known is not None and self.entries.get(kind, name, namespace) is not None:
+            _check_graph(self.entries, known, name, None)
         deleted = self.entries.delete(kind, name, namespace, cas)
         # Consul: the boolean only for a CAS delete, ``{}`` otherwise (older callers).
         return json_response(deleted if cas is not None else {})

@@ -10,6 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from meshkit.registry.dev.config_entries import ConfigEntryInvalid, ConfigKind, validate_meta
+from meshkit.registry.dev.discovery_chain import (
+    SERVICE_RESOLVER,
+    SERVICE_ROUTER,
+    SERVICE_SPLITTER,
+    check_chains,
+)
 from meshkit.registry.dev.mapdecode import ANY, STRING, MapOf, Struct
 from meshkit.registry.dev.service_intentions import SERVICE_INTENTIONS
 
@@ -49,15 +55,24 @@ def _with_rest(entry: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
 
 
 _COMMON = [*((key, ANY) for key in _PASSED_THROUGH), ("Meta", MapOf(STRING))]
+# Their protocol decides whether a service's splitter and router are allowed.
 PROXY_DEFAULTS = ConfigKind(
-    "proxy-defaults", Struct([("Name", STRING), ("Config", ANY), *_COMMON]), _proxy_defaults
+    "proxy-defaults",
+    Struct([("Name", STRING), ("Config", ANY), *_COMMON]),
+    _proxy_defaults,
+    check_graph=check_chains,
 )
 SERVICE_DEFAULTS = ConfigKind(
     "service-defaults",
     Struct([("Name", STRING), ("Protocol", STRING), *_COMMON]),
     _service_defaults,
+    check_graph=check_chains,
 )
 
 KINDS: dict[str, ConfigKind] = {
-    kind.name: kind for kind in (SERVICE_INTENTIONS, PROXY_DEFAULTS, SERVICE_DEFAULTS)
+    kind.name: kind
+    for kind in (
+        *(SERVICE_INTENTIONS, PROXY_DEFAULTS, SERVICE_DEFAULTS),
+        *(SERVICE_RESOLVER, SERVICE_SPLITTER, SERVICE_ROUTER),
+    )
 }

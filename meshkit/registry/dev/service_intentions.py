@@ -30,7 +30,7 @@ HTTP_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE")
 )
 
-_HEADER = Struct(
+HEADER_MATCH = Struct(
     [
         ("Name", STRING),
         ("Present", BOOL),
@@ -46,7 +46,7 @@ _HTTP = Struct(
         ("PathExact", STRING),
         ("PathPrefix", STRING),
         ("PathRegex", STRING),
-        ("Header", ListOf(_HEADER)),
+        ("Header", ListOf(HEADER_MATCH)),
         ("Methods", ListOf(STRING)),
     ]
 )

@@ -1,0 +1,283 @@
+"""Hedged attempts: the tail they cut and the attempts they add, side by side in one run.
+
+Five instance processes serve strict mTLS (uvicorn, uvloop, httptools); each answers
+after a latency drawn like a real service's (a base plus an exponential tail). This
+process calls them with the mesh client at ``--concurrency`` concurrent GETs, every
+measurement from a fresh client warmed up with 100 calls, with hedging off and on
+(hedging at the p95 of the destination's recent latency), interleaved over
+``--rounds`` rounds:
+
+- ``normal``: three normal instances. What hedging costs when nothing is slow.
+- ``one_slow``: two normal instances and one that turns slow once the warm-up is over
+  (``--slow-ms`` more on ``--slow-share`` of its requests: a noisy neighbour, a stall).
+  The balancer's latency average learns this only from the slow answers themselves,
+  and until they arrive it keeps sending that instance its share: that pile-up is the
+  tail hedging would cut, but P2C's peak-EWMA cost already stops sending it calls
+  after its first slow answers, so few calls are left in the tail to hedge.
+- ``stalls``: three instances that each stall ``--slow-ms`` on ``--stall-share`` (2%)
+  of their requests, at random: the tail at scale, which no balancer can see coming.
+- ``normal_mirror``: ``normal`` with 10% of the calls copied to a ``shadow`` instance that is
+  slow on every call. The caller's latency should not move.
+
+Reported: p50/p99 of the calls as the caller saw them, and extra attempts (attempts
+beyond one per call to the destination: hedges and retries) in percent of calls;
+ratios are medians over rounds. Run: ``python -m bench.hedging [--requests N]``. Ends
+with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench._mtls import StaticSource, mtls_server
+from bench._procs import free_port, port_open, spawn, wait_until
+from bench._report import percentile
+from meshkit.ca.x509 import LocalAuthority
+from meshkit.client import (
+    AttemptEnded,
+    BaseClientHooks,
+    ClientPolicy,
+    HedgeStarted,
+    MeshClientFactory,
+    MirrorEnded,
+)
+from meshkit.registry.base import Endpoint
+from meshkit.settings import MeshSettings
+from meshkit.tls import TLSContexts, TLSMaterial
+
+BASE_MS = 2.0  # every instance's latency: this ...
+TAIL_MS = 1.0  # ... plus an exponential draw of this mean
+
+
+def serve(
+    directory: Path, port: int, extra_ms: float, share: float, stem: str, *, slow: bool
+) -> None:
+    """One instance process: mTLS on ``port``, answering after its drawn latency, and
+    while slow ``extra_ms`` later for ``share`` of the requests. ``/slow`` and ``/fast``
+    switch it (the bench turns the slow instance slow after each warm-up)."""
+    state = {"slow": slow}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] in ("/slow", "/fast"):
+            state["slow"] = scope["path"] == "/slow"
+        delay = BASE_MS + random.expovariate(1 / TAIL_MS)
+        if state["slow"] and random.random() < share:
+            delay += extra_ms
+        await asyncio.sleep(delay / 1000)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mtls_server(app, directory, port=port, stem=stem).run()
+
+
+class _Counts(BaseClientHooks):
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.hedges = 0
+        self.mirrored: Counter[str] = Counter()
+
+    def on_mirror_ended(self, event: MirrorEnded) -> None:
+        self.mirrored["dropped" if event.dropped else "sent"] += 1
+
+    def on_attempt_end(self, event: AttemptEnded) -> None:
+        self.attempts += event.destination == "payments"  # not the mirror's
+
+    def on_hedge_started(self, event: HedgeStarted) -> None:
+        self.hedges += 1
+
+
+async def measure(
+    ports: list[int],
+    material: TLSMaterial,
+    *,
+    policy: ClientPolicy,
+    shadow: int,
+    switch: int | None,
+    requests: int,
+    concurrency: int,
+) -> dict[str, float]:
+    endpoints = [Endpoint(f"payments-{p}", "payments", "127.0.0.1", p) for p in ports]
+    mirror = [Endpoint("shadow-1", "shadow", "127.0.0.1", shadow)]
+    source = StaticSource(endpoints, {"shadow": mirror})
+    counts = _Counts()
+    settings = MeshSettings(service="web")
+    factory = MeshClientFactory(
+        source, TLSContexts(material), settings, policy=policy, hooks=counts
+    )
+    payments = factory.client("payments")
+    for _ in range(100):  # warm up: connections, the latency window
+        await payments.get("/x")
+    if switch is not None:
+        await _switch(material, switch, "/slow")
+    warm_attempts = counts.attempts
+    latencies: list[float] = []
+    failures = 0
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining, failures
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            status = (await payments.get("/x")).status_code
+            latencies.append((time.perf_counter() - started) * 1000)
+            failures += status != 200
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await factory.aclose()
+    if switch is not None:
+        await _switch(material, switch, "/fast")
+    ordered = sorted(latencies)
+    # Attempts of the caller's own calls: a mirror's copies are counted apart.
+    extra = counts.attempts - warm_attempts - len(latencies)
+    return {
+        "p50_ms": round(percentile(ordered, 50), 3),
+        "p99_ms": round(percentile(ordered, 99), 3),
+        "extra_attempts_pct": round(100 * extra / len(latencies), 2),
+        "mirror_copies_sent": counts.mirrored["sent"],
+        "mirror_copies_dropped": counts.mirrored["dropped"],
+        "failures": failures,
+    }
+
+
+async def _switch(material: TLSMaterial, port: int, path: str) -> None:
+    """Turn the instance on ``port`` slow or fast, through a client of its own."""
+    only = [Endpoint("switch", "payments", "127.0.0.1", port)]
+    factory = MeshClientFactory(
+        StaticSource(only), TLSContexts(material), MeshSettings(service="web")
+    )
+    await factory.client("payments").get(path)
+    await factory.aclose()
+
+
+HEDGED = ClientPolicy(hedge_percentile=95)
+#: A tenth of the calls copied to ``shadow``, an instance slower than the others on every call.
+MIRRORED = ClientPolicy(mirror_to="shadow", mirror_fraction=0.1)
+
+
+async def run_all(
+    ports: list[int], material: TLSMaterial, args: argparse.Namespace
+) -> dict[str, list[dict[str, float]]]:
+    normal, slow, shadow, stalling = ports[:3], ports[3], ports[4], ports[5:8]
+    one_slow = [*normal[:2], slow]
+    cells = [
+        ("normal_none", normal, ClientPolicy(), None),
+        ("normal_hedge", normal, HEDGED, None),
+        ("one_slow_none", one_slow, ClientPolicy(), slow),
+        ("one_slow_hedge", one_slow, HEDGED, slow),
+        ("stalls_none", stalling, ClientPolicy(), None),
+        ("stalls_hedge", stalling, HEDGED, None),
+        ("normal_mirror", normal, MIRRORED, None),
+    ]
+    results: dict[str, list[dict[str, float]]] = {}
+    for _ in range(args.rounds):
+        for key, instances, policy, switch in cells:
+            figures = await measure(
+                instances,
+                material,
+                policy=policy,
+                shadow=shadow,
+                switch=switch,
+                requests=args.requests,
+                concurrency=args.concurrency,
+            )
+            results.setdefault(key, []).append(figures)
+            print(key, figures, flush=True)
+    return results
+
+
+def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    def median(key: str, figure: str) -> float:
+        return statistics.median(cell[figure] for cell in results[key])
+
+    def ratio(setting: str) -> float:
+        pairs = zip(results[f"{setting}_none"], results[f"{setting}_hedge"], strict=True)
+        return round(statistics.median(h["p99_ms"] / n["p99_ms"] for n, h in pairs), 3)
+
+    return {
+        "ratio_p99_hedge_over_none": ratio("one_slow"),
+        "ratio_p99_hedge_over_none_stalls": ratio("stalls"),
+        "extra_attempts_pct_stalls": median("stalls_hedge", "extra_attempts_pct"),
+        "ratio_p99_hedge_over_none_normal": ratio("normal"),
+        "extra_attempts_pct_normal": median("normal_hedge", "extra_attempts_pct"),
+        "extra_attempts_pct_one_slow": median("one_slow_hedge", "extra_attempts_pct"),
+        "ratio_p50_mirror_over_none": round(
+            median("normal_mirror", "p50_ms") / median("normal_none", "p50_ms"), 3
+        ),
+        "ratio_p99_mirror_over_none": round(
+            median("normal_mirror", "p99_ms") / median("normal_none", "p99_ms"), 3
+        ),
+        "mirror_copies_sent": median("normal_mirror", "mirror_copies_sent"),
+        "mirror_copies_dropped": median("normal_mirror", "mirror_copies_dropped"),
+        "p99_ms": {key: median(key, "p99_ms") for key in results},
+        "p50_ms": {key: median(key, "p50_ms") for key in results},
+        "failures": sum(cell["failures"] for cells in results.values() for cell in cells),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=3000, help="calls per measurement")
+    parser.add_argument("--concurrency", type=int, default=4, help="calls in flight")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--slow-ms", type=float, default=150.0, help="the slow instance's delay")
+    parser.add_argument(
+        "--slow-share", type=float, default=1.0, help="share of its requests it delays"
+    )
+    parser.add_argument(
+        "--stall-share", type=float, default=0.02, help="share of requests a stalling one delays"
+    )
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--extra-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--stem", default="payments", help=argparse.SUPPRESS)
+    parser.add_argument("--start-slow", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(
+            args.serve, args.port, args.extra_ms, args.slow_share, args.stem, slow=args.start_slow
+        )
+        return
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        directory = Path(tmp)
+        authority = LocalAuthority()
+        authority.issue("payments").write(directory, stem="payments")
+        authority.issue("web").write(directory, stem="web")
+        authority.issue("shadow").write(directory, stem="shadow")
+        ports = []
+        # Three normal instances, the one slow on some calls, and the mirror, slow on all.
+        instances = [(0.0, 0.0, "payments", False)] * 3
+        instances += [(args.slow_ms, args.slow_share, "payments", False)]
+        instances += [(args.slow_ms, 1.0, "shadow", True)]
+        instances += [(args.slow_ms, args.stall_share, "payments", True)] * 3
+        for extra, share, stem, start_slow in instances:
+            port = free_port()
+            argv = [sys.executable, "-m", "bench.hedging", "--serve", tmp, "--port", str(port)]
+            options = ["--extra-ms", str(extra), "--slow-share", str(share), "--stem", stem]
+            options += ["--start-slow"] if start_slow else []
+            process = spawn(stack, [*argv, *options])
+            wait_until(lambda port=port: port_open(port), what="instance", process=process)
+            ports.append(port)
+        files = (directory / "web.pem", directory / "web-key.pem", directory / "bundle.pem")
+        material = TLSMaterial.from_files(*files)
+        results = uvloop.run(run_all(ports, material, args))
+    print(json.dumps(summarize(results), sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The discovery chain in the client: each call routed, split and resolved before its stack.
+
+``RoutingTransport`` sits above a destination's own stack. A destination no router,
+splitter or resolver names costs one set lookup per call. Otherwise the chain's
+``Decision`` picks the target (service and subset), and the call goes through that
+target's own stack (balancer over the subset's instances, retries, breaker), built once
+per target and rule and kept; the route's prefix rewrite, header changes and request
+timeout are applied to the request first, response header changes to its answer. A
+target with no healthy instance hands the call to the resolver's failover targets in
+turn.
+
+A changed chain takes effect with the next call: tables are swapped whole, stacks of
+targets still in use are kept, so no call in flight is dropped by a change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from urllib.parse import parse_qsl
+
+from meshkit._httpx import AsyncBaseTransport, Headers, Request, Response
+from meshkit.client._errors import NoHealthyInstances
+from meshkit.client._transports import TIMEOUT_EXTENSION
+from meshkit.registry.base import Endpoint, EndpointSource
+from meshkit.registry.routing import Decision, HeaderChanges, Target
+from meshkit.registry.routing_watch import RoutingSource
+
+TargetStack = Callable[[str, Target, Decision], AsyncBaseTransport]
+
+
+class SubsetSource:
+    """An ``EndpointSource`` narrowed to one subset of a service by the resolver's filter,
+    following both the endpoint source and the routing table."""
+
+    def __init__(self, source: EndpointSource, routing: RoutingSource, target: Target) -> None:
+        self._source = source
+        self._routing = routing
+        self._target = target
+
+    @property
+    def generation(self) -> int:
+        # Either changing may change the subset; the balancer only compares for equality.
+        return (self._source.generation << 24) + self._routing.generation
+
+    def endpoints(self, service: str) -> Sequence[Endpoint] | None:
+        found = self._source.endpoints(service)
+        return None if found is None else self._routing.table.select(self._target, found)
+
+    async def prime(self, service: str) -> Sequence[Endpoint]:
+        found = await self._source.prime(service)
+        return self._routing.table.select(self._target, found)
+
+
+class RoutingTransport(AsyncBaseTransport):
+    """Route calls to ``service`` (the destination's registry name) by the chain."""
+
+    def __init__(
+        self,
+        service: str,
+        inner: AsyncBaseTransport,
+        *,
+        routing: RoutingSource,
+        target_stack: TargetStack,
+        host_of: Callable[[str], str],
+    ) -> None:
+        self._service = service
+        self._inner = inner
+        self._routing = routing
+        self._target_stack = target_stack
+        self._host_of = host_of
+        self._host = host_of(service)  # the destination's own calls; other hosts pass through
+
+    async def handle_async_request(self, request: Request) -> Response:
+        table = self._routing.table
+        if self._service not in table.services or request.url.host != self._host:
+            return await self._inner.handle_async_request(request)
+        url = request.url
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        query = dict(parse_qsl(url.query.decode("ascii", "replace"), keep_blank_values=True))
+        decision = table.decide(self._service, request.method, url.path, headers, query)
+        _rewrite(request, decision)
+        targets = (decision.target, *decision.failover)
+        for number, target in enumerate(targets):
+            destination = self._host_of(target.service)
+            request.url = request.url.copy_with(host=destination)
+            request.headers["host"] = destination
+            stack = self._target_stack(destination, target, decision)
+            try:
+                response = await stack.handle_async_request(request)
+            except NoHealthyInstances:
+                if number == len(targets) - 1:
+                    raise
+                continue
+            if decision.response_headers:
+                _change_headers(response.headers, decision.response_headers)
+            return response
+        raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _rewrite(request: Request, decision: Decision) -> None:
+    """The route's prefix rewrite, header changes and request timeout, on the request."""
+    if decision.rewrite is not None:
+        prefix, replacement = decision.rewrite
+        path = request.url.raw_path
+        if path.startswith(prefix.encode()):
+            request.url = request.url.copy_with(
+                raw_path=replacement.encode() + path[len(prefix.encode()) :]
+            )
+    if decision.headers:
+        _change_headers(request.headers, decision.headers)
+    if decision.timeout is not None and TIMEOUT_EXTENSION not in request.extensions:
+        request.extensions[TIMEOUT_EXTENSION] = decision.timeout
+
+
+def _change_headers(headers: Headers, changes: HeaderChanges) -> None:
+    """A route's or split's ``RequestHeaders``/``ResponseHeaders``: remove, set, add."""
+    for name in changes.remove:
+        if name in headers:
+            del headers[name]
+    for name, value in changes.set:
+        headers[name] = value
+    for name, value in changes.add:
+        existing = headers.get(name)
+        headers[name] = value if existing is None else f"{existing},{value}"
