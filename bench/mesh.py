@@ -1,12 +1,15 @@
 """meshkit against no mesh and against an Envoy sidecar mesh, side by side in one run.
 
-    python bench/mesh.py [--paths A,B,C,M1,M] [--concurrency 1,16,64] [--duration 3]
+    python bench/mesh.py [--paths A,B,C,M1,M,N,S] [--concurrency 1,16,64] [--duration 3]
                          [--warmup 1] [--repetitions 3] [--quick] [--out bench/results]
 
 Paths (bench/_paths.py says exactly what each contains): A plaintext uvicorn, B mTLS
-uvicorn, C an Envoy sidecar pair, M1 one meshkit ServiceApp, M a ServiceApp calling
-another through the mesh client. Cells run interleaved (rep 1: A B C M1 M at each
-concurrency, rep 2: ...), each after its own warm-up; figures are medians over the
+uvicorn, C an Envoy sidecar pair in front of one app, M1 one meshkit ServiceApp. Then
+three like-for-like call chains, the same two applications doing the same work: M a
+ServiceApp calling another through the mesh client; N (no mesh) a Starlette caller on
+uvicorn calling the callee app through aiohttp, mTLS on both hops; S (sidecar mesh) the
+same caller calling through an Envoy pair. Cells run interleaved (rep 1: every path at
+each concurrency, rep 2: ...), each after its own warm-up; figures are medians over the
 repetitions. CPU is what the path's server processes spent (``/proc``) during the
 measured window, per 1,000 requests; the load generator's own CPU is shown apart.
 The last line printed is one JSON object of the headline figures.
@@ -38,13 +41,13 @@ from bench import _report as report
 from bench._paths import STARTERS, ControlPlane, RunningPath, Workspace
 from bench._procs import ROOT, cpu_seconds, cpu_snapshot, peak_rss_mb
 
-ALL_PATHS = ("A", "B", "C", "M1", "M")
+ALL_PATHS = ("A", "B", "C", "M1", "M", "N", "S")
 MAX_KEPT_LATENCIES = 20_000  # per cell, for the plot
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/mesh.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--paths", help="comma-separated subset of A,B,C,M1,M (default: all)")
+    parser.add_argument("--paths", help="comma-separated subset of A,B,C,M1,M,N,S (default: all)")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell")
@@ -86,7 +89,7 @@ def envoy_missing() -> str | None:
 
 
 def unavailable(path: str) -> str | None:
-    if path == "C":
+    if path in ("C", "S"):
         return envoy_missing()
     return None
 
@@ -305,19 +308,23 @@ def peak_rss(running: dict[str, RunningPath]) -> dict[str, dict[str, float]]:
 
 
 def extra_rss(rss: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """meshkit's server process (M: the caller, server + client; else M1) minus bare uvicorn."""
+    """meshkit's processes minus the bare ones: M's caller and callee each against N's
+    (the same application, same role), and the one meshkit server (M1, else M) against
+    bare uvicorn (B)."""
+    figures: dict[str, Any] = {"extra_rss_mb_M_over_N": None, "extra_rss_mb_M_over_B": None}
+    if "M" in rss and "N" in rss:
+        for service in ("caller", "callee"):
+            figures[f"extra_rss_mb_M_over_N_{service}"] = rss["M"][service] - rss["N"][service]
+        figures["extra_rss_mb_M_over_N"] = max(
+            figures["extra_rss_mb_M_over_N_caller"], figures["extra_rss_mb_M_over_N_callee"]
+        )
     bare = rss.get("B", rss.get("A", {})).get("uvicorn")
-    figures: dict[str, Any] = {"extra_rss_mb_M_over_B": None}
     if bare is None:
         return figures
     if "M1" in rss:
         figures["extra_rss_mb_M1_over_B"] = rss["M1"]["callee"] - bare
     if "M" in rss:
         figures["extra_rss_mb_M_over_B"] = max(rss["M"]["caller"], rss["M"]["callee"]) - bare
-        figures["extra_rss_mb_M_over_B_from"] = "M caller/callee, the larger"
-    elif "M1" in rss:
-        figures["extra_rss_mb_M_over_B"] = figures["extra_rss_mb_M1_over_B"]
-        figures["extra_rss_mb_M_over_B_from"] = "M1 (M did not run)"
     return figures
 
 
