@@ -23,7 +23,9 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="after measuring, sample each path's Python processes with py-spy at 16 concurrent",
+    )
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="after measuring, count each path's server system calls per request (strace) "
+        "at 16 concurrent",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -269,15 +277,19 @@ def measure(
 
 
 def profile_paths(
-    running: dict[str, RunningPath], args: argparse.Namespace, workdir: Path
-) -> dict[str, Path]:
-    """One extra, uncounted cell per path at 16 concurrent requests under py-spy."""
+    running: dict[str, RunningPath],
+    args: argparse.Namespace,
+    workdir: Path,
+    cells: list[dict[str, Any]],
+) -> dict[str, tuple[Path, float]]:
+    """One extra, uncounted cell per path at 16 concurrent requests under py-spy; with
+    each profile, the process's CPU µs per request measured at 16 without a profiler."""
     executable = profile.py_spy()
     if executable is None:
         say("no profile: py-spy is not installed (pip install -e '.[bench]')")
         return {}
     args.out.mkdir(parents=True, exist_ok=True)
-    profiles: dict[str, Path] = {}
+    profiles: dict[str, tuple[Path, float]] = {}
     for key, path in running.items():
         targets = {
             f"{key} {name}": (pid, args.out / f"profile-{key}-{name}.txt")
@@ -291,12 +303,37 @@ def profile_paths(
         if not argvs:
             continue
         try:
-            run_cell(path, 16, args, workdir, argvs)
+            cell = run_cell(path, 16, args, workdir, argvs)
         except CellFailed as exc:
             say(f"no profile of {key}: {exc}")
             continue
-        profiles |= {label: out for label, (_, out) in targets.items()}
+        measured = [c for c in cells if c["path"] == key and c["concurrency"] == 16] or [cell]
+        for label, (_, out) in targets.items():
+            name = label.split(" ", 1)[1]
+            spent = [c["cpu_s_by_process"][name] / max(c["requests"], 1) for c in measured]
+            profiles[label] = (out, statistics.median(spent) * 1e6)
     return profiles
+
+
+def count_syscalls(running: dict[str, RunningPath], args: argparse.Namespace, workdir: Path) -> str:
+    """One extra, uncounted cell per path at 16 concurrent requests under ``strace -c``."""
+    if shutil.which("strace") is None:
+        say("no system call counts: strace is not installed")
+        return ""
+    rows: dict[str, tuple[dict[str, int], int]] = {}
+    seconds = args.duration + 1.5  # attached before the window opens, detached after it
+    for key, path in running.items():
+        outputs = {name: workdir / f"strace-{key}-{name}.txt" for name in path.processes}
+        argvs = [profile.strace_argv(pid, seconds, outputs[n]) for n, pid in path.processes.items()]
+        try:
+            cell = run_cell(path, 16, args, workdir, argvs)
+        except CellFailed as exc:
+            say(f"no system call counts of {key}: {exc}")
+            continue
+        for name, output in outputs.items():
+            text = output.read_text() if output.exists() else ""
+            rows[f"{key} {name}"] = (profile.syscall_counts(text), cell["requests"])
+    return profile.syscalls_markdown(rows)
 
 
 def peak_rss(running: dict[str, RunningPath]) -> dict[str, dict[str, float]]:
@@ -413,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [key for key in args.paths if key not in skipped]
         running = start_paths(ws, wanted, skipped)
         cells = measure(running, args, skipped, directory)
-        profiles = profile_paths(running, args, directory) if args.profile else {}
+        profiles = profile_paths(running, args, directory, cells) if args.profile else {}
+        syscalls = count_syscalls(running, args, directory) if args.syscalls else ""
         rss = peak_rss(running)
     context["machine"]["loadavg_end"] = os.getloadavg()[0]
     order = [key for key in ALL_PATHS if key in running and key not in skipped]
@@ -426,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         text = profile.markdown(profiles)
         (args.out / "profile.md").write_text(text)
         print(text)
+    if syscalls:
+        (args.out / "syscalls.md").write_text(syscalls)
+        print(syscalls)
     print(json.dumps(without_nan(headline), separators=(",", ":")))
     return 0
 
