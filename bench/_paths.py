@@ -129,7 +129,7 @@ def start_uvicorn(
     name: str,
     *,
     tls: Identity | None,
-    target: str = "bench._plain:app",
+    target: str = "bench._endpoint:app",
     env: dict[str, str] | None = None,
 ) -> tuple[int, int]:
     """The uvicorn CLI (uvloop, httptools) serving ``target`` on an ephemeral port;

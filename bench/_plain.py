@@ -1,9 +1,9 @@
-"""The bare applications of paths A, B, C, N and S: Starlette and aiohttp, no meshkit.
+"""The bare caller of paths N and S: Starlette and aiohttp, no meshkit.
 
-``app`` serves ``/hello`` (what every path ends in). ``caller`` is the application a
-sidecar mesh (S) or no mesh (N) runs where meshkit's path M runs its caller
-ServiceApp: its ``/hello`` calls the callee's ``/hello`` through one aiohttp session
-and relays the answer. The upstream comes from the environment (the bench sets it):
+``caller`` is the application a sidecar mesh (S) or no mesh (N) runs where meshkit's
+path M runs its caller ServiceApp: its ``/hello`` calls the callee's ``/hello``
+(bench/_endpoint.py's ``app``) through one aiohttp session and relays the answer.
+The upstream comes from the environment (the bench sets it):
 
     BENCH_UPSTREAM_URL      the callee's /hello (N: the callee itself; S: the client Envoy)
     BENCH_UPSTREAM_CERT, BENCH_UPSTREAM_KEY, BENCH_UPSTREAM_CA
@@ -24,8 +24,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-
-from bench._endpoint import hello
 
 # The mesh client's default call timeout, so both callers arm the same kind of bound.
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -59,5 +57,4 @@ async def relay(request: Request) -> Response:
         return Response(body, upstream.status, media_type="application/json")
 
 
-app = Starlette(routes=[Route("/hello", hello)])
 caller = Starlette(routes=[Route("/hello", relay)], lifespan=upstream_session)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import collections
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 _LINE = re.compile(r":\d+\)$")
 PYTHON_PROCESSES = ("uvicorn", "callee", "caller")
+RATE = 1000  # samples per second
 
 
 def py_spy() -> str | None:
@@ -36,6 +39,7 @@ def record_argv(executable: str, pid: int, seconds: float, output: Path) -> list
         "--rate",
         "1000",
         "--nonblocking",  # pausing every thread 1,000 times a second would be the cost seen
+        "--gil",  # only what holds the GIL: Python, and C called from it without releasing it
         "--format",
         "raw",
         "--output",
@@ -80,6 +84,7 @@ def summarise(collapsed: str, *, top: int = 15) -> list[tuple[str, float, float]
     ]
 
 
+LOOP_SELF = "the event loop's C code, called from Runner.run"
 #: Where a sample's time goes: the innermost frame in one of these parts names it.
 #: Standard library frames (ssl, asyncio, json) count for the part that called them.
 PARTS = (
@@ -99,7 +104,7 @@ PARTS = (
     ("authorization (policy)", ("(meshkit/middleware/authz", "(meshkit/policy/")),
     ("starlette (routing, request, response)", ("(starlette/",)),
     ("server protocol (uvicorn, meshkit/serving)", ("(uvicorn/", "(meshkit/serving/")),
-    ("event loop in C (uvloop: epoll, socket I/O, TLS, parsing)", ("Runner.run (",)),
+    (LOOP_SELF, ("Runner.run (",)),
 )
 
 
@@ -111,45 +116,128 @@ def part_of(frames: list[str]) -> str:
     return "other"
 
 
-def breakdown(collapsed: str) -> dict[str, float]:
-    """Share (0..1) of the event loop thread's samples per part of PARTS."""
+def breakdown(collapsed: str) -> dict[str, int]:
+    """Samples of the event loop's thread per part of PARTS."""
     parts: collections.Counter[str] = collections.Counter()
     for frames, count in _stacks(collapsed):
         parts[part_of(frames)] += count
-    total = sum(parts.values())
-    return {part: count / total for part, count in parts.items()} if total else {}
+    return dict(parts)
 
 
-def breakdown_markdown(profiles: Mapping[str, tuple[Path, float]]) -> list[str]:
-    """µs of CPU per request per part: each process's measured CPU split by its samples."""
-    shares = {
-        label: breakdown(path.read_text()) for label, (path, _) in profiles.items() if path.exists()
-    }
-    labels = list(shares)
-    lines = ["| part | " + " | ".join(f"{label} µs" for label in labels) + " |"]
+#: Native code by shared object (perf's on-CPU samples): (row, markers in the DSO name).
+#: What runs in the interpreter is split further by py-spy's Python stacks.
+INTERPRETER = "Python interpreter"
+NATIVE = (
+    ("kernel: system calls, loopback TCP, scheduling", ("[kernel",)),
+    ("TLS (OpenSSL, _ssl)", ("libssl", "libcrypto", "_ssl.")),
+    ("event loop C (uvloop, libuv)", ("loop.cpython", "libuv")),
+    (
+        "HTTP parsing C (httptools, aiohttp's parser)",
+        ("parser.cpython", "_http_parser", "_http_writer"),
+    ),
+    (INTERPRETER, ("libpython", "python3")),
+)
+NATIVE_OTHER = "other native (libc, json, multidict, ...)"
+
+
+def perf_record_argv(pid: int, seconds: float, output: Path) -> list[str]:
+    """On-CPU samples of every thread (cpu-clock: a preempted thread is not sampled)."""
+    target = ["-p", str(pid), "--", "sleep", f"{seconds:g}"]
+    return ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(RATE), "-o", str(output), *target]
+
+
+def native_shares(report: str) -> dict[str, float]:
+    """Share (0..1) of on-CPU samples per NATIVE row, from ``perf report --sort dso``."""
+    shares: collections.Counter[str] = collections.Counter()
+    for line in report.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or not fields[0].endswith("%") or line.lstrip().startswith("#"):
+            continue
+        dso = " ".join(fields[1:])
+        row = next((name for name, marks in NATIVE if any(m in dso for m in marks)), NATIVE_OTHER)
+        shares[row] += float(fields[0].rstrip("%")) / 100
+    return dict(shares)
+
+
+def perf_report(data: Path) -> str:
+    done = subprocess.run(
+        ["perf", "report", "-i", str(data), "--sort", "dso", "--stdio"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Profiled:
+    """A process's py-spy profile and perf record, and its CPU µs per request."""
+
+    pyspy: Path
+    perf: Path
+    cpu_us: float
+
+
+def _python_parts(collapsed: str) -> dict[str, float]:
+    """Shares (0..1) of the interpreter's time per part: py-spy samples on Python frames
+    (not the loop's own C under the GIL, which perf counts as uvloop/httptools)."""
+    counts = breakdown(collapsed)
+    counts.pop(LOOP_SELF, None)
+    total = sum(counts.values())
+    return {part: count / total for part, count in counts.items()} if total else {}
+
+
+def breakdown_table(profiled: Profiled) -> dict[str, float]:
+    """µs per request: native rows from perf, the interpreter's share split by py-spy."""
+    if not profiled.perf.exists():
+        return {}
+    native = native_shares(perf_report(profiled.perf))
+    interpreter = native.pop(INTERPRETER, 0.0) * profiled.cpu_us
+    rows = {row: share * profiled.cpu_us for row, share in native.items()}
+    python = _python_parts(profiled.pyspy.read_text()) if profiled.pyspy.exists() else {}
+    for part, share in python.items():
+        rows[f"Python: {part}"] = share * interpreter
+    if not python:
+        rows[INTERPRETER] = interpreter
+    return rows
+
+
+def breakdown_markdown(profiles: Mapping[str, Profiled]) -> list[str]:
+    table = {label: breakdown_table(profiled) for label, profiled in profiles.items()}
+    table = {label: rows for label, rows in table.items() if rows}
+    labels = list(table)
+    order = [name for name, _ in NATIVE if name != INTERPRETER] + [NATIVE_OTHER]
+    order += [f"Python: {name}" for name, _ in PARTS if name != LOOP_SELF] + ["Python: other"]
+    lines = ["| where | " + " | ".join(f"{label} µs" for label in labels) + " |"]
     lines.append("|---|" + "---:|" * len(labels))
-    for part in [name for name, _ in PARTS] + ["other"]:
-        cells = [f"{shares[label].get(part, 0.0) * profiles[label][1]:.1f}" for label in labels]
-        lines.append(f"| {part} | " + " | ".join(cells) + " |")
-    totals = [f"{profiles[label][1]:.1f}" for label in labels]
-    lines.append("| **all (CPU per request, /proc)** | " + " | ".join(totals) + " |")
+    for row in order:
+        cells = [f"{table[label].get(row, 0.0):.1f}" for label in labels]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    totals = [f"{profiles[label].cpu_us:.1f}" for label in labels]
+    lines.append(
+        "| **all: CPU per request (/proc, unprofiled cells)** | " + " | ".join(totals) + " |"
+    )
     return lines
 
 
-def markdown(profiles: Mapping[str, tuple[Path, float]]) -> str:
+def markdown(profiles: Mapping[str, Profiled]) -> str:
     lines = [
         "## Profiles at 16 concurrent requests (py-spy, the event loop's thread)",
         "",
-        "Where each process's CPU per request goes: its /proc CPU over the profiled cell,",
-        "split by the share of samples whose innermost frame lies in each part.",
+        "Where each process's CPU per request goes (µs): its /proc CPU per request split by",
+        "perf's on-CPU samples per shared object (kernel, OpenSSL, uvloop, parsers, the",
+        "interpreter); the interpreter's part split further by py-spy's Python stacks (the",
+        "innermost frame in a part names it; stdlib frames count for their caller).",
         "",
         *breakdown_markdown(profiles),
         "",
-        "Self time in `Runner.run` (or `serve`) is the event loop's own C code: uvloop's",
-        "socket I/O, TLS and httptools parsing run there, below any Python frame.",
+        "Self time in `Runner.run` (or `serve`) is the event loop's C code while it holds",
+        "the GIL (uvloop's callbacks, httptools parsing); TLS crypto and system calls",
+        "release the GIL and are not sampled.",
         "",
     ]
-    for label, (path, _) in profiles.items():
+    for label, profiled in profiles.items():
+        path = profiled.pyspy
         rows = summarise(path.read_text()) if path.exists() else []
         lines += [f"### {label} (`{path.name}`)", ""]
         if not rows:
@@ -161,29 +249,32 @@ def markdown(profiles: Mapping[str, tuple[Path, float]]) -> str:
     return "\n".join(lines)
 
 
-# -- system calls per request (strace -c) ------------------------------------------------
+# -- system calls per request (perf stat on syscall tracepoints) -------------------------
 
-#: The calls that make up a keep-alive request's I/O; the rest are summed as "other".
+#: The calls that make up a keep-alive request's I/O, and the event loop's polls.
 IO_CALLS = ("read", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
 LOOP_CALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
+COUNTED = (*LOOP_CALLS, *IO_CALLS, "futex", "getpid")
 
 
-def strace_argv(pid: int, seconds: float, output: Path) -> list[str]:
-    """Count every thread's system calls for ``seconds`` (SIGINT detaches, then it writes
-    the summary). strace slows the process down: only counts per request are kept."""
-    strace = ["strace", "-c", "-f", "-q", "-o", str(output), "-p", str(pid)]
-    return ["timeout", "-s", "INT", f"{seconds:g}", *strace]
+def perf_argv(pid: int, seconds: float, output: Path) -> list[str]:
+    """Count every thread's system calls for ``seconds``, by kernel tracepoints: unlike
+    strace the process runs at full speed, so its loop batches as it does unobserved."""
+    events = [f"syscalls:sys_enter_{name}" for name in COUNTED] + ["raw_syscalls:sys_enter"]
+    target = ["-p", str(pid), "--", "sleep", f"{seconds:g}"]
+    return ["perf", "stat", "-x", ",", "-o", str(output), "-e", ",".join(events), *target]
 
 
 def syscall_counts(summary: str) -> dict[str, int]:
-    """``{syscall: calls}`` from ``strace -c`` output."""
+    """``{syscall: calls}`` from ``perf stat -x ,`` output; ``all`` is every call."""
     counts: dict[str, int] = {}
     for line in summary.splitlines():
-        fields = line.split()
-        if len(fields) < 5 or fields[-1] == "total" or not fields[0][0].isdigit():
+        fields = line.split(",")
+        if len(fields) < 3 or not fields[0].isdigit():
             continue
-        # "% time, seconds, usecs/call, calls, [errors,] syscall": calls is the 4th.
-        counts[fields[-1]] = int(fields[3])
+        event = fields[2]
+        name = "all" if event == "raw_syscalls:sys_enter" else event.rpartition("sys_enter_")[2]
+        counts[name] = int(fields[0])
     return counts
 
 
@@ -198,14 +289,14 @@ def per_request(counts: dict[str, int], requests: int) -> dict[str, float]:
         "loop_passes": loop / requests,
         "reads": reads / requests,
         "writes": writes / requests,
-        "all": sum(counts.values()) / requests,
+        "all": counts.get("all", 0) / requests,
     }
 
 
 def syscalls_markdown(rows: Mapping[str, tuple[dict[str, int], int]]) -> str:
-    """One row per (path, process): ``rows[label] = (strace counts, requests)``."""
+    """One row per (path, process): ``rows[label] = (perf counts, requests)``."""
     lines = [
-        "## System calls per request at 16 concurrent (strace -c, all threads)",
+        "## System calls per request at 16 concurrent (perf stat, all threads)",
         "",
         "Loop passes: epoll waits (uvloop polls once per pass). Reads and writes: socket",
         "I/O calls; with TLS each carries one or more records.",
@@ -218,7 +309,8 @@ def syscalls_markdown(rows: Mapping[str, tuple[dict[str, int], int]]) -> str:
         if not figures:
             lines.append(f"| {label} | 0 | - | - | - | - | |")
             continue
-        top = sorted(counts.items(), key=lambda item: -item[1])[:5]
+        named_calls = {name: calls for name, calls in counts.items() if name != "all" and calls}
+        top = sorted(named_calls.items(), key=lambda item: -item[1])[:6]
         named = ", ".join(f"{name} {calls / requests:.2f}" for name, calls in top)
         lines.append(
             f"| {label} | {requests} | {figures['loop_passes']:.2f} | {figures['reads']:.2f} | "

@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--syscalls",
         action="store_true",
-        help="after measuring, count each path's server system calls per request (strace) "
+        help="after measuring, count each path's server system calls per request (perf stat) "
         "at 16 concurrent",
     )
     args = parser.parse_args(argv)
@@ -281,7 +281,7 @@ def profile_paths(
     args: argparse.Namespace,
     workdir: Path,
     cells: list[dict[str, Any]],
-) -> dict[str, tuple[Path, float]]:
+) -> dict[str, profile.Profiled]:
     """One extra, uncounted cell per path at 16 concurrent requests under py-spy; with
     each profile, the process's CPU µs per request measured at 16 without a profiler."""
     executable = profile.py_spy()
@@ -289,17 +289,22 @@ def profile_paths(
         say("no profile: py-spy is not installed (pip install -e '.[bench]')")
         return {}
     args.out.mkdir(parents=True, exist_ok=True)
-    profiles: dict[str, tuple[Path, float]] = {}
+    profiles: dict[str, profile.Profiled] = {}
     for key, path in running.items():
         targets = {
-            f"{key} {name}": (pid, args.out / f"profile-{key}-{name}.txt")
+            name: (pid, args.out / f"profile-{key}-{name}.txt", workdir / f"perf-{key}-{name}.data")
             for name, pid in path.processes.items()
             if name in profile.PYTHON_PROCESSES
         }
         argvs = [
             profile.record_argv(executable, pid, args.duration, out)
-            for pid, out in targets.values()
+            for pid, out, _ in targets.values()
         ]
+        if shutil.which("perf") is not None:
+            argvs += [
+                profile.perf_record_argv(pid, args.duration, data)
+                for pid, _, data in targets.values()
+            ]
         if not argvs:
             continue
         try:
@@ -308,23 +313,22 @@ def profile_paths(
             say(f"no profile of {key}: {exc}")
             continue
         measured = [c for c in cells if c["path"] == key and c["concurrency"] == 16] or [cell]
-        for label, (_, out) in targets.items():
-            name = label.split(" ", 1)[1]
+        for name, (_, out, data) in targets.items():
             spent = [c["cpu_s_by_process"][name] / max(c["requests"], 1) for c in measured]
-            profiles[label] = (out, statistics.median(spent) * 1e6)
+            profiles[f"{key} {name}"] = profile.Profiled(out, data, statistics.median(spent) * 1e6)
     return profiles
 
 
 def count_syscalls(running: dict[str, RunningPath], args: argparse.Namespace, workdir: Path) -> str:
-    """One extra, uncounted cell per path at 16 concurrent requests under ``strace -c``."""
-    if shutil.which("strace") is None:
-        say("no system call counts: strace is not installed")
+    """One extra, uncounted cell per path at 16 concurrent requests under ``perf stat``."""
+    if shutil.which("perf") is None:
+        say("no system call counts: perf is not installed (apt-get install linux-perf)")
         return ""
     rows: dict[str, tuple[dict[str, int], int]] = {}
     seconds = args.duration + 1.5  # attached before the window opens, detached after it
     for key, path in running.items():
-        outputs = {name: workdir / f"strace-{key}-{name}.txt" for name in path.processes}
-        argvs = [profile.strace_argv(pid, seconds, outputs[n]) for n, pid in path.processes.items()]
+        outputs = {name: workdir / f"perf-{key}-{name}.txt" for name in path.processes}
+        argvs = [profile.perf_argv(pid, seconds, outputs[n]) for n, pid in path.processes.items()]
         try:
             cell = run_cell(path, 16, args, workdir, argvs)
         except CellFailed as exc:
@@ -451,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         running = start_paths(ws, wanted, skipped)
         cells = measure(running, args, skipped, directory)
         profiles = profile_paths(running, args, directory, cells) if args.profile else {}
+        profiled = profile.markdown(profiles) if profiles else ""  # reads the workdir's files
         syscalls = count_syscalls(running, args, directory) if args.syscalls else ""
         rss = peak_rss(running)
     context["machine"]["loadavg_end"] = os.getloadavg()[0]
@@ -460,10 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     headline = report.headline(summary, args.concurrency, extra_rss(rss))
     headline["skipped"] = skipped
     print(write_outputs(args, context, cells, summary, rss, contains, headline))
-    if profiles:
-        text = profile.markdown(profiles)
-        (args.out / "profile.md").write_text(text)
-        print(text)
+    if profiled:
+        (args.out / "profile.md").write_text(profiled)
+        print(profiled)
     if syscalls:
         (args.out / "syscalls.md").write_text(syscalls)
         print(syscalls)
