@@ -137,9 +137,9 @@ class DeadlineMiddleware:
         if overdue is None or overdue.loop is not task.get_loop():
             overdue = self._overdue = Overdue(task.get_loop())
         entry = overdue.watch(deadline, task)
+        token = deadlines.enter_deadline(deadline)
         try:
-            with deadlines.use_deadline(deadline):
-                await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
         except asyncio.CancelledError:
             # Time ran out if the cancellation was ours, and ours alone.
             if not overdue.done(entry) or task.uncancel() > 0:
@@ -149,6 +149,8 @@ class DeadlineMiddleware:
             if overdue.done(entry):
                 task.uncancel()
             raise
+        finally:
+            deadlines.exit_deadline(token)
         if overdue.done(entry):
             task.uncancel()  # the app swallowed our cancellation: take the request back
             return True
