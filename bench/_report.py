@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -167,3 +168,10 @@ def plot(
     figure.savefig(destination, dpi=110)
     plt.close(figure)
     return None
+
+
+def print_figures(figures: Mapping[str, Any]) -> None:
+    """A small bench's output: one aligned line per figure, then the JSON line."""
+    for key, value in figures.items():
+        print(f"{key:40} {value}")
+    print(json.dumps(figures, separators=(",", ":")))

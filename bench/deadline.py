@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import uvloop
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._report import print_figures
 from meshkit import deadline as deadlines
 from meshkit.middleware.deadline import DeadlineMiddleware
 
@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args(argv)
     figures = uvloop.run(run(args))
-    for key, value in figures.items():
-        print(f"{key:40} {value}")
-    print(json.dumps(figures, separators=(",", ":")))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

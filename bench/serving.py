@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._endpoint import app
+from bench._report import print_figures
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.serving import protocol
 from meshkit.serving.listen import uvicorn_config
@@ -198,9 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             figures |= instructions(n)
     else:
         figures = uvloop.run(run(args))
-    for key, value in figures.items():
-        print(f"{key:40} {value}")
-    print(json.dumps(figures, separators=(",", ":")))
+    print_figures(figures)
 
 
 if __name__ == "__main__":
