@@ -293,6 +293,10 @@ class CoalescingTransport:
             if not self._transport.is_closing():
                 self._transport.write(data)
 
+    def is_closing(self) -> bool:
+        # uvicorn asks twice per request: spelled out, not found through __getattr__.
+        return self._transport.is_closing()
+
     def close(self) -> None:
         self._flush()
         self._transport.close()
