@@ -17,6 +17,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -127,14 +128,15 @@ class DeadlineMiddleware:
 
     async def _run_until(self, deadline: float, scope: Scope, receive: Receive, send: Send) -> bool:
         """Run the app under ``deadline``; True if it was cancelled because time ran out."""
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # not asyncio (trio under anyio): anyio's own cancel scope
-            task = None
-        if task is None:
-            return await self._run_in_cancel_scope(deadline, scope, receive, send)
         overdue = self._overdue
-        if overdue is None or overdue.loop is not task.get_loop():
+        task = overdue.current_task() if overdue is not None else None
+        if overdue is None or task is None:  # the first request, or a new event loop
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:  # not asyncio (trio under anyio): anyio's own cancel scope
+                task = None
+            if task is None:
+                return await self._run_in_cancel_scope(deadline, scope, receive, send)
             overdue = self._overdue = Overdue(task.get_loop())
         entry = overdue.watch(deadline, task)
         token = deadlines.enter_deadline(deadline)
@@ -183,11 +185,21 @@ class Overdue:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self._thread = threading.get_ident()
         self._heap: list[tuple[float, int, _Entry]] = []
         self._order = itertools.count()  # ties between equal deadlines never compare entries
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+
+    def current_task(self) -> asyncio.Task[Any] | None:
+        """The task running on this loop, if it runs in this thread now; else None.
+
+        Python 3.11's ``asyncio.current_task()`` finds the running loop with a
+        ``getpid()`` system call (its fork check); naming the loop skips it."""
+        if threading.get_ident() != self._thread:
+            return None
+        return asyncio.current_task(self.loop)
 
     def watch(self, deadline: float, task: asyncio.Task[Any]) -> _Entry:
         entry = _Entry(task)

@@ -5,6 +5,7 @@ over real mTLS in tests/client/test_deadline.py and tests/chaos/."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -203,3 +204,21 @@ async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> 
     with anyio.move_on_after(0.05) as outer:
         await middleware(scope, None, send)
     assert outer.cancelled_caught and sent == []
+
+
+def test_one_middleware_keeps_its_deadlines_on_a_second_event_loop() -> None:
+    """The shared timer belongs to a loop: a middleware that outlives its loop (an app
+    served again, tests) arms a new one instead of a timer on the closed loop."""
+    middleware = DeadlineMiddleware(Handler(work=30), max_clock_skew=SKEW)
+    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"50")]}
+
+    async def once() -> int:
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(middleware(scope, None, send), 5)
+        return int(sent[0]["status"])
+
+    assert [asyncio.run(once()), asyncio.run(once())] == [504, 504]
