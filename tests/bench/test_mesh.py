@@ -231,3 +231,36 @@ def test_profile_summary_ranks_functions_by_their_own_samples() -> None:
     assert rows[0] == ("run (runners.py)", 60.0, 100.0)
     assert rows[1] == ("send (uvicorn/protocols/h.py)", 30.0, 40.0)
     assert rows[2] == ("write (ssl.py)", 10.0, 10.0)
+
+
+def test_syscall_counts_come_from_perf_stat_lines() -> None:
+    output = (
+        "# started on Sat Dec  5 22:00:00 2026\n\n"
+        "300,,syscalls:sys_enter_epoll_pwait,3000000000,100.00,,\n"
+        "2000,,syscalls:sys_enter_read,3000000000,100.00,,\n"
+        "2000,,syscalls:sys_enter_write,3000000000,100.00,,\n"
+        "4400,,raw_syscalls:sys_enter,3000000000,100.00,,\n"
+    )
+    counts = profile.syscall_counts(output)
+    assert counts == {"epoll_pwait": 300, "read": 2000, "write": 2000, "all": 4400}
+    figures = profile.per_request(counts, 1000)
+    assert figures == {"loop_passes": 0.3, "reads": 2.0, "writes": 2.0, "all": 4.4}
+
+
+def test_native_time_is_split_by_shared_object() -> None:
+    report_text = (
+        "# Overhead  Shared Object\n"
+        "    40.00%  libpython3.11.so.1.0\n"
+        "    25.00%  [kernel.kallsyms]\n"
+        "    10.00%  libcrypto.so.3\n"
+        "     5.00%  libssl.so.3\n"
+        "    12.00%  loop.cpython-311-x86_64-linux-gnu.so\n"
+        "     8.00%  libc.so.6\n"
+    )
+    shares = profile.native_shares(report_text)
+    assert shares[profile.INTERPRETER] == 0.4
+    assert round(shares["TLS (OpenSSL, _ssl)"], 2) == 0.15
+    assert shares["event loop C (uvloop, libuv)"] == 0.12
+    assert shares[profile.NATIVE_OTHER] == 0.08
+    stack = ["run (uvloop/__init__.py)", "round_trip (meshkit/client/_pool.py)", "write (ssl.py)"]
+    assert profile.part_of(stack) == "client: meshkit pool (request write, TLS)"
