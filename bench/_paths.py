@@ -1,6 +1,6 @@
 """The paths under test: each starts its processes and says exactly what a request crosses.
 
-Every path serves the same ``/hello`` endpoint (bench/_apps.py) and is driven by the
+Every path ends in the same ``/hello`` endpoint (bench/_endpoint.py) and is driven by the
 same load generator (bench/_loadgen.py). A path's *data-plane* processes are the ones
 whose CPU is charged to it; CA and registry (M's control plane) are reported apart,
 as istiod would be for C.
@@ -124,20 +124,28 @@ def start_trace_sink(stack: contextlib.ExitStack) -> int:
 # -- bare uvicorn ------------------------------------------------------------------------
 
 
-def start_uvicorn(ws: Workspace, name: str, *, tls: Identity | None) -> tuple[int, int]:
-    """The uvicorn CLI (uvloop, httptools) on an ephemeral port; (pid, port).
+def start_uvicorn(
+    ws: Workspace,
+    name: str,
+    *,
+    tls: Identity | None,
+    target: str = "bench._endpoint:app",
+    env: dict[str, str] | None = None,
+) -> tuple[int, int]:
+    """The uvicorn CLI (uvloop, httptools) serving ``target`` on an ephemeral port;
+    (pid, port). ``env`` adds to the environment (the bare caller's upstream).
 
     Not ``--fd``: uvicorn wraps an inherited descriptor as AF_UNIX, so its TCP
     connections lose TCP_NODELAY and stall ~40 ms on delayed ACKs.
     """
-    argv = [PYTHON, "-m", "uvicorn", "bench._apps:app", "--host", "127.0.0.1", "--port", "0"]
-    argv += ["--loop", "uvloop", "--http", "httptools", "--lifespan", "off"]
+    argv = [PYTHON, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--loop", "uvloop", "--http", "httptools", "--lifespan", "on" if env else "off"]
     argv += ["--no-access-log", "--log-level", "info"]
     if tls is not None:
         argv += ["--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
         argv += ["--ssl-ca-certs", str(tls.bundle), "--ssl-cert-reqs", str(int(ssl.CERT_REQUIRED))]
     log = ws.directory / f"{name}.log"
-    process = spawn(ws.stack, argv, log=log)
+    process = spawn(ws.stack, argv, env=env, log=log)
     running = re.compile(r"Uvicorn running on https?://127\.0\.0\.1:(\d+)")
     wait_until(lambda: bool(running.search(log.read_text())), what=name, process=process, log=log)
     port = int(running.search(log.read_text())[1])  # type: ignore[index]
@@ -182,11 +190,12 @@ def start_b(ws: Workspace) -> RunningPath:
     )
 
 
-def start_c(ws: Workspace) -> RunningPath:
-    app_pid, app_port = start_uvicorn(ws, "C-uvicorn", tls=None)
+def start_sidecars(ws: Workspace, prefix: str, app_port: int) -> tuple[int, int, int]:
+    """An Envoy pair in front of the app on ``app_port``, the client Envoy holding the
+    caller's SVID, the server Envoy the callee's; (client pid, server pid, client port)."""
     server = start_envoy(
         ws.stack,
-        "C-envoy-server",
+        f"{prefix}-envoy-server",
         server_sidecar_config(
             ws.identity("callee"), app_port=app_port, allowed_callers=[spiffe("caller")]
         ),
@@ -194,7 +203,7 @@ def start_c(ws: Workspace) -> RunningPath:
     )
     client = start_envoy(
         ws.stack,
-        "C-envoy-client",
+        f"{prefix}-envoy-client",
         client_sidecar_config(
             ws.identity("caller"),
             upstream_port=server.port,
@@ -203,13 +212,73 @@ def start_c(ws: Workspace) -> RunningPath:
         ),
         ws.directory,
     )
+    return client.pid, server.pid, client.port
+
+
+def start_c(ws: Workspace) -> RunningPath:
+    app_pid, app_port = start_uvicorn(ws, "C-uvicorn", tls=None)
+    client_pid, server_pid, client_port = start_sidecars(ws, "C", app_port)
     return RunningPath(
         "C",
         "loadgen -> client Envoy (plaintext, loopback) -> mTLS with SPIFFE SAN check -> "
         "server Envoy (RBAC allows caller) -> uvicorn (plaintext) -> Starlette endpoint",
-        f"http://127.0.0.1:{client.port}/hello",
+        f"http://127.0.0.1:{client_port}/hello",
         None,
-        {"envoy-client": client.pid, "envoy-server": server.pid, "uvicorn": app_pid},
+        {"envoy-client": client_pid, "envoy-server": server_pid, "uvicorn": app_pid},
+    )
+
+
+# -- the same two applications as M, without meshkit -------------------------------------
+
+
+def start_bare_caller(
+    ws: Workspace, name: str, upstream: str, env: dict[str, str] | None = None
+) -> tuple[int, int]:
+    """bench/_plain.py's caller on uvicorn with mTLS (the load generator's certificate),
+    relaying to ``upstream`` through aiohttp."""
+    env = {"BENCH_UPSTREAM_URL": upstream, **(env or {})}
+    return start_uvicorn(ws, name, tls=ws.identity("caller"), target="bench._plain:caller", env=env)
+
+
+def start_n(ws: Workspace) -> RunningPath:
+    callee_pid, callee_port = start_uvicorn(ws, "N-callee", tls=ws.identity("callee"))
+    caller = ws.identity("caller")
+    tls = {
+        "BENCH_UPSTREAM_CERT": str(caller.cert),
+        "BENCH_UPSTREAM_KEY": str(caller.key),
+        "BENCH_UPSTREAM_CA": str(caller.bundle),
+    }
+    upstream = f"https://127.0.0.1:{callee_port}/hello"
+    caller_pid, caller_port = start_bare_caller(ws, "N-caller", upstream, tls)
+    return RunningPath(
+        "N",
+        "loadgen (client cert) -> caller app (Starlette on uvicorn, mTLS) -> aiohttp with "
+        "mTLS (keep-alive, no identity check) -> callee app (Starlette on uvicorn, mTLS); "
+        "no telemetry, no policy, no discovery, no retries",
+        f"https://127.0.0.1:{caller_port}/hello",
+        ws.identity("loadgen"),
+        {"caller": caller_pid, "callee": callee_pid},
+    )
+
+
+def start_s(ws: Workspace) -> RunningPath:
+    callee_pid, callee_port = start_uvicorn(ws, "S-callee", tls=None)
+    client_pid, server_pid, client_port = start_sidecars(ws, "S", callee_port)
+    upstream = f"http://127.0.0.1:{client_port}/hello"
+    caller_pid, caller_port = start_bare_caller(ws, "S-caller", upstream)
+    return RunningPath(
+        "S",
+        "loadgen (client cert) -> caller app (Starlette on uvicorn, mTLS) -> aiohttp "
+        "(plaintext, loopback) -> client Envoy -> mTLS with SPIFFE SAN check -> server "
+        "Envoy (RBAC allows caller) -> callee app (Starlette on uvicorn, plaintext)",
+        f"https://127.0.0.1:{caller_port}/hello",
+        ws.identity("loadgen"),
+        {
+            "caller": caller_pid,
+            "envoy-client": client_pid,
+            "envoy-server": server_pid,
+            "callee": callee_pid,
+        },
     )
 
 
@@ -286,6 +355,8 @@ STARTERS: dict[str, Callable[[Workspace], RunningPath]] = {
     "C": start_c,
     "M1": start_m1,
     "M": start_m,
+    "N": start_n,
+    "S": start_s,
 }
 
 

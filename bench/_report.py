@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,13 +55,29 @@ def headline(
     concurrencies: Sequence[int],
     extra_rss: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The one-line JSON: medians per path and concurrency, and meshkit's ratios."""
+    """The one-line JSON: meshkit's chain (M) against the same chain with no mesh (N) and
+    with sidecars (S), then M1 and M against B and C, then medians per path."""
 
     def figure(path: str, n: int, name: str) -> float | None:
         cell = summary.get(path, {}).get(n)
         return None if cell is None else rounded(cell[name])
 
     line: dict[str, Any] = {}
+    for n in concurrencies:
+        for baseline in ("S", "N"):
+            line[f"ratio_cpu_M_over_{baseline}_c{n}"] = ratio(
+                figure("M", n, "cpu_s_per_1k"), figure(baseline, n, "cpu_s_per_1k")
+            )
+        for path in ("M", "S", "N"):
+            line[f"p99_ms_{path}_c{n}"] = figure(path, n, "p99_ms")
+        for baseline in ("S", "N"):
+            line[f"ratio_p99_M_over_{baseline}_c{n}"] = ratio(
+                figure("M", n, "p99_ms"), figure(baseline, n, "p99_ms")
+            )
+    line |= {
+        key: rounded(value, 1) if not isinstance(value, str) else value
+        for key, value in extra_rss.items()
+    }
     for n in concurrencies:
         for meshkit in ("M", "M1"):
             for baseline in ("B", "C"):
@@ -69,50 +86,11 @@ def headline(
                 )
         for path in summary:
             line[f"p99_ms_{path}_c{n}"] = figure(path, n, "p99_ms")
-        line.setdefault(f"p99_ms_M_c{n}", None)
         line.setdefault(f"p99_ms_C_c{n}", None)
         for path in summary:
             line[f"rps_{path}_c{n}"] = figure(path, n, "rps")
             line[f"cpu_s_per_1k_{path}_c{n}"] = figure(path, n, "cpu_s_per_1k")
-    for n in concurrencies:
-        for baseline in ("B", "C"):
-            line[f"ratio_cpu_M_hop_over_{baseline}_hop_c{n}"] = ratio(
-                hop_cpu(summary, n, "M", minus="M1"),
-                hop_cpu(summary, n, baseline, plus_client=True),
-            )
-    line |= {
-        key: rounded(value, 1) if not isinstance(value, str) else value
-        for key, value in extra_rss.items()
-    }
     return line
-
-
-def hop_cpu(
-    summary: Mapping[str, Mapping[int, Mapping[str, Any]]],
-    n: int,
-    path: str,
-    *,
-    minus: str | None = None,
-    plus_client: bool = False,
-) -> float | None:
-    """CPU of "a calling application's client work + one hop + the callee", per 1k requests.
-
-    In B and C the load generator *is* the calling application, so its client CPU is
-    added; in M the calling application is the caller ServiceApp, whose serving of the
-    load generator (about what M1 costs) has no counterpart in B or C and is taken out.
-    """
-    cell = summary.get(path, {}).get(n)
-    if cell is None:
-        return None
-    value = float(cell["cpu_s_per_1k"])
-    if plus_client:
-        value += cell["client_cpu_s_per_1k"]
-    if minus is not None:
-        other = summary.get(minus, {}).get(n)
-        if other is None:
-            return None
-        value -= other["cpu_s_per_1k"]
-    return value
 
 
 def _cell(value: float | None, digits: int) -> str:
@@ -129,17 +107,19 @@ def markdown(
     lines = [header, ""]
     lines += [
         "| path | conc. | req/s | p50 ms | p90 ms | p99 ms | CPU s / 1k req | "
-        "vs B | vs C | loadgen CPU s / 1k | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "vs N | vs S | vs B | vs C | loadgen CPU s / 1k | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for path, by_concurrency in summary.items():
         for n, cell in by_concurrency.items():
             cpu = cell["cpu_s_per_1k"]
-            vs = [ratio(cpu, summary.get(base, {}).get(n, {}).get("cpu_s_per_1k")) for base in "BC"]
+            vs = [
+                ratio(cpu, summary.get(base, {}).get(n, {}).get("cpu_s_per_1k")) for base in "NSBC"
+            ]
             lines.append(
                 f"| {path} | {n} | {_cell(cell['rps'], 0)} | {_cell(cell['p50_ms'], 3)} | "
                 f"{_cell(cell['p90_ms'], 3)} | {_cell(cell['p99_ms'], 3)} | {_cell(cpu, 3)} | "
-                f"{_cell(vs[0], 2)} | {_cell(vs[1], 2)} | "
+                f"{_cell(vs[0], 2)} | {_cell(vs[1], 2)} | {_cell(vs[2], 2)} | {_cell(vs[3], 2)} | "
                 f"{_cell(cell['client_cpu_s_per_1k'], 3)} | {cell['errors']} |"
             )
     lines += ["", "Peak RSS per process (VmHWM, MiB):", ""]
@@ -188,3 +168,10 @@ def plot(
     figure.savefig(destination, dpi=110)
     plt.close(figure)
     return None
+
+
+def print_figures(figures: Mapping[str, Any]) -> None:
+    """A small bench's output: one aligned line per figure, then the JSON line."""
+    for key, value in figures.items():
+        print(f"{key:40} {value}")
+    print(json.dumps(figures, separators=(",", ":")))

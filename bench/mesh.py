@@ -1,12 +1,15 @@
 """meshkit against no mesh and against an Envoy sidecar mesh, side by side in one run.
 
-    python bench/mesh.py [--paths A,B,C,M1,M] [--concurrency 1,16,64] [--duration 3]
+    python bench/mesh.py [--paths A,B,C,M1,M,N,S] [--concurrency 1,16,64] [--duration 3]
                          [--warmup 1] [--repetitions 3] [--quick] [--out bench/results]
 
 Paths (bench/_paths.py says exactly what each contains): A plaintext uvicorn, B mTLS
-uvicorn, C an Envoy sidecar pair, M1 one meshkit ServiceApp, M a ServiceApp calling
-another through the mesh client. Cells run interleaved (rep 1: A B C M1 M at each
-concurrency, rep 2: ...), each after its own warm-up; figures are medians over the
+uvicorn, C an Envoy sidecar pair in front of one app, M1 one meshkit ServiceApp. Then
+three like-for-like call chains, the same two applications doing the same work: M a
+ServiceApp calling another through the mesh client; N (no mesh) a Starlette caller on
+uvicorn calling the callee app through aiohttp, mTLS on both hops; S (sidecar mesh) the
+same caller calling through an Envoy pair. Cells run interleaved (rep 1: every path at
+each concurrency, rep 2: ...), each after its own warm-up; figures are medians over the
 repetitions. CPU is what the path's server processes spent (``/proc``) during the
 measured window, per 1,000 requests; the load generator's own CPU is shown apart.
 The last line printed is one JSON object of the headline figures.
@@ -20,7 +23,9 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,13 +44,13 @@ from bench._paths import STARTERS, ControlPlane, RunningPath, Workspace
 from bench._procs import ROOT, cpu_seconds, cpu_snapshot, peak_rss_mb
 from meshkit.testing.envoy import envoy_missing
 
-ALL_PATHS = ("A", "B", "C", "M1", "M")
+ALL_PATHS = ("A", "B", "C", "M1", "M", "N", "S")
 MAX_KEPT_LATENCIES = 20_000  # per cell, for the plot
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/mesh.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--paths", help="comma-separated subset of A,B,C,M1,M (default: all)")
+    parser.add_argument("--paths", help="comma-separated subset of A,B,C,M1,M,N,S (default: all)")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell")
@@ -57,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="after measuring, sample each path's Python processes with py-spy at 16 concurrent",
+    )
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="after measuring, count each path's server system calls per request (perf stat) "
+        "at 16 concurrent",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -73,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def unavailable(path: str) -> str | None:
-    if path == "C":
+    if path in ("C", "S"):
         return envoy_missing()
     return None
 
@@ -253,34 +264,67 @@ def measure(
 
 
 def profile_paths(
-    running: dict[str, RunningPath], args: argparse.Namespace, workdir: Path
-) -> dict[str, Path]:
-    """One extra, uncounted cell per path at 16 concurrent requests under py-spy."""
+    running: dict[str, RunningPath],
+    args: argparse.Namespace,
+    workdir: Path,
+    cells: list[dict[str, Any]],
+) -> dict[str, profile.Profiled]:
+    """One extra, uncounted cell per path at 16 concurrent requests under py-spy; with
+    each profile, the process's CPU µs per request measured at 16 without a profiler."""
     executable = profile.py_spy()
     if executable is None:
         say("no profile: py-spy is not installed (pip install -e '.[bench]')")
         return {}
     args.out.mkdir(parents=True, exist_ok=True)
-    profiles: dict[str, Path] = {}
+    profiles: dict[str, profile.Profiled] = {}
     for key, path in running.items():
         targets = {
-            f"{key} {name}": (pid, args.out / f"profile-{key}-{name}.txt")
+            name: (pid, args.out / f"profile-{key}-{name}.txt", workdir / f"perf-{key}-{name}.data")
             for name, pid in path.processes.items()
             if name in profile.PYTHON_PROCESSES
         }
         argvs = [
             profile.record_argv(executable, pid, args.duration, out)
-            for pid, out in targets.values()
+            for pid, out, _ in targets.values()
         ]
+        if shutil.which("perf") is not None:
+            argvs += [
+                profile.perf_record_argv(pid, args.duration, data)
+                for pid, _, data in targets.values()
+            ]
         if not argvs:
             continue
         try:
-            run_cell(path, 16, args, workdir, argvs)
+            cell = run_cell(path, 16, args, workdir, argvs)
         except CellFailed as exc:
             say(f"no profile of {key}: {exc}")
             continue
-        profiles |= {label: out for label, (_, out) in targets.items()}
+        measured = [c for c in cells if c["path"] == key and c["concurrency"] == 16] or [cell]
+        for name, (_, out, data) in targets.items():
+            spent = [c["cpu_s_by_process"][name] / max(c["requests"], 1) for c in measured]
+            profiles[f"{key} {name}"] = profile.Profiled(out, data, statistics.median(spent) * 1e6)
     return profiles
+
+
+def count_syscalls(running: dict[str, RunningPath], args: argparse.Namespace, workdir: Path) -> str:
+    """One extra, uncounted cell per path at 16 concurrent requests under ``perf stat``."""
+    if shutil.which("perf") is None:
+        say("no system call counts: perf is not installed (apt-get install linux-perf)")
+        return ""
+    rows: dict[str, tuple[dict[str, int], int]] = {}
+    seconds = args.duration + 1.5  # attached before the window opens, detached after it
+    for key, path in running.items():
+        outputs = {name: workdir / f"perf-{key}-{name}.txt" for name in path.processes}
+        argvs = [profile.perf_argv(pid, seconds, outputs[n]) for n, pid in path.processes.items()]
+        try:
+            cell = run_cell(path, 16, args, workdir, argvs)
+        except CellFailed as exc:
+            say(f"no system call counts of {key}: {exc}")
+            continue
+        for name, output in outputs.items():
+            text = output.read_text() if output.exists() else ""
+            rows[f"{key} {name}"] = (profile.syscall_counts(text), cell["requests"])
+    return profile.syscalls_markdown(rows)
 
 
 def peak_rss(running: dict[str, RunningPath]) -> dict[str, dict[str, float]]:
@@ -292,19 +336,23 @@ def peak_rss(running: dict[str, RunningPath]) -> dict[str, dict[str, float]]:
 
 
 def extra_rss(rss: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """meshkit's server process (M: the caller, server + client; else M1) minus bare uvicorn."""
+    """meshkit's processes minus the bare ones: M's caller and callee each against N's
+    (the same application, same role), and the one meshkit server (M1, else M) against
+    bare uvicorn (B)."""
+    figures: dict[str, Any] = {"extra_rss_mb_M_over_N": None, "extra_rss_mb_M_over_B": None}
+    if "M" in rss and "N" in rss:
+        for service in ("caller", "callee"):
+            figures[f"extra_rss_mb_M_over_N_{service}"] = rss["M"][service] - rss["N"][service]
+        figures["extra_rss_mb_M_over_N"] = max(
+            figures["extra_rss_mb_M_over_N_caller"], figures["extra_rss_mb_M_over_N_callee"]
+        )
     bare = rss.get("B", rss.get("A", {})).get("uvicorn")
-    figures: dict[str, Any] = {"extra_rss_mb_M_over_B": None}
     if bare is None:
         return figures
     if "M1" in rss:
         figures["extra_rss_mb_M1_over_B"] = rss["M1"]["callee"] - bare
     if "M" in rss:
         figures["extra_rss_mb_M_over_B"] = max(rss["M"]["caller"], rss["M"]["callee"]) - bare
-        figures["extra_rss_mb_M_over_B_from"] = "M caller/callee, the larger"
-    elif "M1" in rss:
-        figures["extra_rss_mb_M_over_B"] = figures["extra_rss_mb_M1_over_B"]
-        figures["extra_rss_mb_M_over_B_from"] = "M1 (M did not run)"
     return figures
 
 
@@ -393,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [key for key in args.paths if key not in skipped]
         running = start_paths(ws, wanted, skipped)
         cells = measure(running, args, skipped, directory)
-        profiles = profile_paths(running, args, directory) if args.profile else {}
+        profiles = profile_paths(running, args, directory, cells) if args.profile else {}
+        profiled = profile.markdown(profiles) if profiles else ""  # reads the workdir's files
+        syscalls = count_syscalls(running, args, directory) if args.syscalls else ""
         rss = peak_rss(running)
     context["machine"]["loadavg_end"] = os.getloadavg()[0]
     order = [key for key in ALL_PATHS if key in running and key not in skipped]
@@ -402,10 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     headline = report.headline(summary, args.concurrency, extra_rss(rss))
     headline["skipped"] = skipped
     print(write_outputs(args, context, cells, summary, rss, contains, headline))
-    if profiles:
-        text = profile.markdown(profiles)
-        (args.out / "profile.md").write_text(text)
-        print(text)
+    if profiled:
+        (args.out / "profile.md").write_text(profiled)
+        print(profiled)
+    if syscalls:
+        (args.out / "syscalls.md").write_text(syscalls)
+        print(syscalls)
     print(json.dumps(without_nan(headline), separators=(",", ":")))
     return 0
 

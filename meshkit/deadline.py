@@ -42,7 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 #: The header carrying the remaining budget in whole milliseconds.
 DEADLINE_HEADER = "x-meshkit-deadline-ms"
@@ -91,6 +91,16 @@ def deadline_after(seconds: float) -> Iterator[float]:
         deadline = outer
     with use_deadline(deadline):
         yield deadline
+
+
+def enter_deadline(deadline: float | None) -> Token[float | None]:
+    """Make ``deadline`` current until ``exit_deadline(token)``: ``use_deadline`` without
+    a generator-based context manager (~1.5 µs), for the server's per-request path."""
+    return _deadline.set(deadline)
+
+
+def exit_deadline(token: Token[float | None]) -> None:
+    _deadline.reset(token)
 
 
 @contextmanager

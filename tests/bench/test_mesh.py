@@ -20,7 +20,7 @@ from bench import _profile as profile
 from bench import _report as report
 from bench._envoy import Identity, client_sidecar_config, server_sidecar_config
 from bench._paths import spiffe
-from bench.mesh import envoy_missing
+from bench.mesh import envoy_missing, extra_rss
 from tests._procs import gone
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,8 +59,8 @@ def test_a_b_and_m1_produce_every_output(tmp_path: Path) -> None:
             assert line[f"rps_{path}_c{n}"] > 0
             assert line[f"p99_ms_{path}_c{n}"] > 0
         assert line[f"ratio_cpu_M1_over_B_c{n}"] is not None
-        # M and C were not asked for: their keys exist, empty.
-        for key in ("ratio_cpu_M_over_B", "ratio_cpu_M_over_C", "p99_ms_M", "p99_ms_C"):
+        # M, C, N and S were not asked for: their keys exist, empty.
+        for key in ("ratio_cpu_M_over_B", "ratio_cpu_M_over_N", "p99_ms_M", "p99_ms_C"):
             assert line[f"{key}_c{n}"] is None
     assert line["extra_rss_mb_M1_over_B"] is not None
     document = json.loads((tmp_path / "mesh.json").read_text())
@@ -94,6 +94,24 @@ def test_meshkit_path_calls_through_the_mesh_client(tmp_path: Path) -> None:
     assert line["rps_M_c4"] > 0 and line["p99_ms_M_c4"] > 0
     document = json.loads((tmp_path / "mesh.json").read_text())
     assert set(document["peak_rss_mb"]["M"]) == {"caller", "callee", "ca", "registry"}
+    assert all(cell["errors"] == 0 for cell in document["cells"])
+    assert all(gone(pid) for pid in started_pids(stderr))
+
+
+@pytest.mark.skipif(envoy_missing() is not None, reason=f"Envoy: {envoy_missing()}")
+def test_bare_and_sidecar_chains_serve_the_same_two_apps(tmp_path: Path) -> None:
+    line, _, stderr = run_bench("--paths", "N,S", *TINY, out=tmp_path)
+    assert line["skipped"] == {}
+    for path in ("N", "S"):
+        assert line[f"rps_{path}_c4"] > 0 and line[f"p99_ms_{path}_c4"] > 0
+    document = json.loads((tmp_path / "mesh.json").read_text())
+    assert set(document["peak_rss_mb"]["N"]) == {"caller", "callee"}
+    assert set(document["peak_rss_mb"]["S"]) == {
+        "caller",
+        "envoy-client",
+        "envoy-server",
+        "callee",
+    }
     assert all(cell["errors"] == 0 for cell in document["cells"])
     assert all(gone(pid) for pid in started_pids(stderr))
 
@@ -171,23 +189,36 @@ def test_loadgen_refuses_to_hang_on_a_dead_target(tmp_path: Path) -> None:
     assert "not ready" in done.stderr
 
 
-def test_hop_ratios_charge_the_calling_application_alike() -> None:
-    def cell(cpu: float, client: float) -> dict[str, float]:
-        return {"cpu_s_per_1k": cpu, "client_cpu_s_per_1k": client, "p99_ms": 1.0, "rps": 1.0}
+def test_headline_sets_meshkit_against_no_mesh_and_sidecars() -> None:
+    def cell(cpu: float, p99: float) -> dict[str, float]:
+        return {"cpu_s_per_1k": cpu, "client_cpu_s_per_1k": 0.06, "p99_ms": p99, "rps": 1.0}
 
     summary = {
-        "B": {16: cell(0.04, 0.06)},
-        "C": {16: cell(0.14, 0.06)},
-        "M1": {16: cell(0.05, 0.06)},
-        "M": {16: cell(0.20, 0.06)},
+        "N": {16: cell(0.30, 6.0)},
+        "S": {16: cell(0.50, 10.0)},
+        "M": {16: cell(0.25, 5.4)},
     }
-    line = report.headline(summary, [16], {})
-    assert line["ratio_cpu_M_over_B_c16"] == 5.0
-    # M minus its caller's serving of the load generator, against B or C plus their client.
-    assert line["ratio_cpu_M_hop_over_B_hop_c16"] == 1.5
-    assert line["ratio_cpu_M_hop_over_C_hop_c16"] == 0.75
-    del summary["M"]
-    assert report.headline(summary, [16], {})["ratio_cpu_M_hop_over_C_hop_c16"] is None
+    line = report.headline(summary, [16], {"extra_rss_mb_M_over_N": 12.34})
+    assert line["ratio_cpu_M_over_N_c16"] == 0.833
+    assert line["ratio_cpu_M_over_S_c16"] == 0.5
+    assert line["ratio_p99_M_over_N_c16"] == 0.9
+    assert line["ratio_p99_M_over_S_c16"] == 0.54
+    assert (line["p99_ms_M_c16"], line["p99_ms_S_c16"], line["p99_ms_N_c16"]) == (5.4, 10, 6)
+    assert line["extra_rss_mb_M_over_N"] == 12.3
+    assert not [key for key in line if "hop" in key]
+    del summary["S"]
+    assert report.headline(summary, [16], {})["ratio_cpu_M_over_S_c16"] is None
+
+
+def test_extra_rss_compares_each_service_with_its_bare_twin() -> None:
+    rss = {
+        "N": {"caller": 60.0, "callee": 55.0},
+        "M": {"caller": 80.0, "callee": 70.0, "ca": 60.0, "registry": 60.0},
+    }
+    figures = extra_rss(rss)
+    assert figures["extra_rss_mb_M_over_N_caller"] == 20.0
+    assert figures["extra_rss_mb_M_over_N_callee"] == 15.0
+    assert figures["extra_rss_mb_M_over_N"] == 20.0
 
 
 def test_profile_summary_ranks_functions_by_their_own_samples() -> None:
@@ -200,3 +231,36 @@ def test_profile_summary_ranks_functions_by_their_own_samples() -> None:
     assert rows[0] == ("run (runners.py)", 60.0, 100.0)
     assert rows[1] == ("send (uvicorn/protocols/h.py)", 30.0, 40.0)
     assert rows[2] == ("write (ssl.py)", 10.0, 10.0)
+
+
+def test_syscall_counts_come_from_perf_stat_lines() -> None:
+    output = (
+        "# started on Sat Dec  5 22:00:00 2026\n\n"
+        "300,,syscalls:sys_enter_epoll_pwait,3000000000,100.00,,\n"
+        "2000,,syscalls:sys_enter_read,3000000000,100.00,,\n"
+        "2000,,syscalls:sys_enter_write,3000000000,100.00,,\n"
+        "4400,,raw_syscalls:sys_enter,3000000000,100.00,,\n"
+    )
+    counts = profile.syscall_counts(output)
+    assert counts == {"epoll_pwait": 300, "read": 2000, "write": 2000, "all": 4400}
+    figures = profile.per_request(counts, 1000)
+    assert figures == {"loop_passes": 0.3, "reads": 2.0, "writes": 2.0, "all": 4.4}
+
+
+def test_native_time_is_split_by_shared_object() -> None:
+    report_text = (
+        "# Overhead  Shared Object\n"
+        "    40.00%  libpython3.11.so.1.0\n"
+        "    25.00%  [kernel.kallsyms]\n"
+        "    10.00%  libcrypto.so.3\n"
+        "     5.00%  libssl.so.3\n"
+        "    12.00%  loop.cpython-311-x86_64-linux-gnu.so\n"
+        "     8.00%  libc.so.6\n"
+    )
+    shares = profile.native_shares(report_text)
+    assert shares[profile.INTERPRETER] == 0.4
+    assert round(shares["TLS (OpenSSL, _ssl)"], 2) == 0.15
+    assert shares["event loop C (uvloop, libuv)"] == 0.12
+    assert shares[profile.NATIVE_OTHER] == 0.08
+    stack = ["run (uvloop/__init__.py)", "round_trip (meshkit/client/_pool.py)", "write (ssl.py)"]
+    assert profile.part_of(stack) == "client: meshkit pool (request write, TLS)"

@@ -5,6 +5,7 @@ over real mTLS in tests/client/test_deadline.py and tests/chaos/."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -150,3 +151,74 @@ async def test_a_downstream_deadline_error_is_answered_504() -> None:
 
     sent, _ = await serve(budget_ms=1000, handler=its_call_ran_out)
     assert sent[0]["status"] == 504
+
+
+async def test_a_shorter_deadline_after_a_longer_one_still_fires_in_time() -> None:
+    """One timer serves every request: a request with less time than those already
+    running moves it earlier."""
+    middleware = DeadlineMiddleware(Handler(work=30), max_clock_skew=SKEW)
+    answers: dict[int, int] = {}
+
+    async def one(budget_ms: int) -> None:
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"%d" % budget_ms)]}
+        await middleware(scope, None, send)
+        answers[budget_ms] = sent[0]["status"]
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(one, 3000)
+            await anyio.sleep(0.01)
+            group.start_soon(one, 50)
+            group.start_soon(one, 100)
+            await anyio.sleep(0.5)
+            assert answers == {50: 504, 100: 504}  # the 3 s one is still running
+            group.cancel_scope.cancel()
+
+
+async def test_finished_requests_leave_nothing_behind() -> None:
+    middleware = DeadlineMiddleware(Handler(), max_clock_skew=SKEW)
+    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"60000")]}
+
+    async def send(message: Any) -> None:
+        pass
+
+    for _ in range(1000):
+        await middleware(scope, None, send)
+    overdue = middleware._overdue
+    assert overdue is not None and len(overdue._heap) <= 64 and overdue._running == 0
+
+
+async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> None:
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    middleware = DeadlineMiddleware(Handler(work=30), max_clock_skew=SKEW)
+    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"60000")]}
+    with anyio.move_on_after(0.05) as outer:
+        await middleware(scope, None, send)
+    assert outer.cancelled_caught and sent == []
+
+
+def test_one_middleware_keeps_its_deadlines_on_a_second_event_loop() -> None:
+    """The shared timer belongs to a loop: a middleware that outlives its loop (an app
+    served again, tests) arms a new one instead of a timer on the closed loop."""
+    middleware = DeadlineMiddleware(Handler(work=30), max_clock_skew=SKEW)
+    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"50")]}
+
+    async def once() -> int:
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(middleware(scope, None, send), 5)
+        return int(sent[0]["status"])
+
+    assert [asyncio.run(once()), asyncio.run(once())] == [504, 504]

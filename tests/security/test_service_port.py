@@ -95,6 +95,40 @@ def test_a_silent_connection_is_closed(echo: ServiceProcess, web: ssl.SSLContext
         assert time.monotonic() - started < 5
 
 
+def test_a_kept_alive_connection_answers_then_closes_when_idle(
+    authority: LocalAuthority, tmp_path: Path, web: ssl.SSLContext
+) -> None:
+    """Without uvicorn's per-response timer: the once-a-second check closes it, after
+    the keep-alive timeout (1 s), long before the header timeout (10 s)."""
+    env = LIMITS | {"MESHKIT_KEEPALIVE_TIMEOUT": "1", "MESHKIT_HEADER_TIMEOUT": "10"}
+    identity = authority.issue("echo")
+    with (
+        ServiceProcess(
+            "tests.apps.echo:app", service="echo", identity=identity, identity_dir=tmp_path, env=env
+        ) as echo,
+        tls_socket(echo.port, web) as sock,
+    ):
+        for _ in range(3):  # kept alive between requests that come in time
+            sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: echo\r\n\r\n")
+            assert response_of(sock)[0] == 200
+        started = time.monotonic()
+        assert closed(sock)
+        assert time.monotonic() - started < 4  # keep-alive 1 s, checked every second
+
+
+def test_pipelined_requests_are_answered_in_order(
+    echo: ServiceProcess, web: ssl.SSLContext
+) -> None:
+    """A request already waiting when a response completes starts uvicorn's own way."""
+    with tls_socket(echo.port, web) as sock:
+        sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: echo\r\n\r\n" * 3)
+        received = b""
+        while received.count(b"HTTP/1.1 200 OK") < 3:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {received.count(b'HTTP/1.1 200 OK')} answers"
+            received += chunk
+
+
 def test_a_connection_that_never_says_hello_is_closed(echo: ServiceProcess) -> None:
     with socket.create_connection(("127.0.0.1", echo.port), timeout=10) as sock:
         started = time.monotonic()
