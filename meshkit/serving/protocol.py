@@ -149,25 +149,28 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if _complete_without_timer and not self.pipeline:
+        if _complete_without_timer:
             # The response's bytes leave now rather than one loop pass later.
             self.transport.flush()  # type: ignore[attr-defined]
-            self._complete_idle()
+            self._complete_without_timer()
         else:
-            super().on_response_complete()  # a pipelined request starts: uvicorn's own
+            super().on_response_complete()
         if not self.pipeline and not self.transport.is_closing():
             self.idle_since = self._since = self.loop.time()
             self._kept_alive = True
 
-    def _complete_idle(self) -> None:
-        """uvicorn's ``on_response_complete`` when no pipelined request waits, without
-        arming the keep-alive timer (``check`` closes idle connections): count the
-        request and resume reading. (uvicorn's step between the two cancels a timer the
-        next request's start has already cancelled.)"""
+    def _complete_without_timer(self) -> None:
+        """uvicorn's ``on_response_complete`` without the keep-alive timer (``check``
+        closes idle connections): count the request, drop keep-alive if the request
+        asked to, resume reading, start the next pipelined request."""
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
+        self._unset_keepalive_if_required()
         self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
 
     def check(self, now: float) -> None:
         """Enforce the deadlines: a late head (408, or a silent close when nothing came),
@@ -312,7 +315,7 @@ class CoalescingTransport:
 # -- the fast path and its check ---------------------------------------------------------
 
 #: sha256 of the dedented source of the uvicorn ``on_response_complete`` that
-#: ``_complete_idle`` reproduces (uvicorn 0.55).
+#: ``_complete_without_timer`` reproduces (uvicorn 0.55).
 _KNOWN_COMPLETION = "5684fd801d0683ac20b9144e8eed8327e445236d5c1d16a02253dfb3a35b9a75"
 _complete_without_timer = False
 

@@ -116,19 +116,6 @@ def test_a_kept_alive_connection_answers_then_closes_when_idle(
         assert time.monotonic() - started < 4  # keep-alive 1 s, checked every second
 
 
-def test_pipelined_requests_are_answered_in_order(
-    echo: ServiceProcess, web: ssl.SSLContext
-) -> None:
-    """A request already waiting when a response completes starts uvicorn's own way."""
-    with tls_socket(echo.port, web) as sock:
-        sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: echo\r\n\r\n" * 3)
-        received = b""
-        while received.count(b"HTTP/1.1 200 OK") < 3:
-            chunk = sock.recv(65536)
-            assert chunk, f"closed after {received.count(b'HTTP/1.1 200 OK')} answers"
-            received += chunk
-
-
 def test_a_connection_that_never_says_hello_is_closed(echo: ServiceProcess) -> None:
     with socket.create_connection(("127.0.0.1", echo.port), timeout=10) as sock:
         started = time.monotonic()
