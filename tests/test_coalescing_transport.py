@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from meshkit.serving import protocol
 from meshkit.serving.protocol import CoalescingTransport
 
 
@@ -52,14 +51,3 @@ async def test_close_sends_what_is_pending_first() -> None:
     assert real.writes == [b"last words"] and real.closed
     await asyncio.sleep(0)
     assert real.writes == [b"last words"]
-
-
-def test_the_keepalive_fast_path_matches_this_uvicorn() -> None:
-    """The pinned uvicorn takes the fast path; a uvicorn whose completion differs would
-    take the stock one (the check compares the method's source)."""
-    assert protocol.stock_completion_known()
-    assert protocol.use_fast_paths() is True
-    try:
-        assert protocol.use_fast_paths(False) is False
-    finally:
-        protocol.use_fast_paths()

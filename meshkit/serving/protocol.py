@@ -3,27 +3,14 @@
 The verified client certificate reaches the application as the ASGI TLS extension
 (``scope["extensions"]["tls"]``), built once per connection by a uvicorn protocol
 subclass passed as ``Config(http=...)``: uvicorn itself does not provide it.
-
-This module is meshkit's adapter to uvicorn's protocol internals. One fast path
-replaces a uvicorn method: after each response uvicorn arms a keep-alive timer
-(``call_later``) that the next request on the connection cancels, a timer set and
-cancelled per request. meshkit's server already checks every connection once a second
-(``check``), so idle keep-alive connections are closed there instead; the completion
-runs without the timer and writes the coalesced response at once, not one loop pass
-later (bench/serving.py measures both against the stock path). At import uvicorn's
-method is compared with the one the fast path reproduces; if this uvicorn's differs,
-the stock method runs (one timer per request again, never wrong).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
 import json
 import math
 import ssl
-import textwrap
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -92,7 +79,6 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._body_bytes = 0
         self._peer_deadline = math.inf  # loop time at which the caller's certificate expires
-        self._kept_alive = False  # idle after a response (keepalive_timeout), not new
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -149,28 +135,9 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if _complete_without_timer:
-            # The response's bytes leave now rather than one loop pass later.
-            self.transport.flush()  # type: ignore[attr-defined]
-            self._complete_without_timer()
-        else:
-            super().on_response_complete()
+        super().on_response_complete()
         if not self.pipeline and not self.transport.is_closing():
             self.idle_since = self._since = self.loop.time()
-            self._kept_alive = True
-
-    def _complete_without_timer(self) -> None:
-        """uvicorn's ``on_response_complete`` without the keep-alive timer (``check``
-        closes idle connections): count the request, drop keep-alive if the request
-        asked to, resume reading, start the next pipelined request."""
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self._unset_keepalive_if_required()
-        self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
 
     def check(self, now: float) -> None:
         """Enforce the deadlines: a late head (408, or a silent close when nothing came),
@@ -185,10 +152,6 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
             if self.cycle is not None:
                 self.cycle.keep_alive = False
         answered = self.cycle is None or self.cycle.response_complete
-        idle = self.idle_since is not None and self._phase == _HEAD and not self._head_bytes
-        if idle and self._kept_alive and now - self._since > self.limits.keepalive_timeout:
-            self.transport.close()  # kept alive after a response, and nothing since
-            return
         if self._phase == _HEAD and answered and now - self._since > self.limits.header_timeout:
             if self._head_bytes:
                 self._refuse(408, "request_header_timeout")
@@ -285,10 +248,6 @@ class CoalescingTransport:
         for chunk in chunks:
             self.write(chunk)
 
-    def flush(self) -> None:
-        """Write what is buffered now (the protocol calls it when a response is complete)."""
-        self._flush()
-
     def _flush(self) -> None:
         if self._pending:
             data = b"".join(self._pending)
@@ -310,33 +269,3 @@ class CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-# -- the fast path and its check ---------------------------------------------------------
-
-#: sha256 of the dedented source of the uvicorn ``on_response_complete`` that
-#: ``_complete_without_timer`` reproduces (uvicorn 0.55).
-_KNOWN_COMPLETION = "5684fd801d0683ac20b9144e8eed8327e445236d5c1d16a02253dfb3a35b9a75"
-_complete_without_timer = False
-
-
-def stock_completion_known() -> bool:
-    """Whether this uvicorn's ``on_response_complete`` is the one the fast path mirrors."""
-    try:
-        source = inspect.getsource(HttpToolsProtocol.on_response_complete)
-    except (OSError, TypeError):  # no source shipped: cannot tell, so do not replace it
-        return False
-    digest = hashlib.sha256(textwrap.dedent(source).encode()).hexdigest()
-    return digest == _KNOWN_COMPLETION
-
-
-def use_fast_paths(enabled: bool = True) -> bool:
-    """Complete responses without uvicorn's per-request keep-alive timer (if this uvicorn
-    passes the check) or with uvicorn's own method; True if fast. Called once at import;
-    benches call it to run the stock path on purpose."""
-    global _complete_without_timer
-    _complete_without_timer = enabled and stock_completion_known()
-    return _complete_without_timer
-
-
-use_fast_paths()
