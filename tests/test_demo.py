@@ -185,8 +185,9 @@ def test_the_shop_starts_shares_state_survives_a_kill_and_stops(
 def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(
     tmp_path: Path, registry_env: dict[str, str]
 ) -> None:
-    """The whole run with file identities and no registry: until the mesh client lands,
-    web's calls fail, so this checks the choreography, not the success rate."""
+    """A short run with file identities and a dev registry: the victim is killed, live
+    tables and the summary are shown, nothing is left running (the success rate is the
+    slow acceptance test's)."""
     out = io.StringIO()
     options = DemoOptions(duration=2.0, rate=5.0, interval=0.5)
     with Supervisor(tmp_path / "logs", stop_timeout=10) as supervisor:
