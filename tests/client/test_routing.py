@@ -14,11 +14,13 @@ from typing import Any
 import anyio
 import pytest
 
-from meshkit.client import ClientPolicy, DeadlineExceeded, MeshClientFactory
+from meshkit.client import ClientHooks, ClientPolicy, DeadlineExceeded, MeshClientFactory
 from meshkit.registry import WatchedCache
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.registry.routing_watch import WatchedRouting
 from meshkit.settings import MeshSettings
+from meshkit.telemetry.client import ClientTelemetry
+from meshkit.telemetry.metrics import MeshMetrics
 from meshkit.testing.processes import Mesh
 from tests.client.helpers import contexts
 
@@ -64,14 +66,22 @@ async def write(registry: ConsulRegistry, kind: str, name: str, body: dict[str, 
 
 @asynccontextmanager
 async def client_of(
-    shop: Mesh, registry: ConsulRegistry, policy: ClientPolicy | None = None
+    shop: Mesh,
+    registry: ConsulRegistry,
+    policy: ClientPolicy | None = None,
+    hooks: ClientHooks | None = None,
 ) -> AsyncIterator[Routed]:
     settings = MeshSettings(service="caller", trust_domain=shop.authority.trust_domain)
     routing = WatchedRouting(registry, wait=5)
     async with WatchedCache(registry) as cache, anyio.create_task_group() as group:
         group.start_soon(routing.run)
         factory = MeshClientFactory(
-            cache, contexts(shop.authority, "caller"), settings, policy=policy, routing=routing
+            cache,
+            contexts(shop.authority, "caller"),
+            settings,
+            policy=policy,
+            routing=routing,
+            hooks=hooks,
         )
         try:
             yield Routed(factory, routing, registry)
@@ -122,6 +132,30 @@ async def test_weighted_split_between_versions(shop: Mesh, registry: ConsulRegis
                 group.start_soon(worker)
     assert sum(seen.values()) == 2000
     assert abs(seen["v2"] / 2000 - 0.25) <= 0.05, seen
+
+
+async def test_client_metrics_count_calls_by_subset(shop: Mesh, registry: ConsulRegistry) -> None:
+    """The caller's own metrics show the split per subset: each call counted under the
+    subset that answered it, calls to a destination without a chain under none."""
+    metrics = MeshMetrics()
+    async with client_of(shop, registry, hooks=ClientTelemetry(metrics)) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        splits = [{"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "ServiceSubset": "v2"}]
+        await routed.apply("service-splitter", {"Splits": splits})
+        seen = Counter([(await routed.get())["version"] for _ in range(200)])
+    for subset in ("v1", "v2"):
+        labels = {
+            "http_request_method": "GET",
+            "destination_service": "inventory",
+            "http_response_status_code": "200",
+            "error_type": "",
+            "destination_subset": subset,
+        }
+        count = metrics.registry.get_sample_value(
+            "http_client_request_duration_seconds_count", labels
+        )
+        assert count == seen[subset], (subset, seen)
+        assert metrics.registry.get_sample_value("meshkit_client_attempts_total", labels)
 
 
 async def test_default_subset_then_header_path_and_query_routes(
