@@ -185,7 +185,9 @@ async def run_all(
 ) -> dict[str, list[dict[str, float]]]:
     normal, slow, shadow, stalling, always = ports[:3], ports[3], ports[4], ports[5:8], ports[8]
     one_slow = [*normal[:2], slow]
-    cells = [("normal_mirror", normal, MIRRORED, None)]
+    cells: list[tuple[str, list[int], ClientPolicy, int | None]] = [
+        ("normal_mirror", normal, MIRRORED, None)
+    ]
     settings = [
         ("normal", normal, None),
         ("one_slow", one_slow, slow),
