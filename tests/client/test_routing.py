@@ -5,6 +5,8 @@ each ``meshkit run``; entries written through py-consul as an operator writes th
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -105,10 +107,14 @@ class Routed:
         generation = self.routing.generation
         started = time.perf_counter()
         await write(self.registry, kind, name, body)
+        await self.changed_since(generation)
+        return time.perf_counter() - started
+
+    async def changed_since(self, generation: int) -> None:
+        """Wait until this client's table is newer than ``generation``."""
         with anyio.fail_after(5):
             while self.routing.generation == generation:  # noqa: ASYNC110 (a counter)
                 await anyio.sleep(0.005)
-        return time.perf_counter() - started
 
     async def get(self, path: str = "/item", **kwargs: Any) -> dict[str, Any]:
         response = await self.client.get(path, **kwargs)
@@ -197,6 +203,23 @@ async def test_default_subset_then_header_path_and_query_routes(
         # An absolute URL of another host is not the destination's: never routed.
         leader = await routed.client.get(f"http://{shop.registry.address}/v1/status/leader")
         assert leader.status_code == 200 and "version" not in leader.text
+
+
+async def test_meshkit_route_steers_running_clients(shop: Mesh, registry: ConsulRegistry) -> None:
+    """``meshkit route`` (a process of its own, as an operator runs it) writes a router
+    the running client follows: the header's calls to v2, the others to the default."""
+    async with client_of(shop, registry) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        generation = routed.routing.generation
+        argv = [sys.executable, "-m", "meshkit", "route", "inventory"]
+        argv += ["--header", "x-canary=1", "--subset", "v2"]
+        env = {**os.environ, "CONSUL_HTTP_ADDR": shop.registry.address}
+        done = await anyio.run_process(argv, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        await routed.changed_since(generation)
+        canary = {(await routed.get(headers={"x-canary": "1"}))["version"] for _ in range(20)}
+        others = {(await routed.get())["version"] for _ in range(20)}
+    assert (canary, others) == ({"v2"}, {"v1"})
 
 
 async def test_subset_without_instances_fails_over(shop: Mesh, registry: ConsulRegistry) -> None:
