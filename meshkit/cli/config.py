@@ -67,7 +67,7 @@ def _add_route(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     route.add_argument("service", help="the service whose calls are routed")
     path = route.add_mutually_exclusive_group()
-    path.add_argument("--path-prefix", metavar="PREFIX", help="match paths starting so")
+    path.add_argument("--path-prefix", metavar="PREFIX", help="match paths that start with PREFIX")
     path.add_argument("--path-exact", metavar="PATH", help="match this path only")
     path.add_argument("--path-regex", metavar="REGEX", help="match paths this RE2 matches")
     route.add_argument(
