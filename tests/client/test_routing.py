@@ -205,6 +205,38 @@ async def test_default_subset_then_header_path_and_query_routes(
         assert leader.status_code == 200 and "version" not in leader.text
 
 
+async def test_a_split_to_another_services_splitter_is_flattened(
+    shop: Mesh, registry: ConsulRegistry
+) -> None:
+    """inventory: v1 50, catalog 50; catalog: inventory's v2 50 (a header set on the way),
+    itself 50. Flattened as Consul does: v1 50 %, v2 25 % with both splits' headers,
+    catalog 25 %."""
+    to_v2 = {"Weight": 50, "Service": "inventory", "ServiceSubset": "v2"}
+    to_v2["RequestHeaders"] = {"Set": {"x-canary": "nested"}}
+    async with client_of(shop, registry) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        try:
+            await routed.apply("service-splitter", {"Splits": [to_v2, {"Weight": 50}]}, "catalog")
+            splits = [{"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "Service": "catalog"}]
+            await routed.apply("service-splitter", {"Splits": splits})
+            seen: Counter[tuple[str, str | None]] = Counter()
+
+            async def worker() -> None:
+                for _ in range(250):
+                    answer = await routed.get()
+                    seen[answer["version"], answer["canary"]] += 1
+
+            async with anyio.create_task_group() as group:
+                for _ in range(8):
+                    group.start_soon(worker)
+        finally:
+            await registry.call(lambda c: c.config.delete("service-splitter", "inventory"))
+            await registry.call(lambda c: c.config.delete("service-splitter", "catalog"))
+    assert set(seen) == {("v1", None), ("v2", "nested"), ("c1", None)}, seen
+    for key, share in ((("v1", None), 0.5), (("v2", "nested"), 0.25), (("c1", None), 0.25)):
+        assert abs(seen[key] / 2000 - share) <= 0.05, seen
+
+
 async def test_meshkit_route_steers_running_clients(shop: Mesh, registry: ConsulRegistry) -> None:
     """``meshkit route`` (a process of its own, as an operator runs it) writes a router
     the running client follows: the header's calls to v2, the others to the default."""
