@@ -102,61 +102,55 @@ async def gather_calls(mesh: MeshClientFactory, count: int, *, workers: int = 8)
     return statuses
 
 
+@asynccontextmanager
+async def hedged_race(
+    authority: LocalAuthority, seen: Seen, hooks: Recorder | None = None, **policy: Any
+) -> AsyncIterator[tuple[MeshClientFactory, str]]:
+    """Two instances; whichever gets the first attempt hangs on it (until the caller
+    goes away, or 10 s), so one hedged call is answered by the other. Yields the client
+    and the name of the instance that lost the race."""
+    hangs = Behaviour(hang_first_overall=True)
+    specs = {"payments": {"a": hangs, "b": hangs}}
+    async with services(authority, seen, specs) as source:
+        mesh = factory(authority, source, hooks=hooks, hedge_delay=0.05, **policy, **NO_BREAKER)
+        response = await mesh.client("payments").get("/item")
+        assert response.status_code == 200
+        try:
+            yield mesh, next(name for name in "ab" if name != response.text)
+        finally:
+            await mesh.aclose()
+
+
+async def abandoned(seen: Seen, name: str) -> None:
+    """Until ``name``'s server saw its caller go away (its connection closed)."""
+    with anyio.fail_after(5):  # far less than the 10 s an abandoned request would hang
+        while not seen.abandoned[name]:  # noqa: ASYNC110 (a server-side flag)
+            await anyio.sleep(0.01)
+
+
 @pytest.mark.parametrize("loser", ["finish", "abort"])
 async def test_a_slow_first_attempt_is_hedged_and_the_fast_answer_wins(
     authority: LocalAuthority, loser: str
 ) -> None:
     seen, hooks = Seen(), Recorder()
-    # Whichever instance gets the first attempt hangs on it: the hedge goes to the other.
-    hangs = Behaviour(hang_first_overall=True)
-    specs = {"payments": {"a": hangs, "b": hangs}}
-    async with services(authority, seen, specs) as source:
-        mesh = factory(
-            authority,
-            source,
-            hooks=hooks,
-            hedge_delay=0.05,
-            hedge_loser=loser,
-            **NO_BREAKER,
-        )
-        response = await mesh.client("payments").get("/item")
-        first = next(name for name in "ab" if name != response.text)
-        assert response.status_code == 200
+    async with hedged_race(authority, seen, hooks, hedge_loser=loser) as (mesh, first):
         assert [e.delay for e in hooks.of(HedgeStarted)] == [0.05]
         assert seen.hits == {"a": 1, "b": 1}
         if loser == "finish":
             await anyio.sleep(0.2)
             assert not seen.abandoned[first]  # still running: its answer will be discarded
             await mesh.aclose()  # closing the client ends it
-        with anyio.fail_after(5):  # the loser's connection was closed: its server sees it
-            while not seen.abandoned[first]:  # noqa: ASYNC110 (a server-side flag)
-                await anyio.sleep(0.01)
-        await mesh.aclose()
+        await abandoned(seen, first)
 
 
 async def test_a_losing_attempt_ends_by_the_calls_deadline(authority: LocalAuthority) -> None:
-    """A loser left to finish on a server that never answers (it hangs up to 10 s) is
-    still bound by the call's deadline: with no per-try timeout, the call's 0.5 s
-    deadline closes its connection while the client stays open."""
+    """A loser left to finish on a server that does not answer is still bound by the
+    call's deadline: with no per-try timeout, the call's 0.5 s deadline closes its
+    connection while the client stays open."""
     seen = Seen()
-    hangs = Behaviour(hang_first_overall=True)
-    specs = {"payments": {"a": hangs, "b": hangs}}
-    async with services(authority, seen, specs) as source:
-        mesh = factory(
-            authority,
-            source,
-            hedge_delay=0.05,
-            hedge_loser="finish",
-            timeout=0.5,
-            per_try_timeout=None,
-            **NO_BREAKER,
-        )
-        response = await mesh.client("payments").get("/item")
-        first = next(name for name in "ab" if name != response.text)
-        with anyio.fail_after(5):  # far less than the server's 10 s hang
-            while not seen.abandoned[first]:  # noqa: ASYNC110 (a server-side flag)
-                await anyio.sleep(0.01)
-        await mesh.aclose()
+    policy = {"hedge_loser": "finish", "timeout": 0.5, "per_try_timeout": None}
+    async with hedged_race(authority, seen, **policy) as (_, first):
+        await abandoned(seen, first)
 
 
 def test_hedge_loser_is_finish_or_abort() -> None:
