@@ -99,12 +99,15 @@ class _Counts(BaseClientHooks):
         self.attempts = 0
         self.hedges = 0
         self.mirrored: Counter[str] = Counter()
+        self.by_port: Counter[int] = Counter()  # the caller's attempts per instance
 
     def on_mirror_ended(self, event: MirrorEnded) -> None:
         self.mirrored["dropped" if event.dropped else "sent"] += 1
 
     def on_attempt_end(self, event: AttemptEnded) -> None:
         self.attempts += event.destination == "payments"  # not the mirror's
+        if event.destination == "payments" and event.endpoint is not None:
+            self.by_port[event.endpoint.port] += 1
 
     def on_hedge_started(self, event: HedgeStarted) -> None:
         self.hedges += 1
@@ -134,6 +137,7 @@ async def measure(
     if switch is not None:
         await _switch(material, switch, "/slow")
     warm_attempts = counts.attempts
+    warm_last = counts.by_port[ports[-1]]
     latencies: list[float] = []
     failures = 0
     remaining = requests
@@ -164,6 +168,11 @@ async def measure(
         "mirror_copies_sent": counts.mirrored["sent"],
         "mirror_copies_dropped": counts.mirrored["dropped"],
         "caller_cpu_ms_per_call": round(1000 * cpu / len(latencies), 4),
+        # The slow instance of one_slow and always_slow is the last: its share shows
+        # how much of the traffic the balancer still sends it.
+        "last_instance_attempts_pct": round(
+            100 * (counts.by_port[ports[-1]] - warm_last) / (counts.attempts - warm_attempts), 2
+        ),
         "failures": failures,
     }
 
@@ -245,6 +254,12 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
         "ratio_p99_abort_over_none_normal": ratio("normal", "abort"),
         "extra_attempts_pct_normal": median("normal_hedge", "extra_attempts_pct"),
         "extra_attempts_pct_one_slow": median("one_slow_hedge", "extra_attempts_pct"),
+        "slow_instance_attempts_pct_one_slow": median(
+            "one_slow_none", "last_instance_attempts_pct"
+        ),
+        "slow_instance_attempts_pct_always_slow": median(
+            "always_slow_none", "last_instance_attempts_pct"
+        ),
         "ratio_p50_mirror_over_none": round(
             median("normal_mirror", "p50_ms") / median("normal_none", "p50_ms"), 3
         ),
