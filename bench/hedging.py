@@ -8,21 +8,30 @@ measurement from a fresh client warmed up with 100 calls, with hedging off and o
 ``--rounds`` rounds:
 
 - ``normal``: three normal instances. What hedging costs when nothing is slow.
-- ``one_slow``: two normal instances and one that turns slow once the warm-up is over
-  (``--slow-ms`` more on ``--slow-share`` of its requests: a noisy neighbour, a stall).
-  The balancer's latency average learns this only from the slow answers themselves,
-  and until they arrive it keeps sending that instance its share: that pile-up is the
-  tail hedging would cut, but P2C's peak-EWMA cost already stops sending it calls
-  after its first slow answers, so few calls are left in the tail to hedge.
+- ``one_slow``: the issue's "one slow instance out of three" as real tails are: two
+  normal instances and one that turns slow once the warm-up is over, ``--slow-ms`` more
+  on ``--slow-share`` (10%) of its requests (a noisy neighbour, GC pauses, a disk
+  stall). Its average stays close to the others', so the balancer keeps sending it
+  calls, and its slow answers are the destination's p99.
+- ``always_slow``: two normal instances and one that is ``--slow-ms`` slower on every
+  request. No tail is left here for hedging to cut: P2C's peak-EWMA cost stops
+  choosing that instance after its first slow answers. Reported apart, as what the
+  balancer alone already does.
 - ``stalls``: three instances that each stall ``--slow-ms`` on ``--stall-share`` (2%)
   of their requests, at random: the tail at scale, which no balancer can see coming.
 - ``normal_mirror``: ``normal`` with 10% of the calls copied to a ``shadow`` instance that is
   slow on every call. The caller's latency should not move.
 
-Reported: p50/p99 of the calls as the caller saw them, and extra attempts (attempts
-beyond one per call to the destination: hedges and retries) in percent of calls;
-ratios are medians over rounds. Run: ``python -m bench.hedging [--requests N]``. Ends
-with one JSON line.
+p99.9 is reported too: the balancer keeps the slow instance's answers under 1% of
+the calls in ``one_slow``, so what is left of them is deeper in the tail.
+
+Each hedged setting runs twice: the race's loser left to finish on its connection
+(``hedge_loser="finish"``, the default) and aborted (``"abort"``, a new mTLS connection
+each time). Reported: p50/p99 of the calls as the caller saw them, extra attempts
+(attempts beyond one per call to the destination: hedges and retries) in percent of
+calls, and this process's CPU per call (the caller's side: the handshakes that
+aborting costs show there); ratios are medians over rounds. Run:
+``python -m bench.hedging [--requests N]``. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -90,12 +99,15 @@ class _Counts(BaseClientHooks):
         self.attempts = 0
         self.hedges = 0
         self.mirrored: Counter[str] = Counter()
+        self.by_port: Counter[int] = Counter()  # the caller's attempts per instance
 
     def on_mirror_ended(self, event: MirrorEnded) -> None:
         self.mirrored["dropped" if event.dropped else "sent"] += 1
 
     def on_attempt_end(self, event: AttemptEnded) -> None:
         self.attempts += event.destination == "payments"  # not the mirror's
+        if event.destination == "payments" and event.endpoint is not None:
+            self.by_port[event.endpoint.port] += 1
 
     def on_hedge_started(self, event: HedgeStarted) -> None:
         self.hedges += 1
@@ -125,9 +137,11 @@ async def measure(
     if switch is not None:
         await _switch(material, switch, "/slow")
     warm_attempts = counts.attempts
+    warm_last = counts.by_port[ports[-1]]
     latencies: list[float] = []
     failures = 0
     remaining = requests
+    cpu_started = time.process_time()
 
     async def worker() -> None:
         nonlocal remaining, failures
@@ -139,6 +153,7 @@ async def measure(
             failures += status != 200
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    cpu = time.process_time() - cpu_started
     await factory.aclose()
     if switch is not None:
         await _switch(material, switch, "/fast")
@@ -148,9 +163,16 @@ async def measure(
     return {
         "p50_ms": round(percentile(ordered, 50), 3),
         "p99_ms": round(percentile(ordered, 99), 3),
+        "p999_ms": round(percentile(ordered, 99.9), 3),
         "extra_attempts_pct": round(100 * extra / len(latencies), 2),
         "mirror_copies_sent": counts.mirrored["sent"],
         "mirror_copies_dropped": counts.mirrored["dropped"],
+        "caller_cpu_ms_per_call": round(1000 * cpu / len(latencies), 4),
+        # The slow instance of one_slow and always_slow is the last: its share shows
+        # how much of the traffic the balancer still sends it.
+        "last_instance_attempts_pct": round(
+            100 * (counts.by_port[ports[-1]] - warm_last) / (counts.attempts - warm_attempts), 2
+        ),
         "failures": failures,
     }
 
@@ -166,6 +188,7 @@ async def _switch(material: TLSMaterial, port: int, path: str) -> None:
 
 
 HEDGED = ClientPolicy(hedge_percentile=95)
+HEDGED_ABORT = HEDGED.replace(hedge_loser="abort")
 #: A tenth of the calls copied to ``shadow``, an instance slower than the others on every call.
 MIRRORED = ClientPolicy(mirror_to="shadow", mirror_fraction=0.1)
 
@@ -173,17 +196,23 @@ MIRRORED = ClientPolicy(mirror_to="shadow", mirror_fraction=0.1)
 async def run_all(
     ports: list[int], material: TLSMaterial, args: argparse.Namespace
 ) -> dict[str, list[dict[str, float]]]:
-    normal, slow, shadow, stalling = ports[:3], ports[3], ports[4], ports[5:8]
+    normal, slow, shadow, stalling, always = ports[:3], ports[3], ports[4], ports[5:8], ports[8]
     one_slow = [*normal[:2], slow]
-    cells = [
-        ("normal_none", normal, ClientPolicy(), None),
-        ("normal_hedge", normal, HEDGED, None),
-        ("one_slow_none", one_slow, ClientPolicy(), slow),
-        ("one_slow_hedge", one_slow, HEDGED, slow),
-        ("stalls_none", stalling, ClientPolicy(), None),
-        ("stalls_hedge", stalling, HEDGED, None),
-        ("normal_mirror", normal, MIRRORED, None),
+    cells: list[tuple[str, list[int], ClientPolicy, int | None]] = [
+        ("normal_mirror", normal, MIRRORED, None)
     ]
+    settings = [
+        ("normal", normal, None),
+        ("one_slow", one_slow, slow),
+        ("always_slow", [*normal[:2], always], None),
+        ("stalls", stalling, None),
+    ]
+    for name, instances, switch in settings:
+        cells += [
+            (f"{name}_none", instances, ClientPolicy(), switch),
+            (f"{name}_hedge", instances, HEDGED, switch),
+            (f"{name}_abort", instances, HEDGED_ABORT, switch),
+        ]
     results: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.rounds):
         for key, instances, policy, switch in cells:
@@ -205,17 +234,32 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     def median(key: str, figure: str) -> float:
         return statistics.median(cell[figure] for cell in results[key])
 
-    def ratio(setting: str) -> float:
-        pairs = zip(results[f"{setting}_none"], results[f"{setting}_hedge"], strict=True)
-        return round(statistics.median(h["p99_ms"] / n["p99_ms"] for n, h in pairs), 3)
+    def ratio(setting: str, hedged: str = "hedge", figure: str = "p99_ms") -> float:
+        pairs = zip(results[f"{setting}_none"], results[f"{setting}_{hedged}"], strict=True)
+        return round(statistics.median(h[figure] / n[figure] for n, h in pairs), 3)
 
     return {
         "ratio_p99_hedge_over_none": ratio("one_slow"),
+        "ratio_p99_abort_over_none": ratio("one_slow", "abort"),
+        "ratio_p999_hedge_over_none": ratio("one_slow", figure="p999_ms"),
+        "ratio_p99_hedge_over_none_always_slow": ratio("always_slow"),
         "ratio_p99_hedge_over_none_stalls": ratio("stalls"),
+        "ratio_p99_abort_over_none_stalls": ratio("stalls", "abort"),
+        "ratio_cpu_hedge_over_none_stalls": ratio("stalls", figure="caller_cpu_ms_per_call"),
+        "ratio_cpu_abort_over_none_stalls": ratio(
+            "stalls", "abort", figure="caller_cpu_ms_per_call"
+        ),
         "extra_attempts_pct_stalls": median("stalls_hedge", "extra_attempts_pct"),
         "ratio_p99_hedge_over_none_normal": ratio("normal"),
+        "ratio_p99_abort_over_none_normal": ratio("normal", "abort"),
         "extra_attempts_pct_normal": median("normal_hedge", "extra_attempts_pct"),
         "extra_attempts_pct_one_slow": median("one_slow_hedge", "extra_attempts_pct"),
+        "slow_instance_attempts_pct_one_slow": median(
+            "one_slow_none", "last_instance_attempts_pct"
+        ),
+        "slow_instance_attempts_pct_always_slow": median(
+            "always_slow_none", "last_instance_attempts_pct"
+        ),
         "ratio_p50_mirror_over_none": round(
             median("normal_mirror", "p50_ms") / median("normal_none", "p50_ms"), 3
         ),
@@ -224,8 +268,10 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
         ),
         "mirror_copies_sent": median("normal_mirror", "mirror_copies_sent"),
         "mirror_copies_dropped": median("normal_mirror", "mirror_copies_dropped"),
+        "caller_cpu_ms_per_call": {key: median(key, "caller_cpu_ms_per_call") for key in results},
         "p99_ms": {key: median(key, "p99_ms") for key in results},
         "p50_ms": {key: median(key, "p50_ms") for key in results},
+        "p999_ms": {key: median(key, "p999_ms") for key in results},
         "failures": sum(cell["failures"] for cells in results.values() for cell in cells),
     }
 
@@ -237,7 +283,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--slow-ms", type=float, default=150.0, help="the slow instance's delay")
     parser.add_argument(
-        "--slow-share", type=float, default=1.0, help="share of its requests it delays"
+        "--slow-share",
+        type=float,
+        default=0.1,
+        help="share of its requests the one slow instance delays",
     )
     parser.add_argument(
         "--stall-share", type=float, default=0.02, help="share of requests a stalling one delays"
@@ -260,11 +309,13 @@ def main() -> None:
         authority.issue("web").write(directory, stem="web")
         authority.issue("shadow").write(directory, stem="shadow")
         ports = []
-        # Three normal instances, the one slow on some calls, and the mirror, slow on all.
+        # Three normal instances, the one slow on some calls, the mirror (slow on all),
+        # three stalling now and then, and one slow on every call.
         instances = [(0.0, 0.0, "payments", False)] * 3
         instances += [(args.slow_ms, args.slow_share, "payments", False)]
         instances += [(args.slow_ms, 1.0, "shadow", True)]
         instances += [(args.slow_ms, args.stall_share, "payments", True)] * 3
+        instances += [(args.slow_ms, 1.0, "payments", True)]
         for extra, share, stem, start_slow in instances:
             port = free_port()
             argv = [sys.executable, "-m", "bench.hedging", "--serve", tmp, "--port", str(port)]

@@ -47,8 +47,8 @@ def old_recorders() -> dict[str, Callable[[], None]]:
         duration.get("GET", ROUTE, 200, "web").observe(SECONDS)
 
     def client() -> None:
-        client_duration.get("POST", "payments", 201, "").observe(SECONDS)
-        attempts.get("POST", "payments", 201, "").inc()
+        client_duration.get("POST", "payments", 201, "", "").observe(SECONDS)
+        attempts.get("POST", "payments", 201, "", "").inc()
 
     return {"server": server, "client": client}
 

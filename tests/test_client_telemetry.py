@@ -105,6 +105,7 @@ async def test_one_trace_across_two_services(authority: LocalAuthority) -> None:
         "destination_service": "orders",
         "http_response_status_code": "200",
         "error_type": "",
+        "destination_subset": "",
     }
     sample = web_metrics.registry.get_sample_value
     assert sample("http_client_request_duration_seconds_count", labels) == 1
@@ -163,6 +164,7 @@ def test_mesh_internals_come_from_the_client_events() -> None:
         "destination_service": "orders",
         "http_response_status_code": "",
         "error_type": "ConnectionError",
+        "destination_subset": "",
     }
     assert sample("http_client_request_duration_seconds_count", failed) == 1
 
@@ -192,6 +194,7 @@ async def test_client_durations_resolve_below_a_millisecond_on_uvloop(
         "destination_service": "orders",
         "http_response_status_code": "200",
         "error_type": "",
+        "destination_subset": "",
     }
     total = metrics.registry.get_sample_value("http_client_request_duration_seconds_sum", labels)
     assert total is not None and total > 0

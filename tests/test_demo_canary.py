@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from meshkit.demo.canary import (
     PHASES,
@@ -17,7 +18,7 @@ from meshkit.demo.canary import (
 )
 from meshkit.demo.run import DemoOptions, Display, LocalIdentities, run_demo
 from meshkit.demo.traffic import TrafficStats
-from meshkit.observe.golden import Edge, Histogram
+from meshkit.telemetry.metrics import MeshMetrics
 from meshkit.testing.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,23 +30,37 @@ def test_phases_split_the_run_and_sum_to_100() -> None:
         assert sum(split["Weight"] for split in phase.splitter()["Splits"]) == 100
 
 
-def test_version_board_counts_each_window_per_version() -> None:
-    board = VersionBoard({"inventory-1": "stable", "inventory-v2": "2.0.0"})
-    edge = Edge("web", "inventory")
+def client_scrape(counts: dict[str, tuple[int, int]], destination: str = "inventory") -> str:
+    """A caller's exposition: (calls, failed calls) per subset of ``destination``."""
+    metrics = MeshMetrics()
+    for subset, (calls, failed) in counts.items():
+        for n in range(calls):
+            status = 500 if n < failed else 200
+            metrics.observe_client_call("GET", destination, status, "", 0.001, subset)
+    return generate_latest(metrics.registry).decode()
+
+
+def test_version_board_counts_each_window_per_version_from_the_callers() -> None:
+    board = VersionBoard()
     first = board.update(
         {
-            "inventory-1": {edge: Histogram(count=10, errors=0)},
-            "inventory-v2": {edge: Histogram(count=2, errors=1)},
-            "cart-1": {Edge("web", "cart"): Histogram(count=99)},  # not inventory
+            "web-1": client_scrape({"stable": (6, 0), "canary": (2, 1)}),
+            "cart-1": client_scrape({"stable": (4, 0)}),
+            "orders-1": client_scrape({"stable": (99, 0)}, destination="payments"),
         }
     )
     assert {v: (h.count, h.errors) for v, h in first.items()} == {
         "stable": (10, 0),
         "2.0.0": (2, 1),
     }
-    second = board.update({"inventory-1": {edge: Histogram(count=13)}})
+    second = board.update(
+        {
+            "web-1": client_scrape({"stable": (9, 0), "canary": (2, 1)}),
+            "cart-1": client_scrape({"stable": (4, 0)}),
+        }
+    )
     assert second["stable"].count == 3
-    assert "2.0.0" not in second
+    assert second["2.0.0"].count == 0
     table = version_table(first)
     assert re.search(r"2\.0\.0\s+16\.7%\s+2\s+50\.00", table)
 

@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.telemetry._loopmetrics import LoopHistogram
-from meshkit.telemetry.metrics import _CLIENT_LABELS, DURATION_BUCKETS, MeshMetrics
+from meshkit.telemetry.metrics import _CLIENT_LABELS, DURATION_BUCKETS, MAX_SUBSETS, MeshMetrics
 from meshkit.tls import TLSContexts, TLSMaterial
 
 
@@ -88,6 +88,7 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
             "destination_service": "payments",
             "http_response_status_code": "200",
             "error_type": "",
+            "destination_subset": "",
         },
     }
     for name, labels in series.items():
@@ -120,6 +121,7 @@ def test_mesh_internals_are_recorded() -> None:
         "destination_service": "payments",
         "http_response_status_code": "",
         "error_type": "ConnectError",
+        "destination_subset": "",
     }
     assert sample("http_client_request_duration_seconds_count", failed) == 1
     attempt = dict(failed, http_response_status_code="503", error_type="")
@@ -230,8 +232,8 @@ def record_with_prometheus_client(registry: CollectorRegistry) -> None:
         status = 503 if n % 5 == 0 else 200
         duration.labels(method, ROUTE, status, source, "unknown").observe(seconds)
         status, error = ("", "ConnectError") if n % 4 == 0 else (201, "")
-        attempts.labels("POST", "payments", status, error).inc()
-        client.labels("POST", "payments", status, error).observe(seconds)
+        attempts.labels("POST", "payments", status, error, "").inc()
+        client.labels("POST", "payments", status, error, "").observe(seconds)
     active.labels("PATCH").inc()
 
 
@@ -354,3 +356,29 @@ def test_process_and_python_collectors_live_in_the_app_registry() -> None:
     names = {family.name for family in metrics.registry.collect()}
     assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= names
     assert "python_gc_collections" in names
+
+
+def test_subset_labels_are_bounded_per_destination() -> None:
+    """Subsets come from config anyone allowed to write it sets: past MAX_SUBSETS per
+    destination they share one ``_OTHER`` series."""
+    metrics = MeshMetrics()
+    for n in range(MAX_SUBSETS + 5):
+        metrics.observe_client_call("GET", "payments", 200, "", 0.001, f"s{n}")
+    metrics.observe_client_call("GET", "orders", 200, "", 0.001, "s99")
+
+    def count(destination: str, subset: str) -> float | None:
+        labels = {
+            "http_request_method": "GET",
+            "destination_service": destination,
+            "http_response_status_code": "200",
+            "error_type": "",
+            "destination_subset": subset,
+        }
+        return metrics.registry.get_sample_value(
+            "http_client_request_duration_seconds_count", labels
+        )
+
+    assert count("payments", f"s{MAX_SUBSETS - 1}") == 1
+    assert count("payments", f"s{MAX_SUBSETS}") is None
+    assert count("payments", "_OTHER") == 5
+    assert count("orders", "s99") == 1  # another destination has its own bound

@@ -309,14 +309,17 @@ class MeshClientFactory:
         stack = self._targets.get(key)
         if stack is None:
             source = SubsetSource(self._source, self._routing, target)
-            stack = self._targets[key] = self._attempts(destination, policy, source)
+            stack = self._targets[key] = self._attempts(
+                destination, policy, source, subset=target.subset
+            )
         return stack
 
     def _attempts(
-        self, service: str, policy: ClientPolicy, source: EndpointSource
+        self, service: str, policy: ClientPolicy, source: EndpointSource, *, subset: str = ""
     ) -> AsyncBaseTransport:
         """Deadline, limits, breaker, retries, hedging, balancing and the pool for the
-        calls to ``service``'s endpoints that ``source`` lists."""
+        calls to ``service``'s endpoints that ``source`` lists (``subset`` names them
+        to the hooks)."""
         hooks = self._hooks
         name, expected = expected_identity(service, self._settings)
         balancer = Balancer(
@@ -355,7 +358,12 @@ class MeshClientFactory:
         broken = BreakerTransport(service, retried, breaker)
         limited = LimitTransport(service, broken, policy)
         return MeshTransport(
-            service, limited, passthrough=self._passthrough, policy=policy, hooks=hooks
+            service,
+            limited,
+            passthrough=self._passthrough,
+            policy=policy,
+            hooks=hooks,
+            subset=subset,
         )
 
     def _mirrored(

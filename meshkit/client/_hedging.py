@@ -1,11 +1,16 @@
 """Hedged attempts (Finagle's backup requests) and the latency window that times them.
 
 An idempotent call whose attempt has not answered after the destination's recent p95 (or
-a fixed delay) gets a second attempt on another endpoint; the first usable answer wins,
-the caller stops waiting for the other, which is cancelled or (the default) left to
-finish on its connection with its answer discarded. A hedge spends the retry budget as a
-retry does, so under a destination-wide slowdown hedging stops instead of doubling the
-load, and it counts as an attempt against ``max_attempts``.
+a fixed delay) gets a second attempt on another endpoint; the first usable answer wins
+and the caller stops waiting for the other. ``ClientPolicy.hedge_loser`` says what
+becomes of that loser: "finish" (the default) lets it end on its keep-alive connection,
+its answer discarded; "abort" closes its connection at once, as Envoy resets a losing
+stream. Either way a loser ends by its attempt's deadline (the per-try timeout, never
+later than the call's deadline): the pool's timer then aborts the connection and drops
+what it had buffered, so a loser never holds a connection or memory past the call's
+deadline. A hedge spends the retry budget as a retry does, so under a destination-wide
+slowdown hedging stops instead of doubling the load, and it counts as an attempt
+against ``max_attempts``.
 """
 
 from __future__ import annotations
@@ -105,14 +110,14 @@ class HedgeTransport(AttemptsLayer):
                     task.cancel()  # the caller gave up
 
     def _settle(self, loser: Attempt, call: Call) -> None:
-        """The attempt that lost the race: cancelled, or by default left to finish
-        within its own per-try timeout, its answer discarded. Over HTTP/1.1 cancelling
-        means closing the connection, and the fresh mTLS handshake that replaces it
-        costs more CPU than the rest of a call (bench/hedging.py measured a worse p99
-        with cancelling); finishing also keeps the endpoint's outstanding count true
-        while it still works on the request."""
+        """The attempt that lost the race: aborted, or by default left to finish within
+        its attempt's deadline, its answer discarded. Over HTTP/1.1 aborting means
+        closing the connection, and the fresh mTLS handshake that replaces it costs more
+        CPU than the rest of a call (bench/hedging.py measures both); finishing also
+        keeps the endpoint's outstanding count true while it still works on the
+        request, so the balancer keeps seeing that endpoint busy."""
         call.lost = True
-        if self._policy.hedge_cancel_loser:
+        if self._policy.hedge_loser == "abort":
             loser.cancel()
             return
         self._losers.add(loser)

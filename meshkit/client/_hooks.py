@@ -23,6 +23,7 @@ class CallStarted:
     destination: str
     method: str
     path: str
+    subset: str = ""  # the resolver subset the discovery chain sent the call to ("": none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class CallEnded:
     attempts: int
     error: BaseException | None
     state: object  # what on_call_start returned
+    subset: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class AttemptEnded:
     duration: float
     error: BaseException | None
     state: object  # what on_attempt_start returned
+    subset: str = ""  # the call's
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from meshkit.errors import ConfigError
+
+#: What becomes of a hedge race's losing attempt (``ClientPolicy.hedge_loser``).
+HedgeLoser = Literal["finish", "abort"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,7 +50,11 @@ class ClientPolicy:
     hedge_percentile: float | None = None
     hedge_delay: float | None = None
     hedge_min_delay: float = 0.001  # never hedge sooner, whatever the percentile says
-    hedge_cancel_loser: bool = False  # abort the slower attempt's connection (else it finishes)
+    # The attempt that loses the race: "finish" lets it end on its keep-alive connection,
+    # its answer discarded; "abort" closes its connection at once (Envoy resets the
+    # losing stream, Finagle interrupts it; over HTTP/1.1 both mean a new connection).
+    # Either way it ends by its attempt's deadline, within the call's.
+    hedge_loser: HedgeLoser = "finish"
     busy_cap: float = 30.0  # the longest Retry-After that makes an endpoint less chosen
     # Mirroring: this share of the calls is copied to ``mirror_to`` (a destination), or
     # to its ``mirror_subset`` (a service-resolver subset: the destination's own v2, say),
@@ -68,6 +75,8 @@ class ClientPolicy:
             raise ConfigError("ClientPolicy.ejection_max_fraction: must be within 0..1")
         if self.hedge_percentile is not None and not 0 < self.hedge_percentile < 100:
             raise ConfigError("ClientPolicy.hedge_percentile: must be within 0..100 (exclusive)")
+        if self.hedge_loser not in ("finish", "abort"):
+            raise ConfigError('ClientPolicy.hedge_loser: must be "finish" or "abort"')
         if not 0 <= self.mirror_fraction <= 1:
             raise ConfigError("ClientPolicy.mirror_fraction: must be within 0..1")
         if self.max_connections < 1 or self.max_concurrent < 1:

@@ -83,11 +83,15 @@ class Call:
         "pool",
         "prefix",
         "send_deadline",
+        "subset",
         "tried",
     )
 
-    def __init__(self, destination: str, deadline: float, *, send_deadline: bool) -> None:
+    def __init__(
+        self, destination: str, deadline: float, *, send_deadline: bool, subset: str = ""
+    ) -> None:
         self.destination = destination
+        self.subset = subset  # the resolver subset the chain chose ("": none), for hooks
         self.deadline = deadline  # absolute, on deadlines.now()'s clock
         self.send_deadline = send_deadline
         self.attempt = 0
@@ -105,7 +109,9 @@ class Call:
     def fork(self) -> Call:
         """A Call for an attempt running beside this call's own (a hedge): the same
         deadline, serialized request and tried endpoints; its own pool and headers."""
-        twin = Call(self.destination, self.deadline, send_deadline=self.send_deadline)
+        twin = Call(
+            self.destination, self.deadline, send_deadline=self.send_deadline, subset=self.subset
+        )
         twin.attempt = self.attempt
         twin.tried = self.tried  # shared: concurrent attempts pick different endpoints
         twin.prefix, twin.body, twin.keyed = self.prefix, self.body, self.keyed
@@ -127,18 +133,26 @@ class MeshTransport(AsyncBaseTransport):
         passthrough: AsyncBaseTransport,
         policy: ClientPolicy,
         hooks: ClientHooks | None,
+        subset: str = "",
     ) -> None:
         self._destination = destination
         self._inner = inner
         self._passthrough = passthrough
         self._timeout = policy.timeout
         self._hooks = hooks
+        self._subset = subset  # a routed target's stack reports its calls by subset
 
     async def handle_async_request(self, request: Request) -> Response:
         if request.url.host != self._destination:
             return await self._passthrough.handle_async_request(request)
         return await run_call(
-            request, self._inner, self._destination, self._timeout, self._hooks, send_deadline=True
+            request,
+            self._inner,
+            self._destination,
+            self._timeout,
+            self._hooks,
+            send_deadline=True,
+            subset=self._subset,
         )
 
 
@@ -150,6 +164,7 @@ async def run_call(
     hooks: ClientHooks | None,
     *,
     send_deadline: bool,
+    subset: str = "",
 ) -> Response:
     """Bound the call by min(its timeout, the incoming deadline) and report it to hooks."""
     now = deadlines.now()
@@ -162,12 +177,12 @@ async def run_call(
             "no time left: the incoming deadline has passed", destination=destination
         )
     call = request.extensions[CALL_EXTENSION] = Call(
-        destination, deadline, send_deadline=send_deadline
+        destination, deadline, send_deadline=send_deadline, subset=subset
     )
     if hooks is None:
         return await inner.handle_async_request(request)
     path = request.url.path
-    state = hooks.on_call_start(CallStarted(destination, request.method, path))
+    state = hooks.on_call_start(CallStarted(destination, request.method, path, subset))
     status: int | None = None
     error: BaseException | None = None
     try:
@@ -180,7 +195,7 @@ async def run_call(
     finally:
         duration = deadlines.now() - now
         event = CallEnded(
-            destination, request.method, path, status, duration, call.attempt, error, state
+            destination, request.method, path, status, duration, call.attempt, error, state, subset
         )
         hooks.on_call_end(event)
 
@@ -478,6 +493,7 @@ async def attempt_with_hooks(
                 duration,
                 error,
                 token,
+                call.subset,
             )
         )
 

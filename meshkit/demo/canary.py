@@ -9,9 +9,10 @@ default. Then one ``service-splitter`` per phase, written through the registry's
 10%, 50%, then 100%; then the bad 2.0.1 takes 10%, and the splitter is written back to
 ``stable``. web and cart apply each change within a second, without restarting.
 
-Each tick shows the edges, then inventory's requests and success per version (from
-each instance's own ``/metrics``); the summary gives demo-user's success per phase:
-failures only in the bad canary's phase, none after the rollback.
+Each tick shows the edges, then inventory's requests and success per version as its
+callers saw them (their client metrics' ``destination_subset``: a failed call counts
+even when no inventory instance answered it); the summary gives demo-user's success
+per phase: failures only in the bad canary's phase, none after the rollback.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshkit.demo.traffic import TrafficStats
-from meshkit.observe.golden import Histogram
+from meshkit.observe.golden import CLIENT_METRIC, Histogram, add_sample
 from meshkit.registry.consul import ConsulRegistry
 
 SERVICE = "inventory"
@@ -41,6 +43,8 @@ RESOLVER = {
         "bad": {"Filter": f'Service.Meta.version == "{BAD}"'},
     },
 }
+#: What the table calls each subset: the version its filter selects.
+SUBSET_VERSIONS = {"stable": "stable", "canary": CANARY, "bad": BAD}
 
 
 @dataclass(frozen=True)
@@ -78,23 +82,36 @@ class RoutingWriter:
 
 
 class VersionBoard:
-    """inventory's served requests per version, per tick, from its instances' scrapes."""
+    """inventory's calls per version, per tick, from its callers' scrapes (every
+    instance's: those that never call inventory add nothing)."""
 
-    def __init__(self, versions: Mapping[str, str]) -> None:
-        self._versions = dict(versions)  # instance name -> version
-        self._last: dict[str, Histogram] = {}
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], Histogram] = {}  # (instance, subset) -> so far
 
-    def update(self, scrapes: Mapping[str, Mapping[Any, Histogram]]) -> dict[str, Histogram]:
+    def update(self, scrapes: Mapping[str, str]) -> dict[str, Histogram]:
+        """This tick's calls per version, from each instance's exposition text."""
         window: dict[str, Histogram] = {}
-        for instance, edges in scrapes.items():
-            version = self._versions.get(instance)
-            if version is None:
-                continue
-            total = sum(edges.values(), Histogram())
-            delta = total - self._last.get(instance, Histogram())
-            self._last[instance] = total
-            window[version] = window.get(version, Histogram()) + delta
+        for instance, text in scrapes.items():
+            for subset, total in subset_calls(text).items():
+                delta = total - self._last.get((instance, subset), Histogram())
+                self._last[instance, subset] = total
+                version = SUBSET_VERSIONS.get(subset, subset)
+                window[version] = window.get(version, Histogram()) + delta
         return window
+
+
+def subset_calls(text: str) -> dict[str, Histogram]:
+    """One caller's calls to inventory so far, per ``destination_subset``."""
+    calls: dict[str, Histogram] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != CLIENT_METRIC:
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            subset = labels.get("destination_subset", "")
+            if labels.get("destination_service") == SERVICE and subset:
+                add_sample(calls, subset, sample.name, labels, sample.value)
+    return calls
 
 
 def version_table(window: Mapping[str, Histogram]) -> str:

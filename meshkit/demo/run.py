@@ -332,7 +332,14 @@ def scrape(
     """Server-side edges of every live instance (a dead one is simply not there); the
     edges to services ``outside`` meshkit (no /metrics of theirs) as their callers count
     them."""
-    scrapes = {}
+    by_name = {instance.name: instance.service for instance in instances}
+    texts = metrics_texts(instances)
+    return {name: _edges(text, by_name[name], outside) for name, text in texts.items()}
+
+
+def metrics_texts(instances: list[Instance]) -> dict[str, str]:
+    """The ``/metrics`` exposition of every live instance, by name."""
+    texts = {}
     for instance in instances:
         if not instance.running:
             continue
@@ -341,8 +348,8 @@ def scrape(
         except OSError:
             continue
         if status == 200:
-            scrapes[instance.name] = _edges(body.decode(), instance.service, outside)
-    return scrapes
+            texts[instance.name] = body.decode()
+    return texts
 
 
 def _edges(text: str, service: str, outside: Collection[str]) -> dict[Edge, Histogram]:
@@ -535,9 +542,7 @@ def watch_canary(
     """The canary's phases, a splitter written at the start of each; per tick, the edges
     and inventory's traffic per version; at the end, demo-user's success per phase."""
     interval = options.interval or (2.0 if display.interactive else 5.0)
-    versions = {i.name: "stable" for i in instances if i.service == SERVICE}
-    versions |= {name: version for name, version, _ in CANARIES}
-    by_version = VersionBoard(versions)
+    by_version = VersionBoard()
     boundaries: list[tuple[Phase, int, int]] = []
     end = started + options.duration
     last = started
@@ -557,8 +562,10 @@ def watch_canary(
             time.sleep(
                 max(0.0, min(interval, end - time.monotonic(), next_phase - time.monotonic()))
             )
-            scrapes = scrape(instances)
-            window, versions_window = board.update(scrapes), by_version.update(scrapes)
+            texts = metrics_texts(instances)
+            services = {instance.name: instance.service for instance in instances}
+            edges = {name: _edges(text, services[name], ()) for name, text in texts.items()}
+            window, versions_window = board.update(edges), by_version.update(texts)
             table = format_table(edge_stats(window, time.monotonic() - last))
             last = time.monotonic()
             elapsed = time.monotonic() - started

@@ -7,7 +7,9 @@ For a call to ``inventory`` the chain decides, as Consul compiles it for its pro
    (service, subset, prefix rewrite, request timeout, retries, request and response
    header changes); none fitting means ``inventory`` itself.
 2. ``service-splitter/<service>``, unless the route named a subset: one split, drawn by
-   weight, gives the service and subset (and header changes).
+   weight, gives the service and subset (and header changes). A split to another
+   service that has a splitter of its own is replaced by that splitter's splits when
+   the table is built, weights multiplied, as Consul's compiler flattens them.
 3. ``service-resolver/<service>``: an empty subset becomes its ``DefaultSubset``; a
    ``Redirect`` replaces the target; ``Failover`` (for the subset, else ``*``) lists
    where calls go when the target has no healthy instance; its timeouts apply.
@@ -31,7 +33,7 @@ from meshkit.registry.connect_intentions import HTTPMatch, permission_from_json
 
 KINDS = ("service-router", "service-splitter", "service-resolver")
 _NANOSECONDS = 1e9
-_MAX_HOPS = 8  # splitter -> splitter / redirect chains longer than this stop there
+_MAX_HOPS = 8  # resolver redirect chains longer than this stop there
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -162,7 +164,8 @@ class RoutingTable:
     def __init__(self, entries: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> None:
         entries = entries or {}
         self._routers = {e["Name"]: _routes(e) for e in entries.get("service-router", ())}
-        self._splitters = {e["Name"]: _splits(e) for e in entries.get("service-splitter", ())}
+        splitters = {e["Name"]: _splits(e) for e in entries.get("service-splitter", ())}
+        self._splitters = {name: _flattened(name, splitters, ()) for name in splitters}
         self._resolvers = {e["Name"]: _resolver(e) for e in entries.get("service-resolver", ())}
         self.services = frozenset(self._routers) | set(self._splitters) | set(self._resolvers)
 
@@ -205,26 +208,16 @@ class RoutingTable:
         )
 
     def _split(self, target: Target) -> tuple[Target, _Split | None]:
-        """The split drawn for ``target`` (following splitters of other services it
-        names), with the header changes of every split on the way merged into it."""
-        drawn: _Split | None = None
-        for _ in range(_MAX_HOPS):
-            splits = self._splitters.get(target.service)
-            if not splits:
-                break
-            split = _draw(splits)
-            if drawn is not None:
-                split = _Split(
-                    split.weight,
-                    split.target,
-                    drawn.headers.then(split.headers),
-                    split.response_headers.then(drawn.response_headers),
-                )
-            drawn = split
-            if split.target.subset or split.target.service == target.service:
-                return split.target, drawn  # a subset, or the service itself: resolve it
-            target = split.target
-        return target, drawn
+        """The split drawn for ``target`` from its service's flattened splitter."""
+        splits = self._splitters.get(target.service)
+        if not splits:
+            return target, None
+        split = _draw(splits)
+        return split.target, split
+
+    def splits(self, service: str) -> list[tuple[float, Target]]:
+        """``service``'s splitter as flattened: (percent, target) per split."""
+        return [(split.weight / 100, split.target) for split in self._splitters.get(service, ())]
 
     def _resolve(self, target: Target) -> tuple[Target, _Resolver]:
         resolver = self._resolvers.get(target.service, _NO_RESOLVER)
@@ -260,6 +253,29 @@ def _all(endpoint: Endpoint) -> bool:
 
 _NONE: Match = _none
 _NO_RESOLVER = _Resolver({}, "", None, {}, None, None)
+
+
+def _flattened(
+    service: str, splitters: Mapping[str, tuple[_Split, ...]], seen: tuple[str, ...]
+) -> tuple[_Split, ...]:
+    """``service``'s splits, each that names another service with a splitter (and no
+    subset) replaced by that splitter's flattened splits: Consul's compiler does this
+    (``flattenAdjacentSplitterNodes``), weights multiplied and rounded to 0.01 %, the
+    outer split's request header changes applied before the inner's and its response
+    changes after (``ServiceSplit.MergeParent``). Consul refuses a loop of splitters;
+    one that got here anyway stops where it would repeat."""
+    flat: list[_Split] = []
+    for split in splitters[service]:
+        inner = split.target.service
+        if split.target.subset or inner == service or inner not in splitters or inner in seen:
+            flat.append(split)
+            continue
+        for child in _flattened(inner, splitters, (*seen, service)):
+            weight = (split.weight * child.weight + 5000) // 10000  # Go's math.Round, >= 0
+            headers = split.headers.then(child.headers)
+            response_headers = child.response_headers.then(split.response_headers)
+            flat.append(_Split(weight, child.target, headers, response_headers))
+    return tuple(flat)
 
 
 def _draw(splits: Sequence[_Split]) -> _Split:

@@ -60,7 +60,7 @@ class ClientTelemetry(BaseClientHooks):
         otel_context.detach(token)
         error_type = _error_type(event.status, event.error)
         self.metrics.observe_client_call(
-            event.method, event.destination, event.status, error_type, event.duration
+            event.method, event.destination, event.status, error_type, event.duration, event.subset
         )
         if span.is_recording():
             attributes = _attributes(event.method, event.destination, event.status, error_type)
@@ -77,7 +77,9 @@ class ClientTelemetry(BaseClientHooks):
     def on_attempt_end(self, event: AttemptEnded) -> None:
         span = cast(Span, event.state)
         error_type = _error_type(event.status, event.error)
-        self.metrics.count_client_attempt(event.method, event.destination, event.status, error_type)
+        self.metrics.count_client_attempt(
+            event.method, event.destination, event.status, error_type, event.subset
+        )
         if span.is_recording():
             attributes = _attributes(event.method, event.destination, event.status, error_type)
             if event.attempt > 1:

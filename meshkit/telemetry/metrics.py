@@ -14,7 +14,10 @@ Server metrics
     http_server_active_requests           gauge      http_request_method
 Client metrics (the mesh client)
     http_client_request_duration_seconds  histogram  http_request_method, destination_service,
-                                                     http_response_status_code, error_type
+                                                     http_response_status_code, error_type,
+                                                     destination_subset (the resolver subset
+                                                     the discovery chain chose, "" for none;
+                                                     at most 16 per destination, then _OTHER)
     meshkit_client_attempts_total         counter    the same labels, one per attempt
 Mesh internals
     meshkit_retries_total                 counter    destination_service
@@ -107,7 +110,10 @@ _CLIENT_LABELS = (
     "destination_service",
     "http_response_status_code",
     "error_type",
+    "destination_subset",
 )
+#: Distinct ``destination_subset`` values kept per destination; the rest are ``_OTHER``.
+MAX_SUBSETS = 16
 
 M = TypeVar("M", Counter, Gauge)
 
@@ -202,6 +208,9 @@ class MeshMetrics:
         self._register_client()
         self._register_mesh()
         self._register_runtime()
+        # Subsets come from resolver entries, which anyone who may write config sets:
+        # a bound keeps a resolver with thousands of subsets from making as many series.
+        self._subsets: dict[str, set[str]] = {}
 
     def _register_server(self) -> None:
         self._server_duration = LoopHistogram(
@@ -349,17 +358,48 @@ class MeshMetrics:
         self._server_duration.observe((method, route, status, source, source_namespace), seconds)
 
     def observe_client_call(
-        self, method: str, destination: str, status: int | None, error_type: str, seconds: float
+        self,
+        method: str,
+        destination: str,
+        status: int | None,
+        error_type: str,
+        seconds: float,
+        subset: str = "",
     ) -> None:
-        """One logical call ended: ``status`` None and ``error_type`` set when it failed."""
-        key = (method_label(method), destination, "" if status is None else status, error_type)
+        """One logical call ended: ``status`` None and ``error_type`` set when it failed;
+        ``subset`` the resolver subset it went to."""
+        key = self._client_key(method, destination, status, error_type, subset)
         self._client_duration.observe(key, seconds)
 
     def count_client_attempt(
-        self, method: str, destination: str, status: int | None, error_type: str
+        self, method: str, destination: str, status: int | None, error_type: str, subset: str = ""
     ) -> None:
-        key = (method_label(method), destination, "" if status is None else status, error_type)
+        key = self._client_key(method, destination, status, error_type, subset)
         self._client_attempts.add(key, 1)
+
+    def _client_key(
+        self, method: str, destination: str, status: int | None, error_type: str, subset: str
+    ) -> tuple[object, ...]:
+        code = "" if status is None else status
+        return (
+            method_label(method),
+            destination,
+            code,
+            error_type,
+            self._subset(destination, subset),
+        )
+
+    def _subset(self, destination: str, subset: str) -> str:
+        """``subset``, or ``_OTHER`` past the first ``MAX_SUBSETS`` of ``destination``."""
+        if not subset:
+            return subset
+        seen = self._subsets.setdefault(destination, set())
+        if subset in seen:
+            return subset
+        if len(seen) >= MAX_SUBSETS:
+            return "_OTHER"
+        seen.add(subset)
+        return subset
 
     # The mesh's own, rarer events (prometheus_client: any thread may record them).
 

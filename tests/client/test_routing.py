@@ -5,6 +5,8 @@ each ``meshkit run``; entries written through py-consul as an operator writes th
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -14,11 +16,13 @@ from typing import Any
 import anyio
 import pytest
 
-from meshkit.client import ClientPolicy, DeadlineExceeded, MeshClientFactory
+from meshkit.client import ClientHooks, ClientPolicy, DeadlineExceeded, MeshClientFactory
 from meshkit.registry import WatchedCache
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.registry.routing_watch import WatchedRouting
 from meshkit.settings import MeshSettings
+from meshkit.telemetry.client import ClientTelemetry
+from meshkit.telemetry.metrics import MeshMetrics
 from meshkit.testing.processes import Mesh
 from tests.client.helpers import contexts
 
@@ -64,14 +68,22 @@ async def write(registry: ConsulRegistry, kind: str, name: str, body: dict[str, 
 
 @asynccontextmanager
 async def client_of(
-    shop: Mesh, registry: ConsulRegistry, policy: ClientPolicy | None = None
+    shop: Mesh,
+    registry: ConsulRegistry,
+    policy: ClientPolicy | None = None,
+    hooks: ClientHooks | None = None,
 ) -> AsyncIterator[Routed]:
     settings = MeshSettings(service="caller", trust_domain=shop.authority.trust_domain)
     routing = WatchedRouting(registry, wait=5)
     async with WatchedCache(registry) as cache, anyio.create_task_group() as group:
         group.start_soon(routing.run)
         factory = MeshClientFactory(
-            cache, contexts(shop.authority, "caller"), settings, policy=policy, routing=routing
+            cache,
+            contexts(shop.authority, "caller"),
+            settings,
+            policy=policy,
+            routing=routing,
+            hooks=hooks,
         )
         try:
             yield Routed(factory, routing, registry)
@@ -95,10 +107,14 @@ class Routed:
         generation = self.routing.generation
         started = time.perf_counter()
         await write(self.registry, kind, name, body)
+        await self.changed_since(generation)
+        return time.perf_counter() - started
+
+    async def changed_since(self, generation: int) -> None:
+        """Wait until this client's table is newer than ``generation``."""
         with anyio.fail_after(5):
             while self.routing.generation == generation:  # noqa: ASYNC110 (a counter)
                 await anyio.sleep(0.005)
-        return time.perf_counter() - started
 
     async def get(self, path: str = "/item", **kwargs: Any) -> dict[str, Any]:
         response = await self.client.get(path, **kwargs)
@@ -122,6 +138,30 @@ async def test_weighted_split_between_versions(shop: Mesh, registry: ConsulRegis
                 group.start_soon(worker)
     assert sum(seen.values()) == 2000
     assert abs(seen["v2"] / 2000 - 0.25) <= 0.05, seen
+
+
+async def test_client_metrics_count_calls_by_subset(shop: Mesh, registry: ConsulRegistry) -> None:
+    """The caller's own metrics show the split per subset: each call counted under the
+    subset that answered it, calls to a destination without a chain under none."""
+    metrics = MeshMetrics()
+    async with client_of(shop, registry, hooks=ClientTelemetry(metrics)) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        splits = [{"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "ServiceSubset": "v2"}]
+        await routed.apply("service-splitter", {"Splits": splits})
+        seen = Counter([(await routed.get())["version"] for _ in range(200)])
+    for subset in ("v1", "v2"):
+        labels = {
+            "http_request_method": "GET",
+            "destination_service": "inventory",
+            "http_response_status_code": "200",
+            "error_type": "",
+            "destination_subset": subset,
+        }
+        count = metrics.registry.get_sample_value(
+            "http_client_request_duration_seconds_count", labels
+        )
+        assert count == seen[subset], (subset, seen)
+        assert metrics.registry.get_sample_value("meshkit_client_attempts_total", labels)
 
 
 async def test_default_subset_then_header_path_and_query_routes(
@@ -163,6 +203,55 @@ async def test_default_subset_then_header_path_and_query_routes(
         # An absolute URL of another host is not the destination's: never routed.
         leader = await routed.client.get(f"http://{shop.registry.address}/v1/status/leader")
         assert leader.status_code == 200 and "version" not in leader.text
+
+
+async def test_a_split_to_another_services_splitter_is_flattened(
+    shop: Mesh, registry: ConsulRegistry
+) -> None:
+    """inventory: v1 50, catalog 50; catalog: inventory's v2 50 (a header set on the way),
+    itself 50. Flattened as Consul does: v1 50 %, v2 25 % with both splits' headers,
+    catalog 25 %."""
+    to_v2 = {"Weight": 50, "Service": "inventory", "ServiceSubset": "v2"}
+    to_v2["RequestHeaders"] = {"Set": {"x-canary": "nested"}}
+    async with client_of(shop, registry) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        try:
+            await routed.apply("service-splitter", {"Splits": [to_v2, {"Weight": 50}]}, "catalog")
+            splits = [{"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "Service": "catalog"}]
+            await routed.apply("service-splitter", {"Splits": splits})
+            seen: Counter[tuple[str, str | None]] = Counter()
+
+            async def worker() -> None:
+                for _ in range(250):
+                    answer = await routed.get()
+                    seen[answer["version"], answer["canary"]] += 1
+
+            async with anyio.create_task_group() as group:
+                for _ in range(8):
+                    group.start_soon(worker)
+        finally:
+            await registry.call(lambda c: c.config.delete("service-splitter", "inventory"))
+            await registry.call(lambda c: c.config.delete("service-splitter", "catalog"))
+    assert set(seen) == {("v1", None), ("v2", "nested"), ("c1", None)}, seen
+    for key, share in ((("v1", None), 0.5), (("v2", "nested"), 0.25), (("c1", None), 0.25)):
+        assert abs(seen[key] / 2000 - share) <= 0.05, seen
+
+
+async def test_meshkit_route_steers_running_clients(shop: Mesh, registry: ConsulRegistry) -> None:
+    """``meshkit route`` (a process of its own, as an operator runs it) writes a router
+    the running client follows: the header's calls to v2, the others to the default."""
+    async with client_of(shop, registry) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        generation = routed.routing.generation
+        argv = [sys.executable, "-m", "meshkit", "route", "inventory"]
+        argv += ["--header", "x-canary=1", "--subset", "v2"]
+        env = {**os.environ, "CONSUL_HTTP_ADDR": shop.registry.address}
+        done = await anyio.run_process(argv, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        await routed.changed_since(generation)
+        canary = {(await routed.get(headers={"x-canary": "1"}))["version"] for _ in range(20)}
+        others = {(await routed.get())["version"] for _ in range(20)}
+    assert (canary, others) == ({"v2"}, {"v1"})
 
 
 async def test_subset_without_instances_fails_over(shop: Mesh, registry: ConsulRegistry) -> None:

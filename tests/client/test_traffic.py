@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import (
+    ClientPolicy,
     EndpointBusy,
     EndpointEjected,
     HedgeStarted,
@@ -24,6 +25,7 @@ from meshkit.client import (
     MirrorEnded,
 )
 from meshkit.client._hedging import LatencyWindow
+from meshkit.errors import ConfigError
 from meshkit.registry.base import Endpoint
 from meshkit.telemetry.client import ClientTelemetry
 from meshkit.telemetry.metrics import MeshMetrics
@@ -100,36 +102,60 @@ async def gather_calls(mesh: MeshClientFactory, count: int, *, workers: int = 8)
     return statuses
 
 
-@pytest.mark.parametrize("cancel", [False, True], ids=["finish", "cancel"])
-async def test_a_slow_first_attempt_is_hedged_and_the_fast_answer_wins(
-    authority: LocalAuthority, cancel: bool
-) -> None:
-    seen, hooks = Seen(), Recorder()
-    # Whichever instance gets the first attempt hangs on it: the hedge goes to the other.
+@asynccontextmanager
+async def hedged_race(
+    authority: LocalAuthority, seen: Seen, hooks: Recorder | None = None, **policy: Any
+) -> AsyncIterator[tuple[MeshClientFactory, str]]:
+    """Two instances; whichever gets the first attempt hangs on it (until the caller
+    goes away, or 10 s), so one hedged call is answered by the other. Yields the client
+    and the name of the instance that lost the race."""
     hangs = Behaviour(hang_first_overall=True)
     specs = {"payments": {"a": hangs, "b": hangs}}
     async with services(authority, seen, specs) as source:
-        mesh = factory(
-            authority,
-            source,
-            hooks=hooks,
-            hedge_delay=0.05,
-            hedge_cancel_loser=cancel,
-            **NO_BREAKER,
-        )
+        mesh = factory(authority, source, hooks=hooks, hedge_delay=0.05, **policy, **NO_BREAKER)
         response = await mesh.client("payments").get("/item")
-        first = next(name for name in "ab" if name != response.text)
         assert response.status_code == 200
+        try:
+            yield mesh, next(name for name in "ab" if name != response.text)
+        finally:
+            await mesh.aclose()
+
+
+async def abandoned(seen: Seen, name: str) -> None:
+    """Until ``name``'s server saw its caller go away (its connection closed)."""
+    with anyio.fail_after(5):  # far less than the 10 s an abandoned request would hang
+        while not seen.abandoned[name]:  # noqa: ASYNC110 (a server-side flag)
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize("loser", ["finish", "abort"])
+async def test_a_slow_first_attempt_is_hedged_and_the_fast_answer_wins(
+    authority: LocalAuthority, loser: str
+) -> None:
+    seen, hooks = Seen(), Recorder()
+    async with hedged_race(authority, seen, hooks, hedge_loser=loser) as (mesh, first):
         assert [e.delay for e in hooks.of(HedgeStarted)] == [0.05]
         assert seen.hits == {"a": 1, "b": 1}
-        if not cancel:
+        if loser == "finish":
             await anyio.sleep(0.2)
             assert not seen.abandoned[first]  # still running: its answer will be discarded
             await mesh.aclose()  # closing the client ends it
-        with anyio.fail_after(5):  # the loser's connection was closed: its server sees it
-            while not seen.abandoned[first]:  # noqa: ASYNC110 (a server-side flag)
-                await anyio.sleep(0.01)
-        await mesh.aclose()
+        await abandoned(seen, first)
+
+
+async def test_a_losing_attempt_ends_by_the_calls_deadline(authority: LocalAuthority) -> None:
+    """A loser left to finish on a server that does not answer is still bound by the
+    call's deadline: with no per-try timeout, the call's 0.5 s deadline closes its
+    connection while the client stays open."""
+    seen = Seen()
+    policy = {"hedge_loser": "finish", "timeout": 0.5, "per_try_timeout": None}
+    async with hedged_race(authority, seen, **policy) as (_, first):
+        await abandoned(seen, first)
+
+
+def test_hedge_loser_is_finish_or_abort() -> None:
+    with pytest.raises(ConfigError, match="hedge_loser"):
+        ClientPolicy(hedge_loser="cancel")  # type: ignore[arg-type]
 
 
 async def test_hedges_spend_the_retry_budget(authority: LocalAuthority) -> None:

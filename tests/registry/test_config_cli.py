@@ -102,3 +102,48 @@ def test_split_writes_a_splitter_in_one_line(
     assert "must be 100, not 95.000000" in capsys.readouterr().err
     assert main(["split", "inventory", "v1"]) == 1
     assert "expected SUBSET=WEIGHT" in capsys.readouterr().err
+
+
+def test_route_writes_a_router_in_one_line(
+    env: ThreadedRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = ["route", "inventory", "--header", "x-canary=1", "--subset", "v2"]
+    assert main(first) == 0
+    assert capsys.readouterr().out.endswith("(route to v2)\n")
+    legacy = ["--path-prefix", "/legacy/", "--method", "get", "--query", "debug"]
+    legacy += ["--to-service", "catalog", "--prefix-rewrite", "/", "--timeout", "2s"]
+    assert main(["route", "inventory", *legacy, "--retries", "2", "--append"]) == 0
+    routes = env.client().config.get("service-router", "inventory")["Routes"]
+    assert routes[0] == {
+        "Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
+        "Destination": {"ServiceSubset": "v2"},
+    }
+    assert routes[1]["Match"]["HTTP"] == {
+        "PathPrefix": "/legacy/",
+        "Methods": ["GET"],
+        "QueryParam": [{"Name": "debug", "Present": True}],
+    }
+    assert routes[1]["Destination"] == {
+        "Service": "catalog",
+        "PrefixRewrite": "/",
+        "RequestTimeout": "2s",
+        "NumRetries": 2,
+    }
+    assert main(first) == 0  # without --append: the router is this one route again
+    assert len(env.client().config.get("service-router", "inventory")["Routes"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--header", "x=1"], "--subset or --to-service"),
+        (["--header", "=1", "--subset", "v2"], "expected NAME or NAME=VALUE"),
+        (["--path-prefix", "legacy", "--subset", "v2"], "doesn't start with"),  # registry
+    ],
+)
+def test_route_refuses_bad_input_in_one_line(
+    env: ThreadedRegistry, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(["route", "inventory", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1, err
