@@ -30,7 +30,6 @@ from meshkit.demo.run import (
     instance_env,
     missing_edges,
     progress,
-    run_demo,
     scrape,
     start_shop,
 )
@@ -39,6 +38,7 @@ from meshkit.errors import MeshError
 from meshkit.observe.golden import Edge, Histogram
 from meshkit.testing.envoy import envoy_missing
 from meshkit.testing.supervisor import Child, Supervisor, group_alive
+from tests._demo import run_local_demo
 
 pytestmark = pytest.mark.timeout(90)
 SLEEPER = "import time; time.sleep(60)"
@@ -188,20 +188,12 @@ def test_a_short_run_kills_the_victim_shows_tables_and_summarizes(
     """A short run with file identities and a dev registry: the victim is killed, live
     tables and the summary are shown, nothing is left running (the success rate is the
     slow acceptance test's)."""
-    out = io.StringIO()
     options = DemoOptions(duration=2.0, rate=5.0, interval=0.5)
     with Supervisor(tmp_path / "logs", stop_timeout=10) as supervisor:
-        code = run_demo(
-            options,
-            supervisor,
-            tmp_path,
-            Display(out, interactive=False),
-            mesh=lambda s, d: (LocalIdentities(), registry_env),
-        )
+        code, text = run_local_demo(options, supervisor, tmp_path, registry_env)
         victim = next(c for c in supervisor.children if c.name == VICTIM)
         assert not victim.running
     assert code == 0
-    text = out.getvalue()
     assert "shop UI: https://127.0.0.1:" in text
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", text)
     assert "killed cart-2" in text

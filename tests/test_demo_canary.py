@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -16,10 +15,11 @@ from meshkit.demo.canary import (
     phase_results,
     version_table,
 )
-from meshkit.demo.run import DemoOptions, Display, LocalIdentities, run_demo
+from meshkit.demo.run import DemoOptions
 from meshkit.demo.traffic import TrafficStats
 from meshkit.telemetry.metrics import MeshMetrics
 from meshkit.testing.supervisor import Supervisor
+from tests._demo import run_local_demo
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,18 +75,10 @@ def test_phase_results_are_what_each_phase_added() -> None:
 def test_a_short_canary_run_moves_traffic_and_rolls_back(
     tmp_path: Path, registry_env: dict[str, str]
 ) -> None:
-    out = io.StringIO()
     options = DemoOptions(duration=20.0, rate=8.0, interval=1.0, kill=False, canary=True)
     with Supervisor(tmp_path / "logs", stop_timeout=10) as supervisor:
-        code = run_demo(
-            options,
-            supervisor,
-            tmp_path,
-            Display(out, interactive=False),
-            mesh=lambda s, d: (LocalIdentities(), registry_env),
-        )
+        code, text = run_local_demo(options, supervisor, tmp_path, registry_env)
     assert code == 0
-    text = out.getvalue()
     for phase in PHASES:
         assert f"splitter written: {phase.name}" in text
     # 2.0.0 served part of some window: the splitter reached web's and cart's clients.
