@@ -22,12 +22,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="check the registry, the CA, this identity and each service; exit 1 on failure",
     )
     check.add_argument("service", nargs="?", help="check only this service (default: all)")
-    check.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text lines or one JSON document (default: text)",
-    )
+    _add_output(check, "text lines or one JSON document")
     check.set_defaults(handler=_check)
 
     tap = subparsers.add_parser(
@@ -45,12 +40,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="only this caller: a service name or SPIFFE ID (default: every caller)",
     )
     tap.add_argument("--count", type=_positive, help="stop after this many requests")
-    tap.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text lines or JSON lines (default: text)",
-    )
+    _add_output(tap, "text lines or JSON lines")
     tap.set_defaults(handler=_tap)
 
     prometheus = subparsers.add_parser(
@@ -69,6 +59,12 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     prometheus.add_argument("--datacenter", help="the Consul datacenter (default: the agent's)")
     prometheus.set_defaults(handler=_prometheus_config)
+
+
+def _add_output(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--output", choices=("text", "json"), default="text", help=f"{what} (default: text)"
+    )
 
 
 def _prometheus_config(args: argparse.Namespace) -> int:
