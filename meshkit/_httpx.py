@@ -130,6 +130,10 @@ def copy_request(template: Request, extensions: dict[str, Any]) -> Request:
     of its headers, that the transports may add to, and ``extensions``."""
     if _fast:
         return _copy_privately(template, extensions)
+    return _copy_publicly(template, extensions)
+
+
+def _copy_publicly(template: Request, extensions: dict[str, Any]) -> Request:
     request = Request(
         template.method,
         template.url,
@@ -152,8 +156,15 @@ def complete_response(
     took = datetime.timedelta(seconds=elapsed)
     if _fast and not any(name.lower() == _ENCODED for name, _ in raw_headers):
         return _build_privately(status, raw_headers, body, request, took)
-    response = Response(status, headers=raw_headers, stream=ByteStream(body), request=request)
+    response = _read_publicly(status, raw_headers, body, request)
     response.elapsed = took
+    return response
+
+
+def _read_publicly(
+    status: int, raw: list[tuple[bytes, bytes]], body: bytes, request: Request
+) -> Response:
+    response = Response(status, headers=raw, stream=ByteStream(body), request=request)
     response.read()  # httpx's decoders (gzip, br, ...); a ByteStream reads without waiting
     return response
 
@@ -167,9 +178,8 @@ def _check_response() -> None:
     body = b'{"ok": true}'
     request = Request("GET", "http://check/")
     took = datetime.timedelta(seconds=0.25)
-    stock = Response(200, headers=raw, stream=ByteStream(body), request=request)
+    stock = _read_publicly(200, raw, body, request)
     stock.elapsed = took
-    stock.read()
     fast = _build_privately(200, raw, body, request, took)
     assert fast.read() == fast.content == stock.content == body
     assert list(fast.iter_bytes()) == [body]
@@ -189,14 +199,7 @@ def _check_request() -> None:
     """Raise unless the fast copy of a request is what the stock one makes."""
     template = Request("GET", "http://check/a?b=1", headers={"X-Id": "a", "accept": "*/*"})
     extensions = {"meshkit.check": True}
-    stock = Request(
-        template.method,
-        template.url,
-        headers=template.headers,
-        stream=template.stream,
-        extensions=extensions,
-    )
-    stock.read()
+    stock = _copy_publicly(template, extensions)
     fast = _copy_privately(template, extensions)
     assert fast.read() == stock.read() == b""
     assert fast.headers.raw == stock.headers.raw and fast.headers is not template.headers
