@@ -5,13 +5,15 @@ transports wrap each other; the CA client and the dev registry's HTTP checks are
 ``AsyncClient`` calls. Everything else imports httpx's names from here, so moving to
 httpx2 (its maintained continuation) is a change to this file.
 
-One fast path reaches into httpx's private fields. A mesh response arrives whole off
-the wire, and httpx's public way to build one, ``Response(...)`` then ``aread()``
+Two fast paths reach into httpx's private fields. A mesh response arrives whole off
+the wire, and httpx's public way to build one, ``Response(...)`` then ``read()``
 through its decoder chain, derives again what the client already has (header tuples,
 a stream, a decoder): ``complete_response`` fills in the fields those two leave behind
-instead. At import a response is built both ways and the two compared field by field;
-if this httpx differs (a field renamed, a new one set by building or reading), one
-warning, and the stock path is used: slower, never wrong.
+instead. Likewise ``copy_request`` copies a request the client built before (a
+bodiless call) by its fields, where ``Request(...)`` would derive them again. At import
+both are made both ways and compared field by field; if this httpx differs (a field
+renamed, a new one set by building or reading), one warning, and the stock paths are
+used: slower, never wrong.
 """
 
 from __future__ import annotations
