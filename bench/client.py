@@ -4,8 +4,15 @@ One uvicorn server (uvloop + httptools, strict mTLS) runs in a subprocess; this 
 drives it with each client in turn at 16 and 64 concurrent requests and measures its
 own CPU time per request (the server's CPU is not counted). The meshkit client runs
 with everything on: discovery (a static source), P2C, retries, budget, breaker,
-limits, identity-checked mTLS. Run: ``python -m bench.client [--requests N]``.
+limits, identity-checked mTLS; ``meshkit_telemetry`` is the same client with the hooks a
+ServiceApp installs (``ClientTelemetry``: metrics, and CLIENT spans from an SDK tracer
+sampling 10% of traces, recorded and not exported), so ``us_telemetry_cN`` is what
+the client's telemetry costs a call. Run: ``python -m bench.client [--requests N]``.
 Ends with one JSON line of the figures.
+
+``--clients meshkit_telemetry --concurrency 1`` runs one cell alone, e.g. under
+callgrind to count the instructions of a change (run it at two ``--requests`` and
+divide the difference: start-up cancels out).
 """
 
 from __future__ import annotations
@@ -13,26 +20,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 import uvloop
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from bench._mtls import StaticSource, mtls_server
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import MeshClientFactory
 from meshkit.registry.base import Endpoint
 from meshkit.settings import MeshSettings
+from meshkit.telemetry.client import ClientTelemetry
+from meshkit.telemetry.metrics import MeshMetrics
 from meshkit.tls import TLSContexts, TLSMaterial, client_context
 
 CONCURRENCY = (16, 64)
+CLIENTS = ("aiohttp", "httpx", "meshkit", "meshkit_telemetry")
 Send = Callable[[], Awaitable[int]]
 
 
@@ -107,12 +120,21 @@ async def bench_httpx(url: str, material: TLSMaterial, concurrency: int, request
         return await measure(send, concurrency, requests)
 
 
-async def bench_meshkit(port: int, material: TLSMaterial, concurrency: int, requests: int) -> Any:
+async def bench_meshkit(
+    port: int, material: TLSMaterial, concurrency: int, requests: int, *, telemetry: bool = False
+) -> Any:
     # Two registry entries for the one server, so every call runs a real P2C pick.
     source = StaticSource(
         [Endpoint(f"payments-{n}", "payments", "127.0.0.1", port) for n in (1, 2)]
     )
-    factory = MeshClientFactory(source, TLSContexts(material), MeshSettings(service="web"))
+    hooks = None
+    if telemetry:
+        random.seed(0)  # the same calls sampled in every run: instruction counts compare
+        sampler = ParentBased(TraceIdRatioBased(0.1))
+        hooks = ClientTelemetry(MeshMetrics(), tracer_provider=TracerProvider(sampler=sampler))
+    factory = MeshClientFactory(
+        source, TLSContexts(material), MeshSettings(service="web"), hooks=hooks
+    )
     payments = factory.client("payments")
 
     async def send() -> int:
@@ -124,34 +146,61 @@ async def bench_meshkit(port: int, material: TLSMaterial, concurrency: int, requ
         await factory.aclose()
 
 
-async def run_all(port: int, directory: Path, requests: int) -> dict[str, Any]:
+async def run_all(
+    port: int,
+    directory: Path,
+    requests: int,
+    clients: Sequence[str],
+    concurrency: Sequence[int],
+) -> dict[str, Any]:
     files = (directory / "web.pem", directory / "web-key.pem", directory / "bundle.pem")
     material = TLSMaterial.from_files(*files)
     url = f"https://127.0.0.1:{port}/charge"
-    results: dict[str, Any] = {}
-    for c in CONCURRENCY:
-        results[f"aiohttp_c{c}"] = await bench_aiohttp(url, material, c, requests)
+    cells: dict[str, Callable[[int], Awaitable[Any]]] = {
+        "aiohttp": lambda c: bench_aiohttp(url, material, c, requests),
         # httpx is ~15x slower: fewer requests give as stable a figure in similar time.
-        results[f"httpx_c{c}"] = await bench_httpx(url, material, c, max(requests // 4, 500))
-        results[f"meshkit_c{c}"] = await bench_meshkit(port, material, c, requests)
+        "httpx": lambda c: bench_httpx(url, material, c, max(requests // 4, 500)),
+        "meshkit": lambda c: bench_meshkit(port, material, c, requests),
+        "meshkit_telemetry": lambda c: bench_meshkit(port, material, c, requests, telemetry=True),
+    }
+    results: dict[str, Any] = {}
+    for c in concurrency:
+        for client in clients:
+            results[f"{client}_c{c}"] = await cells[client](c)
     return results
 
 
-def _ratios(results: dict[str, Any]) -> dict[str, float]:
+def _ratios(results: dict[str, Any], concurrency: Sequence[int]) -> dict[str, float]:
     ratios = {}
-    for concurrency in CONCURRENCY:
-        mesh = results[f"meshkit_c{concurrency}"]["cpu_us_per_request"]
+    for c in concurrency:
+        mesh = results.get(f"meshkit_c{c}")
         for other in ("aiohttp", "httpx"):
-            theirs = results[f"{other}_c{concurrency}"]["cpu_us_per_request"]
-            ratios[f"ratio_cpu_vs_{other}_c{concurrency}"] = round(mesh / theirs, 3)
+            theirs = results.get(f"{other}_c{c}")
+            if mesh is not None and theirs is not None:
+                ratio = mesh["cpu_us_per_request"] / theirs["cpu_us_per_request"]
+                ratios[f"ratio_cpu_vs_{other}_c{c}"] = round(ratio, 3)
+        telemetry = results.get(f"meshkit_telemetry_c{c}")
+        if mesh is not None and telemetry is not None:
+            cost = telemetry["cpu_us_per_request"] - mesh["cpu_us_per_request"]
+            ratios[f"us_telemetry_c{c}"] = round(cost, 1)
     return ratios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=8000)
+    parser.add_argument("--requests", type=int, default=8000, help="calls per cell (8000)")
+    parser.add_argument(
+        "--clients", default=",".join(CLIENTS), help="comma-separated subset of the cells"
+    )
+    parser.add_argument(
+        "--concurrency", default="16,64", help="comma-separated concurrent calls per cell"
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.clients = args.clients.split(",")
+    args.concurrency = [int(n) for n in args.concurrency.split(",")]
+    if set(args.clients) - set(CLIENTS):
+        parser.error(f"unknown clients: {', '.join(sorted(set(args.clients) - set(CLIENTS)))}")
     if args.serve:
         serve(args.serve)
         return
@@ -168,7 +217,9 @@ def main() -> None:
         try:
             assert server.stdout is not None
             port = int(server.stdout.readline())
-            results = uvloop.run(run_all(port, directory, args.requests))
+            results = uvloop.run(
+                run_all(port, directory, args.requests, args.clients, args.concurrency)
+            )
         finally:
             server.terminate()
             server.wait(timeout=10)
@@ -177,7 +228,7 @@ def main() -> None:
             f"{name:14} {figures['cpu_us_per_request']:8.1f} us CPU/request "
             f"{figures['requests_per_second']:9.0f} req/s  failures {figures['failures']}"
         )
-    summary = {"results": results, **_ratios(results)}
+    summary = {"results": results, **_ratios(results, args.concurrency)}
     print(json.dumps(summary, sort_keys=True))
 
 

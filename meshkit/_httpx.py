@@ -5,12 +5,14 @@ transports wrap each other; the CA client and the dev registry's HTTP checks are
 ``AsyncClient`` calls. Everything else imports httpx's names from here, so moving to
 httpx2 (its maintained continuation) is a change to this file.
 
-One fast path reaches into httpx's private fields. A mesh response arrives whole off
-the wire, and httpx's public way to attach a body, ``Response.aread()`` through its
-decoder chain, costs a fifth of a mesh call's client CPU (bench/client.py, against the
-stock path in the same run). ``complete_response`` sets what ``aread()`` leaves behind
-instead. At import a response is built both ways and the two compared; if this httpx
-differs (a field renamed, a new one set by reading), one warning, and the stock path is
+Two fast paths reach into httpx's private fields. A mesh response arrives whole off
+the wire, and httpx's public way to build one, ``Response(...)`` then ``read()``
+through its decoder chain, derives again what the client already has (header tuples,
+a stream, a decoder): ``complete_response`` fills in the fields those two leave behind
+instead. Likewise ``copy_request`` copies a request the client built before (a
+bodiless call) by its fields, where ``Request(...)`` would derive them again. At import
+both are made both ways and compared field by field; if this httpx differs (a field
+renamed, a new one set by building or reading), one warning, and the stock paths are
 used: slower, never wrong.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -36,7 +38,6 @@ from httpx import (
     Request,
     RequestNotRead,
     Response,
-    SyncByteStream,
     Timeout,
     TimeoutException,
     TransportError,
@@ -63,6 +64,7 @@ __all__ = [
     "TimeoutException",
     "TransportError",
     "complete_response",
+    "copy_request",
     "fast_paths_problem",
     "http2_available",
     "use_fast_paths",
@@ -71,17 +73,81 @@ __all__ = [
 # -- the fast path and its stock twin ----------------------------------------------------
 
 
-def _read_privately(response: Response, body: bytes) -> None:
-    """What ``Response.aread()`` leaves behind for a body that needs no decoding."""
-    response._content = body
-    response.is_stream_consumed = True
-    response.is_closed = True
+def _build_privately(
+    status: int,
+    raw_headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    request: Request,
+    elapsed: datetime.timedelta,
+) -> Response:
+    """The response ``Response(status, headers=raw_headers, stream=ByteStream(body),
+    request=request)`` is once ``read()`` has read a body that needs no decoding and
+    ``elapsed`` is set: its fields filled in directly, none derived again."""
+    headers = Headers.__new__(Headers)
+    headers._list = [(name, name.lower(), value) for name, value in raw_headers]
+    headers._encoding = None
+    response = Response.__new__(Response)
+    response.__dict__ = {
+        "status_code": status,
+        "headers": headers,
+        "_request": request,
+        "next_request": None,
+        "extensions": {},
+        "history": [],
+        "is_closed": True,
+        "is_stream_consumed": True,
+        "default_encoding": "utf-8",
+        "stream": ByteStream(body),
+        "_num_bytes_downloaded": len(body),
+        "_content": body,
+        "_elapsed": elapsed,
+    }
+    return response
 
 
-_attach: Callable[[Response, bytes], None] | None = None  # None: the stock path
+def _copy_privately(template: Request, extensions: dict[str, Any]) -> Request:
+    """The request ``Request(template.method, template.url, headers=template.headers,
+    stream=template.stream, extensions=extensions)`` is once ``read()``, for a template
+    already read: its fields filled in directly. The URL, immutable, is shared."""
+    headers = Headers.__new__(Headers)
+    headers.__dict__ = {"_list": list(template.headers._list), "_encoding": None}
+    request = Request.__new__(Request)
+    request.__dict__ = {
+        "method": template.method,
+        "url": template.url,
+        "headers": headers,
+        "extensions": extensions,
+        "stream": template.stream,
+        "_content": template._content,
+    }
+    return request
 
 
-async def complete_response(
+_fast = False  # whether this httpx passed the check at import
+_ENCODED = b"content-encoding"
+
+
+def copy_request(template: Request, extensions: dict[str, Any]) -> Request:
+    """A read request like ``template`` (read, its body in a ``ByteStream``) with a copy
+    of its headers, that the transports may add to, and ``extensions``."""
+    if _fast:
+        return _copy_privately(template, extensions)
+    return _copy_publicly(template, extensions)
+
+
+def _copy_publicly(template: Request, extensions: dict[str, Any]) -> Request:
+    request = Request(
+        template.method,
+        template.url,
+        headers=template.headers,
+        stream=template.stream,
+        extensions=extensions,
+    )
+    request.read()
+    return request
+
+
+def complete_response(
     status: int,
     raw_headers: list[tuple[bytes, bytes]],
     body: bytes,
@@ -89,23 +155,23 @@ async def complete_response(
     elapsed: float,
 ) -> Response:
     """An ``httpx.Response`` for a complete HTTP/1.1 message read off the wire, read."""
-    response = Response(status, headers=raw_headers, stream=ByteStream(body), request=request)
-    response.elapsed = datetime.timedelta(seconds=elapsed)
-    if _attach is None or "content-encoding" in response.headers:
-        await response.aread()  # httpx's decoders (gzip, br, ...)
-    else:
-        _attach(response, body)
+    took = datetime.timedelta(seconds=elapsed)
+    if _fast and not any(name.lower() == _ENCODED for name, _ in raw_headers):
+        return _build_privately(status, raw_headers, body, request, took)
+    response = _read_publicly(status, raw_headers, body, request)
+    response.elapsed = took
+    return response
+
+
+def _read_publicly(
+    status: int, raw: list[tuple[bytes, bytes]], body: bytes, request: Request
+) -> Response:
+    response = Response(status, headers=raw, stream=ByteStream(body), request=request)
+    response.read()  # httpx's decoders (gzip, br, ...); a ByteStream reads without waiting
     return response
 
 
 # -- the check at import -----------------------------------------------------------------
-
-
-class _Unreadable(SyncByteStream):
-    """A stream that fails if read: the fast path must never need it."""
-
-    def __iter__(self) -> Iterator[bytes]:
-        raise AssertionError("the stream was read")
 
 
 def _check_response() -> None:
@@ -113,23 +179,43 @@ def _check_response() -> None:
     raw = [(b"Content-Type", b"application/json"), (b"X-Id", b"a"), (b"x-id", b"b")]
     body = b'{"ok": true}'
     request = Request("GET", "http://check/")
-    stock = Response(200, headers=raw, stream=ByteStream(body), request=request)
-    stock.read()
-    fast = Response(200, headers=raw, stream=_Unreadable(), request=request)
-    _read_privately(fast, body)
+    took = datetime.timedelta(seconds=0.25)
+    stock = _read_publicly(200, raw, body, request)
+    stock.elapsed = took
+    fast = _build_privately(200, raw, body, request, took)
     assert fast.read() == fast.content == stock.content == body
     assert list(fast.iter_bytes()) == [body]
     assert fast.json() == stock.json() and fast.text == stock.text
-    assert (fast.is_closed, fast.is_stream_consumed) == (stock.is_closed, stock.is_stream_consumed)
-    # Every field reading sets is set, but the decoder, which httpx makes when it needs it.
-    missing = vars(stock).keys() - vars(fast).keys() - {"_decoder"}
-    assert not missing, f"reading also sets {sorted(missing)}"
+    assert fast.headers == stock.headers and fast.headers.raw == stock.headers.raw == raw
+    assert vars(fast.headers) == vars(stock.headers), "Headers holds other fields"
+    # Every field the stock path sets, with the same value, but the decoder (httpx makes
+    # it when it needs it) and the stream (a ByteStream of the same body, spent).
+    theirs, ours = vars(stock), vars(fast)
+    assert theirs.keys() - {"_decoder"} == ours.keys(), "Response holds other fields"
+    differ = [k for k in ours if k not in ("stream", "headers") and ours[k] != theirs[k]]
+    assert not differ, f"fields differ: {differ}"
+    assert type(fast.stream) is type(stock.stream)
+
+
+def _check_request() -> None:
+    """Raise unless the fast copy of a request is what the stock one makes."""
+    template = Request("GET", "http://check/a?b=1", headers={"X-Id": "a", "accept": "*/*"})
+    extensions = {"meshkit.check": True}
+    stock = _copy_publicly(template, extensions)
+    fast = _copy_privately(template, extensions)
+    assert fast.read() == stock.read() == b""
+    assert fast.headers.raw == stock.headers.raw and fast.headers is not template.headers
+    assert vars(fast.headers) == vars(stock.headers), "Headers holds other fields"
+    assert vars(fast) == vars(stock), "Request holds other fields"
+    fast.headers["x-added"] = "1"
+    assert "x-added" not in template.headers
 
 
 def fast_paths_problem() -> str | None:
     """Why this httpx cannot take the fast path, or None when it can."""
     try:
         _check_response()
+        _check_request()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -140,8 +226,8 @@ def use_fast_paths(enabled: bool = True) -> bool:
 
     Called once at import; tests and benches call it to run the stock path on purpose.
     """
-    global _attach
-    _attach = None
+    global _fast
+    _fast = False
     if not enabled:
         return False
     problem = fast_paths_problem()
@@ -153,7 +239,7 @@ def use_fast_paths(enabled: bool = True) -> bool:
             stacklevel=2,
         )
         return False
-    _attach = _read_privately
+    _fast = True
     return True
 
 

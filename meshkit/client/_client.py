@@ -25,6 +25,7 @@ from meshkit._httpx import (
     Request,
     Response,
     Timeout,
+    copy_request,
 )
 from meshkit.client._balancer import Balancer
 from meshkit.client._breaker import CircuitBreaker
@@ -151,9 +152,8 @@ class MeshClient(AsyncClient):
         """A request with no body and the client's headers: a copy of one built before.
 
         httpx's ``Request()`` derives the same headers, Host and empty body again on every
-        call, a sizeable share of a mesh call's CPU; built from the template's parts with
-        ``stream=`` it derives nothing. It gets its own headers and extensions, so the
-        transports may add to them.
+        call, a sizeable share of a mesh call's CPU; copied from the template it derives
+        nothing. It gets its own headers and extensions, so the transports may add to them.
         """
         key = (method, url)
         client_headers = self.headers.raw
@@ -163,16 +163,7 @@ class MeshClient(AsyncClient):
             cached = (client_headers, Request(method, target, headers=self.headers))
             if len(self._templates) < _URL_CACHE_SIZE:
                 self._templates[key] = cached
-        template = cached[1]
-        request = Request(
-            template.method,
-            template.url,
-            headers=template.headers,  # copied: the transports may add to them
-            stream=template.stream,  # the shared empty body, as given: no headers derived
-            extensions=extensions,
-        )
-        request.read()
-        return request
+        return copy_request(cached[1], extensions)  # its own headers: transports add to them
 
     def _plain(self) -> bool:
         """Nothing configured that only httpx's full path implements."""

@@ -1,4 +1,4 @@
-"""Instrumentation hooks: a Protocol the client calls with small frozen events.
+"""Instrumentation hooks: a Protocol the client calls with small immutable events.
 
 Telemetry (metrics, spans, trace-context injection) implements ``ClientHooks``; the
 client itself knows nothing about OpenTelemetry or Prometheus. What an ``on_*_start``
@@ -6,28 +6,29 @@ hook returns comes back in the matching end event as ``state`` (a span, a timer)
 hooks need no bookkeeping of their own. ``AttemptStarted.headers`` is where a hook
 adds headers to one attempt (``traceparent``). With no hooks installed the client
 builds no events at all.
+
+The events are typed ``NamedTuple``s rather than frozen dataclasses: four are built on
+every call with hooks installed, and a frozen dataclass pays a generic
+``object.__setattr__`` per field where a tuple is filled in one step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from meshkit.registry.base import Endpoint
 
 BreakerState = Literal["closed", "open", "half-open"]
 
 
-@dataclass(frozen=True, slots=True)
-class CallStarted:
+class CallStarted(NamedTuple):
     destination: str
     method: str
     path: str
     subset: str = ""  # the resolver subset the discovery chain sent the call to ("": none)
 
 
-@dataclass(frozen=True, slots=True)
-class CallEnded:
+class CallEnded(NamedTuple):
     destination: str
     method: str
     path: str
@@ -39,8 +40,7 @@ class CallEnded:
     subset: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptStarted:
+class AttemptStarted(NamedTuple):
     destination: str
     method: str
     attempt: int  # 1-based
@@ -48,8 +48,7 @@ class AttemptStarted:
     headers: list[tuple[str, str]]  # append headers to send with this attempt
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptEnded:
+class AttemptEnded(NamedTuple):
     destination: str
     method: str
     attempt: int
@@ -61,8 +60,7 @@ class AttemptEnded:
     subset: str = ""  # the call's
 
 
-@dataclass(frozen=True, slots=True)
-class RetryScheduled:
+class RetryScheduled(NamedTuple):
     destination: str
     method: str
     attempt: int  # the attempt that failed
@@ -70,51 +68,44 @@ class RetryScheduled:
     reason: str  # "connect", "status 503", "timeout", ...
 
 
-@dataclass(frozen=True, slots=True)
-class RetryBudgetSpent:
+class RetryBudgetSpent(NamedTuple):
     destination: str
     method: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointEjected:
+class EndpointEjected(NamedTuple):
     destination: str
     endpoint: Endpoint
     duration: float
     ejections: int
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointReadmitted:
+class EndpointReadmitted(NamedTuple):
     destination: str
     endpoint: Endpoint
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerChanged:
+class BreakerChanged(NamedTuple):
     destination: str
     old: BreakerState
     new: BreakerState
 
 
-@dataclass(frozen=True, slots=True)
-class HedgeStarted:
+class HedgeStarted(NamedTuple):
     destination: str
     method: str
     delay: float  # how long the first attempt had gone unanswered
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointBusy:
+class EndpointBusy(NamedTuple):
     destination: str
     endpoint: Endpoint
     status: int  # 429, or 503 with a Retry-After
     duration: float  # seconds the endpoint is chosen less
 
 
-@dataclass(frozen=True, slots=True)
-class MirrorEnded:
+class MirrorEnded(NamedTuple):
     destination: str  # the call's destination
     mirror: str  # where the copy went
     method: str

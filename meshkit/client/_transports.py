@@ -535,7 +535,7 @@ class PoolTransport(AsyncBaseTransport):
         status, headers, body = await call.pool.request(
             b"".join(parts), head=request.method == "HEAD", deadline=deadline
         )
-        return await complete_response(status, headers, body, request, deadlines.now() - started)
+        return complete_response(status, headers, body, request, deadlines.now() - started)
 
     def _head(self, request: Request, body_length: int) -> tuple[bytes, bool]:
         raw_path, raw_headers = request.url.raw_path, request.headers.raw

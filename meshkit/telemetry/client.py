@@ -51,8 +51,10 @@ class ClientTelemetry(BaseClientHooks):
         self._spans = SpanStarter(tracer_provider)
 
     def on_call_start(self, event: CallStarted) -> object:
-        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT)
-        token = otel_context.attach(trace.set_span_in_context(span))
+        # The current context read once: the span's parent, and what it is set in.
+        current = otel_context.get_current()
+        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
+        token = otel_context.attach(trace.set_span_in_context(span, current))
         return span, token
 
     def on_call_end(self, event: CallEnded) -> None:
@@ -70,8 +72,9 @@ class ClientTelemetry(BaseClientHooks):
         span.end()
 
     def on_attempt_start(self, event: AttemptStarted) -> object:
-        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT)
-        append_span_headers(event.headers, span)
+        current = otel_context.get_current()
+        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
+        append_span_headers(event.headers, span, current)
         return span
 
     def on_attempt_end(self, event: AttemptEnded) -> None:

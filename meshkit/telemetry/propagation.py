@@ -120,21 +120,25 @@ def append_context_headers(headers: list[tuple[str, str]], context: Context | No
     MESH_PROPAGATOR.inject(headers, context=context, setter=_LIST_SETTER)
 
 
-def append_span_headers(headers: list[tuple[str, str]], span: Span) -> None:
-    """Append the headers ``append_context_headers`` writes for ``span`` made current
-    (the mesh client's attempt span: the callee's SERVER span becomes its child).
+def append_span_headers(
+    headers: list[tuple[str, str]], span: Span, current: Context | None = None
+) -> None:
+    """Append the headers ``append_context_headers`` writes for ``span`` made current in
+    ``current`` (default: the current context), the mesh client's attempt span: the
+    callee's SERVER span becomes its child.
 
     Mesh calls rarely carry baggage: then the W3C propagators' output is a
     ``traceparent`` (and a ``tracestate`` when the trace has one), formatted here as
     they format it, without a Context to hold the span and two propagator passes over
     it. With baggage, the propagators write all of it.
     """
-    current = otel_context.get_current()
+    if current is None:
+        current = otel_context.get_current()
     if baggage.get_all(current):
         append_context_headers(headers, trace.set_span_in_context(span, current))
         return
     span_context = span.get_span_context()
-    if span_context == trace.INVALID_SPAN_CONTEXT:
+    if not span_context.is_valid:
         return
     ids = (span_context.trace_id, span_context.span_id, span_context.trace_flags)
     # %-formatting, not an f-string: its format specs cost more, on every attempt.

@@ -6,6 +6,7 @@ import ast
 import gzip
 import warnings
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -48,7 +49,7 @@ async def test_complete_response_equals_httpx_response(
     raw: list[tuple[bytes, bytes]], body: bytes, httpx_path: str
 ) -> None:
     request = Request("GET", "http://payments/")
-    built = await complete_response(200, raw, body, request, 0.002)
+    built = complete_response(200, raw, body, request, 0.002)
     expected = await stock_response(raw, body, request)
     assert built.headers.multi_items() == expected.headers.multi_items()
     assert built.headers.raw == raw
@@ -59,6 +60,9 @@ async def test_complete_response_equals_httpx_response(
     assert (built.is_closed, built.is_stream_consumed) == (True, True)
     assert built.request is request
     assert built.elapsed.total_seconds() == 0.002
+    assert built.num_bytes_downloaded == expected.num_bytes_downloaded == len(body)
+    assert (built.status_code, built.extensions, built.history) == (200, {}, [])
+    assert built.next_request is None and built.encoding == "utf-8"
 
 
 def test_this_httpx_passes_the_check() -> None:
@@ -69,16 +73,21 @@ def test_this_httpx_passes_the_check() -> None:
 async def test_a_failed_check_warns_once_and_takes_the_stock_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def renamed_field(response: Response, body: bytes) -> None:
-        response._body = body  # type: ignore[attr-defined]  # as if httpx renamed _content
+    built_privately = _httpx._build_privately
 
-    monkeypatch.setattr(_httpx, "_read_privately", renamed_field)
+    def renamed_field(*args: Any) -> Response:
+        response = built_privately(*args)
+        # As if httpx had renamed _content.
+        response._body = vars(response).pop("_content")  # type: ignore[attr-defined]
+        return response
+
+    monkeypatch.setattr(_httpx, "_build_privately", renamed_field)
     try:
         with pytest.warns(RuntimeWarning, match="public constructors") as caught:
             assert _httpx.use_fast_paths() is False
         # Only ours: a test before may leave a ResourceWarning for the collector to raise.
         assert sum("meshkit: httpx" in str(warning.message) for warning in caught) == 1
-        response = await complete_response(200, HEADERS, b"ok", Request("GET", "http://a/"), 0.1)
+        response = complete_response(200, HEADERS, b"ok", Request("GET", "http://a/"), 0.1)
         assert response.content == b"ok" and response.is_closed
     finally:
         monkeypatch.undo()
