@@ -4,8 +4,11 @@ Endpoints come from the ``EndpointSource`` (the watched registry cache); the lis
 rebuilt only when the source's ``generation`` changes, keeping the state of endpoints
 that stay. A pick draws two endpoints at random and takes the one with the lower
 cost, peak-EWMA latency x (outstanding requests + 1) (Finagle's "P2C peak EWMA"), so
-a slow or overloaded instance loses nearly every draw without being starved of the
-probes that show it recovered. An endpoint failing ``ejection_failures`` times in a
+a slow or overloaded instance loses nearly every draw. It is not starved for good: as in
+Finagle and Linkerd, the latency part of the cost decays toward zero with the time since
+the endpoint last answered (``ClientPolicy.balancer_decay``), so an endpoint nobody picks
+wins a draw again after about decay x ln(its peak / the others' cost), and that call's
+answer shows whether it recovered. An endpoint failing ``ejection_failures`` times in a
 row is ejected for ``ejection_base`` x its number of ejections (capped), unless that
 would eject more than ``ejection_max_fraction`` of the destination (Envoy's rules).
 An endpoint that asked for a pause (429, or 503 with Retry-After) is busy until then:
@@ -27,7 +30,6 @@ from meshkit.client._pool import EndpointPool
 from meshkit.identity import SpiffeId
 from meshkit.registry.base import Endpoint, EndpointSource
 
-_DECAY = 10.0  # seconds for the latency average to forget (Finagle's default)
 _UNKNOWN_RTT = 0.001  # cost of an endpoint that has not answered yet
 _BUSY_PENALTY = 64.0
 
@@ -42,6 +44,7 @@ class EndpointState:
 
     __slots__ = (
         "busy_until",
+        "decay",
         "ejected_until",
         "ejections",
         "endpoint",
@@ -52,7 +55,7 @@ class EndpointState:
         "stamp",
     )
 
-    def __init__(self, endpoint: Endpoint, pool: EndpointPool) -> None:
+    def __init__(self, endpoint: Endpoint, pool: EndpointPool, decay: float) -> None:
         self.endpoint = endpoint
         self.pool = pool
         self.outstanding = 0
@@ -62,9 +65,12 @@ class EndpointState:
         self.ejections = 0
         self.ejected_until = 0.0
         self.busy_until = 0.0  # asked for a pause until then (Retry-After)
+        self.decay = decay  # seconds for the latency average to forget
 
     def cost(self, now: float) -> float:
-        rtt = self.ewma * math.exp((self.stamp - now) / _DECAY) if self.ewma else _UNKNOWN_RTT
+        # Decayed toward zero since the last answer (Finagle decays on every read; the
+        # same curve computed lazily): the way back in for an endpoint nobody picks.
+        rtt = self.ewma * math.exp((self.stamp - now) / self.decay) if self.ewma else _UNKNOWN_RTT
         cost = rtt * (self.outstanding + 1)
         if self.busy_until > now:
             cost *= _BUSY_PENALTY
@@ -74,7 +80,7 @@ class EndpointState:
         if rtt > self.ewma:
             self.ewma = rtt  # peak-sensitive: a slow answer counts at once
         else:
-            weight = math.exp((self.stamp - now) / _DECAY)
+            weight = math.exp((self.stamp - now) / self.decay)
             self.ewma = self.ewma * weight + rtt * (1.0 - weight)
         self.stamp = now
 
@@ -149,7 +155,7 @@ class Balancer:
             connect_timeout=policy.connect_timeout,
             idle_timeout=policy.idle_timeout,
         )
-        return EndpointState(endpoint, pool)
+        return EndpointState(endpoint, pool, policy.balancer_decay)
 
     def pick(self, now: float, tried: Sequence[EndpointState] = ()) -> EndpointState:
         """Power of two choices among admitted endpoints, preferring untried ones."""

@@ -30,6 +30,9 @@ class ClientPolicy:
     budget_ratio: float = 0.2  # retries <= 20% of requests ...
     budget_min_per_second: float = 10.0  # ... + 10 per second
     budget_ttl: float = 10.0  # over this window
+    # The balancer's latency average forgets over this many seconds (Finagle's decayTime,
+    # Linkerd's decay): how soon an endpoint that was slow is tried again.
+    balancer_decay: float = 10.0
     ejection_failures: int = 5  # consecutive failures that eject an endpoint
     ejection_base: float = 30.0  # ejected for base x number of ejections ...
     ejection_cap: float = 300.0  # ... at most this long
@@ -79,6 +82,8 @@ class ClientPolicy:
             raise ConfigError('ClientPolicy.hedge_loser: must be "finish" or "abort"')
         if not 0 <= self.mirror_fraction <= 1:
             raise ConfigError("ClientPolicy.mirror_fraction: must be within 0..1")
+        if self.balancer_decay <= 0:
+            raise ConfigError("ClientPolicy.balancer_decay: must be positive")
         if self.max_connections < 1 or self.max_concurrent < 1:
             raise ConfigError("ClientPolicy: max_connections and max_concurrent must be >= 1")
 

@@ -33,13 +33,15 @@ NO_BREAKER = {"breaker_min_calls": 10**6}
 
 
 def counting_app(
-    hits: Counter[str], name: str, *, status: int = 200, delay: float = 0.0
+    hits: Counter[str], name: str, delays: dict[str, float] | None = None, *, status: int = 200
 ) -> Starlette:
+    """Answers after ``delays[name]`` seconds, read per request: a test may change it."""
+
     async def handle(request: Request) -> Response:
         hits[name] += 1
         await request.body()
-        if delay:
-            await anyio.sleep(delay)
+        if delays and delays.get(name):
+            await anyio.sleep(delays[name])
         return PlainTextResponse(name, status_code=status)
 
     return Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
@@ -47,16 +49,20 @@ def counting_app(
 
 @asynccontextmanager
 async def instances(
-    authority: LocalAuthority, hits: Counter[str], specs: dict[str, dict[str, float]]
+    authority: LocalAuthority,
+    hits: Counter[str],
+    specs: dict[str, dict[str, float]],
+    delays: dict[str, float] | None = None,
 ) -> AsyncIterator[StaticSource]:
-    """One server per spec, all registered as 'payments'."""
+    """One server per spec, all registered as 'payments'; ``delays`` (filled from the
+    specs) stays live, so a test can turn an instance slow or fast."""
     tls = contexts(authority, "payments")
+    delays = {} if delays is None else delays
     async with AsyncExitStack() as stack:
         endpoints = []
         for name, spec in specs.items():
-            app = counting_app(
-                hits, name, status=int(spec.get("status", 200)), delay=spec.get("delay", 0.0)
-            )
+            delays[name] = spec.get("delay", 0.0)
+            app = counting_app(hits, name, delays, status=int(spec.get("status", 200)))
             port = await stack.enter_async_context(serve(app, tls))
             endpoints.append(endpoint("payments", port, name))
         yield StaticSource({"payments": endpoints})
@@ -79,6 +85,50 @@ async def test_p2c_moves_load_away_from_a_slow_instance(authority: LocalAuthorit
         await mesh.aclose()
     total = sum(hits.values())
     assert hits["slow"] < total / 3 / 2, hits  # well under half its fair share
+
+
+async def test_an_instance_that_recovers_gets_its_share_back(
+    authority: LocalAuthority,
+) -> None:
+    """Slow, it is shunned; fast again, it is measured again only because its cost
+    decays: it wins a draw after about decay x ln(200 ms / a fast call's cost), ~2.5 s
+    with the 0.5 s decay used here (~50 s with the default 10 s). Without the decay it
+    would lose every draw for good."""
+    hits: Counter[str] = Counter()
+    delays: dict[str, float] = {}
+    specs = {"fast-1": {}, "fast-2": {}, "recovering": {"delay": 0.2}}
+    shares: list[float] = []  # its share of the calls, per quarter second once fast
+    async with instances(authority, hits, specs, delays) as source:
+        mesh = factory(authority, source, balancer_decay=0.5)
+        client = mesh.client("payments")
+        done = anyio.Event()
+
+        async def worker() -> None:
+            while not done.is_set():
+                assert (await client.get("/x")).status_code == 200
+
+        async def watch() -> None:
+            # Its first (slow) answer teaches the balancer.
+            while not hits["recovering"]:  # noqa: ASYNC110 (a counter, not an event)
+                await anyio.sleep(0.01)
+            shunned = hits.copy()
+            await anyio.sleep(0.5)
+            shunned = hits - shunned
+            assert shunned["recovering"] <= 0.05 * shunned.total(), shunned
+            delays["recovering"] = 0.0
+            before = hits.copy()
+            while len(shares) < 32 and (len(shares) < 4 or max(shares[-4:]) < 0.2):
+                await anyio.sleep(0.25)
+                window, before = hits - before, hits.copy()
+                shares.append(window["recovering"] / max(window.total(), 1))
+            done.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            for _ in range(4):
+                group.start_soon(worker)
+        await mesh.aclose()
+    assert max(shares[-4:]) >= 0.2, shares  # back near its fair third within 8 s
 
 
 async def test_failing_instance_is_ejected_then_readmitted(authority: LocalAuthority) -> None:

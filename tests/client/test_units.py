@@ -72,6 +72,8 @@ def test_policy_rejects_nonsense() -> None:
         ClientPolicy(max_attempts=0)
     with pytest.raises(ConfigError, match="timeout"):
         ClientPolicy(timeout=-1)
+    with pytest.raises(ConfigError, match="balancer_decay"):
+        ClientPolicy(balancer_decay=0)
     assert ClientPolicy().replace(max_attempts=5).max_attempts == 5
 
 
