@@ -277,6 +277,7 @@ class MeshClientFactory:
             stack = RoutingTransport(
                 name,
                 stack,
+                source=self._source,
                 routing=self._routing,
                 target_stack=self._target_stack,
                 host_of=functools.partial(_destination_of, service),

@@ -7,7 +7,8 @@ target's own stack (balancer over the subset's instances, retries, breaker), bui
 per target and rule and kept; the route's prefix rewrite, header changes and request
 timeout are applied to the request first, response header changes to its answer. A
 target with no healthy instance hands the call to the resolver's failover targets in
-turn.
+turn; it is skipped before its stack is entered, since each target's stack reports the
+calls it runs and the call is one call, reported by the target that served it.
 
 A changed chain takes effect with the next call: tables are swapped whole, stacks of
 targets still in use are kept, so no call in flight is dropped by a change.
@@ -47,8 +48,17 @@ class SubsetSource:
         return None if found is None else self._routing.table.select(self._target, found)
 
     async def prime(self, service: str) -> Sequence[Endpoint]:
-        found = await self._source.prime(service)
-        return self._routing.table.select(self._target, found)
+        return await subset_endpoints(self._source, self._routing, self._target)
+
+
+async def subset_endpoints(
+    source: EndpointSource, routing: RoutingSource, target: Target
+) -> list[Endpoint]:
+    """The healthy instances of ``target`` (primed from the registry on first use)."""
+    found = source.endpoints(target.service)
+    if found is None:
+        found = await source.prime(target.service)
+    return routing.table.select(target, found)
 
 
 class RoutingTransport(AsyncBaseTransport):
@@ -59,12 +69,14 @@ class RoutingTransport(AsyncBaseTransport):
         service: str,
         inner: AsyncBaseTransport,
         *,
+        source: EndpointSource,
         routing: RoutingSource,
         target_stack: TargetStack,
         host_of: Callable[[str], str],
     ) -> None:
         self._service = service
         self._inner = inner
+        self._source = source
         self._routing = routing
         self._target_stack = target_stack
         self._host_of = host_of
@@ -80,15 +92,18 @@ class RoutingTransport(AsyncBaseTransport):
         decision = table.decide(self._service, request.method, url.path, headers, query)
         _rewrite(request, decision)
         targets = (decision.target, *decision.failover)
+        last = len(targets) - 1
         for number, target in enumerate(targets):
+            if number < last and not await subset_endpoints(self._source, self._routing, target):
+                continue  # empty: failing over here keeps the call out of its metrics
             destination = self._host_of(target.service)
             request.url = request.url.copy_with(host=destination)
             request.headers["host"] = destination
             stack = self._target_stack(destination, target, decision)
             try:
                 response = await stack.handle_async_request(request)
-            except NoHealthyInstances:
-                if number == len(targets) - 1:
+            except NoHealthyInstances:  # emptied since the check above
+                if number == last:
                     raise
                 continue
             if decision.response_headers:

@@ -255,12 +255,22 @@ async def test_meshkit_route_steers_running_clients(shop: Mesh, registry: Consul
 
 
 async def test_subset_without_instances_fails_over(shop: Mesh, registry: ConsulRegistry) -> None:
-    async with client_of(shop, registry) as routed:
+    """Served by the failover subset, and counted once, under it: the empty subset the
+    call skipped is not a second (failed) call in the caller's metrics."""
+    metrics = MeshMetrics()
+    async with client_of(shop, registry, hooks=ClientTelemetry(metrics)) as routed:
         await routed.apply(
             "service-resolver",
             {**VERSIONS, "DefaultSubset": "v3", "Failover": {"v3": {"ServiceSubset": "v2"}}},
         )
         assert {(await routed.get())["version"] for _ in range(20)} == {"v2"}
+    calls = Counter[tuple[str, str]]()
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "http_client_request_duration_seconds_count":
+                labels = sample.labels
+                calls[labels["destination_subset"], labels["error_type"]] += int(sample.value)
+    assert calls == {("v2", ""): 20}, calls
 
 
 async def test_a_change_under_load_drops_no_request(shop: Mesh, registry: ConsulRegistry) -> None:
