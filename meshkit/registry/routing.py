@@ -21,6 +21,7 @@ A ``RoutingTable`` is immutable; a watcher replaces it whole when an entry chang
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from typing import Any
 from meshkit.registry.base import Endpoint
 from meshkit.registry.bexpr import FilterError, Match, compile_filter
 from meshkit.registry.connect_intentions import HTTPMatch, permission_from_json
+
+logger = logging.getLogger("meshkit.registry")
 
 KINDS = ("service-router", "service-splitter", "service-resolver")
 _NANOSECONDS = 1e9
@@ -289,21 +292,56 @@ def _draw(splits: Sequence[_Split]) -> _Split:
 
 def _routes(entry: Mapping[str, Any]) -> tuple[_Route, ...]:
     routes = []
-    for raw in entry.get("Routes") or ():
+    for index, raw in enumerate(entry.get("Routes") or ()):
         http = (raw.get("Match") or {}).get("HTTP") or {}
+        invalid = _invalid_regex(http)
+        if invalid is not None:
+            _warn_once(entry["Name"], index, invalid)
+            continue
         match = permission_from_json({"Action": "allow", "HTTP": http}).http
         query = tuple(_query_match(q) for q in http.get("QueryParam") or ())
         routes.append(_Route(match, query, raw.get("Destination") or {}))
     return tuple(routes)
 
 
+def _invalid_regex(http: Mapping[str, Any]) -> str | None:
+    """The first of a match's patterns (PathRegex, a Header's or QueryParam's Regex) that
+    does not compile. Consul stores routers without compiling them (its Validate only
+    counts PathRegex among the path forms), so one may arrive here; Envoy would then
+    refuse the router's whole route table. meshkit skips the one route instead: calls
+    it would have taken go on down the list, as when it does not match."""
+    patterns = [http.get("PathRegex")]
+    patterns += [header.get("Regex") for header in http.get("Header") or ()]
+    patterns += [param.get("Regex") for param in http.get("QueryParam") or ()]
+    for pattern in patterns:
+        if pattern:
+            try:
+                re.compile(pattern)
+            except re.error:
+                return str(pattern)
+    return None
+
+
+_WARNED: set[tuple[str, int, str]] = set()
+
+
+def _warn_once(router: str, index: int, pattern: str) -> None:
+    """Tables are rebuilt on every change of any entry: say it once per bad route."""
+    key = (router, index, pattern)
+    if key in _WARNED:
+        return
+    if len(_WARNED) < 256:  # patterns come from the registry: few, but bounded
+        _WARNED.add(key)
+    logger.warning(
+        "service-router %s: Route[%d] skipped: its regex %r does not compile",
+        router,
+        index,
+        pattern,
+    )
+
+
 def _query_match(raw: Mapping[str, Any]) -> _QueryMatch:
-    regex = None
-    if raw.get("Regex"):
-        try:
-            regex = re.compile(raw["Regex"])
-        except re.error:
-            regex = re.compile(r"(?!)")  # an invalid pattern matches nothing, as Envoy's
+    regex = re.compile(raw["Regex"]) if raw.get("Regex") else None  # checked in _routes
     return _QueryMatch(raw["Name"], bool(raw.get("Present")), raw.get("Exact") or "", regex)
 
 

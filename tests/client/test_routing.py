@@ -205,6 +205,21 @@ async def test_default_subset_then_header_path_and_query_routes(
         assert leader.status_code == 200 and "version" not in leader.text
 
 
+async def test_a_route_with_a_regex_that_does_not_compile_is_skipped(
+    shop: Mesh, registry: ConsulRegistry
+) -> None:
+    """The registry stores it, as Consul does; no call fails for it, the next route
+    that fits takes the call."""
+    async with client_of(shop, registry) as routed:
+        await routed.apply("service-resolver", VERSIONS)
+        routes = [
+            {"Match": {"HTTP": {"PathRegex": "/item("}}, "Destination": {"ServiceSubset": "v4"}},
+            {"Match": {"HTTP": {"PathPrefix": "/item"}}, "Destination": {"ServiceSubset": "v2"}},
+        ]
+        await routed.apply("service-router", {"Routes": routes})
+        assert {(await routed.get("/item"))["version"] for _ in range(10)} == {"v2"}
+
+
 async def test_a_split_to_another_services_splitter_is_flattened(
     shop: Mesh, registry: ConsulRegistry
 ) -> None:

@@ -3,7 +3,10 @@ compiler flattens them (agent/consul/discoverychain/compile.go, flattenAdjacentS
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 from meshkit.registry.routing import RoutingTable, Target
 
@@ -99,3 +102,33 @@ def test_a_loop_of_splitters_stops_where_it_would_repeat() -> None:
         }
     )
     assert table.splits("a") == [(100.0, Target("a", ""))]
+
+
+def test_a_route_whose_regex_does_not_compile_is_skipped_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Consul stores such a router (it never compiles the patterns); calls go on down
+    the routes, and the log names the route once however often the table is rebuilt."""
+
+    def route(match: dict[str, Any], subset: str) -> dict[str, Any]:
+        return {"Match": {"HTTP": match}, "Destination": {"ServiceSubset": subset}}
+
+    routes = [
+        route({"PathRegex": "/items/(", "Header": [{"Name": "x-a", "Present": True}]}, "v2"),
+        route({"Header": [{"Name": "x-b", "Regex": "[", "Invert": True}]}, "v3"),
+        route({"QueryParam": [{"Name": "q", "Regex": "*"}]}, "v4"),
+        route({"PathPrefix": "/items/"}, "v5"),
+    ]
+    entries = {"service-router": [{"Kind": "service-router", "Name": "web", "Routes": routes}]}
+    with caplog.at_level(logging.WARNING, logger="meshkit.registry"):
+        for _ in range(2):
+            table = RoutingTable(entries)
+    decision = table.decide("web", "GET", "/items/1", {"x-a": "1"}, {"q": "x"})
+    assert decision.target == Target("web", "v5")
+    assert table.decide("web", "GET", "/other", {}, {}).target == Target("web", "")
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        "service-router web: Route[0] skipped: its regex '/items/(' does not compile",
+        "service-router web: Route[1] skipped: its regex '[' does not compile",
+        "service-router web: Route[2] skipped: its regex '*' does not compile",
+    ]

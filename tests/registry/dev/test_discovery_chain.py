@@ -111,6 +111,20 @@ def test_router_round_trip(client: Any) -> None:
     assert names == ["inventory"]
 
 
+def test_a_regex_that_does_not_compile_is_stored_as_consul_stores_it(client: Any) -> None:
+    """Consul's ServiceRouterConfigEntry.Validate counts PathRegex among the path forms
+    and checks Header and QueryParam forms, but compiles no pattern: the write succeeds
+    (Envoy would refuse the route table later; meshkit's client skips the route)."""
+    http = {
+        "PathRegex": "/items/(",
+        "Header": [{"Name": "x-a", "Regex": "["}],
+        "QueryParam": [{"Name": "q", "Regex": "*"}],
+    }
+    routes = [{"Match": {"HTTP": http}, "Destination": {"ServiceSubset": "v2"}}]
+    assert client.config.set("service-router", "inventory", {"Routes": routes}) is True
+    assert client.config.get("service-router", "inventory")["Routes"][0]["Match"]["HTTP"] == http
+
+
 def _literal(text: str) -> str:
     return re.escape(text)
 
