@@ -23,7 +23,15 @@ measurement from a fresh client warmed up with 100 calls, with hedging off and o
   slow on every call. The caller's latency should not move.
 
 p99.9 is reported too: the balancer keeps the slow instance's answers under 1% of
-the calls in ``one_slow``, so what is left of them is deeper in the tail.
+the calls in ``one_slow``, so what is left of them is deeper in the tail. So is
+``slow_calls_pct``, the share of calls that took at least half of ``--slow-ms``: a p99
+can hold slow answers only when more than 1% of the calls are slow.
+
+``--steady-seconds S`` adds ``one_slow_steady``: ``one_slow`` measured for S seconds
+instead of ``--requests`` calls. The balancer's latency cost forgets over 10 s
+(``ClientPolicy.balancer_decay``), so a measurement of a few seconds ends before the
+slow instance is tried again; S of 30 or more shows the share it keeps in the long run,
+re-tried as its cost decays.
 
 Each hedged setting runs twice: the race's loser left to finish on its connection
 (``hedge_loser="finish"``, the default) and aborted (``"abort"``, a new mTLS connection
@@ -40,6 +48,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import random
 import statistics
 import sys
@@ -122,7 +131,10 @@ async def measure(
     switch: int | None,
     requests: int,
     concurrency: int,
+    slow_ms: float,
+    seconds: float = 0.0,
 ) -> dict[str, float]:
+    """One cell: ``requests`` calls, or as many as ``seconds`` allow when it is set."""
     endpoints = [Endpoint(f"payments-{p}", "payments", "127.0.0.1", p) for p in ports]
     mirror = [Endpoint("shadow-1", "shadow", "127.0.0.1", shadow)]
     source = StaticSource(endpoints, {"shadow": mirror})
@@ -140,12 +152,13 @@ async def measure(
     warm_last = counts.by_port[ports[-1]]
     latencies: list[float] = []
     failures = 0
-    remaining = requests
+    remaining = requests if not seconds else sys.maxsize
+    ends = time.perf_counter() + seconds if seconds else math.inf
     cpu_started = time.process_time()
 
     async def worker() -> None:
         nonlocal remaining, failures
-        while remaining > 0:
+        while remaining > 0 and time.perf_counter() < ends:
             remaining -= 1
             started = time.perf_counter()
             status = (await payments.get("/x")).status_code
@@ -165,6 +178,7 @@ async def measure(
         "p99_ms": round(percentile(ordered, 99), 3),
         "p999_ms": round(percentile(ordered, 99.9), 3),
         "extra_attempts_pct": round(100 * extra / len(latencies), 2),
+        "slow_calls_pct": round(100 * sum(ms >= slow_ms / 2 for ms in ordered) / len(ordered), 3),
         "mirror_copies_sent": counts.mirrored["sent"],
         "mirror_copies_dropped": counts.mirrored["dropped"],
         "caller_cpu_ms_per_call": round(1000 * cpu / len(latencies), 4),
@@ -198,8 +212,8 @@ async def run_all(
 ) -> dict[str, list[dict[str, float]]]:
     normal, slow, shadow, stalling, always = ports[:3], ports[3], ports[4], ports[5:8], ports[8]
     one_slow = [*normal[:2], slow]
-    cells: list[tuple[str, list[int], ClientPolicy, int | None]] = [
-        ("normal_mirror", normal, MIRRORED, None)
+    cells: list[tuple[str, list[int], ClientPolicy, int | None, float]] = [
+        ("normal_mirror", normal, MIRRORED, None, 0.0)
     ]
     settings = [
         ("normal", normal, None),
@@ -209,13 +223,19 @@ async def run_all(
     ]
     for name, instances, switch in settings:
         cells += [
-            (f"{name}_none", instances, ClientPolicy(), switch),
-            (f"{name}_hedge", instances, HEDGED, switch),
-            (f"{name}_abort", instances, HEDGED_ABORT, switch),
+            (f"{name}_none", instances, ClientPolicy(), switch, 0.0),
+            (f"{name}_hedge", instances, HEDGED, switch, 0.0),
+            (f"{name}_abort", instances, HEDGED_ABORT, switch, 0.0),
+        ]
+    if args.steady_seconds:
+        steady = args.steady_seconds
+        cells += [
+            ("one_slow_steady_none", one_slow, ClientPolicy(), slow, steady),
+            ("one_slow_steady_hedge", one_slow, HEDGED, slow, steady),
         ]
     results: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.rounds):
-        for key, instances, policy, switch in cells:
+        for key, instances, policy, switch, seconds in cells:
             figures = await measure(
                 instances,
                 material,
@@ -224,6 +244,8 @@ async def run_all(
                 switch=switch,
                 requests=args.requests,
                 concurrency=args.concurrency,
+                slow_ms=args.slow_ms,
+                seconds=seconds,
             )
             results.setdefault(key, []).append(figures)
             print(key, figures, flush=True)
@@ -238,7 +260,15 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
         pairs = zip(results[f"{setting}_none"], results[f"{setting}_{hedged}"], strict=True)
         return round(statistics.median(h[figure] / n[figure] for n, h in pairs), 3)
 
-    return {
+    steady: dict[str, Any] = {}
+    if "one_slow_steady_none" in results:
+        steady = {
+            "ratio_p99_hedge_over_none_one_slow_steady": ratio("one_slow_steady"),
+            "slow_instance_attempts_pct_one_slow_steady": median(
+                "one_slow_steady_none", "last_instance_attempts_pct"
+            ),
+        }
+    return steady | {
         "ratio_p99_hedge_over_none": ratio("one_slow"),
         "ratio_p99_abort_over_none": ratio("one_slow", "abort"),
         "ratio_p999_hedge_over_none": ratio("one_slow", figure="p999_ms"),
@@ -272,6 +302,7 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
         "p99_ms": {key: median(key, "p99_ms") for key in results},
         "p50_ms": {key: median(key, "p50_ms") for key in results},
         "p999_ms": {key: median(key, "p999_ms") for key in results},
+        "slow_calls_pct": {key: median(key, "slow_calls_pct") for key in results},
         "failures": sum(cell["failures"] for cells in results.values() for cell in cells),
     }
 
@@ -281,6 +312,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="calls per measurement")
     parser.add_argument("--concurrency", type=int, default=4, help="calls in flight")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=0.0,
+        help="also measure one_slow for this long per round, past the balancer's decay (0: no)",
+    )
     parser.add_argument("--slow-ms", type=float, default=150.0, help="the slow instance's delay")
     parser.add_argument(
         "--slow-share",
