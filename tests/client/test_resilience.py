@@ -108,11 +108,11 @@ async def test_an_instance_that_recovers_gets_its_share_back(
                 assert (await client.get("/x")).status_code == 200
 
         async def watch() -> None:
-            # Its first (slow) answer teaches the balancer.
             while not hits["recovering"]:  # noqa: ASYNC110 (a counter, not an event)
                 await anyio.sleep(0.01)
+            await anyio.sleep(0.3)  # its first (slow) answers have taught the balancer
             shunned = hits.copy()
-            await anyio.sleep(0.5)
+            await anyio.sleep(0.3)
             shunned = hits - shunned
             assert shunned["recovering"] <= 0.05 * shunned.total(), shunned
             delays["recovering"] = 0.0
