@@ -91,12 +91,12 @@ async def test_an_instance_that_recovers_gets_its_share_back(
     authority: LocalAuthority,
 ) -> None:
     """Slow, it is shunned; fast again, it is measured again only because its cost
-    decays: it wins a draw after about decay x ln(200 ms / a fast call's cost), ~2.5 s
+    decays: it wins a draw after about decay x ln(500 ms / a fast call's cost), ~2.5 s
     with the 0.5 s decay used here (~50 s with the default 10 s). Without the decay it
     would lose every draw for good."""
     hits: Counter[str] = Counter()
     delays: dict[str, float] = {}
-    specs = {"fast-1": {}, "fast-2": {}, "recovering": {"delay": 0.2}}
+    specs = {"fast-1": {}, "fast-2": {}, "recovering": {"delay": 0.5}}
     shares: list[float] = []  # its share of the calls, per quarter second once fast
     async with instances(authority, hits, specs, delays) as source:
         mesh = factory(authority, source, balancer_decay=0.5)
@@ -110,7 +110,7 @@ async def test_an_instance_that_recovers_gets_its_share_back(
         async def watch() -> None:
             while not hits["recovering"]:  # noqa: ASYNC110 (a counter, not an event)
                 await anyio.sleep(0.01)
-            await anyio.sleep(0.3)  # its first (slow) answers have taught the balancer
+            await anyio.sleep(0.6)  # its first (slow) answers have taught the balancer
             shunned = hits.copy()
             await anyio.sleep(0.3)
             shunned = hits - shunned
