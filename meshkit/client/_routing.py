@@ -27,6 +27,7 @@ from meshkit.registry.routing import Decision, HeaderChanges, Target
 from meshkit.registry.routing_watch import RoutingSource
 
 TargetStack = Callable[[str, Target, Decision], AsyncBaseTransport]
+_MAX_TARGETS = 256  # targets whose emptiness is remembered (they come from the entries)
 
 
 class SubsetSource:
@@ -40,8 +41,7 @@ class SubsetSource:
 
     @property
     def generation(self) -> int:
-        # Either changing may change the subset; the balancer only compares for equality.
-        return (self._source.generation << 24) + self._routing.generation
+        return chain_generation(self._source, self._routing)
 
     def endpoints(self, service: str) -> Sequence[Endpoint] | None:
         found = self._source.endpoints(service)
@@ -49,6 +49,11 @@ class SubsetSource:
 
     async def prime(self, service: str) -> Sequence[Endpoint]:
         return await subset_endpoints(self._source, self._routing, self._target)
+
+
+def chain_generation(source: EndpointSource, routing: RoutingSource) -> int:
+    # Either changing may change a subset; users only compare it for equality.
+    return (source.generation << 24) + routing.generation
 
 
 async def subset_endpoints(
@@ -78,6 +83,7 @@ class RoutingTransport(AsyncBaseTransport):
         self._inner = inner
         self._source = source
         self._routing = routing
+        self._empty: dict[Target, tuple[int, bool]] = {}  # target -> (generation, empty)
         self._target_stack = target_stack
         self._host_of = host_of
         self._host = host_of(service)  # the destination's own calls; other hosts pass through
@@ -94,8 +100,8 @@ class RoutingTransport(AsyncBaseTransport):
         targets = (decision.target, *decision.failover)
         last = len(targets) - 1
         for number, target in enumerate(targets):
-            if number < last and not await subset_endpoints(self._source, self._routing, target):
-                continue  # empty: failing over here keeps the call out of its metrics
+            if number < last and await self._is_empty(target):
+                continue  # failing over here keeps the call out of the empty target's metrics
             destination = self._host_of(target.service)
             request.url = request.url.copy_with(host=destination)
             request.headers["host"] = destination
@@ -110,6 +116,19 @@ class RoutingTransport(AsyncBaseTransport):
                 _change_headers(response.headers, decision.response_headers)
             return response
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _is_empty(self, target: Target) -> bool:
+        """Whether ``target`` has no instance; the subset's filter runs again only when
+        the endpoints or the chain changed, not on every call."""
+        generation = chain_generation(self._source, self._routing)
+        known = self._empty.get(target)
+        if known is not None and known[0] == generation:
+            return known[1]
+        empty = not await subset_endpoints(self._source, self._routing, target)
+        if len(self._empty) >= _MAX_TARGETS:
+            self._empty.clear()
+        self._empty[target] = (generation, empty)
+        return empty
 
 
 def _rewrite(request: Request, decision: Decision) -> None:

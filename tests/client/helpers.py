@@ -104,11 +104,17 @@ def factory(
     *,
     caller: str = "caller",
     hooks: Any = None,
+    routing: Any = None,
     **policy: Any,
 ) -> MeshClientFactory:
     settings = MeshSettings(service=caller, trust_domain=authority.trust_domain)
     return MeshClientFactory(
-        source, contexts(authority, caller), settings, policy=ClientPolicy(**policy), hooks=hooks
+        source,
+        contexts(authority, caller),
+        settings,
+        policy=ClientPolicy(**policy),
+        hooks=hooks,
+        routing=routing,
     )
 
 

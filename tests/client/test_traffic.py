@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -27,6 +27,7 @@ from meshkit.client import (
 from meshkit.client._hedging import LatencyWindow
 from meshkit.errors import ConfigError
 from meshkit.registry.base import Endpoint
+from meshkit.registry.routing import RoutingTable
 from meshkit.telemetry.client import ClientTelemetry
 from meshkit.telemetry.metrics import MeshMetrics
 from tests.client.helpers import Recorder, StaticSource, contexts, endpoint, factory, serve
@@ -288,6 +289,45 @@ async def test_a_hanging_mirror_is_dropped_not_waited_for(authority: LocalAuthor
         ended: Sequence[MirrorEnded] = hooks.of(MirrorEnded)
         assert len(ended) == 8 and all(event.dropped for event in ended)
         assert seen.hits["primary"] == 10
+        await mesh.aclose()
+
+
+class FixedRouting:
+    """A ``RoutingSource`` holding one table (the registry's watcher is tested apart)."""
+
+    generation = 0
+
+    def __init__(self, entries: dict[str, list[dict[str, Any]]]) -> None:
+        self.table = RoutingTable(entries)
+
+
+async def test_failover_follows_a_subset_that_gains_an_instance(
+    authority: LocalAuthority,
+) -> None:
+    """The routing layer remembers that a subset is empty only until the endpoints
+    change: once v1 has an instance, calls stop failing over to v2."""
+    seen = Seen()
+    specs = {"payments": {"v1": Behaviour(), "v2": Behaviour()}}
+    resolver = {
+        "Kind": "service-resolver",
+        "Name": "payments",
+        "DefaultSubset": "v1",
+        "Subsets": {
+            "v1": {"Filter": "Service.Meta.version == v1"},
+            "v2": {"Filter": "Service.Meta.version == v2"},
+        },
+        "Failover": {"v1": {"ServiceSubset": "v2"}},
+    }
+    routing = FixedRouting({"service-resolver": [resolver]})
+    async with services(authority, seen, specs) as source:
+        listed = source.endpoints("payments") or []
+        v1, v2 = (replace(e, meta={"version": e.instance_id}) for e in listed)
+        source.set("payments", [v2])
+        mesh = factory(authority, source, routing=routing)
+        client = mesh.client("payments")
+        assert {(await client.get("/x")).text for _ in range(5)} == {"v2"}
+        source.set("payments", [v1, v2])
+        assert {(await client.get("/x")).text for _ in range(5)} == {"v1"}
         await mesh.aclose()
 
 
