@@ -4,6 +4,7 @@ compiler flattens them (agent/consul/discoverychain/compile.go, flattenAdjacentS
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import pytest
@@ -119,16 +120,17 @@ def test_a_route_whose_regex_does_not_compile_is_skipped_and_said_once(
         route({"QueryParam": [{"Name": "q", "Regex": "*"}]}, "v4"),
         route({"PathPrefix": "/items/"}, "v5"),
     ]
-    entries = {"service-router": [{"Kind": "service-router", "Name": "web", "Routes": routes}]}
+    name = f"web-{uuid.uuid4().hex[:8]}"  # "once" is per process: a name of this run's own
+    entries = {"service-router": [{"Kind": "service-router", "Name": name, "Routes": routes}]}
     with caplog.at_level(logging.WARNING, logger="meshkit.registry"):
         for _ in range(2):
             table = RoutingTable(entries)
-    decision = table.decide("web", "GET", "/items/1", {"x-a": "1"}, {"q": "x"})
-    assert decision.target == Target("web", "v5")
-    assert table.decide("web", "GET", "/other", {}, {}).target == Target("web", "")
+    decision = table.decide(name, "GET", "/items/1", {"x-a": "1"}, {"q": "x"})
+    assert decision.target == Target(name, "v5")
+    assert table.decide(name, "GET", "/other", {}, {}).target == Target(name, "")
     warnings = [record.getMessage() for record in caplog.records]
     assert warnings == [
-        "service-router web: Route[0] skipped: its regex '/items/(' does not compile",
-        "service-router web: Route[1] skipped: its regex '[' does not compile",
-        "service-router web: Route[2] skipped: its regex '*' does not compile",
+        f"service-router {name}: Route[0] skipped: its regex '/items/(' does not compile",
+        f"service-router {name}: Route[1] skipped: its regex '[' does not compile",
+        f"service-router {name}: Route[2] skipped: its regex '*' does not compile",
     ]
