@@ -3,11 +3,13 @@ runs as written, and it tells no internal history."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
+from meshkit.client import ClientPolicy
 from meshkit.demo.run import free_port
 from meshkit.settings import _ENVIRONMENT
 from tests.cli_reference import in_readme, reference
@@ -33,6 +35,13 @@ def test_the_cli_reference_is_the_parsers() -> None:
 def test_every_setting_is_in_the_configuration_table() -> None:
     table = README[README.index("## Configuration") : README.index("### Connection policy")]
     missing = [name for name, _ in _ENVIRONMENT.values() if f"`{name}`" not in table]
+    assert not missing, missing
+
+
+def test_every_client_policy_knob_is_named() -> None:
+    sections = README[README.index("## Mesh client") : README.index("## Service registry")]
+    fields = dataclasses.fields(ClientPolicy)
+    missing = [field.name for field in fields if not re.search(rf"\b{field.name}\b", sections)]
     assert not missing, missing
 
 
