@@ -53,15 +53,17 @@ def test_each_command_comes_from_the_module_named_for_it() -> None:
     assert added == _COMMANDS
 
 
-def test_run_loads_no_other_command() -> None:
+def test_run_loads_no_other_command_and_no_command_line_client() -> None:
     """A service process (``meshkit run``) holds none of what ``meshkit new`` and the
-    demo import: the template engine and the Envoy wheel stay out of its memory."""
+    demo import (the template engine, the Envoy wheel), nor httpx's command-line client
+    (rich, pygments)."""
     code = (
         "import contextlib, sys\n"
         "from meshkit.cli import main\n"
         "with contextlib.suppress(SystemExit):\n"
         "    main(['run', '--help'])\n"
-        "print(sorted({'cookiecutter', 'jinja2', 'yaml', 'envoy'} & set(sys.modules)))\n"
+        "unwanted = {'cookiecutter', 'jinja2', 'yaml', 'envoy', 'rich', 'pygments'}\n"
+        "print(sorted(unwanted & set(sys.modules)))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
