@@ -71,7 +71,7 @@ MESHKIT_STAGES = [
         "cryptography (x509, ec)",
         ["cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec"],
     ),
-    ("httpx", ["httpx"]),
+    ("httpx (without its CLI, as meshkit._httpx imports it)", ["!httpx._main", "httpx"]),
     ("requests", ["requests"]),
     ("py-consul", ["consul"]),
     ("prometheus_client", ["prometheus_client"]),
@@ -87,8 +87,8 @@ MESHKIT_STAGES = [
 ]
 
 #: Run in a fresh interpreter: import each stage (``module:function:words`` also calls
-#: ``function`` with the words as a list), and print VmRSS and the top-level packages
-#: that each stage loaded.
+#: ``function`` with the words as a list; ``!module`` blocks that module's import, as
+#: meshkit._httpx does), and print VmRSS and the top-level packages each stage loaded.
 _IMPORTER = """
 import importlib, json, sys
 def rss():
@@ -100,6 +100,9 @@ out = [["interpreter", rss(), []]]
 for name, modules in stages:
     before = {m.partition(".")[0] for m in sys.modules}
     for spec in modules:
+        if spec.startswith("!"):
+            sys.modules[spec[1:]] = None
+            continue
         module, *call = spec.split(":")
         loaded = importlib.import_module(module)
         if call:
