@@ -77,8 +77,12 @@ MESHKIT_STAGES = [
     ("prometheus_client", ["prometheus_client"]),
     ("opentelemetry API + SDK", ["opentelemetry.trace", "opentelemetry.sdk.trace"]),
     (
-        "OTLP/HTTP exporter (protobuf)",
-        ["opentelemetry.exporter.otlp.proto.http.trace_exporter"],
+        "OTLP/HTTP sending (the exporter's HTTP client; no protobuf)",
+        [
+            "opentelemetry.exporter.otlp.common.http",
+            "opentelemetry.exporter.otlp.common._exporter_metrics",
+            "opentelemetry.exporter.otlp.proto.http._common",
+        ],
     ),
     ("Zipkin exporter", ["opentelemetry.exporter.zipkin.json"]),
     ("meshkit.app (meshkit's own modules)", ["meshkit.app"]),

@@ -1,4 +1,4 @@
-"""OTLP export through the stock exporter's own HTTP session, against real collectors on
+"""OTLP export through the stock exporter's HTTP session, against real collectors on
 127.0.0.1: kept-alive connections, a connection the collector dropped, mutual TLS from
 the standard variables, unreadable TLS files refused at startup."""
 
@@ -13,29 +13,30 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 from meshkit.ca.x509 import LocalAuthority, certificate_pem, new_private_key, private_key_pem
 from meshkit.errors import ConfigError
-from meshkit.telemetry._otel_sdk import post_encoded
+from meshkit.telemetry._otel_sdk import SpanPoster
 from meshkit.telemetry.sdk import _otlp_exporter, configure_tracing_from_env
 from tests._sink import PostSink, post_sink
 
 BODIES = [b"first batch", b"second batch", b"third batch"]
 
 
-def post_all(exporter: OTLPSpanExporter) -> list[str]:
+def post_all(poster: SpanPoster) -> list[str]:
     try:
-        return [post_encoded(exporter, body, 1).name for body in BODIES]
+        return [poster.post(body, 1).name for body in BODIES]
     finally:
-        exporter.shutdown()
+        poster.shutdown()
 
 
-def to(sink: PostSink, environ: dict[str, str] | None = None) -> OTLPSpanExporter:
-    """The exporter ``meshkit run`` builds, pointed at ``sink``."""
-    return _otlp_exporter(
+def to(sink: PostSink, environ: dict[str, str] | None = None) -> SpanPoster:
+    """What posts spans in ``meshkit run``, pointed at ``sink``."""
+    poster = _otlp_exporter(
         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url("/v1/traces")} | (environ or {})
     )
+    assert isinstance(poster, SpanPoster)
+    return poster
 
 
 def test_posts_share_one_kept_alive_connection() -> None:
@@ -112,9 +113,9 @@ def test_mutual_tls_to_the_collector_from_the_standard_variables(
         anonymous = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tls.bundle)}
         untrusting = environ | {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(stranger.bundle)}
         for refused in (anonymous, untrusting):
-            exporter = to(sink, refused)
-            assert post_encoded(exporter, b"nope", 1).name == "FAILURE"
-            exporter.shutdown()
+            poster = to(sink, refused)
+            assert poster.post(b"nope", 1).name == "FAILURE"
+            poster.shutdown()
     assert sink.bodies == BODIES
 
 
