@@ -5,6 +5,7 @@ the standard variables, unreadable TLS files refused at startup."""
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import ipaddress
 import ssl
 from pathlib import Path
@@ -54,6 +55,22 @@ def test_a_connection_the_collector_dropped_is_reopened_at_once(
     assert sink.bodies == BODIES
     assert sink.connections == 3
     assert "retrying" not in caplog.text  # no backoff: the session reconnected
+
+
+def test_headers_and_compression_from_the_standard_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the stock exporter reads from the environment, the poster reads too."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=secret,x-tenant=shop%20one")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+    with post_sink(keep_alive=True) as sink:
+        assert post_all(to(sink)) == ["SUCCESS"] * 3
+    assert [gzip.decompress(body) for body in sink.bodies] == BODIES
+    for headers in sink.headers:
+        assert (headers["api-key"], headers["x-tenant"]) == ("secret", "shop one")
+        assert headers["content-encoding"] == "gzip"
+        assert headers["content-type"] == "application/x-protobuf"
+        assert headers["user-agent"].startswith("OTel-OTLP-Exporter-Python/")
 
 
 class CollectorTLS:
