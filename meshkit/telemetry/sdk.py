@@ -39,7 +39,9 @@ from meshkit.telemetry import _otel_sdk
 from meshkit.telemetry._otel_sdk import SpanPoster
 from meshkit.telemetry.export import OTLPBatchProcessor
 
-if not _otel_sdk.usable():  # decided once, at import: the SDK's public path
+#: Decided once, at import: the SDK's public path when the adapter's check failed.
+_STOCK_EXPORT = not _otel_sdk.usable()
+if _STOCK_EXPORT:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 _DEFAULT_ZIPKIN = "http://localhost:9411/api/v2/spans"
@@ -124,7 +126,7 @@ def _otlp_exporter(environ: Mapping[str, str]) -> SpanPoster | OTLPSpanExporter:
     _check_otlp_protocol(environ)
     tls = _OTLPFiles.from_env(environ)
     tls.check()
-    build = SpanPoster if _otel_sdk.usable() else OTLPSpanExporter
+    build = OTLPSpanExporter if _STOCK_EXPORT else SpanPoster
     return build(
         endpoint=otlp_traces_endpoint(environ),
         certificate_file=tls.ca_bundle,
