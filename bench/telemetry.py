@@ -155,6 +155,11 @@ def tracer_provider(ratio: float, variant: str, sink: str) -> TracerProvider | N
     from opentelemetry.sdk.trace import TracerProvider
 
     from meshkit.telemetry import _otel_sdk
+
+    if variant in ("stock", "stockexport"):
+        # What meshkit does when the adapter's import-time check fails: decided when
+        # meshkit.telemetry.sdk is imported (it then imports the stock exporter).
+        _otel_sdk._INTERNALS = None
     from meshkit.telemetry.sdk import configure_tracing_from_env, sampler_from_env
 
     environ = {
@@ -167,9 +172,6 @@ def tracer_provider(ratio: float, variant: str, sink: str) -> TracerProvider | N
         # No span processor: spans recorded, then dropped as they end.
         resource = Resource.create({"service.name": "bench"})
         return TracerProvider(resource=resource, sampler=sampler_from_env(environ))
-    if variant in ("stock", "stockexport"):
-        # What meshkit does when the adapter's import-time check fails.
-        _otel_sdk._INTERNALS = None
     provider = configure_tracing_from_env("bench", environ)
     if variant == "stockexport":
         _otel_sdk._INTERNALS = _otel_sdk.check()  # the middleware's spans are meshkit's

@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-from httpx import (
+# httpx imports its command-line client whenever click, rich and pygments are installed
+# (uvicorn brings click, cookiecutter rich): 3.4 MiB resident in every service process,
+# which never runs it (bench/memory.py). A None entry in sys.modules makes that one
+# import fail at once, and httpx defines its stub ``main`` instead.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+import httpx  # noqa: E402
+from httpx import (  # noqa: E402
     URL,
     USE_CLIENT_DEFAULT,
     AsyncBaseTransport,
@@ -42,7 +49,7 @@ from httpx import (
     TimeoutException,
     TransportError,
 )
-from httpx import RequestError as HttpxRequestError
+from httpx import RequestError as HttpxRequestError  # noqa: E402
 
 __all__ = [
     "URL",

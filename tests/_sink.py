@@ -25,6 +25,7 @@ class PostSink:
         hang_up_after: int | None = None,
     ) -> None:
         self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []  # of each post, names in lower case
         self.connections = 0
         self.scheme = "https" if tls else "http"
         sink = self
@@ -38,6 +39,7 @@ class PostSink:
                 self.answered = 0
 
             def do_POST(self) -> None:
+                sink.headers.append({k.lower(): v for k, v in self.headers.items()})
                 sink.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")

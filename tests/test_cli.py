@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import meshkit
-from meshkit.cli import build_parser, main
+from meshkit.cli import _COMMANDS, build_parser, main
 from tests.cli_reference import parsers
 
 
@@ -39,6 +40,36 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"meshkit {meshkit.__version__}\n"
     assert meshkit.__version__ == "0.1.0"  # pyproject.toml's, from the installed metadata
+
+
+def test_each_command_comes_from_the_module_named_for_it() -> None:
+    """``meshkit COMMAND`` loads only ``_COMMANDS[COMMAND]``: the table must say which
+    module adds each command, and every command must be in it."""
+    added: dict[str, str] = {}
+    for module in dict.fromkeys(_COMMANDS.values()):
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).add_commands(subparsers)
+        added |= dict.fromkeys(subparsers.choices, module)
+    assert added == _COMMANDS
+
+
+def test_a_service_process_loads_only_what_it_runs() -> None:
+    """A service process (``meshkit run``) holds none of what ``meshkit new`` and the
+    demo import (the template engine, the Envoy wheel), nor httpx's command-line client
+    (rich, pygments), nor the protobuf runtime (meshkit encodes its OTLP spans itself)."""
+    code = (
+        "import contextlib, sys\n"
+        "from meshkit.cli import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main(['run', '--help'])\n"
+        "unwanted = {'cookiecutter', 'jinja2', 'yaml', 'envoy', 'rich', 'pygments', 'google'}\n"
+        "print(sorted(unwanted & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "usage: meshkit run" in done.stdout
+    assert done.stdout.splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize(

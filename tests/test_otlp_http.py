@@ -1,10 +1,11 @@
-"""OTLP export through the stock exporter's own HTTP session, against real collectors on
+"""OTLP export through the stock exporter's HTTP session, against real collectors on
 127.0.0.1: kept-alive connections, a connection the collector dropped, mutual TLS from
 the standard variables, unreadable TLS files refused at startup."""
 
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import ipaddress
 import ssl
 from pathlib import Path
@@ -13,29 +14,30 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 from meshkit.ca.x509 import LocalAuthority, certificate_pem, new_private_key, private_key_pem
 from meshkit.errors import ConfigError
-from meshkit.telemetry._otel_sdk import post_encoded
+from meshkit.telemetry._otel_sdk import SpanPoster
 from meshkit.telemetry.sdk import _otlp_exporter, configure_tracing_from_env
 from tests._sink import PostSink, post_sink
 
 BODIES = [b"first batch", b"second batch", b"third batch"]
 
 
-def post_all(exporter: OTLPSpanExporter) -> list[str]:
+def post_all(poster: SpanPoster) -> list[str]:
     try:
-        return [post_encoded(exporter, body, 1).name for body in BODIES]
+        return [poster.post(body, 1).name for body in BODIES]
     finally:
-        exporter.shutdown()
+        poster.shutdown()
 
 
-def to(sink: PostSink, environ: dict[str, str] | None = None) -> OTLPSpanExporter:
-    """The exporter ``meshkit run`` builds, pointed at ``sink``."""
-    return _otlp_exporter(
+def to(sink: PostSink, environ: dict[str, str] | None = None) -> SpanPoster:
+    """What posts spans in ``meshkit run``, pointed at ``sink``."""
+    poster = _otlp_exporter(
         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.url("/v1/traces")} | (environ or {})
     )
+    assert isinstance(poster, SpanPoster)
+    return poster
 
 
 def test_posts_share_one_kept_alive_connection() -> None:
@@ -53,6 +55,22 @@ def test_a_connection_the_collector_dropped_is_reopened_at_once(
     assert sink.bodies == BODIES
     assert sink.connections == 3
     assert "retrying" not in caplog.text  # no backoff: the session reconnected
+
+
+def test_headers_and_compression_from_the_standard_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the stock exporter reads from the environment, the poster reads too."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=secret,x-tenant=shop%20one")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+    with post_sink(keep_alive=True) as sink:
+        assert post_all(to(sink)) == ["SUCCESS"] * 3
+    assert [gzip.decompress(body) for body in sink.bodies] == BODIES
+    for headers in sink.headers:
+        assert (headers["api-key"], headers["x-tenant"]) == ("secret", "shop one")
+        assert headers["content-encoding"] == "gzip"
+        assert headers["content-type"] == "application/x-protobuf"
+        assert headers["user-agent"].startswith("OTel-OTLP-Exporter-Python/")
 
 
 class CollectorTLS:
@@ -112,9 +130,9 @@ def test_mutual_tls_to_the_collector_from_the_standard_variables(
         anonymous = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tls.bundle)}
         untrusting = environ | {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(stranger.bundle)}
         for refused in (anonymous, untrusting):
-            exporter = to(sink, refused)
-            assert post_encoded(exporter, b"nope", 1).name == "FAILURE"
-            exporter.shutdown()
+            poster = to(sink, refused)
+            assert poster.post(b"nope", 1).name == "FAILURE"
+            poster.shutdown()
     assert sink.bodies == BODIES
 
 

@@ -6,7 +6,6 @@ import threading
 import pytest
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -18,7 +17,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanKind
 
 from meshkit.errors import ConfigError
-from meshkit.telemetry._otel_sdk import MeshSpan, SpanStarter, set_mesh_attributes
+from meshkit.telemetry._otel_sdk import MeshSpan, SpanPoster, SpanStarter, set_mesh_attributes
 from meshkit.telemetry.export import OTLPBatchProcessor
 from meshkit.telemetry.propagation import (
     MESH_PROPAGATOR,
@@ -34,7 +33,7 @@ def exporters(provider: TracerProvider) -> list[object]:
     found = []
     for processor in processors:
         if isinstance(processor, OTLPBatchProcessor):
-            found.append(processor._exporter)
+            found.append(processor._poster)
         else:
             assert isinstance(processor, BatchSpanProcessor | SimpleSpanProcessor)
             found.append(processor.span_exporter)
@@ -71,8 +70,8 @@ def test_exporters_and_service_name_from_the_environment() -> None:
     try:
         assert provider.resource.attributes["service.name"] == "orders"
         otlp, zipkin = exporters(provider)
-        assert isinstance(otlp, OTLPSpanExporter)
-        assert otlp._endpoint == "http://collector:4318/v1/traces"
+        assert isinstance(otlp, SpanPoster)
+        assert otlp.endpoint == "http://collector:4318/v1/traces"
         assert isinstance(zipkin, ZipkinExporter)
         assert zipkin.endpoint == "http://zipkin:9411/api/v2/spans"
         assert isinstance(provider.sampler, ParentBased)

@@ -9,12 +9,15 @@ SDK's internals:
   a sampled span a ``MeshSpan``: an SDK ``Span`` that skips the SDK's per-span setup
   and goes through the provider's span processors like any other;
 - ``span_fields`` reads an ended span without the copies its properties make, and
-  ``post_encoded`` sends a body ``meshkit.telemetry.export`` encoded already through the
-  stock ``OTLPSpanExporter`` (its HTTP session, retries, headers and TLS settings).
+  ``SpanPoster`` sends a body ``meshkit.telemetry.export`` encoded already as the stock
+  ``OTLPSpanExporter`` sends its own: through the HTTP client, transport, settings
+  and metrics the exporter is built from (its session, retries, headers, compression,
+  TLS). The exporter's own module is never imported: with its protobuf encoder it
+  would hold 3.1 MiB in every service (bench/memory.py).
 
 ``check`` runs when this module is imported: it looks up every private name used here
 and probes the shapes relied on (the fields the SDK's ``Span`` constructor sets, the
-sampler delegates, the exporter's parts) and makes a ``MeshSpan`` and an SDK span go
+sampler delegates, the poster's parts) and makes a ``MeshSpan`` and an SDK span go
 through the same calls. If anything is missing or differs (a new release), it logs one
 warning naming it and ``usable()`` is False: every span then comes from
 ``Tracer.start_span`` and ``meshkit.telemetry.sdk`` exports with the stock
@@ -26,6 +29,7 @@ from __future__ import annotations
 import importlib
 import logging
 import operator
+import os
 import threading
 import time
 import warnings
@@ -37,8 +41,15 @@ from typing import Any, NamedTuple, cast
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http import Compression
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+    OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+    OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import (
     ReadableSpan,
@@ -95,9 +106,25 @@ UNSET_STATUS = Status(StatusCode.UNSET)
 
 # --- what is relied on, checked at import ---------------------------------------------
 
-#: Private names looked up by ``check``, by the field of ``_Internals`` that holds them.
+_OTLP_HTTP_COMMON = "opentelemetry.exporter.otlp.proto.http._common"
+#: Private names looked up by ``check``, by the field of ``_Internals`` that holds them;
+#: all but the first are what ``OTLPSpanExporter.__init__`` builds its sending from.
 _PRIVATE_NAMES = {
     "no_op_tracer_metrics": ("opentelemetry.sdk.trace._tracer_metrics", "NoOpTracerMetrics"),
+    "http_client": ("opentelemetry.exporter.otlp.common.http", "_OTLPHTTPClient"),
+    "build_transport": (_OTLP_HTTP_COMMON, "_build_transport"),
+    "resolve_headers": (_OTLP_HTTP_COMMON, "_resolve_headers"),
+    "resolve_timeout": (_OTLP_HTTP_COMMON, "_resolve_timeout"),
+    "resolve_compression": (_OTLP_HTTP_COMMON, "_resolve_compression"),
+    "max_request_size": (_OTLP_HTTP_COMMON, "_DEFAULT_MAX_REQUEST_SIZE"),
+    "exporter_metrics": (
+        "opentelemetry.exporter.otlp.common._exporter_metrics",
+        "create_exporter_metrics",
+    ),
+    "component_types": (
+        "opentelemetry.semconv._incubating.attributes.otel_attributes",
+        "OtelComponentTypeValues",
+    ),
 }
 #: The fields the SDK's ``Span`` constructor sets: ``MeshSpan`` gives each a value, and
 #: ``span_fields`` reads some of them.
@@ -140,7 +167,6 @@ _PARENT_BASED_DEFAULTS = {
     "_local_parent_sampled": ALWAYS_ON,
     "_local_parent_not_sampled": ALWAYS_OFF,
 }
-_EXPORTER_FIELDS = ("_client", "_metrics", "_shutdown", "_max_request_size")
 
 
 @dataclass(frozen=True)
@@ -148,6 +174,14 @@ class _Internals:
     """The private objects ``check`` found."""
 
     no_op_tracer_metrics: type
+    http_client: Any
+    build_transport: Any
+    resolve_headers: Any
+    resolve_timeout: Any
+    resolve_compression: Any
+    max_request_size: int
+    exporter_metrics: Any
+    component_types: Any
 
 
 def check() -> _Internals | None:
@@ -161,16 +195,20 @@ def check() -> _Internals | None:
         except (ImportError, AttributeError):
             problems.append(f"{module}.{name}")
     internals = None if problems else _Internals(**found)
-    for probe in (_shape_problems, _sampler_problems, _exporter_problems):
+    for probe in (_shape_problems, _sampler_problems):
         try:
             problems.extend(probe())
         except Exception as exc:  # a probe that cannot even run: the shape changed
             problems.append(f"{probe.__name__.strip('_')}: {exc!r}")
     if internals is not None and not problems:
-        try:
-            problems.extend(_mesh_span_problems(internals))
-        except Exception as exc:
-            problems.append(f"MeshSpan probe: {exc!r}")
+        for named, internal_probe in (
+            ("MeshSpan probe", _mesh_span_problems),
+            ("SpanPoster probe", _poster_problems),
+        ):
+            try:
+                problems.extend(internal_probe(internals))
+            except Exception as exc:
+                problems.append(f"{named}: {exc!r}")
     if problems:
         logger.warning(
             "OpenTelemetry internals meshkit relies on are missing or changed (%s): spans "
@@ -240,24 +278,18 @@ def _sampler_problems() -> list[str]:
     return problems
 
 
-def _exporter_problems() -> list[str]:
-    exporter = OTLPSpanExporter(
-        endpoint="http://127.0.0.1:4318/v1/traces",
-        headers={},
-        timeout=1,
-        compression=Compression.NoCompression,
-    )
+def _poster_problems(internals: _Internals) -> list[str]:
+    """A ``SpanPoster`` builds from the exporter's parts and has what ``post`` calls."""
+    poster = SpanPoster("http://127.0.0.1:4318/v1/traces", internals=internals)
     try:
-        problems = [
-            f"OTLPSpanExporter.{name}" for name in _EXPORTER_FIELDS if not hasattr(exporter, name)
-        ]
-        if not callable(getattr(getattr(exporter, "_client", None), "export", None)):
-            problems.append("OTLPSpanExporter._client.export")
-        if not callable(getattr(getattr(exporter, "_metrics", None), "export_operation", None)):
-            problems.append("OTLPSpanExporter._metrics.export_operation")
+        problems = []
+        if not callable(getattr(poster._client, "export", None)):
+            problems.append("_OTLPHTTPClient.export")
+        if not callable(getattr(poster._metrics, "export_operation", None)):
+            problems.append("create_exporter_metrics().export_operation")
         return problems
     finally:
-        exporter.shutdown()  # type: ignore[no-untyped-call]
+        poster.shutdown()
 
 
 class _Keeping(SpanProcessor):
@@ -657,28 +689,82 @@ def span_fields(span: ReadableSpan) -> SpanFields:
     return cast(SpanFields, _read_fields(span))
 
 
-def post_encoded(exporter: OTLPSpanExporter, body: bytes, count: int) -> SpanExportResult:
-    """Send one ``ExportTraceServiceRequest`` body holding ``count`` spans: what
-    ``exporter.export`` does once it has encoded the spans itself."""
-    if exporter._shutdown:
-        logger.warning("Exporter already shutdown, ignoring batch")
-        return SpanExportResult.FAILURE
-    with exporter._metrics.export_operation(count) as result:
-        # A non-positive max_request_size turns the limit off, as in the exporter.
-        if 0 < exporter._max_request_size < len(body):
-            logger.warning(
-                "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
-                len(body),
-                exporter._max_request_size,
-            )
+class SpanPoster:
+    """Sends ready ``ExportTraceServiceRequest`` bodies to an OTLP/HTTP collector as
+    ``OTLPSpanExporter.export`` sends the bodies it encodes: built as its constructor
+    builds its sending, from the same ``OTEL_EXPORTER_OTLP_*`` variables (headers,
+    timeout, compression, TLS files) where no argument is given."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        certificate_file: str | None = None,
+        client_key_file: str | None = None,
+        client_certificate_file: str | None = None,
+        session: Any = None,
+        internals: _Internals | None = None,
+    ) -> None:
+        parts = internals or _INTERNALS
+        if parts is None:
+            raise RuntimeError("SpanPoster needs the exporter parts check() found")
+        self.endpoint = endpoint
+        transport = parts.build_transport(
+            certificate_file,
+            client_key_file,
+            client_certificate_file,
+            OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+            OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+            OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+            session=session,
+        )
+        self._client = parts.http_client(
+            transport=transport,
+            endpoint=endpoint,
+            kind="spans",
+            timeout=parts.resolve_timeout(OTEL_EXPORTER_OTLP_TRACES_TIMEOUT),
+            compression=parts.resolve_compression(OTEL_EXPORTER_OTLP_TRACES_COMPRESSION),
+            headers=parts.resolve_headers(None, OTEL_EXPORTER_OTLP_TRACES_HEADERS),
+            logger=logger,
+        )
+        self._max_request_size = parts.max_request_size
+        enabled = os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "")
+        self._metrics = parts.exporter_metrics(
+            parts.component_types.OTLP_HTTP_SPAN_EXPORTER,
+            "traces",
+            endpoint,
+            None,
+            enabled.strip().lower() == "true",
+        )
+        self._shutdown = False
+
+    def post(self, body: bytes, count: int) -> SpanExportResult:
+        """Send one ``ExportTraceServiceRequest`` body holding ``count`` spans."""
+        if self._shutdown:
+            logger.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
-        sent = exporter._client.export(body)
-        if not sent.success:
-            result.error = sent.error
-            if sent.status_code is not None:
-                result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: sent.status_code}
-            return SpanExportResult.FAILURE
-    return SpanExportResult.SUCCESS
+        with self._metrics.export_operation(count) as result:
+            # A non-positive max_request_size turns the limit off, as in the exporter.
+            if 0 < self._max_request_size < len(body):
+                logger.warning(
+                    "Dropping span batch: serialized size %d bytes exceeds max_request_size "
+                    "%d bytes.",
+                    len(body),
+                    self._max_request_size,
+                )
+                return SpanExportResult.FAILURE
+            sent = self._client.export(body)
+            if not sent.success:
+                result.error = sent.error
+                if sent.status_code is not None:
+                    result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: sent.status_code}
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        if not self._shutdown:
+            self._shutdown = True
+            self._client.shutdown()
 
 
 _INTERNALS = check()

@@ -6,11 +6,12 @@ enough allocations to be walked by the garbage collector on their way out. Here
 ``OTLPBatchProcessor`` encodes a span into its OTLP wire bytes when it ends and queues
 only those bytes (spans of a mesh repeat the same few attributes, so each encoded
 key/value pair is memoized). Its thread wraps them into ``ExportTraceServiceRequest``
-bodies and posts them through the stock ``OTLPSpanExporter``: its HTTP session,
-retries, timeouts, headers and TLS settings. A span with events, links or array values
-is encoded by the stock encoder: a collector always gets what the stock exporter
-would send. bench/telemetry.py measures this against the stock ``BatchSpanProcessor``
-(mode ``sampled100_stockexport``).
+bodies and posts them as the stock ``OTLPSpanExporter`` would (``SpanPoster``: its
+HTTP session, retries, timeouts, headers and TLS settings). Every field is encoded
+here as the stock encoder writes it (tests/test_otlp.py decodes both and compares), so
+neither the protobuf runtime nor the exporter is imported: 3.1 MiB resident
+(bench/memory.py). bench/telemetry.py measures this against the stock
+``BatchSpanProcessor`` (mode ``sampled100_stockexport``).
 
 Reading an ended span's fields and posting a ready body need the SDK's internals:
 ``meshkit.telemetry._otel_sdk`` does both, and ``meshkit.telemetry.sdk`` uses this
@@ -29,17 +30,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, TraceFlags, TraceState
+from opentelemetry.trace import Link, SpanKind, Status, TraceFlags, TraceState
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from meshkit.telemetry._otel_sdk import UNSET_STATUS, SpanFields, post_encoded, span_fields
+from meshkit.telemetry._otel_sdk import UNSET_STATUS, SpanFields, SpanPoster, span_fields
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ _INT64 = range(-(2**63), 2**63)
 _LOW_64 = 2**64 - 1
 _CACHE_LIMIT = 4096
 _pack_double = struct.Struct("<d").pack
+_pack_fixed32 = struct.Struct("<I").pack
+_pack_fixed64 = struct.Struct("<Q").pack
 # Span fields 1 (trace_id) and 2 (span_id) with their tags and lengths, ids big-endian
 # as on the wire in W3C headers; field 4 (parent_span_id); fields 7 and 8 (times).
 _pack_ids = struct.Struct(">HQQHQ").pack
@@ -66,12 +67,16 @@ _SMALL = [bytes((value,)) for value in range(128)]
 _SHUTDOWN_SECONDS = 30.0
 _SAMPLED = TraceFlags.SAMPLED
 _UNSET_STATUS_FIELD = b"\x7a\x00"  # Span.status present and empty, as the stock encoder sends
-#: The context of the span ``_resource_and_scope`` has the stock encoder encode.
-_PLACEHOLDER_CONTEXT = SpanContext(1, 1, False, TraceFlags(1))
+# KeyValue fields: in Span (9), Event (3), Link (4), Resource (1), InstrumentationScope (3).
+_SPAN_ATTRIBUTE = b"\x4a"
+_EVENT_ATTRIBUTE = b"\x1a"
+_LINK_ATTRIBUTE = b"\x22"
+_RESOURCE_ATTRIBUTE = b"\x0a"
+_SCOPE_ATTRIBUTE = b"\x1a"
 
 
-class _Unsupported(Exception):
-    """The span holds something only the stock encoder handles."""
+class _Unencodable(Exception):
+    """A value OTLP has no type for (the stock encoder logs and leaves out its key)."""
 
 
 def _varint(value: int) -> bytes:
@@ -91,19 +96,56 @@ def _delimited(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
+def _string(tag: bytes, value: str | None) -> bytes:
+    """A string field: proto3 leaves out an empty one."""
+    return _delimited(tag, value.encode()) if value else b""
+
+
+def _count(tag: bytes, value: int) -> bytes:
+    return tag + _varint(value) if value else b""
+
+
 def _any_value(value: object) -> bytes:
-    """AnyValue: a oneof, so even default values are written."""
+    """AnyValue: a oneof, so even default values are written (None sets none)."""
+    if value is None:
+        return b""
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, str):
         return _delimited(b"\x0a", value.encode())
     if isinstance(value, int):
         if value not in _INT64:
-            raise _Unsupported
+            raise _Unencodable
         return b"\x18" + _varint(value)
     if isinstance(value, float):
         return b"\x21" + _pack_double(value)
-    raise _Unsupported
+    if isinstance(value, bytes):
+        return _delimited(b"\x3a", value)
+    if isinstance(value, Sequence):  # ArrayValue (5) of AnyValue (1)
+        return _delimited(b"\x2a", b"".join(_delimited(b"\x0a", _any_value(v)) for v in value))
+    if isinstance(value, Mapping):  # KeyValueList (6) of KeyValue (1)
+        pairs = (_delimited(b"\x0a", _key_value(str(k), v)) for k, v in value.items())
+        return _delimited(b"\x32", b"".join(pairs))
+    raise _Unencodable
+
+
+def _key_value(key: str, value: object) -> bytes:
+    return _string(b"\x0a", key) + _delimited(b"\x12", _any_value(value))
+
+
+def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+    """Each attribute a ``KeyValue`` field ``tag``, in order, as the stock encoder does."""
+    if not attributes:
+        return b""
+    return b"".join(_attribute(tag, key, value) for key, value in attributes.items())
+
+
+def _attribute(tag: bytes, key: str, value: object) -> bytes:
+    try:
+        return _delimited(tag, _key_value(key, value))
+    except _Unencodable:
+        logger.error("Failed to encode key %s: invalid type %s", key, type(value))
+        return b""
 
 
 class _Memo:
@@ -139,10 +181,11 @@ class _KeyValues:
         return b"".join(parts)
 
     def _remember(self, key: str, value: Any) -> bytes:
-        payload = _delimited(b"\x0a", key.encode()) + _delimited(b"\x12", _any_value(value))
-        encoded = _delimited(b"\x4a", payload)  # Span.attributes = 9
-        if value == 0.0 and isinstance(value, float):
-            return encoded  # 0.0 == -0.0 as keys, not on the wire: neither is memoized
+        encoded = _attribute(_SPAN_ATTRIBUTE, key, value)
+        if not isinstance(value, str | int | float) or (value == 0.0 and isinstance(value, float)):
+            # Sequences compare equal across element types ((1,) == (True,)), and 0.0 ==
+            # -0.0 as keys, not on the wire: none of them is memoized.
+            return encoded
         if self._size >= _CACHE_LIMIT:
             self.by_type.clear()
             self._size = 0
@@ -171,17 +214,12 @@ class SpanEncoder:
         """``span``'s resource and scope, and the span as a field of ``ScopeSpans`` (its
         tag and length, then the ``Span`` message): what a request body holds of it."""
         fields = span_fields(span)
-        try:
-            message = self._message(fields)
-        except _Unsupported:
-            message = _stock_message(span)
-        return fields[10], fields[11], _delimited(b"\x12", message)
+        return fields[10], fields[11], _delimited(b"\x12", self._message(fields))
 
     def _message(self, fields: SpanFields) -> bytes:
         # Fields in field-number order, as protobuf writes them.
         name, kind, context, parent, start, end, attributes, events, links, status, _, _ = fields
-        if events or links or not start or not end or context is None:
-            raise _Unsupported
+        assert context is not None  # an SDK span has one (the stock encoder needs it too)
         trace_id, trace_state = context.trace_id, context.trace_state
         name_and_kind = self._names.cache.get((name, kind))
         if name_and_kind is None:
@@ -194,9 +232,9 @@ class SpanEncoder:
                 else _trace_state_field(trace_state),
                 b"" if parent is None else _pack_parent(0x2208, parent.span_id),
                 name_and_kind,
-                _pack_times(0x39, start, 0x41, end),
+                _pack_times(0x39, start, 0x41, end) if start and end else _times(start, end),
                 self._key_values.encode(attributes) if attributes else b"",
-                _dropped_fields(attributes, events, links),
+                _after_attributes(attributes, events, links),
                 _UNSET_STATUS_FIELD if status is UNSET_STATUS else self._status(status),
                 _REMOTE_PARENT_FLAGS
                 if parent is not None and parent.is_remote
@@ -221,13 +259,11 @@ class SpanEncoder:
         return encoded
 
 
-def _stock_message(span: ReadableSpan) -> bytes:
-    """``span``'s ``Span`` message as the stock encoder writes it."""
-    (resource_spans,) = encode_spans([span]).resource_spans
-    (scope_spans,) = resource_spans.scope_spans
-    (message,) = scope_spans.spans
-    encoded: bytes = message.SerializeToString()
-    return encoded
+def _times(start: int | None, end: int | None) -> bytes:
+    """Fields 7 and 8 when either is unset (a span not started or not ended)."""
+    return (b"\x39" + _pack_fixed64(start) if start else b"") + (
+        b"\x41" + _pack_fixed64(end) if end else b""
+    )
 
 
 def _trace_state_field(trace_state: TraceState) -> bytes:
@@ -235,19 +271,51 @@ def _trace_state_field(trace_state: TraceState) -> bytes:
     return _delimited(b"\x1a", state.encode())
 
 
-def _dropped_fields(attributes: object, events: Sequence[Any], links: Sequence[Any]) -> bytes:
-    """Fields 10, 12, 14: what the span's limits refused (nearly always nothing)."""
+def _after_attributes(attributes: object, events: Sequence[Event], links: Sequence[Link]) -> bytes:
+    """Fields 10 to 14: what the span's limits refused, its events and links (nearly
+    always none of them)."""
     # Exact types: an ABC's isinstance costs more than the rest of this on every span.
     dropped = attributes.dropped if type(attributes) is BoundedAttributes else 0
     # Empty here, but a bounded list that holds none may still count what it refused.
     dropped_events = events.dropped if type(events) is BoundedList else 0
     dropped_links = links.dropped if type(links) is BoundedList else 0
-    if not (dropped or dropped_events or dropped_links):
+    if not (events or links or dropped or dropped_events or dropped_links):
         return b""
     return b"".join(
-        tag + _varint(count)
-        for tag, count in ((b"\x50", dropped), (b"\x60", dropped_events), (b"\x70", dropped_links))
-        if count
+        (
+            _count(b"\x50", dropped),
+            *(_delimited(b"\x5a", _event(event)) for event in events),
+            _count(b"\x60", dropped_events),
+            *(_delimited(b"\x6a", _link(link)) for link in links),
+            _count(b"\x70", dropped_links),
+        )
+    )
+
+
+def _event(event: Event) -> bytes:
+    return b"".join(
+        (
+            b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b"",
+            _string(b"\x12", event.name),
+            _attributes(_EVENT_ATTRIBUTE, event.attributes),
+            _count(b"\x20", event.dropped_attributes),
+        )
+    )
+
+
+def _link(link: Link) -> bytes:
+    """A ``Link``: the stock encoder sends no trace state for it; its flags say whether
+    the linked context is remote."""
+    context = link.context
+    return b"".join(
+        (
+            _pack_ids(
+                0x0A10, context.trace_id >> 64, context.trace_id & _LOW_64, 0x1208, context.span_id
+            ),
+            _attributes(_LINK_ATTRIBUTE, link.attributes),
+            _count(b"\x28", link.dropped_attributes),
+            b"\x35" + _pack_fixed32(0x300 if context.is_remote else 0x100),
+        )
     )
 
 
@@ -311,18 +379,17 @@ def _resource_spans(groups: list[_Group]) -> bytes:
 def _resource_and_scope(
     resource: Resource, scope: InstrumentationScope | None
 ) -> tuple[bytes, bytes]:
-    """The ``Resource`` and ``InstrumentationScope`` messages the stock encoder writes
-    (once per request body and scope, so through its public entry point)."""
-    placeholder = ReadableSpan(
-        "", _PLACEHOLDER_CONTEXT, resource=resource, instrumentation_scope=scope
-    )
-    (resource_spans,) = encode_spans([placeholder]).resource_spans
-    (scope_spans,) = resource_spans.scope_spans
-    return resource_spans.resource.SerializeToString(), scope_spans.scope.SerializeToString()
+    """The ``Resource`` and ``InstrumentationScope`` messages (once per request body and
+    scope): the resource's attributes; the scope's name, version and attributes."""
+    resource_field = _attributes(_RESOURCE_ATTRIBUTE, resource.attributes)
+    if scope is None:
+        return resource_field, b""
+    scope_field = _string(b"\x0a", scope.name) + _string(b"\x12", scope.version)
+    return resource_field, scope_field + _attributes(_SCOPE_ATTRIBUTE, scope.attributes)
 
 
 class OTLPBatchProcessor(SpanProcessor):
-    """A ``BatchSpanProcessor`` for an ``OTLPSpanExporter``, queueing encoded spans.
+    """A ``BatchSpanProcessor`` for OTLP/HTTP, queueing encoded spans.
 
     Same knobs and behaviour as the SDK's (``OTEL_BSP_*``): sampled spans only, a batch
     posted every ``schedule_delay`` seconds or as soon as ``max_export_batch_size`` spans
@@ -333,13 +400,13 @@ class OTLPBatchProcessor(SpanProcessor):
 
     def __init__(
         self,
-        exporter: OTLPSpanExporter,
+        poster: SpanPoster,
         *,
         schedule_delay: float = 5.0,
         max_queue_size: int = 2048,
         max_export_batch_size: int = 512,
     ) -> None:
-        self._exporter = exporter
+        self._poster = poster
         self._encoder = SpanEncoder()
         self._schedule_delay = schedule_delay
         self._max_queue_size = max_queue_size
@@ -380,7 +447,7 @@ class OTLPBatchProcessor(SpanProcessor):
         self._shutdown = True
         self._wake.set()
         self._worker.join(_SHUTDOWN_SECONDS)
-        self._exporter.shutdown()  # type: ignore[no-untyped-call]
+        self._poster.shutdown()
 
     def _run(self) -> None:
         while not self._shutdown:
@@ -402,7 +469,7 @@ class OTLPBatchProcessor(SpanProcessor):
                 count = min(waiting, self._max_export_batch_size)
                 batch = [queue.popleft() for _ in range(count)]
                 body = request_body(_grouped(batch))
-                results.append(post_encoded(self._exporter, body, count))
+                results.append(self._poster.post(body, count))
                 waiting -= count
         return all(result is SpanExportResult.SUCCESS for result in results)
 

@@ -4,8 +4,10 @@ Library code never sets OpenTelemetry globals; ``configure_tracing_from_env`` bu
 ``TracerProvider`` for the process that owns it (``meshkit run``), which installs it.
 The middleware and the client need none of this: they take whatever provider they are
 given (``propagation``, ``_otel_sdk``). OTLP spans go through ``export``'s encoding
-processor when the OpenTelemetry adapter's import check passed, else through the stock
-``BatchSpanProcessor``; either way the stock ``OTLPSpanExporter`` posts them.
+processor and the adapter's ``SpanPoster`` when the OpenTelemetry adapter's import
+check passed. Only when it failed is the stock ``OTLPSpanExporter`` (with the protobuf
+runtime its encoder needs, 3.1 MiB) imported, and spans take the stock
+``BatchSpanProcessor`` to it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Any, NamedTuple
 
 import requests
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -35,7 +36,13 @@ from opentelemetry.sdk.trace.sampling import (
 
 from meshkit.errors import ConfigError
 from meshkit.telemetry import _otel_sdk
+from meshkit.telemetry._otel_sdk import SpanPoster
 from meshkit.telemetry.export import OTLPBatchProcessor
+
+#: Decided once, at import: the SDK's public path when the adapter's check failed.
+_STOCK_EXPORT = not _otel_sdk.usable()
+if _STOCK_EXPORT:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 _DEFAULT_ZIPKIN = "http://localhost:9411/api/v2/spans"
 _EXPORTER_NAMES = ("otlp", "zipkin", "console", "none")
@@ -90,10 +97,13 @@ def _exporter_names(environ: Mapping[str, str]) -> list[str]:
 
 
 def _processor(
-    name: str, environ: Mapping[str, str], batching: _Batching, otlp: OTLPSpanExporter | None
+    name: str,
+    environ: Mapping[str, str],
+    batching: _Batching,
+    otlp: SpanPoster | OTLPSpanExporter | None,
 ) -> SpanProcessor:
     if otlp is not None and name == "otlp":
-        if _otel_sdk.usable():  # the encoding processor needs the adapter
+        if isinstance(otlp, SpanPoster):  # the encoding processor, with the adapter
             return OTLPBatchProcessor(
                 otlp,
                 schedule_delay=batching.schedule_delay_millis / 1000,
@@ -108,14 +118,16 @@ def _processor(
     return SimpleSpanProcessor(ConsoleSpanExporter())
 
 
-def _otlp_exporter(environ: Mapping[str, str]) -> OTLPSpanExporter:
-    """The stock OTLP/HTTP exporter (its own HTTP session posts), with the TLS files of
-    the standard variables, read here: an unreadable one is a ConfigError naming its
-    variable now, not a failed post later."""
+def _otlp_exporter(environ: Mapping[str, str]) -> SpanPoster | OTLPSpanExporter:
+    """What posts OTLP/HTTP (the adapter's poster, else the stock exporter: either way
+    the stock HTTP session posts), with the TLS files of the standard variables, read
+    here: an unreadable one is a ConfigError naming its variable now, not a failed post
+    later."""
     _check_otlp_protocol(environ)
     tls = _OTLPFiles.from_env(environ)
     tls.check()
-    return OTLPSpanExporter(
+    build = OTLPSpanExporter if _STOCK_EXPORT else SpanPoster
+    return build(
         endpoint=otlp_traces_endpoint(environ),
         certificate_file=tls.ca_bundle,
         client_certificate_file=tls.client_certificate,
