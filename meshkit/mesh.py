@@ -106,6 +106,7 @@ class MeshRuntime:
         self.registration: ServiceRegistration | None = None
         self.clients: MeshClientFactory | None = None
         self._outside: OutsideClient | None = None
+        self._outside_allowed = False  # while the lifespan runs
         self.authorizer = Authorizer.from_settings(
             settings,
             intentions=self.intentions,
@@ -222,9 +223,20 @@ class MeshRuntime:
     def outside(self) -> OutsideClient:
         """The client for URLs outside the mesh: ``await mesh.outside.get("https://...")``
         (trace context and client metrics, no mesh identity; see ``OutsideClient``)."""
-        if self._outside is None:
+        if not self._outside_allowed:
             raise ConfigError("the outside client exists while the app's lifespan runs")
+        if self._outside is None:
+            # Made on first use: its TLS context loads the system's roots (about 1 MiB
+            # resident, bench/memory.py), which a service that calls no outside URL
+            # should not carry.
+            self._outside = OutsideClient(hooks=self.client_hooks())
         return self._outside
+
+    async def _close_outside(self) -> None:
+        self._outside_allowed = False
+        if self._outside is not None:
+            outside, self._outside = self._outside, None
+            await outside.aclose()
 
     def client_hooks(self) -> ClientTelemetry:
         """What records this service's client calls: metrics and CLIENT spans."""
@@ -237,9 +249,8 @@ class MeshRuntime:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 tg = await stack.enter_async_context(anyio.create_task_group())
-                self._outside = await stack.enter_async_context(
-                    OutsideClient(hooks=self.client_hooks())
-                )
+                stack.push_async_callback(self._close_outside)
+                self._outside_allowed = True
                 await self._start_identity(tg, stack)
                 if self.settings.consul_http_addr and not self.plaintext_only:
                     await self._join_registry(stack, tg)

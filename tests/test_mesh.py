@@ -19,6 +19,7 @@ import pytest
 from starlette.applications import Starlette
 
 from meshkit import ConfigError, Mesh, MeshSettings, ServiceApp
+from meshkit.client import OutsideClient
 from meshkit.mesh import mesh_of
 from meshkit.testing import admin_get
 from meshkit.testing.supervisor import Child
@@ -31,14 +32,16 @@ SERVING = re.compile(r"(?P<id>spiffe://\S+) serving .* admin on \S+:(?P<admin>\d
 @pytest.mark.anyio
 async def test_the_apps_lifespan_runs_inside_the_meshs() -> None:
     seen: list[str] = []
+    outside: list[OutsideClient] = []
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         # The mesh's resources are open during the app's startup, and its shutdown.
-        assert not mesh_of(app).outside.is_closed
+        outside.append(mesh_of(app).outside)
+        assert not outside[0].is_closed
         seen.append("startup")
         yield {"db": "open"}
-        assert not mesh_of(app).outside.is_closed
+        assert mesh_of(app).outside is outside[0] and not outside[0].is_closed
         seen.append("shutdown")
 
     app = Starlette(lifespan=lifespan)
@@ -50,7 +53,9 @@ async def test_the_apps_lifespan_runs_inside_the_meshs() -> None:
         assert state == {"db": "open"}  # the app's lifespan state reaches its requests
         assert seen == ["startup"]
     assert seen == ["startup", "shutdown"]
-    assert mesh.outside.is_closed  # closed with it
+    assert outside[0].is_closed  # closed with it
+    with pytest.raises(ConfigError, match="lifespan"):
+        _ = mesh.outside
 
 
 def test_an_app_that_already_served_is_refused() -> None:
