@@ -7,7 +7,8 @@ Consul gives each a precedence from how exact its two sides are
 destination and source, down to 1 for ``*/*`` on both sides; the highest-precedence
 intention whose source matches the caller decides, and none matching means the ACL
 default policy. Permissions are tried in order, the first whose HTTP match fits the
-request gives the action; none fitting means the default.
+request gives the action; none fitting means the default. A permission whose regex
+does not compile fails closed (``Intention.decide`` says why).
 
 The dev registry computes and serves these (``/v1/connect/intentions/match``, ``check``,
 ``/v1/agent/connect/authorize``); meshkit evaluates the same objects per request. Both
