@@ -27,6 +27,16 @@ the calls in ``one_slow``, so what is left of them is deeper in the tail. So is
 ``slow_calls_pct``, the share of calls that took at least half of ``--slow-ms``: a p99
 can hold slow answers only when more than 1% of the calls are slow.
 
+The sweep: one slow instance of three, slow on 2%, 5% (``--sweep-shares``), 10%
+(``one_slow``) and 100% (``always_slow``) of its requests, hedging off and on. How
+often that instance is slow decides what is left for hedging: slow on most requests,
+the balancer shuns it and no tail is left; slow on a small share, the balancer cannot
+see it coming. Printed as a table (p99 off/hedged, their ratio, extra attempts, the
+slow instance's share of the attempts with hedging off, slow calls off -> hedged) and
+in the JSON line as ``ratio_p99_hedge_over_none_slow<N>pct``,
+``extra_attempts_pct_slow<N>pct``, ``slow_instance_attempts_pct_slow<N>pct`` and
+``sweep``.
+
 ``--steady-seconds S`` adds ``one_slow_steady``: ``one_slow`` measured for S seconds
 instead of ``--requests`` calls. The balancer's latency cost forgets over 10 s
 (``ClientPolicy.balancer_decay``), so a measurement of a few seconds ends before the
@@ -201,6 +211,18 @@ async def _switch(material: TLSMaterial, port: int, path: str) -> None:
     await factory.aclose()
 
 
+def sweep_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The sweep's cells by label (``slow<N>pct``), each the prefix of its two settings
+    (``<prefix>_none``, ``<prefix>_hedge``): the 10% and 100% ones are the scenarios
+    ``one_slow`` and ``always_slow`` themselves, the others their own."""
+    labels = {_label(share): _label(share) for share in args.sweep_shares}
+    return labels | {_label(args.slow_share): "one_slow", _label(1.0): "always_slow"}
+
+
+def _label(share: float) -> str:
+    return f"slow{round(100 * share, 2):g}pct"
+
+
 HEDGED = ClientPolicy(hedge_percentile=95)
 HEDGED_ABORT = HEDGED.replace(hedge_loser="abort")
 #: A tenth of the calls copied to ``shadow``, an instance slower than the others on every call.
@@ -227,6 +249,13 @@ async def run_all(
             (f"{name}_hedge", instances, HEDGED, switch, 0.0),
             (f"{name}_abort", instances, HEDGED_ABORT, switch, 0.0),
         ]
+    # The sweep's own instances: one of three, slow once warmed up on its share.
+    for share, port in zip(args.sweep_shares, ports[9:], strict=True):
+        instances = [*normal[:2], port]
+        cells += [
+            (f"{_label(share)}_none", instances, ClientPolicy(), port, 0.0),
+            (f"{_label(share)}_hedge", instances, HEDGED, port, 0.0),
+        ]
     if args.steady_seconds:
         steady = args.steady_seconds
         cells += [
@@ -252,7 +281,50 @@ async def run_all(
     return results
 
 
-def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+def _median(cells: list[dict[str, float]], figure: str) -> float:
+    return statistics.median(cell[figure] for cell in cells)
+
+
+def sweep_figures(
+    results: dict[str, list[dict[str, float]]], sweep: dict[str, str]
+) -> dict[str, dict[str, float]]:
+    """Per sweep label: the medians over rounds of its settings off and hedged."""
+    figures = {}
+    for label, setting in sweep.items():
+        off, hedged = results[f"{setting}_none"], results[f"{setting}_hedge"]
+        pairs = zip(off, hedged, strict=True)
+        figures[label] = {
+            "p99_ms_none": _median(off, "p99_ms"),
+            "p99_ms_hedge": _median(hedged, "p99_ms"),
+            "ratio_p99_hedge_over_none": round(
+                statistics.median(h["p99_ms"] / n["p99_ms"] for n, h in pairs), 3
+            ),
+            "extra_attempts_pct": _median(hedged, "extra_attempts_pct"),
+            "slow_instance_attempts_pct": _median(off, "last_instance_attempts_pct"),
+            "slow_calls_pct_none": _median(off, "slow_calls_pct"),
+            "slow_calls_pct_hedge": _median(hedged, "slow_calls_pct"),
+        }
+    return figures
+
+
+def print_sweep(figures: dict[str, dict[str, float]]) -> None:
+    print(
+        "one slow instance of three | p99 off | hedged | ratio | extra attempts"
+        " | slow instance | slow calls off -> hedged"
+    )
+    for label, cell in figures.items():
+        print(
+            f"{label} | {cell['p99_ms_none']} ms | {cell['p99_ms_hedge']} ms"
+            f" | {cell['ratio_p99_hedge_over_none']} | {cell['extra_attempts_pct']}%"
+            f" | {cell['slow_instance_attempts_pct']}%"
+            f" | {cell['slow_calls_pct_none']}% -> {cell['slow_calls_pct_hedge']}%",
+            flush=True,
+        )
+
+
+def summarize(
+    results: dict[str, list[dict[str, float]]], sweep: dict[str, dict[str, float]]
+) -> dict[str, Any]:
     def median(key: str, figure: str) -> float:
         return statistics.median(cell[figure] for cell in results[key])
 
@@ -268,43 +340,55 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
                 "one_slow_steady_none", "last_instance_attempts_pct"
             ),
         }
-    return steady | {
-        "ratio_p99_hedge_over_none": ratio("one_slow"),
-        "ratio_p99_abort_over_none": ratio("one_slow", "abort"),
-        "ratio_p999_hedge_over_none": ratio("one_slow", figure="p999_ms"),
-        "ratio_p99_hedge_over_none_always_slow": ratio("always_slow"),
-        "ratio_p99_hedge_over_none_stalls": ratio("stalls"),
-        "ratio_p99_abort_over_none_stalls": ratio("stalls", "abort"),
-        "ratio_cpu_hedge_over_none_stalls": ratio("stalls", figure="caller_cpu_ms_per_call"),
-        "ratio_cpu_abort_over_none_stalls": ratio(
-            "stalls", "abort", figure="caller_cpu_ms_per_call"
-        ),
-        "extra_attempts_pct_stalls": median("stalls_hedge", "extra_attempts_pct"),
-        "ratio_p99_hedge_over_none_normal": ratio("normal"),
-        "ratio_p99_abort_over_none_normal": ratio("normal", "abort"),
-        "extra_attempts_pct_normal": median("normal_hedge", "extra_attempts_pct"),
-        "extra_attempts_pct_one_slow": median("one_slow_hedge", "extra_attempts_pct"),
-        "slow_instance_attempts_pct_one_slow": median(
-            "one_slow_none", "last_instance_attempts_pct"
-        ),
-        "slow_instance_attempts_pct_always_slow": median(
-            "always_slow_none", "last_instance_attempts_pct"
-        ),
-        "ratio_p50_mirror_over_none": round(
-            median("normal_mirror", "p50_ms") / median("normal_none", "p50_ms"), 3
-        ),
-        "ratio_p99_mirror_over_none": round(
-            median("normal_mirror", "p99_ms") / median("normal_none", "p99_ms"), 3
-        ),
-        "mirror_copies_sent": median("normal_mirror", "mirror_copies_sent"),
-        "mirror_copies_dropped": median("normal_mirror", "mirror_copies_dropped"),
-        "caller_cpu_ms_per_call": {key: median(key, "caller_cpu_ms_per_call") for key in results},
-        "p99_ms": {key: median(key, "p99_ms") for key in results},
-        "p50_ms": {key: median(key, "p50_ms") for key in results},
-        "p999_ms": {key: median(key, "p999_ms") for key in results},
-        "slow_calls_pct": {key: median(key, "slow_calls_pct") for key in results},
-        "failures": sum(cell["failures"] for cells in results.values() for cell in cells),
-    }
+    swept: dict[str, float] = {}
+    for label, cell in sweep.items():
+        swept[f"ratio_p99_hedge_over_none_{label}"] = cell["ratio_p99_hedge_over_none"]
+        swept[f"extra_attempts_pct_{label}"] = cell["extra_attempts_pct"]
+        swept[f"slow_instance_attempts_pct_{label}"] = cell["slow_instance_attempts_pct"]
+    return (
+        steady
+        | swept
+        | {
+            "sweep": sweep,
+            "ratio_p99_hedge_over_none": ratio("one_slow"),
+            "ratio_p99_abort_over_none": ratio("one_slow", "abort"),
+            "ratio_p999_hedge_over_none": ratio("one_slow", figure="p999_ms"),
+            "ratio_p99_hedge_over_none_always_slow": ratio("always_slow"),
+            "ratio_p99_hedge_over_none_stalls": ratio("stalls"),
+            "ratio_p99_abort_over_none_stalls": ratio("stalls", "abort"),
+            "ratio_cpu_hedge_over_none_stalls": ratio("stalls", figure="caller_cpu_ms_per_call"),
+            "ratio_cpu_abort_over_none_stalls": ratio(
+                "stalls", "abort", figure="caller_cpu_ms_per_call"
+            ),
+            "extra_attempts_pct_stalls": median("stalls_hedge", "extra_attempts_pct"),
+            "ratio_p99_hedge_over_none_normal": ratio("normal"),
+            "ratio_p99_abort_over_none_normal": ratio("normal", "abort"),
+            "extra_attempts_pct_normal": median("normal_hedge", "extra_attempts_pct"),
+            "extra_attempts_pct_one_slow": median("one_slow_hedge", "extra_attempts_pct"),
+            "slow_instance_attempts_pct_one_slow": median(
+                "one_slow_none", "last_instance_attempts_pct"
+            ),
+            "slow_instance_attempts_pct_always_slow": median(
+                "always_slow_none", "last_instance_attempts_pct"
+            ),
+            "ratio_p50_mirror_over_none": round(
+                median("normal_mirror", "p50_ms") / median("normal_none", "p50_ms"), 3
+            ),
+            "ratio_p99_mirror_over_none": round(
+                median("normal_mirror", "p99_ms") / median("normal_none", "p99_ms"), 3
+            ),
+            "mirror_copies_sent": median("normal_mirror", "mirror_copies_sent"),
+            "mirror_copies_dropped": median("normal_mirror", "mirror_copies_dropped"),
+            "caller_cpu_ms_per_call": {
+                key: median(key, "caller_cpu_ms_per_call") for key in results
+            },
+            "p99_ms": {key: median(key, "p99_ms") for key in results},
+            "p50_ms": {key: median(key, "p50_ms") for key in results},
+            "p999_ms": {key: median(key, "p999_ms") for key in results},
+            "slow_calls_pct": {key: median(key, "slow_calls_pct") for key in results},
+            "failures": sum(cell["failures"] for cells in results.values() for cell in cells),
+        }
+    )
 
 
 def main() -> None:
@@ -324,6 +408,13 @@ def main() -> None:
         type=float,
         default=0.1,
         help="share of its requests the one slow instance delays",
+    )
+    parser.add_argument(
+        "--sweep-shares",
+        type=_shares,
+        default=(0.02, 0.05),
+        help="comma-separated shares of its requests a one-slow instance delays, swept"
+        " besides --slow-share and 1 (default 0.02,0.05)",
     )
     parser.add_argument(
         "--stall-share", type=float, default=0.02, help="share of requests a stalling one delays"
@@ -347,12 +438,13 @@ def main() -> None:
         authority.issue("shadow").write(directory, stem="shadow")
         ports = []
         # Three normal instances, the one slow on some calls, the mirror (slow on all),
-        # three stalling now and then, and one slow on every call.
+        # three stalling now and then, one slow on every call, and the sweep's.
         instances = [(0.0, 0.0, "payments", False)] * 3
         instances += [(args.slow_ms, args.slow_share, "payments", False)]
         instances += [(args.slow_ms, 1.0, "shadow", True)]
         instances += [(args.slow_ms, args.stall_share, "payments", True)] * 3
         instances += [(args.slow_ms, 1.0, "payments", True)]
+        instances += [(args.slow_ms, share, "payments", False) for share in args.sweep_shares]
         for extra, share, stem, start_slow in instances:
             port = free_port()
             argv = [sys.executable, "-m", "bench.hedging", "--serve", tmp, "--port", str(port)]
@@ -364,7 +456,19 @@ def main() -> None:
         files = (directory / "web.pem", directory / "web-key.pem", directory / "bundle.pem")
         material = TLSMaterial.from_files(*files)
         results = uvloop.run(run_all(ports, material, args))
-    print(json.dumps(summarize(results), sort_keys=True))
+    sweep = sweep_figures(results, sweep_settings(args))
+    print_sweep(sweep)
+    print(json.dumps(summarize(results, sweep), sort_keys=True))
+
+
+def _shares(raw: str) -> tuple[float, ...]:
+    try:
+        shares = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {raw!r}") from None
+    if not all(0 < share < 1 for share in shares):
+        raise argparse.ArgumentTypeError(f"shares must be between 0 and 1: {raw!r}")
+    return shares
 
 
 if __name__ == "__main__":

@@ -84,6 +84,38 @@ def test_l7_permissions_by_path_method_and_header(mesh: Mesh) -> None:
     assert ops.get("/internal")[0] == 403  # @allow("ops"), but the * intention denies
 
 
+def test_a_permission_whose_regex_does_not_compile_fails_closed(mesh: Mesh) -> None:
+    """Consul stores the entry (it compiles no regex); the service neither lets web in
+    by the inverted header test on a broken pattern nor lets cart past the broken deny,
+    and says so once in its log however many requests meet the permission."""
+    payments = _start(mesh)
+    web_rules = [
+        {"Action": "allow", "HTTP": {"Header": [{"Name": "X-Env", "Regex": "(", "Invert": True}]}},
+        {"Action": "deny", "HTTP": {"PathPrefix": "/items"}},
+    ]
+    cart_rules = [
+        {"Action": "deny", "HTTP": {"PathRegex": "/items/("}},
+        {"Action": "allow", "HTTP": {"PathPrefix": "/"}},
+    ]
+    sources = [
+        {"Name": "web", "Permissions": web_rules},
+        {"Name": "cart", "Permissions": cart_rules},
+        {"Name": "ops", "Action": "deny"},
+    ]
+    _registry(mesh).config.set(KIND, "payments", {"Sources": sources})
+    _until(mesh.connect(payments, as_="ops"), "/items", 403)  # the entry is in force
+
+    web, cart = mesh.connect(payments, as_="web"), mesh.connect(payments, as_="cart")
+    for _ in range(3):
+        assert web.get("/items")[0] == 403  # failing open, the inverted test allowed it
+        assert web.get("/items", headers={"X-Env": "prod"})[0] == 403
+        assert cart.get("/items")[0] == 403  # failing open, the allow after it decided
+    warnings = [line for line in payments.lines if "does not compile" in line]
+    assert len(warnings) == 2, warnings
+    assert "default/web -> default/payments: regex '(' does not compile" in warnings[0]
+    assert "default/cart -> default/payments: regex '/items/(' does not compile" in warnings[1]
+
+
 def test_default_deny_from_consuls_acl_default(tmp_path: Path) -> None:
     with Mesh(tmp_path / "mesh", registry_args=("--acl-default-policy", "deny")) as mesh:
         payments = _start(mesh)

@@ -7,7 +7,8 @@ Consul gives each a precedence from how exact its two sides are
 destination and source, down to 1 for ``*/*`` on both sides; the highest-precedence
 intention whose source matches the caller decides, and none matching means the ACL
 default policy. Permissions are tried in order, the first whose HTTP match fits the
-request gives the action; none fitting means the default.
+request gives the action; none fitting means the default. A permission whose regex
+does not compile fails closed (``Intention.decide`` says why).
 
 The dev registry computes and serves these (``/v1/connect/intentions/match``, ``check``,
 ``/v1/agent/connect/authorize``); meshkit evaluates the same objects per request. Both
@@ -17,10 +18,14 @@ inside a ``service-intentions`` entry).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
+
+logger = logging.getLogger("meshkit.registry")
 
 WILDCARD = "*"
 DEFAULT_NAMESPACE = "default"
@@ -99,6 +104,13 @@ class HTTPMatch:
             return False
         return all(header.matches(headers) for header in self.headers)
 
+    @cached_property
+    def broken_regex(self) -> str | None:
+        """The first of its patterns (PathRegex, a Header's Regex) that does not compile;
+        computed once per match, since permissions are evaluated on every request."""
+        patterns = (self.path_regex, *(header.regex for header in self.headers))
+        return next((p for p in patterns if p and _compiled(p) is None), None)
+
 
 @dataclass(frozen=True)
 class Permission:
@@ -123,13 +135,40 @@ class Intention:
         return name_matches(self.source_namespace, self.source, namespace, name)
 
     def decide(self, method: str, path: str, headers: Mapping[str, str]) -> Action | None:
-        """The action for one request; None: no permission fits (the default applies)."""
+        """The action for one request; None: no permission fits (the default applies).
+
+        A permission with a regex that does not compile fails closed: an allow never
+        matches, a deny always does. Consul stores such a permission (its Validate counts
+        PathRegex among the path forms and compiles nothing), and Envoy, given the RBAC
+        filter Consul generates from it, rejects the config for its invalid RE2: the
+        listener does not take the bad rule, so nothing gets in by it. Treating the
+        pattern as merely not matching would fail open wherever the match is inverted
+        (``Invert`` on a Header) or the permission is a deny.
+        """
         if not self.permissions:
             return self.action
         for permission in self.permissions:
-            if permission.http.matches(method, path, headers):
+            broken = permission.http.broken_regex
+            if broken is not None:
+                self._warn_broken(permission, broken)
+                if permission.action == "deny":
+                    return "deny"
+            elif permission.http.matches(method, path, headers):
                 return permission.action
         return None
+
+    def _warn_broken(self, permission: Permission, pattern: str) -> None:
+        source = f"{self.source_namespace}/{self.source}"
+        destination = f"{self.destination_namespace}/{self.destination}"
+        warn_once(
+            (source, destination, pattern),
+            "intention %s -> %s: regex %r does not compile; its %s permission %s",
+            source,
+            destination,
+            pattern,
+            permission.action,
+            "denies every request" if permission.action == "deny" else "matches none",
+        )
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Intention:
@@ -215,8 +254,8 @@ def first_for_source(ordered: Sequence[Intention], namespace: str, name: str) ->
 _REGEX_CACHE: dict[str, re.Pattern[str] | None] = {}
 
 
-def _full_match(pattern: str, value: str) -> bool:
-    """Envoy's safe_regex (RE2) matches the whole value; an invalid pattern matches none."""
+def _compiled(pattern: str) -> re.Pattern[str] | None:
+    """``pattern`` compiled, None when it does not compile (cached either way)."""
     compiled = _REGEX_CACHE.get(pattern, ...)
     if compiled is ...:
         try:
@@ -225,4 +264,24 @@ def _full_match(pattern: str, value: str) -> bool:
             compiled = None
         if len(_REGEX_CACHE) < 1024:  # patterns come from the registry: few, but bounded
             _REGEX_CACHE[pattern] = compiled
+    return compiled
+
+
+def _full_match(pattern: str, value: str) -> bool:
+    """Envoy's safe_regex (RE2) matches the whole value. An invalid pattern matches none
+    here; callers that must fail closed check ``HTTPMatch.broken_regex`` first."""
+    compiled = _compiled(pattern)
     return compiled is not None and compiled.fullmatch(value) is not None
+
+
+_WARNED: set[tuple[object, ...]] = set()
+
+
+def warn_once(key: tuple[object, ...], message: str, *args: object) -> None:
+    """Log a warning once per ``key`` in this process: rules are re-read and re-evaluated
+    on every change and request, and a bad one would otherwise flood the log."""
+    if key in _WARNED:
+        return
+    if len(_WARNED) < 256:  # keys come from the registry: few, but bounded
+        _WARNED.add(key)
+    logger.warning(message, *args)

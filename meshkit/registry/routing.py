@@ -21,7 +21,6 @@ A ``RoutingTable`` is immutable; a watcher replaces it whole when an entry chang
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -30,9 +29,7 @@ from typing import Any
 
 from meshkit.registry.base import Endpoint
 from meshkit.registry.bexpr import FilterError, Match, compile_filter
-from meshkit.registry.connect_intentions import HTTPMatch, permission_from_json
-
-logger = logging.getLogger("meshkit.registry")
+from meshkit.registry.connect_intentions import HTTPMatch, permission_from_json, warn_once
 
 KINDS = ("service-router", "service-splitter", "service-resolver")
 _NANOSECONDS = 1e9
@@ -322,17 +319,10 @@ def _invalid_regex(http: Mapping[str, Any]) -> str | None:
     return None
 
 
-_WARNED: set[tuple[str, int, str]] = set()
-
-
 def _warn_once(router: str, index: int, pattern: str) -> None:
     """Tables are rebuilt on every change of any entry: say it once per bad route."""
-    key = (router, index, pattern)
-    if key in _WARNED:
-        return
-    if len(_WARNED) < 256:  # patterns come from the registry: few, but bounded
-        _WARNED.add(key)
-    logger.warning(
+    warn_once(
+        (router, index, pattern),
         "service-router %s: Route[%d] skipped: its regex %r does not compile",
         router,
         index,

@@ -3,6 +3,9 @@ run over real processes in tests/test_consul_intentions.py)."""
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import pytest
 
 from meshkit.registry.connect_intentions import (
@@ -97,3 +100,47 @@ def test_regex_must_match_the_whole_value_and_a_bad_one_matches_nothing() -> Non
     assert not HTTPMatch(path_regex="([").matches("GET", "([", {})
     assert HeaderMatch("x", present=True).matches({"x": ""})
     assert not HeaderMatch("x", exact="1").matches({})
+
+
+def test_a_permission_whose_regex_does_not_compile_fails_closed_and_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Consul stores such a permission and Envoy would refuse the listener's config: an
+    allow with it never matches (an inverted header test does not let all in), a deny
+    with it denies every request that reaches it."""
+    source = f"web-{uuid.uuid4().hex[:8]}"  # "once" is per process: a name of this run's own
+    inverted = HTTPMatch(headers=(HeaderMatch("x-env", regex="(", invert=True),))
+    allow_broken = Intention(
+        "default",
+        source,
+        "default",
+        "db",
+        None,
+        (Permission("allow", inverted), Permission("deny", HTTPMatch(path_prefix="/admin"))),
+    )
+    deny_broken = Intention(
+        "default",
+        source,
+        "default",
+        "orders",
+        None,
+        (
+            Permission("allow", HTTPMatch(path_exact="/health")),
+            Permission("deny", HTTPMatch(path_regex="/items/(")),
+            Permission("allow", HTTPMatch(path_prefix="/")),
+        ),
+    )
+    with caplog.at_level(logging.WARNING, logger="meshkit.registry"):
+        for _ in range(3):
+            assert allow_broken.decide("GET", "/items", {}) is None  # the default decides
+            assert allow_broken.decide("GET", "/items", {"x-env": "prod"}) is None
+            assert allow_broken.decide("GET", "/admin/x", {}) == "deny"  # the next one
+            assert deny_broken.decide("GET", "/health", {}) == "allow"  # first match wins
+            assert deny_broken.decide("GET", "/other", {}) == "deny"
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        f"intention default/{source} -> default/db: regex '(' does not compile;"
+        " its allow permission matches none",
+        f"intention default/{source} -> default/orders: regex '/items/(' does not compile;"
+        " its deny permission denies every request",
+    ]
