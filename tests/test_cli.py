@@ -123,7 +123,8 @@ def test_a_second_up_fails_on_the_busy_port_before_any_banner(tmp_path: Path) ->
         busy.listen()
         port = busy.getsockname()[1]
         up = subprocess.run(
-            [sys.executable, "-m", "meshkit", "up", "--registry-port", str(port)],
+            [sys.executable, "-m", "meshkit", "up", "--registry-port", str(port)]
+            + ["--ca-port", "0", "--dashboard-port", "0"],
             cwd=tmp_path,
             capture_output=True,
             text=True,

@@ -70,7 +70,7 @@ def checked(lines: list[str]) -> str:
 
 
 def up_on_free_ports(text: str) -> str:
-    ports = f"--registry-port {free_port()} --ca-port {free_port()}"
+    ports = " ".join(f"--{name}-port {free_port()}" for name in ("registry", "ca", "dashboard"))
     return text.replace("meshkit up\n", f"meshkit up {ports}\n")
 
 
