@@ -209,9 +209,10 @@ async def test_client_durations_resolve_below_a_millisecond_on_uvloop(
         (TracerProvider(), 1, [("vendor", "x")], {}),
         (TracerProvider(sampler=ALWAYS_OFF), 0, [("vendor", "x")], {}),
         (TracerProvider(), 1, [], {"tenant": "blue", "plan": "gold"}),
+        (TracerProvider(sampler=ALWAYS_OFF), 2, [("vendor", "x")], {"tenant": "blue"}),
         (trace.NoOpTracerProvider(), 1, [], {}),
     ],
-    ids=["sampled", "tracestate", "dropped", "baggage", "no-sdk"],
+    ids=["sampled", "tracestate", "dropped", "baggage", "dropped-baggage", "no-sdk"],
 )
 def test_attempt_headers_are_what_the_w3c_propagators_write(
     provider: trace.TracerProvider,

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import Any, NamedTuple, cast
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http import Compression
@@ -75,7 +76,8 @@ from opentelemetry.trace import (
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
-from meshkit.telemetry.propagation import EMPTY_CONTEXT, get_tracer
+from meshkit.telemetry import tracecontext
+from meshkit.telemetry.propagation import EMPTY_CONTEXT, append_span_headers, get_tracer
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ UNSET_STATUS = Status(StatusCode.UNSET)
 #: Private names looked up by ``check``, by the field of ``_Internals`` that holds them.
 _PRIVATE_NAMES = {
     "no_op_tracer_metrics": ("opentelemetry.sdk.trace._tracer_metrics", "NoOpTracerMetrics"),
+    "span_key": ("opentelemetry.trace.propagation", "_SPAN_KEY"),
+    "baggage_key": ("opentelemetry.baggage", "_BAGGAGE_KEY"),
 }
 #: The fields the SDK's ``Span`` constructor sets: ``MeshSpan`` gives each a value, and
 #: ``span_fields`` reads some of them.
@@ -148,6 +152,8 @@ class _Internals:
     """The private objects ``check`` found."""
 
     no_op_tracer_metrics: type
+    span_key: str  # where a Context holds its current span
+    baggage_key: str  # where a Context holds its baggage (a dict)
 
 
 def check() -> _Internals | None:
@@ -167,10 +173,11 @@ def check() -> _Internals | None:
         except Exception as exc:  # a probe that cannot even run: the shape changed
             problems.append(f"{probe.__name__.strip('_')}: {exc!r}")
     if internals is not None and not problems:
-        try:
-            problems.extend(_mesh_span_problems(internals))
-        except Exception as exc:
-            problems.append(f"MeshSpan probe: {exc!r}")
+        for internals_probe in (_key_problems, _mesh_span_problems):
+            try:
+                problems.extend(internals_probe(internals))
+            except Exception as exc:
+                problems.append(f"{internals_probe.__name__.strip('_')}: {exc!r}")
     if problems:
         logger.warning(
             "OpenTelemetry internals meshkit relies on are missing or changed (%s): spans "
@@ -258,6 +265,17 @@ def _exporter_problems() -> list[str]:
         return problems
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+def _key_problems(internals: _Internals) -> list[str]:
+    """The API must keep a context's span and baggage where ``_Internals`` says."""
+    problems = []
+    span = NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+    if trace.set_span_in_context(span, EMPTY_CONTEXT).get(internals.span_key) is not span:
+        problems.append("the current span's context key")
+    if baggage.set_baggage("k", "v", EMPTY_CONTEXT).get(internals.baggage_key) != {"k": "v"}:
+        problems.append("the baggage's context key")
+    return problems
 
 
 class _Keeping(SpanProcessor):
@@ -364,9 +382,10 @@ class SpanStarter:
 class _Recorder:
     """What one SDK tracer decides and records, taken over by meshkit."""
 
-    def __init__(self, tracer: SdkTracer, sampling: _Sampling) -> None:
+    def __init__(self, tracer: SdkTracer, sampling: _Sampling, span_key: str) -> None:
         self.tracer = tracer
         self.sampling = sampling
+        self.span_key = span_key
         self.ids = tracer.id_generator
         self.random_trace_ids = self.ids.is_trace_id_random()
         self.root_flags = _FLAGS[True, self.random_trace_ids]
@@ -382,22 +401,29 @@ class _Recorder:
         if tracer._span_limits.max_span_attribute_length is not None:
             return None  # meshkit's own attributes go in unchecked: they must need no cutting
         sampling = _sampling(tracer.sampler)
-        return None if sampling is None else cls(tracer, sampling)
+        return None if sampling is None else cls(tracer, sampling, internals.span_key)
 
     def start(self, name: str, kind: SpanKind, context: Context | None) -> Span:
         """The span the tracer's sampler decides for, recorded or dropped."""
         parent: SpanContext | None = None
         if context is not EMPTY_CONTEXT:  # the usual request: no trace context came with it
-            parent_span = trace.get_current_span(context)
-            if isinstance(parent_span, _DroppedSpan) and self.sampling.follows_parent:
+            if context is None:
+                context = otel_context.get_current()
+            # The context's span read as trace.get_current_span reads it, without its
+            # isinstance check against the Span ABC for the usual parents.
+            parent_span = context.get(self.span_key)
+            if type(parent_span) is _DroppedSpan and self.sampling.follows_parent:
                 # A child of a dropped span is dropped, in its trace: the parent's own
                 # context need not be made for it.
                 return _DroppedSpan(
                     self, parent_span.trace_id, parent_span.random_id, parent_span.state
                 )
-            parent = parent_span.get_span_context()
-            if not parent.is_valid:
-                parent = None
+            if parent_span is not None and (
+                type(parent_span) in _SPAN_TYPES or isinstance(parent_span, Span)
+            ):
+                parent = parent_span.get_span_context()
+                if not parent.is_valid:
+                    parent = None
         if parent is None:
             trace_id = self.ids.generate_trace_id()
             if not self.sampling.samples(None, trace_id):
@@ -447,15 +473,43 @@ class _DroppedSpan(NonRecordingSpan):
     def _context(self) -> SpanContext:  # type: ignore[override]
         made = self.__dict__.get("_made")
         if made is None:
-            span_id = self.recorder.ids.generate_span_id()
             flags = _FLAGS[False, self.random_id]
-            context = SpanContext(self.trace_id, span_id, False, flags, self.state)
+            context = SpanContext(self.trace_id, self.span_id(), False, flags, self.state)
             # setdefault is atomic: two threads reading at once agree on one context.
             made = self.__dict__.setdefault("_made", context)
         return cast(SpanContext, made)
 
     def get_span_context(self) -> SpanContext:
         return self._context
+
+    def span_id(self) -> int:
+        """This span's id, drawn on first use (the same one its context holds)."""
+        span_id = self.__dict__.get("_span_id")
+        if span_id is None:
+            span_id = self.__dict__.setdefault("_span_id", self.recorder.ids.generate_span_id())
+        return cast(int, span_id)
+
+    def traceparent(self) -> str:
+        """The ``traceparent`` of this span, from its ids (no SpanContext made)."""
+        flags = tracecontext.RANDOM_TRACE_ID if self.random_id else 0
+        return tracecontext.format_ids(self.trace_id, self.span_id(), flags)
+
+
+#: The spans a context usually holds, known to be ``Span``s without asking the ABC.
+_SPAN_TYPES = frozenset((_DroppedSpan, NonRecordingSpan, SdkSpan))
+
+
+def append_trace_headers(headers: list[tuple[str, str]], span: Span, context: Context) -> None:
+    """``propagation.append_span_headers(headers, span, context)``: for a dropped span in
+    a context without baggage (the usual mesh call), its ``traceparent`` formatted from
+    its ids, without a SpanContext, and the baggage looked for without the API's copies."""
+    if _INTERNALS is None or type(span) is not _DroppedSpan or context.get(_INTERNALS.baggage_key):
+        append_span_headers(headers, span, context)
+        return
+    headers.append(("traceparent", span.traceparent()))
+    state = span.state
+    if state is not DEFAULT_TRACE_STATE and state:  # the usual state: no call of its len()
+        headers.append(("tracestate", state.to_header()))
 
 
 class _Sampling(NamedTuple):

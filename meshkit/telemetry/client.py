@@ -35,9 +35,8 @@ from meshkit.client import (
     RetryBudgetSpent,
     RetryScheduled,
 )
-from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
+from meshkit.telemetry._otel_sdk import SpanStarter, append_trace_headers, set_mesh_attributes
 from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics, method_label
-from meshkit.telemetry.propagation import append_span_headers
 
 
 class ClientTelemetry(BaseClientHooks):
@@ -74,7 +73,7 @@ class ClientTelemetry(BaseClientHooks):
     def on_attempt_start(self, event: AttemptStarted) -> object:
         current = otel_context.get_current()
         span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
-        append_span_headers(event.headers, span, current)
+        append_trace_headers(event.headers, span, current)
         return span
 
     def on_attempt_end(self, event: AttemptEnded) -> None:
