@@ -32,7 +32,7 @@ from meshkit.client._breaker import CircuitBreaker
 from meshkit.client._budget import RetryBudget
 from meshkit.client._errors import MeshCallError
 from meshkit.client._hedging import HedgeTransport
-from meshkit.client._hooks import BreakerChanged, BreakerState, ClientHooks
+from meshkit.client._hooks import BreakerChanged, BreakerState, ClientHooks, recorder_for
 from meshkit.client._mirror import MirrorTransport
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._routing import RoutingTransport, SubsetSource
@@ -255,7 +255,8 @@ class MeshClientFactory:
         self._balancers: list[Balancer] = []
         self._mirrors: list[MirrorTransport] = []
         self._hedgers: list[HedgeTransport] = []
-        self._passthrough = PassthroughTransport(policy=self._policy, hooks=hooks)
+        self._recorder = recorder_for(hooks)  # one per factory: every stack reports through it
+        self._passthrough = PassthroughTransport(policy=self._policy, recorder=self._recorder)
 
     def client(self, service: str) -> MeshClient:
         """The client bound to ``service`` (created on first use, then shared)."""
@@ -336,7 +337,7 @@ class MeshClientFactory:
             on_change=_breaker_reporter(service, hooks),
         )
         pooled = PoolTransport(policy.per_try_timeout)
-        attempt: AsyncBaseTransport = BalancerTransport(pooled, balancer, hooks)
+        attempt: AsyncBaseTransport = BalancerTransport(pooled, balancer, self._recorder)
         if policy.hedging:
             hedged = HedgeTransport(
                 service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
@@ -353,7 +354,7 @@ class MeshClientFactory:
             limited,
             passthrough=self._passthrough,
             policy=policy,
-            hooks=hooks,
+            recorder=self._recorder,
             subset=subset,
         )
 

@@ -7,6 +7,11 @@ hooks need no bookkeeping of their own. ``AttemptStarted.headers`` is where a ho
 adds headers to one attempt (``traceparent``). With no hooks installed the client
 builds no events at all.
 
+The client reports a call and its attempts through a ``CallRecorder``: the four
+hooks every call runs, with the events' fields as arguments. ``EventRecorder`` builds
+the events for any ``ClientHooks``; a hooks object may offer a recorder of its own
+(``call_recorder()``, as ``ClientTelemetry`` does), then none are built.
+
 The events are typed ``NamedTuple``s rather than frozen dataclasses: four are built on
 every call with hooks installed, and a frozen dataclass pays a generic
 ``object.__setattr__`` per field where a tuple is filled in one step.
@@ -14,8 +19,9 @@ every call with hooks installed, and a frozen dataclass pays a generic
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, cast
 
+from meshkit._httpx import URL
 from meshkit.registry.base import Endpoint
 
 BreakerState = Literal["closed", "open", "half-open"]
@@ -170,3 +176,116 @@ class BaseClientHooks:
 
     def on_mirror_ended(self, event: MirrorEnded) -> None:
         pass
+
+
+class CallRecorder(Protocol):
+    """``on_call_start``, ``on_call_end``, ``on_attempt_start`` and ``on_attempt_end``
+    with their events' fields as arguments. ``url`` is the call's (its path is the
+    events' ``path``); an attempt gets its call's state, and a hook may append to
+    ``headers``, sent with that attempt."""
+
+    def call_started(self, destination: str, method: str, url: URL, subset: str) -> object: ...
+
+    def call_ended(
+        self,
+        state: object,
+        destination: str,
+        method: str,
+        url: URL,
+        status: int | None,
+        duration: float,
+        attempts: int,
+        error: BaseException | None,
+        subset: str,
+    ) -> None: ...
+
+    def attempt_started(
+        self,
+        call_state: object,
+        destination: str,
+        method: str,
+        attempt: int,
+        endpoint: Endpoint | None,
+        headers: list[tuple[str, str]],
+    ) -> object: ...
+
+    def attempt_ended(
+        self,
+        state: object,
+        destination: str,
+        method: str,
+        attempt: int,
+        endpoint: Endpoint | None,
+        status: int | None,
+        duration: float,
+        error: BaseException | None,
+        subset: str,
+    ) -> None: ...
+
+
+class EventRecorder:
+    """The ``CallRecorder`` of any ``ClientHooks``: it builds the events."""
+
+    def __init__(self, hooks: ClientHooks) -> None:
+        self._hooks = hooks
+
+    def call_started(self, destination: str, method: str, url: URL, subset: str) -> object:
+        path = url.path  # decoded once, for both events
+        return self._hooks.on_call_start(CallStarted(destination, method, path, subset)), path
+
+    def call_ended(
+        self,
+        state: object,
+        destination: str,
+        method: str,
+        url: URL,
+        status: int | None,
+        duration: float,
+        attempts: int,
+        error: BaseException | None,
+        subset: str,
+    ) -> None:
+        hook_state, path = cast("tuple[object, str]", state)
+        event = CallEnded(
+            destination, method, path, status, duration, attempts, error, hook_state, subset
+        )
+        self._hooks.on_call_end(event)
+
+    def attempt_started(
+        self,
+        call_state: object,
+        destination: str,
+        method: str,
+        attempt: int,
+        endpoint: Endpoint | None,
+        headers: list[tuple[str, str]],
+    ) -> object:
+        event = AttemptStarted(destination, method, attempt, endpoint, headers)
+        return self._hooks.on_attempt_start(event)
+
+    def attempt_ended(
+        self,
+        state: object,
+        destination: str,
+        method: str,
+        attempt: int,
+        endpoint: Endpoint | None,
+        status: int | None,
+        duration: float,
+        error: BaseException | None,
+        subset: str,
+    ) -> None:
+        event = AttemptEnded(
+            destination, method, attempt, endpoint, status, duration, error, state, subset
+        )
+        self._hooks.on_attempt_end(event)
+
+
+def recorder_for(hooks: ClientHooks | None) -> CallRecorder | None:
+    """How the client reports calls to ``hooks``: their own recorder if they offer one
+    (``call_recorder()`` returning it, or None), else one that builds the events."""
+    if hooks is None:
+        return None
+    offer = getattr(hooks, "call_recorder", None)
+    recorder: CallRecorder | None = offer() if offer is not None else None
+    return recorder if recorder is not None else EventRecorder(hooks)

@@ -43,17 +43,10 @@ from meshkit.client._errors import (
     RetryBudgetExhausted,
     UpstreamFailed,
 )
-from meshkit.client._hooks import (
-    AttemptEnded,
-    AttemptStarted,
-    CallEnded,
-    CallStarted,
-    ClientHooks,
-    RetryBudgetSpent,
-    RetryScheduled,
-)
+from meshkit.client._hooks import CallRecorder, ClientHooks, RetryBudgetSpent, RetryScheduled
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._pool import AttemptFailed, AttemptTimedOut, EndpointPool
+from meshkit.registry.base import Endpoint
 
 CALL_EXTENSION = "meshkit.call"
 #: A per-call timeout in seconds (what ``client.get(..., timeout=)`` becomes).
@@ -82,6 +75,7 @@ class Call:
         "lost",
         "pool",
         "prefix",
+        "recorded",
         "send_deadline",
         "subset",
         "tried",
@@ -105,6 +99,7 @@ class Call:
         # happens before the first attempt sends anything, so before any retry decision.
         self.keyed = False
         self.lost = False  # cancelled because another (hedged) attempt answered first
+        self.recorded: object = None  # what the recorder's call_started returned
 
     def fork(self) -> Call:
         """A Call for an attempt running beside this call's own (a hedge): the same
@@ -115,6 +110,7 @@ class Call:
         twin.attempt = self.attempt
         twin.tried = self.tried  # shared: concurrent attempts pick different endpoints
         twin.prefix, twin.body, twin.keyed = self.prefix, self.body, self.keyed
+        twin.recorded = self.recorded
         return twin
 
 
@@ -132,14 +128,14 @@ class MeshTransport(AsyncBaseTransport):
         *,
         passthrough: AsyncBaseTransport,
         policy: ClientPolicy,
-        hooks: ClientHooks | None,
+        recorder: CallRecorder | None,
         subset: str = "",
     ) -> None:
         self._destination = destination
         self._inner = inner
         self._passthrough = passthrough
         self._timeout = policy.timeout
-        self._hooks = hooks
+        self._recorder = recorder
         self._subset = subset  # a routed target's stack reports its calls by subset
 
     async def handle_async_request(self, request: Request) -> Response:
@@ -150,7 +146,7 @@ class MeshTransport(AsyncBaseTransport):
             self._inner,
             self._destination,
             self._timeout,
-            self._hooks,
+            self._recorder,
             send_deadline=True,
             subset=self._subset,
         )
@@ -161,7 +157,7 @@ async def run_call(
     inner: AsyncBaseTransport,
     destination: str,
     timeout: float,  # noqa: ASYNC109 (a default, not how we wait)
-    hooks: ClientHooks | None,
+    recorder: CallRecorder | None,
     *,
     send_deadline: bool,
     subset: str = "",
@@ -179,10 +175,10 @@ async def run_call(
     call = request.extensions[CALL_EXTENSION] = Call(
         destination, deadline, send_deadline=send_deadline, subset=subset
     )
-    if hooks is None:
+    if recorder is None:
         return await inner.handle_async_request(request)
-    path = request.url.path
-    state = hooks.on_call_start(CallStarted(destination, request.method, path, subset))
+    method, url = request.method, request.url
+    state = call.recorded = recorder.call_started(destination, method, url, subset)
     status: int | None = None
     error: BaseException | None = None
     try:
@@ -194,10 +190,9 @@ async def run_call(
         raise
     finally:
         duration = deadlines.now() - now
-        event = CallEnded(
-            destination, request.method, path, status, duration, call.attempt, error, state, subset
+        recorder.call_ended(
+            state, destination, method, url, status, duration, call.attempt, error, subset
         )
-        hooks.on_call_end(event)
 
 
 class LimitTransport(AsyncBaseTransport):
@@ -410,11 +405,11 @@ class BalancerTransport(AsyncBaseTransport):
     """Pick the attempt's endpoint and feed its outcome back to the balancer."""
 
     def __init__(
-        self, inner: AsyncBaseTransport, balancer: Balancer, hooks: ClientHooks | None
+        self, inner: AsyncBaseTransport, balancer: Balancer, recorder: CallRecorder | None
     ) -> None:
         self._inner = inner
         self._balancer = balancer
-        self._hooks = hooks
+        self._recorder = recorder
 
     async def handle_async_request(self, request: Request) -> Response:
         call = call_of(request)
@@ -425,12 +420,14 @@ class BalancerTransport(AsyncBaseTransport):
         state = balancer.pick(started, call.tried)
         call.tried.append(state)
         call.pool = state.pool
+        recorder = self._recorder
+        if recorder is not None:
+            token = start_attempt(recorder, request, call, state.endpoint)
         ok: bool | None = False
+        status: int | None = None
+        error: BaseException | None = None
         try:
-            if self._hooks is None:
-                response = await self._inner.handle_async_request(request)
-            else:
-                response = await attempt_with_hooks(self._inner, request, call, self._hooks, state)
+            response = await self._inner.handle_async_request(request)
             status = response.status_code
             ok = status < 500
             if status == 429 or status == 503:
@@ -439,11 +436,18 @@ class BalancerTransport(AsyncBaseTransport):
                     balancer.busy(state, status, pause, deadlines.now())
                     ok = True  # alive, and asking for less traffic: not a failure to eject on
             return response
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             ok = None  # the caller gave up: says nothing about the endpoint
+            error = exc
+            raise
+        except BaseException as exc:
+            error = exc
             raise
         finally:
             ended = deadlines.now()
+            if recorder is not None:
+                outcome = (status, error, ended - started)
+                end_attempt(recorder, token, request, call, state.endpoint, outcome)
             if ok is None and call.lost:
                 balancer.record_lost(state, ended - started, ended)
             else:
@@ -459,43 +463,40 @@ def busy_for(status: int, response: Response) -> float | None:
     return retry_after
 
 
-async def attempt_with_hooks(
-    inner: AsyncBaseTransport,
+def start_attempt(
+    recorder: CallRecorder, request: Request, call: Call, endpoint: Endpoint | None
+) -> object:
+    """Report an attempt's start (the headers the recorder adds go with this attempt);
+    returns the recorder's state for ``end_attempt``."""
+    headers: list[tuple[str, str]] = []
+    state = recorder.attempt_started(
+        call.recorded, call.destination, request.method, call.attempt, endpoint, headers
+    )
+    call.extra_headers = headers
+    return state
+
+
+def end_attempt(
+    recorder: CallRecorder,
+    state: object,
     request: Request,
     call: Call,
-    hooks: ClientHooks,
-    state: EndpointState | None,
-) -> Response:
-    endpoint = state.endpoint if state is not None else None
-    headers: list[tuple[str, str]] = []
-    started = deadlines.now()
-    event = AttemptStarted(call.destination, request.method, call.attempt, endpoint, headers)
-    token = hooks.on_attempt_start(event)
-    call.extra_headers = headers
-    status: int | None = None
-    error: BaseException | None = None
-    try:
-        response = await inner.handle_async_request(request)
-        status = response.status_code
-        return response
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        duration = deadlines.now() - started
-        hooks.on_attempt_end(
-            AttemptEnded(
-                call.destination,
-                request.method,
-                call.attempt,
-                endpoint,
-                status,
-                duration,
-                error,
-                token,
-                call.subset,
-            )
-        )
+    endpoint: Endpoint | None,
+    outcome: tuple[int | None, BaseException | None, float],
+) -> None:
+    """Report an attempt's end: ``outcome`` is its status, error and duration."""
+    status, error, duration = outcome
+    recorder.attempt_ended(
+        state,
+        call.destination,
+        request.method,
+        call.attempt,
+        endpoint,
+        status,
+        duration,
+        error,
+        call.subset,
+    )
 
 
 class PoolTransport(AsyncBaseTransport):
@@ -604,9 +605,9 @@ class PassthroughTransport(AsyncBaseTransport):
     """Absolute URLs outside the mesh: one attempt, normal TLS verification, no mesh
     identity or deadline header, still reported to the hooks (trace headers)."""
 
-    def __init__(self, *, policy: ClientPolicy, hooks: ClientHooks | None) -> None:
+    def __init__(self, *, policy: ClientPolicy, recorder: CallRecorder | None) -> None:
         self._policy = policy
-        self._hooks = hooks
+        self._recorder = recorder
         self._inner = PoolTransport(None)
         self._attempt = _PassthroughAttempt(self)
         self._pools: dict[tuple[str, str, int], EndpointPool] = {}
@@ -618,7 +619,7 @@ class PassthroughTransport(AsyncBaseTransport):
             self._attempt,
             host,
             self._policy.timeout,
-            self._hooks,
+            self._recorder,
             send_deadline=False,
         )
 
@@ -646,13 +647,30 @@ class PassthroughTransport(AsyncBaseTransport):
         call.attempt = 1
         call.pool = self.pool_for(request)
         try:
-            if self._hooks is None:
-                return await self._inner.handle_async_request(request)
-            return await attempt_with_hooks(self._inner, request, call, self._hooks, None)
+            return await self._recorded(request, call)
         except AttemptTimedOut as exc:
             raise DeadlineExceeded(str(exc), destination=call.destination) from exc
         except AttemptFailed as exc:
             raise UpstreamFailed(str(exc), destination=call.destination) from exc
+
+    async def _recorded(self, request: Request, call: Call) -> Response:
+        recorder = self._recorder
+        if recorder is None:
+            return await self._inner.handle_async_request(request)
+        started = deadlines.now()
+        state = start_attempt(recorder, request, call, None)
+        status: int | None = None
+        error: BaseException | None = None
+        try:
+            response = await self._inner.handle_async_request(request)
+            status = response.status_code
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            outcome = (status, error, deadlines.now() - started)
+            end_attempt(recorder, state, request, call, None, outcome)
 
     def close(self) -> None:
         for pool in self._pools.values():

@@ -411,7 +411,7 @@ class _Recorder:
                 context = otel_context.get_current()
             # The context's span read as trace.get_current_span reads it, without its
             # isinstance check against the Span ABC for the usual parents.
-            parent_span = context.get(self.span_key)
+            parent_span: Any = context.get(self.span_key)
             if type(parent_span) is _DroppedSpan and self.sampling.follows_parent:
                 # A child of a dropped span is dropped, in its trace: the parent's own
                 # context need not be made for it.

@@ -7,8 +7,11 @@ one count of ``meshkit_client_attempts_total``, and the W3C trace context
 headers, so the callee's SERVER span is the attempt's child. Retries, budget
 exhaustion, ejections and breaker changes feed the ``meshkit_*`` metrics.
 
-The call span is made current between ``on_call_start`` and ``on_call_end``: the client
-calls both, and the attempt hooks between them, in the caller's task.
+The client reports its calls through ``call_recorder()``: the hooks' work with no events
+built, and the call's span handed to its attempts in the call's state. Called through
+the hooks (``on_call_start`` ...), as a subclass's overrides are, the call span is made
+current between ``on_call_start`` and ``on_call_end``, where the attempt hooks find it:
+the client calls both, and the attempt hooks between them, in the caller's task.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from meshkit._httpx import URL
 from meshkit.client import (
     AttemptEnded,
     AttemptStarted,
     BaseClientHooks,
     BreakerChanged,
     CallEnded,
+    CallRecorder,
     CallStarted,
     EndpointBusy,
     EndpointEjected,
@@ -35,8 +40,21 @@ from meshkit.client import (
     RetryBudgetSpent,
     RetryScheduled,
 )
+from meshkit.registry.base import Endpoint
 from meshkit.telemetry._otel_sdk import SpanStarter, append_trace_headers, set_mesh_attributes
 from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics, method_label
+
+#: What a subclass overriding any of these is recorded through (the events).
+_RECORDING = (
+    "on_call_start",
+    "on_call_end",
+    "on_attempt_start",
+    "on_attempt_end",
+    "call_started",
+    "call_ended",
+    "attempt_started",
+    "attempt_ended",
+)
 
 
 class ClientTelemetry(BaseClientHooks):
@@ -49,47 +67,138 @@ class ClientTelemetry(BaseClientHooks):
         self.metrics = metrics
         self._spans = SpanStarter(tracer_provider)
 
+    def call_recorder(self) -> CallRecorder | None:
+        """Itself, unless a subclass changed how calls are recorded (then the client
+        builds the events for its hooks)."""
+        cls = type(self)
+        if any(getattr(cls, name) is not getattr(ClientTelemetry, name) for name in _RECORDING):
+            return None
+        return self
+
+    # The call and attempt hooks, each in its two forms: events, and the recorder's.
+
     def on_call_start(self, event: CallStarted) -> object:
+        span, context = self._call_span(event.method)
+        return span, otel_context.attach(context)
+
+    def call_started(self, destination: str, method: str, url: URL, subset: str) -> object:
+        return self._call_span(method)
+
+    def _call_span(self, method: str) -> tuple[Span, Context]:
+        """The call's span, and the current context with it: its attempts' parent."""
         # The current context read once: the span's parent, and what it is set in.
         current = otel_context.get_current()
-        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
-        token = otel_context.attach(trace.set_span_in_context(span, current))
-        return span, token
+        span = self._spans.start(_span_name(method), SpanKind.CLIENT, current)
+        return span, trace.set_span_in_context(span, current)
 
     def on_call_end(self, event: CallEnded) -> None:
         span, token = cast("tuple[Span, Token[Context]]", event.state)
         otel_context.detach(token)
-        error_type = _error_type(event.status, event.error)
-        self.metrics.observe_client_call(
-            event.method, event.destination, event.status, error_type, event.duration, event.subset
+        self._call_ended(
+            span,
+            event.destination,
+            event.method,
+            event.path,
+            event.status,
+            event.duration,
+            event.attempts,
+            event.error,
+            event.subset,
         )
+
+    def call_ended(
+        self,
+        state: object,
+        destination: str,
+        method: str,
+        url: URL,
+        status: int | None,
+        duration: float,
+        attempts: int,
+        error: BaseException | None,
+        subset: str,
+    ) -> None:
+        span = cast("tuple[Span, Context]", state)[0]
+        self._call_ended(span, destination, method, url, status, duration, attempts, error, subset)
+
+    def _call_ended(
+        self,
+        span: Span,
+        destination: str,
+        method: str,
+        path: str | URL,  # a URL is decoded only for a span that records
+        status: int | None,
+        duration: float,
+        attempts: int,
+        error: BaseException | None,
+        subset: str,
+    ) -> None:
+        error_type = _error_type(status, error)
+        self.metrics.observe_client_call(method, destination, status, error_type, duration, subset)
         if span.is_recording():
-            attributes = _attributes(event.method, event.destination, event.status, error_type)
-            attributes["url.path"] = event.path
-            attributes["meshkit.attempts"] = event.attempts
-            _finish(span, attributes, event.error)
+            attributes = _attributes(method, destination, status, error_type)
+            attributes["url.path"] = path if isinstance(path, str) else path.path
+            attributes["meshkit.attempts"] = attempts
+            _finish(span, attributes, error)
         span.end()
 
     def on_attempt_start(self, event: AttemptStarted) -> object:
-        current = otel_context.get_current()
-        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
-        append_trace_headers(event.headers, span, current)
+        return self._attempt_span(otel_context.get_current(), event.method, event.headers)
+
+    def attempt_started(
+        self,
+        call_state: object,
+        destination: str,
+        method: str,
+        attempt: int,
+        endpoint: Endpoint | None,
+        headers: list[tuple[str, str]],
+    ) -> object:
+        return self._attempt_span(cast("tuple[Span, Context]", call_state)[1], method, headers)
+
+    def _attempt_span(self, context: Context, method: str, headers: list[tuple[str, str]]) -> Span:
+        """The attempt's span, child of the span of ``context``; its trace context added
+        to the attempt's ``headers``."""
+        span = self._spans.start(_span_name(method), SpanKind.CLIENT, context)
+        append_trace_headers(headers, span, context)
         return span
 
     def on_attempt_end(self, event: AttemptEnded) -> None:
-        span = cast(Span, event.state)
-        error_type = _error_type(event.status, event.error)
-        self.metrics.count_client_attempt(
-            event.method, event.destination, event.status, error_type, event.subset
+        self.attempt_ended(
+            event.state,
+            event.destination,
+            event.method,
+            event.attempt,
+            event.endpoint,
+            event.status,
+            event.duration,
+            event.error,
+            event.subset,
         )
+
+    def attempt_ended(
+        self,
+        state: object,
+        destination: str,
+        method: str,
+        attempt: int,
+        endpoint: Endpoint | None,
+        status: int | None,
+        duration: float,
+        error: BaseException | None,
+        subset: str,
+    ) -> None:
+        span = cast(Span, state)
+        error_type = _error_type(status, error)
+        self.metrics.count_client_attempt(method, destination, status, error_type, subset)
         if span.is_recording():
-            attributes = _attributes(event.method, event.destination, event.status, error_type)
-            if event.attempt > 1:
-                attributes["http.request.resend_count"] = event.attempt - 1
-            if event.endpoint is not None:
-                attributes["network.peer.address"] = event.endpoint.address
-                attributes["network.peer.port"] = event.endpoint.port
-            _finish(span, attributes, event.error)
+            attributes = _attributes(method, destination, status, error_type)
+            if attempt > 1:
+                attributes["http.request.resend_count"] = attempt - 1
+            if endpoint is not None:
+                attributes["network.peer.address"] = endpoint.address
+                attributes["network.peer.port"] = endpoint.port
+            _finish(span, attributes, error)
         span.end()
 
     def on_retry_scheduled(self, event: RetryScheduled) -> None:
