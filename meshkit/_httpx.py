@@ -156,11 +156,19 @@ def complete_response(
 ) -> Response:
     """An ``httpx.Response`` for a complete HTTP/1.1 message read off the wire, read."""
     took = datetime.timedelta(seconds=elapsed)
-    if _fast and not any(name.lower() == _ENCODED for name, _ in raw_headers):
+    if _fast and not _encoded(raw_headers):
         return _build_privately(status, raw_headers, body, request, took)
     response = _read_publicly(status, raw_headers, body, request)
     response.elapsed = took
     return response
+
+
+def _encoded(raw_headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the body has a Content-Encoding (httpx's decoders then read it)."""
+    for name, _ in raw_headers:  # noqa: SIM110 (any() resumes a generator per header)
+        if name.lower() == _ENCODED:
+            return True
+    return False
 
 
 def _read_publicly(
