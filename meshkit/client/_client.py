@@ -26,6 +26,8 @@ from meshkit._httpx import (
     Response,
     Timeout,
     copy_request,
+    has_cookies,
+    header_fields,
 )
 from meshkit.client._balancer import Balancer
 from meshkit.client._breaker import CircuitBreaker
@@ -80,7 +82,9 @@ class MeshClient(AsyncClient):
         self.destination = destination
         self._mesh_transport = transport  # what the short path calls, past httpx's send()
         self._urls: dict[str, URL] = {}
-        self._templates: dict[tuple[str, str], tuple[list[tuple[bytes, bytes]], Request]] = {}
+        self._templates: dict[
+            tuple[str, str], tuple[list[tuple[bytes, bytes, bytes]], Request]
+        ] = {}
 
     async def request(
         self,
@@ -156,11 +160,11 @@ class MeshClient(AsyncClient):
         nothing. It gets its own headers and extensions, so the transports may add to them.
         """
         key = (method, url)
-        client_headers = self.headers.raw
+        client_headers = header_fields(self.headers)
         cached = self._templates.get(key)
         if cached is None or cached[0] != client_headers:  # the client's headers changed
             target = self._urls.get(url) or self._remember(url)
-            cached = (client_headers, Request(method, target, headers=self.headers))
+            cached = (list(client_headers), Request(method, target, headers=self.headers))
             if len(self._templates) < _URL_CACHE_SIZE:
                 self._templates[key] = cached
         return copy_request(cached[1], extensions)  # its own headers: transports add to them
@@ -173,7 +177,7 @@ class MeshClient(AsyncClient):
             and not hooks["response"]
             and self.auth is None
             and not self.follow_redirects
-            and not self.cookies
+            and not has_cookies(self.cookies)
         )
 
     def _remember(self, url: str) -> URL:

@@ -33,6 +33,7 @@ from meshkit._httpx import (
     RequestNotRead,
     Response,
     complete_response,
+    header_fields,
 )
 from meshkit.client._balancer import Balancer, EndpointState
 from meshkit.client._breaker import PROBE, REFUSED, CircuitBreaker
@@ -543,10 +544,11 @@ class PoolTransport(AsyncBaseTransport):
         return complete_response(status, headers, body, request, deadlines.now() - started)
 
     def _head(self, request: Request, body_length: int) -> tuple[bytes, bool]:
-        raw_path, raw_headers = request.url.raw_path, request.headers.raw
-        key = (request.method, raw_path, body_length, *raw_headers)
+        raw_path, fields = request.url.raw_path, header_fields(request.headers)
+        key = (request.method, raw_path, body_length, *fields)
         head = self._heads.get(key)
         if head is None:
+            raw_headers = [(name, value) for name, _, value in fields]
             head = serialize_head(request.method, raw_path, raw_headers, body_length)
             if len(self._heads) >= _HEAD_CACHE_SIZE:
                 self._heads.clear()  # what repeats now comes back at once; one-offs go
