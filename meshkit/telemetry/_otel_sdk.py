@@ -29,7 +29,8 @@ import operator
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from time import time_ns
 from typing import Any, NamedTuple, cast
@@ -38,6 +39,7 @@ from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -361,6 +363,20 @@ class SpanStarter:
             return self._tracer.start_span(name, context=context, kind=kind)
         return recorder.start(name, kind, context)
 
+    def start_child(self, name: str, kind: SpanKind, parent: Span, context: Context) -> Span:
+        """The span ``start(name, kind, trace.set_span_in_context(parent, context))``
+        makes; the context is made only if the child may record (a dropped parent
+        whose sampler follows it has a dropped child)."""
+        recorder = self._recorder
+        if (
+            type(parent) is _DroppedSpan
+            and parent.recorder is recorder
+            and recorder.sampling.follows_parent
+            and recorder.tracer._is_enabled()
+        ):
+            return parent.child()
+        return self.start(name, kind, trace.set_span_in_context(parent, context))
+
     def _use(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
         self._tracing = not isinstance(tracer, trace.NoOpTracer | trace.ProxyTracer)
@@ -415,9 +431,7 @@ class _Recorder:
             if type(parent_span) is _DroppedSpan and self.sampling.follows_parent:
                 # A child of a dropped span is dropped, in its trace: the parent's own
                 # context need not be made for it.
-                return _DroppedSpan(
-                    self, parent_span.trace_id, parent_span.random_id, parent_span.state
-                )
+                return parent_span.child()
             if parent_span is not None and (
                 type(parent_span) in _SPAN_TYPES or isinstance(parent_span, Span)
             ):
@@ -482,6 +496,10 @@ class _DroppedSpan(NonRecordingSpan):
     def get_span_context(self) -> SpanContext:
         return self._context
 
+    def child(self) -> _DroppedSpan:
+        """A dropped child: in this span's trace, with its trace state."""
+        return _DroppedSpan(self.recorder, self.trace_id, self.random_id, self.state)
+
     def span_id(self) -> int:
         """This span's id, drawn on first use (the same one its context holds)."""
         span_id = self.__dict__.get("_span_id")
@@ -494,6 +512,27 @@ class _DroppedSpan(NonRecordingSpan):
         flags = tracecontext.RANDOM_TRACE_ID if self.random_id else 0
         return tracecontext.format_ids(self.trace_id, self.span_id(), flags)
 
+
+def _context_reader() -> Callable[[], Context]:
+    """What reads the current context: the ``get`` of the API's ContextVar itself when
+    the runtime context is the stock contextvars one (a read is then no Python call
+    at all), else ``opentelemetry.context.get_current``."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if not isinstance(runtime, ContextVarsRuntimeContext) or not isinstance(variable, ContextVar):
+        return otel_context.get_current
+    probe = Context()
+    token = otel_context.attach(probe)
+    try:
+        if variable.get() is not probe:
+            return otel_context.get_current
+    finally:
+        otel_context.detach(token)
+    return variable.get
+
+
+#: ``opentelemetry.context.get_current``, read in one step where it can be.
+current_context = _context_reader()
 
 #: The spans a context usually holds, known to be ``Span``s without asking the ABC.
 _SPAN_TYPES = frozenset((_DroppedSpan, NonRecordingSpan, SdkSpan))

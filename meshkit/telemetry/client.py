@@ -41,7 +41,12 @@ from meshkit.client import (
     RetryScheduled,
 )
 from meshkit.registry.base import Endpoint
-from meshkit.telemetry._otel_sdk import SpanStarter, append_trace_headers, set_mesh_attributes
+from meshkit.telemetry._otel_sdk import (
+    SpanStarter,
+    append_trace_headers,
+    current_context,
+    set_mesh_attributes,
+)
 from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics, method_label
 
 #: What a subclass overriding any of these is recorded through (the events).
@@ -78,18 +83,17 @@ class ClientTelemetry(BaseClientHooks):
     # The call and attempt hooks, each in its two forms: events, and the recorder's.
 
     def on_call_start(self, event: CallStarted) -> object:
-        span, context = self._call_span(event.method)
-        return span, otel_context.attach(context)
+        span, current = self._call_span(event.method)
+        return span, otel_context.attach(trace.set_span_in_context(span, current))
 
     def call_started(self, destination: str, method: str, url: URL, subset: str) -> object:
         return self._call_span(method)
 
     def _call_span(self, method: str) -> tuple[Span, Context]:
-        """The call's span, and the current context with it: its attempts' parent."""
-        # The current context read once: the span's parent, and what it is set in.
-        current = otel_context.get_current()
-        span = self._spans.start(_span_name(method), SpanKind.CLIENT, current)
-        return span, trace.set_span_in_context(span, current)
+        """The call's span, and the current context it was started in."""
+        # The current context read once: the span's parent, and where its attempts go.
+        current = current_context()
+        return self._spans.start(_span_name(method), SpanKind.CLIENT, current), current
 
     def on_call_end(self, event: CallEnded) -> None:
         span, token = cast("tuple[Span, Token[Context]]", event.state)
@@ -143,7 +147,11 @@ class ClientTelemetry(BaseClientHooks):
         span.end()
 
     def on_attempt_start(self, event: AttemptStarted) -> object:
-        return self._attempt_span(otel_context.get_current(), event.method, event.headers)
+        # The call's span is current (on_call_start made it so): the attempt's parent.
+        current = current_context()
+        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
+        append_trace_headers(event.headers, span, current)
+        return span
 
     def attempt_started(
         self,
@@ -154,13 +162,9 @@ class ClientTelemetry(BaseClientHooks):
         endpoint: Endpoint | None,
         headers: list[tuple[str, str]],
     ) -> object:
-        return self._attempt_span(cast("tuple[Span, Context]", call_state)[1], method, headers)
-
-    def _attempt_span(self, context: Context, method: str, headers: list[tuple[str, str]]) -> Span:
-        """The attempt's span, child of the span of ``context``; its trace context added
-        to the attempt's ``headers``."""
-        span = self._spans.start(_span_name(method), SpanKind.CLIENT, context)
-        append_trace_headers(headers, span, context)
+        call_span, current = cast("tuple[Span, Context]", call_state)
+        span = self._spans.start_child(_span_name(method), SpanKind.CLIENT, call_span, current)
+        append_trace_headers(headers, span, current)
         return span
 
     def on_attempt_end(self, event: AttemptEnded) -> None:
