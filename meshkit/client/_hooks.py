@@ -19,7 +19,7 @@ every call with hooks installed, and a frozen dataclass pays a generic
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol, cast
+from typing import Any, Literal, NamedTuple, Protocol
 
 from meshkit._httpx import URL
 from meshkit.registry.base import Endpoint
@@ -180,46 +180,33 @@ class BaseClientHooks:
 
 class CallRecorder(Protocol):
     """``on_call_start``, ``on_call_end``, ``on_attempt_start`` and ``on_attempt_end``
-    with their events' fields as arguments. ``url`` is the call's (its path is the
-    events' ``path``); an attempt gets its call's state, and a hook may append to
-    ``headers``, sent with that attempt."""
+    with their events' fields as arguments. What a start method returns comes back to
+    the matching end method (and a call's, to its attempts' start), so each field is
+    passed once: the call's destination, method, URL (its path is the events'
+    ``path``) and subset to ``call_started``; an attempt's number and endpoint to
+    ``attempt_started``, which may append to ``headers`` (sent with that attempt)."""
 
     def call_started(self, destination: str, method: str, url: URL, subset: str) -> object: ...
 
     def call_ended(
         self,
-        state: object,
-        destination: str,
-        method: str,
-        url: URL,
+        state: Any,  # what call_started returned (each recorder types its own)
         status: int | None,
         duration: float,
         attempts: int,
         error: BaseException | None,
-        subset: str,
     ) -> None: ...
 
     def attempt_started(
         self,
-        call_state: object,
-        destination: str,
-        method: str,
+        call_state: Any,
         attempt: int,
         endpoint: Endpoint | None,
         headers: list[tuple[str, str]],
     ) -> object: ...
 
     def attempt_ended(
-        self,
-        state: object,
-        destination: str,
-        method: str,
-        attempt: int,
-        endpoint: Endpoint | None,
-        status: int | None,
-        duration: float,
-        error: BaseException | None,
-        subset: str,
+        self, state: Any, status: int | None, duration: float, error: BaseException | None
     ) -> None: ...
 
 
@@ -229,56 +216,51 @@ class EventRecorder:
     def __init__(self, hooks: ClientHooks) -> None:
         self._hooks = hooks
 
-    def call_started(self, destination: str, method: str, url: URL, subset: str) -> object:
-        path = url.path  # decoded once, for both events
-        return self._hooks.on_call_start(CallStarted(destination, method, path, subset)), path
+    def call_started(
+        self, destination: str, method: str, url: URL, subset: str
+    ) -> tuple[object, CallStarted]:
+        event = CallStarted(destination, method, url.path, subset)
+        return self._hooks.on_call_start(event), event
 
     def call_ended(
         self,
-        state: object,
-        destination: str,
-        method: str,
-        url: URL,
+        state: tuple[object, CallStarted],
         status: int | None,
         duration: float,
         attempts: int,
         error: BaseException | None,
-        subset: str,
     ) -> None:
-        hook_state, path = cast("tuple[object, str]", state)
-        event = CallEnded(
-            destination, method, path, status, duration, attempts, error, hook_state, subset
+        hook_state, (destination, method, path, subset) = state
+        self._hooks.on_call_end(
+            CallEnded(
+                destination, method, path, status, duration, attempts, error, hook_state, subset
+            )
         )
-        self._hooks.on_call_end(event)
 
     def attempt_started(
         self,
-        call_state: object,
-        destination: str,
-        method: str,
+        call_state: tuple[object, CallStarted],
         attempt: int,
         endpoint: Endpoint | None,
         headers: list[tuple[str, str]],
-    ) -> object:
-        event = AttemptStarted(destination, method, attempt, endpoint, headers)
-        return self._hooks.on_attempt_start(event)
+    ) -> tuple[object, AttemptStarted, str]:
+        call = call_state[1]
+        event = AttemptStarted(call.destination, call.method, attempt, endpoint, headers)
+        return self._hooks.on_attempt_start(event), event, call.subset
 
     def attempt_ended(
         self,
-        state: object,
-        destination: str,
-        method: str,
-        attempt: int,
-        endpoint: Endpoint | None,
+        state: tuple[object, AttemptStarted, str],
         status: int | None,
         duration: float,
         error: BaseException | None,
-        subset: str,
     ) -> None:
-        event = AttemptEnded(
-            destination, method, attempt, endpoint, status, duration, error, state, subset
+        hook_state, (destination, method, attempt, endpoint, _), subset = state
+        self._hooks.on_attempt_end(
+            AttemptEnded(
+                destination, method, attempt, endpoint, status, duration, error, hook_state, subset
+            )
         )
-        self._hooks.on_attempt_end(event)
 
 
 def recorder_for(hooks: ClientHooks | None) -> CallRecorder | None:

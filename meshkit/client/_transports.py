@@ -166,8 +166,10 @@ async def run_call(
     *,
     send_deadline: bool,
     subset: str = "",
+    one_attempt: bool = False,
 ) -> Response:
-    """Bound the call by min(its timeout, the incoming deadline) and report it to hooks."""
+    """Bound the call by min(its timeout, the incoming deadline) and report it to the
+    recorder, and its attempt too for a call of ``one_attempt`` (a pass-through)."""
     now = deadlines.now()
     deadline = now + request.extensions.get(TIMEOUT_EXTENSION, timeout)
     incoming = deadlines.current_deadline()
@@ -182,8 +184,11 @@ async def run_call(
     )
     if recorder is None:
         return await inner.handle_async_request(request)
-    method, url = request.method, request.url
-    state = call.recorded = recorder.call_started(destination, method, url, subset)
+    state = call.recorded = recorder.call_started(destination, request.method, request.url, subset)
+    attempt = None
+    if one_attempt:
+        call.attempt = 1
+        attempt = start_attempt(recorder, call, None)
     status: int | None = None
     error: BaseException | None = None
     try:
@@ -194,10 +199,10 @@ async def run_call(
         error = exc
         raise
     finally:
-        duration = deadlines.now() - now
-        recorder.call_ended(
-            state, destination, method, url, status, duration, call.attempt, error, subset
-        )
+        took = deadlines.now() - now
+        if attempt is not None:
+            recorder.attempt_ended(attempt, status, took, error)
+        recorder.call_ended(state, status, took, call.attempt, error)
 
 
 class LimitTransport(AsyncBaseTransport):
@@ -427,7 +432,7 @@ class BalancerTransport(AsyncBaseTransport):
         call.pool = state.pool
         recorder = self._recorder
         if recorder is not None:
-            token = start_attempt(recorder, request, call, state.endpoint)
+            token = start_attempt(recorder, call, state.endpoint)
         ok: bool | None = False
         status: int | None = None
         error: BaseException | None = None
@@ -451,8 +456,7 @@ class BalancerTransport(AsyncBaseTransport):
         finally:
             ended = deadlines.now()
             if recorder is not None:
-                outcome = (status, error, ended - started)
-                end_attempt(recorder, token, request, call, state.endpoint, outcome)
+                recorder.attempt_ended(token, status, ended - started, error)
             if ok is None and call.lost:
                 balancer.record_lost(state, ended - started, ended)
             else:
@@ -468,40 +472,13 @@ def busy_for(status: int, response: Response) -> float | None:
     return retry_after
 
 
-def start_attempt(
-    recorder: CallRecorder, request: Request, call: Call, endpoint: Endpoint | None
-) -> object:
+def start_attempt(recorder: CallRecorder, call: Call, endpoint: Endpoint | None) -> object:
     """Report an attempt's start (the headers the recorder adds go with this attempt);
-    returns the recorder's state for ``end_attempt``."""
+    returns the recorder's state for its ``attempt_ended``."""
     headers: list[tuple[str, str]] = []
-    state = recorder.attempt_started(
-        call.recorded, call.destination, request.method, call.attempt, endpoint, headers
-    )
+    state = recorder.attempt_started(call.recorded, call.attempt, endpoint, headers)
     call.extra_headers = headers
     return state
-
-
-def end_attempt(
-    recorder: CallRecorder,
-    state: object,
-    request: Request,
-    call: Call,
-    endpoint: Endpoint | None,
-    outcome: tuple[int | None, BaseException | None, float],
-) -> None:
-    """Report an attempt's end: ``outcome`` is its status, error and duration."""
-    status, error, duration = outcome
-    recorder.attempt_ended(
-        state,
-        call.destination,
-        request.method,
-        call.attempt,
-        endpoint,
-        status,
-        duration,
-        error,
-        call.subset,
-    )
 
 
 class PoolTransport(AsyncBaseTransport):
@@ -627,6 +604,7 @@ class PassthroughTransport(AsyncBaseTransport):
             self._policy.timeout,
             self._recorder,
             send_deadline=False,
+            one_attempt=True,
         )
 
     def pool_for(self, request: Request) -> EndpointPool:
@@ -653,30 +631,11 @@ class PassthroughTransport(AsyncBaseTransport):
         call.attempt = 1
         call.pool = self.pool_for(request)
         try:
-            return await self._recorded(request, call)
+            return await self._inner.handle_async_request(request)
         except AttemptTimedOut as exc:
             raise DeadlineExceeded(str(exc), destination=call.destination) from exc
         except AttemptFailed as exc:
             raise UpstreamFailed(str(exc), destination=call.destination) from exc
-
-    async def _recorded(self, request: Request, call: Call) -> Response:
-        recorder = self._recorder
-        if recorder is None:
-            return await self._inner.handle_async_request(request)
-        started = deadlines.now()
-        state = start_attempt(recorder, request, call, None)
-        status: int | None = None
-        error: BaseException | None = None
-        try:
-            response = await self._inner.handle_async_request(request)
-            status = response.status_code
-            return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            outcome = (status, error, deadlines.now() - started)
-            end_attempt(recorder, state, request, call, None, outcome)
 
     def close(self) -> None:
         for pool in self._pools.values():

@@ -502,10 +502,10 @@ class _DroppedSpan(NonRecordingSpan):
 
     def span_id(self) -> int:
         """This span's id, drawn on first use (the same one its context holds)."""
-        span_id = self.__dict__.get("_span_id")
+        span_id: int | None = self.__dict__.get("_span_id")
         if span_id is None:
             span_id = self.__dict__.setdefault("_span_id", self.recorder.ids.generate_span_id())
-        return cast(int, span_id)
+        return span_id
 
     def traceparent(self) -> str:
         """The ``traceparent`` of this span, from its ids (no SpanContext made)."""

@@ -48,7 +48,15 @@ from meshkit.telemetry._otel_sdk import (
     set_mesh_attributes,
 )
 from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics, method_label
+from meshkit.telemetry.propagation import EMPTY_CONTEXT
 
+#: A call's destination, method and subset: its metrics' labels and its spans'.
+_Labels = tuple[str, str, str]
+#: The recorder's state of a call: its span, the context it began in, its labels, and
+#: its URL (or, through the events, its path).
+_Call = tuple[Span, Context, _Labels, "URL | str"]
+#: The recorder's state of an attempt: its span, its call's labels, number and endpoint.
+_Attempt = tuple[Span, _Labels, int, Endpoint | None]
 #: What a subclass overriding any of these is recorded through (the events).
 _RECORDING = (
     "on_call_start",
@@ -80,14 +88,18 @@ class ClientTelemetry(BaseClientHooks):
             return None
         return self
 
-    # The call and attempt hooks, each in its two forms: events, and the recorder's.
+    # The call and attempt hooks, each in its two forms: events, and the recorder's. The
+    # recorder's states carry what the end methods need: a call's span, the context it
+    # began in (its attempts' parent's), its labels and URL; an attempt's span, labels,
+    # number and endpoint.
 
     def on_call_start(self, event: CallStarted) -> object:
         span, current = self._call_span(event.method)
         return span, otel_context.attach(trace.set_span_in_context(span, current))
 
-    def call_started(self, destination: str, method: str, url: URL, subset: str) -> object:
-        return self._call_span(method)
+    def call_started(self, destination: str, method: str, url: URL, subset: str) -> _Call:
+        span, current = self._call_span(method)
+        return span, current, (destination, method, subset), url
 
     def _call_span(self, method: str) -> tuple[Span, Context]:
         """The call's span, and the current context it was started in."""
@@ -98,50 +110,25 @@ class ClientTelemetry(BaseClientHooks):
     def on_call_end(self, event: CallEnded) -> None:
         span, token = cast("tuple[Span, Token[Context]]", event.state)
         otel_context.detach(token)
-        self._call_ended(
-            span,
-            event.destination,
-            event.method,
-            event.path,
-            event.status,
-            event.duration,
-            event.attempts,
-            event.error,
-            event.subset,
-        )
+        labels = (event.destination, event.method, event.subset)
+        call = (span, EMPTY_CONTEXT, labels, event.path)  # its attempts have ended: no context
+        self.call_ended(call, event.status, event.duration, event.attempts, event.error)
 
     def call_ended(
         self,
-        state: object,
-        destination: str,
-        method: str,
-        url: URL,
+        state: _Call,
         status: int | None,
         duration: float,
         attempts: int,
         error: BaseException | None,
-        subset: str,
     ) -> None:
-        span = cast("tuple[Span, Context]", state)[0]
-        self._call_ended(span, destination, method, url, status, duration, attempts, error, subset)
-
-    def _call_ended(
-        self,
-        span: Span,
-        destination: str,
-        method: str,
-        path: str | URL,  # a URL is decoded only for a span that records
-        status: int | None,
-        duration: float,
-        attempts: int,
-        error: BaseException | None,
-        subset: str,
-    ) -> None:
+        span, _, (destination, method, subset), url = state
         error_type = _error_type(status, error)
         self.metrics.observe_client_call(method, destination, status, error_type, duration, subset)
         if span.is_recording():
             attributes = _attributes(method, destination, status, error_type)
-            attributes["url.path"] = path if isinstance(path, str) else path.path
+            # A URL is decoded only for a span that records.
+            attributes["url.path"] = url if isinstance(url, str) else url.path
             attributes["meshkit.attempts"] = attempts
             _finish(span, attributes, error)
         span.end()
@@ -155,44 +142,26 @@ class ClientTelemetry(BaseClientHooks):
 
     def attempt_started(
         self,
-        call_state: object,
-        destination: str,
-        method: str,
+        call_state: _Call,
         attempt: int,
         endpoint: Endpoint | None,
         headers: list[tuple[str, str]],
-    ) -> object:
-        call_span, current = cast("tuple[Span, Context]", call_state)
-        span = self._spans.start_child(_span_name(method), SpanKind.CLIENT, call_span, current)
+    ) -> _Attempt:
+        call_span, current, labels, _ = call_state
+        name = _span_name(labels[1])
+        span = self._spans.start_child(name, SpanKind.CLIENT, call_span, current)
         append_trace_headers(headers, span, current)
-        return span
+        return span, labels, attempt, endpoint
 
     def on_attempt_end(self, event: AttemptEnded) -> None:
-        self.attempt_ended(
-            event.state,
-            event.destination,
-            event.method,
-            event.attempt,
-            event.endpoint,
-            event.status,
-            event.duration,
-            event.error,
-            event.subset,
-        )
+        labels = (event.destination, event.method, event.subset)
+        attempt = (cast(Span, event.state), labels, event.attempt, event.endpoint)
+        self.attempt_ended(attempt, event.status, event.duration, event.error)
 
     def attempt_ended(
-        self,
-        state: object,
-        destination: str,
-        method: str,
-        attempt: int,
-        endpoint: Endpoint | None,
-        status: int | None,
-        duration: float,
-        error: BaseException | None,
-        subset: str,
+        self, state: _Attempt, status: int | None, duration: float, error: BaseException | None
     ) -> None:
-        span = cast(Span, state)
+        span, (destination, method, subset), attempt, endpoint = state
         error_type = _error_type(status, error)
         self.metrics.count_client_attempt(method, destination, status, error_type, subset)
         if span.is_recording():
