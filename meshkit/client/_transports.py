@@ -62,6 +62,7 @@ _HEAD_CACHE_SIZE = 1024
 _DEADLINE_PREFIX = deadlines.DEADLINE_HEADER_BYTES + b": "
 _SENT_PREFIX = b"\r\n" + deadlines.SENT_HEADER_BYTES + b": "
 _START_PREFIX = deadlines.START_HEADER_BYTES + b": "
+_UNREPORTED = object()  # an attempt whose start the recorder has not taken (it raised)
 
 
 class Call:
@@ -185,13 +186,13 @@ async def run_call(
     if recorder is None:
         return await inner.handle_async_request(request)
     state = call.recorded = recorder.call_started(destination, request.method, request.url, subset)
-    attempt = None
-    if one_attempt:
-        call.attempt = 1
-        attempt = start_attempt(recorder, call, None)
+    attempt: object = _UNREPORTED
     status: int | None = None
     error: BaseException | None = None
     try:
+        if one_attempt:
+            call.attempt = 1
+            attempt = start_attempt(recorder, call, None)
         response = await inner.handle_async_request(request)
         status = response.status_code
         return response
@@ -200,7 +201,7 @@ async def run_call(
         raise
     finally:
         took = deadlines.now() - now
-        if attempt is not None:
+        if attempt is not _UNREPORTED:
             recorder.attempt_ended(attempt, status, took, error)
         recorder.call_ended(state, status, took, call.attempt, error)
 
@@ -431,12 +432,13 @@ class BalancerTransport(AsyncBaseTransport):
         call.tried.append(state)
         call.pool = state.pool
         recorder = self._recorder
-        if recorder is not None:
-            token = start_attempt(recorder, call, state.endpoint)
+        token: object = _UNREPORTED
         ok: bool | None = False
         status: int | None = None
         error: BaseException | None = None
         try:
+            if recorder is not None:  # in the try: the balancer hears of every pick
+                token = start_attempt(recorder, call, state.endpoint)
             response = await self._inner.handle_async_request(request)
             status = response.status_code
             ok = status < 500
@@ -455,7 +457,7 @@ class BalancerTransport(AsyncBaseTransport):
             raise
         finally:
             ended = deadlines.now()
-            if recorder is not None:
+            if recorder is not None and token is not _UNREPORTED:
                 recorder.attempt_ended(token, status, ended - started, error)
             if ok is None and call.lost:
                 balancer.record_lost(state, ended - started, ended)
