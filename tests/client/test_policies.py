@@ -111,6 +111,41 @@ async def test_overflow_fails_fast_with_overloaded(authority: LocalAuthority) ->
     assert outcomes == {"200": 2, "overloaded": 1}
 
 
+async def test_a_hook_raising_at_an_attempts_start_fails_only_that_call(
+    authority: LocalAuthority,
+) -> None:
+    """The call ends with the hook's error, sending nothing, reported to the call's end
+    hook; the next calls go through."""
+    switch = Switch()
+
+    class Failing(Recorder):
+        failing = True
+
+        def __getattribute__(self, name: str) -> Any:
+            if name == "on_attempt_start" and object.__getattribute__(self, "failing"):
+
+                def start(event: AttemptStarted) -> object:
+                    raise LookupError("hook broke")
+
+                return start
+            return super().__getattribute__(name)
+
+    hooks = Failing()
+    async with serve(switch.app(), contexts(authority, "payments")) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        mesh = factory(authority, source, hooks=hooks)
+        client = mesh.client("payments")
+        with pytest.raises(LookupError, match="hook broke"):
+            await client.get("/items")
+        hooks.failing = False
+        for _ in range(3):
+            assert (await client.get("/items")).status_code == 200
+        await mesh.aclose()
+    (first, *_) = hooks.of(CallEnded)
+    assert isinstance(first.error, LookupError) and first.status is None
+    assert switch.hits == 3  # the failed call sent nothing
+
+
 async def test_hooks_see_calls_and_attempts_and_add_headers(authority: LocalAuthority) -> None:
     switch = Switch()
 
