@@ -12,6 +12,12 @@ SDK's internals:
   ``post_encoded`` sends a body ``meshkit.telemetry.export`` encoded already through the
   stock ``OTLPSpanExporter`` (its HTTP session, retries, headers and TLS settings).
 
+The mesh client's attempts, one per call, lean on the same internals: a context's span
+and baggage are read by the API's keys for them (``_Recorder.start``,
+``append_trace_headers``: a dropped attempt's ``traceparent`` from its ids), and
+``current_context`` is the API's ContextVar's own ``get`` (probed when this module is
+imported; else, silently, ``opentelemetry.context.get_current``).
+
 ``check`` runs when this module is imported: it looks up every private name used here
 and probes the shapes relied on (the fields the SDK's ``Span`` constructor sets, the
 sampler delegates, the exporter's parts) and makes a ``MeshSpan`` and an SDK span go
