@@ -38,6 +38,7 @@ from httpx import (  # noqa: E402
     AsyncBaseTransport,
     AsyncClient,
     ByteStream,
+    Cookies,
     Headers,
     HTTPError,
     InvalidURL,
@@ -73,6 +74,8 @@ __all__ = [
     "complete_response",
     "copy_request",
     "fast_paths_problem",
+    "has_cookies",
+    "header_fields",
     "http2_available",
     "use_fast_paths",
 ]
@@ -163,11 +166,36 @@ def complete_response(
 ) -> Response:
     """An ``httpx.Response`` for a complete HTTP/1.1 message read off the wire, read."""
     took = datetime.timedelta(seconds=elapsed)
-    if _fast and not any(name.lower() == _ENCODED for name, _ in raw_headers):
+    if _fast and not _encoded(raw_headers):
         return _build_privately(status, raw_headers, body, request, took)
     response = _read_publicly(status, raw_headers, body, request)
     response.elapsed = took
     return response
+
+
+def _encoded(raw_headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the body has a Content-Encoding (httpx's decoders then read it)."""
+    for name, _ in raw_headers:  # noqa: SIM110 (any() resumes a generator per header)
+        if name.lower() == _ENCODED:
+            return True
+    return False
+
+
+def header_fields(headers: Headers) -> list[tuple[bytes, bytes, bytes]]:
+    """``headers`` as (raw name, lowercased name, value) triples, in order, to read and
+    compare only: the fast path's are the list ``Headers`` holds, the stock path's a
+    copy. What httpx's ``Headers.raw`` and ``multi_items`` build on every call."""
+    if _fast:
+        return headers._list
+    return [(name, name.lower(), value) for name, value in headers.raw]
+
+
+def has_cookies(cookies: Cookies) -> bool:
+    """Whether ``cookies`` holds any: the fast path looks in the jar's dict, where
+    ``bool(cookies)`` iterates the jar through a generator."""
+    if _fast:
+        return bool(cookies.jar._cookies)  # type: ignore[attr-defined]
+    return bool(cookies)
 
 
 def _read_publicly(
@@ -218,11 +246,25 @@ def _check_request() -> None:
     assert "x-added" not in template.headers
 
 
+def _check_fields() -> None:
+    """Raise unless ``header_fields`` and ``has_cookies`` read what the public API says."""
+    headers = Headers([(b"X-Id", b"a"), (b"accept", b"*/*")])
+    assert [(name, value) for name, _, value in headers._list] == headers.raw
+    assert [(low, value) for _, low, value in headers._list] == list(
+        (name.encode(), value.encode()) for name, value in headers.multi_items()
+    )
+    cookies = Cookies()
+    assert not cookies and not cookies.jar._cookies  # type: ignore[attr-defined]
+    cookies.set("session", "1", domain="check")
+    assert cookies and cookies.jar._cookies  # type: ignore[attr-defined]
+
+
 def fast_paths_problem() -> str | None:
     """Why this httpx cannot take the fast path, or None when it can."""
     try:
         _check_response()
         _check_request()
+        _check_fields()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

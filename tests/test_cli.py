@@ -116,6 +116,9 @@ def test_run_says_what_is_wrong_with_the_target(
     assert error.count("\n") == 1 and message in error, error
 
 
+FREE_PORTS = ("--ca-port", "0", "--dashboard-port", "0")
+
+
 def test_a_second_up_fails_on_the_busy_port_before_any_banner(tmp_path: Path) -> None:
     """A listening socket stands where the first `meshkit up`'s registry would be."""
     with socket.socket() as busy:
@@ -123,8 +126,7 @@ def test_a_second_up_fails_on_the_busy_port_before_any_banner(tmp_path: Path) ->
         busy.listen()
         port = busy.getsockname()[1]
         up = subprocess.run(
-            [sys.executable, "-m", "meshkit", "up", "--registry-port", str(port)]
-            + ["--ca-port", "0", "--dashboard-port", "0"],
+            [sys.executable, "-m", "meshkit", "up", "--registry-port", str(port), *FREE_PORTS],
             cwd=tmp_path,
             capture_output=True,
             text=True,

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import AttemptStarted, MeshClientFactory
+from meshkit.client import AttemptStarted, CallStarted, MeshClientFactory
 from meshkit.middleware.telemetry import TelemetryMiddleware
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry
@@ -42,13 +42,31 @@ def factory(
     return MeshClientFactory(source, contexts(authority, caller), settings, hooks=hooks)
 
 
+class ThroughEvents(ClientTelemetry):
+    """A subclass changing how a call is recorded: the client builds it the events."""
+
+    def on_call_start(self, event: CallStarted) -> object:
+        return super().on_call_start(event)
+
+
+def test_client_telemetry_offers_its_recorder_unless_a_subclass_changes_one() -> None:
+    hooks = ClientTelemetry(MeshMetrics())
+    assert hooks.call_recorder() is hooks
+    assert ThroughEvents(MeshMetrics()).call_recorder() is None
+
+
 @pytest.mark.anyio
-async def test_one_trace_across_two_services(authority: LocalAuthority) -> None:
+@pytest.mark.parametrize("hooks_class", [ClientTelemetry, ThroughEvents])
+async def test_one_trace_across_two_services(
+    authority: LocalAuthority, hooks_class: type[ClientTelemetry]
+) -> None:
+    """The same spans and metrics whether the client calls ClientTelemetry's recorder
+    (no events built, the call span handed to its attempts) or its hooks with events."""
     source = StaticSource()
     web_provider, web_spans = traced()
     orders_provider, orders_spans = traced()
     web_metrics, orders_metrics = MeshMetrics(), MeshMetrics()
-    web_hooks = ClientTelemetry(web_metrics, tracer_provider=web_provider)
+    web_hooks = hooks_class(web_metrics, tracer_provider=web_provider)
     web_client = factory(authority, source, "web", web_hooks)
 
     async def checkout(request: Request) -> JSONResponse:
@@ -99,6 +117,7 @@ async def test_one_trace_across_two_services(authority: LocalAuthority) -> None:
     assert (callee.attributes or {})["peer.service"] == "web"
     assert (attempt.attributes or {})["peer.service"] == "orders"
     assert (call.attributes or {})["http.response.status_code"] == 200
+    assert (call.attributes or {})["url.path"] == "/orders/7"
 
     labels = {
         "http_request_method": "GET",
@@ -209,9 +228,10 @@ async def test_client_durations_resolve_below_a_millisecond_on_uvloop(
         (TracerProvider(), 1, [("vendor", "x")], {}),
         (TracerProvider(sampler=ALWAYS_OFF), 0, [("vendor", "x")], {}),
         (TracerProvider(), 1, [], {"tenant": "blue", "plan": "gold"}),
+        (TracerProvider(sampler=ALWAYS_OFF), 2, [("vendor", "x")], {"tenant": "blue"}),
         (trace.NoOpTracerProvider(), 1, [], {}),
     ],
-    ids=["sampled", "tracestate", "dropped", "baggage", "no-sdk"],
+    ids=["sampled", "tracestate", "dropped", "baggage", "dropped-baggage", "no-sdk"],
 )
 def test_attempt_headers_are_what_the_w3c_propagators_write(
     provider: trace.TracerProvider,

@@ -13,6 +13,9 @@ from pathlib import Path
 import opentelemetry.exporter.otlp.common.http
 import opentelemetry.sdk.trace._tracer_metrics
 import pytest
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -84,6 +87,13 @@ def a_processor_hook_gone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(SpanProcessor, "_on_ending")
 
 
+def the_span_kept_under_another_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    def elsewhere(span: trace.Span, context: Context | None = None) -> Context:
+        return otel_context.set_value("current-span-moved", span, context)
+
+    monkeypatch.setattr(trace, "set_span_in_context", elsewhere)
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
@@ -93,6 +103,7 @@ def a_processor_hook_gone(monkeypatch: pytest.MonkeyPatch) -> None:
         (the_exporters_http_client_changed, "_OTLPHTTPClient.export"),
         (a_private_name_gone, "opentelemetry.sdk.trace._tracer_metrics.NoOpTracerMetrics"),
         (a_processor_hook_gone, "SpanProcessor._on_ending"),
+        (the_span_kept_under_another_key, "the current span's context key"),
     ],
 )
 def test_a_release_that_changed_what_meshkit_relies_on_fails_the_check_with_one_warning(
@@ -107,6 +118,16 @@ def test_a_release_that_changed_what_meshkit_relies_on_fails_the_check_with_one_
     (warning,) = adapter_warnings(caplog)
     assert named in warning
     assert "the SDK's public path" in warning
+
+
+def test_current_context_reads_what_the_api_reads() -> None:
+    context = baggage.set_baggage("tenant", "acme")
+    token = otel_context.attach(context)
+    try:
+        assert _otel_sdk.current_context() is otel_context.get_current() is context
+    finally:
+        otel_context.detach(token)
+    assert _otel_sdk.current_context() is otel_context.get_current()
 
 
 async def order(request: Request) -> PlainTextResponse:

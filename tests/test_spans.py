@@ -87,6 +87,29 @@ def test_every_root_gets_a_new_trace_id() -> None:
     assert len(set(trace_ids)) == 100
 
 
+@pytest.mark.parametrize("sampler", [ParentBased(TraceIdRatioBased(0.5)), ALWAYS_ON])
+def test_start_child_is_start_in_the_parents_context(sampler: Sampler) -> None:
+    """The client's attempts: a child of the call's span, started from the span and
+    the context the call began in, is what start() makes in the context holding it."""
+    provider, exporter = provider_with(sampler)
+    starter = SpanStarter(provider)
+    outer = Context()
+    for _ in range(100):
+        parent = starter.start("GET", SpanKind.CLIENT, outer)
+        child = starter.start_child("GET", SpanKind.CLIENT, parent, outer)
+        stock = starter.start("GET", SpanKind.CLIENT, trace.set_span_in_context(parent, outer))
+        assert child.is_recording() == stock.is_recording() == parent.is_recording()
+        ids = child.get_span_context(), stock.get_span_context(), parent.get_span_context()
+        assert len({context.trace_id for context in ids}) == 1
+        assert child.get_span_context().trace_flags == stock.get_span_context().trace_flags
+        assert child.get_span_context().span_id != parent.get_span_context().span_id
+        if isinstance(child, Span):  # recorded: its parent is the call's span
+            assert child.parent == parent.get_span_context()
+        for span in (child, stock, parent):
+            span.end()
+    assert exporter.get_finished_spans()  # both decisions happen
+
+
 def test_unsampled_remote_parent_propagates_its_trace() -> None:
     provider, exporter = provider_with(ParentBased(ALWAYS_ON))
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"

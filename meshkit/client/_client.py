@@ -26,13 +26,15 @@ from meshkit._httpx import (
     Response,
     Timeout,
     copy_request,
+    has_cookies,
+    header_fields,
 )
 from meshkit.client._balancer import Balancer
 from meshkit.client._breaker import CircuitBreaker
 from meshkit.client._budget import RetryBudget
 from meshkit.client._errors import MeshCallError
 from meshkit.client._hedging import HedgeTransport
-from meshkit.client._hooks import BreakerChanged, BreakerState, ClientHooks
+from meshkit.client._hooks import BreakerChanged, BreakerState, ClientHooks, recorder_for
 from meshkit.client._mirror import MirrorTransport
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._routing import RoutingTransport, SubsetSource
@@ -80,7 +82,9 @@ class MeshClient(AsyncClient):
         self.destination = destination
         self._mesh_transport = transport  # what the short path calls, past httpx's send()
         self._urls: dict[str, URL] = {}
-        self._templates: dict[tuple[str, str], tuple[list[tuple[bytes, bytes]], Request]] = {}
+        self._templates: dict[
+            tuple[str, str], tuple[list[tuple[bytes, bytes, bytes]], Request]
+        ] = {}
 
     async def request(
         self,
@@ -156,11 +160,11 @@ class MeshClient(AsyncClient):
         nothing. It gets its own headers and extensions, so the transports may add to them.
         """
         key = (method, url)
-        client_headers = self.headers.raw
+        client_headers = header_fields(self.headers)
         cached = self._templates.get(key)
         if cached is None or cached[0] != client_headers:  # the client's headers changed
             target = self._urls.get(url) or self._remember(url)
-            cached = (client_headers, Request(method, target, headers=self.headers))
+            cached = (list(client_headers), Request(method, target, headers=self.headers))
             if len(self._templates) < _URL_CACHE_SIZE:
                 self._templates[key] = cached
         return copy_request(cached[1], extensions)  # its own headers: transports add to them
@@ -173,7 +177,7 @@ class MeshClient(AsyncClient):
             and not hooks["response"]
             and self.auth is None
             and not self.follow_redirects
-            and not self.cookies
+            and not has_cookies(self.cookies)
         )
 
     def _remember(self, url: str) -> URL:
@@ -255,7 +259,8 @@ class MeshClientFactory:
         self._balancers: list[Balancer] = []
         self._mirrors: list[MirrorTransport] = []
         self._hedgers: list[HedgeTransport] = []
-        self._passthrough = PassthroughTransport(policy=self._policy, hooks=hooks)
+        self._recorder = recorder_for(hooks)  # one per factory: every stack reports through it
+        self._passthrough = PassthroughTransport(policy=self._policy, recorder=self._recorder)
 
     def client(self, service: str) -> MeshClient:
         """The client bound to ``service`` (created on first use, then shared)."""
@@ -337,7 +342,7 @@ class MeshClientFactory:
             on_change=_breaker_reporter(service, hooks),
         )
         pooled = PoolTransport(policy.per_try_timeout)
-        attempt: AsyncBaseTransport = BalancerTransport(pooled, balancer, hooks)
+        attempt: AsyncBaseTransport = BalancerTransport(pooled, balancer, self._recorder)
         if policy.hedging:
             hedged = HedgeTransport(
                 service, attempt, balancer=balancer, budget=budget, policy=policy, hooks=hooks
@@ -354,7 +359,7 @@ class MeshClientFactory:
             limited,
             passthrough=self._passthrough,
             policy=policy,
-            hooks=hooks,
+            recorder=self._recorder,
             subset=subset,
         )
 

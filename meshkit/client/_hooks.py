@@ -7,6 +7,11 @@ hooks need no bookkeeping of their own. ``AttemptStarted.headers`` is where a ho
 adds headers to one attempt (``traceparent``). With no hooks installed the client
 builds no events at all.
 
+The client reports a call and its attempts through a ``CallRecorder``: the four
+hooks every call runs, with the events' fields as arguments. ``EventRecorder`` builds
+the events for any ``ClientHooks``; a hooks object may offer a recorder of its own
+(``call_recorder()``, as ``ClientTelemetry`` does), then none are built.
+
 The events are typed ``NamedTuple``s rather than frozen dataclasses: four are built on
 every call with hooks installed, and a frozen dataclass pays a generic
 ``object.__setattr__`` per field where a tuple is filled in one step.
@@ -14,8 +19,9 @@ every call with hooks installed, and a frozen dataclass pays a generic
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
+from meshkit._httpx import URL
 from meshkit.registry.base import Endpoint
 
 BreakerState = Literal["closed", "open", "half-open"]
@@ -170,3 +176,98 @@ class BaseClientHooks:
 
     def on_mirror_ended(self, event: MirrorEnded) -> None:
         pass
+
+
+class CallRecorder(Protocol):
+    """``on_call_start``, ``on_call_end``, ``on_attempt_start`` and ``on_attempt_end``
+    with their events' fields as arguments. What a start method returns comes back to
+    the matching end method (and a call's, to its attempts' start), so each field is
+    passed once: the call's destination, method, URL (its path is the events'
+    ``path``) and subset to ``call_started``; an attempt's number and endpoint to
+    ``attempt_started``, which may append to ``headers`` (sent with that attempt)."""
+
+    def call_started(self, destination: str, method: str, url: URL, subset: str) -> object: ...
+
+    def call_ended(
+        self,
+        state: Any,  # what call_started returned (each recorder types its own)
+        status: int | None,
+        duration: float,
+        attempts: int,
+        error: BaseException | None,
+    ) -> None: ...
+
+    def attempt_started(
+        self,
+        call_state: Any,
+        attempt: int,
+        endpoint: Endpoint | None,
+        headers: list[tuple[str, str]],
+    ) -> object: ...
+
+    def attempt_ended(
+        self, state: Any, status: int | None, duration: float, error: BaseException | None
+    ) -> None: ...
+
+
+class EventRecorder:
+    """The ``CallRecorder`` of any ``ClientHooks``: it builds the events."""
+
+    def __init__(self, hooks: ClientHooks) -> None:
+        self._hooks = hooks
+
+    def call_started(
+        self, destination: str, method: str, url: URL, subset: str
+    ) -> tuple[object, CallStarted]:
+        event = CallStarted(destination, method, url.path, subset)
+        return self._hooks.on_call_start(event), event
+
+    def call_ended(
+        self,
+        state: tuple[object, CallStarted],
+        status: int | None,
+        duration: float,
+        attempts: int,
+        error: BaseException | None,
+    ) -> None:
+        hook_state, (destination, method, path, subset) = state
+        self._hooks.on_call_end(
+            CallEnded(
+                destination, method, path, status, duration, attempts, error, hook_state, subset
+            )
+        )
+
+    def attempt_started(
+        self,
+        call_state: tuple[object, CallStarted],
+        attempt: int,
+        endpoint: Endpoint | None,
+        headers: list[tuple[str, str]],
+    ) -> tuple[object, AttemptStarted, str]:
+        call = call_state[1]
+        event = AttemptStarted(call.destination, call.method, attempt, endpoint, headers)
+        return self._hooks.on_attempt_start(event), event, call.subset
+
+    def attempt_ended(
+        self,
+        state: tuple[object, AttemptStarted, str],
+        status: int | None,
+        duration: float,
+        error: BaseException | None,
+    ) -> None:
+        hook_state, (destination, method, attempt, endpoint, _), subset = state
+        self._hooks.on_attempt_end(
+            AttemptEnded(
+                destination, method, attempt, endpoint, status, duration, error, hook_state, subset
+            )
+        )
+
+
+def recorder_for(hooks: ClientHooks | None) -> CallRecorder | None:
+    """How the client reports calls to ``hooks``: their own recorder if they offer one
+    (``call_recorder()`` returning it, or None), else one that builds the events."""
+    if hooks is None:
+        return None
+    offer = getattr(hooks, "call_recorder", None)
+    recorder: CallRecorder | None = offer() if offer is not None else None
+    return recorder if recorder is not None else EventRecorder(hooks)

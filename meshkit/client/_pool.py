@@ -132,9 +132,11 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    async def round_trip(
+    def send(
         self, data: bytes, *, head: bool, deadline: float | None
-    ) -> tuple[int, RawHeaders, bytes, bool]:
+    ) -> asyncio.Future[tuple[int, RawHeaders, bytes, bool]]:
+        """Write one request; the future gets its response (status, headers, body,
+        whether the connection stays open) or the attempt's failure."""
         assert self._transport is not None
         waiter = self._waiter = self._pool.loop.create_future()
         self._head = head
@@ -142,8 +144,7 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
         if deadline is not None:
             self._arm(deadline)
-        message: tuple[int, RawHeaders, bytes, bool] = await waiter
-        return message
+        return waiter
 
     def _arm(self, deadline: float) -> None:
         """Make sure the timer fires by ``deadline``.
@@ -236,9 +237,13 @@ class EndpointPool:
 
     async def request(self, data: bytes, *, head: bool, deadline: float | None) -> Message:
         """Send one serialized request and read its response."""
-        connection = await self._acquire(deadline)
+        # An idle connection taken and the response awaited right here: no coroutine
+        # of their own for the usual request.
+        connection = self._pop_idle()
+        if connection is None:
+            connection = await self._acquire(deadline)
         try:
-            status, headers, body, keep_alive = await connection.round_trip(
+            status, headers, body, keep_alive = await connection.send(
                 data, head=head, deadline=deadline
             )
         except BaseException:

@@ -16,14 +16,15 @@ targets still in use are kept, so no call in flight is dropped by a change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 from urllib.parse import parse_qsl
 
 from meshkit._httpx import AsyncBaseTransport, Headers, Request, Response
 from meshkit.client._errors import NoHealthyInstances
 from meshkit.client._transports import TIMEOUT_EXTENSION
 from meshkit.registry.base import Endpoint, EndpointSource
-from meshkit.registry.routing import Decision, HeaderChanges, Target
+from meshkit.registry.routing import Decision, HeaderChanges, RoutingTable, Target
 from meshkit.registry.routing_watch import RoutingSource
 
 TargetStack = Callable[[str, Target, Decision], AsyncBaseTransport]
@@ -88,10 +89,15 @@ class RoutingTransport(AsyncBaseTransport):
         self._host_of = host_of
         self._host = host_of(service)  # the destination's own calls; other hosts pass through
 
-    async def handle_async_request(self, request: Request) -> Response:
+    def handle_async_request(self, request: Request) -> Coroutine[Any, Any, Response]:
+        # Not a coroutine itself: a call the chain leaves alone goes on to the
+        # destination's stack without a frame of this layer's.
         table = self._routing.table
         if self._service not in table.services or request.url.host != self._host:
-            return await self._inner.handle_async_request(request)
+            return self._inner.handle_async_request(request)
+        return self._routed(request, table)
+
+    async def _routed(self, request: Request, table: RoutingTable) -> Response:
         url = request.url
         headers = {name.lower(): value for name, value in request.headers.items()}
         query = dict(parse_qsl(url.query.decode("ascii", "replace"), keep_blank_values=True))

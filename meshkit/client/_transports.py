@@ -22,6 +22,8 @@ import random
 import ssl
 import time
 from collections import deque
+from collections.abc import Coroutine
+from typing import Any
 
 from meshkit import deadline as deadlines
 from meshkit._httpx import (
@@ -31,6 +33,7 @@ from meshkit._httpx import (
     RequestNotRead,
     Response,
     complete_response,
+    header_fields,
 )
 from meshkit.client._balancer import Balancer, EndpointState
 from meshkit.client._breaker import PROBE, REFUSED, CircuitBreaker
@@ -43,17 +46,10 @@ from meshkit.client._errors import (
     RetryBudgetExhausted,
     UpstreamFailed,
 )
-from meshkit.client._hooks import (
-    AttemptEnded,
-    AttemptStarted,
-    CallEnded,
-    CallStarted,
-    ClientHooks,
-    RetryBudgetSpent,
-    RetryScheduled,
-)
+from meshkit.client._hooks import CallRecorder, ClientHooks, RetryBudgetSpent, RetryScheduled
 from meshkit.client._policy import ClientPolicy
 from meshkit.client._pool import AttemptFailed, AttemptTimedOut, EndpointPool
+from meshkit.registry.base import Endpoint
 
 CALL_EXTENSION = "meshkit.call"
 #: A per-call timeout in seconds (what ``client.get(..., timeout=)`` becomes).
@@ -66,6 +62,7 @@ _HEAD_CACHE_SIZE = 1024
 _DEADLINE_PREFIX = deadlines.DEADLINE_HEADER_BYTES + b": "
 _SENT_PREFIX = b"\r\n" + deadlines.SENT_HEADER_BYTES + b": "
 _START_PREFIX = deadlines.START_HEADER_BYTES + b": "
+_UNREPORTED = object()  # an attempt whose start the recorder has not taken (it raised)
 
 
 class Call:
@@ -82,6 +79,7 @@ class Call:
         "lost",
         "pool",
         "prefix",
+        "recorded",
         "send_deadline",
         "subset",
         "tried",
@@ -105,6 +103,7 @@ class Call:
         # happens before the first attempt sends anything, so before any retry decision.
         self.keyed = False
         self.lost = False  # cancelled because another (hedged) attempt answered first
+        self.recorded: object = None  # what the recorder's call_started returned
 
     def fork(self) -> Call:
         """A Call for an attempt running beside this call's own (a hedge): the same
@@ -115,6 +114,7 @@ class Call:
         twin.attempt = self.attempt
         twin.tried = self.tried  # shared: concurrent attempts pick different endpoints
         twin.prefix, twin.body, twin.keyed = self.prefix, self.body, self.keyed
+        twin.recorded = self.recorded
         return twin
 
 
@@ -132,25 +132,27 @@ class MeshTransport(AsyncBaseTransport):
         *,
         passthrough: AsyncBaseTransport,
         policy: ClientPolicy,
-        hooks: ClientHooks | None,
+        recorder: CallRecorder | None,
         subset: str = "",
     ) -> None:
         self._destination = destination
         self._inner = inner
         self._passthrough = passthrough
         self._timeout = policy.timeout
-        self._hooks = hooks
+        self._recorder = recorder
         self._subset = subset  # a routed target's stack reports its calls by subset
 
-    async def handle_async_request(self, request: Request) -> Response:
+    def handle_async_request(self, request: Request) -> Coroutine[Any, Any, Response]:
+        # Not a coroutine itself: it hands the caller the one that does the work, one
+        # frame fewer on every call (a layer's "async def" would only await it).
         if request.url.host != self._destination:
-            return await self._passthrough.handle_async_request(request)
-        return await run_call(
+            return self._passthrough.handle_async_request(request)
+        return run_call(
             request,
             self._inner,
             self._destination,
             self._timeout,
-            self._hooks,
+            self._recorder,
             send_deadline=True,
             subset=self._subset,
         )
@@ -161,12 +163,14 @@ async def run_call(
     inner: AsyncBaseTransport,
     destination: str,
     timeout: float,  # noqa: ASYNC109 (a default, not how we wait)
-    hooks: ClientHooks | None,
+    recorder: CallRecorder | None,
     *,
     send_deadline: bool,
     subset: str = "",
+    one_attempt: bool = False,
 ) -> Response:
-    """Bound the call by min(its timeout, the incoming deadline) and report it to hooks."""
+    """Bound the call by min(its timeout, the incoming deadline) and report it to the
+    recorder, and its attempt too for a call of ``one_attempt`` (a pass-through)."""
     now = deadlines.now()
     deadline = now + request.extensions.get(TIMEOUT_EXTENSION, timeout)
     incoming = deadlines.current_deadline()
@@ -179,13 +183,16 @@ async def run_call(
     call = request.extensions[CALL_EXTENSION] = Call(
         destination, deadline, send_deadline=send_deadline, subset=subset
     )
-    if hooks is None:
+    if recorder is None:
         return await inner.handle_async_request(request)
-    path = request.url.path
-    state = hooks.on_call_start(CallStarted(destination, request.method, path, subset))
+    state = call.recorded = recorder.call_started(destination, request.method, request.url, subset)
+    attempt: object = _UNREPORTED
     status: int | None = None
     error: BaseException | None = None
     try:
+        if one_attempt:
+            call.attempt = 1
+            attempt = start_attempt(recorder, call, None)
         response = await inner.handle_async_request(request)
         status = response.status_code
         return response
@@ -193,11 +200,10 @@ async def run_call(
         error = exc
         raise
     finally:
-        duration = deadlines.now() - now
-        event = CallEnded(
-            destination, request.method, path, status, duration, call.attempt, error, state, subset
-        )
-        hooks.on_call_end(event)
+        took = deadlines.now() - now
+        if attempt is not _UNREPORTED:
+            recorder.attempt_ended(attempt, status, took, error)
+        recorder.call_ended(state, status, took, call.attempt, error)
 
 
 class LimitTransport(AsyncBaseTransport):
@@ -410,11 +416,11 @@ class BalancerTransport(AsyncBaseTransport):
     """Pick the attempt's endpoint and feed its outcome back to the balancer."""
 
     def __init__(
-        self, inner: AsyncBaseTransport, balancer: Balancer, hooks: ClientHooks | None
+        self, inner: AsyncBaseTransport, balancer: Balancer, recorder: CallRecorder | None
     ) -> None:
         self._inner = inner
         self._balancer = balancer
-        self._hooks = hooks
+        self._recorder = recorder
 
     async def handle_async_request(self, request: Request) -> Response:
         call = call_of(request)
@@ -425,12 +431,15 @@ class BalancerTransport(AsyncBaseTransport):
         state = balancer.pick(started, call.tried)
         call.tried.append(state)
         call.pool = state.pool
+        recorder = self._recorder
+        token: object = _UNREPORTED
         ok: bool | None = False
+        status: int | None = None
+        error: BaseException | None = None
         try:
-            if self._hooks is None:
-                response = await self._inner.handle_async_request(request)
-            else:
-                response = await attempt_with_hooks(self._inner, request, call, self._hooks, state)
+            if recorder is not None:  # in the try: the balancer hears of every pick
+                token = start_attempt(recorder, call, state.endpoint)
+            response = await self._inner.handle_async_request(request)
             status = response.status_code
             ok = status < 500
             if status == 429 or status == 503:
@@ -439,11 +448,17 @@ class BalancerTransport(AsyncBaseTransport):
                     balancer.busy(state, status, pause, deadlines.now())
                     ok = True  # alive, and asking for less traffic: not a failure to eject on
             return response
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             ok = None  # the caller gave up: says nothing about the endpoint
+            error = exc
+            raise
+        except BaseException as exc:
+            error = exc
             raise
         finally:
             ended = deadlines.now()
+            if recorder is not None and token is not _UNREPORTED:
+                recorder.attempt_ended(token, status, ended - started, error)
             if ok is None and call.lost:
                 balancer.record_lost(state, ended - started, ended)
             else:
@@ -459,43 +474,13 @@ def busy_for(status: int, response: Response) -> float | None:
     return retry_after
 
 
-async def attempt_with_hooks(
-    inner: AsyncBaseTransport,
-    request: Request,
-    call: Call,
-    hooks: ClientHooks,
-    state: EndpointState | None,
-) -> Response:
-    endpoint = state.endpoint if state is not None else None
+def start_attempt(recorder: CallRecorder, call: Call, endpoint: Endpoint | None) -> object:
+    """Report an attempt's start (the headers the recorder adds go with this attempt);
+    returns the recorder's state for its ``attempt_ended``."""
     headers: list[tuple[str, str]] = []
-    started = deadlines.now()
-    event = AttemptStarted(call.destination, request.method, call.attempt, endpoint, headers)
-    token = hooks.on_attempt_start(event)
+    state = recorder.attempt_started(call.recorded, call.attempt, endpoint, headers)
     call.extra_headers = headers
-    status: int | None = None
-    error: BaseException | None = None
-    try:
-        response = await inner.handle_async_request(request)
-        status = response.status_code
-        return response
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        duration = deadlines.now() - started
-        hooks.on_attempt_end(
-            AttemptEnded(
-                call.destination,
-                request.method,
-                call.attempt,
-                endpoint,
-                status,
-                duration,
-                error,
-                token,
-                call.subset,
-            )
-        )
+    return state
 
 
 class PoolTransport(AsyncBaseTransport):
@@ -538,10 +523,11 @@ class PoolTransport(AsyncBaseTransport):
         return complete_response(status, headers, body, request, deadlines.now() - started)
 
     def _head(self, request: Request, body_length: int) -> tuple[bytes, bool]:
-        raw_path, raw_headers = request.url.raw_path, request.headers.raw
-        key = (request.method, raw_path, body_length, *raw_headers)
+        raw_path, fields = request.url.raw_path, header_fields(request.headers)
+        key = (request.method, raw_path, body_length, *fields)
         head = self._heads.get(key)
         if head is None:
+            raw_headers = [(name, value) for name, _, value in fields]
             head = serialize_head(request.method, raw_path, raw_headers, body_length)
             if len(self._heads) >= _HEAD_CACHE_SIZE:
                 self._heads.clear()  # what repeats now comes back at once; one-offs go
@@ -604,9 +590,9 @@ class PassthroughTransport(AsyncBaseTransport):
     """Absolute URLs outside the mesh: one attempt, normal TLS verification, no mesh
     identity or deadline header, still reported to the hooks (trace headers)."""
 
-    def __init__(self, *, policy: ClientPolicy, hooks: ClientHooks | None) -> None:
+    def __init__(self, *, policy: ClientPolicy, recorder: CallRecorder | None) -> None:
         self._policy = policy
-        self._hooks = hooks
+        self._recorder = recorder
         self._inner = PoolTransport(None)
         self._attempt = _PassthroughAttempt(self)
         self._pools: dict[tuple[str, str, int], EndpointPool] = {}
@@ -618,8 +604,9 @@ class PassthroughTransport(AsyncBaseTransport):
             self._attempt,
             host,
             self._policy.timeout,
-            self._hooks,
+            self._recorder,
             send_deadline=False,
+            one_attempt=True,
         )
 
     def pool_for(self, request: Request) -> EndpointPool:
@@ -646,9 +633,7 @@ class PassthroughTransport(AsyncBaseTransport):
         call.attempt = 1
         call.pool = self.pool_for(request)
         try:
-            if self._hooks is None:
-                return await self._inner.handle_async_request(request)
-            return await attempt_with_hooks(self._inner, request, call, self._hooks, None)
+            return await self._inner.handle_async_request(request)
         except AttemptTimedOut as exc:
             raise DeadlineExceeded(str(exc), destination=call.destination) from exc
         except AttemptFailed as exc:

@@ -15,6 +15,12 @@ SDK's internals:
   TLS). The exporter's own module is never imported: with its protobuf encoder it
   would hold 3.1 MiB in every service (bench/memory.py).
 
+The mesh client's attempts, one per call, lean on the same internals: a context's span
+and baggage are read by the API's keys for them (``_Recorder.start``,
+``append_trace_headers``: a dropped attempt's ``traceparent`` from its ids), and
+``current_context`` is the API's ContextVar's own ``get`` (probed when this module is
+imported; else, silently, ``opentelemetry.context.get_current``).
+
 ``check`` runs when this module is imported: it looks up every private name used here
 and probes the shapes relied on (the fields the SDK's ``Span`` constructor sets, the
 sampler delegates, the poster's parts) and makes a ``MeshSpan`` and an SDK span go
@@ -33,14 +39,17 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from time import time_ns
 from typing import Any, NamedTuple, cast
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
     OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
@@ -86,7 +95,8 @@ from opentelemetry.trace import (
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
-from meshkit.telemetry.propagation import EMPTY_CONTEXT, get_tracer
+from meshkit.telemetry import tracecontext
+from meshkit.telemetry.propagation import EMPTY_CONTEXT, append_span_headers, get_tracer
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +135,8 @@ _PRIVATE_NAMES = {
         "opentelemetry.semconv._incubating.attributes.otel_attributes",
         "OtelComponentTypeValues",
     ),
+    "span_key": ("opentelemetry.trace.propagation", "_SPAN_KEY"),
+    "baggage_key": ("opentelemetry.baggage", "_BAGGAGE_KEY"),
 }
 #: The fields the SDK's ``Span`` constructor sets: ``MeshSpan`` gives each a value, and
 #: ``span_fields`` reads some of them.
@@ -182,6 +194,8 @@ class _Internals:
     max_request_size: int
     exporter_metrics: Any
     component_types: Any
+    span_key: str  # where a Context holds its current span
+    baggage_key: str  # where a Context holds its baggage (a dict)
 
 
 def check() -> _Internals | None:
@@ -202,6 +216,7 @@ def check() -> _Internals | None:
             problems.append(f"{probe.__name__.strip('_')}: {exc!r}")
     if internals is not None and not problems:
         for named, internal_probe in (
+            ("context keys probe", _key_problems),
             ("MeshSpan probe", _mesh_span_problems),
             ("SpanPoster probe", _poster_problems),
         ):
@@ -292,6 +307,17 @@ def _poster_problems(internals: _Internals) -> list[str]:
         poster.shutdown()
 
 
+def _key_problems(internals: _Internals) -> list[str]:
+    """The API must keep a context's span and baggage where ``_Internals`` says."""
+    problems = []
+    span = NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+    if trace.set_span_in_context(span, EMPTY_CONTEXT).get(internals.span_key) is not span:
+        problems.append("the current span's context key")
+    if baggage.set_baggage("k", "v", EMPTY_CONTEXT).get(internals.baggage_key) != {"k": "v"}:
+        problems.append("the baggage's context key")
+    return problems
+
+
 class _Keeping(SpanProcessor):
     def __init__(self) -> None:
         self.ended: list[ReadableSpan] = []
@@ -375,6 +401,20 @@ class SpanStarter:
             return self._tracer.start_span(name, context=context, kind=kind)
         return recorder.start(name, kind, context)
 
+    def start_child(self, name: str, kind: SpanKind, parent: Span, context: Context) -> Span:
+        """The span ``start(name, kind, trace.set_span_in_context(parent, context))``
+        makes; the context is made only if the child may record (a dropped parent
+        whose sampler follows it has a dropped child)."""
+        recorder = self._recorder
+        if (
+            type(parent) is _DroppedSpan
+            and parent.recorder is recorder
+            and recorder.sampling.follows_parent
+            and recorder.tracer._is_enabled()
+        ):
+            return parent.child()
+        return self.start(name, kind, trace.set_span_in_context(parent, context))
+
     def _use(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
         self._tracing = not isinstance(tracer, trace.NoOpTracer | trace.ProxyTracer)
@@ -396,9 +436,10 @@ class SpanStarter:
 class _Recorder:
     """What one SDK tracer decides and records, taken over by meshkit."""
 
-    def __init__(self, tracer: SdkTracer, sampling: _Sampling) -> None:
+    def __init__(self, tracer: SdkTracer, sampling: _Sampling, span_key: str) -> None:
         self.tracer = tracer
         self.sampling = sampling
+        self.span_key = span_key
         self.ids = tracer.id_generator
         self.random_trace_ids = self.ids.is_trace_id_random()
         self.root_flags = _FLAGS[True, self.random_trace_ids]
@@ -414,22 +455,27 @@ class _Recorder:
         if tracer._span_limits.max_span_attribute_length is not None:
             return None  # meshkit's own attributes go in unchecked: they must need no cutting
         sampling = _sampling(tracer.sampler)
-        return None if sampling is None else cls(tracer, sampling)
+        return None if sampling is None else cls(tracer, sampling, internals.span_key)
 
     def start(self, name: str, kind: SpanKind, context: Context | None) -> Span:
         """The span the tracer's sampler decides for, recorded or dropped."""
         parent: SpanContext | None = None
         if context is not EMPTY_CONTEXT:  # the usual request: no trace context came with it
-            parent_span = trace.get_current_span(context)
-            if isinstance(parent_span, _DroppedSpan) and self.sampling.follows_parent:
+            if context is None:
+                context = otel_context.get_current()
+            # The context's span read as trace.get_current_span reads it, without its
+            # isinstance check against the Span ABC for the usual parents.
+            parent_span: Any = context.get(self.span_key)
+            if type(parent_span) is _DroppedSpan and self.sampling.follows_parent:
                 # A child of a dropped span is dropped, in its trace: the parent's own
                 # context need not be made for it.
-                return _DroppedSpan(
-                    self, parent_span.trace_id, parent_span.random_id, parent_span.state
-                )
-            parent = parent_span.get_span_context()
-            if not parent.is_valid:
-                parent = None
+                return parent_span.child()
+            if parent_span is not None and (
+                type(parent_span) in _SPAN_TYPES or isinstance(parent_span, Span)
+            ):
+                parent = parent_span.get_span_context()
+                if not parent.is_valid:
+                    parent = None
         if parent is None:
             trace_id = self.ids.generate_trace_id()
             if not self.sampling.samples(None, trace_id):
@@ -479,15 +525,68 @@ class _DroppedSpan(NonRecordingSpan):
     def _context(self) -> SpanContext:  # type: ignore[override]
         made = self.__dict__.get("_made")
         if made is None:
-            span_id = self.recorder.ids.generate_span_id()
             flags = _FLAGS[False, self.random_id]
-            context = SpanContext(self.trace_id, span_id, False, flags, self.state)
+            context = SpanContext(self.trace_id, self.span_id(), False, flags, self.state)
             # setdefault is atomic: two threads reading at once agree on one context.
             made = self.__dict__.setdefault("_made", context)
         return cast(SpanContext, made)
 
     def get_span_context(self) -> SpanContext:
         return self._context
+
+    def child(self) -> _DroppedSpan:
+        """A dropped child: in this span's trace, with its trace state."""
+        return _DroppedSpan(self.recorder, self.trace_id, self.random_id, self.state)
+
+    def span_id(self) -> int:
+        """This span's id, drawn on first use (the same one its context holds)."""
+        span_id: int | None = self.__dict__.get("_span_id")
+        if span_id is None:
+            span_id = self.__dict__.setdefault("_span_id", self.recorder.ids.generate_span_id())
+        return span_id
+
+    def traceparent(self) -> str:
+        """The ``traceparent`` of this span, from its ids (no SpanContext made)."""
+        flags = tracecontext.RANDOM_TRACE_ID if self.random_id else 0
+        return tracecontext.format_ids(self.trace_id, self.span_id(), flags)
+
+
+def _context_reader() -> Callable[[], Context]:
+    """What reads the current context: the ``get`` of the API's ContextVar itself when
+    the runtime context is the stock contextvars one (a read is then no Python call
+    at all), else ``opentelemetry.context.get_current``."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if not isinstance(runtime, ContextVarsRuntimeContext) or not isinstance(variable, ContextVar):
+        return otel_context.get_current
+    probe = Context()
+    token = otel_context.attach(probe)
+    try:
+        if variable.get() is not probe:
+            return otel_context.get_current
+    finally:
+        otel_context.detach(token)
+    return variable.get
+
+
+#: ``opentelemetry.context.get_current``, read in one step where it can be.
+current_context = _context_reader()
+
+#: The spans a context usually holds, known to be ``Span``s without asking the ABC.
+_SPAN_TYPES = frozenset((_DroppedSpan, NonRecordingSpan, SdkSpan))
+
+
+def append_trace_headers(headers: list[tuple[str, str]], span: Span, context: Context) -> None:
+    """``propagation.append_span_headers(headers, span, context)``: for a dropped span in
+    a context without baggage (the usual mesh call), its ``traceparent`` formatted from
+    its ids, without a SpanContext, and the baggage looked for without the API's copies."""
+    if _INTERNALS is None or type(span) is not _DroppedSpan or context.get(_INTERNALS.baggage_key):
+        append_span_headers(headers, span, context)
+        return
+    headers.append(("traceparent", span.traceparent()))
+    state = span.state
+    if state is not DEFAULT_TRACE_STATE and state:  # the usual state: no call of its len()
+        headers.append(("tracestate", state.to_header()))
 
 
 class _Sampling(NamedTuple):

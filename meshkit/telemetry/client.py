@@ -7,8 +7,11 @@ one count of ``meshkit_client_attempts_total``, and the W3C trace context
 headers, so the callee's SERVER span is the attempt's child. Retries, budget
 exhaustion, ejections and breaker changes feed the ``meshkit_*`` metrics.
 
-The call span is made current between ``on_call_start`` and ``on_call_end``: the client
-calls both, and the attempt hooks between them, in the caller's task.
+The client reports its calls through ``call_recorder()``: the hooks' work with no events
+built, and the call's span handed to its attempts in the call's state. Called through
+the hooks (``on_call_start`` ...), as a subclass's overrides are, the call span is made
+current between ``on_call_start`` and ``on_call_end``, where the attempt hooks find it:
+the client calls both, and the attempt hooks between them, in the caller's task.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from meshkit._httpx import URL
 from meshkit.client import (
     AttemptEnded,
     AttemptStarted,
     BaseClientHooks,
     BreakerChanged,
     CallEnded,
+    CallRecorder,
     CallStarted,
     EndpointBusy,
     EndpointEjected,
@@ -35,9 +40,34 @@ from meshkit.client import (
     RetryBudgetSpent,
     RetryScheduled,
 )
-from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
+from meshkit.registry.base import Endpoint
+from meshkit.telemetry._otel_sdk import (
+    SpanStarter,
+    append_trace_headers,
+    current_context,
+    set_mesh_attributes,
+)
 from meshkit.telemetry.metrics import KNOWN_METHODS, MeshMetrics, method_label
-from meshkit.telemetry.propagation import append_span_headers
+from meshkit.telemetry.propagation import EMPTY_CONTEXT
+
+#: A call's destination, method and subset: its metrics' labels and its spans'.
+_Labels = tuple[str, str, str]
+#: The recorder's state of a call: its span, the context it began in, its labels, and
+#: its URL (or, through the events, its path).
+_Call = tuple[Span, Context, _Labels, "URL | str"]
+#: The recorder's state of an attempt: its span, its call's labels, number and endpoint.
+_Attempt = tuple[Span, _Labels, int, Endpoint | None]
+#: What a subclass overriding any of these is recorded through (the events).
+_RECORDING = (
+    "on_call_start",
+    "on_call_end",
+    "on_attempt_start",
+    "on_attempt_end",
+    "call_started",
+    "call_ended",
+    "attempt_started",
+    "attempt_ended",
+)
 
 
 class ClientTelemetry(BaseClientHooks):
@@ -50,47 +80,98 @@ class ClientTelemetry(BaseClientHooks):
         self.metrics = metrics
         self._spans = SpanStarter(tracer_provider)
 
+    def call_recorder(self) -> CallRecorder | None:
+        """Itself, unless a subclass changed how calls are recorded (then the client
+        builds the events for its hooks)."""
+        cls = type(self)
+        if any(getattr(cls, name) is not getattr(ClientTelemetry, name) for name in _RECORDING):
+            return None
+        return self
+
+    # The call and attempt hooks, each in its two forms: events, and the recorder's. The
+    # recorder's states carry what the end methods need: a call's span, the context it
+    # began in (its attempts' parent's), its labels and URL; an attempt's span, labels,
+    # number and endpoint.
+
     def on_call_start(self, event: CallStarted) -> object:
-        # The current context read once: the span's parent, and what it is set in.
-        current = otel_context.get_current()
-        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
-        token = otel_context.attach(trace.set_span_in_context(span, current))
-        return span, token
+        span, current = self._call_span(event.method)
+        return span, otel_context.attach(trace.set_span_in_context(span, current))
+
+    def call_started(self, destination: str, method: str, url: URL, subset: str) -> _Call:
+        span, current = self._call_span(method)
+        return span, current, (destination, method, subset), url
+
+    def _call_span(self, method: str) -> tuple[Span, Context]:
+        """The call's span, and the current context it was started in."""
+        # The current context read once: the span's parent, and where its attempts go.
+        current = current_context()
+        return self._spans.start(_span_name(method), SpanKind.CLIENT, current), current
 
     def on_call_end(self, event: CallEnded) -> None:
         span, token = cast("tuple[Span, Token[Context]]", event.state)
         otel_context.detach(token)
-        error_type = _error_type(event.status, event.error)
-        self.metrics.observe_client_call(
-            event.method, event.destination, event.status, error_type, event.duration, event.subset
-        )
+        labels = (event.destination, event.method, event.subset)
+        call = (span, EMPTY_CONTEXT, labels, event.path)  # its attempts have ended: no context
+        self.call_ended(call, event.status, event.duration, event.attempts, event.error)
+
+    def call_ended(
+        self,
+        state: _Call,
+        status: int | None,
+        duration: float,
+        attempts: int,
+        error: BaseException | None,
+    ) -> None:
+        span, _, (destination, method, subset), url = state
+        error_type = _error_type(status, error)
+        self.metrics.observe_client_call(method, destination, status, error_type, duration, subset)
         if span.is_recording():
-            attributes = _attributes(event.method, event.destination, event.status, error_type)
-            attributes["url.path"] = event.path
-            attributes["meshkit.attempts"] = event.attempts
-            _finish(span, attributes, event.error)
+            attributes = _attributes(method, destination, status, error_type)
+            # A URL is decoded only for a span that records.
+            attributes["url.path"] = url if isinstance(url, str) else url.path
+            attributes["meshkit.attempts"] = attempts
+            _finish(span, attributes, error)
         span.end()
 
     def on_attempt_start(self, event: AttemptStarted) -> object:
-        current = otel_context.get_current()
+        # The call's span is current (on_call_start made it so): the attempt's parent.
+        current = current_context()
         span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
-        append_span_headers(event.headers, span, current)
+        append_trace_headers(event.headers, span, current)
         return span
 
+    def attempt_started(
+        self,
+        call_state: _Call,
+        attempt: int,
+        endpoint: Endpoint | None,
+        headers: list[tuple[str, str]],
+    ) -> _Attempt:
+        call_span, current, labels, _ = call_state
+        name = _span_name(labels[1])
+        span = self._spans.start_child(name, SpanKind.CLIENT, call_span, current)
+        append_trace_headers(headers, span, current)
+        return span, labels, attempt, endpoint
+
     def on_attempt_end(self, event: AttemptEnded) -> None:
-        span = cast(Span, event.state)
-        error_type = _error_type(event.status, event.error)
-        self.metrics.count_client_attempt(
-            event.method, event.destination, event.status, error_type, event.subset
-        )
+        labels = (event.destination, event.method, event.subset)
+        attempt = (cast(Span, event.state), labels, event.attempt, event.endpoint)
+        self.attempt_ended(attempt, event.status, event.duration, event.error)
+
+    def attempt_ended(
+        self, state: _Attempt, status: int | None, duration: float, error: BaseException | None
+    ) -> None:
+        span, (destination, method, subset), attempt, endpoint = state
+        error_type = _error_type(status, error)
+        self.metrics.count_client_attempt(method, destination, status, error_type, subset)
         if span.is_recording():
-            attributes = _attributes(event.method, event.destination, event.status, error_type)
-            if event.attempt > 1:
-                attributes["http.request.resend_count"] = event.attempt - 1
-            if event.endpoint is not None:
-                attributes["network.peer.address"] = event.endpoint.address
-                attributes["network.peer.port"] = event.endpoint.port
-            _finish(span, attributes, event.error)
+            attributes = _attributes(method, destination, status, error_type)
+            if attempt > 1:
+                attributes["http.request.resend_count"] = attempt - 1
+            if endpoint is not None:
+                attributes["network.peer.address"] = endpoint.address
+                attributes["network.peer.port"] = endpoint.port
+            _finish(span, attributes, error)
         span.end()
 
     def on_retry_scheduled(self, event: RetryScheduled) -> None:

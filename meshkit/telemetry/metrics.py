@@ -380,13 +380,13 @@ class MeshMetrics:
     def _client_key(
         self, method: str, destination: str, status: int | None, error_type: str, subset: str
     ) -> tuple[object, ...]:
-        code = "" if status is None else status
+        # Twice a call: method_label and _subset spelled out here for the usual call.
         return (
-            method_label(method),
+            method if method in KNOWN_METHODS else "_OTHER",
             destination,
-            code,
+            "" if status is None else status,
             error_type,
-            self._subset(destination, subset),
+            self._subset(destination, subset) if subset else subset,
         )
 
     def _subset(self, destination: str, subset: str) -> str:

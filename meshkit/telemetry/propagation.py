@@ -140,9 +140,10 @@ def append_span_headers(
     span_context = span.get_span_context()
     if not span_context.is_valid:
         return
-    ids = (span_context.trace_id, span_context.span_id, span_context.trace_flags)
-    # %-formatting, not an f-string: its format specs cost more, on every attempt.
-    headers.append(("traceparent", "00-%032x-%016x-%02x" % ids))  # noqa: UP031
+    traceparent = tracecontext.format_ids(
+        span_context.trace_id, span_context.span_id, span_context.trace_flags
+    )
+    headers.append(("traceparent", traceparent))
     if span_context.trace_state:
         headers.append(("tracestate", span_context.trace_state.to_header()))
 

@@ -65,6 +65,20 @@ async def test_complete_response_equals_httpx_response(
     assert built.next_request is None and built.encoding == "utf-8"
 
 
+def test_header_fields_and_cookies_read_as_the_public_api(httpx_path: str) -> None:
+    headers = _httpx.Headers(HEADERS)
+    fields = _httpx.header_fields(headers)
+    assert [(name, value) for name, _, value in fields] == headers.raw
+    assert [(low.decode(), value.decode()) for _, low, value in fields] == headers.multi_items()
+    headers["x-added"] = "1"  # the short path compares fields to see the client's change
+    assert _httpx.header_fields(headers) != [(b"Content-Type", b"content-type", b"text/plain")]
+    assert (b"x-added", b"x-added", b"1") in _httpx.header_fields(headers)
+    client = AsyncClient()
+    assert not _httpx.has_cookies(client.cookies)
+    client.cookies.set("session", "1", domain="payments")
+    assert _httpx.has_cookies(client.cookies)
+
+
 def test_this_httpx_passes_the_check() -> None:
     # CI's newest-releases job fails here the day a release breaks the fast path.
     assert _httpx.fast_paths_problem() is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -111,22 +112,57 @@ async def test_overflow_fails_fast_with_overloaded(authority: LocalAuthority) ->
     assert outcomes == {"200": 2, "overloaded": 1}
 
 
+class AttemptStartedBy(Recorder):
+    """A Recorder whose ``on_attempt_start`` is ``start``; it keeps the other events."""
+
+    def __init__(self, start: Callable[[AttemptStarted], object]) -> None:
+        super().__init__()
+        self.start = start
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "on_attempt_start":
+            return object.__getattribute__(self, "start")
+        return super().__getattribute__(name)
+
+
+async def test_a_hook_raising_at_an_attempts_start_fails_only_that_call(
+    authority: LocalAuthority,
+) -> None:
+    """The call ends with the hook's error, sending nothing, reported to the call's end
+    hook; the next calls go through."""
+    switch = Switch()
+    failing = [True]
+
+    def start(event: AttemptStarted) -> object:
+        if failing[0]:
+            raise LookupError("hook broke")
+        return None
+
+    hooks = AttemptStartedBy(start)
+    async with serve(switch.app(), contexts(authority, "payments")) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        mesh = factory(authority, source, hooks=hooks)
+        client = mesh.client("payments")
+        with pytest.raises(LookupError, match="hook broke"):
+            await client.get("/items")
+        failing[0] = False
+        for _ in range(3):
+            assert (await client.get("/items")).status_code == 200
+        await mesh.aclose()
+    (first, *_) = hooks.of(CallEnded)
+    assert isinstance(first.error, LookupError) and first.status is None
+    assert switch.hits == 3  # the failed call sent nothing
+
+
 async def test_hooks_see_calls_and_attempts_and_add_headers(authority: LocalAuthority) -> None:
     switch = Switch()
 
-    class Tracing(Recorder):
-        def __getattribute__(self, name: str) -> Any:
-            if name == "on_attempt_start":
+    def start(event: AttemptStarted) -> object:
+        event.headers.append(("traceparent", f"00-{event.attempt:032x}-{1:016x}-01"))
+        hooks.events.append(event)
+        return "span"
 
-                def start(event: AttemptStarted) -> object:
-                    event.headers.append(("traceparent", f"00-{event.attempt:032x}-{1:016x}-01"))
-                    self.events.append(event)
-                    return "span"
-
-                return start
-            return super().__getattribute__(name)
-
-    hooks = Tracing()
+    hooks = AttemptStartedBy(start)
     async with serve(switch.app(), contexts(authority, "payments")) as port:
         source = StaticSource({"payments": [endpoint("payments", port)]})
         mesh = factory(authority, source, hooks=hooks)
