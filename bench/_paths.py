@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,14 +131,18 @@ def start_uvicorn(
     tls: Identity | None,
     target: str = "bench._endpoint:app",
     env: dict[str, str] | None = None,
+    wrapper: Sequence[str] = (),
+    timeout: float = 30.0,
 ) -> tuple[int, int]:
     """The uvicorn CLI (uvloop, httptools) serving ``target`` on an ephemeral port;
-    (pid, port). ``env`` adds to the environment (the bare caller's upstream).
+    (pid, port). ``env`` adds to the environment (the bare caller's upstream);
+    ``wrapper`` runs the interpreter under another program (valgrind), which may need
+    more than ``timeout`` seconds to start.
 
     Not ``--fd``: uvicorn wraps an inherited descriptor as AF_UNIX, so its TCP
     connections lose TCP_NODELAY and stall ~40 ms on delayed ACKs.
     """
-    argv = [PYTHON, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", "0"]
+    argv = [*wrapper, PYTHON, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", "0"]
     argv += ["--loop", "uvloop", "--http", "httptools", "--lifespan", "on" if env else "off"]
     argv += ["--no-access-log", "--log-level", "info"]
     if tls is not None:
@@ -147,12 +151,18 @@ def start_uvicorn(
     log = ws.directory / f"{name}.log"
     process = spawn(ws.stack, argv, env=env, log=log)
     running = re.compile(r"Uvicorn running on https?://127\.0\.0\.1:(\d+)")
-    wait_until(lambda: bool(running.search(log.read_text())), what=name, process=process, log=log)
+    wait_until(
+        lambda: bool(running.search(log.read_text())),
+        what=name,
+        process=process,
+        log=log,
+        timeout=timeout,
+    )
     port = int(running.search(log.read_text())[1])  # type: ignore[index]
     scheme = "https" if tls else "http"
     context = client_context(material(ws.identity("loadgen"))) if tls else None
     url = f"{scheme}://127.0.0.1:{port}/hello"
-    wait_until(lambda: answers(url, context), what=name, process=process, log=log)
+    wait_until(lambda: answers(url, context), what=name, process=process, log=log, timeout=timeout)
     return process.pid, port
 
 

@@ -1,0 +1,274 @@
+"""The server half of a request: bare uvicorn + Starlette against a meshkit ServiceApp.
+
+    python -m bench.serving [--concurrency 16] [--duration 3] [--warmup 1] [--rounds 5]
+    python -m bench.serving --callgrind [--concurrency 1] [--windows 3,9]
+
+Two servers, each one process, serve the same ``/hello`` endpoint (bench/_endpoint.py):
+
+- ``bare``: the uvicorn CLI (uvloop, httptools) with strict mTLS, as path B of
+  bench/mesh.py: no identity check, telemetry or policy;
+- ``meshkit``: ``meshkit run bench._apps:callee``, everything on as in path M's callee:
+  strict mTLS with the caller's SPIFFE ID in scope, telemetry (metrics, 10% of traces
+  exported over OTLP to a sink), the deadline middleware, ``@allow`` policy.
+
+The same load generator (bench/_loadgen.py, its own process, keep-alive connections
+opened in its warm-up) drives them in interleaved rounds (round 1: bare, meshkit;
+round 2: ...). Printed: the server process's CPU µs per request (``/proc``, measured
+window only), medians over the rounds, and a last JSON line.
+
+Wall-clock CPU on a shared machine moves by ±20-40% between runs; instruction counts do
+not. ``--callgrind`` runs both servers under ``valgrind --tool=callgrind`` and, for two
+measured windows of different lengths each driven by a fresh load generator after its
+warm-up, zeroes the server's counters as the window opens and dumps them as it closes
+(``callgrind_control -z/-d PID``). Instructions per request are
+``(Ir_long - Ir_short) / (requests_long - requests_short)``: what a window costs
+regardless of its length (the zero and dump themselves) cancels. The long window's
+dump is kept for ``callgrind_annotate --inclusive=yes FILE`` (the path is printed).
+At one request in flight (the default there) every request is one event-loop pass,
+so the count does not depend on how requests batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench._paths import PYTHON, RunningPath, Workspace, start_uvicorn
+from bench._procs import ROOT, spawn, wait_until
+from bench.mesh import CellFailed, _expect, _tell, run_cell
+
+SERVERS = ("bare", "meshkit")
+_SERVING = re.compile(r"serving mTLS.*? on \S+:(?P<port>\d+), admin on")
+_TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench.serving", description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, help="requests in flight (16; callgrind: 1)")
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (CPU mode)")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="bare,meshkit or one")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count instructions per request under valgrind's callgrind instead of CPU time",
+    )
+    parser.add_argument(
+        "--windows",
+        default="3,9",
+        help="callgrind: the two measured windows' seconds (short,long)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="callgrind: where the dumps go (default: a temp dir)"
+    )
+    args = parser.parse_args(argv)
+    args.servers = args.servers.split(",")
+    if set(args.servers) - set(SERVERS):
+        parser.error(f"--servers: choose from {', '.join(SERVERS)}")
+    if args.concurrency is None:
+        args.concurrency = 1 if args.callgrind else 16
+    if args.callgrind:
+        args.warmup = max(args.warmup, 3.0)  # under valgrind the first requests are slow
+    return args
+
+
+# -- the two servers ---------------------------------------------------------------------
+
+
+def start_server(
+    ws: Workspace, name: str, wrapper: Sequence[str] = (), timeout: float = 30.0
+) -> RunningPath:
+    if name == "bare":
+        pid, port = start_uvicorn(
+            ws, "bare", tls=ws.identity("callee"), wrapper=wrapper, timeout=timeout
+        )
+        contains = "uvicorn CLI, strict mTLS -> Starlette endpoint"
+    else:
+        pid, port = start_meshkit(ws, wrapper, timeout)
+        contains = "meshkit run bench._apps:callee, everything on as M's callee"
+    url = f"https://127.0.0.1:{port}/hello"
+    return RunningPath(name, contains, url, ws.identity("loadgen"), {name: pid})
+
+
+def start_meshkit(ws: Workspace, wrapper: Sequence[str], timeout: float) -> tuple[int, int]:
+    """``meshkit run`` serving M's callee app as service ``solo``, certificates from files,
+    no registry; (pid, port)."""
+    env = ws.mesh_env("solo") | {
+        "MESHKIT_SERVICE": "solo",
+        "CONSUL_HTTP_ADDR": "",
+        "PYTHONUNBUFFERED": "1",
+    }
+    argv = [*wrapper, PYTHON, "-m", "meshkit", "run", "bench._apps:callee", "--log-level", "info"]
+    log = ws.directory / "meshkit.log"
+    process = spawn(ws.stack, argv, env=env, log=log)
+    wait_until(
+        lambda: bool(_SERVING.search(log.read_text())),
+        what="meshkit",
+        process=process,
+        log=log,
+        timeout=timeout,
+    )
+    return process.pid, int(_SERVING.search(log.read_text())["port"])  # type: ignore[index]
+
+
+# -- CPU time, interleaved ---------------------------------------------------------------
+
+
+def measure_cpu(args: argparse.Namespace, ws: Workspace) -> dict[str, Any]:
+    paths = {name: start_server(ws, name) for name in args.servers}
+    per_request: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, path in paths.items():
+            cell = run_cell(path, args.concurrency, args, ws.directory)
+            if cell["errors"] or not cell["requests"]:
+                raise CellFailed(f"{name}: {cell['errors']} errors: {cell['first_error']}")
+            per_request[name].append(cell["cpu_s_per_1k"] * 1000)  # CPU-s per 1k = ms each
+    figures: dict[str, Any] = {"concurrency": args.concurrency, "rounds": args.rounds}
+    for name, values in per_request.items():
+        figures[f"cpu_us_per_request_{name}"] = round(statistics.median(values), 2)
+        figures[f"cpu_us_per_request_{name}_all"] = [round(v, 2) for v in values]
+    if len(paths) == 2:
+        figures["ratio_cpu_meshkit_over_bare"] = round(
+            figures["cpu_us_per_request_meshkit"] / figures["cpu_us_per_request_bare"], 3
+        )
+    return figures
+
+
+# -- instructions, under callgrind -------------------------------------------------------
+
+
+def measure_instructions(args: argparse.Namespace, ws: Workspace, out: Path) -> dict[str, Any]:
+    short, long = (float(value) for value in args.windows.split(","))
+    figures: dict[str, Any] = {"concurrency": args.concurrency, "windows_s": [short, long]}
+    for name in args.servers:
+        dump = out / f"callgrind.{name}.out"
+        wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"]
+        path = start_server(ws, name, wrapper, timeout=300.0)
+        pid = path.processes[name]
+        windows = [counted_window(path, pid, seconds, args) for seconds in (short, long)]
+        (ir_short, n_short), (ir_long, n_long) = windows
+        per_request = round((ir_long - ir_short) / (n_long - n_short))
+        figures[f"instructions_per_request_{name}"] = per_request
+        figures[f"requests_{name}"] = [n_short, n_long]
+        figures[f"dump_{name}"] = str(dump) + ".2"
+        print(
+            f"{name:>8}: {per_request:,} instructions/request "
+            f"({n_short} and {n_long} requests; annotate {dump}.2)",
+            flush=True,
+        )
+    if len(args.servers) == 2:
+        meshkit, bare = (figures[f"instructions_per_request_{n}"] for n in ("meshkit", "bare"))
+        figures["ratio_instructions_meshkit_over_bare"] = round(meshkit / bare, 3)
+    return figures
+
+
+def counted_window(
+    path: RunningPath, pid: int, seconds: float, args: argparse.Namespace
+) -> tuple[int, int]:
+    """(instructions, requests) of one measured window of a server under callgrind."""
+    with loadgen(path, args.concurrency, seconds, args.warmup) as (process, result):
+        _expect(process, "ready")
+        callgrind_control("-z", pid)
+        _tell(process)
+        _expect(process, "done")
+        dumped = callgrind_control("-d", pid)
+        _tell(process)
+        if process.wait(60) != 0:
+            raise CellFailed(f"load generator failed for {path.key}")
+        requests = int(json.loads(result.read_text())["requests"])
+    return dumped, requests
+
+
+def callgrind_control(flag: str, pid: int) -> int:
+    """Zero (``-z``) or dump (``-d``) the counters of callgrind process ``pid``; for a dump,
+    the instructions it counted. Always one pid: without it the command reaches every
+    callgrind process on the machine."""
+    if pid <= 0:
+        raise ValueError(f"callgrind_control needs a process id, not {pid}")
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
+    if flag != "-d":
+        return 0
+    return _newest_dump_total(pid)
+
+
+def _newest_dump_total(pid: int) -> int:
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    option = next(a for a in command if a.startswith(b"--callgrind-out-file="))
+    base = Path(option.partition(b"=")[2].decode())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        dumps = sorted(base.parent.glob(base.name + ".*"), key=lambda p: p.stat().st_mtime)
+        if dumps:
+            match = _TOTALS.search(dumps[-1].read_text(errors="replace"))
+            if match:
+                return int(match[1])
+        time.sleep(0.2)
+    raise CellFailed(f"no callgrind dump for {pid} in {base.parent}")
+
+
+@contextlib.contextmanager
+def loadgen(
+    path: RunningPath, concurrency: int, seconds: float, warmup: float
+) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """A load generator against ``path`` (its process, and the file its result goes to)."""
+    result = Path(tempfile.mkstemp(prefix="loadgen-", suffix=".json")[1])
+    argv = [PYTHON, "-m", "bench._loadgen", "--url", path.url, "--result", str(result)]
+    argv += ["--concurrency", str(concurrency), "--duration", str(seconds)]
+    argv += ["--warmup", str(warmup), "--ready-timeout", "300"]
+    assert path.client is not None
+    argv += ["--cert", str(path.client.cert), "--key", str(path.client.key)]
+    argv += ["--ca", str(path.client.bundle)]
+    process = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process, result
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        result.unlink(missing_ok=True)
+
+
+def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    # The directory outlives the processes (their logs are in it): the stack stops them first.
+    with contextlib.ExitStack() as stack:
+        ws = Workspace(directory, stack)
+        if not args.callgrind:
+            return measure_cpu(args, ws)
+        out = args.out or Path(tempfile.mkdtemp(prefix="bench-serving-callgrind-"))
+        out.mkdir(parents=True, exist_ok=True)
+        return measure_instructions(args, ws, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        figures = measure(args, Path(tmp))
+    if not args.callgrind:
+        for name in args.servers:
+            cpu, rounds = (figures[f"cpu_us_per_request_{name}{s}"] for s in ("", "_all"))
+            print(f"{name:>8}: {cpu:7.2f} µs server CPU/request (rounds: {rounds})")
+    figures["seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
