@@ -9,7 +9,11 @@ the parent can sample the servers' CPU exactly around the measured window:
     parent samples /proc again, writes "go"                 -> closes, writes the result
 
     python -m bench._loadgen --url URL --concurrency N --duration S --result FILE
-        [--warmup S] [--cert CHAIN --key KEY --ca BUNDLE]
+        [--warmup S] [--cert CHAIN --key KEY --ca BUNDLE] [--mesh-headers]
+
+``--mesh-headers`` sends with each request what a meshkit caller's mesh client sends: a
+``traceparent`` of a new trace (10% of them sampled) and the deadline headers of a
+10 s call timeout, so a meshkit server does per request what M's callee does.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -41,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--key", type=Path)
     parser.add_argument("--ca", type=Path)
     parser.add_argument("--result", type=Path, required=True, help="where the JSON goes")
+    parser.add_argument(
+        "--mesh-headers",
+        action="store_true",
+        help="send a mesh client's trace context (10%% sampled) and deadline headers",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,12 +74,33 @@ class Tally:
         self.first_error = self.first_error or reason
 
 
-async def worker(session: aiohttp.ClientSession, url: str, deadline: float, tally: Tally) -> None:
+def mesh_headers() -> dict[str, str]:
+    """What meshkit's client sends on a call (meshkit.deadline, W3C traceparent)."""
+    sampled = "01" if random.random() < 0.1 else "00"
+    trace_id, span_id = random.getrandbits(128) or 1, random.getrandbits(64) or 1
+    return {
+        "traceparent": f"00-{trace_id:032x}-{span_id:016x}-{sampled}",
+        "x-meshkit-deadline-ms": "10000",
+        "x-meshkit-sent-ms": str(int(time.time() * 1000)),
+    }
+
+
+def no_headers() -> None:
+    return None
+
+
+async def worker(
+    session: aiohttp.ClientSession,
+    url: str,
+    deadline: float,
+    tally: Tally,
+    headers: Callable[[], dict[str, str] | None],
+) -> None:
     clock = time.perf_counter
     while clock() < deadline:
         start = clock()
         try:
-            async with session.get(url) as response:
+            async with session.get(url, headers=headers()) as response:
                 await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -81,12 +113,17 @@ async def worker(session: aiohttp.ClientSession, url: str, deadline: float, tall
 
 
 async def phase(
-    session: aiohttp.ClientSession, url: str, concurrency: int, seconds: float
+    session: aiohttp.ClientSession,
+    url: str,
+    concurrency: int,
+    seconds: float,
+    headers: Callable[[], dict[str, str] | None] = no_headers,
 ) -> tuple[Tally, float]:
     tally = Tally()
     start = time.perf_counter()
     deadline = start + seconds
-    await asyncio.gather(*(worker(session, url, deadline, tally) for _ in range(concurrency)))
+    workers = (worker(session, url, deadline, tally, headers) for _ in range(concurrency))
+    await asyncio.gather(*workers)
     return tally, time.perf_counter() - start
 
 
@@ -120,10 +157,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     connector = aiohttp.TCPConnector(limit=args.concurrency, ssl=tls_context(args))
     async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
         await wait_ready(session, args.url, args.ready_timeout)
-        await phase(session, args.url, args.concurrency, args.warmup)
+        headers = mesh_headers if args.mesh_headers else no_headers
+        await phase(session, args.url, args.concurrency, args.warmup, headers)
         say("ready")
         await parent_says()
-        tally, elapsed = await phase(session, args.url, args.concurrency, args.duration)
+        tally, elapsed = await phase(session, args.url, args.concurrency, args.duration, headers)
         say("done")
         await parent_says()  # closing connections wakes the servers: only after sampling
     return {

@@ -21,8 +21,11 @@ not. ``--callgrind`` runs both servers under ``valgrind --tool=callgrind`` and, 
 measured windows of different lengths each driven by a fresh load generator after its
 warm-up, zeroes the server's counters as the window opens and dumps them as it closes
 (``callgrind_control -z/-d PID``). Instructions per request are
-``(Ir_long - Ir_short) / (requests_long - requests_short)``: what a window costs
-regardless of its length (the zero and dump themselves) cancels. The long window's
+``(Ir_long - Ir_short - idle) / (requests_long - requests_short)``: what a window costs
+regardless of its length (the zero and dump themselves) cancels, and ``idle`` is what
+the server spends without requests (uvicorn's 10 Hz ticks, meshkit's sweeps; measured
+in a window of its own) over the seconds the two windows differ by: under valgrind a
+slower server would otherwise pay more of it per request. The long window's
 dump is kept for ``callgrind_annotate --inclusive=yes FILE`` (the path is printed).
 At one request in flight (the default there) every request is one event-loop pass,
 so the count does not depend on how requests batch.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import re
 import statistics
@@ -39,13 +43,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench._paths import PYTHON, RunningPath, Workspace, start_uvicorn
-from bench._procs import ROOT, spawn, wait_until
-from bench.mesh import CellFailed, _expect, _tell, run_cell
+from bench._procs import ROOT, cpu_seconds, spawn, wait_until
+from bench.mesh import CellFailed, _expect, _tell
 
 SERVERS = ("bare", "meshkit")
 _SERVING = re.compile(r"serving mTLS.*? on \S+:(?P<port>\d+), admin on")
@@ -130,10 +134,9 @@ def measure_cpu(args: argparse.Namespace, ws: Workspace) -> dict[str, Any]:
     per_request: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.rounds):
         for name, path in paths.items():
-            cell = run_cell(path, args.concurrency, args, ws.directory)
-            if cell["errors"] or not cell["requests"]:
-                raise CellFailed(f"{name}: {cell['errors']} errors: {cell['first_error']}")
-            per_request[name].append(cell["cpu_s_per_1k"] * 1000)  # CPU-s per 1k = ms each
+            cpu = functools.partial(cpu_seconds, path.processes[name])
+            cell = measured_window(path, args.duration, args, cpu)
+            per_request[name].append(cell.amount / cell.requests * 1e6)
     figures: dict[str, Any] = {"concurrency": args.concurrency, "rounds": args.rounds}
     for name, values in per_request.items():
         figures[f"cpu_us_per_request_{name}"] = round(statistics.median(values), 2)
@@ -156,15 +159,14 @@ def measure_instructions(args: argparse.Namespace, ws: Workspace, out: Path) -> 
         wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"]
         path = start_server(ws, name, wrapper, timeout=300.0)
         pid = path.processes[name]
-        windows = [counted_window(path, pid, seconds, args) for seconds in (short, long)]
-        (ir_short, n_short), (ir_long, n_long) = windows
-        per_request = round((ir_long - ir_short) / (n_long - n_short))
-        figures[f"instructions_per_request_{name}"] = per_request
-        figures[f"requests_{name}"] = [n_short, n_long]
-        figures[f"dump_{name}"] = str(dump) + ".2"
+        idle = idle_rate(pid, short)
+        windows = [measured_window(path, s, args, callgrind(pid)) for s in (short, long)]
+        figures |= instruction_figures(name, idle, windows)
+        figures[f"dump_{name}"] = f"{dump}.3"
         print(
-            f"{name:>8}: {per_request:,} instructions/request "
-            f"({n_short} and {n_long} requests; annotate {dump}.2)",
+            f"{name:>8}: {figures[f'instructions_per_request_{name}']:,} instructions/request "
+            f"({windows[0].requests} and {windows[1].requests} requests, idle "
+            f"{idle:,.0f}/s taken out; annotate {dump}.3)",
             flush=True,
         )
     if len(args.servers) == 2:
@@ -173,21 +175,72 @@ def measure_instructions(args: argparse.Namespace, ws: Workspace, out: Path) -> 
     return figures
 
 
-def counted_window(
-    path: RunningPath, pid: int, seconds: float, args: argparse.Namespace
-) -> tuple[int, int]:
-    """(instructions, requests) of one measured window of a server under callgrind."""
+class Window(NamedTuple):
+    """What a server spent (CPU seconds, instructions) over a measured window."""
+
+    amount: float
+    requests: int
+    seconds: float
+
+
+def instruction_figures(name: str, idle: float, windows: list[Window]) -> dict[str, Any]:
+    """Instructions per request from a short and a long window: what the two windows
+    differ by, less what the server spends idle in the time they differ by (uvicorn's
+    ticks, meshkit's sweeps: under valgrind a slower server pays more of it a request)."""
+    short, long = windows
+    extra = long.amount - short.amount
+    requests = long.requests - short.requests
+    idle_part = idle * (long.seconds - short.seconds)
+    return {
+        f"instructions_per_request_{name}": round((extra - idle_part) / requests),
+        f"instructions_per_request_{name}_with_idle": round(extra / requests),
+        f"idle_instructions_per_s_{name}": round(idle),
+        f"requests_{name}": [short.requests, long.requests],
+    }
+
+
+def idle_rate(pid: int, seconds: float) -> float:
+    """Instructions per second the server spends with no request to serve."""
+    callgrind_control("-z", pid)
+    started = time.monotonic()
+    time.sleep(seconds)
+    dumped = callgrind_control("-d", pid)
+    return dumped / (time.monotonic() - started)
+
+
+def measured_window(
+    path: RunningPath, seconds: float, args: argparse.Namespace, measure: Callable[[], float]
+) -> Window:
+    """One window of ``seconds`` of load on ``path`` after the load generator's warm-up;
+    ``measure()`` is read as it opens and as it closes (the amount is the difference)."""
     with loadgen(path, args.concurrency, seconds, args.warmup) as (process, result):
         _expect(process, "ready")
-        callgrind_control("-z", pid)
+        before = measure()
+        started = time.monotonic()
         _tell(process)
         _expect(process, "done")
-        dumped = callgrind_control("-d", pid)
-        _tell(process)
+        amount = measure() - before
+        elapsed = time.monotonic() - started
+        _tell(process)  # closing connections wakes the server: only after measuring
         if process.wait(60) != 0:
             raise CellFailed(f"load generator failed for {path.key}")
-        requests = int(json.loads(result.read_text())["requests"])
-    return dumped, requests
+        tally = json.loads(result.read_text())
+    if tally["errors"] or not tally["requests"]:
+        raise CellFailed(f"{path.key}: {tally['errors']} errors: {tally['first_error']}")
+    return Window(amount, int(tally["requests"]), elapsed)
+
+
+def callgrind(pid: int) -> Callable[[], float]:
+    """A ``measure`` for a server under callgrind: zeroes its counters at a window's
+    start and dumps them at its end (the instructions counted in between)."""
+    opened = False
+
+    def measure() -> float:
+        nonlocal opened
+        opened = not opened
+        return callgrind_control("-z", pid) if opened else callgrind_control("-d", pid)
+
+    return measure
 
 
 def callgrind_control(flag: str, pid: int) -> int:
@@ -225,7 +278,7 @@ def loadgen(
     result = Path(tempfile.mkstemp(prefix="loadgen-", suffix=".json")[1])
     argv = [PYTHON, "-m", "bench._loadgen", "--url", path.url, "--result", str(result)]
     argv += ["--concurrency", str(concurrency), "--duration", str(seconds)]
-    argv += ["--warmup", str(warmup), "--ready-timeout", "300"]
+    argv += ["--warmup", str(warmup), "--ready-timeout", "300", "--mesh-headers"]
     assert path.client is not None
     argv += ["--cert", str(path.client.cert), "--key", str(path.client.key)]
     argv += ["--ca", str(path.client.bundle)]
