@@ -53,7 +53,7 @@ from bench.mesh import CellFailed, _expect, _tell
 
 SERVERS = ("bare", "meshkit")
 _SERVING = re.compile(r"serving mTLS.*? on \S+:(?P<port>\d+), admin on")
-_TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
+_TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)  # the last line: the dump is whole
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -256,18 +256,23 @@ def callgrind_control(flag: str, pid: int) -> int:
 
 
 def _newest_dump_total(pid: int) -> int:
+    """The instructions in the dump just asked for: callgrind numbers its dumps
+    ``OUT.1``, ``OUT.2``..., and writes the file after ``callgrind_control`` returns."""
     command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     option = next(a for a in command if a.startswith(b"--callgrind-out-file="))
     base = Path(option.partition(b"=")[2].decode())
+    number = _DUMPS[pid] = _DUMPS.get(pid, 0) + 1
+    dump = base.with_name(f"{base.name}.{number}")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        dumps = sorted(base.parent.glob(base.name + ".*"), key=lambda p: p.stat().st_mtime)
-        if dumps:
-            match = _TOTALS.search(dumps[-1].read_text(errors="replace"))
-            if match:
-                return int(match[1])
+        match = _TOTALS.search(dump.read_text(errors="replace")) if dump.exists() else None
+        if match:
+            return int(match[1])
         time.sleep(0.2)
-    raise CellFailed(f"no callgrind dump for {pid} in {base.parent}")
+    raise CellFailed(f"no callgrind dump {dump}")
+
+
+_DUMPS: dict[int, int] = {}
 
 
 @contextlib.contextmanager
