@@ -19,8 +19,8 @@ from opentelemetry.context import Context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.sampling import ParentBased
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -232,3 +232,46 @@ def test_a_mesh_span_has_every_field_the_sdk_span_constructor_sets() -> None:
     span = SpanStarter(TracerProvider()).start("GET", SpanKind.SERVER)
     assert isinstance(span, MeshSpan)
     assert all(hasattr(span, field) for field in _otel_sdk._SDK_SPAN_FIELDS)
+
+
+def test_a_span_made_current_on_the_context_var_is_the_apis_current_span() -> None:
+    """``attach(with_span(...))`` is ``attach(set_span_in_context(...))`` as the API and a
+    nested ``start_as_current_span`` see it; ``detach`` restores what was current."""
+    provider = TracerProvider()
+    parent = SpanStarter(provider).start("GET", SpanKind.SERVER, Context())
+    before = otel_context.get_current()
+    token = _otel_sdk.attach(_otel_sdk.with_span(parent, Context({"other": 1})))
+    try:
+        assert trace.get_current_span() is parent
+        assert otel_context.get_value("other") == 1
+        with provider.get_tracer("t").start_as_current_span("child") as child:
+            assert child.parent == parent.get_span_context()  # type: ignore[attr-defined]
+    finally:
+        _otel_sdk.detach(token)
+    assert otel_context.get_current() is before
+
+
+def test_a_dropped_spans_trace_id_is_read_without_making_its_context() -> None:
+    starter = SpanStarter(TracerProvider(sampler=ParentBased(ALWAYS_OFF)))
+    dropped = starter.start("GET", SpanKind.SERVER, Context())
+    trace_id = _otel_sdk.trace_id_of(dropped)
+    assert "_made" not in vars(dropped)  # no span id drawn, no SpanContext made
+    assert dropped.get_span_context().trace_id == trace_id
+    assert _otel_sdk.trace_id_of(trace.INVALID_SPAN) == 0
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_a_child_of_a_remote_parent_takes_its_trace_and_sampled_flag(sampled: bool) -> None:
+    """What ``_Recorder.start`` reads from the parent's SpanContext tuple."""
+    flags = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID if sampled else 0)
+    remote = SpanContext(0xABC, 0xDEF, True, flags, TraceState([("k", "v")]))
+    context = trace.set_span_in_context(NonRecordingSpan(remote))
+    span = SpanStarter(TracerProvider()).start("GET", SpanKind.SERVER, context)
+    made = span.get_span_context()
+    assert (made.trace_id, made.trace_flags.sampled, span.is_recording()) == (
+        0xABC,
+        sampled,
+        sampled,
+    )
+    assert made.trace_state == remote.trace_state
+    assert made.trace_flags.random_trace_id == sampled

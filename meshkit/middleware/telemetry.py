@@ -25,14 +25,20 @@ import time
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, format_trace_id
 from starlette.routing import Host, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
-from meshkit.telemetry._otel_sdk import SpanStarter, set_mesh_attributes
+from meshkit.telemetry._otel_sdk import (
+    SpanStarter,
+    attach,
+    detach,
+    set_mesh_attributes,
+    trace_id_of,
+    with_span,
+)
 from meshkit.telemetry.metrics import (
     UNKNOWN_NAMESPACE,
     UNMATCHED_ROUTE,
@@ -87,12 +93,12 @@ class TelemetryMiddleware:
         token = None
         if self._spans.tracing:
             span = self._spans.start("HTTP" if method == "_OTHER" else method, SERVER, parent)
-            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            token = attach(with_span(span, parent))
         elif parent is EMPTY_CONTEXT:
             span = INVALID_SPAN
         else:
             span = trace.get_current_span(parent)  # the caller's context, carried on as is
-            token = otel_context.attach(parent)
+            token = attach(parent)
         observed = ObservedSend(send)
         error: BaseException | None = None
         try:
@@ -110,7 +116,7 @@ class TelemetryMiddleware:
             namespace = namespace_label(identity)
             self.metrics.server_finished(method, route, status, source, duration, namespace)
             if self.tap is not None:
-                trace_id = span.get_span_context().trace_id
+                trace_id = trace_id_of(span)
                 self.tap.record(start, identity, method, route, status, duration, trace_id)
             if span.is_recording():
                 self._server_spans.finish(
@@ -118,7 +124,7 @@ class TelemetryMiddleware:
                 )
                 span.end()
             if token is not None:
-                otel_context.detach(token)
+                detach(token)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 self._log(span, scope, route, status, identity, duration, observed.sent)
 

@@ -8,6 +8,10 @@ SDK's internals:
   dropped span is a ``NonRecordingSpan`` whose context is made only if read), and makes
   a sampled span a ``MeshSpan``: an SDK ``Span`` that skips the SDK's per-span setup
   and goes through the provider's span processors like any other;
+- ``attach``/``detach`` and ``with_span`` make a span current (the SERVER span of every
+  request) on the runtime context's ``ContextVar`` itself, where the API goes through
+  three calls and copies the context twice, and ``trace_id_of`` reads a dropped span's
+  trace id without making the context it defers;
 - ``span_fields`` reads an ended span without the copies its properties make, and
   ``SpanPoster`` sends a body ``meshkit.telemetry.export`` encoded already as the stock
   ``OTLPSpanExporter`` sends its own: through the HTTP client, transport, settings
@@ -40,7 +44,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from time import time_ns
 from typing import Any, NamedTuple, cast
@@ -109,6 +113,8 @@ _FLAGS = {
     for random_id in (False, True)
 }
 _LOW_64 = TraceIdRatioBased.TRACE_ID_LIMIT
+_SAMPLED = TraceFlags.SAMPLED
+_RANDOM_TRACE_ID = TraceFlags.RANDOM_TRACE_ID
 _PROVIDER_RECHECK_SECONDS = 1.0
 #: The status of every span nobody set one on (one object: the encoder compares identity).
 UNSET_STATUS = Status(StatusCode.UNSET)
@@ -272,6 +278,10 @@ def _shape_problems() -> list[str]:
         problems.append(f"Span fields: new {added}, gone {gone}")
     if set(vars(NonRecordingSpan(trace.INVALID_SPAN_CONTEXT))) != {"_context"}:
         problems.append("NonRecordingSpan fields")
+    flags = TraceFlags(_SAMPLED | _RANDOM_TRACE_ID)
+    probe = SpanContext(1, 2, True, flags, DEFAULT_TRACE_STATE)
+    if tuple(probe) != (1, 2, True, flags, DEFAULT_TRACE_STATE, True):
+        problems.append("SpanContext tuple layout")
     return problems
 
 
@@ -474,17 +484,23 @@ class _Recorder:
                 type(parent_span) in _SPAN_TYPES or isinstance(parent_span, Span)
             ):
                 parent = parent_span.get_span_context()
-                if not parent.is_valid:
-                    parent = None
-        if parent is None:
-            trace_id = self.ids.generate_trace_id()
-            if not self.sampling.samples(None, trace_id):
-                return _DroppedSpan(self, trace_id, self.random_trace_ids, DEFAULT_TRACE_STATE)
-            return self._record(name, kind, context, None, trace_id, self.root_flags)
-        trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
-        if not self.sampling.samples(parent, trace_id):
-            return _DroppedSpan(self, trace_id, random_id, parent.trace_state)
-        return self._record(name, kind, context, parent, trace_id, _FLAGS[True, random_id])
+                # A SpanContext is a tuple (checked at import): its fields without a
+                # property call each; sampled as ``_Sampling.samples`` decides.
+                trace_id, _, _, flags, state, valid = parent
+                if valid:
+                    random_id = bool(flags & _RANDOM_TRACE_ID)
+                    if self.sampling.follows_parent:
+                        sampled = bool(flags & _SAMPLED)
+                    else:
+                        sampled = trace_id & _LOW_64 < self.sampling.bound
+                    if not sampled:
+                        return _DroppedSpan(self, trace_id, random_id, state)
+                    flags = _FLAGS[True, random_id]
+                    return self._record(name, kind, context, parent, trace_id, flags)
+        trace_id = self.ids.generate_trace_id()
+        if trace_id & _LOW_64 >= self.sampling.bound:
+            return _DroppedSpan(self, trace_id, self.random_trace_ids, DEFAULT_TRACE_STATE)
+        return self._record(name, kind, context, None, trace_id, self.root_flags)
 
     def _record(
         self,
@@ -551,26 +567,43 @@ class _DroppedSpan(NonRecordingSpan):
         return tracecontext.format_ids(self.trace_id, self.span_id(), flags)
 
 
-def _context_reader() -> Callable[[], Context]:
-    """What reads the current context: the ``get`` of the API's ContextVar itself when
-    the runtime context is the stock contextvars one (a read is then no Python call
-    at all), else ``opentelemetry.context.get_current``."""
+def _context_variable() -> ContextVar[Context] | None:
+    """The API's own ContextVar when the runtime context is the stock contextvars one
+    and it holds what ``opentelemetry.context`` reads and sets (probed), else None."""
     runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
     variable = getattr(runtime, "_current_context", None)
     if not isinstance(runtime, ContextVarsRuntimeContext) or not isinstance(variable, ContextVar):
-        return otel_context.get_current
+        return None
     probe = Context()
     token = otel_context.attach(probe)
     try:
         if variable.get() is not probe:
-            return otel_context.get_current
+            return None
     finally:
         otel_context.detach(token)
-    return variable.get
+    token = variable.set(probe)
+    try:
+        if otel_context.get_current() is not probe:
+            return None
+    finally:
+        variable.reset(token)
+    return variable
 
 
-#: ``opentelemetry.context.get_current``, read in one step where it can be.
-current_context = _context_reader()
+_CONTEXT_VAR = _context_variable()
+#: ``opentelemetry.context.get_current``, read in one step where it can be (the
+#: ContextVar's own ``get``: no Python call at all).
+current_context: Callable[[], Context] = (
+    otel_context.get_current if _CONTEXT_VAR is None else _CONTEXT_VAR.get
+)
+#: ``opentelemetry.context.attach``/``detach``, the same way: a request's SERVER span
+#: is made current with them (the API: three calls each way).
+attach: Callable[[Context], Token[Context]] = (
+    otel_context.attach if _CONTEXT_VAR is None else _CONTEXT_VAR.set
+)
+detach: Callable[[Token[Context]], None] = (
+    otel_context.detach if _CONTEXT_VAR is None else _CONTEXT_VAR.reset
+)
 
 #: The spans a context usually holds, known to be ``Span``s without asking the ABC.
 _SPAN_TYPES = frozenset((_DroppedSpan, NonRecordingSpan, SdkSpan))
@@ -864,6 +897,26 @@ class SpanPoster:
         if not self._shutdown:
             self._shutdown = True
             self._client.shutdown()
+
+
+# --- a request's SERVER span ----------------------------------------------------------
+
+
+def with_span(span: Span, parent: Context) -> Context:
+    """``parent`` with ``span`` as its current span (``trace.set_span_in_context``, in
+    one copy of the context where the API makes two)."""
+    if _INTERNALS is None:
+        return trace.set_span_in_context(span, parent)
+    values = dict(parent)
+    values[_INTERNALS.span_key] = span
+    return Context(values)
+
+
+def trace_id_of(span: Span) -> int:
+    """The trace id of ``span``; a dropped span's without making its context."""
+    if type(span) is _DroppedSpan:
+        return span.trace_id
+    return span.get_span_context().trace_id
 
 
 _INTERNALS = check()
