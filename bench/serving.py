@@ -2,6 +2,7 @@
 
     python -m bench.serving [--concurrency 16] [--duration 3] [--warmup 1] [--rounds 5]
     python -m bench.serving --callgrind [--concurrency 1] [--windows 3,9]
+    python -m bench.serving --callgrind --app [--calls 1000,4000]
 
 Two servers, each one process, serve the same ``/hello`` endpoint (bench/_endpoint.py):
 
@@ -28,7 +29,14 @@ in a window of its own) over the seconds the two windows differ by: under valgri
 slower server would otherwise pay more of it per request. The long window's
 dump is kept for ``callgrind_annotate --inclusive=yes FILE`` (the path is printed).
 At one request in flight (the default there) every request is one event-loop pass,
-so the count does not depend on how requests batch.
+so the count does not depend on how requests batch. Under valgrind a server serves
+tens of requests a second, so its idle work is a large share of a window and the
+figure moves by a few percent between runs on a busy machine.
+
+``--callgrind --app`` counts the app side alone (the middleware, Starlette, the
+handler; bench/_serving_app.py calls the app in process, no sockets): two runs with
+different numbers of calls, the difference per call. It repeats within ~0.5%, so it
+is what a change to the middleware is measured by.
 """
 
 from __future__ import annotations
@@ -75,6 +83,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="callgrind: where the dumps go (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--app",
+        action="store_true",
+        help="callgrind: count the app side alone, called in process (bench/_serving_app.py)",
+    )
+    parser.add_argument(
+        "--calls",
+        default="1000,4000",
+        help="--app: the two runs' numbers of calls (short,long)",
     )
     args = parser.parse_args(argv)
     args.servers = args.servers.split(",")
@@ -172,6 +190,29 @@ def measure_instructions(args: argparse.Namespace, ws: Workspace, out: Path) -> 
     if len(args.servers) == 2:
         meshkit, bare = (figures[f"instructions_per_request_{n}"] for n in ("meshkit", "bare"))
         figures["ratio_instructions_meshkit_over_bare"] = round(meshkit / bare, 3)
+    return figures
+
+
+def measure_app_instructions(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Instructions per request of the app side alone: two processes calling the app
+    in process (bench/_serving_app.py) a different number of times, under callgrind;
+    their difference per call (start-up and the uncounted warm-up cancel)."""
+    short, long = (int(value) for value in args.calls.split(","))
+    figures: dict[str, Any] = {"calls": [short, long]}
+    for name in args.servers:
+        totals = []
+        for calls in (short, long):
+            dump = out / f"callgrind.app.{name}.{calls}.out"
+            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", PYTHON]
+            argv += ["-m", "bench._serving_app", name, str(calls)]
+            subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
+            totals.append(int(_TOTALS.findall(dump.read_text(errors="replace"))[-1]))
+        per_call = round((totals[1] - totals[0]) / (long - short))
+        figures[f"app_instructions_per_request_{name}"] = per_call
+        print(f"{name:>8}: {per_call:,} instructions/request, app side (annotate {dump})")
+    if len(args.servers) == 2:
+        meshkit, bare = (figures[f"app_instructions_per_request_{n}"] for n in ("meshkit", "bare"))
+        figures["ratio_app_instructions_meshkit_over_bare"] = round(meshkit / bare, 3)
     return figures
 
 
@@ -312,6 +353,8 @@ def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             return measure_cpu(args, ws)
         out = args.out or Path(tempfile.mkdtemp(prefix="bench-serving-callgrind-"))
         out.mkdir(parents=True, exist_ok=True)
+        if args.app:
+            return measure_app_instructions(args, out)
         return measure_instructions(args, ws, out)
 
 
