@@ -108,11 +108,12 @@ class DeadlineMiddleware:
     ) -> None:
         started = False
 
-        async def tracking_send(message: Message) -> None:
+        def tracking_send(message: Message) -> Awaitable[None]:
+            # A plain function handing back send's awaitable: no coroutine per message.
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-            await send(message)
+            return send(message)
 
         try:
             ran_out = await self._run_until(deadline, scope, receive, tracking_send)
