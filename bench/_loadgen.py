@@ -23,9 +23,10 @@ import asyncio
 import json
 import random
 import ssl
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +35,32 @@ import uvloop
 from meshkit.tls import TLSMaterial, client_context
 
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+def command(
+    url: str,
+    result: Path,
+    *,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    tls: tuple[Path, Path, Path] | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line of a load generator (``tls``: certificate, key, trust bundle)."""
+    argv = [sys.executable, "-m", "bench._loadgen", "--url", url, "--result", str(result)]
+    argv += ["--concurrency", str(concurrency), "--duration", str(seconds)]
+    argv += ["--warmup", str(warmup), *extra]
+    if tls is not None:
+        cert, key, bundle = tls
+        argv += ["--cert", str(cert), "--key", str(key), "--ca", str(bundle)]
+    return argv
+
+
+def start(argv: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+    """A load generator the parent talks to over its stdin and stdout (see above)."""
+    pipe = subprocess.PIPE
+    return subprocess.Popen(argv, cwd=cwd, stdin=pipe, stdout=pipe, stderr=pipe, text=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -40,6 +40,8 @@ if __package__ in (None, ""):  # run as `python bench/mesh.py`: import as the be
 
 from bench import _profile as profile
 from bench import _report as report
+from bench._loadgen import command as loadgen_command
+from bench._loadgen import start as start_loadgen
 from bench._paths import STARTERS, ControlPlane, RunningPath, Workspace
 from bench._procs import ROOT, cpu_seconds, cpu_snapshot, peak_rss_mb
 from meshkit.testing.envoy import envoy_missing
@@ -120,20 +122,16 @@ def run_cell(
 ) -> dict[str, Any]:
     result_file = workdir / "loadgen-result.json"
     result_file.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "bench._loadgen", "--url", path.url, "--result", str(result_file)]
-    argv += ["--concurrency", str(concurrency), "--duration", str(args.duration)]
-    argv += ["--warmup", str(args.warmup)]
-    if path.client is not None:
-        argv += ["--cert", str(path.client.cert), "--key", str(path.client.key)]
-        argv += ["--ca", str(path.client.bundle)]
-    loadgen = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    client = path.client
+    argv = loadgen_command(
+        path.url,
+        result_file,
+        concurrency=concurrency,
+        seconds=args.duration,
+        warmup=args.warmup,
+        tls=None if client is None else (client.cert, client.key, client.bundle),
     )
+    loadgen = start_loadgen(argv, ROOT)
     try:
         _expect(loadgen, "ready")
         sampling = [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for argv in profilers]

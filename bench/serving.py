@@ -55,6 +55,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from bench._loadgen import command as loadgen_command
+from bench._loadgen import start as start_loadgen
 from bench._paths import PYTHON, RunningPath, Workspace, start_uvicorn
 from bench._procs import ROOT, cpu_seconds, spawn, wait_until
 from bench.mesh import CellFailed, _expect, _tell
@@ -322,20 +324,17 @@ def loadgen(
 ) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """A load generator against ``path`` (its process, and the file its result goes to)."""
     result = Path(tempfile.mkstemp(prefix="loadgen-", suffix=".json")[1])
-    argv = [PYTHON, "-m", "bench._loadgen", "--url", path.url, "--result", str(result)]
-    argv += ["--concurrency", str(concurrency), "--duration", str(seconds)]
-    argv += ["--warmup", str(warmup), "--ready-timeout", "300", "--mesh-headers"]
     assert path.client is not None
-    argv += ["--cert", str(path.client.cert), "--key", str(path.client.key)]
-    argv += ["--ca", str(path.client.bundle)]
-    process = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    argv = loadgen_command(
+        path.url,
+        result,
+        concurrency=concurrency,
+        seconds=seconds,
+        warmup=warmup,
+        tls=(path.client.cert, path.client.key, path.client.bundle),
+        extra=("--ready-timeout", "300", "--mesh-headers"),
     )
+    process = start_loadgen(argv, ROOT)
     try:
         yield process, result
     finally:
