@@ -569,7 +569,7 @@ class _DroppedSpan(NonRecordingSpan):
 
 def _context_variable() -> ContextVar[Context] | None:
     """The API's own ContextVar when the runtime context is the stock contextvars one
-    and it holds what ``opentelemetry.context`` reads and sets (probed), else None."""
+    and it holds what ``opentelemetry.context`` attaches (probed), else None."""
     runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
     variable = getattr(runtime, "_current_context", None)
     if not isinstance(runtime, ContextVarsRuntimeContext) or not isinstance(variable, ContextVar):
@@ -581,29 +581,25 @@ def _context_variable() -> ContextVar[Context] | None:
             return None
     finally:
         otel_context.detach(token)
-    token = variable.set(probe)
-    try:
-        if otel_context.get_current() is not probe:
-            return None
-    finally:
-        variable.reset(token)
     return variable
 
 
 _CONTEXT_VAR = _context_variable()
-#: ``opentelemetry.context.get_current``, read in one step where it can be (the
-#: ContextVar's own ``get``: no Python call at all).
-current_context: Callable[[], Context] = (
-    otel_context.get_current if _CONTEXT_VAR is None else _CONTEXT_VAR.get
-)
-#: ``opentelemetry.context.attach``/``detach``, the same way: a request's SERVER span
-#: is made current with them (the API: three calls each way).
-attach: Callable[[Context], Token[Context]] = (
-    otel_context.attach if _CONTEXT_VAR is None else _CONTEXT_VAR.set
-)
-detach: Callable[[Token[Context]], None] = (
-    otel_context.detach if _CONTEXT_VAR is None else _CONTEXT_VAR.reset
-)
+#: ``opentelemetry.context.get_current``, ``attach`` and ``detach``, on the ContextVar
+#: itself where it can be (no Python call at all; the API's attach and detach are three
+#: calls each): the mesh client reads the current context with them, and a request's
+#: SERVER span is made current with them.
+current_context: Callable[[], Context]
+attach: Callable[[Context], Token[Context]]
+detach: Callable[[Token[Context]], None]
+if _CONTEXT_VAR is None:
+    current_context, attach, detach = (
+        otel_context.get_current,
+        otel_context.attach,
+        otel_context.detach,
+    )
+else:
+    current_context, attach, detach = _CONTEXT_VAR.get, _CONTEXT_VAR.set, _CONTEXT_VAR.reset
 
 #: The spans a context usually holds, known to be ``Span``s without asking the ABC.
 _SPAN_TYPES = frozenset((_DroppedSpan, NonRecordingSpan, SdkSpan))
