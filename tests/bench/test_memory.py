@@ -3,14 +3,13 @@ and its import stages exist, and every process it started is gone."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 import pytest
 
 from tests._procs import gone
-from tests.bench.test_mesh import ROOT, started_pids
+from tests.bench._run import bench_figures
+from tests.bench.test_mesh import started_pids
 
 pytestmark = pytest.mark.timeout(120)
 PROCESSES = {"M caller", "M callee", "N caller", "N callee"}
@@ -18,15 +17,7 @@ TINY = ("--concurrency", "4", "--duration", "0.2", "--warmup", "0.1")
 
 
 def test_a_tiny_run_measures_every_process_and_every_import_stage() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.memory", *TINY],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    line = json.loads(done.stdout.strip().splitlines()[-1])
+    line, done = bench_figures([sys.executable, "-m", "bench.memory", *TINY], timeout=110)
     figures = line["processes"]
     assert set(figures) == PROCESSES | {"requests"}
     for process in PROCESSES:

@@ -22,9 +22,9 @@ from bench._envoy import Identity, client_sidecar_config, server_sidecar_config
 from bench._paths import spiffe
 from bench.mesh import envoy_missing, extra_rss
 from tests._procs import gone
+from tests.bench._run import ROOT, bench_figures
 
 pytestmark = pytest.mark.timeout(120)
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--concurrency", "1,4", "--duration", "0.2", "--warmup", "0.1", "--repetitions", "1"]
 BENCH = (sys.executable, "bench/mesh.py")
 LOADGEN = (sys.executable, "-m", "bench._loadgen")
@@ -33,16 +33,8 @@ STARTED = re.compile(r"^started (\w+): \S+ (\{.*\})$", re.MULTILINE)
 
 
 def run_bench(*args: str, out: Path) -> tuple[dict[str, Any], str, str]:
-    done = subprocess.run(
-        [*BENCH, *args, "--out", str(out), "--no-plot"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    last = done.stdout.strip().splitlines()[-1]
-    return json.loads(last), done.stdout, done.stderr
+    figures, done = bench_figures([*BENCH, *args, "--out", str(out), "--no-plot"], timeout=100)
+    return figures, done.stdout, done.stderr
 
 
 def started_pids(stderr: str) -> list[int]:

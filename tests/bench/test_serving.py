@@ -3,28 +3,19 @@ in-process app calls its --app mode counts. No timing assertions."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.bench._run import ROOT, bench_figures
+
 pytestmark = pytest.mark.timeout(180)
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ("--rounds", "1", "--duration", "0.3", "--warmup", "0.2", "--concurrency", "2")
 
 
 def test_a_tiny_run_measures_both_servers_with_a_mesh_clients_headers() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.serving", *TINY],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures, _ = bench_figures([sys.executable, "-m", "bench.serving", *TINY], timeout=150)
     assert figures["cpu_us_per_request_bare"] > 0
     assert figures["cpu_us_per_request_meshkit"] > 0
     assert figures["ratio_cpu_meshkit_over_bare"] > 0
