@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, format_trace_id
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, format_trace_id
 from starlette.routing import Host, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,7 +37,6 @@ from meshkit.telemetry._otel_sdk import (
     detach,
     set_mesh_attributes,
     trace_id_of,
-    with_span,
 )
 from meshkit.telemetry.metrics import (
     UNKNOWN_NAMESPACE,
@@ -51,7 +50,6 @@ from meshkit.telemetry.tap import TapRing, rfc3339
 UNKNOWN_SOURCE = "unknown"
 access_logger = logging.getLogger("meshkit.access")
 _perf_counter = time.perf_counter
-SERVER = SpanKind.SERVER
 _SHAPES_LIMIT = 1024
 
 
@@ -89,16 +87,18 @@ class TelemetryMiddleware:
         # The SERVER span, made current (with the caller's baggage) when there is anything
         # to carry on to calls the handler makes. Its attributes are set at the end, in
         # one call, and only if it records: a dropped span costs no dict.
-        parent = extract_context(scope["headers"])
         token = None
         if self._spans.tracing:
-            span = self._spans.start("HTTP" if method == "_OTHER" else method, SERVER, parent)
-            token = attach(with_span(span, parent))
-        elif parent is EMPTY_CONTEXT:
-            span = INVALID_SPAN
+            name = "HTTP" if method == "_OTHER" else method
+            span, context = self._spans.start_server(name, scope["headers"])
+            token = attach(context)
         else:
-            span = trace.get_current_span(parent)  # the caller's context, carried on as is
-            token = attach(parent)
+            parent = extract_context(scope["headers"])
+            if parent is EMPTY_CONTEXT:
+                span = INVALID_SPAN
+            else:
+                span = trace.get_current_span(parent)  # the caller's context, carried on as is
+                token = attach(parent)
         observed = ObservedSend(send)
         error: BaseException | None = None
         try:

@@ -100,7 +100,14 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 from meshkit.telemetry import tracecontext
-from meshkit.telemetry.propagation import EMPTY_CONTEXT, append_span_headers, get_tracer
+from meshkit.telemetry.propagation import (
+    EMPTY_CONTEXT,
+    RawHeaders,
+    append_span_headers,
+    get_tracer,
+    lone_traceparent,
+    remote_parent_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -410,6 +417,31 @@ class SpanStarter:
         if recorder is None or not recorder.tracer._is_enabled():
             return self._tracer.start_span(name, context=context, kind=kind)
         return recorder.start(name, kind, context)
+
+    def start_server(self, name: str, headers: RawHeaders) -> tuple[Span, Context]:
+        """A request's SERVER span continuing the caller's trace from ``headers``, and the
+        context to make current for the handler: the caller's (baggage included) with
+        the span in it.
+
+        For the usual caller, a lone ``traceparent`` that is not sampled and a sampler
+        that follows it, the span is decided from the parsed ids: the caller's
+        ``SpanContext``, its span and its context are never built (nothing reads them).
+        """
+        found = lone_traceparent(headers)
+        if type(found) is tracecontext.TraceParent:
+            recorder = self._recorder
+            if (
+                recorder is not None
+                and not found.flags & _SAMPLED
+                and recorder.sampling.follows_parent
+                and recorder.tracer._is_enabled()
+            ):
+                random_id = bool(found.flags & _RANDOM_TRACE_ID)
+                span = _DroppedSpan(recorder, found.trace_id, random_id, DEFAULT_TRACE_STATE)
+                return span, Context({recorder.span_key: span})
+            found = remote_parent_context(found, ())
+        span = self.start(name, SpanKind.SERVER, found)
+        return span, with_span(span, found)
 
     def start_child(self, name: str, kind: SpanKind, parent: Span, context: Context) -> Span:
         """The span ``start(name, kind, trace.set_span_in_context(parent, context))``
