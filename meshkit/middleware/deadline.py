@@ -59,6 +59,8 @@ class DeadlineMiddleware:
         self.max_clock_skew = max_clock_skew
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One coroutine for a bounded request on asyncio (the usual one): the app runs
+        # here, its task watched by ``Overdue``, with no coroutine in between.
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -70,7 +72,45 @@ class DeadlineMiddleware:
         if deadlines.now() >= start_by:
             await send_deadline_exceeded(send, _NOT_STARTED)
             return
-        await self._run_bounded(scope, receive, send, deadline)
+        overdue = self._overdue
+        watched = overdue.watch_current(deadline) if overdue is not None else None
+        if watched is None:
+            watched = self._watch_first(deadline)
+        if watched is None:  # not asyncio (trio under anyio): anyio's own cancel scope
+            await self._run_in_cancel_scope(deadline, scope, receive, send)
+            return
+        overdue, task, entry = watched
+        started = False
+
+        def tracking_send(message: Message) -> Awaitable[None]:
+            # A plain function handing back send's awaitable: no coroutine per message.
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            return send(message)
+
+        token = deadlines.enter_deadline(deadline)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            # Time ran out if the cancellation was ours, and ours alone.
+            if not overdue.done(entry) or task.uncancel() > 0:
+                raise
+        except BaseException as exc:
+            if overdue.done(entry):
+                task.uncancel()
+            # A mesh call the handler made ran out of our deadline: the same answer.
+            if started or not isinstance(exc, DeadlineExceeded):
+                raise
+        else:
+            if not overdue.done(entry):
+                return
+            task.uncancel()  # the app swallowed our cancellation: take the request back
+        finally:
+            deadlines.exit_deadline(token)
+        # Once the response has started its status is on the wire: nothing left to say.
+        if not started:
+            await send_deadline_exceeded(send)
 
     def _bounds(self, scope: Scope) -> tuple[float, float] | None:
         """(start by, finish by) on ``deadlines.now()``'s clock, or None when unbounded."""
@@ -86,11 +126,6 @@ class DeadlineMiddleware:
             if self.default_timeout is None:
                 return None
             budget, sent, start = self.default_timeout, None, None
-        return self._incoming(scope, budget, sent, start)
-
-    def _incoming(
-        self, scope: Scope, budget: float, sent: float | None, start: float | None
-    ) -> tuple[float, float]:
         now = deadlines.now()
         # The budget counts from the head's arrival (without meshkit's protocol: from now),
         # moved earlier by the time the sent time shows it waited unread beyond the skew.
@@ -103,71 +138,42 @@ class DeadlineMiddleware:
             return deadline, deadline
         return since + start, deadline
 
-    async def _run_bounded(
-        self, scope: Scope, receive: Receive, send: Send, deadline: float
+    def _watch_first(self, deadline: float) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
+        """``Overdue.watch_current`` for the first request on an event loop (a new
+        ``Overdue``), None when not on asyncio."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            return None
+        if task is None:
+            return None
+        overdue = self._overdue = Overdue(task.get_loop())
+        return overdue, task, overdue.watch(deadline, task)
+
+    async def _run_in_cancel_scope(
+        self, deadline: float, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        """The same with anyio's cancel scope, on any backend (and the stock path that
+        bench/deadline.py measures ``Overdue`` against)."""
         started = False
 
         def tracking_send(message: Message) -> Awaitable[None]:
-            # A plain function handing back send's awaitable: no coroutine per message.
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
             return send(message)
 
         try:
-            ran_out = await self._run_until(deadline, scope, receive, tracking_send)
+            with anyio.move_on_after(deadline - deadlines.now()) as cancel_scope:
+                with deadlines.use_deadline(deadline):
+                    await self.app(scope, receive, tracking_send)
         except DeadlineExceeded:
-            # A mesh call the handler made ran out of our deadline: same answer.
             if started:
                 raise
             await send_deadline_exceeded(send)
             return
-        # Once the response has started its status is on the wire: nothing left to say.
-        if ran_out and not started:
+        if cancel_scope.cancelled_caught and not started:
             await send_deadline_exceeded(send)
-
-    async def _run_until(self, deadline: float, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Run the app under ``deadline``; True if it was cancelled because time ran out."""
-        overdue = self._overdue
-        task = overdue.current_task() if overdue is not None else None
-        if overdue is None or task is None:  # the first request, or a new event loop
-            try:
-                task = asyncio.current_task()
-            except RuntimeError:  # not asyncio (trio under anyio): anyio's own cancel scope
-                task = None
-            if task is None:
-                return await self._run_in_cancel_scope(deadline, scope, receive, send)
-            overdue = self._overdue = Overdue(task.get_loop())
-        entry = overdue.watch(deadline, task)
-        token = deadlines.enter_deadline(deadline)
-        try:
-            await self.app(scope, receive, send)
-        except asyncio.CancelledError:
-            # Time ran out if the cancellation was ours, and ours alone.
-            if not overdue.done(entry) or task.uncancel() > 0:
-                raise
-            return True
-        except BaseException:
-            if overdue.done(entry):
-                task.uncancel()
-            raise
-        finally:
-            deadlines.exit_deadline(token)
-        if overdue.done(entry):
-            task.uncancel()  # the app swallowed our cancellation: take the request back
-            return True
-        return False
-
-    async def _run_in_cancel_scope(
-        self, deadline: float, scope: Scope, receive: Receive, send: Send
-    ) -> bool:
-        """The same with anyio's cancel scope, on any backend (and the stock path that
-        bench/deadline.py measures ``Overdue`` against)."""
-        with anyio.move_on_after(deadline - deadlines.now()) as cancel_scope:
-            with deadlines.use_deadline(deadline):
-                await self.app(scope, receive, send)
-        return cancel_scope.cancelled_caught
 
     _overdue: Overdue | None = None
 
@@ -193,14 +199,18 @@ class Overdue:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
-    def current_task(self) -> asyncio.Task[Any] | None:
-        """The task running on this loop, if it runs in this thread now; else None.
+    def watch_current(self, deadline: float) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
+        """``watch`` the task running on this loop, if it runs in this thread now (the
+        task and its entry); else None.
 
         Python 3.11's ``asyncio.current_task()`` finds the running loop with a
         ``getpid()`` system call (its fork check); naming the loop skips it."""
         if threading.get_ident() != self._thread:
             return None
-        return asyncio.current_task(self.loop)
+        task = asyncio.current_task(self.loop)
+        if task is None:
+            return None
+        return self, task, self.watch(deadline, task)
 
     def watch(self, deadline: float, task: asyncio.Task[Any]) -> _Entry:
         entry = _Entry(task)
