@@ -428,7 +428,7 @@ class SpanStarter:
         ``SpanContext``, its span and its context are never built (nothing reads them).
         """
         found = lone_traceparent(headers)
-        if type(found) is tracecontext.TraceParent:
+        if isinstance(found, tracecontext.TraceParent):
             recorder = self._recorder
             if (
                 recorder is not None
@@ -437,8 +437,8 @@ class SpanStarter:
                 and recorder.tracer._is_enabled()
             ):
                 random_id = bool(found.flags & _RANDOM_TRACE_ID)
-                span = _DroppedSpan(recorder, found.trace_id, random_id, DEFAULT_TRACE_STATE)
-                return span, Context({recorder.span_key: span})
+                dropped = _DroppedSpan(recorder, found.trace_id, random_id, DEFAULT_TRACE_STATE)
+                return dropped, Context({recorder.span_key: dropped})
             found = remote_parent_context(found, ())
         span = self.start(name, SpanKind.SERVER, found)
         return span, with_span(span, found)
