@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, format_trace_id
+from opentelemetry.trace import Span, Status, StatusCode, format_trace_id
 from starlette.routing import Host, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,7 +45,6 @@ from meshkit.telemetry.metrics import (
     MeshMetrics,
     method_label,
 )
-from meshkit.telemetry.propagation import EMPTY_CONTEXT, extract_context
 from meshkit.telemetry.tap import TapRing, rfc3339
 
 UNKNOWN_SOURCE = "unknown"
@@ -121,18 +120,9 @@ class TelemetryMiddleware:
         # The SERVER span, made current (with the caller's baggage) when there is anything
         # to carry on to calls the handler makes. Its attributes are set at the end, in
         # one call, and only if it records: a dropped span costs no dict.
-        token = None
-        if self._spans.tracing:
-            name = "HTTP" if method == "_OTHER" else method
-            span, context = self._spans.start_server(name, scope["headers"])
-            token = attach(context)
-        else:
-            parent = extract_context(scope["headers"])
-            if parent is EMPTY_CONTEXT:
-                span = INVALID_SPAN
-            else:
-                span = trace.get_current_span(parent)  # the caller's context, carried on as is
-                token = attach(parent)
+        name = "HTTP" if method == "_OTHER" else method
+        span, context, recording = self._spans.start_server(name, scope["headers"])
+        token = None if context is None else attach(context)
         observed = ObservedSend(send)
         error: BaseException | None = None
         try:
@@ -157,7 +147,7 @@ class TelemetryMiddleware:
             if self.tap is not None:
                 trace_id = trace_id_of(span)
                 self.tap.record(start, identity, method, route, status, duration, trace_id)
-            if span.is_recording():
+            if recording:
                 self._server_spans.finish(
                     span, scope, method, route, status, identity, source, error
                 )

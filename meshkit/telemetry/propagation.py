@@ -66,7 +66,9 @@ def extract_context(headers: RawHeaders) -> Context:
     between meshkit services the usual carrier is a lone ``traceparent``.
     """
     found = lone_traceparent(headers)
-    return remote_parent_context(found, ()) if isinstance(found, tracecontext.TraceParent) else found
+    return (
+        remote_parent_context(found, ()) if isinstance(found, tracecontext.TraceParent) else found
+    )
 
 
 def lone_traceparent(headers: RawHeaders) -> tracecontext.TraceParent | Context:
