@@ -72,14 +72,6 @@ class DeadlineMiddleware:
         if deadlines.now() >= start_by:
             await send_deadline_exceeded(send, _NOT_STARTED)
             return
-        overdue = self._overdue
-        watched = overdue.watch_current(deadline) if overdue is not None else None
-        if watched is None:
-            watched = self._watch_first(deadline)
-        if watched is None:  # not asyncio (trio under anyio): anyio's own cancel scope
-            await self._run_in_cancel_scope(deadline, scope, receive, send)
-            return
-        overdue, task, entry = watched
         started = False
 
         def tracking_send(message: Message) -> Awaitable[None]:
@@ -89,25 +81,38 @@ class DeadlineMiddleware:
                 started = True
             return send(message)
 
-        token = deadlines.enter_deadline(deadline)
-        try:
-            await self.app(scope, receive, tracking_send)
-        except asyncio.CancelledError:
-            # Time ran out if the cancellation was ours, and ours alone.
-            if not overdue.done(entry) or task.uncancel() > 0:
-                raise
-        except BaseException as exc:
-            if overdue.done(entry):
-                task.uncancel()
-            # A mesh call the handler made ran out of our deadline: the same answer.
-            if started or not isinstance(exc, DeadlineExceeded):
-                raise
+        overdue = self._overdue
+        watched = overdue.watch_current(deadline) if overdue is not None else None
+        if watched is None:
+            watched = self._watch_first(deadline)
+        if watched is None:  # not asyncio (trio under anyio): anyio's own cancel scope
+            try:
+                if not await self._run_in_cancel_scope(deadline, scope, receive, tracking_send):
+                    return
+            except DeadlineExceeded:
+                if started:
+                    raise
         else:
-            if not overdue.done(entry):
-                return
-            task.uncancel()  # the app swallowed our cancellation: take the request back
-        finally:
-            deadlines.exit_deadline(token)
+            overdue, task, entry = watched
+            token = deadlines.enter_deadline(deadline)
+            try:
+                await self.app(scope, receive, tracking_send)
+            except asyncio.CancelledError:
+                # Time ran out if the cancellation was ours, and ours alone.
+                if not overdue.done(entry) or task.uncancel() > 0:
+                    raise
+            except BaseException as exc:
+                if overdue.done(entry):
+                    task.uncancel()
+                # A mesh call the handler made ran out of our deadline: the same answer.
+                if started or not isinstance(exc, DeadlineExceeded):
+                    raise
+            else:
+                if not overdue.done(entry):
+                    return
+                task.uncancel()  # the app swallowed our cancellation: take the request back
+            finally:
+                deadlines.exit_deadline(token)
         # Once the response has started its status is on the wire: nothing left to say.
         if not started:
             await send_deadline_exceeded(send)
@@ -152,28 +157,13 @@ class DeadlineMiddleware:
 
     async def _run_in_cancel_scope(
         self, deadline: float, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """The same with anyio's cancel scope, on any backend (and the stock path that
-        bench/deadline.py measures ``Overdue`` against)."""
-        started = False
-
-        def tracking_send(message: Message) -> Awaitable[None]:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            return send(message)
-
-        try:
-            with anyio.move_on_after(deadline - deadlines.now()) as cancel_scope:
-                with deadlines.use_deadline(deadline):
-                    await self.app(scope, receive, tracking_send)
-        except DeadlineExceeded:
-            if started:
-                raise
-            await send_deadline_exceeded(send)
-            return
-        if cancel_scope.cancelled_caught and not started:
-            await send_deadline_exceeded(send)
+    ) -> bool:
+        """The app under anyio's cancel scope, on any backend (and the stock path that
+        bench/deadline.py measures ``Overdue`` against); True if time ran out."""
+        with anyio.move_on_after(deadline - deadlines.now()) as cancel_scope:
+            with deadlines.use_deadline(deadline):
+                await self.app(scope, receive, send)
+        return cancel_scope.cancelled_caught
 
     _overdue: Overdue | None = None
 
