@@ -168,6 +168,13 @@ class DeadlineMiddleware:
     _overdue: Overdue | None = None
 
 
+# A request on the heap: [deadline, order, its task (None once it ended), expired].
+# A list, not an object: made without a Python call, and the heap item itself; the
+# order breaks ties between equal deadlines, so tasks are never compared.
+_Entry = list[Any]
+_TASK, _EXPIRED = 2, 3
+
+
 class Overdue:
     """Cancels the tasks of requests whose deadline passed, with one timer for them all.
 
@@ -183,7 +190,7 @@ class Overdue:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._thread = threading.get_ident()
-        self._heap: list[tuple[float, int, _Entry]] = []
+        self._heap: list[_Entry] = []
         self._order = itertools.count()  # ties between equal deadlines never compare entries
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -203,23 +210,23 @@ class Overdue:
         return self, task, self.watch(deadline, task)
 
     def watch(self, deadline: float, task: asyncio.Task[Any]) -> _Entry:
-        entry = _Entry(task)
+        entry: _Entry = [deadline, next(self._order), task, False]
         heap = self._heap
-        heapq.heappush(heap, (deadline, next(self._order), entry))
+        heapq.heappush(heap, entry)
         self._running += 1
         if deadline < self._timer_at:
             self._arm(deadline)
         if len(heap) > 2 * self._running + 64:
-            self._heap = [item for item in heap if item[2].task is not None]
+            self._heap = [item for item in heap if item[_TASK] is not None]
             heapq.heapify(self._heap)
         return entry
 
     def done(self, entry: _Entry) -> bool:
         """The request ended; True if its deadline had passed and its task was cancelled."""
-        if entry.task is not None:
-            entry.task = None
+        if entry[_TASK] is not None:
+            entry[_TASK] = None
             self._running -= 1
-        return entry.expired
+        return bool(entry[_EXPIRED])
 
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
@@ -230,21 +237,13 @@ class Overdue:
     def _fire(self) -> None:
         self._timer, self._timer_at = None, math.inf
         heap, now = self._heap, deadlines.now()
-        while heap and (heap[0][2].task is None or heap[0][0] <= now):
-            entry = heapq.heappop(heap)[2]
-            if entry.task is not None and not entry.expired:
-                entry.expired = True
-                entry.task.cancel()
+        while heap and (heap[0][_TASK] is None or heap[0][0] <= now):
+            entry = heapq.heappop(heap)
+            if entry[_TASK] is not None and not entry[_EXPIRED]:
+                entry[_EXPIRED] = True
+                entry[_TASK].cancel()
         if heap:
             self._arm(heap[0][0])
-
-
-class _Entry:
-    __slots__ = ("expired", "task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task: asyncio.Task[Any] | None = task
-        self.expired = False
 
 
 async def send_deadline_exceeded(send: Send, detail: str = _RAN_OUT) -> None:
