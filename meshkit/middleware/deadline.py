@@ -59,6 +59,8 @@ class DeadlineMiddleware:
         self.max_clock_skew = max_clock_skew
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One coroutine for a bounded request on asyncio (the usual one): the app runs
+        # here, its task watched by ``Overdue``, with no coroutine in between.
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -70,7 +72,50 @@ class DeadlineMiddleware:
         if deadlines.now() >= start_by:
             await send_deadline_exceeded(send, _NOT_STARTED)
             return
-        await self._run_bounded(scope, receive, send, deadline)
+        started = False
+
+        def tracking_send(message: Message) -> Awaitable[None]:
+            # A plain function handing back send's awaitable: no coroutine per message.
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            return send(message)
+
+        overdue = self._overdue
+        watched = overdue.watch_current(deadline) if overdue is not None else None
+        if watched is None:
+            watched = self._watch_first(deadline)
+        if watched is None:  # not asyncio (trio under anyio): anyio's own cancel scope
+            try:
+                if not await self._run_in_cancel_scope(deadline, scope, receive, tracking_send):
+                    return
+            except DeadlineExceeded:
+                if started:
+                    raise
+        else:
+            overdue, task, entry = watched
+            token = deadlines.enter_deadline(deadline)
+            try:
+                await self.app(scope, receive, tracking_send)
+            except asyncio.CancelledError:
+                # Time ran out if the cancellation was ours, and ours alone.
+                if not overdue.done(entry) or task.uncancel() > 0:
+                    raise
+            except BaseException as exc:
+                if overdue.done(entry):
+                    task.uncancel()
+                # A mesh call the handler made ran out of our deadline: the same answer.
+                if started or not isinstance(exc, DeadlineExceeded):
+                    raise
+            else:
+                if not overdue.done(entry):
+                    return
+                task.uncancel()  # the app swallowed our cancellation: take the request back
+            finally:
+                deadlines.exit_deadline(token)
+        # Once the response has started its status is on the wire: nothing left to say.
+        if not started:
+            await send_deadline_exceeded(send)
 
     def _bounds(self, scope: Scope) -> tuple[float, float] | None:
         """(start by, finish by) on ``deadlines.now()``'s clock, or None when unbounded."""
@@ -86,11 +131,6 @@ class DeadlineMiddleware:
             if self.default_timeout is None:
                 return None
             budget, sent, start = self.default_timeout, None, None
-        return self._incoming(scope, budget, sent, start)
-
-    def _incoming(
-        self, scope: Scope, budget: float, sent: float | None, start: float | None
-    ) -> tuple[float, float]:
         now = deadlines.now()
         # The budget counts from the head's arrival (without meshkit's protocol: from now),
         # moved earlier by the time the sent time shows it waited unread beyond the skew.
@@ -103,73 +143,36 @@ class DeadlineMiddleware:
             return deadline, deadline
         return since + start, deadline
 
-    async def _run_bounded(
-        self, scope: Scope, receive: Receive, send: Send, deadline: float
-    ) -> None:
-        started = False
-
-        def tracking_send(message: Message) -> Awaitable[None]:
-            # A plain function handing back send's awaitable: no coroutine per message.
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            return send(message)
-
+    def _watch_first(self, deadline: float) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
+        """``Overdue.watch_current`` for the first request on an event loop (a new
+        ``Overdue``), None when not on asyncio."""
         try:
-            ran_out = await self._run_until(deadline, scope, receive, tracking_send)
-        except DeadlineExceeded:
-            # A mesh call the handler made ran out of our deadline: same answer.
-            if started:
-                raise
-            await send_deadline_exceeded(send)
-            return
-        # Once the response has started its status is on the wire: nothing left to say.
-        if ran_out and not started:
-            await send_deadline_exceeded(send)
-
-    async def _run_until(self, deadline: float, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Run the app under ``deadline``; True if it was cancelled because time ran out."""
-        overdue = self._overdue
-        task = overdue.current_task() if overdue is not None else None
-        if overdue is None or task is None:  # the first request, or a new event loop
-            try:
-                task = asyncio.current_task()
-            except RuntimeError:  # not asyncio (trio under anyio): anyio's own cancel scope
-                task = None
-            if task is None:
-                return await self._run_in_cancel_scope(deadline, scope, receive, send)
-            overdue = self._overdue = Overdue(task.get_loop())
-        entry = overdue.watch(deadline, task)
-        token = deadlines.enter_deadline(deadline)
-        try:
-            await self.app(scope, receive, send)
-        except asyncio.CancelledError:
-            # Time ran out if the cancellation was ours, and ours alone.
-            if not overdue.done(entry) or task.uncancel() > 0:
-                raise
-            return True
-        except BaseException:
-            if overdue.done(entry):
-                task.uncancel()
-            raise
-        finally:
-            deadlines.exit_deadline(token)
-        if overdue.done(entry):
-            task.uncancel()  # the app swallowed our cancellation: take the request back
-            return True
-        return False
+            task = asyncio.current_task()
+        except RuntimeError:
+            return None
+        if task is None:
+            return None
+        overdue = self._overdue = Overdue(task.get_loop())
+        return overdue, task, overdue.watch(deadline, task)
 
     async def _run_in_cancel_scope(
         self, deadline: float, scope: Scope, receive: Receive, send: Send
     ) -> bool:
-        """The same with anyio's cancel scope, on any backend (and the stock path that
-        bench/deadline.py measures ``Overdue`` against)."""
+        """The app under anyio's cancel scope, on any backend (and the stock path that
+        bench/deadline.py measures ``Overdue`` against); True if time ran out."""
         with anyio.move_on_after(deadline - deadlines.now()) as cancel_scope:
             with deadlines.use_deadline(deadline):
                 await self.app(scope, receive, send)
         return cancel_scope.cancelled_caught
 
     _overdue: Overdue | None = None
+
+
+# A request on the heap: [deadline, order, its task (None once it ended), expired].
+# A list, not an object: made without a Python call, and the heap item itself; the
+# order breaks ties between equal deadlines, so tasks are never compared.
+_Entry = list[Any]
+_TASK, _EXPIRED = 2, 3
 
 
 class Overdue:
@@ -187,39 +190,43 @@ class Overdue:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._thread = threading.get_ident()
-        self._heap: list[tuple[float, int, _Entry]] = []
+        self._heap: list[_Entry] = []
         self._order = itertools.count()  # ties between equal deadlines never compare entries
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
-    def current_task(self) -> asyncio.Task[Any] | None:
-        """The task running on this loop, if it runs in this thread now; else None.
+    def watch_current(self, deadline: float) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
+        """``watch`` the task running on this loop, if it runs in this thread now (the
+        task and its entry); else None.
 
         Python 3.11's ``asyncio.current_task()`` finds the running loop with a
         ``getpid()`` system call (its fork check); naming the loop skips it."""
         if threading.get_ident() != self._thread:
             return None
-        return asyncio.current_task(self.loop)
+        task = asyncio.current_task(self.loop)
+        if task is None:
+            return None
+        return self, task, self.watch(deadline, task)
 
     def watch(self, deadline: float, task: asyncio.Task[Any]) -> _Entry:
-        entry = _Entry(task)
+        entry: _Entry = [deadline, next(self._order), task, False]
         heap = self._heap
-        heapq.heappush(heap, (deadline, next(self._order), entry))
+        heapq.heappush(heap, entry)
         self._running += 1
         if deadline < self._timer_at:
             self._arm(deadline)
         if len(heap) > 2 * self._running + 64:
-            self._heap = [item for item in heap if item[2].task is not None]
+            self._heap = [item for item in heap if item[_TASK] is not None]
             heapq.heapify(self._heap)
         return entry
 
     def done(self, entry: _Entry) -> bool:
         """The request ended; True if its deadline had passed and its task was cancelled."""
-        if entry.task is not None:
-            entry.task = None
+        if entry[_TASK] is not None:
+            entry[_TASK] = None
             self._running -= 1
-        return entry.expired
+        return bool(entry[_EXPIRED])
 
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
@@ -230,21 +237,13 @@ class Overdue:
     def _fire(self) -> None:
         self._timer, self._timer_at = None, math.inf
         heap, now = self._heap, deadlines.now()
-        while heap and (heap[0][2].task is None or heap[0][0] <= now):
-            entry = heapq.heappop(heap)[2]
-            if entry.task is not None and not entry.expired:
-                entry.expired = True
-                entry.task.cancel()
+        while heap and (heap[0][_TASK] is None or heap[0][0] <= now):
+            entry = heapq.heappop(heap)
+            if entry[_TASK] is not None and not entry[_EXPIRED]:
+                entry[_EXPIRED] = True
+                entry[_TASK].cancel()
         if heap:
             self._arm(heap[0][0])
-
-
-class _Entry:
-    __slots__ = ("expired", "task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task: asyncio.Task[Any] | None = task
-        self.expired = False
 
 
 async def send_deadline_exceeded(send: Send, detail: str = _RAN_OUT) -> None:

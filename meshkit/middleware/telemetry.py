@@ -26,18 +26,18 @@ from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, format_trace_id
+from opentelemetry.trace import Span, Status, StatusCode, format_trace_id
 from starlette.routing import Host, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
+from meshkit.telemetry._loopmetrics import HistogramChild
 from meshkit.telemetry._otel_sdk import (
     SpanStarter,
     attach,
     detach,
     set_mesh_attributes,
     trace_id_of,
-    with_span,
 )
 from meshkit.telemetry.metrics import (
     UNKNOWN_NAMESPACE,
@@ -45,14 +45,16 @@ from meshkit.telemetry.metrics import (
     MeshMetrics,
     method_label,
 )
-from meshkit.telemetry.propagation import EMPTY_CONTEXT, extract_context
 from meshkit.telemetry.tap import TapRing, rfc3339
 
 UNKNOWN_SOURCE = "unknown"
 access_logger = logging.getLogger("meshkit.access")
 _perf_counter = time.perf_counter
-SERVER = SpanKind.SERVER
 _SHAPES_LIMIT = 1024
+_OUTCOMES_LIMIT = 1024
+# (method label, id() of the matched route, status, caller's SPIFFE ID): by id, as in
+# RouteTemplates, since Starlette routes are unhashable and live as long as the app.
+_OutcomeKey = tuple[str, int, int, str | None]
 
 
 class TelemetryMiddleware:
@@ -76,6 +78,32 @@ class TelemetryMiddleware:
         self._spans = SpanStarter(tracer_provider)
         self._routes = RouteTemplates()
         self._server_spans = _ServerSpans()
+        # Found once, then kept (bounded): a request's method label and active-requests
+        # series by its method, and by (method, route, status, caller) its route
+        # template, source label and duration series.
+        self._methods: dict[str, tuple[str, list[float]]] = {}
+        self._outcomes: dict[_OutcomeKey, tuple[str, str, HistogramChild]] = {}
+
+    def _method(self, raw: str) -> tuple[str, list[float]]:
+        method = method_label(raw)
+        started = (method, self.metrics.server_active(method))
+        if method == raw:  # a known method: any other is _OTHER and left out of the cache
+            self._methods[raw] = started
+        return started
+
+    def _outcome(
+        self, key: _OutcomeKey, scope: Scope, identity: SpiffeId | None
+    ) -> tuple[str, str, HistogramChild]:
+        method, _, status, _ = key
+        route = self._routes.lookup(scope)
+        source = source_label(identity)
+        series = self.metrics.server_duration(
+            method, route, status, source, namespace_label(identity)
+        )
+        if len(self._outcomes) >= _OUTCOMES_LIMIT:
+            self._outcomes.clear()  # bounded, whatever statuses and callers come
+        outcome = self._outcomes[key] = (route, source, series)
+        return outcome
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,21 +112,17 @@ class TelemetryMiddleware:
         # Every line here is paid on every request of every service: no per-request
         # helper objects, no coroutine where a plain call does.
         start = _perf_counter()
-        method = method_label(scope["method"])
-        self.metrics.server_started(method)
+        started = self._methods.get(scope["method"])
+        if started is None:
+            started = self._method(scope["method"])
+        method, active = started
+        active[0] += 1
         # The SERVER span, made current (with the caller's baggage) when there is anything
         # to carry on to calls the handler makes. Its attributes are set at the end, in
         # one call, and only if it records: a dropped span costs no dict.
-        parent = extract_context(scope["headers"])
-        token = None
-        if self._spans.tracing:
-            span = self._spans.start("HTTP" if method == "_OTHER" else method, SERVER, parent)
-            token = attach(with_span(span, parent))
-        elif parent is EMPTY_CONTEXT:
-            span = INVALID_SPAN
-        else:
-            span = trace.get_current_span(parent)  # the caller's context, carried on as is
-            token = attach(parent)
+        name = "HTTP" if method == "_OTHER" else method
+        span, context, recording = self._spans.start_server(name, scope["headers"])
+        token = None if context is None else attach(context)
         observed = ObservedSend(send)
         error: BaseException | None = None
         try:
@@ -110,15 +134,20 @@ class TelemetryMiddleware:
             duration = _perf_counter() - start
             # Before an answer started, the app failed: the server sends 500.
             status = observed.status or 500
-            route = self._routes.lookup(scope)
             identity = peer_identity(scope)
-            source = source_label(identity)
-            namespace = namespace_label(identity)
-            self.metrics.server_finished(method, route, status, source, duration, namespace)
+            matched = scope.get("route")
+            caller = identity.uri if identity is not None else None
+            key = (method, id(matched), status, caller)
+            outcome = self._outcomes.get(key)
+            if outcome is None:
+                outcome = self._outcome(key, scope, identity)
+            route, source, duration_series = outcome
+            duration_series.observe(duration)
+            active[0] -= 1
             if self.tap is not None:
                 trace_id = trace_id_of(span)
                 self.tap.record(start, identity, method, route, status, duration, trace_id)
-            if span.is_recording():
+            if recording:
                 self._server_spans.finish(
                     span, scope, method, route, status, identity, source, error
                 )

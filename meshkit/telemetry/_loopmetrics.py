@@ -122,6 +122,14 @@ class LoopHistogram(_LoopMetric):
         series[bisect_left(self._bounds, value) + 1] += 1
         series[0] += value
 
+    def child(self, key: Key) -> HistogramChild:
+        """``key``'s series as an object its caller keeps (prometheus_client's
+        ``labels()``): each observation is then one call, with no key lookup."""
+        series = self._by_key.get(key)
+        if series is None:
+            series = self._add_series(key)
+        return HistogramChild(self._bounds, series)
+
     def collect(self) -> list[Metric]:
         family = self._family()
         for labels, series in self._snapshot():
@@ -134,6 +142,21 @@ class LoopHistogram(_LoopMetric):
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+class HistogramChild:
+    """One series of a ``LoopHistogram``; observe from the event loop's thread only."""
+
+    __slots__ = ("_bounds", "_series")
+
+    def __init__(self, bounds: tuple[float, ...], series: list[float]) -> None:
+        self._bounds = bounds
+        self._series = series
+
+    def observe(self, value: float) -> None:
+        series = self._series
+        series[bisect_left(self._bounds, value) + 1] += 1
+        series[0] += value
 
 
 class _LoopValue(_LoopMetric):

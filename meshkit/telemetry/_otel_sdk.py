@@ -86,6 +86,7 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationInfo, InstrumentationScope
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import (
+    INVALID_SPAN,
     Link,
     NonRecordingSpan,
     Span,
@@ -100,7 +101,15 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 from meshkit.telemetry import tracecontext
-from meshkit.telemetry.propagation import EMPTY_CONTEXT, append_span_headers, get_tracer
+from meshkit.telemetry.propagation import (
+    EMPTY_CONTEXT,
+    RawHeaders,
+    append_span_headers,
+    extract_context,
+    get_tracer,
+    lone_traceparent,
+    remote_parent_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -410,6 +419,39 @@ class SpanStarter:
         if recorder is None or not recorder.tracer._is_enabled():
             return self._tracer.start_span(name, context=context, kind=kind)
         return recorder.start(name, kind, context)
+
+    def start_server(self, name: str, headers: RawHeaders) -> tuple[Span, Context | None, bool]:
+        """A request's SERVER span continuing the caller's trace from ``headers``; the
+        context to make current for the handler (the caller's, baggage included, with
+        the span in it; None when there is nothing to carry on); whether the span records.
+
+        For the usual caller, a lone ``traceparent`` that is not sampled and a sampler
+        that follows it, the span is decided from the parsed ids: the caller's
+        ``SpanContext``, its span and its context are never built (nothing reads them).
+        Without tracing the caller's context is carried on as it came.
+        """
+        if self._global and time.monotonic() >= self._next_check:
+            self._follow_global()
+        if not self._tracing:
+            parent = extract_context(headers)
+            if parent is EMPTY_CONTEXT:
+                return INVALID_SPAN, None, False
+            return trace.get_current_span(parent), parent, False
+        found = lone_traceparent(headers)
+        if isinstance(found, tracecontext.TraceParent):
+            recorder = self._recorder
+            if (
+                recorder is not None
+                and not found.flags & _SAMPLED
+                and recorder.sampling.follows_parent
+                and recorder.tracer._is_enabled()
+            ):
+                random_id = bool(found.flags & _RANDOM_TRACE_ID)
+                dropped = _DroppedSpan(recorder, found.trace_id, random_id, DEFAULT_TRACE_STATE)
+                return dropped, Context({recorder.span_key: dropped}), False
+            found = remote_parent_context(found, ())
+        span = self.start(name, SpanKind.SERVER, found)
+        return span, with_span(span, found), span.is_recording()
 
     def start_child(self, name: str, kind: SpanKind, parent: Span, context: Context) -> Span:
         """The span ``start(name, kind, trace.set_span_in_context(parent, context))``

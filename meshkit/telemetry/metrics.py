@@ -72,7 +72,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
 
-from meshkit.telemetry._loopmetrics import LoopCounter, LoopGauge, LoopHistogram
+from meshkit.telemetry._loopmetrics import HistogramChild, LoopCounter, LoopGauge, LoopHistogram
 
 if TYPE_CHECKING:
     from meshkit.tls import TLSContexts, TLSMaterial
@@ -337,10 +337,21 @@ class MeshMetrics:
 
     def server_started(self, method: str) -> None:
         """A request came in; ``method`` is its ``method_label``."""
+        self.server_active(method)[0] += 1
+
+    def server_active(self, method: str) -> list[float]:
+        """The ``[value]`` of ``http_server_active_requests`` for ``method`` (its
+        ``method_label``), for a caller that keeps it and adds and takes away itself."""
         active = self._active_by_method.get(method)
         if active is None:
             active = self._active_by_method[method] = self._server_active.series((method,))
-        active[0] += 1
+        return active
+
+    def server_duration(
+        self, method: str, route: str, status: int, source: str, source_namespace: str
+    ) -> HistogramChild:
+        """The ``http_server_request_duration_seconds`` series of these labels, to keep."""
+        return self._server_duration.child((method, route, status, source, source_namespace))
 
     def server_finished(
         self,

@@ -65,6 +65,19 @@ def extract_context(headers: RawHeaders) -> Context:
     Most requests of an untraced mesh carry none of these headers and cost one scan;
     between meshkit services the usual carrier is a lone ``traceparent``.
     """
+    found = lone_traceparent(headers)
+    return (
+        remote_parent_context(found, ()) if isinstance(found, tracecontext.TraceParent) else found
+    )
+
+
+def lone_traceparent(headers: RawHeaders) -> tracecontext.TraceParent | Context:
+    """The caller's parsed ``traceparent`` when it is the only trace header (the usual
+    mesh call), else the context ``extract_context`` makes: ``EMPTY_CONTEXT`` for none.
+
+    The server's span starter decides from the ids alone: an unsampled caller's
+    context need never be built.
+    """
     traceparent = None
     for name, value in headers:
         if name in _TRACE_HEADERS:
@@ -74,7 +87,7 @@ def extract_context(headers: RawHeaders) -> Context:
     if traceparent is None:
         return EMPTY_CONTEXT
     parent = tracecontext.parse_traceparent(traceparent.decode("latin-1"))
-    return EMPTY_CONTEXT if parent is None else _with_remote_parent(parent, ())
+    return EMPTY_CONTEXT if parent is None else parent
 
 
 def _extract_all(headers: RawHeaders) -> Context:
@@ -90,13 +103,13 @@ def _extract_all(headers: RawHeaders) -> Context:
         else:
             has_baggage = has_baggage or name == b"baggage"
     parsed = tracecontext.parse_fields(traceparents, tracestates)
-    context = EMPTY_CONTEXT if parsed is None else _with_remote_parent(*parsed)
+    context = EMPTY_CONTEXT if parsed is None else remote_parent_context(*parsed)
     if has_baggage:
         context = _BAGGAGE.extract(headers, context=context, getter=_ASGI_GETTER)
     return context
 
 
-def _with_remote_parent(
+def remote_parent_context(
     parent: tracecontext.TraceParent, members: tuple[tracecontext.Member, ...]
 ) -> Context:
     """A context whose current span is the caller's (remote, not recording)."""

@@ -70,6 +70,9 @@ class TraceParent(NamedTuple):
     flags: int
 
 
+_new_tuple = tuple.__new__
+
+
 def parse_traceparent(value: str) -> TraceParent | None:
     """One ``traceparent`` field value; None when it is invalid (start a new trace).
 
@@ -84,7 +87,9 @@ def parse_traceparent(value: str) -> TraceParent | None:
     trace_id, parent_id = int(match[2], 16), int(match[3], 16)
     if trace_id == 0 or parent_id == 0:  # "All bytes as zero ... is considered an invalid value"
         return None
-    return TraceParent(trace_id, parent_id, int(match[4], 16) & KNOWN_FLAGS)
+    # tuple.__new__ is what a NamedTuple's generated __new__ does, without its Python
+    # frame: this runs for every request that carries a traceparent.
+    return _new_tuple(TraceParent, (trace_id, parent_id, int(match[4], 16) & KNOWN_FLAGS))
 
 
 def parse_tracestate(fields: Iterable[str]) -> tuple[Member, ...]:

@@ -214,18 +214,42 @@ def test_malformed_traceparent_starts_a_new_trace(
     assert span.context.trace_id != int(TRACE_ID, 16)
 
 
+@pytest.mark.parametrize("flags", ["00", "02"])
 def test_unsampled_requests_still_propagate_the_trace(
-    spans: tuple[TracerProvider, InMemorySpanExporter],
+    flags: str, spans: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
+    """An unsampled caller's SERVER span is decided from its traceparent's ids alone
+    (no caller's context built): the handler's calls still go on in the caller's trace,
+    from a span of their own, unsampled, keeping the random-trace-id flag (02)."""
     _, exporter = spans
     provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    incoming = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-{flags}"}
     with running(build(MeshMetrics(), provider)) as port:
         connection = connect(port)
-        _, body = get(connection, "/orders/1", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"})
+        _, body = get(connection, "/orders/1", incoming)
         connection.close()
     assert exporter.get_finished_spans() == ()
-    assert json.loads(body)["outgoing"]["traceparent"].startswith(f"00-{TRACE_ID}-")
+    version, trace_id, span_id, sent_flags = json.loads(body)["outgoing"]["traceparent"].split("-")
+    assert (version, trace_id, sent_flags) == ("00", TRACE_ID, flags)
+    assert span_id not in (PARENT_ID, "0" * 16)
+
+
+def test_kept_outcomes_are_bounded_and_still_counted(
+    authority: LocalAuthority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound the kept (method, route, status, caller) outcomes are dropped and
+    found again: every request is still counted under its own labels."""
+    monkeypatch.setattr("meshkit.middleware.telemetry._OUTCOMES_LIMIT", 1)
+    metrics = MeshMetrics()
+    with running(build(metrics), identity=authority.issue("orders"), directory=tmp_path) as port:
+        connection = connect(port, authority.issue("web"))
+        for path in ("/orders/1", "/nowhere", "/orders/2", "/nowhere", "/orders/3"):
+            get(connection, path)
+        connection.close()
+    assert duration_count(metrics, "/orders/{order_id}", "200", "web") == 3
+    assert duration_count(metrics, "unmatched", "404", "web") == 2
+    assert sample(metrics, "http_server_active_requests", http_request_method="GET") == 0
 
 
 def test_failures_mark_the_span(spans: tuple[TracerProvider, InMemorySpanExporter]) -> None:
