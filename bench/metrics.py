@@ -20,7 +20,13 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from meshkit.telemetry.metrics import _CLIENT_LABELS, DURATION_BUCKETS, LabelCache, MeshMetrics
+from meshkit.telemetry.metrics import (
+    _CLIENT_LABELS,
+    DURATION_BUCKETS,
+    UNKNOWN_NAMESPACE,
+    LabelCache,
+    MeshMetrics,
+)
 
 ROUTE = "/orders/{order_id}"
 SECONDS = 0.0012  # an in-mesh call: the 4th bucket, so the old bucket loop runs 4 steps
@@ -55,10 +61,17 @@ def old_recorders() -> dict[str, Callable[[], None]]:
 
 def new_recorders() -> dict[str, Callable[[], None]]:
     metrics = MeshMetrics()
+    # As the telemetry middleware records a request: the series of its method and of its
+    # outcome found in the dicts it keeps, then updated.
+    outcome = ("GET", ROUTE, 200, "web")
+    methods = {"GET": metrics.server_active("GET")}
+    outcomes = {outcome: metrics.server_duration(*outcome, UNKNOWN_NAMESPACE)}
 
     def server() -> None:
-        metrics.server_started("GET")
-        metrics.server_finished("GET", ROUTE, 200, "web", SECONDS)
+        active = methods["GET"]
+        active[0] += 1
+        outcomes[outcome].observe(SECONDS)
+        active[0] -= 1
 
     def client() -> None:
         metrics.observe_client_call("POST", "payments", 201, "", SECONDS)

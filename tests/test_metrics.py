@@ -13,16 +13,35 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.telemetry._loopmetrics import LoopHistogram
-from meshkit.telemetry.metrics import _CLIENT_LABELS, DURATION_BUCKETS, MAX_SUBSETS, MeshMetrics
+from meshkit.telemetry.metrics import (
+    _CLIENT_LABELS,
+    DURATION_BUCKETS,
+    MAX_SUBSETS,
+    UNKNOWN_NAMESPACE,
+    MeshMetrics,
+)
 from meshkit.tls import TLSContexts, TLSMaterial
+
+
+def started(metrics: MeshMetrics, method: str) -> None:
+    """A request came in, counted as the telemetry middleware counts it."""
+    metrics.server_active(method)[0] += 1
+
+
+def finished(
+    metrics: MeshMetrics, method: str, route: str, status: int, source: str, seconds: float
+) -> None:
+    """The request ``started`` counted ended, recorded as the telemetry middleware does."""
+    metrics.server_active(method)[0] -= 1
+    metrics.server_duration(method, route, status, source, UNKNOWN_NAMESPACE).observe(seconds)
 
 
 def populated() -> MeshMetrics:
     """Metrics with at least one series of every metric meshkit has."""
     metrics = MeshMetrics()
-    metrics.server_started("GET")
-    metrics.server_started("GET")
-    metrics.server_finished("GET", "/orders/{order_id}", 200, "web", 0.0012)
+    started(metrics, "GET")
+    started(metrics, "GET")
+    finished(metrics, "GET", "/orders/{order_id}", 200, "web", 0.0012)
     metrics.observe_client_call("POST", "payments", 201, "", 0.004)
     metrics.observe_client_call("POST", "payments", None, "ConnectError", 0.2)
     metrics.count_client_attempt("POST", "payments", 503, "")
@@ -70,10 +89,10 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
     first, second = MeshMetrics(), MeshMetrics()
     for metrics in (first, first, second):
         metrics.retried("payments")
-        metrics.server_started("GET")
-        metrics.server_finished("GET", "/orders", 200, "web", 0.001)
+        started(metrics, "GET")
+        finished(metrics, "GET", "/orders", 200, "web", 0.001)
         metrics.count_client_attempt("GET", "payments", 200, "")
-    metrics.server_started("GET")  # still running, in the second app only
+    started(metrics, "GET")  # still running, in the second app only
     series = {
         "meshkit_retries_total": {"destination_service": "payments"},
         "http_server_request_duration_seconds_count": {
@@ -182,13 +201,13 @@ def record(metrics: MeshMetrics) -> None:
     """Several label sets, in an order that differs from the sorted one."""
     for n, seconds in enumerate(DURATIONS):
         method, source = ("POST", "web") if n % 3 else ("GET", "cart")
-        metrics.server_started(method)
-        metrics.server_finished(method, ROUTE, 503 if n % 5 == 0 else 200, source, seconds)
+        started(metrics, method)
+        finished(metrics, method, ROUTE, 503 if n % 5 == 0 else 200, source, seconds)
         status = None if n % 4 == 0 else 201
         error = "ConnectError" if status is None else ""
         metrics.count_client_attempt("POST", "payments", status, error)
         metrics.observe_client_call("POST", "payments", status, error, seconds)
-    metrics.server_started("PATCH")  # one still active
+    started(metrics, "PATCH")  # one still active
 
 
 def record_with_prometheus_client(registry: CollectorRegistry) -> None:
@@ -273,10 +292,10 @@ def test_per_request_metrics_expose_what_prometheus_client_did(
 @pytest.mark.parametrize("bound", DURATION_BUCKETS)
 def test_a_value_equal_to_a_bound_counts_in_that_bucket(bound: float) -> None:
     metrics = MeshMetrics()
-    metrics.server_started("GET")
-    metrics.server_started("GET")
-    metrics.server_finished("GET", ROUTE, 200, "web", bound)
-    metrics.server_finished("GET", ROUTE, 200, "web", math.nextafter(bound, math.inf))
+    started(metrics, "GET")
+    started(metrics, "GET")
+    finished(metrics, "GET", ROUTE, 200, "web", bound)
+    finished(metrics, "GET", ROUTE, 200, "web", math.nextafter(bound, math.inf))
     labels = {
         "http_request_method": "GET",
         "http_route": ROUTE,
@@ -325,17 +344,17 @@ def test_histogram_buckets_must_be_finite_and_increasing(buckets: tuple[float, .
 def test_active_requests_are_those_started_and_not_yet_finished_per_method() -> None:
     metrics = MeshMetrics()
     for method in ("GET", "GET", "GET", "POST", "POST"):
-        metrics.server_started(method)
-    metrics.server_finished("GET", "/orders", 200, "web", 0.001)
-    metrics.server_finished("GET", "/orders/{order_id}", 404, "cart", 0.002)
-    metrics.server_finished("POST", "/orders", 201, "web", 0.003)
+        started(metrics, method)
+    finished(metrics, "GET", "/orders", 200, "web", 0.001)
+    finished(metrics, "GET", "/orders/{order_id}", 404, "cart", 0.002)
+    finished(metrics, "POST", "/orders", 201, "web", 0.003)
 
     def active(method: str) -> float | None:
         labels = {"http_request_method": method}
         return metrics.registry.get_sample_value("http_server_active_requests", labels)
 
     assert (active("GET"), active("POST"), active("PUT")) == (1, 1, None)
-    metrics.server_finished("GET", "/orders", 500, "web", 0.001)
+    finished(metrics, "GET", "/orders", 500, "web", 0.001)
     assert active("GET") == 0
 
 

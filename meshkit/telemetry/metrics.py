@@ -335,10 +335,6 @@ class MeshMetrics:
 
     # Per-request recording: lock-free, so only ever from the event loop's thread.
 
-    def server_started(self, method: str) -> None:
-        """A request came in; ``method`` is its ``method_label``."""
-        self.server_active(method)[0] += 1
-
     def server_active(self, method: str) -> list[float]:
         """The ``[value]`` of ``http_server_active_requests`` for ``method`` (its
         ``method_label``), for a caller that keeps it and adds and takes away itself."""
@@ -352,21 +348,6 @@ class MeshMetrics:
     ) -> HistogramChild:
         """The ``http_server_request_duration_seconds`` series of these labels, to keep."""
         return self._server_duration.child((method, route, status, source, source_namespace))
-
-    def server_finished(
-        self,
-        method: str,
-        route: str,
-        status: int,
-        source: str,
-        seconds: float,
-        source_namespace: str = UNKNOWN_NAMESPACE,
-    ) -> None:
-        """The request ``server_started`` counted is over, answered ``status`` after
-        ``seconds``; ``route`` is its template, ``source`` the caller's service and
-        ``source_namespace`` its namespace."""
-        self._active_by_method[method][0] -= 1
-        self._server_duration.observe((method, route, status, source, source_namespace), seconds)
 
     def observe_client_call(
         self,
