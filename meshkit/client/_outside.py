@@ -16,7 +16,7 @@ from typing import Any
 
 from meshkit import deadline as deadlines
 from meshkit._httpx import AsyncClient, Request, Response, http2_available
-from meshkit.client._hooks import AttemptEnded, AttemptStarted, CallEnded, CallStarted, ClientHooks
+from meshkit.client._hooks import CallRecorder, ClientHooks, recorder_for
 
 
 class OutsideClient(AsyncClient):
@@ -27,31 +27,28 @@ class OutsideClient(AsyncClient):
         options.setdefault("follow_redirects", False)
         options.setdefault("http2", http2_available())
         super().__init__(**options)
-        self._hooks = hooks
+        self._recorder = recorder_for(hooks)
 
     async def send(self, request: Request, **options: Any) -> Response:
         """httpx's ``send``, reported to the hooks (every request method ends here)."""
-        if self._hooks is None:
+        if self._recorder is None:
             return await super().send(request, **options)
-        with _Reported(self._hooks, request) as report:
+        with _Reported(self._recorder, request) as report:
             response = await super().send(request, **options)
             report.status = response.status_code
         return response
 
 
 class _Reported:
-    """One outside call as the hooks see a mesh call: one call of one attempt, the
-    attempt's headers (the trace context) added to the request."""
+    """One outside call reported as the mesh client reports a call: one call of one
+    attempt, the attempt's headers (the trace context) added to the request."""
 
-    def __init__(self, hooks: ClientHooks, request: Request) -> None:
-        self._hooks = hooks
+    def __init__(self, recorder: CallRecorder, request: Request) -> None:
+        self._recorder = recorder
         url = request.url
-        self._call = CallStarted(url.host, request.method, url.path)
-        self._call_state = hooks.on_call_start(self._call)
+        self._call_state = recorder.call_started(url.host, request.method, url, "")
         headers: list[tuple[str, str]] = []
-        self._attempt_state = hooks.on_attempt_start(
-            AttemptStarted(url.host, request.method, 1, None, headers)
-        )
+        self._attempt_state = recorder.attempt_started(self._call_state, 1, None, headers)
         request.headers.update(headers)
         self.status: int | None = None
         self._started = deadlines.now()
@@ -66,11 +63,5 @@ class _Reported:
         traceback: TracebackType | None,
     ) -> None:
         took = deadlines.now() - self._started
-        destination, method, path = self._call.destination, self._call.method, self._call.path
-        status, hooks = self.status, self._hooks
-        hooks.on_attempt_end(
-            AttemptEnded(destination, method, 1, None, status, took, error, self._attempt_state)
-        )
-        hooks.on_call_end(
-            CallEnded(destination, method, path, status, took, 1, error, self._call_state)
-        )
+        self._recorder.attempt_ended(self._attempt_state, self.status, took, error)
+        self._recorder.call_ended(self._call_state, self.status, took, 1, error)
