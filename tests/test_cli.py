@@ -56,13 +56,17 @@ def test_each_command_comes_from_the_module_named_for_it() -> None:
 def test_a_service_process_loads_only_what_it_runs() -> None:
     """A service process (``meshkit run``) holds none of what ``meshkit new`` and the
     demo import (the template engine, the Envoy wheel), nor httpx's command-line client
-    (rich, pygments), nor the protobuf runtime (meshkit encodes its OTLP spans itself)."""
+    (rich, pygments), nor the protobuf runtime (meshkit encodes its OTLP spans itself),
+    nor the idempotency stores its settings do not name (sqlite3, Consul KV)."""
     code = (
         "import contextlib, sys\n"
         "from meshkit.cli import main\n"
         "with contextlib.suppress(SystemExit):\n"
         "    main(['run', '--help'])\n"
-        "unwanted = {'cookiecutter', 'jinja2', 'yaml', 'envoy', 'rich', 'pygments', 'google'}\n"
+        "from meshkit import ServiceApp\n"
+        "ServiceApp(service='probe')\n"
+        "unwanted = {'cookiecutter', 'jinja2', 'yaml', 'envoy', 'rich', 'pygments', 'google',\n"
+        "            'sqlite3', 'meshkit.policy.idempotency.consul'}\n"
         "print(sorted(unwanted & set(sys.modules)))\n"
     )
     done = subprocess.run(

@@ -42,6 +42,7 @@ from meshkit.policy.idempotency.base import (
     kept_changing,
     new_owner,
 )
+from meshkit.settings import MeshSettings
 
 T = TypeVar("T")
 
@@ -117,6 +118,11 @@ class SQLiteStore:
         self._next_sweep = 0.0
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    def from_settings(cls, settings: MeshSettings, **options: Any) -> SQLiteStore:
+        """The store ``MESHKIT_IDEMPOTENCY_STORE=sqlite:PATH`` names."""
+        return cls(settings.idempotency_store.removeprefix("sqlite:"), **options)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
