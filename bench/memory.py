@@ -12,11 +12,17 @@ Two measurements, side by side in one run:
    memory (heap, Python objects) and file pages (code of the shared libraries touched),
    the thread count, and how much of the anonymous memory sits in glibc's per-thread
    malloc arenas (64 MiB-aligned anonymous mappings, each thread that mallocs gets one).
-   A peak well above the resident set at ready means a startup transient set it.
+   A peak well above the resident set at ready means a startup transient set it. From
+   ``smaps_rollup``: the proportional set (PSS: a page shared by n processes counts
+   1/n) and the clean pages shared with other processes (library code: every process
+   that maps a library counts its touched pages in its RSS, the machine holds them
+   once). After the last cell, the file-backed resident memory of each library whose
+   share differs between M's and N's same process (``smaps``).
 2. **Imports.** In a fresh interpreter per side, the packages each process imports,
-   one stage after another in import order, VmRSS after each: what each stage adds on
-   top of the previous ones (a shared dependency is charged to the first stage that
-   loads it). The last stage is the rest of what the process imports before serving.
+   one stage after another in import order, VmRSS after each, split into anonymous
+   memory and file pages: what each stage adds on top of the previous ones (a shared
+   dependency is charged to the first stage that loads it). The last stage is the
+   rest of what the process imports before serving.
 
 The last line is one JSON object: ``extra_rss_mb_M_over_N`` as bench/mesh.py computes it
 (the larger of caller and callee, peak minus N's same process), each process's figures,
@@ -67,12 +73,14 @@ BARE_STAGES = [
 ]
 MESHKIT_STAGES = [
     *COMMON_STAGES,
+    ("cryptography's Rust extension alone", ["cryptography.hazmat.bindings._rust"]),
     (
-        "cryptography (x509, ec)",
+        "cryptography's x509 + hazmat modules (x509, ec)",
         ["cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec"],
     ),
     ("httpx (without its CLI, as meshkit._httpx imports it)", ["!httpx._main", "httpx"]),
-    ("requests", ["requests"]),
+    ("charset_normalizer (requests' charset detection)", ["charset_normalizer"]),
+    ("requests (urllib3, idna's codec, certifi)", ["requests"]),
     ("py-consul", ["consul"]),
     ("prometheus_client", ["prometheus_client"]),
     ("opentelemetry API + SDK", ["opentelemetry.trace", "opentelemetry.sdk.trace"]),
@@ -92,13 +100,13 @@ MESHKIT_STAGES = [
 
 #: Run in a fresh interpreter: import each stage (``module:function:words`` also calls
 #: ``function`` with the words as a list; ``!module`` blocks that module's import, as
-#: meshkit._httpx does), and print VmRSS and the top-level packages each stage loaded.
+#: meshkit._httpx does), and print VmRSS, RssAnon and RssFile and the top-level
+#: packages each stage loaded.
 _IMPORTER = """
 import importlib, json, sys
 def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return [int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "RssAnon", "RssFile")]
 stages = json.loads(sys.argv[1])
 out = [["interpreter", rss(), []]]
 for name, modules in stages:
@@ -127,17 +135,19 @@ def import_stages(stages: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
         check=True,
     )
     rows: list[dict[str, Any]] = []
-    previous = 0.0
-    for name, rss, packages in json.loads(done.stdout):
+    previous = [0.0, 0.0, 0.0]
+    for name, (rss, anon, file), packages in json.loads(done.stdout):
         rows.append(
             {
                 "stage": name,
                 "rss_mb": round(rss, 1),
-                "added_mb": round(rss - previous, 1),
+                "added_mb": round(rss - previous[0], 1),
+                "added_anon_mb": round(anon - previous[1], 1),
+                "added_file_mb": round(file - previous[2], 1),
                 "packages": packages,
             }
         )
-        previous = rss
+        previous = [rss, anon, file]
     return rows
 
 
@@ -158,8 +168,28 @@ def arena_rss_mb(pid: int) -> tuple[float, int]:
     return resident_kb / 1024, arenas
 
 
+def rollup_kb(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/smaps_rollup``'s fields (Rss, Pss, Pss_Anon, Shared_Clean, ...), kB."""
+    lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    return {name: int(value.split()[0]) for name, value in (line.split(":", 1) for line in lines)}
+
+
+def file_pages_mb(pid: int) -> dict[str, float]:
+    """Resident MiB of each mapped file (by its name), from ``/proc/<pid>/smaps``."""
+    resident: dict[str, float] = {}
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+            name = Path(head[5]).name if len(head) > 5 and head[5].startswith("/") else ""
+        elif name and head[0] == "Rss:":
+            resident[name] = resident.get(name, 0.0) + int(head[1]) / 1024
+    return resident
+
+
 def snapshot(pid: int) -> dict[str, Any]:
     arena_mb, arenas = arena_rss_mb(pid)
+    rollup = rollup_kb(pid)
     return {
         "rss_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
         "peak_mb": round(status_kb(pid, "VmHWM") / 1024, 1),
@@ -168,13 +198,35 @@ def snapshot(pid: int) -> dict[str, Any]:
         "threads": status_kb(pid, "Threads"),
         "arenas": arenas,
         "arena_mb": round(arena_mb, 1),
+        "pss_mb": round(rollup.get("Pss", 0) / 1024, 1),
+        "pss_file_mb": round(rollup.get("Pss_File", 0) / 1024, 1),
+        "shared_clean_mb": round(rollup.get("Shared_Clean", 0) / 1024, 1),
     }
+
+
+#: Libraries whose file pages differ by less than this (MiB) between M and N are not listed.
+LIBRARY_MIN_MB = 0.1
+
+
+def library_differences(m_pid: int, n_pid: int) -> dict[str, list[float]]:
+    """``{library: [M's MiB, N's MiB]}`` of file pages resident in one process and not
+    (or less) in the other, the largest difference first."""
+    m, n = file_pages_mb(m_pid), file_pages_mb(n_pid)
+    rows = {
+        name: [round(m.get(name, 0.0), 1), round(n.get(name, 0.0), 1)]
+        for name in m.keys() | n.keys()
+        if abs(m.get(name, 0.0) - n.get(name, 0.0)) >= LIBRARY_MIN_MB
+    }
+    return dict(sorted(rows.items(), key=lambda item: item[1][1] - item[1][0]))
 
 
 def measure_processes(
     args: argparse.Namespace, workdir: Path
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
-    """Snapshots of every M and N process, once ready and after each load cell."""
+) -> tuple[
+    dict[str, dict[str, Any]], dict[str, dict[str, float]], dict[str, dict[str, list[float]]]
+]:
+    """Snapshots of every M and N process, once ready and after each load cell, and the
+    libraries' file pages of M's processes against N's after the last cell."""
     figures: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         ws = Workspace(workdir, stack)
@@ -201,13 +253,16 @@ def measure_processes(
             }
             for key, path in running.items()
         }
-    return figures, peaks
+        m, n = running["M"].processes, running["N"].processes
+        libraries = {name: library_differences(m[name], n[name]) for name in m.keys() & n.keys()}
+    return figures, peaks, libraries
 
 
 def table(figures: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| process | phase | VmRSS | VmHWM (peak) | anon | file | threads | arenas (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| process | phase | VmRSS | VmHWM (peak) | anon | file | shared clean | PSS (file) "
+        "| threads | arenas (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for process, phases in figures.items():
         if process == "requests":
@@ -215,19 +270,30 @@ def table(figures: dict[str, dict[str, Any]]) -> str:
         for phase, s in phases.items():
             lines.append(
                 f"| {process} | {phase} | {s['rss_mb']} | {s['peak_mb']} | {s['anon_mb']} | "
-                f"{s['file_mb']} | {s['threads']} | {s['arenas']} ({s['arena_mb']}) |"
+                f"{s['file_mb']} | {s['shared_clean_mb']} | {s['pss_mb']} ({s['pss_file_mb']}) | "
+                f"{s['threads']} | {s['arenas']} ({s['arena_mb']}) |"
             )
+    return "\n".join(lines)
+
+
+def libraries_table(libraries: dict[str, dict[str, list[float]]]) -> str:
+    lines = ["| process | library (file pages resident, MiB) | M | N |", "|---|---|---:|---:|"]
+    for process, rows in sorted(libraries.items()):
+        lines += [f"| {process} | {name} | {m} | {n} |" for name, (m, n) in rows.items()]
     return "\n".join(lines)
 
 
 def stages_table(side: str, rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"| {side}: stage | VmRSS after | added | new top-level packages |",
-        "|---|---:|---:|---|",
+        f"| {side}: stage | VmRSS after | added | anon | file | new top-level packages |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         packages = ", ".join(row["packages"][:12]) + (" ..." if len(row["packages"]) > 12 else "")
-        lines.append(f"| {row['stage']} | {row['rss_mb']} | {row['added_mb']:+} | {packages} |")
+        lines.append(
+            f"| {row['stage']} | {row['rss_mb']} | {row['added_mb']:+} | "
+            f"{row['added_anon_mb']:+} | {row['added_file_mb']:+} | {packages} |"
+        )
     return "\n".join(lines)
 
 
@@ -253,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
             print(stages_table(side, rows) + "\n")
             result[f"imports_{side}"] = rows
     with tempfile.TemporaryDirectory(prefix="meshkit-memory-") as directory:
-        figures, peaks = measure_processes(args, Path(directory))
+        figures, peaks, libraries = measure_processes(args, Path(directory))
     print(table(figures) + "\n")
+    print(libraries_table(libraries) + "\n")
     result |= extra_rss(peaks)
     result["processes"] = figures
+    result["libraries"] = libraries
     print(json.dumps(result))
     return 0
 
