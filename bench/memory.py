@@ -79,8 +79,11 @@ MESHKIT_STAGES = [
         ["cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec"],
     ),
     ("httpx (without its CLI, as meshkit._httpx imports it)", ["!httpx._main", "httpx"]),
-    ("charset_normalizer (requests' charset detection)", ["charset_normalizer"]),
-    ("requests (urllib3, idna's codec, certifi)", ["requests"]),
+    (
+        "requests (urllib3, idna's codec, certifi; its charset detection deferred, as "
+        "meshkit._requests imports it)",
+        ["!charset_normalizer", "requests"],
+    ),
     ("py-consul", ["consul"]),
     ("prometheus_client", ["prometheus_client"]),
     ("opentelemetry API + SDK", ["opentelemetry.trace", "opentelemetry.sdk.trace"]),

@@ -10,6 +10,8 @@ assemble their own, each a layer of the design (imports only go downwards): ``cl
 
 from importlib import metadata
 
+# First: requests must be imported through its adapter, before any module below does.
+import meshkit._requests  # noqa: F401
 from meshkit.app import ServiceApp
 from meshkit.client import (
     CircuitOpen,

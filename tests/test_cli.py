@@ -57,7 +57,8 @@ def test_a_service_process_loads_only_what_it_runs() -> None:
     """A service process (``meshkit run``) holds none of what ``meshkit new`` and the
     demo import (the template engine, the Envoy wheel), nor httpx's command-line client
     (rich, pygments), nor the protobuf runtime (meshkit encodes its OTLP spans itself),
-    nor the idempotency stores its settings do not name (sqlite3, Consul KV)."""
+    nor the idempotency stores its settings do not name (sqlite3, Consul KV), nor
+    requests' charset detection (meshkit/_requests.py loads it when a body needs it)."""
     code = (
         "import contextlib, sys\n"
         "from meshkit.cli import main\n"
@@ -66,7 +67,7 @@ def test_a_service_process_loads_only_what_it_runs() -> None:
         "from meshkit import ServiceApp\n"
         "ServiceApp(service='probe')\n"
         "unwanted = {'cookiecutter', 'jinja2', 'yaml', 'envoy', 'rich', 'pygments', 'google',\n"
-        "            'sqlite3', 'meshkit.policy.idempotency.consul'}\n"
+        "            'sqlite3', 'meshkit.policy.idempotency.consul', 'charset_normalizer'}\n"
         "print(sorted(unwanted & set(sys.modules)))\n"
     )
     done = subprocess.run(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meshkit import _httpx
+from meshkit import _httpx, _requests
 from meshkit.telemetry import _otel_sdk
 
 PACKAGE = Path(__file__).resolve().parent.parent / "meshkit"
@@ -139,3 +139,4 @@ def test_the_adapters_take_their_fast_paths_with_these_releases() -> None:
     it lands, though users only get the stock path and a warning."""
     assert _httpx.fast_paths_problem() is None
     assert _otel_sdk.usable()
+    assert _requests.lazy()
