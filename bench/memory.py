@@ -113,7 +113,7 @@ def rss():
 stages = json.loads(sys.argv[1])
 out = [["interpreter", rss(), []]]
 for name, modules in stages:
-    before = {m.partition(".")[0] for m in sys.modules}
+    before = {m.partition(".")[0] for m, loaded in sys.modules.items() if loaded}
     for spec in modules:
         if spec.startswith("!"):
             sys.modules[spec[1:]] = None
@@ -122,7 +122,7 @@ for name, modules in stages:
         loaded = importlib.import_module(module)
         if call:
             getattr(loaded, call[0])(call[1].split())
-    new = sorted({m.partition(".")[0] for m in sys.modules} - before)
+    new = sorted({m.partition(".")[0] for m, loaded in sys.modules.items() if loaded} - before)
     out.append([name, rss(), [m for m in new if not m.startswith("_")]])
 print(json.dumps(out))
 """
