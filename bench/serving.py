@@ -2,7 +2,7 @@
 
     python -m bench.serving [--concurrency 16] [--duration 3] [--warmup 1] [--rounds 5]
     python -m bench.serving --callgrind [--concurrency 1] [--windows 3,9]
-    python -m bench.serving --callgrind --app [--calls 1000,4000]
+    python -m bench.serving --callgrind --app [--calls 1000,4000] [--servers bare,meshkit,...]
 
 Two servers, each one process, serve the same ``/hello`` endpoint (bench/_endpoint.py):
 
@@ -59,6 +59,7 @@ from bench._loadgen import command as loadgen_command
 from bench._loadgen import start as start_loadgen
 from bench._paths import PYTHON, RunningPath, Workspace, start_uvicorn
 from bench._procs import ROOT, cpu_seconds, spawn, wait_until
+from bench._serving_app import ABLATIONS
 from bench.mesh import CellFailed, _expect, _tell
 
 SERVERS = ("bare", "meshkit")
@@ -98,8 +99,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.servers = args.servers.split(",")
-    if set(args.servers) - set(SERVERS):
-        parser.error(f"--servers: choose from {', '.join(SERVERS)}")
+    # --app also counts M's callee with one part left out (bench/_serving_app.py).
+    known = set(SERVERS) | ({f"meshkit-{a}" for a in ABLATIONS} if args.app else set())
+    if set(args.servers) - known:
+        parser.error(f"--servers: choose from {', '.join(sorted(known))}")
     if args.concurrency is None:
         args.concurrency = 1 if args.callgrind else 16
     if args.callgrind:
@@ -212,9 +215,16 @@ def measure_app_instructions(args: argparse.Namespace, out: Path) -> dict[str, A
         per_call = round((totals[1] - totals[0]) / (long - short))
         figures[f"app_instructions_per_request_{name}"] = per_call
         print(f"{name:>8}: {per_call:,} instructions/request, app side (annotate {dump})")
-    if len(args.servers) == 2:
-        meshkit, bare = (figures[f"app_instructions_per_request_{n}"] for n in ("meshkit", "bare"))
+    per_request = {n: figures[f"app_instructions_per_request_{n}"] for n in args.servers}
+    if "meshkit" in per_request and "bare" in per_request:
+        meshkit, bare = per_request["meshkit"], per_request["bare"]
         figures["ratio_app_instructions_meshkit_over_bare"] = round(meshkit / bare, 3)
+    if "meshkit" in per_request:
+        for name, count in per_request.items():
+            if name.startswith("meshkit-"):  # what the part left out costs
+                figures[f"app_instructions_{name.partition('-')[2]}_saves"] = (
+                    per_request["meshkit"] - count
+                )
     return figures
 
 
