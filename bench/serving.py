@@ -36,7 +36,10 @@ figure moves by a few percent between runs on a busy machine.
 ``--callgrind --app`` counts the app side alone (the middleware, Starlette, the
 handler; bench/_serving_app.py calls the app in process, no sockets): two runs with
 different numbers of calls, the difference per call. It repeats within ~0.5%, so it
-is what a change to the middleware is measured by.
+is what a change to the middleware is measured by. ``--servers`` there also takes M's
+callee with one part left out (``meshkit-notelemetry``, ``-nodeadline``, ``-noauthz``,
+``-notap``, ``-unsampled``): each one's ``app_instructions_<part>_saves`` in the JSON
+line is what that part costs a request, when ``meshkit`` is measured in the same run.
 """
 
 from __future__ import annotations
