@@ -2,7 +2,7 @@
 
     python -m bench.serving [--concurrency 16] [--duration 3] [--warmup 1] [--rounds 5]
     python -m bench.serving --callgrind [--concurrency 1] [--windows 3,9]
-    python -m bench.serving --callgrind --app [--calls 1000,4000]
+    python -m bench.serving --callgrind --app [--calls 1000,4000] [--servers bare,meshkit,...]
 
 Two servers, each one process, serve the same ``/hello`` endpoint (bench/_endpoint.py):
 
@@ -36,7 +36,10 @@ figure moves by a few percent between runs on a busy machine.
 ``--callgrind --app`` counts the app side alone (the middleware, Starlette, the
 handler; bench/_serving_app.py calls the app in process, no sockets): two runs with
 different numbers of calls, the difference per call. It repeats within ~0.5%, so it
-is what a change to the middleware is measured by.
+is what a change to the middleware is measured by. ``--servers`` there also takes M's
+callee with one part left out (``meshkit-notelemetry``, ``-nodeadline``, ``-noauthz``,
+``-notap``, ``-unsampled``): each one's ``app_instructions_<part>_saves`` in the JSON
+line is what that part costs a request, when ``meshkit`` is measured in the same run.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from bench._loadgen import command as loadgen_command
 from bench._loadgen import start as start_loadgen
 from bench._paths import PYTHON, RunningPath, Workspace, start_uvicorn
 from bench._procs import ROOT, cpu_seconds, spawn, wait_until
+from bench._serving_app import ABLATIONS
 from bench.mesh import CellFailed, _expect, _tell
 
 SERVERS = ("bare", "meshkit")
@@ -98,8 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.servers = args.servers.split(",")
-    if set(args.servers) - set(SERVERS):
-        parser.error(f"--servers: choose from {', '.join(SERVERS)}")
+    # --app also counts M's callee with one part left out (bench/_serving_app.py).
+    known = set(SERVERS) | ({f"meshkit-{a}" for a in ABLATIONS} if args.app else set())
+    if set(args.servers) - known:
+        parser.error(f"--servers: choose from {', '.join(sorted(known))}")
     if args.concurrency is None:
         args.concurrency = 1 if args.callgrind else 16
     if args.callgrind:
@@ -212,9 +218,16 @@ def measure_app_instructions(args: argparse.Namespace, out: Path) -> dict[str, A
         per_call = round((totals[1] - totals[0]) / (long - short))
         figures[f"app_instructions_per_request_{name}"] = per_call
         print(f"{name:>8}: {per_call:,} instructions/request, app side (annotate {dump})")
-    if len(args.servers) == 2:
-        meshkit, bare = (figures[f"app_instructions_per_request_{n}"] for n in ("meshkit", "bare"))
+    per_request = {n: figures[f"app_instructions_per_request_{n}"] for n in args.servers}
+    if "meshkit" in per_request and "bare" in per_request:
+        meshkit, bare = per_request["meshkit"], per_request["bare"]
         figures["ratio_app_instructions_meshkit_over_bare"] = round(meshkit / bare, 3)
+    if "meshkit" in per_request:
+        for name, count in per_request.items():
+            if name.startswith("meshkit-"):  # what the part left out costs
+                figures[f"app_instructions_{name.partition('-')[2]}_saves"] = (
+                    per_request["meshkit"] - count
+                )
     return figures
 
 

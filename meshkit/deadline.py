@@ -110,29 +110,9 @@ def use_deadline(deadline: float | None) -> Iterator[None]:
         _deadline.reset(token)
 
 
-def parse_header(value: bytes | str) -> float | None:
-    """Seconds from a budget header value (deadline or start); None when it is not a
-    number of milliseconds."""
-    try:
-        milliseconds = int(value)
-    except ValueError:
-        return None
-    return max(milliseconds, 0) / 1000.0
-
-
 def format_header(seconds_left: float) -> bytes:
     """The header value for ``seconds_left``, rounded down (never promise more time)."""
     return b"%d" % max(int(seconds_left * 1000.0), 0)
-
-
-def parse_sent(value: bytes | str) -> float | None:
-    """Unix seconds from a sent-time header value; None when it is not a positive number
-    of milliseconds (then the budget alone counts)."""
-    try:
-        milliseconds = int(value)
-    except ValueError:
-        return None
-    return milliseconds / 1000.0 if milliseconds > 0 else None
 
 
 def format_sent(unix_seconds: float) -> bytes:
@@ -140,8 +120,52 @@ def format_sent(unix_seconds: float) -> bytes:
     return b"%d" % int(unix_seconds * 1000.0)
 
 
-def time_unread(sent: float, arrived_wall: float, max_clock_skew: float) -> float:
-    """Seconds of the caller's budget spent before the request arrived, as far as clocks
-    that may disagree by ``max_clock_skew`` can tell: the time from ``sent`` (caller's
-    wall clock) to ``arrived_wall`` (ours) beyond the allowance, never negative."""
-    return max(arrived_wall - sent - max_clock_skew, 0.0)
+def incoming_bounds(
+    budget: bytes | None,
+    sent: bytes | None,
+    start: bytes | None,
+    arrived: float,
+    now: float,
+    wall_now: float,
+    max_clock_skew: float,
+    default: float | None = None,
+) -> tuple[float, float] | None:
+    """(start by, finish by) on ``now()``'s clock of a request that carried these
+    header values (None: absent) and whose head arrived at ``arrived``; None when it is
+    unbounded. ``now`` and ``wall_now`` are the two clocks read at the same moment.
+
+    The rules of the incoming headers, all here (the server's per-request path, in one
+    call): a budget or start that is not a whole number of milliseconds is absent (an
+    absent budget is ``default``, sent and start then ignored), a negative one is 0; a
+    sent time that is not a positive number of milliseconds is ignored; the budget
+    counts from the arrival, moved earlier by what the sent time shows the request
+    waited unread beyond ``max_clock_skew`` (never later: see the module docstring).
+    """
+    try:
+        seconds = int(budget) / 1000.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # absent, or not a number
+        if default is None:
+            return None
+        seconds, sent, start = default, None, None
+    seconds = seconds if seconds > 0.0 else 0.0
+    since = arrived if arrived < now else now
+    if sent is not None:
+        try:
+            sent_ms = int(sent)
+        except ValueError:
+            sent_ms = 0
+        if sent_ms > 0:
+            # Our wall clock at arrival, less the caller's at sending, less the allowance.
+            unread = wall_now - (now - since) - sent_ms / 1000.0 - max_clock_skew
+            if unread > 0.0:
+                since -= unread
+    deadline = since + seconds
+    if start is None:
+        return deadline, deadline
+    try:
+        start_by = int(start) / 1000.0
+    except ValueError:
+        return deadline, deadline
+    if start_by >= seconds:
+        return deadline, deadline
+    return since + (start_by if start_by > 0.0 else 0.0), deadline

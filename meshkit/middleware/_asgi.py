@@ -1,12 +1,13 @@
-"""Small ASGI helpers shared by the policy stages: JSON error answers, caller keys."""
+"""Small ASGI helpers shared by the mesh middleware: JSON error answers, caller keys, a
+send that notes the response's status."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from starlette.types import Scope, Send
+from starlette.types import Message, Scope, Send
 
 from meshkit.identity import peer_identity
 
@@ -31,3 +32,21 @@ def caller_key(scope: Scope) -> str:
     """The caller's SPIFFE ID as text, or ``anonymous``: what limits are counted per."""
     caller = peer_identity(scope)
     return ANONYMOUS if caller is None else str(caller)
+
+
+class ObservedSend:
+    """An ASGI ``send`` that notes the response's status and how many body bytes went."""
+
+    __slots__ = ("_send", "sent", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+        self.sent = 0
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        else:
+            self.sent += len(message.get("body", b""))
+        return self._send(message)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from starlette.routing import BaseRoute, Host, Match, Mount, Router
@@ -219,19 +219,18 @@ class PolicyGate:
             for method, policies in info.by_method.items()
         }
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain call handing back the next app's awaitable: no coroutine of its own.
         access, app = self._access, self._pipeline
         if self._by_method and scope["type"] == "http":
             access, app = self._by_method.get(scope["method"], (access, app))
         caller = peer_identity(scope)
         reason = access.check(caller, scope)
         if reason is not None:
-            await self._authorizer.refuse(scope, send, caller, self.route, reason)
-            return
+            return self._authorizer.refuse(scope, send, caller, self.route, reason)
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)  # limits are for HTTP requests
-            return
-        await app(scope, receive, send)
+            return self.app(scope, receive, send)  # limits are for HTTP requests
+        return app(scope, receive, send)
 
 
 class ContainerGate:
@@ -243,9 +242,9 @@ class ContainerGate:
         self._resolver = resolver
         self._fallback = fallback
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         gate = self._resolver.resolve(scope) or self._fallback
-        await gate(scope, receive, send)
+        return gate(scope, receive, send)
 
 
 class _Matcher(Protocol):
@@ -446,10 +445,10 @@ class AuthzMiddleware:
         self._routes = routes
         self._gated_count = len(routes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if len(self._routes) != self._gated_count and scope["type"] != "lifespan":
             raise RuntimeError(
                 "a route was added after the app was built; meshkit authorizes the routes "
                 "an app has when it starts: add every route before it serves"
             )
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)

@@ -25,7 +25,7 @@ import anyio
 
 from meshkit import deadline as deadlines
 from meshkit.client import DeadlineExceeded
-from meshkit.middleware._asgi import send_json
+from meshkit.middleware._asgi import ObservedSend, send_json
 from meshkit.settings import MeshSettings
 
 Scope = MutableMapping[str, Any]
@@ -72,31 +72,25 @@ class DeadlineMiddleware:
         if deadlines.now() >= start_by:
             await send_deadline_exceeded(send, _NOT_STARTED)
             return
-        started = False
-
-        def tracking_send(message: Message) -> Awaitable[None]:
-            # A plain function handing back send's awaitable: no coroutine per message.
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            return send(message)
-
+        # Whether the response started: the telemetry middleware's send outside this one
+        # already notes its status, so it is used as it is; only alone is send wrapped.
+        observed = send if type(send) is ObservedSend else ObservedSend(send)
         overdue = self._overdue
         watched = overdue.watch_current(deadline) if overdue is not None else None
         if watched is None:
             watched = self._watch_first(deadline)
         if watched is None:  # not asyncio (trio under anyio): anyio's own cancel scope
             try:
-                if not await self._run_in_cancel_scope(deadline, scope, receive, tracking_send):
+                if not await self._run_in_cancel_scope(deadline, scope, receive, observed):
                     return
             except DeadlineExceeded:
-                if started:
+                if observed.status:
                     raise
         else:
             overdue, task, entry = watched
             token = deadlines.enter_deadline(deadline)
             try:
-                await self.app(scope, receive, tracking_send)
+                await self.app(scope, receive, observed)
             except asyncio.CancelledError:
                 # Time ran out if the cancellation was ours, and ours alone.
                 if not overdue.done(entry) or task.uncancel() > 0:
@@ -105,7 +99,7 @@ class DeadlineMiddleware:
                 if overdue.done(entry):
                     task.uncancel()
                 # A mesh call the handler made ran out of our deadline: the same answer.
-                if started or not isinstance(exc, DeadlineExceeded):
+                if observed.status or not isinstance(exc, DeadlineExceeded):
                     raise
             else:
                 if not overdue.done(entry):
@@ -114,7 +108,7 @@ class DeadlineMiddleware:
             finally:
                 deadlines.exit_deadline(token)
         # Once the response has started its status is on the wire: nothing left to say.
-        if not started:
+        if not observed.status:
             await send_deadline_exceeded(send)
 
     def _bounds(self, scope: Scope) -> tuple[float, float] | None:
@@ -122,26 +116,26 @@ class DeadlineMiddleware:
         budget = sent = start = None
         for name, value in scope["headers"]:
             if name == _DEADLINE:
-                budget = deadlines.parse_header(value)
+                budget = value
             elif name == _SENT:
-                sent = deadlines.parse_sent(value)
+                sent = value
             elif name == _START:
-                start = deadlines.parse_header(value)
-        if budget is None:
-            if self.default_timeout is None:
-                return None
-            budget, sent, start = self.default_timeout, None, None
+                start = value
+        if budget is None and self.default_timeout is None:
+            return None
         now = deadlines.now()
-        # The budget counts from the head's arrival (without meshkit's protocol: from now),
-        # moved earlier by the time the sent time shows it waited unread beyond the skew.
-        since = min(scope.get(deadlines.ARRIVED_KEY, now), now)
-        if sent is not None:
-            arrived_wall = deadlines.wall() - (now - since)
-            since -= deadlines.time_unread(sent, arrived_wall, self.max_clock_skew)
-        deadline = since + budget
-        if start is None or start >= budget:
-            return deadline, deadline
-        return since + start, deadline
+        # Without meshkit's protocol (no arrival noted) the budget counts from now.
+        arrived = scope.get(deadlines.ARRIVED_KEY, now)
+        return deadlines.incoming_bounds(
+            budget,
+            sent,
+            start,
+            arrived,
+            now,
+            deadlines.wall(),
+            self.max_clock_skew,
+            self.default_timeout,
+        )
 
     def _watch_first(self, deadline: float) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
         """``Overdue.watch_current`` for the first request on an event loop (a new

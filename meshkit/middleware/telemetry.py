@@ -22,15 +22,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, format_trace_id
 from starlette.routing import Host, Mount
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
+from meshkit.middleware._asgi import ObservedSend
 from meshkit.telemetry._loopmetrics import HistogramChild
 from meshkit.telemetry._otel_sdk import (
     SpanStarter,
@@ -251,24 +252,6 @@ class _ServerSpans:
             self._shapes.clear()  # bounded, whatever routes and callers come
         self._shapes[key] = (name, shared)
         return name, shared
-
-
-class ObservedSend:
-    """An ASGI ``send`` that notes the response's status and how many body bytes went."""
-
-    __slots__ = ("_send", "sent", "status")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.status = 0
-        self.sent = 0
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        else:
-            self.sent += len(message.get("body", b""))
-        return self._send(message)
 
 
 def source_label(identity: SpiffeId | None) -> str:

@@ -119,8 +119,8 @@ async def test_header_line_breaks_are_refused() -> None:
 
 
 def test_deadline_header_round_trip() -> None:
-    assert deadline.parse_header(b"1500") == 1.5
-    assert deadline.parse_header(b"-5") == 0.0
-    assert deadline.parse_header(b"abc") is None
+    assert deadline.incoming_bounds(b"1500", None, None, 0.0, 0.0, 0.0, 0.0) == (1.5, 1.5)
+    assert deadline.incoming_bounds(b"-5", None, None, 0.0, 0.0, 0.0, 0.0) == (0.0, 0.0)
+    assert deadline.incoming_bounds(b"abc", None, None, 0.0, 0.0, 0.0, 0.0) is None
     assert deadline.format_header(1.2349) == b"1234"
     assert deadline.format_header(-1) == b"0"
