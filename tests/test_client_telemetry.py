@@ -256,3 +256,62 @@ def test_attempt_headers_are_what_the_w3c_propagators_write(
         otel_context.detach(token)
     assert headers == expected
     assert headers[0][0] == "traceparent"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("flags", "tracestate"), [("00", None), ("02", "vendor=x,other=y")], ids=["plain", "random"]
+)
+async def test_a_call_from_an_unsampled_request_carries_its_trace_on(
+    authority: LocalAuthority, flags: str, tracestate: str | None
+) -> None:
+    """A request the caller's sampler dropped: the call continues the server span's
+    decision (no span recorded anywhere), and the callee gets the trace id, flags and
+    trace state with a new span id, and the call is counted."""
+    source, web_metrics = StaticSource(), MeshMetrics()
+    web_provider, web_spans = traced()
+    web_hooks = ClientTelemetry(web_metrics, tracer_provider=web_provider)
+    web_client = factory(authority, source, "web", web_hooks)
+
+    async def checkout(request: Request) -> JSONResponse:
+        response = await web_client.client("orders").get("/echo")
+        return JSONResponse(response.json())
+
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({k: request.headers.get(k) for k in ("traceparent", "tracestate")})
+
+    web = TelemetryMiddleware(
+        Starlette(routes=[Route("/checkout", checkout)]),
+        service="web",
+        metrics=web_metrics,
+        tracer_provider=web_provider,
+    )
+    edge = factory(authority, source, "edge", None)
+    async with (
+        serve(Starlette(routes=[Route("/echo", echo)]), contexts(authority, "orders")) as port,
+        serve(web, contexts(authority, "web")) as web_port,
+    ):
+        source.set("orders", [endpoint("orders", port)])
+        source.set("web", [endpoint("web", web_port)])
+        headers = {"traceparent": f"00-{TRACE_ID}-{EDGE_SPAN}-{flags}"}
+        if tracestate is not None:
+            headers["tracestate"] = tracestate
+        seen = (await edge.client("web").get("/checkout", headers=headers)).json()
+        await edge.aclose()
+        await web_client.aclose()
+
+    version, trace_id, span_id, sent_flags = seen["traceparent"].split("-")
+    assert (version, trace_id, sent_flags) == ("00", TRACE_ID, flags)
+    assert len(span_id) == 16 and int(span_id, 16) not in (0, int(EDGE_SPAN, 16))
+    assert seen["tracestate"] == tracestate
+    assert web_spans.get_finished_spans() == ()
+    labels = {
+        "http_request_method": "GET",
+        "destination_service": "orders",
+        "http_response_status_code": "200",
+        "error_type": "",
+        "destination_subset": "",
+    }
+    sample = web_metrics.registry.get_sample_value
+    assert sample("http_client_request_duration_seconds_count", labels) == 1
+    assert sample("meshkit_client_attempts_total", labels) == 1

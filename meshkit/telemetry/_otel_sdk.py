@@ -40,6 +40,7 @@ import importlib
 import logging
 import operator
 import os
+import random
 import threading
 import time
 import warnings
@@ -453,6 +454,58 @@ class SpanStarter:
         span = self.start(name, SpanKind.SERVER, found)
         return span, with_span(span, found), span.is_recording()
 
+    def start_call(self, name: str) -> tuple[Span, Context]:
+        """A mesh call's CLIENT span, child of the current span, and the current context
+        (where its attempts start).
+
+        A call whose parent is a dropped span its sampler follows is dropped in the
+        parent's trace, with the parent's flags and trace state: its span is then the
+        parent itself. A dropped call's own span id is never read (its attempts carry
+        theirs on), so none is made, and the server's decision is reused as it is.
+        """
+        if self._global and time.monotonic() >= self._next_check:
+            self._follow_global()
+        current = current_context()
+        recorder = self._recorder
+        if recorder is not None and recorder.tracer._tracer_config.is_enabled:
+            parent: Any = current.get(recorder.span_key)
+            if type(parent) is _DroppedSpan and recorder.sampling.follows_parent:
+                return parent, current
+            return recorder.start(name, SpanKind.CLIENT, current), current
+        return self._tracer.start_span(name, context=current, kind=SpanKind.CLIENT), current
+
+    def start_attempt(
+        self, name: str, call: Span, context: Context, headers: list[tuple[str, str]]
+    ) -> Span | None:
+        """The CLIENT span of one attempt of the call of span ``call`` started in
+        ``context`` (``start_call``'s), its trace headers appended to ``headers``.
+
+        None when the attempt is dropped and the context holds no baggage (the usual
+        mesh call): its ``traceparent`` is formatted from the call's trace and a new
+        span id, and no span object is made (nothing would record or read it).
+        """
+        recorder = self._recorder
+        if (
+            type(call) is _DroppedSpan
+            and recorder is not None
+            and recorder.sampling.follows_parent
+            and recorder.tracer._tracer_config.is_enabled
+            and not context.get(recorder.baggage_key)
+        ):
+            # The id the SDK's RandomIdGenerator draws, without its frame; 0 is invalid.
+            span_id = random.getrandbits(64) if recorder.stock_ids else 0
+            if not span_id:
+                span_id = recorder.ids.generate_span_id()
+            flags = _RANDOM_TRACE_ID if call.random_id else 0
+            headers.append(("traceparent", tracecontext.format_ids(call.trace_id, span_id, flags)))
+            state = call.state
+            if state is not DEFAULT_TRACE_STATE and state:  # the usual state: no len() call
+                headers.append(("tracestate", state.to_header()))
+            return None
+        span = self.start_child(name, SpanKind.CLIENT, call, context)
+        append_trace_headers(headers, span, context)
+        return span
+
     def start_child(self, name: str, kind: SpanKind, parent: Span, context: Context) -> Span:
         """The span ``start(name, kind, trace.set_span_in_context(parent, context))``
         makes; the context is made only if the child may record (a dropped parent
@@ -488,11 +541,15 @@ class SpanStarter:
 class _Recorder:
     """What one SDK tracer decides and records, taken over by meshkit."""
 
-    def __init__(self, tracer: SdkTracer, sampling: _Sampling, span_key: str) -> None:
+    def __init__(self, tracer: SdkTracer, sampling: _Sampling, internals: _Internals) -> None:
         self.tracer = tracer
         self.sampling = sampling
-        self.span_key = span_key
+        self.span_key = internals.span_key
+        self.baggage_key = internals.baggage_key
         self.ids = tracer.id_generator
+        # The SDK's default generator draws from the random module: its ids are drawn
+        # here as it draws them, one frame fewer per id.
+        self.stock_ids = type(self.ids) is RandomIdGenerator
         self.random_trace_ids = self.ids.is_trace_id_random()
         self.root_flags = _FLAGS[True, self.random_trace_ids]
         self.span_class = _span_class(tracer)
@@ -507,7 +564,7 @@ class _Recorder:
         if tracer._span_limits.max_span_attribute_length is not None:
             return None  # meshkit's own attributes go in unchecked: they must need no cutting
         sampling = _sampling(tracer.sampler)
-        return None if sampling is None else cls(tracer, sampling, internals.span_key)
+        return None if sampling is None else cls(tracer, sampling, internals)
 
     def start(self, name: str, kind: SpanKind, context: Context | None) -> Span:
         """The span the tracer's sampler decides for, recorded or dropped."""
@@ -539,7 +596,9 @@ class _Recorder:
                         return _DroppedSpan(self, trace_id, random_id, state)
                     flags = _FLAGS[True, random_id]
                     return self._record(name, kind, context, parent, trace_id, flags)
-        trace_id = self.ids.generate_trace_id()
+        trace_id = random.getrandbits(128) if self.stock_ids else 0
+        if not trace_id:
+            trace_id = self.ids.generate_trace_id()
         if trace_id & _LOW_64 >= self.sampling.bound:
             return _DroppedSpan(self, trace_id, self.random_trace_ids, DEFAULT_TRACE_STATE)
         return self._record(name, kind, context, None, trace_id, self.root_flags)
@@ -555,7 +614,10 @@ class _Recorder:
     ) -> MeshSpan:
         """A span the sampler records, started through the tracer's processors."""
         state = DEFAULT_TRACE_STATE if parent is None else parent.trace_state
-        span_context = SpanContext(trace_id, self.ids.generate_span_id(), False, flags, state)
+        span_id = random.getrandbits(64) if self.stock_ids else 0
+        if not span_id:
+            span_id = self.ids.generate_span_id()
+        span_context = SpanContext(trace_id, span_id, False, flags, state)
         span = self.span_class(name, span_context, parent, kind, self.tracer.resource)
         self.tracer.span_processor.on_start(span, parent_context=context)
         return span
@@ -607,6 +669,10 @@ class _DroppedSpan(NonRecordingSpan):
         """The ``traceparent`` of this span, from its ids (no SpanContext made)."""
         flags = tracecontext.RANDOM_TRACE_ID if self.random_id else 0
         return tracecontext.format_ids(self.trace_id, self.span_id(), flags)
+
+
+#: The type of the spans the sampler dropped that meshkit made: nothing to record or end.
+DroppedSpan: type[Span] = _DroppedSpan
 
 
 def _context_variable() -> ContextVar[Context] | None:
