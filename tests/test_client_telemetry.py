@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from meshkit._httpx import URL
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import AttemptStarted, CallStarted, MeshClientFactory
 from meshkit.middleware.telemetry import TelemetryMiddleware
@@ -315,3 +316,56 @@ async def test_a_call_from_an_unsampled_request_carries_its_trace_on(
     sample = web_metrics.registry.get_sample_value
     assert sample("http_client_request_duration_seconds_count", labels) == 1
     assert sample("meshkit_client_attempts_total", labels) == 1
+
+
+@pytest.mark.parametrize(
+    ("provider", "flags", "trace_state", "entries"),
+    [
+        (TracerProvider(), 1, [], {}),
+        (TracerProvider(), 1, [("vendor", "x")], {}),
+        (TracerProvider(sampler=ALWAYS_OFF), 0, [("vendor", "x")], {}),
+        (TracerProvider(sampler=ALWAYS_OFF), 2, [], {}),
+        (TracerProvider(), 1, [], {"tenant": "blue", "plan": "gold"}),
+        (TracerProvider(sampler=ALWAYS_OFF), 2, [("vendor", "x")], {"tenant": "blue"}),
+        (trace.NoOpTracerProvider(), 1, [], {}),
+    ],
+    ids=[
+        "sampled",
+        "tracestate",
+        "dropped",
+        "dropped-random",
+        "baggage",
+        "dropped-baggage",
+        "no-sdk",
+    ],
+)
+def test_the_recorders_attempt_headers_are_what_the_w3c_propagators_write(
+    provider: trace.TracerProvider,
+    flags: int,
+    trace_state: list[tuple[str, str]],
+    entries: dict[str, str],
+) -> None:
+    """The recorder's attempt, a dropped one without a span included: the headers the
+    propagators write for a span in the caller's trace, with the attempt's span id."""
+    incoming = SpanContext(
+        int(TRACE_ID, 16), int(EDGE_SPAN, 16), True, TraceFlags(flags), TraceState(trace_state)
+    )
+    context = trace.set_span_in_context(NonRecordingSpan(incoming))
+    for name, value in entries.items():
+        context = baggage.set_baggage(name, value, context)
+    token = otel_context.attach(context)
+    try:
+        hooks = ClientTelemetry(MeshMetrics(), tracer_provider=provider)
+        call = hooks.call_started("orders", "GET", URL("https://orders/x"), "")
+        headers: list[tuple[str, str]] = []
+        hooks.attempt_started(call, 1, None, headers)
+    finally:
+        otel_context.detach(token)
+    span_id = int(headers[0][1].split("-")[2], 16)
+    assert span_id not in (0, int(EDGE_SPAN, 16)) or isinstance(provider, trace.NoOpTracerProvider)
+    sent = NonRecordingSpan(
+        SpanContext(int(TRACE_ID, 16), span_id, False, TraceFlags(flags), TraceState(trace_state))
+    )
+    expected: list[tuple[str, str]] = []
+    append_context_headers(expected, trace.set_span_in_context(sent, context))
+    assert headers == expected
