@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from meshkit._httpx import URL
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import AttemptStarted, CallStarted, MeshClientFactory
 from meshkit.middleware.telemetry import TelemetryMiddleware
@@ -256,3 +257,115 @@ def test_attempt_headers_are_what_the_w3c_propagators_write(
         otel_context.detach(token)
     assert headers == expected
     assert headers[0][0] == "traceparent"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("flags", "tracestate"), [("00", None), ("02", "vendor=x,other=y")], ids=["plain", "random"]
+)
+async def test_a_call_from_an_unsampled_request_carries_its_trace_on(
+    authority: LocalAuthority, flags: str, tracestate: str | None
+) -> None:
+    """A request the caller's sampler dropped: the call continues the server span's
+    decision (no span recorded anywhere), and the callee gets the trace id, flags and
+    trace state with a new span id, and the call is counted."""
+    source, web_metrics = StaticSource(), MeshMetrics()
+    web_provider, web_spans = traced()
+    web_hooks = ClientTelemetry(web_metrics, tracer_provider=web_provider)
+    web_client = factory(authority, source, "web", web_hooks)
+
+    async def checkout(request: Request) -> JSONResponse:
+        response = await web_client.client("orders").get("/echo")
+        return JSONResponse(response.json())
+
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({k: request.headers.get(k) for k in ("traceparent", "tracestate")})
+
+    web = TelemetryMiddleware(
+        Starlette(routes=[Route("/checkout", checkout)]),
+        service="web",
+        metrics=web_metrics,
+        tracer_provider=web_provider,
+    )
+    edge = factory(authority, source, "edge", None)
+    async with (
+        serve(Starlette(routes=[Route("/echo", echo)]), contexts(authority, "orders")) as port,
+        serve(web, contexts(authority, "web")) as web_port,
+    ):
+        source.set("orders", [endpoint("orders", port)])
+        source.set("web", [endpoint("web", web_port)])
+        headers = {"traceparent": f"00-{TRACE_ID}-{EDGE_SPAN}-{flags}"}
+        if tracestate is not None:
+            headers["tracestate"] = tracestate
+        seen = (await edge.client("web").get("/checkout", headers=headers)).json()
+        await edge.aclose()
+        await web_client.aclose()
+
+    version, trace_id, span_id, sent_flags = seen["traceparent"].split("-")
+    assert (version, trace_id, sent_flags) == ("00", TRACE_ID, flags)
+    assert len(span_id) == 16 and int(span_id, 16) not in (0, int(EDGE_SPAN, 16))
+    assert seen["tracestate"] == tracestate
+    assert web_spans.get_finished_spans() == ()
+    labels = {
+        "http_request_method": "GET",
+        "destination_service": "orders",
+        "http_response_status_code": "200",
+        "error_type": "",
+        "destination_subset": "",
+    }
+    sample = web_metrics.registry.get_sample_value
+    assert sample("http_client_request_duration_seconds_count", labels) == 1
+    assert sample("meshkit_client_attempts_total", labels) == 1
+
+
+@pytest.mark.parametrize(
+    ("provider", "flags", "trace_state", "entries"),
+    [
+        (TracerProvider(), 1, [], {}),
+        (TracerProvider(), 1, [("vendor", "x")], {}),
+        (TracerProvider(sampler=ALWAYS_OFF), 0, [("vendor", "x")], {}),
+        (TracerProvider(sampler=ALWAYS_OFF), 2, [], {}),
+        (TracerProvider(), 1, [], {"tenant": "blue", "plan": "gold"}),
+        (TracerProvider(sampler=ALWAYS_OFF), 2, [("vendor", "x")], {"tenant": "blue"}),
+        (trace.NoOpTracerProvider(), 1, [], {}),
+    ],
+    ids=[
+        "sampled",
+        "tracestate",
+        "dropped",
+        "dropped-random",
+        "baggage",
+        "dropped-baggage",
+        "no-sdk",
+    ],
+)
+def test_the_recorders_attempt_headers_are_what_the_w3c_propagators_write(
+    provider: trace.TracerProvider,
+    flags: int,
+    trace_state: list[tuple[str, str]],
+    entries: dict[str, str],
+) -> None:
+    """The recorder's attempt, a dropped one without a span included: the headers the
+    propagators write for a span in the caller's trace, with the attempt's span id."""
+    incoming = SpanContext(
+        int(TRACE_ID, 16), int(EDGE_SPAN, 16), True, TraceFlags(flags), TraceState(trace_state)
+    )
+    context = trace.set_span_in_context(NonRecordingSpan(incoming))
+    for name, value in entries.items():
+        context = baggage.set_baggage(name, value, context)
+    token = otel_context.attach(context)
+    try:
+        hooks = ClientTelemetry(MeshMetrics(), tracer_provider=provider)
+        call = hooks.call_started("orders", "GET", URL("https://orders/x"), "")
+        headers: list[tuple[str, str]] = []
+        hooks.attempt_started(call, 1, None, headers)
+    finally:
+        otel_context.detach(token)
+    span_id = int(headers[0][1].split("-")[2], 16)
+    assert span_id not in (0, int(EDGE_SPAN, 16)) or isinstance(provider, trace.NoOpTracerProvider)
+    sent = NonRecordingSpan(
+        SpanContext(int(TRACE_ID, 16), span_id, False, TraceFlags(flags), TraceState(trace_state))
+    )
+    expected: list[tuple[str, str]] = []
+    append_context_headers(expected, trace.set_span_in_context(sent, context))
+    assert headers == expected

@@ -11,6 +11,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import (
+    ConcurrentMultiSpanProcessor,
     ReadableSpan,
     Span,
     SpanLimits,
@@ -378,3 +379,39 @@ def test_a_child_of_a_dropped_span_needs_no_context_of_its_parent() -> None:
             expected.trace_state,
         )
         assert made.span_id != expected.span_id and not made.trace_flags.sampled
+
+
+class Hooked(SpanProcessor):
+    """Notes each hook a span goes through, in order."""
+
+    def __init__(self, hooks: list[str]) -> None:
+        self.hooks = hooks
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.hooks.append(f"start {span.name}")
+
+    def _on_ending(self, span: Span) -> None:
+        self.hooks.append(f"ending {span.name}")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.hooks.append(f"end {span.name}")
+
+
+def test_every_processor_hook_a_span_goes_through_runs_in_order() -> None:
+    """Processors that leave a hook to SpanProcessor's no-op are left out of it, the
+    others run as the SDK's multi-processor runs them; a ConcurrentMultiSpanProcessor
+    (not one meshkit hands spans to directly) runs them itself."""
+    hooks: list[str] = []
+    provider, _ = provider_with(ALWAYS_ON)
+    provider.add_span_processor(Hooked(hooks))
+    provider.add_span_processor(Recording())
+    span = SpanStarter(provider).start("a", SpanKind.SERVER, Context())
+    span.end()
+    assert hooks == ["start a", "ending a", "end a"]
+    concurrent = TracerProvider(active_span_processor=ConcurrentMultiSpanProcessor(2))
+    concurrent.add_span_processor(Hooked(hooks))
+    span = SpanStarter(concurrent).start("b", SpanKind.SERVER, Context())
+    assert isinstance(span, MeshSpan)
+    span.end()
+    assert hooks[3:] == ["start b", "ending b", "end b"]
+    concurrent.shutdown()

@@ -40,6 +40,7 @@ import importlib
 import logging
 import operator
 import os
+import random
 import threading
 import time
 import warnings
@@ -122,6 +123,10 @@ _FLAGS = {
     for random_id in (False, True)
 }
 _LOW_64 = TraceIdRatioBased.TRACE_ID_LIMIT
+_MAX_TRACE_ID = 2**128 - 1
+_MAX_SPAN_ID = 2**64 - 1
+_new_tuple = tuple.__new__
+_new_object = object.__new__
 _SAMPLED = TraceFlags.SAMPLED
 _RANDOM_TRACE_ID = TraceFlags.RANDOM_TRACE_ID
 _PROVIDER_RECHECK_SECONDS = 1.0
@@ -285,6 +290,8 @@ def _shape_problems() -> list[str]:
     if fields != _SDK_SPAN_FIELDS:
         added, gone = sorted(fields - _SDK_SPAN_FIELDS), sorted(_SDK_SPAN_FIELDS - fields)
         problems.append(f"Span fields: new {added}, gone {gone}")
+    if not isinstance(getattr(SynchronousMultiSpanProcessor(), "_span_processors", None), tuple):  # type: ignore[no-untyped-call]
+        problems.append("SynchronousMultiSpanProcessor._span_processors")
     if set(vars(NonRecordingSpan(trace.INVALID_SPAN_CONTEXT))) != {"_context"}:
         problems.append("NonRecordingSpan fields")
     flags = TraceFlags(_SAMPLED | _RANDOM_TRACE_ID)
@@ -453,6 +460,63 @@ class SpanStarter:
         span = self.start(name, SpanKind.SERVER, found)
         return span, with_span(span, found), span.is_recording()
 
+    def start_call(self, name: str) -> tuple[Span, Context]:
+        """A mesh call's CLIENT span, child of the current span, and the current context
+        (where its attempts start).
+
+        A call whose parent is a dropped span its sampler follows is dropped in the
+        parent's trace, with the parent's flags and trace state: its span is then the
+        parent itself. A dropped call's own span id is never read (its attempts carry
+        theirs on), so none is made, and the server's decision is reused as it is.
+        """
+        if self._global and time.monotonic() >= self._next_check:
+            self._follow_global()
+        current = current_context()
+        recorder = self._recorder
+        if recorder is not None and recorder.tracer._tracer_config.is_enabled:
+            parent: Any = current.get(recorder.span_key)
+            if type(parent) is _DroppedSpan and recorder.sampling.follows_parent:
+                return parent, current
+            return recorder.start(name, SpanKind.CLIENT, current), current
+        return self._tracer.start_span(name, context=current, kind=SpanKind.CLIENT), current
+
+    def start_attempt(
+        self, name: str, call: Span, context: Context, headers: list[tuple[str, str]]
+    ) -> Span | None:
+        """The CLIENT span of one attempt of the call of span ``call`` started in
+        ``context`` (``start_call``'s), its trace headers appended to ``headers``.
+
+        None when the attempt is dropped and the context holds no baggage (the usual
+        mesh call): its ``traceparent`` is formatted from the call's trace and a new
+        span id, and no span object is made (nothing would record or read it).
+        """
+        recorder = self._recorder
+        if (
+            recorder is None
+            or not recorder.tracer._tracer_config.is_enabled
+            or context.get(recorder.baggage_key)
+        ):
+            span = self.start_child(name, SpanKind.CLIENT, call, context)
+            append_trace_headers(headers, span, context)
+            return span
+        if type(call) is _DroppedSpan and recorder.sampling.follows_parent:
+            # The id the SDK's RandomIdGenerator draws, without its frame; 0 is invalid.
+            span_id = random.getrandbits(64) if recorder.stock_ids else 0
+            if not span_id:
+                span_id = recorder.ids.generate_span_id()
+            flags = _RANDOM_TRACE_ID if call.random_id else 0
+            _append_ids(headers, call.trace_id, span_id, flags, call.state)
+            return None
+        span = recorder.start(name, SpanKind.CLIENT, with_span(call, context))
+        if type(span) is recorder.span_class:
+            # A recorded attempt (a call's recorded span has recorded children): its
+            # ids read from its SpanContext's tuple, without a property call each.
+            trace_id, span_id, _, flags, state, _ = cast(SpanContext, span._context)
+            _append_ids(headers, trace_id, span_id, flags, state)
+        else:
+            append_trace_headers(headers, span, context)
+        return span
+
     def start_child(self, name: str, kind: SpanKind, parent: Span, context: Context) -> Span:
         """The span ``start(name, kind, trace.set_span_in_context(parent, context))``
         makes; the context is made only if the child may record (a dropped parent
@@ -485,17 +549,43 @@ class SpanStarter:
         self._global = isinstance(provider, trace.ProxyTracerProvider)
 
 
+class _Processors(NamedTuple):
+    """A tracer's span processors (``all``), and those whose ``on_start``,
+    ``_on_ending`` and ``on_end`` do something: a recorded span is handed to these
+    directly, where the SDK calls every processor's no-op hooks through its own."""
+
+    all: tuple[SpanProcessor, ...]
+    starting: tuple[SpanProcessor, ...]
+    ending: tuple[SpanProcessor, ...]
+    ended: tuple[SpanProcessor, ...]
+
+    @classmethod
+    def of(cls, processors: tuple[SpanProcessor, ...]) -> _Processors:
+        def overriding(name: str) -> tuple[SpanProcessor, ...]:
+            noop = getattr(SpanProcessor, name)
+            return tuple(p for p in processors if getattr(type(p), name) is not noop)
+
+        return cls(
+            processors, overriding("on_start"), overriding("_on_ending"), overriding("on_end")
+        )
+
+
 class _Recorder:
     """What one SDK tracer decides and records, taken over by meshkit."""
 
-    def __init__(self, tracer: SdkTracer, sampling: _Sampling, span_key: str) -> None:
+    def __init__(self, tracer: SdkTracer, sampling: _Sampling, internals: _Internals) -> None:
         self.tracer = tracer
         self.sampling = sampling
-        self.span_key = span_key
+        self.span_key = internals.span_key
+        self.baggage_key = internals.baggage_key
         self.ids = tracer.id_generator
+        # The SDK's default generator draws from the random module: its ids are drawn
+        # here as it draws them, one frame fewer per id.
+        self.stock_ids = type(self.ids) is RandomIdGenerator
+        self._processors: _Processors | None = None
         self.random_trace_ids = self.ids.is_trace_id_random()
         self.root_flags = _FLAGS[True, self.random_trace_ids]
-        self.span_class = _span_class(tracer)
+        self.span_class = _span_class(tracer, self)
 
     @classmethod
     def of(cls, tracer: trace.Tracer, internals: _Internals) -> _Recorder | None:
@@ -507,7 +597,7 @@ class _Recorder:
         if tracer._span_limits.max_span_attribute_length is not None:
             return None  # meshkit's own attributes go in unchecked: they must need no cutting
         sampling = _sampling(tracer.sampler)
-        return None if sampling is None else cls(tracer, sampling, internals.span_key)
+        return None if sampling is None else cls(tracer, sampling, internals)
 
     def start(self, name: str, kind: SpanKind, context: Context | None) -> Span:
         """The span the tracer's sampler decides for, recorded or dropped."""
@@ -522,10 +612,13 @@ class _Recorder:
                 # A child of a dropped span is dropped, in its trace: the parent's own
                 # context need not be made for it.
                 return parent_span.child()
-            if parent_span is not None and (
+            if type(parent_span) is self.span_class:  # a span of ours: its field as is
+                parent = parent_span._context
+            elif parent_span is not None and (
                 type(parent_span) in _SPAN_TYPES or isinstance(parent_span, Span)
             ):
                 parent = parent_span.get_span_context()
+            if parent is not None:
                 # A SpanContext is a tuple (checked at import): its fields without a
                 # property call each; sampled as ``_Sampling.samples`` decides.
                 trace_id, _, _, flags, state, valid = parent
@@ -539,7 +632,9 @@ class _Recorder:
                         return _DroppedSpan(self, trace_id, random_id, state)
                     flags = _FLAGS[True, random_id]
                     return self._record(name, kind, context, parent, trace_id, flags)
-        trace_id = self.ids.generate_trace_id()
+        trace_id = random.getrandbits(128) if self.stock_ids else 0
+        if not trace_id:
+            trace_id = self.ids.generate_trace_id()
         if trace_id & _LOW_64 >= self.sampling.bound:
             return _DroppedSpan(self, trace_id, self.random_trace_ids, DEFAULT_TRACE_STATE)
         return self._record(name, kind, context, None, trace_id, self.root_flags)
@@ -554,11 +649,41 @@ class _Recorder:
         flags: TraceFlags,
     ) -> MeshSpan:
         """A span the sampler records, started through the tracer's processors."""
-        state = DEFAULT_TRACE_STATE if parent is None else parent.trace_state
-        span_context = SpanContext(trace_id, self.ids.generate_span_id(), False, flags, state)
-        span = self.span_class(name, span_context, parent, kind, self.tracer.resource)
-        self.tracer.span_processor.on_start(span, parent_context=context)
+        state = DEFAULT_TRACE_STATE if parent is None else parent[4]  # its trace_state
+        span_id = random.getrandbits(64) if self.stock_ids else 0
+        if not span_id:
+            span_id = self.ids.generate_span_id()
+        # What SpanContext.__new__ makes (its tuple layout is checked at import).
+        valid = 0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID
+        span_context = _new_tuple(SpanContext, (trace_id, span_id, False, flags, state, valid))
+        # Not the SDK's constructor (nor its __new__): the fields it sets that differ
+        # per span; MeshSpan's class holds the rest.
+        span = _new_object(self.span_class)
+        span._name = name
+        span._context = span_context
+        span._parent = parent
+        span._kind = kind
+        span._resource = self.tracer.resource
+        span._attributes = {}
+        span._start_time = time_ns()
+        processors = self.processors()
+        if processors is None:
+            self.tracer.span_processor.on_start(span, parent_context=context)
+        else:
+            for processor in processors.starting:
+                processor.on_start(span, parent_context=context)
         return span
+
+    def processors(self) -> _Processors | None:
+        """The tracer's span processors by the hooks they implement, when it holds
+        them in the SDK's ``SynchronousMultiSpanProcessor``, else None."""
+        multi = self.tracer.span_processor
+        if type(multi) is not SynchronousMultiSpanProcessor:
+            return None
+        known = self._processors
+        if known is None or known.all is not multi._span_processors:
+            known = self._processors = _Processors.of(multi._span_processors)
+        return known
 
 
 class _DroppedSpan(NonRecordingSpan):
@@ -607,6 +732,10 @@ class _DroppedSpan(NonRecordingSpan):
         """The ``traceparent`` of this span, from its ids (no SpanContext made)."""
         flags = tracecontext.RANDOM_TRACE_ID if self.random_id else 0
         return tracecontext.format_ids(self.trace_id, self.span_id(), flags)
+
+
+#: The type of the spans the sampler dropped that meshkit made: nothing to record or end.
+DroppedSpan: type[Span] = _DroppedSpan
 
 
 def _context_variable() -> ContextVar[Context] | None:
@@ -660,6 +789,15 @@ def append_trace_headers(headers: list[tuple[str, str]], span: Span, context: Co
         headers.append(("tracestate", state.to_header()))
 
 
+def _append_ids(
+    headers: list[tuple[str, str]], trace_id: int, span_id: int, flags: int, state: TraceState
+) -> None:
+    """The ``traceparent`` and ``tracestate`` the W3C propagator writes for these."""
+    headers.append(("traceparent", tracecontext.format_ids(trace_id, span_id, flags)))
+    if state is not DEFAULT_TRACE_STATE and state:  # the usual state: no len() call
+        headers.append(("tracestate", state.to_header()))
+
+
 class _Sampling(NamedTuple):
     """A pure sampler's decision as data: a root span (or, unless ``follows_parent``, any
     span) is sampled when the low 64 bits of its trace id are below ``bound``; with
@@ -696,7 +834,8 @@ def _sampling(sampler: Sampler) -> _Sampling | None:
 
 
 class MeshSpan(SdkSpan):
-    """An SDK ``Span`` made without the SDK's per-span setup.
+    """An SDK ``Span`` made without the SDK's per-span setup (``_Recorder._record``
+    sets the fields that differ per span).
 
     What every span of one tracer shares (its processors, limits and scope) is set once
     on a subclass per tracer (``_span_class``); what most spans never use (events,
@@ -719,23 +858,7 @@ class MeshSpan(SdkSpan):
     # SDK methods hold it for a few bytecodes: one lock for all spans, none made per span.
     _lock = threading.Lock()
     _attributes: dict[str, types.AnyValue] | BoundedAttributes
-
-    def __init__(
-        self,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        resource: Resource,
-    ) -> None:
-        # Not the SDK's constructor: its per-span work is what this class leaves out.
-        self._name = name
-        self._context = context
-        self._parent = parent
-        self._kind = kind
-        self._resource = resource
-        self._attributes = {}
-        self._start_time = time_ns()
+    _recorder: _Recorder  # the one that makes this class's spans (set per class)
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         if not self._refuse("set attributes"):
@@ -773,11 +896,19 @@ class MeshSpan(SdkSpan):
 
     def end(self, end_time: int | None = None) -> None:
         with self._lock:
-            if self._refuse("end"):
+            if self._end_time is not None:
+                self._refuse("end")
                 return
             self._end_time = end_time if end_time is not None else time_ns()
-        self._span_processor._on_ending(self)
-        self._span_processor.on_end(self)
+        processors = self._recorder.processors()
+        if processors is None:
+            self._span_processor._on_ending(self)
+            self._span_processor.on_end(self)
+            return
+        for processor in processors.ending:
+            processor._on_ending(self)
+        for processor in processors.ended:
+            processor.on_end(self)
 
     def _refuse(self, what: str) -> bool:
         if self._end_time is None:
@@ -786,9 +917,10 @@ class MeshSpan(SdkSpan):
         return True
 
 
-def _span_class(tracer: SdkTracer) -> type[MeshSpan]:
+def _span_class(tracer: SdkTracer, recorder: _Recorder) -> type[MeshSpan]:
     """``MeshSpan`` with ``tracer``'s shared fields set once, on a class of its own."""
     shared = {
+        "_recorder": recorder,
         "_span_processor": tracer.span_processor,
         "_limits": tracer._span_limits,
         "_instrumentation_info": tracer.instrumentation_info,
@@ -802,7 +934,10 @@ def set_mesh_attributes(span: Span, attributes: dict[str, Any], name: str | None
     """Set meshkit's own attributes (valid by construction) on ``span`` in one call, and
     rename it to ``name`` if given; ``attributes`` becomes the span's: the caller must
     not change it afterwards."""
-    if isinstance(span, MeshSpan) and span._end_time is None:
+    # Every MeshSpan's class is its tracer's subclass: known without the Span ABC's
+    # isinstance check.
+    if type(span).__base__ is MeshSpan and cast(MeshSpan, span)._end_time is None:
+        span = cast(MeshSpan, span)
         own = span._attributes
         limit = span._limits.max_span_attributes
         if type(own) is dict and (limit is None or len(own) + len(attributes) <= limit):

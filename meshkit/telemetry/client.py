@@ -41,7 +41,9 @@ from meshkit.client import (
     RetryScheduled,
 )
 from meshkit.registry.base import Endpoint
+from meshkit.telemetry._loopmetrics import HistogramChild
 from meshkit.telemetry._otel_sdk import (
+    DroppedSpan,
     SpanStarter,
     append_trace_headers,
     current_context,
@@ -55,8 +57,16 @@ _Labels = tuple[str, str, str]
 #: The recorder's state of a call: its span, the context it began in, its labels, and
 #: its URL (or, through the events, its path).
 _Call = tuple[Span, Context, _Labels, "URL | str"]
-#: The recorder's state of an attempt: its span, its call's labels, number and endpoint.
-_Attempt = tuple[Span, _Labels, int, Endpoint | None]
+#: The recorder's state of an attempt: its span (None: dropped, nothing to end), its
+#: call's labels, number and endpoint.
+_Attempt = tuple[Span | None, _Labels, int, Endpoint | None]
+#: A call's or attempt's labels with its outcome (status, error class): what its metric
+#: series are kept by.
+_OutcomeKey = tuple[_Labels, int | None, type]
+_OUTCOMES_LIMIT = 1024
+#: The span name of a call by its method: semconv's "{method}" for a client span
+#: without a URL template, "HTTP" for a method it does not know.
+_SPAN_NAMES = {method: method for method in KNOWN_METHODS}
 #: What a subclass overriding any of these is recorded through (the events).
 _RECORDING = (
     "on_call_start",
@@ -79,6 +89,9 @@ class ClientTelemetry(BaseClientHooks):
     ) -> None:
         self.metrics = metrics
         self._spans = SpanStarter(tracer_provider)
+        # By labels and outcome: the attempts counter's and the duration histogram's
+        # series, found once, then kept (bounded).
+        self._outcomes: dict[_OutcomeKey, tuple[list[float], HistogramChild]] = {}
 
     def call_recorder(self) -> CallRecorder | None:
         """Itself, unless a subclass changed how calls are recorded (then the client
@@ -94,18 +107,14 @@ class ClientTelemetry(BaseClientHooks):
     # number and endpoint.
 
     def on_call_start(self, event: CallStarted) -> object:
-        span, current = self._call_span(event.method)
+        # The current context read once: the span's parent, and where its attempts go.
+        current = current_context()
+        span = self._spans.start(_span_name(event.method), SpanKind.CLIENT, current)
         return span, otel_context.attach(trace.set_span_in_context(span, current))
 
     def call_started(self, destination: str, method: str, url: URL, subset: str) -> _Call:
-        span, current = self._call_span(method)
+        span, current = self._spans.start_call(_SPAN_NAMES.get(method, "HTTP"))
         return span, current, (destination, method, subset), url
-
-    def _call_span(self, method: str) -> tuple[Span, Context]:
-        """The call's span, and the current context it was started in."""
-        # The current context read once: the span's parent, and where its attempts go.
-        current = current_context()
-        return self._spans.start(_span_name(method), SpanKind.CLIENT, current), current
 
     def on_call_end(self, event: CallEnded) -> None:
         span, token = cast("tuple[Span, Token[Context]]", event.state)
@@ -122,16 +131,35 @@ class ClientTelemetry(BaseClientHooks):
         attempts: int,
         error: BaseException | None,
     ) -> None:
-        span, _, (destination, method, subset), url = state
+        span, _, labels, url = state
+        series = self._outcomes.get((labels, status, type(error)))
+        if series is None:
+            series = self._series(labels, status, error)
+        series[1].observe(duration)
+        # A dropped call's span (often the dropped server span it continues) has
+        # nothing to record or end.
+        if type(span) is not DroppedSpan:
+            if span.is_recording():
+                destination, method, _ = labels
+                attributes = _attributes(method, destination, status, _error_type(status, error))
+                # A URL is decoded only for a span that records.
+                attributes["url.path"] = url if isinstance(url, str) else url.path
+                attributes["meshkit.attempts"] = attempts
+                _finish(span, attributes, error)
+            span.end()
+
+    def _series(
+        self, labels: _Labels, status: int | None, error: BaseException | None
+    ) -> tuple[list[float], HistogramChild]:
+        """The metric series of a call's or attempt's labels and outcome, kept by
+        labels, status and error class (which decide its ``error_type``)."""
+        destination, method, subset = labels
         error_type = _error_type(status, error)
-        self.metrics.observe_client_call(method, destination, status, error_type, duration, subset)
-        if span.is_recording():
-            attributes = _attributes(method, destination, status, error_type)
-            # A URL is decoded only for a span that records.
-            attributes["url.path"] = url if isinstance(url, str) else url.path
-            attributes["meshkit.attempts"] = attempts
-            _finish(span, attributes, error)
-        span.end()
+        series = self.metrics.client_series(method, destination, status, error_type, subset)
+        if len(self._outcomes) >= _OUTCOMES_LIMIT:
+            self._outcomes.clear()  # bounded, whatever statuses and errors come
+        self._outcomes[labels, status, type(error)] = series
+        return series
 
     def on_attempt_start(self, event: AttemptStarted) -> object:
         # The call's span is current (on_call_start made it so): the attempt's parent.
@@ -148,9 +176,8 @@ class ClientTelemetry(BaseClientHooks):
         headers: list[tuple[str, str]],
     ) -> _Attempt:
         call_span, current, labels, _ = call_state
-        name = _span_name(labels[1])
-        span = self._spans.start_child(name, SpanKind.CLIENT, call_span, current)
-        append_trace_headers(headers, span, current)
+        name = _SPAN_NAMES.get(labels[1], "HTTP")
+        span = self._spans.start_attempt(name, call_span, current, headers)
         return span, labels, attempt, endpoint
 
     def on_attempt_end(self, event: AttemptEnded) -> None:
@@ -161,11 +188,16 @@ class ClientTelemetry(BaseClientHooks):
     def attempt_ended(
         self, state: _Attempt, status: int | None, duration: float, error: BaseException | None
     ) -> None:
-        span, (destination, method, subset), attempt, endpoint = state
-        error_type = _error_type(status, error)
-        self.metrics.count_client_attempt(method, destination, status, error_type, subset)
+        span, labels, attempt, endpoint = state
+        series = self._outcomes.get((labels, status, type(error)))
+        if series is None:
+            series = self._series(labels, status, error)
+        series[0][0] += 1
+        if span is None:  # dropped: nothing to record or end
+            return
         if span.is_recording():
-            attributes = _attributes(method, destination, status, error_type)
+            destination, method, _ = labels
+            attributes = _attributes(method, destination, status, _error_type(status, error))
             if attempt > 1:
                 attributes["http.request.resend_count"] = attempt - 1
             if endpoint is not None:

@@ -369,6 +369,15 @@ class MeshMetrics:
         key = self._client_key(method, destination, status, error_type, subset)
         self._client_attempts.add(key, 1)
 
+    def client_series(
+        self, method: str, destination: str, status: int | None, error_type: str, subset: str = ""
+    ) -> tuple[list[float], HistogramChild]:
+        """The ``[value]`` of ``meshkit_client_attempts_total`` and the
+        ``http_client_request_duration_seconds`` series of these labels, for a caller
+        that keeps them (recording, as always, from the loop's thread)."""
+        key = self._client_key(method, destination, status, error_type, subset)
+        return self._client_attempts.series(key), self._client_duration.child(key)
+
     def _client_key(
         self, method: str, destination: str, status: int | None, error_type: str, subset: str
     ) -> tuple[object, ...]:
