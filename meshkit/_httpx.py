@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import operator
 import sys
 import warnings
 from collections.abc import Callable
@@ -59,6 +60,7 @@ __all__ = [
     "AsyncClient",
     "ByteStream",
     "HTTPError",
+    "HeaderFields",
     "Headers",
     "HttpxRequestError",
     "InvalidURL",
@@ -83,18 +85,23 @@ __all__ = [
 # -- the fast path and its stock twin ----------------------------------------------------
 
 
+HeaderFields = list[tuple[bytes, bytes, bytes]]
+"""Headers as (name as received, name lowercased, value), the form ``Headers`` keeps."""
+
+
 def _build_privately(
     status: int,
-    raw_headers: list[tuple[bytes, bytes]],
+    fields: HeaderFields,
     body: bytes,
     request: Request,
     elapsed: datetime.timedelta,
 ) -> Response:
-    """The response ``Response(status, headers=raw_headers, stream=ByteStream(body),
-    request=request)`` is once ``read()`` has read a body that needs no decoding and
-    ``elapsed`` is set: its fields filled in directly, none derived again."""
+    """The response ``Response(status, headers=<fields' names and values>,
+    stream=ByteStream(body), request=request)`` is once ``read()`` has read a body that
+    needs no decoding and ``elapsed`` is set: its fields filled in directly, none derived
+    again. Its headers keep ``fields`` itself."""
     headers = Headers.__new__(Headers)
-    headers._list = [(name, name.lower(), value) for name, value in raw_headers]
+    headers._list = fields
     headers._encoding = None
     response = Response.__new__(Response)
     response.__dict__ = {
@@ -135,6 +142,7 @@ def _copy_privately(template: Request, extensions: dict[str, Any]) -> Request:
 
 _fast = False  # whether this httpx passed the check at import
 _ENCODED = b"content-encoding"
+_lowered_name = operator.itemgetter(1)
 
 
 def copy_request(template: Request, extensions: dict[str, Any]) -> Request:
@@ -159,26 +167,26 @@ def _copy_publicly(template: Request, extensions: dict[str, Any]) -> Request:
 
 def complete_response(
     status: int,
-    raw_headers: list[tuple[bytes, bytes]],
+    fields: HeaderFields,
     body: bytes,
     request: Request,
     elapsed: float,
 ) -> Response:
-    """An ``httpx.Response`` for a complete HTTP/1.1 message read off the wire, read."""
+    """An ``httpx.Response`` for a complete HTTP/1.1 message read off the wire, read; it
+    takes ``fields`` (the response's own list, not copied)."""
     took = datetime.timedelta(seconds=elapsed)
-    if _fast and not _encoded(raw_headers):
-        return _build_privately(status, raw_headers, body, request, took)
-    response = _read_publicly(status, raw_headers, body, request)
+    if _fast and not _encoded(fields):
+        return _build_privately(status, fields, body, request, took)
+    raw = [(name, value) for name, _, value in fields]
+    response = _read_publicly(status, raw, body, request)
     response.elapsed = took
     return response
 
 
-def _encoded(raw_headers: list[tuple[bytes, bytes]]) -> bool:
+def _encoded(fields: HeaderFields) -> bool:
     """Whether the body has a Content-Encoding (httpx's decoders then read it)."""
-    for name, _ in raw_headers:  # noqa: SIM110 (any() resumes a generator per header)
-        if name.lower() == _ENCODED:
-            return True
-    return False
+    # Searched in C (an iterator of the lowercased names), not by a loop of bytecode.
+    return _ENCODED in map(_lowered_name, fields)
 
 
 def header_fields(headers: Headers) -> list[tuple[bytes, bytes, bytes]]:
@@ -217,7 +225,8 @@ def _check_response() -> None:
     took = datetime.timedelta(seconds=0.25)
     stock = _read_publicly(200, raw, body, request)
     stock.elapsed = took
-    fast = _build_privately(200, raw, body, request, took)
+    fields = [(name, name.lower(), value) for name, value in raw]
+    fast = _build_privately(200, fields, body, request, took)
     assert fast.read() == fast.content == stock.content == body
     assert list(fast.iter_bytes()) == [body]
     assert fast.json() == stock.json() and fast.text == stock.text

@@ -31,6 +31,11 @@ THIRD_PARTY_HTTP = {"httpx", "httpcore", "h11", "httpx2"}
 HEADERS = [(b"Content-Type", b"text/plain"), (b"X-Trace", b"a"), (b"x-trace", b"b")]
 
 
+def fields_of(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+    """Headers as the pool hands them over: (name, lowercased name, value)."""
+    return [(name, name.lower(), value) for name, value in raw]
+
+
 async def stock_response(raw: list[tuple[bytes, bytes]], body: bytes, request: Request) -> Response:
     response = Response(200, headers=raw, stream=ByteStream(body), request=request)
     await response.aread()
@@ -49,7 +54,7 @@ async def test_complete_response_equals_httpx_response(
     raw: list[tuple[bytes, bytes]], body: bytes, httpx_path: str
 ) -> None:
     request = Request("GET", "http://payments/")
-    built = complete_response(200, raw, body, request, 0.002)
+    built = complete_response(200, fields_of(raw), body, request, 0.002)
     expected = await stock_response(raw, body, request)
     assert built.headers.multi_items() == expected.headers.multi_items()
     assert built.headers.raw == raw
@@ -101,7 +106,8 @@ async def test_a_failed_check_warns_once_and_takes_the_stock_path(
             assert _httpx.use_fast_paths() is False
         # Only ours: a test before may leave a ResourceWarning for the collector to raise.
         assert sum("meshkit: httpx" in str(warning.message) for warning in caught) == 1
-        response = complete_response(200, HEADERS, b"ok", Request("GET", "http://a/"), 0.1)
+        request = Request("GET", "http://a/")
+        response = complete_response(200, fields_of(HEADERS), b"ok", request, 0.1)
         assert response.content == b"ok" and response.is_closed
     finally:
         monkeypatch.undo()
