@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from bench._mtls import StaticSource, mtls_server
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import MeshClientFactory
+from meshkit.client import ClientPolicy, MeshClientFactory
 from meshkit.registry.base import Endpoint
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry
@@ -165,9 +165,19 @@ async def bench_httpx(url: str, material: TLSMaterial, concurrency: int, request
 
 
 async def bench_meshkit(
-    port: int, material: TLSMaterial, concurrency: int, requests: int, *, telemetry: bool = False
+    port: int,
+    material: TLSMaterial,
+    concurrency: int,
+    requests: int,
+    *,
+    telemetry: bool = False,
+    keep_idle: bool = False,
 ) -> Any:
     # Two registry entries for the one server, so every call runs a real P2C pick.
+    # At one call at a time P2C may leave one of them unpicked for seconds: ``keep_idle``
+    # keeps its connection (the canned server closes none), so that no reconnect, a TLS
+    # handshake, lands among the counted calls.
+    policy = ClientPolicy(idle_timeout=3600.0) if keep_idle else None
     source = StaticSource(
         [Endpoint(f"payments-{n}", "payments", "127.0.0.1", port) for n in (1, 2)]
     )
@@ -177,7 +187,7 @@ async def bench_meshkit(
         sampler = ParentBased(TraceIdRatioBased(0.1))
         hooks = ClientTelemetry(MeshMetrics(), tracer_provider=TracerProvider(sampler=sampler))
     factory = MeshClientFactory(
-        source, TLSContexts(material), MeshSettings(service="web"), hooks=hooks
+        source, TLSContexts(material), MeshSettings(service="web"), hooks=hooks, policy=policy
     )
     payments = factory.client("payments")
 
@@ -196,6 +206,8 @@ async def run_all(
     requests: int,
     clients: Sequence[str],
     concurrency: Sequence[int],
+    *,
+    canned: bool = False,
 ) -> dict[str, Any]:
     files = (directory / "web.pem", directory / "web-key.pem", directory / "bundle.pem")
     material = TLSMaterial.from_files(*files)
@@ -204,8 +216,10 @@ async def run_all(
         "aiohttp": lambda c: bench_aiohttp(url, material, c, requests),
         # httpx is ~15x slower: fewer requests give as stable a figure in similar time.
         "httpx": lambda c: bench_httpx(url, material, c, max(requests // 4, 500)),
-        "meshkit": lambda c: bench_meshkit(port, material, c, requests),
-        "meshkit_telemetry": lambda c: bench_meshkit(port, material, c, requests, telemetry=True),
+        "meshkit": lambda c: bench_meshkit(port, material, c, requests, keep_idle=canned),
+        "meshkit_telemetry": lambda c: bench_meshkit(
+            port, material, c, requests, telemetry=True, keep_idle=canned
+        ),
     }
     results: dict[str, Any] = {}
     for c in concurrency:
@@ -275,7 +289,14 @@ def main() -> None:
             assert server.stdout is not None
             port = int(server.stdout.readline())
             results = uvloop.run(
-                run_all(port, directory, args.requests, args.clients, args.concurrency)
+                run_all(
+                    port,
+                    directory,
+                    args.requests,
+                    args.clients,
+                    args.concurrency,
+                    canned=args.canned,
+                )
             )
         finally:
             server.terminate()
