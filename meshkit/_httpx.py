@@ -73,12 +73,13 @@ __all__ = [
     "Timeout",
     "TimeoutException",
     "TransportError",
+    "client_headers",
     "complete_response",
     "copy_request",
     "fast_paths_problem",
-    "has_cookies",
     "header_fields",
     "http2_available",
+    "plain_client",
     "use_fast_paths",
 ]
 
@@ -198,12 +199,34 @@ def header_fields(headers: Headers) -> list[tuple[bytes, bytes, bytes]]:
     return [(name, name.lower(), value) for name, value in headers.raw]
 
 
-def has_cookies(cookies: Cookies) -> bool:
-    """Whether ``cookies`` holds any: the fast path looks in the jar's dict, where
-    ``bool(cookies)`` iterates the jar through a generator."""
+def plain_client(client: AsyncClient) -> bool:
+    """Whether ``client`` has nothing set that only httpx's full request path implements:
+    event hooks, auth, redirects followed, cookies. The fast path reads the fields the
+    client's properties return, without a call to each property."""
     if _fast:
-        return bool(cookies.jar._cookies)  # type: ignore[attr-defined]
-    return bool(cookies)
+        hooks = client._event_hooks
+        return (
+            not hooks["request"]
+            and not hooks["response"]
+            and client._auth is None
+            and not client.follow_redirects
+            and not client._cookies.jar._cookies  # type: ignore[attr-defined]
+        )
+    hooks = client.event_hooks
+    return (
+        not hooks["request"]
+        and not hooks["response"]
+        and client.auth is None
+        and not client.follow_redirects
+        and not client.cookies
+    )
+
+
+def client_headers(client: AsyncClient) -> Headers:
+    """``client.headers``: on the fast path the field the property returns."""
+    if _fast:
+        return client._headers
+    return client.headers
 
 
 def _read_publicly(
@@ -256,7 +279,8 @@ def _check_request() -> None:
 
 
 def _check_fields() -> None:
-    """Raise unless ``header_fields`` and ``has_cookies`` read what the public API says."""
+    """Raise unless ``header_fields`` and ``plain_client``'s look into the cookie jar read
+    what the public API says."""
     headers = Headers([(b"X-Id", b"a"), (b"accept", b"*/*")])
     assert [(name, value) for name, _, value in headers._list] == headers.raw
     assert [(low, value) for _, low, value in headers._list] == list(
@@ -268,12 +292,34 @@ def _check_fields() -> None:
     assert cookies and cookies.jar._cookies  # type: ignore[attr-defined]
 
 
+def _check_client() -> None:
+    """Raise unless the client's fields are what its properties return, as they change."""
+
+    def same(client: AsyncClient) -> bool:
+        private = vars(client)
+        return (
+            private["_event_hooks"] is client.event_hooks
+            and private["_auth"] is client.auth
+            and private["_cookies"] is client.cookies
+            and private["_headers"] is client.headers
+        )
+
+    client = AsyncClient()
+    assert same(client)
+    client.auth = ("user", "secret")
+    client.event_hooks = {"request": [print], "response": []}
+    client.cookies = {"session": "1"}
+    client.headers = {"x-id": "a"}
+    assert same(client) and client.auth is not None and client.cookies
+
+
 def fast_paths_problem() -> str | None:
     """Why this httpx cannot take the fast path, or None when it can."""
     try:
         _check_response()
         _check_request()
         _check_fields()
+        _check_client()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

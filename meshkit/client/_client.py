@@ -25,9 +25,10 @@ from meshkit._httpx import (
     Request,
     Response,
     Timeout,
+    client_headers,
     copy_request,
-    has_cookies,
     header_fields,
+    plain_client,
 )
 from meshkit.client._balancer import Balancer
 from meshkit.client._breaker import CircuitBreaker
@@ -119,7 +120,7 @@ class MeshClient(AsyncClient):
                 and cookies is None
                 and auth is USE_CLIENT_DEFAULT
                 and follow_redirects is USE_CLIENT_DEFAULT
-                and self._plain()
+                and plain_client(self)
             )
             if short:
                 assert isinstance(url, str)
@@ -374,25 +375,14 @@ class MeshClient(AsyncClient):
         nothing. It gets its own headers and extensions, so the transports may add to them.
         """
         key = (method, url)
-        client_headers = header_fields(self.headers)
+        client_fields = header_fields(client_headers(self))
         cached = self._templates.get(key)
-        if cached is None or cached[0] != client_headers:  # the client's headers changed
+        if cached is None or cached[0] != client_fields:  # the client's headers changed
             target = self._urls.get(url) or self._remember(url)
-            cached = (list(client_headers), Request(method, target, headers=self.headers))
+            cached = (list(client_fields), Request(method, target, headers=self.headers))
             if len(self._templates) < _URL_CACHE_SIZE:
                 self._templates[key] = cached
         return copy_request(cached[1], extensions)  # its own headers: transports add to them
-
-    def _plain(self) -> bool:
-        """Nothing configured that only httpx's full path implements."""
-        hooks = self.event_hooks
-        return (
-            not hooks["request"]
-            and not hooks["response"]
-            and self.auth is None
-            and not self.follow_redirects
-            and not has_cookies(self.cookies)
-        )
 
     def _remember(self, url: str) -> URL:
         merged = merge_url(self.base_url, url)

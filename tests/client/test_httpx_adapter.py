@@ -79,9 +79,20 @@ def test_header_fields_and_cookies_read_as_the_public_api(httpx_path: str) -> No
     assert _httpx.header_fields(headers) != [(b"Content-Type", b"content-type", b"text/plain")]
     assert (b"x-added", b"x-added", b"1") in _httpx.header_fields(headers)
     client = AsyncClient()
-    assert not _httpx.has_cookies(client.cookies)
+    assert _httpx.plain_client(client)
+    assert _httpx.client_headers(client) is client.headers
     client.cookies.set("session", "1", domain="payments")
-    assert _httpx.has_cookies(client.cookies)
+    assert not _httpx.plain_client(client)
+    for change in (
+        {"auth": ("user", "secret")},
+        {"follow_redirects": True},
+        {"event_hooks": {"request": [print]}},
+        {"event_hooks": {"response": [print]}},
+    ):
+        assert not _httpx.plain_client(AsyncClient(**change))  # type: ignore[arg-type]
+    hooked = AsyncClient()
+    hooked.event_hooks["request"].append(print)  # changed in place, as httpx allows
+    assert not _httpx.plain_client(hooked)
 
 
 def test_this_httpx_passes_the_check() -> None:
