@@ -13,6 +13,16 @@ Ends with one JSON line of the figures.
 ``--clients meshkit_telemetry --concurrency 1`` runs one cell alone, e.g. under
 callgrind to count the instructions of a change (run it at two ``--requests`` and
 divide the difference: start-up cancels out).
+
+uvicorn writes a response's head and body apart, two TLS records: whether the client
+reads them in one pass or two depends on how the two processes are scheduled, so on
+a loaded machine the count moves by thousands of instructions a call. ``--canned``
+serves the same response (status, headers, body) from a protocol that writes it in
+one record: one read per response, counts repeatable under any load. With
+``--toggle-collect=uv_run`` callgrind also leaves out the imports, the noisiest part
+of start-up, e.g. ``PYTHONHASHSEED=0 valgrind --tool=callgrind --toggle-collect=uv_run
+python -m bench.client --canned --clients meshkit --concurrency 1 --requests 300``
+(and 1300; the difference / 1000).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from bench._mtls import StaticSource, mtls_server
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.client import MeshClientFactory
+from meshkit.client import ClientPolicy, MeshClientFactory
 from meshkit.registry.base import Endpoint
 from meshkit.settings import MeshSettings
 from meshkit.telemetry.client import ClientTelemetry
@@ -58,6 +68,40 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+CANNED = (
+    b"HTTP/1.1 200 OK\r\ndate: Sun, 06 Dec 2026 04:00:00 GMT\r\nserver: uvicorn\r\n"
+    b"content-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+)
+
+
+class _Canned(asyncio.Protocol):
+    """What uvicorn answers ``_app`` with, in one write per (bodiless) request."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport: Any = transport
+        self._buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\r\n\r\n" in self._buffer:
+            _, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+            self._transport.write(CANNED)
+
+
+def serve_canned(directory: Path) -> None:
+    """The ``--canned`` server subprocess: ``_Canned`` over strict mTLS, as ``serve``."""
+    files = (directory / "payments.pem", directory / "payments-key.pem", directory / "bundle.pem")
+    context = TLSContexts(TLSMaterial.from_files(*files)).listening_context
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Canned, "127.0.0.1", 0, ssl=context)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    uvloop.run(run())
 
 
 def serve(directory: Path) -> None:
@@ -121,9 +165,19 @@ async def bench_httpx(url: str, material: TLSMaterial, concurrency: int, request
 
 
 async def bench_meshkit(
-    port: int, material: TLSMaterial, concurrency: int, requests: int, *, telemetry: bool = False
+    port: int,
+    material: TLSMaterial,
+    concurrency: int,
+    requests: int,
+    *,
+    telemetry: bool = False,
+    keep_idle: bool = False,
 ) -> Any:
     # Two registry entries for the one server, so every call runs a real P2C pick.
+    # At one call at a time P2C may leave one of them unpicked for seconds: ``keep_idle``
+    # keeps its connection (the canned server closes none), so that no reconnect, a TLS
+    # handshake, lands among the counted calls.
+    policy = ClientPolicy(idle_timeout=3600.0) if keep_idle else None
     source = StaticSource(
         [Endpoint(f"payments-{n}", "payments", "127.0.0.1", port) for n in (1, 2)]
     )
@@ -133,7 +187,7 @@ async def bench_meshkit(
         sampler = ParentBased(TraceIdRatioBased(0.1))
         hooks = ClientTelemetry(MeshMetrics(), tracer_provider=TracerProvider(sampler=sampler))
     factory = MeshClientFactory(
-        source, TLSContexts(material), MeshSettings(service="web"), hooks=hooks
+        source, TLSContexts(material), MeshSettings(service="web"), hooks=hooks, policy=policy
     )
     payments = factory.client("payments")
 
@@ -152,6 +206,8 @@ async def run_all(
     requests: int,
     clients: Sequence[str],
     concurrency: Sequence[int],
+    *,
+    canned: bool = False,
 ) -> dict[str, Any]:
     files = (directory / "web.pem", directory / "web-key.pem", directory / "bundle.pem")
     material = TLSMaterial.from_files(*files)
@@ -160,8 +216,10 @@ async def run_all(
         "aiohttp": lambda c: bench_aiohttp(url, material, c, requests),
         # httpx is ~15x slower: fewer requests give as stable a figure in similar time.
         "httpx": lambda c: bench_httpx(url, material, c, max(requests // 4, 500)),
-        "meshkit": lambda c: bench_meshkit(port, material, c, requests),
-        "meshkit_telemetry": lambda c: bench_meshkit(port, material, c, requests, telemetry=True),
+        "meshkit": lambda c: bench_meshkit(port, material, c, requests, keep_idle=canned),
+        "meshkit_telemetry": lambda c: bench_meshkit(
+            port, material, c, requests, telemetry=True, keep_idle=canned
+        ),
     }
     results: dict[str, Any] = {}
     for c in concurrency:
@@ -195,7 +253,11 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", default="16,64", help="comma-separated concurrent calls per cell"
     )
+    parser.add_argument(
+        "--canned", action="store_true", help="a server answering in one TLS record (see above)"
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-canned", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.clients = args.clients.split(",")
     args.concurrency = [int(n) for n in args.concurrency.split(",")]
@@ -204,13 +266,22 @@ def main() -> None:
     if args.serve:
         serve(args.serve)
         return
+    if args.serve_canned:
+        serve_canned(args.serve_canned)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         authority = LocalAuthority()
         authority.issue("payments").write(directory, stem="payments")
         authority.issue("web").write(directory, stem="web")
         server = subprocess.Popen(
-            [sys.executable, "-m", "bench.client", "--serve", str(directory)],
+            [
+                sys.executable,
+                "-m",
+                "bench.client",
+                "--serve-canned" if args.canned else "--serve",
+                str(directory),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -218,7 +289,14 @@ def main() -> None:
             assert server.stdout is not None
             port = int(server.stdout.readline())
             results = uvloop.run(
-                run_all(port, directory, args.requests, args.clients, args.concurrency)
+                run_all(
+                    port,
+                    directory,
+                    args.requests,
+                    args.clients,
+                    args.concurrency,
+                    canned=args.canned,
+                )
             )
         finally:
             server.terminate()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import operator
 import sys
 import warnings
 from collections.abc import Callable
@@ -59,6 +60,7 @@ __all__ = [
     "AsyncClient",
     "ByteStream",
     "HTTPError",
+    "HeaderFields",
     "Headers",
     "HttpxRequestError",
     "InvalidURL",
@@ -71,30 +73,36 @@ __all__ = [
     "Timeout",
     "TimeoutException",
     "TransportError",
+    "client_headers",
     "complete_response",
     "copy_request",
     "fast_paths_problem",
-    "has_cookies",
     "header_fields",
     "http2_available",
+    "plain_client",
     "use_fast_paths",
 ]
 
 # -- the fast path and its stock twin ----------------------------------------------------
 
 
+HeaderFields = list[tuple[bytes, bytes, bytes]]
+"""Headers as (name as received, name lowercased, value), the form ``Headers`` keeps."""
+
+
 def _build_privately(
     status: int,
-    raw_headers: list[tuple[bytes, bytes]],
+    fields: HeaderFields,
     body: bytes,
     request: Request,
     elapsed: datetime.timedelta,
 ) -> Response:
-    """The response ``Response(status, headers=raw_headers, stream=ByteStream(body),
-    request=request)`` is once ``read()`` has read a body that needs no decoding and
-    ``elapsed`` is set: its fields filled in directly, none derived again."""
+    """The response ``Response(status, headers=<fields' names and values>,
+    stream=ByteStream(body), request=request)`` is once ``read()`` has read a body that
+    needs no decoding and ``elapsed`` is set: its fields filled in directly, none derived
+    again. Its headers keep ``fields`` itself."""
     headers = Headers.__new__(Headers)
-    headers._list = [(name, name.lower(), value) for name, value in raw_headers]
+    headers._list = fields
     headers._encoding = None
     response = Response.__new__(Response)
     response.__dict__ = {
@@ -135,6 +143,7 @@ def _copy_privately(template: Request, extensions: dict[str, Any]) -> Request:
 
 _fast = False  # whether this httpx passed the check at import
 _ENCODED = b"content-encoding"
+_lowered_name = operator.itemgetter(1)
 
 
 def copy_request(template: Request, extensions: dict[str, Any]) -> Request:
@@ -159,26 +168,26 @@ def _copy_publicly(template: Request, extensions: dict[str, Any]) -> Request:
 
 def complete_response(
     status: int,
-    raw_headers: list[tuple[bytes, bytes]],
+    fields: HeaderFields,
     body: bytes,
     request: Request,
     elapsed: float,
 ) -> Response:
-    """An ``httpx.Response`` for a complete HTTP/1.1 message read off the wire, read."""
+    """An ``httpx.Response`` for a complete HTTP/1.1 message read off the wire, read; it
+    takes ``fields`` (the response's own list, not copied)."""
     took = datetime.timedelta(seconds=elapsed)
-    if _fast and not _encoded(raw_headers):
-        return _build_privately(status, raw_headers, body, request, took)
-    response = _read_publicly(status, raw_headers, body, request)
+    if _fast and not _encoded(fields):
+        return _build_privately(status, fields, body, request, took)
+    raw = [(name, value) for name, _, value in fields]
+    response = _read_publicly(status, raw, body, request)
     response.elapsed = took
     return response
 
 
-def _encoded(raw_headers: list[tuple[bytes, bytes]]) -> bool:
+def _encoded(fields: HeaderFields) -> bool:
     """Whether the body has a Content-Encoding (httpx's decoders then read it)."""
-    for name, _ in raw_headers:  # noqa: SIM110 (any() resumes a generator per header)
-        if name.lower() == _ENCODED:
-            return True
-    return False
+    # Searched in C (an iterator of the lowercased names), not by a loop of bytecode.
+    return _ENCODED in map(_lowered_name, fields)
 
 
 def header_fields(headers: Headers) -> list[tuple[bytes, bytes, bytes]]:
@@ -190,12 +199,34 @@ def header_fields(headers: Headers) -> list[tuple[bytes, bytes, bytes]]:
     return [(name, name.lower(), value) for name, value in headers.raw]
 
 
-def has_cookies(cookies: Cookies) -> bool:
-    """Whether ``cookies`` holds any: the fast path looks in the jar's dict, where
-    ``bool(cookies)`` iterates the jar through a generator."""
+def plain_client(client: AsyncClient) -> bool:
+    """Whether ``client`` has nothing set that only httpx's full request path implements:
+    event hooks, auth, redirects followed, cookies. The fast path reads the fields the
+    client's properties return, without a call to each property."""
     if _fast:
-        return bool(cookies.jar._cookies)  # type: ignore[attr-defined]
-    return bool(cookies)
+        hooks = client._event_hooks
+        return (
+            not hooks["request"]
+            and not hooks["response"]
+            and client._auth is None
+            and not client.follow_redirects
+            and not client._cookies.jar._cookies  # type: ignore[attr-defined]
+        )
+    hooks = client.event_hooks
+    return (
+        not hooks["request"]
+        and not hooks["response"]
+        and client.auth is None
+        and not client.follow_redirects
+        and not client.cookies
+    )
+
+
+def client_headers(client: AsyncClient) -> Headers:
+    """``client.headers``: on the fast path the field the property returns."""
+    if _fast:
+        return client._headers
+    return client.headers
 
 
 def _read_publicly(
@@ -217,7 +248,8 @@ def _check_response() -> None:
     took = datetime.timedelta(seconds=0.25)
     stock = _read_publicly(200, raw, body, request)
     stock.elapsed = took
-    fast = _build_privately(200, raw, body, request, took)
+    fields = [(name, name.lower(), value) for name, value in raw]
+    fast = _build_privately(200, fields, body, request, took)
     assert fast.read() == fast.content == stock.content == body
     assert list(fast.iter_bytes()) == [body]
     assert fast.json() == stock.json() and fast.text == stock.text
@@ -247,7 +279,8 @@ def _check_request() -> None:
 
 
 def _check_fields() -> None:
-    """Raise unless ``header_fields`` and ``has_cookies`` read what the public API says."""
+    """Raise unless ``header_fields`` and ``plain_client``'s look into the cookie jar read
+    what the public API says."""
     headers = Headers([(b"X-Id", b"a"), (b"accept", b"*/*")])
     assert [(name, value) for name, _, value in headers._list] == headers.raw
     assert [(low, value) for _, low, value in headers._list] == list(
@@ -259,12 +292,34 @@ def _check_fields() -> None:
     assert cookies and cookies.jar._cookies  # type: ignore[attr-defined]
 
 
+def _check_client() -> None:
+    """Raise unless the client's fields are what its properties return, as they change."""
+
+    def same(client: AsyncClient) -> bool:
+        private = vars(client)
+        return (
+            private["_event_hooks"] is client.event_hooks
+            and private["_auth"] is client.auth
+            and private["_cookies"] is client.cookies
+            and private["_headers"] is client.headers
+        )
+
+    client = AsyncClient()
+    assert same(client)
+    client.auth = ("user", "secret")
+    client.event_hooks = {"request": [print], "response": []}
+    client.cookies = {"session": "1"}
+    client.headers = {"x-id": "a"}
+    assert same(client) and client.auth is not None and client.cookies
+
+
 def fast_paths_problem() -> str | None:
     """Why this httpx cannot take the fast path, or None when it can."""
     try:
         _check_response()
         _check_request()
         _check_fields()
+        _check_client()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -14,16 +14,21 @@ import math
 class WindowedCounter:
     """A sum over the last ``seconds`` seconds, kept in one-second slots."""
 
-    __slots__ = ("_current", "_slots", "_total")
+    __slots__ = ("_current", "_size", "_slots", "_total")
 
     def __init__(self, seconds: float) -> None:
-        self._slots = [0] * max(math.ceil(seconds), 1)
+        self._size = max(math.ceil(seconds), 1)
+        self._slots = [0] * self._size
         self._current = 0  # the whole second the newest slot belongs to
         self._total = 0
 
     def add(self, amount: int, now: float) -> None:
-        self._advance(int(now))
-        self._slots[self._current % len(self._slots)] += amount
+        # Every call adds (the budget's deposit, the breaker's count): the slot of the
+        # current second is the common case, checked here before a call to _advance.
+        second = int(now)
+        if second != self._current:
+            self._advance(second)
+        self._slots[second % self._size] += amount
         self._total += amount
 
     def total(self, now: float) -> int:
@@ -37,7 +42,7 @@ class WindowedCounter:
     def _advance(self, second: int) -> None:
         if second == self._current:
             return
-        size = len(self._slots)
+        size = self._size
         if second - self._current >= size:
             self.reset()
         else:

@@ -29,8 +29,10 @@ from meshkit.client._errors import PeerIdentityMismatch
 from meshkit.deadline import now
 from meshkit.identity import SpiffeId, identity_from_peercert
 
-RawHeaders = list[tuple[bytes, bytes]]
-Message = tuple[int, RawHeaders, bytes]
+#: A response's headers as (name as received, name lowercased, value): lowercased once
+#: here, where each header is seen anyway, in the form the client's responses keep.
+HeaderFields = list[tuple[bytes, bytes, bytes]]
+Message = tuple[int, HeaderFields, bytes]
 
 
 class AttemptFailed(Exception):
@@ -65,8 +67,8 @@ class _Connection(asyncio.Protocol):
         self._pool = pool
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[tuple[int, RawHeaders, bytes, bool]] | None = None
-        self._headers: RawHeaders = []
+        self._waiter: asyncio.Future[tuple[int, HeaderFields, bytes, bool]] | None = None
+        self._headers: HeaderFields = []
         self._body: list[bytes] = []
         self._head = False
         self._deadline: float | None = None  # of the request in flight
@@ -102,7 +104,7 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name, name.lower(), value))
 
     def on_headers_complete(self) -> None:
         if self._head:  # a HEAD response has no body, whatever Content-Length says
@@ -134,7 +136,7 @@ class _Connection(asyncio.Protocol):
 
     def send(
         self, data: bytes, *, head: bool, deadline: float | None
-    ) -> asyncio.Future[tuple[int, RawHeaders, bytes, bool]]:
+    ) -> asyncio.Future[tuple[int, HeaderFields, bytes, bool]]:
         """Write one request; the future gets its response (status, headers, body,
         whether the connection stays open) or the attempt's failure."""
         assert self._transport is not None

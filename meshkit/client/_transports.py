@@ -4,8 +4,9 @@
     └ LimitTransport     concurrent and pending calls per destination -> Overloaded
       └ BreakerTransport per-destination circuit breaker -> CircuitOpen
         └ RetryTransport attempts, classification, backoff, retry budget
-          └ BalancerTransport   discovery + P2C pick + outlier ejection, attempt hooks
-            └ PoolTransport     per-try timeout, deadline header, our HTTP/1.1 pool
+          └ BalancerTransport   discovery + P2C pick + outlier ejection, attempt hooks,
+                                the attempt sent by a PoolSender: per-try timeout,
+                                deadline header, our HTTP/1.1 pool
 
 What one call carries through the layers lives in a ``Call`` object in the request's
 ``extensions`` (httpx's seam for transport data). Transport errors of an attempt stay
@@ -41,6 +42,7 @@ from meshkit.client._budget import RetryBudget
 from meshkit.client._errors import (
     CircuitOpen,
     DeadlineExceeded,
+    MeshCallError,
     Overloaded,
     PeerIdentityMismatch,
     RetryBudgetExhausted,
@@ -48,7 +50,7 @@ from meshkit.client._errors import (
 )
 from meshkit.client._hooks import CallRecorder, ClientHooks, RetryBudgetSpent, RetryScheduled
 from meshkit.client._policy import ClientPolicy
-from meshkit.client._pool import AttemptFailed, AttemptTimedOut, EndpointPool
+from meshkit.client._pool import AttemptFailed, AttemptTimedOut, EndpointPool, Message
 from meshkit.registry.base import Endpoint
 
 CALL_EXTENSION = "meshkit.call"
@@ -170,21 +172,28 @@ async def run_call(
     one_attempt: bool = False,
 ) -> Response:
     """Bound the call by min(its timeout, the incoming deadline) and report it to the
-    recorder, and its attempt too for a call of ``one_attempt`` (a pass-through)."""
+    recorder, and its attempt too for a call of ``one_attempt`` (a pass-through). A
+    ``MeshCallError`` leaves with ``request`` set, as httpx's ``send()`` sets it."""
     now = deadlines.now()
     deadline = now + request.extensions.get(TIMEOUT_EXTENSION, timeout)
     incoming = deadlines.current_deadline()
     if incoming is not None and incoming < deadline:
         deadline = incoming
     if deadline <= now:
-        raise DeadlineExceeded(
+        late = DeadlineExceeded(
             "no time left: the incoming deadline has passed", destination=destination
         )
+        late.request = request
+        raise late
     call = request.extensions[CALL_EXTENSION] = Call(
         destination, deadline, send_deadline=send_deadline, subset=subset
     )
     if recorder is None:
-        return await inner.handle_async_request(request)
+        try:
+            return await inner.handle_async_request(request)
+        except MeshCallError as exc:
+            exc.request = request  # as httpx's send() does for its transport's errors
+            raise
     state = call.recorded = recorder.call_started(destination, request.method, request.url, subset)
     attempt: object = _UNREPORTED
     status: int | None = None
@@ -198,6 +207,8 @@ async def run_call(
         return response
     except BaseException as exc:
         error = exc
+        if isinstance(exc, MeshCallError):
+            exc.request = request
         raise
     finally:
         took = deadlines.now() - now
@@ -413,12 +424,13 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class BalancerTransport(AsyncBaseTransport):
-    """Pick the attempt's endpoint and feed its outcome back to the balancer."""
+    """Pick the attempt's endpoint, send the attempt there and feed its outcome back to
+    the balancer."""
 
     def __init__(
-        self, inner: AsyncBaseTransport, balancer: Balancer, recorder: CallRecorder | None
+        self, sender: PoolSender, balancer: Balancer, recorder: CallRecorder | None
     ) -> None:
-        self._inner = inner
+        self._sender = sender
         self._balancer = balancer
         self._recorder = recorder
 
@@ -439,8 +451,9 @@ class BalancerTransport(AsyncBaseTransport):
         try:
             if recorder is not None:  # in the try: the balancer hears of every pick
                 token = start_attempt(recorder, call, state.endpoint)
-            response = await self._inner.handle_async_request(request)
-            status = response.status_code
+            # The pool's coroutine awaited here: the attempt has no frame of the sender's.
+            status, headers, body = await self._sender.send(request, call, started)
+            response = complete_response(status, headers, body, request, deadlines.now() - started)
             ok = status < 500
             if status == 429 or status == 503:
                 pause = busy_for(status, response)
@@ -483,8 +496,11 @@ def start_attempt(recorder: CallRecorder, call: Call, endpoint: Endpoint | None)
     return state
 
 
-class PoolTransport(AsyncBaseTransport):
+class PoolSender:
     """Send one attempt over the pool the balancer chose, bounded by the per-try timeout.
+
+    Not a transport: ``send`` serializes the attempt and hands back the pool's coroutine
+    for the caller to await, so an attempt passes through no frame of its own here.
 
     A destination's calls mostly repeat a few request heads (the client's headers on a
     few paths): each distinct head is serialized and checked once, then looked up by its
@@ -496,12 +512,16 @@ class PoolTransport(AsyncBaseTransport):
         self._per_try = per_try_timeout
         self._heads: dict[tuple[object, ...], tuple[bytes, bool]] = {}
 
-    async def handle_async_request(self, request: Request) -> Response:
-        call = call_of(request)
+    def send(self, request: Request, call: Call, started: float) -> Coroutine[Any, Any, Message]:
+        """The attempt's exchange (status, raw headers, body), the attempt having
+        ``started`` (on ``deadlines.now()``'s clock) over ``call.pool``."""
         if call.prefix is None:
-            call.body = await read_body(request)
-            call.prefix, call.keyed = self._head(request, len(call.body))
-        started = deadlines.now()
+            try:
+                body = request.content
+            except RequestNotRead:
+                return self._send_streamed(request, call, started)
+            call.body = body
+            call.prefix, call.keyed = self._head(request, len(body))
         deadline = sent_deadline = call.deadline
         if self._per_try is not None and started + self._per_try < deadline:
             deadline = started + self._per_try
@@ -517,10 +537,12 @@ class PoolTransport(AsyncBaseTransport):
             parts += [_header_line(name, value)]
         parts += [_CRLF, call.body]
         assert call.pool is not None
-        status, headers, body = await call.pool.request(
-            b"".join(parts), head=request.method == "HEAD", deadline=deadline
-        )
-        return complete_response(status, headers, body, request, deadlines.now() - started)
+        return call.pool.request(b"".join(parts), head=request.method == "HEAD", deadline=deadline)
+
+    async def _send_streamed(self, request: Request, call: Call, started: float) -> Message:
+        """A request whose body is a stream not read yet: read once, then sent."""
+        await request.aread()
+        return await self.send(request, call, started)
 
     def _head(self, request: Request, body_length: int) -> tuple[bytes, bool]:
         raw_path, fields = request.url.raw_path, header_fields(request.headers)
@@ -593,7 +615,7 @@ class PassthroughTransport(AsyncBaseTransport):
     def __init__(self, *, policy: ClientPolicy, recorder: CallRecorder | None) -> None:
         self._policy = policy
         self._recorder = recorder
-        self._inner = PoolTransport(None)
+        self._sender = PoolSender(None)
         self._attempt = _PassthroughAttempt(self)
         self._pools: dict[tuple[str, str, int], EndpointPool] = {}
 
@@ -632,12 +654,14 @@ class PassthroughTransport(AsyncBaseTransport):
         call = call_of(request)
         call.attempt = 1
         call.pool = self.pool_for(request)
+        started = deadlines.now()
         try:
-            return await self._inner.handle_async_request(request)
+            status, headers, body = await self._sender.send(request, call, started)
         except AttemptTimedOut as exc:
             raise DeadlineExceeded(str(exc), destination=call.destination) from exc
         except AttemptFailed as exc:
             raise UpstreamFailed(str(exc), destination=call.destination) from exc
+        return complete_response(status, headers, body, request, deadlines.now() - started)
 
     def close(self) -> None:
         for pool in self._pools.values():

@@ -16,6 +16,7 @@ from starlette.routing import Route
 import meshkit
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.client import DeadlineExceeded, MeshCallError, NoHealthyInstances, UpstreamFailed
+from meshkit.deadline import deadline_after
 from tests.client.helpers import StaticSource, contexts, endpoint, factory, serve
 
 TRANSPORT_FAILURES = [
@@ -89,4 +90,32 @@ async def test_httpx_style_handling_catches_mesh_failures(authority: LocalAuthor
         assert isinstance(refused.value, UpstreamFailed)
         with pytest.raises(meshkit.MeshError):  # the mesh root catches them all too
             await mesh.client("gone").get("/x")
+        await mesh.aclose()
+
+
+@pytest.mark.anyio
+async def test_errors_surface_when_the_call_is_awaited_and_carry_the_request(
+    authority: LocalAuthority,
+) -> None:
+    """The short path builds the request before any await, yet, as with httpx, calling
+    ``get`` only makes the coroutine: what building it raised comes out when awaited.
+    A call refused before any attempt still names the request it refused."""
+
+    async def ok(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/ok", ok)])
+    async with serve(app, contexts(authority, "ok")) as port:
+        mesh = factory(authority, StaticSource({"ok": [endpoint("ok", port)]}))
+        client = mesh.client("ok")
+        unbuildable = client.post("/ok", json={"not": {"json"}})  # a set: no JSON for it
+        with pytest.raises(TypeError):
+            await unbuildable
+        bad_url = client.get("http://ok:port/")
+        with pytest.raises(httpx.InvalidURL):
+            await bad_url
+        with deadline_after(0.0), pytest.raises(DeadlineExceeded) as late:
+            await client.get("/ok")
+        assert late.value.request.url == httpx.URL("http://ok/ok")
+        assert (await client.get("/ok")).json() == {"ok": True}
         await mesh.aclose()

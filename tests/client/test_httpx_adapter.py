@@ -31,6 +31,11 @@ THIRD_PARTY_HTTP = {"httpx", "httpcore", "h11", "httpx2"}
 HEADERS = [(b"Content-Type", b"text/plain"), (b"X-Trace", b"a"), (b"x-trace", b"b")]
 
 
+def fields_of(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+    """Headers as the pool hands them over: (name, lowercased name, value)."""
+    return [(name, name.lower(), value) for name, value in raw]
+
+
 async def stock_response(raw: list[tuple[bytes, bytes]], body: bytes, request: Request) -> Response:
     response = Response(200, headers=raw, stream=ByteStream(body), request=request)
     await response.aread()
@@ -49,7 +54,7 @@ async def test_complete_response_equals_httpx_response(
     raw: list[tuple[bytes, bytes]], body: bytes, httpx_path: str
 ) -> None:
     request = Request("GET", "http://payments/")
-    built = complete_response(200, raw, body, request, 0.002)
+    built = complete_response(200, fields_of(raw), body, request, 0.002)
     expected = await stock_response(raw, body, request)
     assert built.headers.multi_items() == expected.headers.multi_items()
     assert built.headers.raw == raw
@@ -74,9 +79,20 @@ def test_header_fields_and_cookies_read_as_the_public_api(httpx_path: str) -> No
     assert _httpx.header_fields(headers) != [(b"Content-Type", b"content-type", b"text/plain")]
     assert (b"x-added", b"x-added", b"1") in _httpx.header_fields(headers)
     client = AsyncClient()
-    assert not _httpx.has_cookies(client.cookies)
+    assert _httpx.plain_client(client)
+    assert _httpx.client_headers(client) is client.headers
     client.cookies.set("session", "1", domain="payments")
-    assert _httpx.has_cookies(client.cookies)
+    assert not _httpx.plain_client(client)
+    for change in (
+        {"auth": ("user", "secret")},
+        {"follow_redirects": True},
+        {"event_hooks": {"request": [print]}},
+        {"event_hooks": {"response": [print]}},
+    ):
+        assert not _httpx.plain_client(AsyncClient(**change))  # type: ignore[arg-type]
+    hooked = AsyncClient()
+    hooked.event_hooks["request"].append(print)  # changed in place, as httpx allows
+    assert not _httpx.plain_client(hooked)
 
 
 def test_this_httpx_passes_the_check() -> None:
@@ -101,7 +117,8 @@ async def test_a_failed_check_warns_once_and_takes_the_stock_path(
             assert _httpx.use_fast_paths() is False
         # Only ours: a test before may leave a ResourceWarning for the collector to raise.
         assert sum("meshkit: httpx" in str(warning.message) for warning in caught) == 1
-        response = complete_response(200, HEADERS, b"ok", Request("GET", "http://a/"), 0.1)
+        request = Request("GET", "http://a/")
+        response = complete_response(200, fields_of(HEADERS), b"ok", request, 0.1)
         assert response.content == b"ok" and response.is_closed
     finally:
         monkeypatch.undo()

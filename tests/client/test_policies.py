@@ -112,6 +112,49 @@ async def test_overflow_fails_fast_with_overloaded(authority: LocalAuthority) ->
     assert outcomes == {"200": 2, "overloaded": 1}
 
 
+async def test_a_waiting_call_refused_by_the_breaker_passes_its_slot_on(
+    authority: LocalAuthority,
+) -> None:
+    # The limit and the breaker admit a call together: one that waited for the slot
+    # and then found the breaker open must not keep the slot, or the destination is
+    # stuck at its limit once the breaker closes again.
+    switch = Switch()
+    switch.status, switch.delay = 500, 0.3
+    async with serve(switch.app(), contexts(authority, "payments")) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        mesh = factory(
+            authority,
+            source,
+            max_concurrent=1,
+            max_pending=4,
+            breaker_min_calls=1,
+            breaker_open_for=0.3,
+            max_attempts=1,
+            ejection_failures=10**6,
+        )
+        client = mesh.client("payments")
+        outcomes: Counter[str] = Counter()
+
+        async def call() -> None:
+            try:
+                outcomes[str((await client.get("/x")).status_code)] += 1
+            except CircuitOpen:
+                outcomes["open"] += 1
+
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(call)
+        assert outcomes == {"500": 1, "open": 3}, outcomes
+        assert switch.hits == 1
+        switch.status, switch.delay = 200, 0.0
+        await anyio.sleep(0.35)
+        with anyio.fail_after(5):  # the slot is free: neither Overloaded nor a wait
+            assert (await client.get("/x")).status_code == 200  # the half-open probe
+            statuses = [(await client.get("/x")).status_code for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        await mesh.aclose()
+
+
 class AttemptStartedBy(Recorder):
     """A Recorder whose ``on_attempt_start`` is ``start``; it keeps the other events."""
 
