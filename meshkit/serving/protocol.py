@@ -91,7 +91,8 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
             remaining = _not_after(ssl_object) - time.time()
             self._peer_deadline = self.loop.time() + remaining
         # Flow control (set up above) keeps the real transport; writes go through this.
-        self.transport = CoalescingTransport(transport)  # type: ignore[assignment]
+        self._writes = CoalescingTransport(transport)
+        self.transport = self._writes  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self._phase == _HEAD:
@@ -138,6 +139,9 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        # The response leaves now, not after what the app does once it has answered
+        # (telemetry ending its span, a task's teardown) and another loop pass.
+        self._writes.flush()
         # uvicorn's, without arming its keep-alive timer (check() enforces the timeout).
         self.server_state.total_requests += 1
         if self.transport.is_closing():
@@ -250,9 +254,9 @@ class CoalescingTransport:
 
     uvicorn writes a response's status line and headers, then its body: two writes,
     which over TLS are two records, two encryptions and two ``send`` calls, a large share
-    of a small response's CPU. Buffering until the end of the iteration (or a close)
-    sends both at once; the order of bytes is unchanged. Everything else is the real
-    transport's.
+    of a small response's CPU. Buffering until ``flush()`` (the protocol calls it when a
+    response is complete), the end of the iteration or a close sends both at once; the
+    order of bytes is unchanged. Everything else is the real transport's.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:
@@ -268,6 +272,10 @@ class CoalescingTransport:
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         for chunk in chunks:
             self.write(chunk)
+
+    def flush(self) -> None:
+        """Send what is buffered now."""
+        self._flush()
 
     def _flush(self) -> None:
         if self._pending:
