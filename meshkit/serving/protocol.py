@@ -142,16 +142,13 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         # The response leaves now, not after what the app does once it has answered
         # (telemetry ending its span, a task's teardown) and another loop pass.
         self._writes.flush()
+        if self.pipeline or self.transport.is_closing():
+            super().on_response_complete()  # uvicorn's: starts the next pipelined request
+            return
         # uvicorn's, without arming its keep-alive timer (check() enforces the timeout).
         self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
         self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-        else:
-            self.idle_since = self._since = self.loop.time()
+        self.idle_since = self._since = self.loop.time()
 
     def check(self, now: float) -> None:
         """Enforce the deadlines: a late head (408, or a silent close when nothing came),
