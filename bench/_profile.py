@@ -254,19 +254,26 @@ def markdown(profiles: Mapping[str, Profiled]) -> str:
 #: The calls that make up a keep-alive request's I/O, and the event loop's polls.
 IO_CALLS = ("read", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
 LOOP_CALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
-COUNTED = (*LOOP_CALLS, *IO_CALLS, "futex", "getpid")
+#: Clock reads that reach the kernel (the vDSO answers most without a system call).
+CLOCK_CALLS = ("clock_gettime", "clock_nanosleep", "nanosleep")
+COUNTED = (*LOOP_CALLS, *IO_CALLS, "futex", *CLOCK_CALLS, "getpid")
+#: Software events: a switch is a thread leaving the CPU (sleeping or preempted).
+SOFTWARE = ("context-switches",)
 
 
 def perf_argv(pid: int, seconds: float, output: Path) -> list[str]:
-    """Count every thread's system calls for ``seconds``, by kernel tracepoints: unlike
-    strace the process runs at full speed, so its loop batches as it does unobserved."""
-    events = [f"syscalls:sys_enter_{name}" for name in COUNTED] + ["raw_syscalls:sys_enter"]
+    """Count every thread's system calls and context switches for ``seconds``, by kernel
+    tracepoints: unlike strace the process runs at full speed, so its loop batches as it
+    does unobserved."""
+    events = [f"syscalls:sys_enter_{name}" for name in COUNTED]
+    events += ["raw_syscalls:sys_enter", *SOFTWARE]
     target = ["-p", str(pid), "--", "sleep", f"{seconds:g}"]
     return ["perf", "stat", "-x", ",", "-o", str(output), "-e", ",".join(events), *target]
 
 
 def syscall_counts(summary: str) -> dict[str, int]:
-    """``{syscall: calls}`` from ``perf stat -x ,`` output; ``all`` is every call."""
+    """``{syscall or software event: count}`` from ``perf stat -x ,`` output; ``all`` is
+    every system call."""
     counts: dict[str, int] = {}
     for line in summary.splitlines():
         fields = line.split(",")
@@ -279,41 +286,53 @@ def syscall_counts(summary: str) -> dict[str, int]:
 
 
 def per_request(counts: dict[str, int], requests: int) -> dict[str, float]:
-    """Loop passes (epoll waits), socket reads and writes, and all calls, per request."""
+    """Loop passes (epoll waits), socket reads and writes, futex and clock calls, context
+    switches and all system calls, per request."""
     if not requests:
         return {}
-    reads = sum(counts.get(name, 0) for name in IO_CALLS[:3])
-    writes = sum(counts.get(name, 0) for name in IO_CALLS[3:])
-    loop = sum(counts.get(name, 0) for name in LOOP_CALLS)
+
+    def summed(names: tuple[str, ...]) -> float:
+        return sum(counts.get(name, 0) for name in names) / requests
+
     return {
-        "loop_passes": loop / requests,
-        "reads": reads / requests,
-        "writes": writes / requests,
+        "loop_passes": summed(LOOP_CALLS),
+        "reads": summed(IO_CALLS[:3]),
+        "writes": summed(IO_CALLS[3:]),
+        "futex": summed(("futex",)),
+        "clock": summed(CLOCK_CALLS),
+        "switches": summed(SOFTWARE),
         "all": counts.get("all", 0) / requests,
     }
 
 
-def syscalls_markdown(rows: Mapping[str, tuple[dict[str, int], int]]) -> str:
+COLUMNS = ("loop_passes", "reads", "writes", "futex", "clock", "switches", "all")
+
+
+def syscalls_markdown(rows: Mapping[str, tuple[dict[str, int], int]], concurrency: int) -> str:
     """One row per (path, process): ``rows[label] = (perf counts, requests)``."""
     lines = [
-        "## System calls per request at 16 concurrent (perf stat, all threads)",
+        f"## System calls per request at {concurrency} concurrent (perf stat, all threads)",
         "",
         "Loop passes: epoll waits (uvloop polls once per pass). Reads and writes: socket",
-        "I/O calls; with TLS each carries one or more records.",
+        "I/O calls; with TLS each carries one or more records. Clock: clock_gettime and",
+        "sleeps that reach the kernel. Switches: context switches of every thread.",
         "",
-        "| path process | requests | loop passes | reads | writes | all calls | top calls |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| path process | requests | loop passes | reads | writes | futex | clock | "
+        "switches | all calls | top calls |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, (counts, requests) in rows.items():
         figures = per_request(counts, requests)
         if not figures:
-            lines.append(f"| {label} | 0 | - | - | - | - | |")
+            lines.append(f"| {label} | 0 |" + " - |" * len(COLUMNS) + " |")
             continue
-        named_calls = {name: calls for name, calls in counts.items() if name != "all" and calls}
+        named_calls = {
+            name: calls
+            for name, calls in counts.items()
+            if name != "all" and name not in SOFTWARE and calls
+        }
         top = sorted(named_calls.items(), key=lambda item: -item[1])[:6]
         named = ", ".join(f"{name} {calls / requests:.2f}" for name, calls in top)
-        lines.append(
-            f"| {label} | {requests} | {figures['loop_passes']:.2f} | {figures['reads']:.2f} | "
-            f"{figures['writes']:.2f} | {figures['all']:.2f} | {named} |"
-        )
+        cells = " | ".join(f"{figures[column]:.2f}" for column in COLUMNS)
+        lines.append(f"| {label} | {requests} | {cells} | {named} |")
     return "\n".join(lines) + "\n"

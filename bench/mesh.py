@@ -68,8 +68,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--syscalls",
         action="store_true",
-        help="after measuring, count each path's server system calls per request (perf stat) "
-        "at 16 concurrent",
+        help="after measuring, count each path's server system calls per request (perf stat)",
+    )
+    parser.add_argument(
+        "--syscalls-concurrency",
+        type=int,
+        default=16,
+        metavar="N",
+        help="concurrent requests of the --syscalls cell (default 16)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -305,7 +311,7 @@ def profile_paths(
 
 
 def count_syscalls(running: dict[str, RunningPath], args: argparse.Namespace, workdir: Path) -> str:
-    """One extra, uncounted cell per path at 16 concurrent requests under ``perf stat``."""
+    """One extra, uncounted cell per path under ``perf stat``, at ``--syscalls-concurrency``."""
     if shutil.which("perf") is None:
         say("no system call counts: perf is not installed (apt-get install linux-perf)")
         return ""
@@ -315,14 +321,14 @@ def count_syscalls(running: dict[str, RunningPath], args: argparse.Namespace, wo
         outputs = {name: workdir / f"perf-{key}-{name}.txt" for name in path.processes}
         argvs = [profile.perf_argv(pid, seconds, outputs[n]) for n, pid in path.processes.items()]
         try:
-            cell = run_cell(path, 16, args, workdir, argvs)
+            cell = run_cell(path, args.syscalls_concurrency, args, workdir, argvs)
         except CellFailed as exc:
             say(f"no system call counts of {key}: {exc}")
             continue
         for name, output in outputs.items():
             text = output.read_text() if output.exists() else ""
             rows[f"{key} {name}"] = (profile.syscall_counts(text), cell["requests"])
-    return profile.syscalls_markdown(rows)
+    return profile.syscalls_markdown(rows, args.syscalls_concurrency)
 
 
 def peak_rss(running: dict[str, RunningPath]) -> dict[str, dict[str, float]]:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from meshkit.serving.protocol import CoalescingTransport
+from tests.middleware.servers import connect, get, running
+
+LENGTH_2 = [(b"content-length", b"2")]
 
 
 class Recorder:
@@ -51,3 +56,25 @@ async def test_close_sends_what_is_pending_first() -> None:
     assert real.writes == [b"last words"] and real.closed
     await asyncio.sleep(0)
     assert real.writes == [b"last words"]
+
+
+def test_a_complete_response_leaves_before_the_app_returns() -> None:
+    """The protocol flushes when a response completes: what the app does after its last
+    ``send`` (here it holds the loop until the client has the response) does not hold
+    the response back."""
+    answered = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": LENGTH_2})
+        await send({"type": "http.response.body", "body": b"ok"})
+        answered.wait(30)  # the loop held past the client's 10 s timeout
+
+    with running(app) as port:
+        connection = connect(port)
+        try:
+            assert get(connection, "/") == (200, b"ok")
+        finally:
+            answered.set()
+            connection.close()

@@ -59,7 +59,10 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
       (413, from Content-Length before the app runs, and while it streams). Deadlines
       (a head within ``header_timeout``, a body within ``body_timeout``, a caller's
       certificate still valid) are checked by ``check(now)``, which the server calls
-      for every connection about once a second: no timer is armed per request.
+      for every connection about once a second: no timer is armed per request. That
+      includes the keep-alive timeout, which uvicorn enforces with a timer armed after
+      every response and cancelled by the next request: a kept-alive connection idle
+      for ``keepalive_timeout`` is closed by ``check`` (within a second after it).
     - ``idle_since`` (loop time; None while a request is active) lets the server shed
       the oldest idle connection when it is full.
 
@@ -88,7 +91,8 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
             remaining = _not_after(ssl_object) - time.time()
             self._peer_deadline = self.loop.time() + remaining
         # Flow control (set up above) keeps the real transport; writes go through this.
-        self.transport = CoalescingTransport(transport)  # type: ignore[assignment]
+        self._writes = CoalescingTransport(transport)
+        self.transport = self._writes  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self._phase == _HEAD:
@@ -135,14 +139,21 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.pipeline and not self.transport.is_closing():
-            self.idle_since = self._since = self.loop.time()
+        # The response leaves now, not after what the app does once it has answered
+        # (telemetry ending its span, a task's teardown) and another loop pass.
+        self._writes.flush()
+        if self.pipeline or self.transport.is_closing():
+            super().on_response_complete()  # uvicorn's: starts the next pipelined request
+            return
+        # uvicorn's, without arming its keep-alive timer (check() enforces the timeout).
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        self.idle_since = self._since = self.loop.time()
 
     def check(self, now: float) -> None:
         """Enforce the deadlines: a late head (408, or a silent close when nothing came),
         a late body (408), an expired caller certificate (closed when idle, else after
-        the request in flight)."""
+        the request in flight), a kept-alive connection idle too long (closed)."""
         if self.transport is None or self.transport.is_closing():
             return
         if now >= self._peer_deadline:
@@ -152,6 +163,9 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
             if self.cycle is not None:
                 self.cycle.keep_alive = False
         answered = self.cycle is None or self.cycle.response_complete
+        if self._idle_too_long(now):
+            self.transport.close()
+            return
         if self._phase == _HEAD and answered and now - self._since > self.limits.header_timeout:
             if self._head_bytes:
                 self._refuse(408, "request_header_timeout")
@@ -164,6 +178,14 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
             elif self.cycle is not None and not self.cycle.response_complete:
                 self._abandon_request()
                 self.transport.close()
+
+    def _idle_too_long(self, now: float) -> bool:
+        """Kept alive after a response (a connection that never sent one has the header
+        timeout) and idle for longer than the keep-alive timeout."""
+        idle_since = self.idle_since
+        if idle_since is None or self.cycle is None:
+            return False
+        return now - idle_since > self.limits.keepalive_timeout
 
     def _body_too_large(self) -> None:
         started = self.cycle is not None and self.cycle.response_started
@@ -229,9 +251,9 @@ class CoalescingTransport:
 
     uvicorn writes a response's status line and headers, then its body: two writes,
     which over TLS are two records, two encryptions and two ``send`` calls, a large share
-    of a small response's CPU. Buffering until the end of the iteration (or a close)
-    sends both at once; the order of bytes is unchanged. Everything else is the real
-    transport's.
+    of a small response's CPU. Buffering until ``flush()`` (the protocol calls it when a
+    response is complete), the end of the iteration or a close sends both at once; the
+    order of bytes is unchanged. Everything else is the real transport's.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:
@@ -247,6 +269,10 @@ class CoalescingTransport:
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         for chunk in chunks:
             self.write(chunk)
+
+    def flush(self) -> None:
+        """Send what is buffered now."""
+        self._flush()
 
     def _flush(self) -> None:
         if self._pending:

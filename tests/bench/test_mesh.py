@@ -231,12 +231,34 @@ def test_syscall_counts_come_from_perf_stat_lines() -> None:
         "300,,syscalls:sys_enter_epoll_pwait,3000000000,100.00,,\n"
         "2000,,syscalls:sys_enter_read,3000000000,100.00,,\n"
         "2000,,syscalls:sys_enter_write,3000000000,100.00,,\n"
+        "100,,syscalls:sys_enter_futex,3000000000,100.00,,\n"
+        "50,,syscalls:sys_enter_clock_nanosleep,3000000000,100.00,,\n"
         "4400,,raw_syscalls:sys_enter,3000000000,100.00,,\n"
+        "700,,context-switches,3000000000,100.00,,\n"
     )
     counts = profile.syscall_counts(output)
-    assert counts == {"epoll_pwait": 300, "read": 2000, "write": 2000, "all": 4400}
+    assert counts == {
+        "epoll_pwait": 300,
+        "read": 2000,
+        "write": 2000,
+        "futex": 100,
+        "clock_nanosleep": 50,
+        "all": 4400,
+        "context-switches": 700,
+    }
     figures = profile.per_request(counts, 1000)
-    assert figures == {"loop_passes": 0.3, "reads": 2.0, "writes": 2.0, "all": 4.4}
+    assert figures == {
+        "loop_passes": 0.3,
+        "reads": 2.0,
+        "writes": 2.0,
+        "futex": 0.1,
+        "clock": 0.05,
+        "switches": 0.7,
+        "all": 4.4,
+    }
+    table = profile.syscalls_markdown({"M caller": (counts, 1000)}, 1)
+    assert "at 1 concurrent" in table
+    assert "| M caller | 1000 | 0.30 | 2.00 | 2.00 | 0.10 | 0.05 | 0.70 | 4.40 |" in table
 
 
 def test_native_time_is_split_by_shared_object() -> None:

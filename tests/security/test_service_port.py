@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import re
 import socket
 import ssl
 import time
@@ -113,6 +114,38 @@ def test_a_kept_alive_connection_answers_then_closes_when_idle(
         started = time.monotonic()
         assert closed(sock)
         assert time.monotonic() - started < 4  # keep-alive 1 s
+
+
+def test_pipelined_requests_are_answered_in_order_and_the_connection_stays_open(
+    echo: ServiceProcess, web: ssl.SSLContext
+) -> None:
+    """The next pipelined request starts when a response completes (meshkit's protocol
+    does that without uvicorn's keep-alive timer), and the connection is reused after."""
+    with tls_socket(echo.port, web) as sock:
+        request = b"GET /whoami HTTP/1.1\r\nHost: echo\r\n\r\n"
+        sock.sendall(request * 3)
+        assert statuses_of(sock, 3) == [200, 200, 200]
+        sock.sendall(request)
+        assert statuses_of(sock, 1) == [200]
+
+
+def statuses_of(sock: socket.socket, count: int) -> list[int]:
+    """The statuses of ``count`` responses read off ``sock`` (one buffer for all: they
+    may arrive in one read), nothing more."""
+    data, statuses = b"", []
+    while len(statuses) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before every response came"
+        data += chunk
+        while (end := data.find(b"\r\n\r\n")) >= 0:
+            head = data[:end].decode("latin-1")
+            length = int(re.search(r"content-length: *(\d+)", head, re.IGNORECASE)[1])  # type: ignore[index]
+            if len(data) < end + 4 + length:
+                break
+            statuses.append(int(head.split()[1]))
+            data = data[end + 4 + length :]
+    assert data == b""
+    return statuses
 
 
 def test_a_connection_that_never_says_hello_is_closed(echo: ServiceProcess) -> None:
