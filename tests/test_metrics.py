@@ -36,15 +36,40 @@ def finished(
     metrics.server_duration(method, route, status, source, UNKNOWN_NAMESPACE).observe(seconds)
 
 
+def called(
+    metrics: MeshMetrics,
+    method: str,
+    destination: str,
+    status: int | None,
+    error_type: str,
+    seconds: float,
+    subset: str = "",
+) -> None:
+    """A mesh call ended, recorded as the client's telemetry does: through its series."""
+    metrics.client_series(method, destination, status, error_type, subset)[1].observe(seconds)
+
+
+def attempted(
+    metrics: MeshMetrics,
+    method: str,
+    destination: str,
+    status: int | None,
+    error_type: str,
+    subset: str = "",
+) -> None:
+    """An attempt of a mesh call ended, counted as the client's telemetry counts it."""
+    metrics.client_series(method, destination, status, error_type, subset)[0][0] += 1
+
+
 def populated() -> MeshMetrics:
     """Metrics with at least one series of every metric meshkit has."""
     metrics = MeshMetrics()
     started(metrics, "GET")
     started(metrics, "GET")
     finished(metrics, "GET", "/orders/{order_id}", 200, "web", 0.0012)
-    metrics.observe_client_call("POST", "payments", 201, "", 0.004)
-    metrics.observe_client_call("POST", "payments", None, "ConnectError", 0.2)
-    metrics.count_client_attempt("POST", "payments", 503, "")
+    called(metrics, "POST", "payments", 201, "", 0.004)
+    called(metrics, "POST", "payments", None, "ConnectError", 0.2)
+    attempted(metrics, "POST", "payments", 503, "")
     metrics.retried("payments")
     metrics.retry_budget_exhausted("payments")
     metrics.endpoint_ejected("payments")
@@ -91,7 +116,7 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
         metrics.retried("payments")
         started(metrics, "GET")
         finished(metrics, "GET", "/orders", 200, "web", 0.001)
-        metrics.count_client_attempt("GET", "payments", 200, "")
+        attempted(metrics, "GET", "payments", 200, "")
     started(metrics, "GET")  # still running, in the second app only
     series = {
         "meshkit_retries_total": {"destination_service": "payments"},
@@ -205,8 +230,8 @@ def record(metrics: MeshMetrics) -> None:
         finished(metrics, method, ROUTE, 503 if n % 5 == 0 else 200, source, seconds)
         status = None if n % 4 == 0 else 201
         error = "ConnectError" if status is None else ""
-        metrics.count_client_attempt("POST", "payments", status, error)
-        metrics.observe_client_call("POST", "payments", status, error, seconds)
+        attempted(metrics, "POST", "payments", status, error)
+        called(metrics, "POST", "payments", status, error, seconds)
     started(metrics, "PATCH")  # one still active
 
 
@@ -382,8 +407,8 @@ def test_subset_labels_are_bounded_per_destination() -> None:
     destination they share one ``_OTHER`` series."""
     metrics = MeshMetrics()
     for n in range(MAX_SUBSETS + 5):
-        metrics.observe_client_call("GET", "payments", 200, "", 0.001, f"s{n}")
-    metrics.observe_client_call("GET", "orders", 200, "", 0.001, "s99")
+        called(metrics, "GET", "payments", 200, "", 0.001, f"s{n}")
+    called(metrics, "GET", "orders", 200, "", 0.001, "s99")
 
     def count(destination: str, subset: str) -> float | None:
         labels = {

@@ -232,8 +232,7 @@ class ClientTelemetry(BaseClientHooks):
 
 
 def _span_name(method: str) -> str:
-    # semconv: "{method}" for a client span without a URL template; "HTTP" for others.
-    return method if method in KNOWN_METHODS else "HTTP"
+    return _SPAN_NAMES.get(method, "HTTP")
 
 
 def _error_type(status: int | None, error: BaseException | None) -> str:

@@ -349,26 +349,6 @@ class MeshMetrics:
         """The ``http_server_request_duration_seconds`` series of these labels, to keep."""
         return self._server_duration.child((method, route, status, source, source_namespace))
 
-    def observe_client_call(
-        self,
-        method: str,
-        destination: str,
-        status: int | None,
-        error_type: str,
-        seconds: float,
-        subset: str = "",
-    ) -> None:
-        """One logical call ended: ``status`` None and ``error_type`` set when it failed;
-        ``subset`` the resolver subset it went to."""
-        key = self._client_key(method, destination, status, error_type, subset)
-        self._client_duration.observe(key, seconds)
-
-    def count_client_attempt(
-        self, method: str, destination: str, status: int | None, error_type: str, subset: str = ""
-    ) -> None:
-        key = self._client_key(method, destination, status, error_type, subset)
-        self._client_attempts.add(key, 1)
-
     def client_series(
         self, method: str, destination: str, status: int | None, error_type: str, subset: str = ""
     ) -> tuple[list[float], HistogramChild]:
