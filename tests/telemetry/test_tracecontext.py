@@ -65,6 +65,15 @@ SAMPLED = TraceParent(int(TRACE, 16), int(PARENT, 16), 0x01)
         (f"cc-{TRACE}-{PARENT}-01-what-the-future-will-be-like", SAMPLED),
         (f"01-{TRACE}-{PARENT}-09-extra", SAMPLED),
         (f"fe-{TRACE}-{PARENT}-01-", SAMPLED),
+        # Every flags field keeps its known bits alone, in any version.
+        *(
+            (f"{version}-{TRACE}-{PARENT}-{flags:02x}", SAMPLED._replace(flags=flags & 0x03))
+            for version in ("00", "cc")
+            for flags in range(256)
+        ),
+        # Ids of one set bit at either end.
+        (f"00-{1:032x}-{1:016x}-01", TraceParent(1, 1, 0x01)),
+        (f"00-{1 << 127:032x}-{1 << 63:016x}-01", TraceParent(1 << 127, 1 << 63, 0x01)),
     ],
 )
 def test_valid_traceparents(value: str, parsed: TraceParent) -> None:
@@ -112,6 +121,29 @@ def test_valid_traceparents(value: str, parsed: TraceParent) -> None:
         f"cc-{TRACE}-{PARENT}-01.what-the-future-will-be-like",
         f"cc-{TRACE}-{PARENT}-0",
         f"cc-{TRACE}-{PARENT}",
+        # What int(..., 16) alone would read: uppercase, signs, "_", "0x", inner spaces.
+        f"00-{TRACE}-{PARENT.upper()}-01",
+        f"00-{TRACE}-{PARENT}-0A",
+        f"00-+{TRACE[1:]}-{PARENT}-01",
+        f"00-{TRACE}-+{PARENT[1:]}-01",
+        f"00-{TRACE}-{PARENT}-+1",
+        f"00-{TRACE[:8]}_{TRACE[9:]}-{PARENT}-01",
+        f"00-{TRACE}-{PARENT[:8]}_{PARENT[9:]}-01",
+        f"00-0x{TRACE[2:]}-{PARENT}-01",
+        f"00-{TRACE}-0x{PARENT[2:]}-01",
+        f"00- {TRACE[1:]}-{PARENT}-01",
+        f"00-{TRACE}-{PARENT[:-1]} -01",
+        f"00-{TRACE}-{PARENT}- 1",
+        # Dashes only where the format puts them.
+        f"00_{TRACE}-{PARENT}-01",
+        f"00-{TRACE}_{PARENT}-01",
+        f"00-{TRACE}-{PARENT}_01",
+        f"00-{TRACE[:-1]}--{PARENT}-01",
+        f"00-{TRACE}-{PARENT}--1",
+        f"00--{TRACE[1:]}-{PARENT}-01",
+        # Zero ids in the fields' exact length, both at once.
+        f"00-{'0' * 32}-{'0' * 16}-01",
+        f"01-{'0' * 32}-{'0' * 16}-01",
     ],
 )
 def test_invalid_traceparents_start_a_new_trace(value: str) -> None:
