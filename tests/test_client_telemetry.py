@@ -229,6 +229,19 @@ async def test_client_durations_resolve_below_a_millisecond_on_uvloop(
     assert abs(milliseconds - round(milliseconds)) > 1e-6
 
 
+def callers_context(
+    flags: int, trace_state: list[tuple[str, str]], entries: dict[str, str]
+) -> otel_context.Context:
+    """What a request from the edge brings: its span (remote) and baggage ``entries``."""
+    incoming = SpanContext(
+        int(TRACE_ID, 16), int(EDGE_SPAN, 16), True, TraceFlags(flags), TraceState(trace_state)
+    )
+    context = trace.set_span_in_context(NonRecordingSpan(incoming))
+    for name, value in entries.items():
+        context = baggage.set_baggage(name, value, context)
+    return context
+
+
 @pytest.mark.parametrize(
     ("provider", "flags", "trace_state", "entries"),
     [
@@ -247,12 +260,7 @@ def test_attempt_headers_are_what_the_w3c_propagators_write(
     trace_state: list[tuple[str, str]],
     entries: dict[str, str],
 ) -> None:
-    incoming = SpanContext(
-        int(TRACE_ID, 16), int(EDGE_SPAN, 16), True, TraceFlags(flags), TraceState(trace_state)
-    )
-    context = trace.set_span_in_context(NonRecordingSpan(incoming))
-    for name, value in entries.items():
-        context = baggage.set_baggage(name, value, context)
+    context = callers_context(flags, trace_state, entries)
     token = otel_context.attach(context)
     try:
         hooks = ClientTelemetry(MeshMetrics(), tracer_provider=provider)
@@ -345,12 +353,7 @@ def test_the_recorders_attempt_headers_are_what_the_w3c_propagators_write(
 ) -> None:
     """The recorder's attempt, a dropped one without a span included: the headers the
     propagators write for a span in the caller's trace, with the attempt's span id."""
-    incoming = SpanContext(
-        int(TRACE_ID, 16), int(EDGE_SPAN, 16), True, TraceFlags(flags), TraceState(trace_state)
-    )
-    context = trace.set_span_in_context(NonRecordingSpan(incoming))
-    for name, value in entries.items():
-        context = baggage.set_baggage(name, value, context)
+    context = callers_context(flags, trace_state, entries)
     token = otel_context.attach(context)
     try:
         hooks = ClientTelemetry(MeshMetrics(), tracer_provider=provider)
