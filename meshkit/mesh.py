@@ -52,6 +52,7 @@ from meshkit.client import (
 )
 from meshkit.errors import CertificateError, ConfigError, MeshError, PolicyDenied
 from meshkit.identity import SpiffeId
+from meshkit.middleware._starlette import ErrorAnswer, fast_stack, fits
 from meshkit.middleware.authz import Authorizer, AuthzMiddleware
 from meshkit.middleware.deadline import DeadlineMiddleware
 from meshkit.middleware.faults import FaultMiddleware
@@ -483,7 +484,10 @@ class Mesh(MeshRuntime):
         app.state.mesh = self
         app.router.lifespan_context = self.lifespan(app.router.lifespan_context)
         # Outermost of the app's own middleware, built when the app builds its stack.
-        app.user_middleware.insert(0, Middleware(self.wrap))
+        self._entry = Middleware(self.wrap)
+        app.user_middleware.insert(0, self._entry)
+        if fits(app):  # Starlette's error layers folded into the mesh's (middleware/_starlette.py)
+            app.build_middleware_stack = self._build_stack  # type: ignore[method-assign]
         for error, handler in MESH_ERROR_HANDLERS.items():
             app.exception_handlers.setdefault(error, handler)
 
@@ -498,9 +502,16 @@ class Mesh(MeshRuntime):
 
         return lifespan
 
-    def wrap(self, app: ASGIApp) -> ASGIApp:
+    def _build_stack(self) -> ASGIApp:
+        return fast_stack(self.app, self._entry, self._wrap_answering)
+
+    def _wrap_answering(self, app: ASGIApp, on_error: ErrorAnswer) -> ASGIApp:
+        return self.wrap(app, on_error=on_error)
+
+    def wrap(self, app: ASGIApp, *, on_error: ErrorAnswer | None = None) -> ASGIApp:
         """The mesh middleware around ``app``, from the settings in force when the app
-        builds its stack (``run(port=...)`` may change them before)."""
+        builds its stack (``run(port=...)`` may change them before); ``on_error``
+        answers what the app raises when no ServerErrorMiddleware is outside."""
         settings = self.settings
         inner: ASGIApp = AuthzMiddleware(
             app,
@@ -520,6 +531,7 @@ class Mesh(MeshRuntime):
             tracer_provider=self.tracer_provider,
             access_log=settings.access_log,
             tap=self.tap,
+            on_error=on_error,
         )
 
     def run(self, **overrides: Any) -> None:

@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meshkit.errors import ConfigError
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.middleware._asgi import send_json
+from meshkit.middleware._starlette import direct_handle
 from meshkit.middleware.idempotency import IdempotencyDefaults
 from meshkit.middleware.limits import build_pipeline
 from meshkit.policy.consul_intentions import ConsulIntentions
@@ -306,7 +307,10 @@ def _gated(
     info = _endpoint_info(route, prefix)
     if info is not None:
         return _with_gate(
-            route, lambda _, handle: PolicyGate(handle, info, authorizer, idempotency)
+            route,
+            lambda gated, handle: PolicyGate(
+                direct_handle(gated, handle), info, authorizer, idempotency
+            ),
         )
     routes, inner_prefix = _held(route, prefix)
     if isinstance(route, Mount | Host) and _is_plain_router(route.app):

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
 from meshkit.middleware._asgi import ObservedSend
+from meshkit.middleware._starlette import ErrorAnswer
 from meshkit.telemetry._loopmetrics import HistogramChild
 from meshkit.telemetry._otel_sdk import (
     SpanStarter,
@@ -70,9 +71,13 @@ class TelemetryMiddleware:
         tracer_provider: trace.TracerProvider | None = None,
         access_log: bool = False,
         tap: TapRing | None = None,
+        on_error: ErrorAnswer | None = None,
     ) -> None:
         self.app = app
         self.tap = tap
+        # In the mesh's own stack (``_starlette.fast_stack``) no ServerErrorMiddleware is
+        # outside: this answers an unhandled exception as it would, then re-raises.
+        self.on_error = on_error
         self.service = service
         self.metrics = metrics
         self.access_log = access_log
@@ -126,8 +131,14 @@ class TelemetryMiddleware:
         token = None if context is None else attach(context)
         observed = ObservedSend(send)
         error: BaseException | None = None
+        unanswered: tuple[ErrorAnswer, Exception] | None = None
         try:
             await self.app(scope, receive, observed)
+        except Exception as exc:
+            error = exc
+            if self.on_error is None:
+                raise
+            unanswered = (self.on_error, exc)
         except BaseException as exc:
             error = exc
             raise
@@ -157,6 +168,9 @@ class TelemetryMiddleware:
                 detach(token)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 self._log(span, scope, route, status, identity, duration, observed.sent)
+        if unanswered is not None:  # recorded above as a 500, answered outside as Starlette does
+            answer, failure = unanswered
+            await answer(scope, receive, send, failure, bool(observed.status))
 
     def _log(
         self,
