@@ -22,6 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "meshkit"
 ADAPTERS = {
     "telemetry/_otel_sdk.py": ("opentelemetry",),
     "_httpx.py": ("httpx", "httpcore"),
+    "middleware/_starlette.py": ("starlette",),
 }
 #: The standard library's own underscored public names (argparse documents no other
 #: type for ``add_subparsers()``'s result; a NamedTuple's methods start with ``_``).

@@ -26,6 +26,7 @@ knows them (``FAST_STACK``, checked at import); every other app keeps the stock 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -80,6 +81,13 @@ async def _probe_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 FAST_STACK = _shapes_known()
+if not FAST_STACK:  # pragma: no cover - a Starlette this module does not know
+    warnings.warn(
+        "meshkit: this Starlette's error handling is not as meshkit knows it; meshed apps "
+        "keep Starlette's stock middleware stack (correct, more CPU per request)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 class MeshExceptions:
@@ -96,7 +104,8 @@ class MeshExceptions:
             await self._stock(scope, receive, send)
             return
         scope[HANDLERS_KEY] = self._handlers
-        observed = _observed(send)
+        # Below the mesh's telemetry ``send`` is its ObservedSend: no wrapper of our own.
+        observed = send if type(send) is ObservedSend else ObservedSend(send)
         try:
             await self.app(scope, receive, observed)
         except Exception as exc:
@@ -118,7 +127,7 @@ class EndpointHandle:
         if self._methods and scope["method"] not in self._methods:
             await self._handle(scope, receive, send)  # Starlette's 405
             return
-        observed = _observed(send)
+        observed = send if type(send) is ObservedSend else ObservedSend(send)
         request = Request(scope, receive, observed)
         try:
             response = await self._endpoint(request)
@@ -212,12 +221,6 @@ def split_handlers(
         else:
             others[key] = value
     return error_handler, others
-
-
-def _observed(send: Send) -> ObservedSend:
-    # Below the mesh's telemetry ``send`` is its ObservedSend, whose status tells whether
-    # the response started: no wrapper of our own then.
-    return send if type(send) is ObservedSend else ObservedSend(send)
 
 
 async def _discard(message: Message) -> None:

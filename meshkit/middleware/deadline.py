@@ -113,14 +113,9 @@ class DeadlineMiddleware:
 
     def _bounds(self, scope: Scope) -> tuple[float, float] | None:
         """(start by, finish by) on ``deadlines.now()``'s clock, or None when unbounded."""
-        budget = sent = start = None
-        for name, value in scope["headers"]:
-            if name == _DEADLINE:
-                budget = value
-            elif name == _SENT:
-                sent = value
-            elif name == _START:
-                start = value
+        # The last of each header, as a scan would find: built in C, ~4x cheaper.
+        headers = dict(scope["headers"])
+        budget = headers.get(_DEADLINE)
         if budget is None and self.default_timeout is None:
             return None
         now = deadlines.now()
@@ -128,8 +123,8 @@ class DeadlineMiddleware:
         arrived = scope.get(deadlines.ARRIVED_KEY, now)
         return deadlines.incoming_bounds(
             budget,
-            sent,
-            start,
+            headers.get(_SENT),
+            headers.get(_START),
             arrived,
             now,
             deadlines.wall(),
