@@ -37,7 +37,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, request_response
+from starlette.routing import Route, Router, request_response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from meshkit.middleware._asgi import ObservedSend
@@ -95,7 +95,9 @@ class MeshExceptions:
     and send wrapper: the app's handlers are looked up only when something raises."""
 
     def __init__(self, stock: ExceptionMiddleware) -> None:
-        self.app = stock.app
+        # A Router's __call__ only calls its middleware_stack: called here directly.
+        router = stock.app
+        self.app = router.middleware_stack if type(router) is Router else router
         self._stock = stock  # websockets, whose errors close the socket its way
         self._handlers = (stock._exception_handlers, stock._status_handlers)
 
