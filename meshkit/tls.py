@@ -116,26 +116,34 @@ def _decode_leaf(material: TLSMaterial) -> dict[str, Any]:
     client.check_hostname = False
     client.verify_flags |= _NO_CHECK_TIME
     _load_trust(client, material)
-    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
-    serving = server.wrap_bio(to_server, to_client, server_side=True)
-    calling = client.wrap_bio(to_client, to_server)
     try:
-        for _ in range(4):  # TLS 1.3 takes the client two flights, 1.2 three
-            if _handshake_step(calling):
-                return dict(calling.getpeercert() or {})
-            _handshake_step(serving)
+        calling = handshake_in_memory(client, server)
     except ssl.SSLError as exc:
         raise CertificateError(f"certificate chain not trusted by the bundle: {exc}") from exc
-    raise CertificateError("certificate could not be read")
+    return dict(calling.getpeercert() or {})
 
 
-def _handshake_step(side: ssl.SSLObject) -> bool:
-    """One flight of a handshake in memory: True once this side has finished."""
-    try:
-        side.do_handshake()
-    except ssl.SSLWantReadError:
-        return False
-    return True
+def handshake_in_memory(client: ssl.SSLContext, server: ssl.SSLContext) -> ssl.SSLObject:
+    """A whole TLS handshake between two contexts, in memory; the client's side after it.
+
+    ``ssl.SSLError`` says why either side refused the other.
+    """
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    sides = [
+        client.wrap_bio(to_client, to_server),
+        server.wrap_bio(to_server, to_client, server_side=True),
+    ]
+    pending = list(sides)
+    for _ in range(5):  # each round moves both sides one flight on: three finish any handshake
+        for side in list(pending):
+            try:
+                side.do_handshake()
+                pending.remove(side)
+            except ssl.SSLWantReadError:
+                pass
+        if not pending:
+            return sides[0]
+    raise ssl.SSLError("the handshake did not finish")
 
 
 _PEM_CERTIFICATE = re.compile(

@@ -41,7 +41,7 @@ from meshkit.observe.scrape import Target, discover
 from meshkit.policy.intentions import ANY, Intentions, IntentionStore
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.settings import MeshSettings
-from meshkit.tls import Leaf, TLSMaterial, client_context, server_context
+from meshkit.tls import Leaf, TLSMaterial, client_context, handshake_in_memory, server_context
 
 Status = Literal["ok", "warn", "fail", "skip"]
 # linkerd check's marks: a check mark, a double exclamation mark, a multiplication sign.
@@ -473,20 +473,4 @@ def _handshake_with_itself(material: TLSMaterial) -> None:
     """Verify ``material`` as the mesh does: a TLS handshake in memory between a client
     and a server both holding it, each checking the other's chain against the bundle
     (an ``ssl.SSLError`` says what is wrong)."""
-    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_context(material).wrap_bio(client_in, client_out)
-    server = server_context(material).wrap_bio(server_in, server_out, server_side=True)
-    done: set[ssl.SSLObject] = set()
-    for _ in range(10):
-        for side in (client, server):
-            if side not in done:
-                try:
-                    side.do_handshake()
-                    done.add(side)
-                except ssl.SSLWantReadError:
-                    pass
-        server_in.write(client_out.read())
-        client_in.write(server_out.read())
-        if len(done) == 2:
-            return
-    raise ssl.SSLError("the handshake did not finish")
+    handshake_in_memory(client_context(material), server_context(material))
