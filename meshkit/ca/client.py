@@ -70,11 +70,12 @@ def normalize_fingerprint(pin: str) -> str:
     return "sha256:" + digest
 
 
-def _fingerprints(bundle_pem: str) -> set[str]:
+def _fingerprints(pem_text: str) -> list[str]:
+    """The pin form of each certificate in a PEM text, in order; none if it is not PEM."""
     try:
-        return {pem_fingerprint(pem) for pem in pem_certificates(bundle_pem)}
+        return [pem_fingerprint(pem) for pem in pem_certificates(pem_text)]
     except CertificateError:
-        return set()
+        return []
 
 
 def _ca_trust_domain(anchor_pem: str) -> str:
@@ -125,16 +126,13 @@ async def fetch_bundle(url: str, pin: str) -> str:
     """The CA's trust bundle, authenticated by the pinned root; refused if it lacks it."""
     pin = normalize_fingerprint(pin)
     status, body = await _exchange(url, "GET", f"/v1/roots/{pin}", _unverified())
-    try:
-        anchors = pem_certificates(body.decode()) if status == 200 else []
-    except (CertificateError, UnicodeDecodeError):
-        anchors = []
-    if not anchors or _fingerprints(anchors[0]) != {pin}:
+    roots = body.decode(errors="replace") if status == 200 else ""
+    if _fingerprints(roots)[:1] != [pin]:
         raise CAError(
             f"the CA at {url} does not hold the pinned root {pin} (MESHKIT_CA_FINGERPRINT: "
             "the fingerprint `meshkit ca init` printed)"
         )
-    anchor_pem = anchors[0]
+    anchor_pem = pem_certificates(roots)[0]
     expected = ca_identity(_ca_trust_domain(anchor_pem))
     status, body = await _exchange(
         url, "GET", "/v1/bundle", _trusting(anchor_pem), expect_peer=expected
