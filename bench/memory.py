@@ -52,6 +52,8 @@ ARENA_ALIGNMENT = 64 * 1024 * 1024  # glibc's HEAP_MAX_SIZE on 64-bit: arenas ar
 #: What each side's process imports, stage by stage, in the order it imports them. The
 #: bare side runs ``python -m uvicorn bench._plain:caller``; the meshkit side
 #: ``python -m meshkit run bench._apps:caller``.
+#: cryptography is not among them: a service's keys and CSRs come from ``python -m
+#: meshkit.ca.keygen`` (bench/results/memory.md).
 COMMON_STAGES: list[tuple[str, list[str]]] = [
     ("stdlib (asyncio, ssl, logging, json)", ["asyncio", "ssl", "logging", "json"]),
     ("uvloop + httptools", ["uvloop", "httptools"]),
@@ -73,11 +75,6 @@ BARE_STAGES = [
 ]
 MESHKIT_STAGES = [
     *COMMON_STAGES,
-    ("cryptography's Rust extension alone", ["cryptography.hazmat.bindings._rust"]),
-    (
-        "cryptography's x509 + hazmat modules (x509, ec)",
-        ["cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec"],
-    ),
     ("httpx (without its CLI, as meshkit._httpx imports it)", ["!httpx._main", "httpx"]),
     (
         "requests (urllib3, idna's codec, certifi; its charset detection deferred, as "

@@ -359,8 +359,9 @@ def http2_available() -> bool:
 
 # -- the peer's certificate before the request is sent -----------------------------------
 
-PeerCheck = Callable[[bytes | None], None]
-"""Gets the server's certificate (DER, or None) after the handshake; raises to refuse it."""
+PeerCheck = Callable[[dict[str, Any] | None], None]
+"""Gets the server's verified certificate as ``getpeercert()`` decodes it (or None) after
+the handshake; raises to refuse it."""
 
 _HANDSHAKE_DONE = "connection.start_tls.complete"
 _SENDING = "http11.send_request_headers.started"
@@ -388,9 +389,9 @@ class PeerGate:
 
     async def _on_handshake(self, stream: Any) -> None:
         ssl_object = stream.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        decoded = ssl_object.getpeercert() if ssl_object is not None else None
         try:
-            self._check(der)
+            self._check(decoded)
         except BaseException:
             await stream.aclose()  # httpcore has not taken the stream yet: it is ours to close
             raise

@@ -1,4 +1,4 @@
-"""Which directory an instance keeps its key and certificate in.
+"""Which directory an instance keeps its key and certificate in, and how it writes them.
 
 Several instances of one service on one machine must not share files (each renews
 its own certificate), yet a restarted instance should find its certificate again.
@@ -18,6 +18,16 @@ from pathlib import Path
 from meshkit.errors import ConfigError
 
 MAX_SLOTS = 64
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret with mode 0600 from the first byte (no window of wider access)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as handle:
+        handle.write(text)
+    tmp.replace(path)
 
 
 @contextlib.contextmanager

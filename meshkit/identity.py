@@ -14,14 +14,17 @@ segments of ``[A-Za-z0-9._-]``, none empty, ``.`` or ``..``; at most 2048 bytes 
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from cryptography import x509
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from meshkit.errors import IdentityError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _SCHEME = "spiffe://"
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
@@ -165,8 +168,15 @@ def _check_path(path: str) -> None:
             raise IdentityError(f"SPIFFE ID path segment has invalid characters: {segment!r}")
 
 
+def _x509() -> ModuleType:
+    # Loaded on first use: a service reads its peers with getpeercert() and its own
+    # certificate through the ssl module (tls.Leaf), so it never loads cryptography.
+    return importlib.import_module("cryptography.x509")
+
+
 def identity_from_certificate(cert: x509.Certificate) -> SpiffeId | None:
     """The SPIFFE ID of a certificate: its one URI SAN, else None (X.509-SVID rule)."""
+    x509 = _x509()
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -208,4 +218,4 @@ def peer_identity(request: Any) -> SpiffeId | None:
     if not chain:
         return None
     # Another ASGI server provided the extension without our precomputed identity.
-    return identity_from_certificate(x509.load_pem_x509_certificate(chain[0].encode()))
+    return identity_from_certificate(_x509().load_pem_x509_certificate(chain[0].encode()))

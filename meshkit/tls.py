@@ -9,21 +9,21 @@ keep-alive connections keep the context they were made with.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from typing import Any
 
 from meshkit.errors import CertificateError
-from meshkit.identity import SpiffeId, identity_from_certificate
+from meshkit.identity import SpiffeId, identity_from_peercert
 
 logger = logging.getLogger("meshkit.tls")
 
@@ -46,33 +46,139 @@ class TLSMaterial:
         return material
 
     @cached_property
-    def leaf(self) -> x509.Certificate:
-        try:
-            return x509.load_pem_x509_certificate(self.chain_pem.encode())
-        except ValueError as exc:
-            raise CertificateError(f"certificate is not valid PEM: {exc}") from exc
+    def leaf(self) -> Leaf:
+        """The leaf certificate's facts, read once the chain, key and bundle fit together."""
+        if "BEGIN CERTIFICATE" not in self.bundle_pem:
+            raise CertificateError("trust bundle holds no certificate")
+        return Leaf.from_decoded(_decode_leaf(self))
 
     @property
     def spiffe_id(self) -> SpiffeId:
-        identity = identity_from_certificate(self.leaf)
+        identity = self.leaf.spiffe_id
         if identity is None:
             raise CertificateError("certificate has no single SPIFFE ID URI SAN")
         return identity
 
     @property
     def not_after(self) -> float:
-        return self.leaf.not_valid_after_utc.timestamp()
+        return self.leaf.not_after
 
     def validate(self) -> None:
-        """Fail early, with a clear message, on a key that does not match the certificate."""
-        try:
-            key = serialization.load_pem_private_key(self.key_pem.encode(), password=None)
-        except (ValueError, TypeError) as exc:
-            raise CertificateError(f"private key is not valid unencrypted PEM: {exc}") from exc
-        if key.public_key() != self.leaf.public_key():
-            raise CertificateError("private key does not match the certificate")
-        if "BEGIN CERTIFICATE" not in self.bundle_pem:
-            raise CertificateError("trust bundle holds no certificate")
+        """Fail early, with a clear message, on a key that does not match the certificate
+        or a chain the bundle does not vouch for."""
+        self.leaf  # noqa: B018 - reading it checks the material
+
+
+#: Our CA backdates notBefore by this much for clock skew (``ca.x509.BACKDATE``).
+BACKDATE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """What a service needs from its certificate, as the ssl module decodes it."""
+
+    spiffe_id: SpiffeId | None
+    serial_number: int
+    not_before: float
+    not_after: float
+
+    @classmethod
+    def from_decoded(cls, decoded: Mapping[str, Any]) -> Leaf:
+        return cls(
+            identity_from_peercert(decoded),
+            int(decoded["serialNumber"], 16),
+            float(ssl.cert_time_to_seconds(decoded["notBefore"])),
+            float(ssl.cert_time_to_seconds(decoded["notAfter"])),
+        )
+
+    def renewal_time(self, fraction: float = 0.5) -> float:
+        """Unix time at ``fraction`` of the lifetime, counted from issuance (notBefore +
+        the backdate): from notBefore, a short-lived leaf's half-life would be past."""
+        issued = min(self.not_before + BACKDATE_SECONDS, self.not_after)
+        return issued + fraction * (self.not_after - issued)
+
+
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which ssl.VerifyFlags does not name: a leaf is
+# read whatever its dates, and judged by them where that matters (renewal, reuse).
+_NO_CHECK_TIME = 0x200000
+
+
+def _decode_leaf(material: TLSMaterial) -> dict[str, Any]:
+    """The leaf as ``getpeercert()`` decodes it, from a TLS handshake in memory.
+
+    The ssl module decodes only a certificate it verified in a handshake; this one also
+    proves the key matches the leaf and the bundle vouches for the chain, without the
+    cryptography package in the service's process.
+    """
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_chain(server, material)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_flags |= _NO_CHECK_TIME
+    _load_trust(client, material)
+    try:
+        calling = handshake_in_memory(client, server)
+    except ssl.SSLError as exc:
+        raise CertificateError(f"certificate chain not trusted by the bundle: {exc}") from exc
+    return dict(calling.getpeercert() or {})
+
+
+def handshake_in_memory(client: ssl.SSLContext, server: ssl.SSLContext) -> ssl.SSLObject:
+    """A whole TLS handshake between two contexts, in memory; the client's side after it.
+
+    ``ssl.SSLError`` says why either side refused the other.
+    """
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    sides = [
+        client.wrap_bio(to_client, to_server),
+        server.wrap_bio(to_server, to_client, server_side=True),
+    ]
+    pending = list(sides)
+    for _ in range(5):  # each round moves both sides one flight on: three finish any handshake
+        for side in list(pending):
+            try:
+                side.do_handshake()
+                pending.remove(side)
+            except ssl.SSLWantReadError:
+                pass
+        if not pending:
+            return sides[0]
+    raise ssl.SSLError("the handshake did not finish")
+
+
+_PEM_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def pem_certificates(text: str) -> list[str]:
+    """Each certificate of a PEM text, in order; ``CertificateError`` if there is none."""
+    blocks = _PEM_CERTIFICATE.findall(text)
+    if not blocks:
+        raise CertificateError("no PEM certificate found")
+    return [block + "\n" for block in blocks]
+
+
+def pem_fingerprint(pem: str) -> str:
+    """``sha256:<hex>`` of one PEM certificate's DER: the form CA pins are given in."""
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem)
+    except ValueError as exc:
+        raise CertificateError(f"not a valid PEM certificate: {exc}") from exc
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def decode_ca_certificate(pem: str) -> dict[str, Any]:
+    """A CA certificate as the ssl module decodes trust anchors (``get_ca_certs``)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=pem)
+    except ssl.SSLError as exc:
+        raise CertificateError(f"not a valid CA certificate: {exc}") from exc
+    decoded = context.get_ca_certs()
+    if len(decoded) != 1:
+        raise CertificateError("expected one CA certificate")
+    return decoded[0]
 
 
 def _load_chain(context: ssl.SSLContext, material: TLSMaterial) -> None:

@@ -7,3 +7,10 @@ never for names a CSR asks for; ``store`` keeps the CA's keys and state on disk;
 bootstraps trust pinned by the root's fingerprint, obtains and renews a workload's
 certificate. The CA never imports the mesh client or the registry.
 """
+
+from __future__ import annotations
+
+#: Namespace and service of the CA's own server certificate (its clients check it);
+#: never issued to workloads.
+CA_NAMESPACE = "meshkit"
+CA_SERVICE = "ca"

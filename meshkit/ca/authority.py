@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 
+from meshkit.ca import CA_NAMESPACE, CA_SERVICE
 from meshkit.ca.store import CAStore
 from meshkit.ca.x509 import (
     LEAF_TTL,
@@ -38,10 +39,6 @@ from meshkit.ca.x509 import (
 )
 from meshkit.errors import CAError, CARefused, CertificateError, IdentityError
 from meshkit.identity import SpiffeId
-
-#: Namespace and service of the CA's own server certificate; never issued to workloads.
-CA_NAMESPACE = "meshkit"
-CA_SERVICE = "ca"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Trust starts from one pin, the root's SHA-256 fingerprint (``MESHKIT_CA_FINGERPRINT``):
 the root is fetched over an unauthenticated connection and accepted only if it hashes
 to the pin; every later request verifies the CA server's chain against it and checks
-the server holds the CA's SPIFFE ID. The private key is generated here and never sent.
+the server holds the CA's SPIFFE ID. The private key is generated on this machine, by
+``python -m meshkit.ca.keygen`` (the service itself never loads cryptography: it reads
+certificates with the ssl module), and never sent.
 
 HTTP is a few requests per certificate lifetime, so each is one httpx request on a
 fresh connection (through meshkit/_httpx.py): no pool, no dependency on the mesh
@@ -12,17 +14,18 @@ client. Its errors become ``CAError`` here, at one boundary.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import random
 import ssl
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from cryptography import x509
 
 from meshkit._httpx import (
     AsyncClient,
@@ -33,23 +36,19 @@ from meshkit._httpx import (
     Response,
     Timeout,
 )
-from meshkit.ca.authority import CA_NAMESPACE, CA_SERVICE
-from meshkit.ca.x509 import (
-    build_csr,
-    ca_trust_domain,
-    certificate_pem,
-    csr_pem,
-    fingerprint,
-    load_certificates,
-    new_private_key,
-    private_key_pem,
-    renewal_time,
-    write_private,
-)
+from meshkit._statedir import write_private
+from meshkit.ca import CA_NAMESPACE, CA_SERVICE
 from meshkit.errors import CAError, CARefused, CertificateError, ConfigError, MeshError
-from meshkit.identity import SpiffeId, identity_from_certificate
+from meshkit.identity import SpiffeId, identity_from_peercert
 from meshkit.settings import MeshSettings
-from meshkit.tls import TLSContexts, TLSMaterial, client_context
+from meshkit.tls import (
+    TLSContexts,
+    TLSMaterial,
+    client_context,
+    decode_ca_certificate,
+    pem_certificates,
+    pem_fingerprint,
+)
 
 logger = logging.getLogger("meshkit.ca.client")
 _MAX_RESPONSE = 1024 * 1024
@@ -69,6 +68,41 @@ def normalize_fingerprint(pin: str) -> str:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ConfigError(f"CA fingerprint must be sha256:<64 hex digits>, got {pin!r}")
     return "sha256:" + digest
+
+
+def _fingerprints(pem_text: str) -> list[str]:
+    """The pin form of each certificate in a PEM text, in order; none if it is not PEM."""
+    try:
+        return [pem_fingerprint(pem) for pem in pem_certificates(pem_text)]
+    except CertificateError:
+        return []
+
+
+def _ca_trust_domain(anchor_pem: str) -> str:
+    """The trust domain a meshkit CA certificate names in its ``spiffe://<td>`` URI SAN."""
+    decoded = decode_ca_certificate(anchor_pem)
+    for kind, uri in decoded.get("subjectAltName", ()):
+        if kind == "URI" and uri.startswith("spiffe://") and "/" not in uri[len("spiffe://") :]:
+            return str(uri[len("spiffe://") :])
+    raise CertificateError("CA certificate names no spiffe:// trust domain")
+
+
+KeyAndCSR = tuple[str, str]
+"""A private key and a certificate signing request for it, PEM."""
+
+
+async def new_key_and_csr(named: SpiffeId | None) -> KeyAndCSR:
+    """A new private key and its CSR (PEM), from ``python -m meshkit.ca.keygen``."""
+    argv = [sys.executable, "-m", "meshkit.ca.keygen", *([str(named)] if named else [])]
+    try:
+        done = await anyio.run_process(argv, check=False)
+        answer = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, ValueError) as exc:
+        raise CertificateError(f"cannot make a key with {' '.join(argv[1:])}: {exc}") from exc
+    if not isinstance(answer, dict):
+        error = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise CertificateError(f"{' '.join(argv[1:])} failed: {''.join(error)}")
+    return str(answer["key"]), str(answer["csr"])
 
 
 def _trusting(bundle_pem: str) -> ssl.SSLContext:
@@ -92,21 +126,21 @@ async def fetch_bundle(url: str, pin: str) -> str:
     """The CA's trust bundle, authenticated by the pinned root; refused if it lacks it."""
     pin = normalize_fingerprint(pin)
     status, body = await _exchange(url, "GET", f"/v1/roots/{pin}", _unverified())
-    anchors = load_certificates(body.decode()) if status == 200 else []
-    if not anchors or fingerprint(anchors[0]) != pin:
+    roots = body.decode(errors="replace") if status == 200 else ""
+    if _fingerprints(roots)[:1] != [pin]:
         raise CAError(
             f"the CA at {url} does not hold the pinned root {pin} (MESHKIT_CA_FINGERPRINT: "
             "the fingerprint `meshkit ca init` printed)"
         )
-    anchor_pem = certificate_pem(anchors[0])
-    expected = ca_identity(ca_trust_domain(anchors[0]))
+    anchor_pem = pem_certificates(roots)[0]
+    expected = ca_identity(_ca_trust_domain(anchor_pem))
     status, body = await _exchange(
         url, "GET", "/v1/bundle", _trusting(anchor_pem), expect_peer=expected
     )
     if status != 200:
         raise CAError(f"the CA at {url} answered {status} for its bundle")
     bundle = body.decode()
-    if pin not in {fingerprint(cert) for cert in load_certificates(bundle)}:
+    if pin not in _fingerprints(bundle):
         raise CAError(f"the trust bundle from {url} lacks the pinned root {pin}; refusing it")
     return bundle
 
@@ -143,7 +177,7 @@ class CAIdentity:
             return None
         if material.not_after <= time.time():
             return None
-        if self.pin not in {fingerprint(cert) for cert in load_certificates(material.bundle_pem)}:
+        if self.pin not in _fingerprints(material.bundle_pem):
             return None  # pinned to another CA since it was stored
         return material
 
@@ -156,11 +190,13 @@ class CAIdentity:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         return await self._request_certificate("/v1/sign", _trusting(bundle), named, headers)
 
-    async def renew(self, current: TLSMaterial) -> TLSMaterial:
-        """A new key and certificate for the same identity, over mTLS with ``current``."""
+    async def renew(self, current: TLSMaterial, keys: KeyAndCSR | None = None) -> TLSMaterial:
+        """A new certificate for the same identity, over mTLS with ``current``, for
+        ``keys`` (made in advance) or a new key."""
         if current.not_after <= time.time():
             raise CAError("the certificate has expired: it cannot renew; a new token is needed")
-        return await self._request_certificate("/v1/renew", client_context(current), None, {})
+        context = client_context(current)
+        return await self._request_certificate("/v1/renew", context, None, {}, keys)
 
     async def renew_forever(
         self,
@@ -179,23 +215,33 @@ class CAIdentity:
             if on_expiry is not None:
                 on_expiry(material.not_after)
             fraction = random.uniform(0.4, 0.6)
-            await anyio.sleep(max(0.0, renewal_time(material.leaf, fraction) - time.time()))
-            contexts.update(await self._renew_until_done(material))
+            # The next key is made now, so that renewing is one exchange with the CA
+            # (the key generator is a process start away).
+            keys = await self._next_keys()
+            await anyio.sleep(max(0.0, material.leaf.renewal_time(fraction) - time.time()))
+            contexts.update(await self._renew_until_done(material, keys))
 
-    async def _renew_until_done(self, material: TLSMaterial) -> TLSMaterial:
+    async def _next_keys(self) -> KeyAndCSR | None:
+        try:
+            return await new_key_and_csr(None)
+        except CertificateError as exc:
+            logger.warning("no key made ahead of renewal (tried again then): %s", exc)
+            return None
+
+    async def _renew_until_done(self, material: TLSMaterial, keys: KeyAndCSR | None) -> TLSMaterial:
         attempt = 0
         while True:
             try:
                 if material.not_after <= time.time() and self.settings.join_token:
                     return await self.enroll()  # a multi-use token can re-enroll
-                return await self.renew(material)
+                return await self.renew(material, keys)
             except MeshError as exc:
                 delay = _backoff(attempt, material)
                 logger.warning(
                     "certificate renewal failed (%s); serving with the current one "
                     "(expires %s), retrying in %.1fs",
                     exc,
-                    material.leaf.not_valid_after_utc.isoformat(),
+                    dt.datetime.fromtimestamp(material.not_after, dt.UTC).isoformat(),
                     delay,
                 )
                 await anyio.sleep(delay)
@@ -207,9 +253,10 @@ class CAIdentity:
         context: ssl.SSLContext,
         named: SpiffeId | None,
         headers: Mapping[str, str],
+        keys: KeyAndCSR | None = None,
     ) -> TLSMaterial:
-        key = new_private_key()
-        body = json.dumps({"csr": csr_pem(build_csr(key, named))}).encode()
+        key_pem, csr = keys or await new_key_and_csr(named)
+        body = json.dumps({"csr": csr}).encode()
         status, answer = await _exchange(
             self.url,
             "POST",
@@ -220,7 +267,7 @@ class CAIdentity:
             expect_peer=self._ca_id,
         )
         document = _json(status, answer)
-        material = TLSMaterial("".join(document["chain"]), private_key_pem(key), document["bundle"])
+        material = TLSMaterial("".join(document["chain"]), key_pem, document["bundle"])
         self._check(material)
         self._store(material)
         logger.info(
@@ -247,7 +294,7 @@ class CAIdentity:
 def _backoff(attempt: int, material: TLSMaterial) -> float:
     # Capped at a tenth of the lifetime so short-lived certificates retry often enough.
     leaf = material.leaf
-    lifetime = leaf.not_valid_after_utc.timestamp() - renewal_time(leaf, 0.0)
+    lifetime = leaf.not_after - leaf.renewal_time(0.0)
     cap = max(0.2, min(30.0, lifetime / 10))
     return min(cap, 0.2 * 2.0**attempt) * random.uniform(0.5, 1.0)
 
@@ -334,8 +381,8 @@ def _hint(peer: SpiffeId | None) -> str:
 
 
 def _peer_is(expected: SpiffeId, url: str) -> PeerCheck:
-    def check(der: bytes | None) -> None:
-        peer = identity_from_certificate(x509.load_der_x509_certificate(der)) if der else None
+    def check(decoded: dict[str, Any] | None) -> None:
+        peer = identity_from_peercert(decoded)
         if peer != expected:
             raise CAError(f"the server at {url} is {peer}, not the CA ({expected}){_hint(peer)}")
 

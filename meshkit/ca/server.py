@@ -55,7 +55,6 @@ from meshkit.ca.x509 import (
     new_private_key,
     private_key_pem,
     public_key_sha256,
-    renewal_time,
 )
 from meshkit.errors import CAError, CARefused
 from meshkit.identity import SpiffeId
@@ -372,7 +371,7 @@ async def _rotate_server_certificate(
     authority: Authority, bundle_pem: str, contexts: TLSContexts
 ) -> None:
     while True:
-        await anyio.sleep(max(0.0, renewal_time(contexts.material.leaf) - time.time()))
+        await anyio.sleep(max(0.0, contexts.material.leaf.renewal_time() - time.time()))
         contexts.update(server_material(authority, bundle_pem))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
+from meshkit._statedir import write_private as write_private
 from meshkit.errors import CertificateError, IdentityError
-from meshkit.identity import SpiffeId
+from meshkit.identity import SpiffeId, identity_from_certificate
+from meshkit.tls import BACKDATE_SECONDS, Leaf
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
-BACKDATE = dt.timedelta(seconds=60)
+BACKDATE = dt.timedelta(seconds=BACKDATE_SECONDS)
 ROOT_TTL = dt.timedelta(days=3650)
 INTERMEDIATE_TTL = dt.timedelta(days=365)
 LEAF_TTL = dt.timedelta(hours=24)
@@ -285,15 +286,18 @@ def load_private_key(pem: str) -> PrivateKey:
 
 
 def renewal_time(cert: x509.Certificate, fraction: float = 0.5) -> float:
-    """Unix time at ``fraction`` of a leaf's lifetime, counted from its issuance.
+    """Unix time at ``fraction`` of a leaf's lifetime (``tls.Leaf.renewal_time``)."""
+    return leaf_facts(cert).renewal_time(fraction)
 
-    Issuance is ``notBefore + BACKDATE`` (our CA backdates by that much for clock skew);
-    counting from notBefore would put the half-life of a short-lived leaf in the past.
-    """
-    not_before = cert.not_valid_before_utc.timestamp()
-    not_after = cert.not_valid_after_utc.timestamp()
-    issued = min(not_before + BACKDATE.total_seconds(), not_after)
-    return issued + (not_after - issued) * fraction
+
+def leaf_facts(cert: x509.Certificate) -> Leaf:
+    """The facts a service reads from its leaf, from a parsed certificate."""
+    return Leaf(
+        identity_from_certificate(cert),
+        cert.serial_number,
+        cert.not_valid_before_utc.timestamp(),
+        cert.not_valid_after_utc.timestamp(),
+    )
 
 
 def certificate_pem(cert: x509.Certificate) -> str:
@@ -333,16 +337,6 @@ class IssuedIdentity:
         cert_path.write_text(self.chain_pem)
         bundle_path.write_text(self.bundle_pem)
         return cert_path, key_path, bundle_path
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret with mode 0600 from the first byte (no window of wider access)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
 
 
 class LocalAuthority:

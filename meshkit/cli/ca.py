@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from meshkit.ca.authority import CA_NAMESPACE, CA_SERVICE
+from meshkit.ca import CA_NAMESPACE, CA_SERVICE
 from meshkit.ca.client import fetch_bundle
 from meshkit.ca.server import CA_LIMITS, DEV_WARNING, serve
 from meshkit.ca.store import CAStore, init_ca

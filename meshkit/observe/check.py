@@ -34,14 +34,14 @@ from meshkit.ca.client import (
     fetch_bundle,
     normalize_fingerprint,
 )
-from meshkit.ca.x509 import ca_trust_domain, fingerprint, load_certificates, renewal_time
+from meshkit.ca.x509 import ca_trust_domain, fingerprint, leaf_facts, load_certificates
 from meshkit.errors import MeshError, RegistryError
 from meshkit.identity import identity_from_certificate
 from meshkit.observe.scrape import Target, discover
 from meshkit.policy.intentions import ANY, Intentions, IntentionStore
 from meshkit.registry.consul import ConsulRegistry
 from meshkit.settings import MeshSettings
-from meshkit.tls import TLSMaterial, client_context, server_context
+from meshkit.tls import Leaf, TLSMaterial, client_context, handshake_in_memory, server_context
 
 Status = Literal["ok", "warn", "fail", "skip"]
 # linkerd check's marks: a check mark, a double exclamation mark, a multiplication sign.
@@ -260,8 +260,8 @@ class Checker:
         except MeshError as exc:
             return None, f"{source}: {exc}"
 
-    def check_expiry(self, group: str, what: str, cert: x509.Certificate) -> None:
-        left = cert.not_valid_after_utc.timestamp() - self.clock()
+    def check_expiry(self, group: str, what: str, leaf: Leaf) -> None:
+        left = leaf.not_after - self.clock()
         if left <= 0:
             self.add(
                 group,
@@ -269,7 +269,7 @@ class Checker:
                 f"{what}: certificate expired {_duration(-left)} ago",
                 "the instance no longer renews: look at its log (CA reachable? token?)",
             )
-        elif self.clock() > renewal_time(cert, NEAR_EXPIRY):
+        elif self.clock() > leaf.renewal_time(NEAR_EXPIRY):
             self.add(
                 group,
                 "warn",
@@ -379,7 +379,7 @@ class Checker:
                 "the instance's certificate and its registration disagree",
             )
             return
-        self.check_expiry(group, f"{target.instance_id} ({served})", cert)
+        self.check_expiry(group, f"{target.instance_id} ({served})", leaf_facts(cert))
 
     def check_intentions(self, group: str, name: str, intentions: Intentions) -> None:
         denied = _denies_everyone(intentions, name)
@@ -473,20 +473,4 @@ def _handshake_with_itself(material: TLSMaterial) -> None:
     """Verify ``material`` as the mesh does: a TLS handshake in memory between a client
     and a server both holding it, each checking the other's chain against the bundle
     (an ``ssl.SSLError`` says what is wrong)."""
-    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_context(material).wrap_bio(client_in, client_out)
-    server = server_context(material).wrap_bio(server_in, server_out, server_side=True)
-    done: set[ssl.SSLObject] = set()
-    for _ in range(10):
-        for side in (client, server):
-            if side not in done:
-                try:
-                    side.do_handshake()
-                    done.add(side)
-                except ssl.SSLWantReadError:
-                    pass
-        server_in.write(client_out.read())
-        client_in.write(server_out.read())
-        if len(done) == 2:
-            return
-    raise ssl.SSLError("the handshake did not finish")
+    handshake_in_memory(client_context(material), server_context(material))

@@ -16,7 +16,6 @@ import pytest
 from meshkit.ca import client as ca_client
 from meshkit.ca.client import CERT_FILE, KEY_FILE, CAIdentity, fetch_bundle
 from meshkit.ca.store import CAStore, init_ca
-from meshkit.ca.x509 import renewal_time
 from meshkit.errors import CAError, CertificateError
 from meshkit.settings import MeshSettings
 from meshkit.testing import CAProcess
@@ -138,7 +137,7 @@ async def test_keeps_its_certificate_while_the_ca_is_down_and_renews_after_resta
                 functools.partial(identity.renew_forever, contexts, on_expiry=expiries.append)
             )
             # Past the latest renewal point (60% of the lifetime), the CA still down.
-            await anyio.sleep(renewal_time(material.leaf, 0.6) + 0.3 - time.time())
+            await anyio.sleep(material.leaf.renewal_time(0.6) + 0.3 - time.time())
             assert contexts.material is material  # the last good certificate stays in use
 
             await anyio.to_thread.run_sync(ca.start)  # same port

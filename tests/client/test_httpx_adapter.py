@@ -139,7 +139,7 @@ def test_merge_url_merges_as_httpx_does(url: str) -> None:
 async def test_a_peer_gate_that_never_saw_a_handshake_sends_nothing() -> None:
     # Fails closed: were httpcore to stop reporting handshakes, nothing is sent unchecked.
     peer = SilentPeer()
-    checked: list[bytes | None] = []
+    checked: list[dict[str, Any] | None] = []
     gate = PeerGate(checked.append)
     async with raw_server(peer.handle) as port, AsyncClient() as client:
         with pytest.raises(LocalProtocolError, match="not checked before sending"):
