@@ -109,7 +109,7 @@ from meshkit.telemetry.propagation import (
     extract_context,
     get_tracer,
     lone_traceparent,
-    remote_parent_context,
+    traceparent_context,
 )
 
 logger = logging.getLogger(__name__)
@@ -433,8 +433,9 @@ class SpanStarter:
         the span in it; None when there is nothing to carry on); whether the span records.
 
         For the usual caller, a lone ``traceparent`` that is not sampled and a sampler
-        that follows it, the span is decided from the parsed ids: the caller's
-        ``SpanContext``, its span and its context are never built (nothing reads them).
+        that follows it, the span is decided from the field's trace id and flags
+        (``tracecontext.parse_unsampled``): the caller's parent id, ``SpanContext``,
+        span and context are never made (a dropped span's children read none of them).
         Without tracing the caller's context is carried on as it came.
         """
         if self._global and time.monotonic() >= self._next_check:
@@ -445,18 +446,20 @@ class SpanStarter:
                 return INVALID_SPAN, None, False
             return trace.get_current_span(parent), parent, False
         found = lone_traceparent(headers)
-        if isinstance(found, tracecontext.TraceParent):
+        if isinstance(found, bytes):
             recorder = self._recorder
             if (
                 recorder is not None
-                and not found.flags & _SAMPLED
                 and recorder.sampling.follows_parent
-                and recorder.tracer._is_enabled()
+                and recorder.tracer._tracer_config.is_enabled
             ):
-                random_id = bool(found.flags & _RANDOM_TRACE_ID)
-                dropped = _DroppedSpan(recorder, found.trace_id, random_id, DEFAULT_TRACE_STATE)
-                return dropped, Context({recorder.span_key: dropped}), False
-            found = remote_parent_context(found, ())
+                unsampled = tracecontext.parse_unsampled(found)
+                if unsampled is not None:
+                    trace_id, flags = unsampled
+                    random_id = bool(flags & _RANDOM_TRACE_ID)
+                    dropped = _DroppedSpan(recorder, trace_id, random_id, DEFAULT_TRACE_STATE)
+                    return dropped, Context({recorder.span_key: dropped}), False
+            found = traceparent_context(found)
         span = self.start(name, SpanKind.SERVER, found)
         return span, with_span(span, found), span.is_recording()
 
