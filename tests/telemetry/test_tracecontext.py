@@ -460,3 +460,36 @@ def test_unsampled_callers_over_mtls(authority: LocalAuthority, tmp_path: Path) 
         assert headers["traceparent"].split("-")[1] != TRACE.lower()
     provider.shutdown()
     assert exported.get_finished_spans() == ()
+
+
+def test_sampled_callers_over_mtls(authority: LocalAuthority, tmp_path: Path) -> None:
+    """A sampled caller's SERVER span is recorded, whatever the sampler would decide for
+    a root, as the child of the caller's span (remote, its known flags), and the
+    handler's calls go on from it with the sampled and random-trace-id flags kept."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    app = Starlette(routes=[Route("/echo", echo_context)])
+    served = TelemetryMiddleware(
+        app, service="orders", metrics=MeshMetrics(), tracer_provider=provider
+    )
+    fields = {
+        f"00-{TRACE}-{PARENT}-01": 0x01,
+        f"00-{TRACE}-{PARENT}-ff": 0x03,
+        f"\t00-{TRACE}-{PARENT}-03 ": 0x03,
+        f"cc-{TRACE}-{PARENT}-01-future": 0x01,
+    }
+    with running(served, identity=authority.issue("orders"), directory=tmp_path) as port:
+        connection = connect(port, authority.issue("web"))
+        sent = [_get(connection, [("traceparent", field)]) for field in fields]
+        connection.close()
+    spans = exported.get_finished_spans()
+    assert len(spans) == len(fields)
+    for span, headers, flags in zip(spans, sent, fields.values(), strict=True):
+        assert span.kind is SpanKind.SERVER and span.parent is not None
+        assert span.parent.is_remote and span.parent.trace_flags == flags
+        assert (span.parent.trace_id, span.parent.span_id) == (int(TRACE, 16), int(PARENT, 16))
+        assert span.context.trace_id == int(TRACE, 16)
+        outgoing = f"00-{TRACE}-{span.context.span_id:016x}-{flags:02x}"
+        assert headers["traceparent"] == outgoing
+    provider.shutdown()
