@@ -109,7 +109,7 @@ from meshkit.telemetry.propagation import (
     extract_context,
     get_tracer,
     lone_traceparent,
-    remote_parent_context,
+    traceparent_context,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ _FLAGS = {
     for sampled in (False, True)
     for random_id in (False, True)
 }
+#: Trace flags by their value, for the known flags a parsed ``traceparent`` keeps.
+_TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(tracecontext.KNOWN_FLAGS + 1))
 _LOW_64 = TraceIdRatioBased.TRACE_ID_LIMIT
 _MAX_TRACE_ID = 2**128 - 1
 _MAX_SPAN_ID = 2**64 - 1
@@ -433,9 +435,12 @@ class SpanStarter:
         the span in it; None when there is nothing to carry on); whether the span records.
 
         For the usual caller, a lone ``traceparent`` that is not sampled and a sampler
-        that follows it, the span is decided from the parsed ids: the caller's
-        ``SpanContext``, its span and its context are never built (nothing reads them).
-        Without tracing the caller's context is carried on as it came.
+        that follows it, the span is decided from the field's trace id and flags
+        (``tracecontext.parse_unsampled``): the caller's parent id, ``SpanContext``,
+        span and context are never made (a dropped span's children read none of them).
+        Any other lone ``traceparent`` is parsed, and its context made without the API's
+        calls (``_Recorder.remote_context``). Without tracing the caller's context is
+        carried on as it came.
         """
         if self._global and time.monotonic() >= self._next_check:
             self._follow_global()
@@ -445,18 +450,25 @@ class SpanStarter:
                 return INVALID_SPAN, None, False
             return trace.get_current_span(parent), parent, False
         found = lone_traceparent(headers)
-        if isinstance(found, tracecontext.TraceParent):
-            recorder = self._recorder
-            if (
-                recorder is not None
-                and not found.flags & _SAMPLED
-                and recorder.sampling.follows_parent
-                and recorder.tracer._is_enabled()
-            ):
-                random_id = bool(found.flags & _RANDOM_TRACE_ID)
-                dropped = _DroppedSpan(recorder, found.trace_id, random_id, DEFAULT_TRACE_STATE)
-                return dropped, Context({recorder.span_key: dropped}), False
-            found = remote_parent_context(found, ())
+        recorder = self._recorder
+        if (
+            isinstance(found, bytes)
+            and recorder is not None
+            and recorder.tracer._tracer_config.is_enabled
+        ):
+            if recorder.sampling.follows_parent:
+                unsampled = tracecontext.parse_unsampled(found)
+                if unsampled is not None:
+                    trace_id, flags = unsampled
+                    random_id = bool(flags & _RANDOM_TRACE_ID)
+                    dropped = _DroppedSpan(recorder, trace_id, random_id, DEFAULT_TRACE_STATE)
+                    return dropped, Context({recorder.span_key: dropped}), False
+            caller = tracecontext.parse_traceparent(found.decode("latin-1"))
+            context = EMPTY_CONTEXT if caller is None else recorder.remote_context(caller)
+            span = recorder.start(name, SpanKind.SERVER, context)
+            return span, Context({recorder.span_key: span}), span.is_recording()
+        if isinstance(found, bytes):
+            found = traceparent_context(found)
         span = self.start(name, SpanKind.SERVER, found)
         return span, with_span(span, found), span.is_recording()
 
@@ -638,6 +650,15 @@ class _Recorder:
         if trace_id & _LOW_64 >= self.sampling.bound:
             return _DroppedSpan(self, trace_id, self.random_trace_ids, DEFAULT_TRACE_STATE)
         return self._record(name, kind, context, None, trace_id, self.root_flags)
+
+    def remote_context(self, parent: tracecontext.TraceParent) -> Context:
+        """``propagation.remote_parent_context(parent, ())``: the caller's span, with its
+        ``SpanContext`` made from its tuple (valid by parsing) and no API call."""
+        trace_id, parent_id, flags = parent
+        span_context = (trace_id, parent_id, True, _TRACE_FLAGS[flags], DEFAULT_TRACE_STATE, True)
+        remote = _new_object(NonRecordingSpan)
+        remote._context = _new_tuple(SpanContext, span_context)
+        return Context({self.span_key: remote})
 
     def _record(
         self,

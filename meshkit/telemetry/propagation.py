@@ -66,17 +66,16 @@ def extract_context(headers: RawHeaders) -> Context:
     between meshkit services the usual carrier is a lone ``traceparent``.
     """
     found = lone_traceparent(headers)
-    return (
-        remote_parent_context(found, ()) if isinstance(found, tracecontext.TraceParent) else found
-    )
+    return traceparent_context(found) if isinstance(found, bytes) else found
 
 
-def lone_traceparent(headers: RawHeaders) -> tracecontext.TraceParent | Context:
-    """The caller's parsed ``traceparent`` when it is the only trace header (the usual
-    mesh call), else the context ``extract_context`` makes: ``EMPTY_CONTEXT`` for none.
+def lone_traceparent(headers: RawHeaders) -> bytes | Context:
+    """The caller's ``traceparent`` as it came (unparsed) when it is the only trace
+    header (the usual mesh call), else the context ``extract_context`` makes:
+    ``EMPTY_CONTEXT`` for none.
 
-    The server's span starter decides from the ids alone: an unsampled caller's
-    context need never be built.
+    The server's span starter decides from the field alone: an unsampled caller's
+    context need never be built, nor its parent id read.
     """
     traceparent = None
     for name, value in headers:
@@ -84,10 +83,14 @@ def lone_traceparent(headers: RawHeaders) -> tracecontext.TraceParent | Context:
             if traceparent is not None or name != b"traceparent":
                 return _extract_all(headers)
             traceparent = value
-    if traceparent is None:
-        return EMPTY_CONTEXT
+    return EMPTY_CONTEXT if traceparent is None else traceparent
+
+
+def traceparent_context(traceparent: bytes) -> Context:
+    """The context of a lone ``traceparent`` field: the caller's span, or
+    ``EMPTY_CONTEXT`` (a new trace) when the field is invalid."""
     parent = tracecontext.parse_traceparent(traceparent.decode("latin-1"))
-    return EMPTY_CONTEXT if parent is None else parent
+    return EMPTY_CONTEXT if parent is None else remote_parent_context(parent, ())
 
 
 def _extract_all(headers: RawHeaders) -> Context:

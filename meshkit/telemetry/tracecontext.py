@@ -52,6 +52,12 @@ _VERSION_00 = re.compile(r"(00)-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _HIGHER_VERSION = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?", re.DOTALL
 )
+# The usual field between meshkit services, as it came (bytes, no OWS): version 00, both
+# ids valid, the sampled flag clear (the second flags digit even). The trace id alone is
+# captured: an unsampled caller's span is dropped, and its parent id is never read.
+_UNSAMPLED_00 = re.compile(rb"00-((?!0{32})[0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
+# The second flags digit of an unsampled field with the random-trace-id flag set.
+_RANDOM_UNSAMPLED = b"26ae"
 _KEY_CHARS = r"[_0-9a-z\-*/]"
 # key = simple-key / multi-tenant-key (tenant-id "@" system-id); at most 256 characters.
 _KEY = re.compile(
@@ -91,6 +97,20 @@ def parse_traceparent(value: str) -> TraceParent | None:
     # tuple.__new__ is what a NamedTuple's generated __new__ does, without its Python
     # frame: this runs for every request that carries a traceparent.
     return _new_tuple(TraceParent, (trace_id, parent_id, int(match[4], 16) & KNOWN_FLAGS))
+
+
+def parse_unsampled(value: bytes) -> tuple[int, int] | None:
+    """The trace id and flags of an unsampled caller's ``traceparent`` in its usual form
+    (version 00, exactly the format, nothing around it), from the field's raw bytes;
+    None for any other field, valid or not, which ``parse_traceparent`` reads.
+
+    Whatever it accepts, ``parse_traceparent`` reads to the same trace id and flags.
+    """
+    match = _UNSAMPLED_00.fullmatch(value)
+    if match is None:
+        return None
+    # value[54]: the flags' second digit, which holds both known flags.
+    return int(match[1], 16), RANDOM_TRACE_ID if value[54] in _RANDOM_UNSAMPLED else 0
 
 
 def parse_tracestate(fields: Iterable[str]) -> tuple[Member, ...]:

@@ -1,10 +1,11 @@
 """W3C Trace Context, rule by rule: the parser's tables (the spec's own examples first),
-what meshkit writes read back by the same rules, and one request over real mTLS."""
+what meshkit writes read back by the same rules, and requests over real mTLS."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,6 +34,7 @@ from meshkit.telemetry.tracecontext import (
     parse_fields,
     parse_traceparent,
     parse_tracestate,
+    parse_unsampled,
 )
 from tests.middleware.servers import connect, running
 
@@ -45,109 +48,151 @@ SAMPLED = TraceParent(int(TRACE, 16), int(PARENT, 16), 0x01)
 # -- traceparent -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("value", "parsed"),
-    [
-        # The spec's examples: sampled and not sampled.
-        (f"00-{TRACE}-{PARENT}-01", SAMPLED),
-        (f"00-{TRACE}-{PARENT}-00", SAMPLED._replace(flags=0)),
-        # OWS around the field value is not part of it.
-        (f" 00-{TRACE}-{PARENT}-01", SAMPLED),
-        (f"\t00-{TRACE}-{PARENT}-01", SAMPLED),
-        (f"00-{TRACE}-{PARENT}-01 ", SAMPLED),
-        (f"\t 00-{TRACE}-{PARENT}-01 \t", SAMPLED),
-        # The random-trace-id flag is kept; undefined flags are cleared.
-        (f"00-{TRACE}-{PARENT}-03", SAMPLED._replace(flags=0x03)),
-        (f"00-{TRACE}-{PARENT}-ff", SAMPLED._replace(flags=0x03)),
-        (f"00-{TRACE}-{PARENT}-04", SAMPLED._replace(flags=0)),
-        # A higher version: the first three fields, then the end or a dash.
-        (f"cc-{TRACE}-{PARENT}-01", SAMPLED),
-        (f"cc-{TRACE}-{PARENT}-01-what-the-future-will-be-like", SAMPLED),
-        (f"01-{TRACE}-{PARENT}-09-extra", SAMPLED),
-        (f"fe-{TRACE}-{PARENT}-01-", SAMPLED),
-        # Every flags field keeps its known bits alone, in any version.
-        *(
-            (f"{version}-{TRACE}-{PARENT}-{flags:02x}", SAMPLED._replace(flags=flags & 0x03))
-            for version in ("00", "cc")
-            for flags in range(256)
-        ),
-        # Ids of one set bit at either end.
-        (f"00-{1:032x}-{1:016x}-01", TraceParent(1, 1, 0x01)),
-        (f"00-{1 << 127:032x}-{1 << 63:016x}-01", TraceParent(1 << 127, 1 << 63, 0x01)),
-    ],
-)
+VALID_TRACEPARENTS = [
+    # The spec's examples: sampled and not sampled.
+    (f"00-{TRACE}-{PARENT}-01", SAMPLED),
+    (f"00-{TRACE}-{PARENT}-00", SAMPLED._replace(flags=0)),
+    # OWS around the field value is not part of it.
+    (f" 00-{TRACE}-{PARENT}-01", SAMPLED),
+    (f"\t00-{TRACE}-{PARENT}-01", SAMPLED),
+    (f"00-{TRACE}-{PARENT}-01 ", SAMPLED),
+    (f"\t 00-{TRACE}-{PARENT}-01 \t", SAMPLED),
+    # The random-trace-id flag is kept; undefined flags are cleared.
+    (f"00-{TRACE}-{PARENT}-03", SAMPLED._replace(flags=0x03)),
+    (f"00-{TRACE}-{PARENT}-ff", SAMPLED._replace(flags=0x03)),
+    (f"00-{TRACE}-{PARENT}-04", SAMPLED._replace(flags=0)),
+    # A higher version: the first three fields, then the end or a dash.
+    (f"cc-{TRACE}-{PARENT}-01", SAMPLED),
+    (f"cc-{TRACE}-{PARENT}-01-what-the-future-will-be-like", SAMPLED),
+    (f"01-{TRACE}-{PARENT}-09-extra", SAMPLED),
+    (f"fe-{TRACE}-{PARENT}-01-", SAMPLED),
+    # Every flags field keeps its known bits alone, in any version.
+    *(
+        (f"{version}-{TRACE}-{PARENT}-{flags:02x}", SAMPLED._replace(flags=flags & 0x03))
+        for version in ("00", "cc")
+        for flags in range(256)
+    ),
+    # Ids of one set bit at either end.
+    (f"00-{1:032x}-{1:016x}-01", TraceParent(1, 1, 0x01)),
+    (f"00-{1 << 127:032x}-{1 << 63:016x}-01", TraceParent(1 << 127, 1 << 63, 0x01)),
+]
+
+
+@pytest.mark.parametrize(("value", "parsed"), VALID_TRACEPARENTS)
 def test_valid_traceparents(value: str, parsed: TraceParent) -> None:
     assert parse_traceparent(value) == parsed
+
+
+INVALID_TRACEPARENTS = [
+    "",
+    "garbage",
+    # Version 00 is exact: nothing after the flags.
+    f"00-{TRACE}-{PARENT}-01.",
+    f"00-{TRACE}-{PARENT}-01-what-the-future-will-be-like",
+    f"00-{TRACE}-{PARENT}",
+    # Version ff is forbidden; a version is two lowercase hex characters and a dash.
+    f"ff-{TRACE}-{PARENT}-01",
+    f".0-{TRACE}-{PARENT}-01",
+    f"0.-{TRACE}-{PARENT}-01",
+    f"000-{TRACE}-{PARENT}-01",
+    f"0000-{TRACE}-{PARENT}-01",
+    f"0-{TRACE}-{PARENT}-01",
+    f"CC-{TRACE}-{PARENT}-01",
+    # All-zero ids are invalid, in any version.
+    f"00-{'0' * 32}-{PARENT}-01",
+    f"00-{TRACE}-{'0' * 16}-01",
+    f"cc-{'0' * 32}-{PARENT}-01",
+    f"cc-{TRACE}-{'0' * 16}-01",
+    # trace-id: 32 lowercase hex characters.
+    f"00-.{TRACE[1:]}-{PARENT}-01",
+    f"00-{TRACE[:-1]}.-{PARENT}-01",
+    f"00-{TRACE}3-{PARENT}-01",
+    f"00-{TRACE[:-1]}-{PARENT}-01",
+    f"00-{TRACE.upper()}-{PARENT}-01",
+    # parent-id: 16 lowercase hex characters.
+    f"00-{TRACE}-.{PARENT[1:]}-01",
+    f"00-{TRACE}-{PARENT}7-01",
+    f"00-{TRACE}-{PARENT[:-1]}-01",
+    # trace-flags: 2 lowercase hex characters.
+    f"00-{TRACE}-{PARENT}-.0",
+    f"00-{TRACE}-{PARENT}-0.",
+    f"00-{TRACE}-{PARENT}-001",
+    f"00-{TRACE}-{PARENT}-1",
+    # A higher version still needs its flags followed by the end or a dash.
+    f"cc-{TRACE}-{PARENT}-01.what-the-future-will-be-like",
+    f"cc-{TRACE}-{PARENT}-0",
+    f"cc-{TRACE}-{PARENT}",
+    # What int(..., 16) alone would read: uppercase, signs, "_", "0x", inner spaces.
+    f"00-{TRACE}-{PARENT.upper()}-01",
+    f"00-{TRACE}-{PARENT}-0A",
+    f"00-+{TRACE[1:]}-{PARENT}-01",
+    f"00-{TRACE}-+{PARENT[1:]}-01",
+    f"00-{TRACE}-{PARENT}-+1",
+    f"00-{TRACE[:8]}_{TRACE[9:]}-{PARENT}-01",
+    f"00-{TRACE}-{PARENT[:8]}_{PARENT[9:]}-01",
+    f"00-0x{TRACE[2:]}-{PARENT}-01",
+    f"00-{TRACE}-0x{PARENT[2:]}-01",
+    f"00- {TRACE[1:]}-{PARENT}-01",
+    f"00-{TRACE}-{PARENT[:-1]} -01",
+    f"00-{TRACE}-{PARENT}- 1",
+    # Dashes only where the format puts them.
+    f"00_{TRACE}-{PARENT}-01",
+    f"00-{TRACE}_{PARENT}-01",
+    f"00-{TRACE}-{PARENT}_01",
+    f"00-{TRACE[:-1]}--{PARENT}-01",
+    f"00-{TRACE}-{PARENT}--1",
+    f"00--{TRACE[1:]}-{PARENT}-01",
+    # Zero ids in the fields' exact length, both at once.
+    f"00-{'0' * 32}-{'0' * 16}-01",
+    f"01-{'0' * 32}-{'0' * 16}-01",
+]
+
+
+@pytest.mark.parametrize("value", INVALID_TRACEPARENTS)
+def test_invalid_traceparents_start_a_new_trace(value: str) -> None:
+    assert parse_traceparent(value) is None
+
+
+def _fuzzed_traceparents(count: int) -> Iterator[str]:
+    """Fields near the usual one: random ids (zero ones too) and flags, some with one
+    character replaced, inserted or removed."""
+    rng = random.Random(2126)
+    alphabet = "0123456789abcdefABCDEF-_+x \t."
+    for _ in range(count):
+        trace_id = rng.choice((0, 1, rng.getrandbits(128)))
+        parent_id = rng.choice((0, 1, rng.getrandbits(64)))
+        value = f"00-{trace_id:032x}-{parent_id:016x}-{rng.getrandbits(8):02x}"
+        at = rng.randrange(len(value) + 1)
+        edit = rng.choice(("keep", "replace", "insert", "remove"))
+        if edit == "replace":
+            value = value[:at] + rng.choice(alphabet) + value[at + 1 :]
+        elif edit == "insert":
+            value = value[:at] + rng.choice(alphabet) + value[at:]
+        elif edit == "remove":
+            value = value[:at] + value[at + 1 :]
+        yield value
 
 
 @pytest.mark.parametrize(
     "value",
     [
-        "",
-        "garbage",
-        # Version 00 is exact: nothing after the flags.
-        f"00-{TRACE}-{PARENT}-01.",
-        f"00-{TRACE}-{PARENT}-01-what-the-future-will-be-like",
-        f"00-{TRACE}-{PARENT}",
-        # Version ff is forbidden; a version is two lowercase hex characters and a dash.
-        f"ff-{TRACE}-{PARENT}-01",
-        f".0-{TRACE}-{PARENT}-01",
-        f"0.-{TRACE}-{PARENT}-01",
-        f"000-{TRACE}-{PARENT}-01",
-        f"0000-{TRACE}-{PARENT}-01",
-        f"0-{TRACE}-{PARENT}-01",
-        f"CC-{TRACE}-{PARENT}-01",
-        # All-zero ids are invalid, in any version.
-        f"00-{'0' * 32}-{PARENT}-01",
-        f"00-{TRACE}-{'0' * 16}-01",
-        f"cc-{'0' * 32}-{PARENT}-01",
-        f"cc-{TRACE}-{'0' * 16}-01",
-        # trace-id: 32 lowercase hex characters.
-        f"00-.{TRACE[1:]}-{PARENT}-01",
-        f"00-{TRACE[:-1]}.-{PARENT}-01",
-        f"00-{TRACE}3-{PARENT}-01",
-        f"00-{TRACE[:-1]}-{PARENT}-01",
-        f"00-{TRACE.upper()}-{PARENT}-01",
-        # parent-id: 16 lowercase hex characters.
-        f"00-{TRACE}-.{PARENT[1:]}-01",
-        f"00-{TRACE}-{PARENT}7-01",
-        f"00-{TRACE}-{PARENT[:-1]}-01",
-        # trace-flags: 2 lowercase hex characters.
-        f"00-{TRACE}-{PARENT}-.0",
-        f"00-{TRACE}-{PARENT}-0.",
-        f"00-{TRACE}-{PARENT}-001",
-        f"00-{TRACE}-{PARENT}-1",
-        # A higher version still needs its flags followed by the end or a dash.
-        f"cc-{TRACE}-{PARENT}-01.what-the-future-will-be-like",
-        f"cc-{TRACE}-{PARENT}-0",
-        f"cc-{TRACE}-{PARENT}",
-        # What int(..., 16) alone would read: uppercase, signs, "_", "0x", inner spaces.
-        f"00-{TRACE}-{PARENT.upper()}-01",
-        f"00-{TRACE}-{PARENT}-0A",
-        f"00-+{TRACE[1:]}-{PARENT}-01",
-        f"00-{TRACE}-+{PARENT[1:]}-01",
-        f"00-{TRACE}-{PARENT}-+1",
-        f"00-{TRACE[:8]}_{TRACE[9:]}-{PARENT}-01",
-        f"00-{TRACE}-{PARENT[:8]}_{PARENT[9:]}-01",
-        f"00-0x{TRACE[2:]}-{PARENT}-01",
-        f"00-{TRACE}-0x{PARENT[2:]}-01",
-        f"00- {TRACE[1:]}-{PARENT}-01",
-        f"00-{TRACE}-{PARENT[:-1]} -01",
-        f"00-{TRACE}-{PARENT}- 1",
-        # Dashes only where the format puts them.
-        f"00_{TRACE}-{PARENT}-01",
-        f"00-{TRACE}_{PARENT}-01",
-        f"00-{TRACE}-{PARENT}_01",
-        f"00-{TRACE[:-1]}--{PARENT}-01",
-        f"00-{TRACE}-{PARENT}--1",
-        f"00--{TRACE[1:]}-{PARENT}-01",
-        # Zero ids in the fields' exact length, both at once.
-        f"00-{'0' * 32}-{'0' * 16}-01",
-        f"01-{'0' * 32}-{'0' * 16}-01",
+        *(value for value, _ in VALID_TRACEPARENTS),
+        *INVALID_TRACEPARENTS,
+        f"00-{1:032x}-{1:016x}-00",
+        f"00-{1 << 127:032x}-{1 << 63:016x}-02",
+        *_fuzzed_traceparents(3000),
     ],
 )
-def test_invalid_traceparents_start_a_new_trace(value: str) -> None:
-    assert parse_traceparent(value) is None
+def test_the_unsampled_fast_path_reads_as_the_parser(value: str) -> None:
+    """``parse_unsampled`` reads the usual unsampled field (version 00, exactly as
+    formatted) to what ``parse_traceparent`` reads, and declines every other field."""
+    parsed = parse_traceparent(value)
+    fast = parse_unsampled(value.encode("latin-1"))
+    usual = value.startswith("00") and value.strip(" \t") == value
+    if parsed is not None and usual and not parsed.flags & 0x01:
+        assert fast == (parsed.trace_id, parsed.flags)
+    else:
+        assert fast is None
 
 
 # -- tracestate ------------------------------------------------------------------------
@@ -376,3 +421,75 @@ def test_repeated_headers_over_mtls(
     assert list(child.context.trace_state.items()) == combined
     assert continued["traceparent"] == f"00-{TRACE}-{child.context.span_id:016x}-01"
     assert continued["tracestate"] == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+
+
+def test_unsampled_callers_over_mtls(authority: LocalAuthority, tmp_path: Path) -> None:
+    """An unsampled caller's trace goes on from the handler, whether its field takes the
+    fast path or the parser's (OWS, a higher version); a malformed one starts a new trace.
+    Nothing is recorded: the sampler follows the caller, and drops roots too."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    app = Starlette(routes=[Route("/echo", echo_context)])
+    served = TelemetryMiddleware(
+        app, service="orders", metrics=MeshMetrics(), tracer_provider=provider
+    )
+    continued = {
+        f"00-{TRACE}-{PARENT}-00": "00",
+        f"00-{TRACE}-{PARENT}-02": "02",
+        f"00-{TRACE}-{PARENT}-fe": "02",
+        f" 00-{TRACE}-{PARENT}-02\t": "02",
+        f"cc-{TRACE}-{PARENT}-00-future": "00",
+    }
+    malformed = [
+        f"00-{TRACE.upper()}-{PARENT}-00",
+        f"00-{TRACE}-{'0' * 16}-02",
+        f"00-{TRACE}-{PARENT}-0A",
+        f"00-{TRACE}-{PARENT}-00-future",
+    ]
+    with running(served, identity=authority.issue("orders"), directory=tmp_path) as port:
+        connection = connect(port, authority.issue("web"))
+        sent = {field: _get(connection, [("traceparent", field)]) for field in continued}
+        restarted = [_get(connection, [("traceparent", field)]) for field in malformed]
+        connection.close()
+    for field, flags in continued.items():
+        version, trace_id, span_id, sent_flags = sent[field]["traceparent"].split("-")
+        assert (version, trace_id, sent_flags) == ("00", TRACE, flags), field
+        assert span_id != PARENT
+    for headers in restarted:
+        assert headers["traceparent"].split("-")[1] != TRACE.lower()
+    provider.shutdown()
+    assert exported.get_finished_spans() == ()
+
+
+def test_sampled_callers_over_mtls(authority: LocalAuthority, tmp_path: Path) -> None:
+    """A sampled caller's SERVER span is recorded, whatever the sampler would decide for
+    a root, as the child of the caller's span (remote, its known flags), and the
+    handler's calls go on from it with the sampled and random-trace-id flags kept."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    app = Starlette(routes=[Route("/echo", echo_context)])
+    served = TelemetryMiddleware(
+        app, service="orders", metrics=MeshMetrics(), tracer_provider=provider
+    )
+    fields = {
+        f"00-{TRACE}-{PARENT}-01": 0x01,
+        f"00-{TRACE}-{PARENT}-ff": 0x03,
+        f"\t00-{TRACE}-{PARENT}-03 ": 0x03,
+        f"cc-{TRACE}-{PARENT}-01-future": 0x01,
+    }
+    with running(served, identity=authority.issue("orders"), directory=tmp_path) as port:
+        connection = connect(port, authority.issue("web"))
+        sent = [_get(connection, [("traceparent", field)]) for field in fields]
+        connection.close()
+    spans = exported.get_finished_spans()
+    assert len(spans) == len(fields)
+    for span, headers, flags in zip(spans, sent, fields.values(), strict=True):
+        assert span.kind is SpanKind.SERVER and span.parent is not None
+        assert span.parent.is_remote and span.parent.trace_flags == flags
+        assert (span.parent.trace_id, span.parent.span_id) == (int(TRACE, 16), int(PARENT, 16))
+        assert span.context.trace_id == int(TRACE, 16)
+        outgoing = f"00-{TRACE}-{span.context.span_id:016x}-{flags:02x}"
+        assert headers["traceparent"] == outgoing
+    provider.shutdown()
