@@ -37,7 +37,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, Router, request_response
+from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute, request_response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from meshkit.middleware._asgi import ObservedSend
@@ -95,9 +95,14 @@ class MeshExceptions:
     and send wrapper: the app's handlers are looked up only when something raises."""
 
     def __init__(self, stock: ExceptionMiddleware) -> None:
-        # A Router's __call__ only calls its middleware_stack: called here directly.
         router = stock.app
-        self.app = router.middleware_stack if type(router) is Router else router
+        self.app = router
+        self._known: KnownRoutes | None = None
+        if isinstance(router, Router) and type(router) is Router:
+            # Router.__call__ only calls its middleware_stack: called here directly.
+            self.app = router.middleware_stack
+            if router.middleware_stack == router.app:  # no router middleware
+                self._known = KnownRoutes(router)
         self._stock = stock  # websockets, whose errors close the socket its way
         self._handlers = (stock._exception_handlers, stock._status_handlers)
 
@@ -108,11 +113,79 @@ class MeshExceptions:
         scope[HANDLERS_KEY] = self._handlers
         # Below the mesh's telemetry ``send`` is its ObservedSend: no wrapper of our own.
         observed = send if type(send) is ObservedSend else ObservedSend(send)
+        known = self._known
         try:
-            await self.app(scope, receive, observed)
+            if known is None:
+                await self.app(scope, receive, observed)
+            elif (handling := known.handle(scope, receive, observed)) is not None:
+                await handling
+            else:
+                await self.app(scope, receive, observed)
+                known.learn(scope)
         except Exception as exc:
             conn = Request(scope, receive, send)
             await answer_handled(conn, exc, bool(observed.status), scope, receive, send)
+
+
+_MAX_KNOWN = 1024
+
+
+class KnownRoutes:
+    """The route a plain Router chose for a (path, method) it saw before, when the path
+    and method alone decide it: matching again finds the same one.
+
+    That holds for a route without path parameters that the router reaches past plain
+    routes and mounts only (a Host before it matches by the Host header; another kind of
+    route may match by anything), with no root path. Those are the app's routes times
+    their methods; a route that takes any method could be asked in endless made-up ones,
+    so the table stops learning at ``_MAX_KNOWN``. The router's own answer (a
+    ``Router.app`` that found the route) is replayed on the scope as it leaves it.
+    """
+
+    __slots__ = ("_answer", "_eligible", "_router")
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._answer: dict[tuple[str, str], Route] = {}
+        self._eligible: dict[int, Route] | None = None  # by id: made on the first request
+
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None] | None:
+        """The known route's handling of ``scope``, or None when it is not known."""
+        route = self._answer.get((scope["path"], scope["method"]))
+        if route is None or scope.get("root_path") or "path_params" in scope:
+            return None
+        if "router" not in scope:
+            scope["router"] = self._router
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = {}
+        return route.handle(scope, receive, send)
+
+    def learn(self, scope: Scope) -> None:
+        """Note the route the router chose for ``scope``, if its choice can be reused."""
+        route = scope.get("route")
+        if route is None or scope.get("root_path") or scope.get("path_params"):
+            return
+        if self._eligible is None:
+            self._eligible = _eligible(self._router.routes)
+        method = scope["method"]
+        eligible = self._eligible.get(id(route))
+        if eligible is not route or len(self._answer) >= _MAX_KNOWN:
+            return
+        if eligible.methods is None or method in eligible.methods:
+            self._answer[scope["path"], method] = eligible
+
+
+def _eligible(routes: list[BaseRoute]) -> dict[int, Route]:
+    """The routes whose match depends on the path and method alone, and on no route
+    before them: parameterless plain routes, up to the first route of another kind."""
+    eligible: dict[int, Route] = {}
+    for route in routes:
+        if type(route) is Route and not route.param_convertors:
+            eligible[id(route)] = route
+        elif type(route) not in (Route, Mount, WebSocketRoute):
+            break
+    return eligible
 
 
 class EndpointHandle:

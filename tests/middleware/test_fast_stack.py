@@ -15,12 +15,18 @@ from starlette.middleware import Middleware
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route, Router
+from starlette.routing import Host, Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshkit import MeshSettings, ServiceApp
 from meshkit.ca.x509 import IssuedIdentity, LocalAuthority
-from meshkit.middleware._starlette import FAST_STACK, EndpointHandle, MeshExceptions
+from meshkit.middleware._starlette import (
+    _MAX_KNOWN,
+    FAST_STACK,
+    EndpointHandle,
+    KnownRoutes,
+    MeshExceptions,
+)
 from meshkit.middleware.telemetry import TelemetryMiddleware
 from tests.middleware.servers import connect, running
 
@@ -39,6 +45,24 @@ class Unhandled(Exception):
 
 async def ok(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
+
+
+async def scope_seen(request: Request) -> JSONResponse:
+    """What routing left in the scope for the endpoint."""
+    scope = request.scope
+    return JSONResponse(
+        {
+            "keys": sorted(key for key in scope if not key.startswith("meshkit.")),
+            "route": getattr(scope.get("route"), "path", None),
+            "endpoint": getattr(scope.get("endpoint"), "__name__", None),
+            "path_params": scope.get("path_params"),
+            "router_is_the_apps": scope.get("router") is request.app.router,
+        }
+    )
+
+
+async def item(request: Request) -> JSONResponse:
+    return JSONResponse({"item": request.path_params["item_id"]})
 
 
 async def teapot(request: Request) -> Response:
@@ -116,6 +140,8 @@ async def on_server_error(request: Request, exc: Exception) -> Response:
 def routes() -> list[Route | Mount]:
     return [
         Route("/ok", ok),
+        Route("/scope", scope_seen, methods=["GET", "POST"]),
+        Route("/items/{item_id:int}", item),
         Route("/teapot", teapot),
         Route("/payment", payment),
         Route("/handled", handled),
@@ -128,11 +154,20 @@ def routes() -> list[Route | Mount]:
         Route("/background", failing_background),
         Route("/asgi", AsgiEndpoint()),
         Mount("/inner", app=Router([Route("/teapot", teapot), Route("/ok", ok)])),
+        Host("elsewhere.example", app=Router([Route("/after-host", teapot)])),
+        Route("/after-host", ok),  # past a Host: matched by the router every time
     ]
 
 
-REQUESTS = [
+REQUESTS: list[tuple[str, str] | tuple[str, str, dict[str, str]]] = [
     ("GET", "/ok"),
+    ("GET", "/scope"),
+    ("POST", "/scope"),
+    ("PUT", "/scope"),
+    ("GET", "/items/7"),
+    ("GET", "/items/x"),
+    ("GET", "/after-host"),
+    ("GET", "/after-host", {"Host": "elsewhere.example"}),  # the Host route's
     ("HEAD", "/ok"),
     ("POST", "/ok"),  # 405 with Allow
     ("GET", "/missing"),  # the router's 404
@@ -182,12 +217,15 @@ def build(*, stock: bool, debug: bool, server_handler: bool) -> ServiceApp:
     )
 
 
-def ask(port: int, identity: IssuedIdentity, method: str, path: str) -> tuple[object, ...]:
+def ask(
+    port: int, identity: IssuedIdentity, method: str, path: str, headers: dict[str, str]
+) -> tuple[object, ...]:
     """One request on a connection of its own: status, the compared headers and body,
     or how the connection broke."""
     connection = connect(port, identity)
     try:
-        connection.request(method, path, body=b"the body" if method == "POST" else None)
+        body = b"the body" if method == "POST" else None
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         headers = tuple((name, response.getheader(name)) for name in _COMPARED_HEADERS)
         try:
@@ -224,8 +262,11 @@ def test_every_error_path_answers_as_starlettes_stock_stack(
             )
             for name, app in (("fast", fast), ("stock", stock))
         ]
-        for method, path in REQUESTS:
-            fast_answer, stock_answer = (ask(port, caller, method, path) for port in ports)
+        # Twice: the second time the meshed stack knows the routes it matched the first.
+        for method, path, *headers in REQUESTS + REQUESTS:
+            fast_answer, stock_answer = (
+                ask(port, caller, method, path, *headers or [{}]) for port in ports
+            )
             if debug and path == "/boom":  # the traceback page lists each stack's own frames
                 assert fast_answer[0] == stock_answer[0] == 500
                 assert fast_answer[1][0] == stock_answer[1][0]  # type: ignore[index]
@@ -234,6 +275,21 @@ def test_every_error_path_answers_as_starlettes_stock_stack(
             assert fast_answer == stock_answer, (method, path)
     assert type(fast.middleware_stack) is TelemetryMiddleware
     assert type(stock.middleware_stack) is ServerErrorMiddleware
+    known = next(layer for layer in _layers(fast.middleware_stack) if type(layer) is MeshExceptions)
+    # Only parameterless routes the router reached past plain routes and mounts, whose
+    # request did not fail (a failed one is matched again next time).
+    assert sorted(known._known._answer) == [  # type: ignore[union-attr]
+        ("/body", "POST"),
+        ("/handled", "GET"),
+        ("/handled-sync", "GET"),
+        ("/ok", "GET"),
+        ("/ok", "HEAD"),
+        ("/payment", "GET"),
+        ("/scope", "GET"),
+        ("/scope", "POST"),
+        ("/sync", "GET"),
+        ("/teapot", "GET"),
+    ]
 
 
 def test_the_meshed_stack_has_no_starlette_error_layers() -> None:
@@ -250,3 +306,26 @@ def _layers(app: object) -> Iterator[object]:
     while app is not None:
         yield app
         app = getattr(app, "app", None)
+
+
+def test_the_known_routes_stop_learning_at_their_bound() -> None:
+    # A route whose endpoint is an ASGI class takes any method: made-up ones must not
+    # grow the table without end (httptools refuses unknown methods; other servers may not).
+    route = Route("/any", AsgiEndpoint())
+    known = KnownRoutes(Router([route]))
+    for number in range(3 * _MAX_KNOWN):
+        known.learn({"type": "http", "path": "/any", "method": f"M{number}", "route": route})
+    assert len(known._answer) == _MAX_KNOWN
+    handling = known.handle({"type": "http", "path": "/any", "method": "M1"}, _never, _never)
+    assert handling is not None
+    handling.close()  # type: ignore[attr-defined]  # a coroutine, not run here
+    assert (
+        known.handle(
+            {"type": "http", "path": "/any", "method": f"M{2 * _MAX_KNOWN}"}, _never, _never
+        )
+        is None
+    )
+
+
+async def _never(*args: object) -> None:
+    raise AssertionError("not called")
