@@ -61,8 +61,6 @@ _DEFAULT_BUSY = 1.0  # how long a 429 without Retry-After makes its endpoint les
 _CRLF = b"\r\n"
 _CR, _LF = _CRLF
 _HEAD_CACHE_SIZE = 1024
-_DEADLINE_PREFIX = deadlines.DEADLINE_HEADER_BYTES + b": "
-_SENT_PREFIX = b"\r\n" + deadlines.SENT_HEADER_BYTES + b": "
 _START_PREFIX = deadlines.START_HEADER_BYTES + b": "
 _UNREPORTED = object()  # an attempt whose start the recorder has not taken (it raised)
 
@@ -561,9 +559,7 @@ def deadline_headers(started: float, attempt_deadline: float, work_deadline: flo
     """An attempt's deadline header lines (``meshkit.deadline`` says why each): the work's
     budget, when it was sent, and how long the caller waits for this attempt when that
     is less (a keyed request's work may outlive its attempt; it may not start later)."""
-    budget = deadlines.format_header(work_deadline - started)
-    sent = deadlines.format_sent(deadlines.wall())
-    lines = b"%s%s%s%s\r\n" % (_DEADLINE_PREFIX, budget, _SENT_PREFIX, sent)
+    lines = deadlines.format_lines(work_deadline - started, deadlines.wall())
     if attempt_deadline < work_deadline:
         lines += b"%s%s\r\n" % (_START_PREFIX, deadlines.format_header(attempt_deadline - started))
     return lines
