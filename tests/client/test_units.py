@@ -24,6 +24,18 @@ def test_windowed_counter_forgets_old_slots() -> None:
     assert counter.total(200.0) == 0
 
 
+def test_windowed_counter_adds_an_earlier_time_to_the_current_second() -> None:
+    # A time read before another caller's add (both in flight) never moves the window
+    # back, which would count the newer slots twice.
+    counter = WindowedCounter(3)
+    counter.add(1, 105.2)
+    counter.add(1, 104.9)
+    counter.add(1, 105.9)
+    assert counter.total(105.5) == 3
+    assert counter.total(107.99) == 3
+    assert counter.total(108.0) == 0
+
+
 def test_budget_allows_twenty_percent_plus_reserve() -> None:
     budget = RetryBudget(ratio=0.2, min_per_second=0, ttl=10)
     for _ in range(50):
@@ -124,3 +136,9 @@ def test_deadline_header_round_trip() -> None:
     assert deadline.incoming_bounds(b"abc", None, None, 0.0, 0.0, 0.0, 0.0) is None
     assert deadline.format_header(1.2349) == b"1234"
     assert deadline.format_header(-1) == b"0"
+    for left, sent in ((1.2349, 1796904000.1239), (-0.5, 1.0), (0.0009, 2.5)):
+        lines = b"x-meshkit-deadline-ms: %s\r\nx-meshkit-sent-ms: %s\r\n" % (
+            deadline.format_header(left),
+            deadline.format_sent(sent),
+        )
+        assert deadline.format_lines(left, sent) == lines
