@@ -81,15 +81,25 @@ class Call:
         "prefix",
         "recorded",
         "send_deadline",
+        "started",
         "subset",
         "tried",
     )
 
     def __init__(
-        self, destination: str, deadline: float, *, send_deadline: bool, subset: str = ""
+        self,
+        destination: str,
+        started: float,
+        deadline: float,
+        *,
+        send_deadline: bool,
+        subset: str = "",
     ) -> None:
         self.destination = destination
         self.subset = subset  # the resolver subset the chain chose ("": none), for hooks
+        # When the call began, or got a slot after waiting for one: what the breaker and
+        # the retry budget count it at (deadlines.now()'s clock, read once for both).
+        self.started = started
         self.deadline = deadline  # absolute, on deadlines.now()'s clock
         self.send_deadline = send_deadline
         self.attempt = 0
@@ -109,7 +119,11 @@ class Call:
         """A Call for an attempt running beside this call's own (a hedge): the same
         deadline, serialized request and tried endpoints; its own pool and headers."""
         twin = Call(
-            self.destination, self.deadline, send_deadline=self.send_deadline, subset=self.subset
+            self.destination,
+            self.started,
+            self.deadline,
+            send_deadline=self.send_deadline,
+            subset=self.subset,
         )
         twin.attempt = self.attempt
         twin.tried = self.tried  # shared: concurrent attempts pick different endpoints
@@ -184,7 +198,7 @@ async def run_call(
         late.request = request
         raise late
     call = request.extensions[CALL_EXTENSION] = Call(
-        destination, deadline, send_deadline=send_deadline, subset=subset
+        destination, now, deadline, send_deadline=send_deadline, subset=subset
     )
     if recorder is None:
         try:
@@ -230,7 +244,9 @@ class LimitTransport(AsyncBaseTransport):
         if self._active < self._max_concurrent:
             self._active += 1
         else:
-            await self._wait(call_of(request).deadline)
+            call = call_of(request)
+            await self._wait(call.deadline)
+            call.started = deadlines.now()
         try:
             return await self._inner.handle_async_request(request)
         finally:
@@ -277,7 +293,7 @@ class BreakerTransport(AsyncBaseTransport):
 
     async def handle_async_request(self, request: Request) -> Response:
         breaker = self._breaker
-        admission = breaker.allow(deadlines.now())
+        admission = breaker.allow(request.extensions[CALL_EXTENSION].started)
         if admission == REFUSED:
             raise CircuitOpen(
                 "circuit breaker is open: the destination is failing", destination=self._destination
@@ -327,7 +343,7 @@ class RetryTransport(AttemptsLayer):
 
     async def handle_async_request(self, request: Request) -> Response:
         call = call_of(request)
-        self._budget.deposit(deadlines.now())
+        self._budget.deposit(call.started)
         safe_method = request.method in IDEMPOTENT_METHODS
         while True:
             call.attempt += 1
