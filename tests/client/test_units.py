@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from meshkit import deadline
-from meshkit._httpx import Request
+from meshkit._httpx import LocalProtocolError, Request
 from meshkit.client import ClientPolicy
 from meshkit.client._breaker import ADMITTED, PROBE, REFUSED, CircuitBreaker
 from meshkit.client._budget import RetryBudget, WindowedCounter
-from meshkit.client._transports import _retry_after, read_body, serialize_head
+from meshkit.client._transports import _header_line, _retry_after, read_body, serialize_head
 from meshkit.errors import ConfigError
 
 pytestmark = pytest.mark.anyio
@@ -128,6 +128,13 @@ async def test_header_line_breaks_are_refused() -> None:
     request = Request("GET", "http://payments/", headers={"x-evil": "a\r\nHost: other"})
     with pytest.raises(Exception, match="line break"):
         await _serialize(request)
+
+
+def test_a_hook_header_with_a_line_break_is_refused() -> None:
+    assert _header_line("traceparent", "00-a-b-01") == b"traceparent: 00-a-b-01\r\n"
+    for name, value in (("x-id", "a\r\nHost: other"), ("x-id", "a\nb"), ("x\rid", "a")):
+        with pytest.raises(LocalProtocolError, match="line break"):
+            _header_line(name, value)
 
 
 def test_deadline_header_round_trip() -> None:
