@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
+from math import floor
 
 #: The header carrying the remaining budget in whole milliseconds.
 DEADLINE_HEADER = "x-meshkit-deadline-ms"
@@ -112,12 +113,23 @@ def use_deadline(deadline: float | None) -> Iterator[None]:
 
 def format_header(seconds_left: float) -> bytes:
     """The header value for ``seconds_left``, rounded down (never promise more time)."""
-    return b"%d" % max(int(seconds_left * 1000.0), 0)
+    budget = floor(seconds_left * 1000.0)
+    return b"%d" % (budget if budget > 0 else 0)
 
 
 def format_sent(unix_seconds: float) -> bytes:
     """The sent-time header value, rounded down: the request looks, if anything, older."""
-    return b"%d" % int(unix_seconds * 1000.0)
+    return b"%d" % floor(unix_seconds * 1000.0)
+
+
+_LINES = DEADLINE_HEADER_BYTES + b": %d\r\n" + SENT_HEADER_BYTES + b": %d\r\n"
+
+
+def format_lines(seconds_left: float, unix_seconds: float) -> bytes:
+    """The budget and sent-time header lines, ``format_header``'s and ``format_sent``'s
+    values formatted together (what a mesh client sends with every attempt)."""
+    budget = floor(seconds_left * 1000.0)
+    return _LINES % (budget if budget > 0 else 0, floor(unix_seconds * 1000.0))
 
 
 def incoming_bounds(

@@ -170,8 +170,9 @@ class Balancer:
         if count == 1:
             chosen = states[0]
         else:
-            first = int(random.random() * count)
-            second = int(random.random() * (count - 1))
+            # math.floor where int() would do: a C function, not a constructor call.
+            first = math.floor(random.random() * count)
+            second = math.floor(random.random() * (count - 1))
             if second >= first:
                 second += 1
             a, b = states[first], states[second]

@@ -14,21 +14,22 @@ import math
 class WindowedCounter:
     """A sum over the last ``seconds`` seconds, kept in one-second slots."""
 
-    __slots__ = ("_current", "_size", "_slots", "_total")
+    __slots__ = ("_current", "_index", "_next", "_size", "_slots", "_total")
 
     def __init__(self, seconds: float) -> None:
         self._size = max(math.ceil(seconds), 1)
         self._slots = [0] * self._size
         self._current = 0  # the whole second the newest slot belongs to
+        self._index = 0  # that slot's
+        self._next = 1.0  # when the next second begins
         self._total = 0
 
     def add(self, amount: int, now: float) -> None:
-        # Every call adds (the budget's deposit, the breaker's count): the slot of the
-        # current second is the common case, checked here before a call to _advance.
-        second = int(now)
-        if second != self._current:
-            self._advance(second)
-        self._slots[second % self._size] += amount
+        # Every call adds (the budget's deposit, the breaker's count): a time within the
+        # current second, the common case, is told by one comparison of floats.
+        if now >= self._next:
+            self._advance(int(now))
+        self._slots[self._index] += amount
         self._total += amount
 
     def total(self, now: float) -> int:
@@ -40,8 +41,8 @@ class WindowedCounter:
         self._total = 0
 
     def _advance(self, second: int) -> None:
-        if second == self._current:
-            return
+        if second <= self._current:
+            return  # this second's, or an earlier time read before the newest add
         size = self._size
         if second - self._current >= size:
             self.reset()
@@ -51,6 +52,8 @@ class WindowedCounter:
                 self._total -= self._slots[index]
                 self._slots[index] = 0
         self._current = second
+        self._index = second % size
+        self._next = second + 1.0
 
 
 class RetryBudget:

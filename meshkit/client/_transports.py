@@ -59,10 +59,7 @@ TIMEOUT_EXTENSION = "meshkit.timeout"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _DEFAULT_BUSY = 1.0  # how long a 429 without Retry-After makes its endpoint less chosen
 _CRLF = b"\r\n"
-_CR, _LF = _CRLF
 _HEAD_CACHE_SIZE = 1024
-_DEADLINE_PREFIX = deadlines.DEADLINE_HEADER_BYTES + b": "
-_SENT_PREFIX = b"\r\n" + deadlines.SENT_HEADER_BYTES + b": "
 _START_PREFIX = deadlines.START_HEADER_BYTES + b": "
 _UNREPORTED = object()  # an attempt whose start the recorder has not taken (it raised)
 
@@ -83,15 +80,25 @@ class Call:
         "prefix",
         "recorded",
         "send_deadline",
+        "started",
         "subset",
         "tried",
     )
 
     def __init__(
-        self, destination: str, deadline: float, *, send_deadline: bool, subset: str = ""
+        self,
+        destination: str,
+        started: float,
+        deadline: float,
+        *,
+        send_deadline: bool,
+        subset: str = "",
     ) -> None:
         self.destination = destination
         self.subset = subset  # the resolver subset the chain chose ("": none), for hooks
+        # When the call began, or got a slot after waiting for one: what the breaker and
+        # the retry budget count it at (deadlines.now()'s clock, read once for both).
+        self.started = started
         self.deadline = deadline  # absolute, on deadlines.now()'s clock
         self.send_deadline = send_deadline
         self.attempt = 0
@@ -111,7 +118,11 @@ class Call:
         """A Call for an attempt running beside this call's own (a hedge): the same
         deadline, serialized request and tried endpoints; its own pool and headers."""
         twin = Call(
-            self.destination, self.deadline, send_deadline=self.send_deadline, subset=self.subset
+            self.destination,
+            self.started,
+            self.deadline,
+            send_deadline=self.send_deadline,
+            subset=self.subset,
         )
         twin.attempt = self.attempt
         twin.tried = self.tried  # shared: concurrent attempts pick different endpoints
@@ -186,7 +197,7 @@ async def run_call(
         late.request = request
         raise late
     call = request.extensions[CALL_EXTENSION] = Call(
-        destination, deadline, send_deadline=send_deadline, subset=subset
+        destination, now, deadline, send_deadline=send_deadline, subset=subset
     )
     if recorder is None:
         try:
@@ -232,7 +243,9 @@ class LimitTransport(AsyncBaseTransport):
         if self._active < self._max_concurrent:
             self._active += 1
         else:
-            await self._wait(call_of(request).deadline)
+            call = call_of(request)
+            await self._wait(call.deadline)
+            call.started = deadlines.now()
         try:
             return await self._inner.handle_async_request(request)
         finally:
@@ -279,7 +292,7 @@ class BreakerTransport(AsyncBaseTransport):
 
     async def handle_async_request(self, request: Request) -> Response:
         breaker = self._breaker
-        admission = breaker.allow(deadlines.now())
+        admission = breaker.allow(request.extensions[CALL_EXTENSION].started)
         if admission == REFUSED:
             raise CircuitOpen(
                 "circuit breaker is open: the destination is failing", destination=self._destination
@@ -329,7 +342,7 @@ class RetryTransport(AttemptsLayer):
 
     async def handle_async_request(self, request: Request) -> Response:
         call = call_of(request)
-        self._budget.deposit(deadlines.now())
+        self._budget.deposit(call.started)
         safe_method = request.method in IDEMPOTENT_METHODS
         while True:
             call.attempt += 1
@@ -561,9 +574,7 @@ def deadline_headers(started: float, attempt_deadline: float, work_deadline: flo
     """An attempt's deadline header lines (``meshkit.deadline`` says why each): the work's
     budget, when it was sent, and how long the caller waits for this attempt when that
     is less (a keyed request's work may outlive its attempt; it may not start later)."""
-    budget = deadlines.format_header(work_deadline - started)
-    sent = deadlines.format_sent(deadlines.wall())
-    lines = b"%s%s%s%s\r\n" % (_DEADLINE_PREFIX, budget, _SENT_PREFIX, sent)
+    lines = deadlines.format_lines(work_deadline - started, deadlines.wall())
     if attempt_deadline < work_deadline:
         lines += b"%s%s\r\n" % (_START_PREFIX, deadlines.format_header(attempt_deadline - started))
     return lines
@@ -597,15 +608,16 @@ def serialize_head(
 
 
 def _raw_header_line(name: bytes, value: bytes) -> bytes:
-    # A CR or LF inside a header would let a caller smuggle a second request. (Bytes
-    # searched for an int, a byte value, take ~0.01 µs; for a one-byte bytes, ~0.1.)
-    if _CR in value or _LF in value or _CR in name or _LF in name:
-        raise LocalProtocolError(f"header {name!r} holds a line break")
-    return b"%s: %s\r\n" % (name, value)
+    # Cold: a head is serialized once, then cached (PoolSender._head).
+    return _header_line(name.decode("latin-1"), value.decode("latin-1"))
 
 
 def _header_line(name: str, value: str) -> bytes:
-    return _raw_header_line(name.encode("latin-1"), value.encode("latin-1"))
+    # A CR or LF inside a header would let a caller smuggle a second request. Searched
+    # in the str a hook gives (traceparent, on every attempt), then encoded once.
+    if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+        raise LocalProtocolError(f"header {name!r} holds a line break")
+    return f"{name}: {value}\r\n".encode("latin-1")
 
 
 class PassthroughTransport(AsyncBaseTransport):

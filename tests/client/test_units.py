@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from meshkit import deadline
-from meshkit._httpx import Request
+from meshkit._httpx import LocalProtocolError, Request
 from meshkit.client import ClientPolicy
 from meshkit.client._breaker import ADMITTED, PROBE, REFUSED, CircuitBreaker
 from meshkit.client._budget import RetryBudget, WindowedCounter
-from meshkit.client._transports import _retry_after, read_body, serialize_head
+from meshkit.client._transports import _header_line, _retry_after, read_body, serialize_head
 from meshkit.errors import ConfigError
 
 pytestmark = pytest.mark.anyio
@@ -22,6 +22,18 @@ def test_windowed_counter_forgets_old_slots() -> None:
     assert counter.total(102.9) == 7
     assert counter.total(103.0) == 2  # second 100 left the window
     assert counter.total(200.0) == 0
+
+
+def test_windowed_counter_adds_an_earlier_time_to_the_current_second() -> None:
+    # A time read before another caller's add (both in flight) never moves the window
+    # back, which would count the newer slots twice.
+    counter = WindowedCounter(3)
+    counter.add(1, 105.2)
+    counter.add(1, 104.9)
+    counter.add(1, 105.9)
+    assert counter.total(105.5) == 3
+    assert counter.total(107.99) == 3
+    assert counter.total(108.0) == 0
 
 
 def test_budget_allows_twenty_percent_plus_reserve() -> None:
@@ -118,9 +130,22 @@ async def test_header_line_breaks_are_refused() -> None:
         await _serialize(request)
 
 
+def test_a_hook_header_with_a_line_break_is_refused() -> None:
+    assert _header_line("traceparent", "00-a-b-01") == b"traceparent: 00-a-b-01\r\n"
+    for name, value in (("x-id", "a\r\nHost: other"), ("x-id", "a\nb"), ("x\rid", "a")):
+        with pytest.raises(LocalProtocolError, match="line break"):
+            _header_line(name, value)
+
+
 def test_deadline_header_round_trip() -> None:
     assert deadline.incoming_bounds(b"1500", None, None, 0.0, 0.0, 0.0, 0.0) == (1.5, 1.5)
     assert deadline.incoming_bounds(b"-5", None, None, 0.0, 0.0, 0.0, 0.0) == (0.0, 0.0)
     assert deadline.incoming_bounds(b"abc", None, None, 0.0, 0.0, 0.0, 0.0) is None
     assert deadline.format_header(1.2349) == b"1234"
     assert deadline.format_header(-1) == b"0"
+    for left, sent in ((1.2349, 1796904000.1239), (-0.5, 1.0), (0.0009, 2.5)):
+        lines = b"x-meshkit-deadline-ms: %s\r\nx-meshkit-sent-ms: %s\r\n" % (
+            deadline.format_header(left),
+            deadline.format_sent(sent),
+        )
+        assert deadline.format_lines(left, sent) == lines
