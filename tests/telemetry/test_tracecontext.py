@@ -431,16 +431,24 @@ def test_repeated_headers_over_mtls(
     assert continued["tracestate"] == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
 
 
+def _following_callers() -> tuple[TracerProvider, InMemorySpanExporter]:
+    """A provider whose sampler follows the caller and drops roots, and what it exports."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    return provider, exported
+
+
 def test_unsampled_callers_over_mtls(authority: LocalAuthority, tmp_path: Path) -> None:
     """An unsampled caller's trace goes on from the handler, whether its field takes the
     fast path or the parser's (OWS, a higher version); a malformed one starts a new trace.
     Nothing is recorded: the sampler follows the caller, and drops roots too."""
-    exported = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
-    provider.add_span_processor(SimpleSpanProcessor(exported))
-    app = Starlette(routes=[Route("/echo", echo_context)])
+    provider, exported = _following_callers()
     served = TelemetryMiddleware(
-        app, service="orders", metrics=MeshMetrics(), tracer_provider=provider
+        Starlette(routes=[Route("/echo", echo_context)]),
+        service="orders",
+        metrics=MeshMetrics(),
+        tracer_provider=provider,
     )
     continued = {
         f"00-{TRACE}-{PARENT}-00": "00",
@@ -474,12 +482,12 @@ def test_sampled_callers_over_mtls(authority: LocalAuthority, tmp_path: Path) ->
     """A sampled caller's SERVER span is recorded, whatever the sampler would decide for
     a root, as the child of the caller's span (remote, its known flags), and the
     handler's calls go on from it with the sampled and random-trace-id flags kept."""
-    exported = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
-    provider.add_span_processor(SimpleSpanProcessor(exported))
-    app = Starlette(routes=[Route("/echo", echo_context)])
+    provider, exported = _following_callers()
     served = TelemetryMiddleware(
-        app, service="orders", metrics=MeshMetrics(), tracer_provider=provider
+        Starlette(routes=[Route("/echo", echo_context)]),
+        service="orders",
+        metrics=MeshMetrics(),
+        tracer_provider=provider,
     )
     fields = {
         f"00-{TRACE}-{PARENT}-01": 0x01,
