@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from meshkit.ca.x509 import LocalAuthority
 from meshkit.middleware.telemetry import TelemetryMiddleware
@@ -431,25 +432,24 @@ def test_repeated_headers_over_mtls(
     assert continued["tracestate"] == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
 
 
-def _following_callers() -> tuple[TracerProvider, InMemorySpanExporter]:
-    """A provider whose sampler follows the caller and drops roots, and what it exports."""
+def _echo_following_callers() -> tuple[TracerProvider, InMemorySpanExporter, ASGIApp]:
+    """The echo app under the telemetry middleware, with a provider whose sampler follows
+    the caller and drops roots, and what that provider exports."""
     exported = InMemorySpanExporter()
     provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
     provider.add_span_processor(SimpleSpanProcessor(exported))
-    return provider, exported
+    app = Starlette(routes=[Route("/echo", echo_context)])
+    served = TelemetryMiddleware(
+        app, service="orders", metrics=MeshMetrics(), tracer_provider=provider
+    )
+    return provider, exported, served
 
 
 def test_unsampled_callers_over_mtls(authority: LocalAuthority, tmp_path: Path) -> None:
     """An unsampled caller's trace goes on from the handler, whether its field takes the
     fast path or the parser's (OWS, a higher version); a malformed one starts a new trace.
     Nothing is recorded: the sampler follows the caller, and drops roots too."""
-    provider, exported = _following_callers()
-    served = TelemetryMiddleware(
-        Starlette(routes=[Route("/echo", echo_context)]),
-        service="orders",
-        metrics=MeshMetrics(),
-        tracer_provider=provider,
-    )
+    provider, exported, served = _echo_following_callers()
     continued = {
         f"00-{TRACE}-{PARENT}-00": "00",
         f"00-{TRACE}-{PARENT}-02": "02",
@@ -482,13 +482,7 @@ def test_sampled_callers_over_mtls(authority: LocalAuthority, tmp_path: Path) ->
     """A sampled caller's SERVER span is recorded, whatever the sampler would decide for
     a root, as the child of the caller's span (remote, its known flags), and the
     handler's calls go on from it with the sampled and random-trace-id flags kept."""
-    provider, exported = _following_callers()
-    served = TelemetryMiddleware(
-        Starlette(routes=[Route("/echo", echo_context)]),
-        service="orders",
-        metrics=MeshMetrics(),
-        tracer_provider=provider,
-    )
+    provider, exported, served = _echo_following_callers()
     fields = {
         f"00-{TRACE}-{PARENT}-01": 0x01,
         f"00-{TRACE}-{PARENT}-ff": 0x03,
