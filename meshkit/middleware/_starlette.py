@@ -19,6 +19,10 @@ a function route's ``request_response``. What they do on an exception mirrors
 test_fast_stack.py runs every error path through both stacks and compares the
 answers (also against the newest Starlette, ``make test-latest``).
 
+``MeshExceptions`` also keeps ``KnownRoutes``: the route the router chose for a path
+and method it saw before, when those alone decide it, handed the next such request
+without matching every route again (~10k instructions a request).
+
 Only an app whose stack is Starlette's own (not FastAPI's, whose stack differs) with no
 middleware but the mesh's gets it, and only while Starlette's shapes are as this module
 knows them (``FAST_STACK``, checked at import); every other app keeps the stock stack.
