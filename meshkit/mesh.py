@@ -503,12 +503,9 @@ class Mesh(MeshRuntime):
         return lifespan
 
     def _build_stack(self) -> ASGIApp:
-        return fast_stack(self.app, self._entry, self._wrap_answering)
+        return fast_stack(self.app, self._entry, self.wrap)
 
-    def _wrap_answering(self, app: ASGIApp, on_error: ErrorAnswer) -> ASGIApp:
-        return self.wrap(app, on_error=on_error)
-
-    def wrap(self, app: ASGIApp, *, on_error: ErrorAnswer | None = None) -> ASGIApp:
+    def wrap(self, app: ASGIApp, on_error: ErrorAnswer | None = None) -> ASGIApp:
         """The mesh middleware around ``app``, from the settings in force when the app
         builds its stack (``run(port=...)`` may change them before); ``on_error``
         answers what the app raises when no ServerErrorMiddleware is outside."""

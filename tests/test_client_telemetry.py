@@ -78,18 +78,8 @@ async def test_one_trace_across_two_services(
     async def order(request: Request) -> JSONResponse:
         return JSONResponse({"order": request.path_params["order_id"]})
 
-    web = TelemetryMiddleware(
-        Starlette(routes=[Route("/checkout", checkout)]),
-        service="web",
-        metrics=web_metrics,
-        tracer_provider=web_provider,
-    )
-    orders = TelemetryMiddleware(
-        Starlette(routes=[Route("/orders/{order_id}", order)]),
-        service="orders",
-        metrics=orders_metrics,
-        tracer_provider=orders_provider,
-    )
+    web = _served("web", Route("/checkout", checkout), web_metrics, web_provider)
+    orders = _served("orders", Route("/orders/{order_id}", order), orders_metrics, orders_provider)
     edge = factory(authority, source, "edge", None)
     async with (
         serve(orders, contexts(authority, "orders")) as orders_port,
@@ -296,12 +286,7 @@ async def test_a_call_from_an_unsampled_request_carries_its_trace_on(
     async def echo(request: Request) -> JSONResponse:
         return JSONResponse({k: request.headers.get(k) for k in ("traceparent", "tracestate")})
 
-    web = TelemetryMiddleware(
-        Starlette(routes=[Route("/checkout", checkout)]),
-        service="web",
-        metrics=web_metrics,
-        tracer_provider=web_provider,
-    )
+    web = _served("web", Route("/checkout", checkout), web_metrics, web_provider)
     edge = factory(authority, source, "edge", None)
     async with (
         serve(Starlette(routes=[Route("/echo", echo)]), contexts(authority, "orders")) as port,
@@ -370,3 +355,12 @@ def test_the_recorders_attempt_headers_are_what_the_w3c_propagators_write(
     expected: list[tuple[str, str]] = []
     append_context_headers(expected, trace.set_span_in_context(sent, context))
     assert headers == expected
+
+
+def _served(
+    service: str, route: Route, metrics: MeshMetrics, provider: TracerProvider
+) -> TelemetryMiddleware:
+    """``route`` in a Starlette app behind the telemetry middleware of ``service``."""
+    return TelemetryMiddleware(
+        Starlette(routes=[route]), service=service, metrics=metrics, tracer_provider=provider
+    )

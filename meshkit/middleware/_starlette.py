@@ -54,7 +54,6 @@ except ImportError:  # pragma: no cover - a Starlette this module does not know
 
 #: Where ``ExceptionMiddleware`` leaves the app's handlers for the routes below it.
 HANDLERS_KEY = "starlette.exception_handlers"
-Handler = ExceptionHandler
 #: ``on_error(scope, receive, send, exc, started)``: the telemetry's 500 for ``exc``.
 ErrorAnswer = Callable[[Scope, Receive, Send, Exception, bool], Awaitable[None]]
 
@@ -232,7 +231,9 @@ async def answer_handled(
 ) -> None:
     """What ``wrap_app_handling_exceptions`` does with ``exc``: the app's handler
     answers, or ``exc`` goes on up."""
-    handlers: tuple[dict[Any, Handler], dict[int, Handler]] = scope.get(HANDLERS_KEY, ({}, {}))
+    handlers: tuple[dict[Any, ExceptionHandler], dict[int, ExceptionHandler]] = scope.get(
+        HANDLERS_KEY, ({}, {})
+    )
     exception_handlers, status_handlers = handlers
     handler = None
     if isinstance(exc, HTTPException):
@@ -254,7 +255,7 @@ async def answer_handled(
     exc.__traceback__ = None
 
 
-def server_error_answer(handler: Handler | None, debug: bool) -> ErrorAnswer:
+def server_error_answer(handler: ExceptionHandler | None, debug: bool) -> ErrorAnswer:
     """The telemetry's ``on_error``: Starlette's own ``ServerErrorMiddleware`` answers
     ``exc`` (its 500 page, debug traceback or the app's 500 handler), then re-raises."""
 
@@ -289,11 +290,11 @@ def fast_stack(
 
 
 def split_handlers(
-    handlers: Mapping[Any, Handler],
-) -> tuple[Handler | None, dict[Any, Handler]]:
+    handlers: Mapping[Any, ExceptionHandler],
+) -> tuple[ExceptionHandler | None, dict[Any, ExceptionHandler]]:
     """(the 500 handler, the others), as ``Starlette.build_middleware_stack`` splits them."""
     error_handler = None
-    others: dict[Any, Handler] = {}
+    others: dict[Any, ExceptionHandler] = {}
     for key, value in handlers.items():
         if key in (500, Exception):
             error_handler = value
