@@ -159,13 +159,18 @@ def pem_certificates(text: str) -> list[str]:
     return [block + "\n" for block in blocks]
 
 
+def der_fingerprint(der: bytes) -> str:
+    """``sha256:<hex>`` of a DER certificate: the form CA pins are given in."""
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
 def pem_fingerprint(pem: str) -> str:
-    """``sha256:<hex>`` of one PEM certificate's DER: the form CA pins are given in."""
+    """``der_fingerprint`` of one PEM certificate."""
     try:
         der = ssl.PEM_cert_to_DER_cert(pem)
     except ValueError as exc:
         raise CertificateError(f"not a valid PEM certificate: {exc}") from exc
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+    return der_fingerprint(der)
 
 
 def decode_ca_certificate(pem: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from meshkit._statedir import write_private as write_private
 from meshkit.errors import CertificateError, IdentityError
 from meshkit.identity import SpiffeId, identity_from_certificate
-from meshkit.tls import BACKDATE_SECONDS, Leaf
+from meshkit.tls import BACKDATE_SECONDS, Leaf, der_fingerprint
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
@@ -313,8 +313,8 @@ def private_key_pem(key: PrivateKey) -> str:
 
 
 def fingerprint(cert: x509.Certificate) -> str:
-    """``sha256:<hex>`` of the DER certificate: the form CA pins are given in."""
-    return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    """``tls.der_fingerprint`` of ``cert``: the form CA pins are given in."""
+    return der_fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
 @dataclass(frozen=True)
