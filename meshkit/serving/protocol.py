@@ -263,7 +263,7 @@ class CoalescingTransport:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -272,9 +272,6 @@ class CoalescingTransport:
 
     def flush(self) -> None:
         """Send what is buffered now."""
-        self._flush()
-
-    def _flush(self) -> None:
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
@@ -286,11 +283,11 @@ class CoalescingTransport:
         return self._transport.is_closing()
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def __getattr__(self, name: str) -> Any:
