@@ -23,6 +23,7 @@ ADAPTERS = {
     "telemetry/_otel_sdk.py": ("opentelemetry",),
     "_httpx.py": ("httpx", "httpcore"),
     "middleware/_starlette.py": ("starlette",),
+    "serving/cycle.py": ("uvicorn",),
 }
 #: The standard library's own underscored public names (argparse documents no other
 #: type for ``add_subparsers()``'s result; a NamedTuple's methods start with ``_``).

@@ -20,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meshkit.deadline import ARRIVED_KEY
 from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
+from meshkit.serving.cycle import LEAN_CYCLE, start_request
 from meshkit.settings import ConnectionLimits
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -65,6 +66,9 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
       for ``keepalive_timeout`` is closed by ``check`` (within a second after it).
     - ``idle_since`` (loop time; None while a request is active) lets the server shed
       the oldest idle connection when it is full.
+    - Each request runs in a ``MeshCycle`` (``meshkit.serving.cycle``): uvicorn's cycle,
+      made and sending for less; the request line and headers are read as uvicorn reads
+      them, the Content-Length noted on the way for the body limit.
 
     uvicorn constructs it with ``config``, ``server_state`` and ``app_state``;
     ``uvicorn_config`` makes a subclass per server with that server's ``limits``.
@@ -81,6 +85,7 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         self._since = now
         self._head_bytes = 0
         self._body_bytes = 0
+        self._length: bytes | None = None  # the request's Content-Length, as it came
         self._peer_deadline = math.inf  # loop time at which the caller's certificate expires
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -104,6 +109,7 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._length = None
         arrived = self.loop.time()
         # The caller's deadline counts from here, not from when the handler gets to run.
         self.scope[ARRIVED_KEY] = arrived  # type: ignore[literal-required]
@@ -120,11 +126,29 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         if self._since >= self._peer_deadline:
             self._refuse(401, "peer_certificate_expired")
             return
-        length = _content_length(self.headers)
-        if length is not None and length > self.limits.max_body_bytes:
+        length = self._length if LEAN_CYCLE else _content_length(self.headers)
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
             self._refuse(413, "request_body_too_large")
             return
-        super().on_headers_complete()
+        if LEAN_CYCLE:
+            start_request(self)
+        else:  # pragma: no cover - a uvicorn whose cycle meshkit does not know
+            super().on_headers_complete()
+
+    def _on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's on_header, noting the Content-Length (no scan of the list later).
+        name = name.lower()
+        # llhttp keeps trailing whitespace, which RFC 9110 (5.5) excludes from the value.
+        value = value.rstrip(b" \t")
+        if name == b"content-length":
+            if self._length is None:
+                self._length = value
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    if LEAN_CYCLE:
+        on_header = _on_header
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -232,10 +256,10 @@ def error_response(status: int, error: str) -> bytes:
     return head.encode() + body
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _content_length(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     for name, value in headers:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
+            return value
     return None
 
 
