@@ -46,7 +46,7 @@ async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
 class StockDeadline(DeadlineMiddleware):
     """The middleware with anyio's cancel scope per request, as before ``Overdue``."""
 
-    def _watch_first(self, deadline: float) -> None:
+    def _watch_first(self, deadline: float, now: float) -> None:
         return None  # never an Overdue: every request takes the cancel-scope path
 
 

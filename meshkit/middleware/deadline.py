@@ -64,21 +64,38 @@ class DeadlineMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        bounds = self._bounds(scope)
+        # The last value of each header, as a scan finds it (the same instructions, in C).
+        headers = dict(scope["headers"])
+        budget = headers.get(_DEADLINE)
+        if budget is None and self.default_timeout is None:
+            await self.app(scope, receive, send)
+            return
+        now = deadlines.now()
+        bounds = deadlines.incoming_bounds(
+            budget,
+            headers.get(_SENT),
+            headers.get(_START),
+            # Without meshkit's protocol (no arrival noted) the budget counts from now.
+            scope.get(deadlines.ARRIVED_KEY, now),
+            now,
+            deadlines.wall(),
+            self.max_clock_skew,
+            self.default_timeout,
+        )
         if bounds is None:
             await self.app(scope, receive, send)
             return
         start_by, deadline = bounds
-        if deadlines.now() >= start_by:
+        if now >= start_by:
             await send_deadline_exceeded(send, _NOT_STARTED)
             return
         # Whether the response started: the telemetry middleware's send outside this one
         # already notes its status, so it is used as it is; only alone is send wrapped.
         observed = send if type(send) is ObservedSend else ObservedSend(send)
         overdue = self._overdue
-        watched = overdue.watch_current(deadline) if overdue is not None else None
+        watched = overdue.watch_current(deadline, now) if overdue is not None else None
         if watched is None:
-            watched = self._watch_first(deadline)
+            watched = self._watch_first(deadline, now)
         if watched is None:  # not asyncio (trio under anyio): anyio's own cancel scope
             try:
                 if not await self._run_in_cancel_scope(deadline, scope, receive, observed):
@@ -111,28 +128,9 @@ class DeadlineMiddleware:
         if not observed.status:
             await send_deadline_exceeded(send)
 
-    def _bounds(self, scope: Scope) -> tuple[float, float] | None:
-        """(start by, finish by) on ``deadlines.now()``'s clock, or None when unbounded."""
-        # The last value of each header, as a scan finds it (the same instructions, in C).
-        headers = dict(scope["headers"])
-        budget = headers.get(_DEADLINE)
-        if budget is None and self.default_timeout is None:
-            return None
-        now = deadlines.now()
-        # Without meshkit's protocol (no arrival noted) the budget counts from now.
-        arrived = scope.get(deadlines.ARRIVED_KEY, now)
-        return deadlines.incoming_bounds(
-            budget,
-            headers.get(_SENT),
-            headers.get(_START),
-            arrived,
-            now,
-            deadlines.wall(),
-            self.max_clock_skew,
-            self.default_timeout,
-        )
-
-    def _watch_first(self, deadline: float) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
+    def _watch_first(
+        self, deadline: float, now: float
+    ) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
         """``Overdue.watch_current`` for the first request on an event loop (a new
         ``Overdue``), None when not on asyncio."""
         try:
@@ -142,7 +140,7 @@ class DeadlineMiddleware:
         if task is None:
             return None
         overdue = self._overdue = Overdue(task.get_loop())
-        return overdue, task, overdue.watch(deadline, task)
+        return overdue, task, overdue.watch(deadline, task, now)
 
     async def _run_in_cancel_scope(
         self, deadline: float, scope: Scope, receive: Receive, send: Send
@@ -157,35 +155,48 @@ class DeadlineMiddleware:
     _overdue: Overdue | None = None
 
 
-# A request on the heap: [deadline, order, its task (None once it ended), expired].
-# A list, not an object: made without a Python call, and the heap item itself; the
-# order breaks ties between equal deadlines, so tasks are never compared.
+# A request watched: [deadline, order, its task (None once it ended), expired]. A list,
+# not an object: made without a Python call, and the heap item itself; the order breaks
+# ties between equal deadlines on the heap, so tasks are never compared.
 _Entry = list[Any]
 _TASK, _EXPIRED = 2, 3
+#: A deadline further away than this waits in a plain list, not on the heap ...
+HORIZON = 1.0
+#: ... which is swept this often for those coming within it (so each is on the heap
+#: at least HORIZON - SWEEP before it is due).
+SWEEP = 0.5
 
 
 class Overdue:
     """Cancels the tasks of requests whose deadline passed, with one timer for them all.
 
     ``anyio.move_on_after`` arms a timer and builds a cancel scope per request: ~11 µs of
-    the ~13 µs this middleware costs a bounded request. Here a request is one entry on
-    a heap (a push, and a flag cleared when it ends); the one timer fires at the earliest
-    deadline still running, cancels what is overdue, and is set again for the next.
-    Deadlines mostly arrive in increasing order, so the timer is rarely moved. Finished
-    entries are dropped when the timer pops them, or all at once when they outnumber
-    the running ones (the heap stays about the size of what is in flight).
+    the ~13 µs this middleware costs a bounded request. Here a request is one entry: one
+    timer fires at the earliest deadline on a heap, cancels what is overdue, and is set
+    again for the next. Most requests end long before their deadline (a mesh call's
+    budget is seconds; its answer takes milliseconds), so an entry due later than
+    ``HORIZON`` is only appended to a list, which a sweep every ``SWEEP`` seconds moves
+    to the heap as its deadline comes within reach, dropping the entries of requests
+    that ended: a push onto the heap (its comparisons of entries) is paid only by the
+    requests that run long or carry short deadlines. Finished entries on the heap are
+    dropped when the timer pops them, or all at once when they outnumber the running
+    ones; both hold about what arrived over the last ``SWEEP`` seconds plus what runs.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._thread = threading.get_ident()
         self._heap: list[_Entry] = []
+        self._later: list[_Entry] = []  # due beyond HORIZON when watched; unordered
         self._order = itertools.count()  # ties between equal deadlines never compare entries
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        self._sweeper: asyncio.TimerHandle | None = None
 
-    def watch_current(self, deadline: float) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
+    def watch_current(
+        self, deadline: float, now: float
+    ) -> tuple[Overdue, asyncio.Task[Any], _Entry] | None:
         """``watch`` the task running on this loop, if it runs in this thread now (the
         task and its entry); else None.
 
@@ -196,18 +207,19 @@ class Overdue:
         task = asyncio.current_task(self.loop)
         if task is None:
             return None
-        return self, task, self.watch(deadline, task)
+        return self, task, self.watch(deadline, task, now)
 
-    def watch(self, deadline: float, task: asyncio.Task[Any]) -> _Entry:
-        entry: _Entry = [deadline, next(self._order), task, False]
-        heap = self._heap
-        heapq.heappush(heap, entry)
+    def watch(self, deadline: float, task: asyncio.Task[Any], now: float) -> _Entry:
+        """Cancel ``task`` if it still runs at ``deadline`` (``now`` is the time now)."""
         self._running += 1
-        if deadline < self._timer_at:
-            self._arm(deadline)
-        if len(heap) > 2 * self._running + 64:
-            self._heap = [item for item in heap if item[_TASK] is not None]
-            heapq.heapify(self._heap)
+        if deadline - now > HORIZON:
+            entry: _Entry = [deadline, 0, task, False]
+            self._later.append(entry)
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+            return entry
+        entry = [deadline, next(self._order), task, False]
+        self._push(entry)
         return entry
 
     def done(self, entry: _Entry) -> bool:
@@ -216,6 +228,32 @@ class Overdue:
             entry[_TASK] = None
             self._running -= 1
         return bool(entry[_EXPIRED])
+
+    def _push(self, entry: _Entry) -> None:
+        heap = self._heap
+        heapq.heappush(heap, entry)
+        if entry[0] < self._timer_at:
+            self._arm(entry[0])
+        if len(heap) > 2 * self._running + 64:
+            self._heap = [item for item in heap if item[_TASK] is not None]
+            heapq.heapify(self._heap)
+
+    def _sweep(self) -> None:
+        """Move the entries due within HORIZON to the heap; drop those that ended."""
+        self._sweeper = None
+        reach = deadlines.now() + HORIZON
+        later = []
+        for entry in self._later:
+            if entry[_TASK] is None:
+                continue
+            if entry[0] <= reach:
+                entry[1] = next(self._order)
+                self._push(entry)
+            else:
+                later.append(entry)
+        self._later = later
+        if later:
+            self._sweeper = self.loop.call_later(SWEEP, self._sweep)
 
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:

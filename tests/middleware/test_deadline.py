@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import anyio
@@ -14,7 +15,7 @@ import pytest
 
 from meshkit import deadline
 from meshkit.client import DeadlineExceeded
-from meshkit.middleware.deadline import DeadlineMiddleware
+from meshkit.middleware.deadline import HORIZON, SWEEP, DeadlineMiddleware
 
 pytestmark = pytest.mark.anyio
 
@@ -191,6 +192,38 @@ async def test_finished_requests_leave_nothing_behind() -> None:
         await middleware(scope, None, send)
     overdue = middleware._overdue
     assert overdue is not None and len(overdue._heap) <= 64 and overdue._running == 0
+    await anyio.sleep(SWEEP + 0.1)  # the sweep drops the far deadlines of ended requests
+    assert overdue._later == [] and overdue._sweeper is None
+
+
+async def test_a_far_deadline_waits_off_the_heap_and_still_fires_in_time() -> None:
+    """A deadline beyond HORIZON waits in the sweep's list, moves to the heap as it comes
+    near, and is cancelled on time; one arriving later but due sooner fires first."""
+    middleware = DeadlineMiddleware(Handler(work=30), max_clock_skew=SKEW)
+    finished: dict[int, tuple[int, float]] = {}
+    started = time.monotonic()
+
+    async def one(budget_ms: int) -> None:
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"%d" % budget_ms)]}
+        await middleware(scope, None, send)
+        finished[budget_ms] = (sent[0]["status"], time.monotonic() - started)
+
+    far_ms = int((HORIZON + 2 * SWEEP) * 1000)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(one, far_ms)
+            await anyio.sleep(0.05)
+            overdue = middleware._overdue
+            assert overdue is not None and len(overdue._later) == 1 and overdue._heap == []
+            group.start_soon(one, 100)
+    assert finished[100][0] == 504 and finished[100][1] < 1.0
+    status, elapsed = finished[far_ms]
+    assert status == 504 and far_ms / 1000 <= elapsed < far_ms / 1000 + 0.25
 
 
 async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> None:
