@@ -110,7 +110,9 @@ def mesh_headers(sampling: float) -> list[tuple[bytes, bytes]]:
 def scope(tls: dict[str, Any], sampling: float = 0.1) -> dict[str, Any]:
     """The scope MeshHttpToolsProtocol builds for one request of the load generator."""
     from meshkit.deadline import ARRIVED_KEY
+    from meshkit.serving.protocol import NOTED_HEADERS_KEY
 
+    noted = mesh_headers(sampling)  # all of them are the mesh's
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -119,7 +121,7 @@ def scope(tls: dict[str, Any], sampling: float = 0.1) -> dict[str, Any]:
         "client": ("127.0.0.1", 50000),
         "scheme": "https",
         "root_path": "",
-        "headers": HEADERS + mesh_headers(sampling),
+        "headers": HEADERS + noted,
         "state": {},
         "method": "GET",
         "path": "/hello",
@@ -127,6 +129,7 @@ def scope(tls: dict[str, Any], sampling: float = 0.1) -> dict[str, Any]:
         "query_string": b"",
         "extensions": {"tls": tls},
         ARRIVED_KEY: time.monotonic(),
+        NOTED_HEADERS_KEY: noted,
     }
 
 

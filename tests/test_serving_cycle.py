@@ -17,7 +17,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from meshkit.serving.cycle import LEAN_CYCLE
-from meshkit.serving.protocol import MeshHttpToolsProtocol
+from meshkit.serving.protocol import NOTED_HEADERS_KEY, MeshHttpToolsProtocol
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -83,6 +83,11 @@ ANSWERS: dict[str, list[dict[str, Any]]] = {
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/noted":
+        body = b"|".join(b"%s=%s" % field for field in scope.get(NOTED_HEADERS_KEY, [(b"-", b"-")]))
+        await send(_start(200, [(b"content-length", b"%d" % len(body))]))
+        await send(_body(body))
         return
     if scope["path"] == "/echo":
         body = b""
@@ -187,3 +192,22 @@ def test_answers_as_uvicorn_does(ports: tuple[int, int], case: str) -> None:
     expected = exchange(stock, request)
     assert expected  # every case gets an answer or a close
     assert exchange(mesh, request) == expected
+
+
+def test_the_mesh_headers_are_noted_as_they_come(ports: tuple[int, int]) -> None:
+    """The protocol sets the mesh's own headers apart, in order, repeats included: what
+    the deadline and telemetry middleware read instead of every header."""
+    _, mesh = ports
+    request = (
+        b"GET /noted HTTP/1.1\r\nhost: x\r\nTraceparent: 00-a\r\naccept: */*\r\n"
+        b"x-meshkit-deadline-ms: 2500 \r\nbaggage: k=v\r\nx-meshkit-sent-ms: 17\r\n"
+        b"x-meshkit-start-ms: 300\r\ntracestate: a=1\r\ntraceparent: 00-b\r\n"
+        b"x-meshkit-other: 1\r\n\r\n"
+    )
+    answer = exchange(mesh, request)
+    assert answer.endswith(
+        b"\r\n\r\ntraceparent=00-a|x-meshkit-deadline-ms=2500|baggage=k=v|"
+        b"x-meshkit-sent-ms=17|x-meshkit-start-ms=300|tracestate=a=1|traceparent=00-b"
+    )
+    plain = b"GET /noted HTTP/1.1\r\nhost: x\r\n\r\n"
+    assert exchange(mesh, plain).endswith(b"\r\n\r\n")  # noted, and nothing in it

@@ -26,6 +26,7 @@ import anyio
 from meshkit import deadline as deadlines
 from meshkit.client import DeadlineExceeded
 from meshkit.middleware._asgi import ObservedSend, send_json
+from meshkit.serving.protocol import NOTED_HEADERS_KEY
 from meshkit.settings import MeshSettings
 
 Scope = MutableMapping[str, Any]
@@ -64,8 +65,10 @@ class DeadlineMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # The last value of each header, as a scan finds it (the same instructions, in C).
-        headers = dict(scope["headers"])
+        # The last value of each header, as a scan finds it (the same instructions, in C);
+        # meshkit's protocol has set the mesh's own apart.
+        noted = scope.get(NOTED_HEADERS_KEY)
+        headers = dict(scope["headers"] if noted is None else noted)
         budget = headers.get(_DEADLINE)
         if budget is None and self.default_timeout is None:
             await self.app(scope, receive, send)

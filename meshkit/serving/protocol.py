@@ -18,11 +18,31 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from meshkit.deadline import ARRIVED_KEY
+from meshkit.deadline import (
+    ARRIVED_KEY,
+    DEADLINE_HEADER_BYTES,
+    SENT_HEADER_BYTES,
+    START_HEADER_BYTES,
+)
 from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
 from meshkit.serving.cycle import LEAN_CYCLE, start_request
 from meshkit.settings import ConnectionLimits
 
+#: The scope key of the request's headers that the mesh reads, in the order they came:
+#: W3C trace context and baggage, meshkit's deadline headers. Noted by the protocol as
+#: headers arrive, so the middleware reads these few instead of scanning them all;
+#: absent when the server is not meshkit's.
+NOTED_HEADERS_KEY = "meshkit.noted_headers"
+_NOTED = frozenset(
+    {
+        b"traceparent",
+        b"tracestate",
+        b"baggage",
+        DEADLINE_HEADER_BYTES,
+        SENT_HEADER_BYTES,
+        START_HEADER_BYTES,
+    }
+)
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 _cipher_ids: dict[str, int] = {}
 
@@ -111,13 +131,17 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._length = None
         arrived = self.loop.time()
+        scope = self.scope
         # The caller's deadline counts from here, not from when the handler gets to run.
-        self.scope[ARRIVED_KEY] = arrived  # type: ignore[literal-required]
+        scope[ARRIVED_KEY] = arrived  # type: ignore[literal-required]
+        if LEAN_CYCLE:  # the headers come through _on_header
+            self._noted: list[tuple[bytes, bytes]] = []
+            scope[NOTED_HEADERS_KEY] = self._noted  # type: ignore[literal-required]
         if self.idle_since is not None:
             self.idle_since = None
             self._since = arrived
         if self._tls is not None:
-            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
+            scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
@@ -136,16 +160,20 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
 
     def _on_header(self, name: bytes, value: bytes) -> None:
-        # uvicorn's on_header, noting the Content-Length (no scan of the list later).
+        # uvicorn's on_header, noting the Content-Length and the mesh's own headers (no
+        # scan of the list later).
         name = name.lower()
         # llhttp keeps trailing whitespace, which RFC 9110 (5.5) excludes from the value.
         value = value.rstrip(b" \t")
-        if name == b"content-length":
+        field = (name, value)
+        self.headers.append(field)
+        if name in _NOTED:
+            self._noted.append(field)
+        elif name == b"content-length":
             if self._length is None:
                 self._length = value
         elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
-        self.headers.append((name, value))
 
     if LEAN_CYCLE:
         on_header = _on_header
