@@ -48,6 +48,24 @@ async def test_one_write_per_iteration_in_order() -> None:
 
 
 @pytest.mark.anyio
+async def test_held_bytes_wait_for_the_next_write_and_leave_with_it() -> None:
+    real = Recorder()
+    transport = CoalescingTransport(real)  # type: ignore[arg-type]
+    transport.hold(b"head ")
+    await asyncio.sleep(0)
+    assert real.writes == []  # held: no flush arranged
+    transport.write(b"chunk")
+    await asyncio.sleep(0)
+    assert real.writes == [b"head chunk"]
+    transport.write(b"a ")
+    transport.flush()  # called directly (a response completed) before the arranged one
+    transport.hold(b"b")
+    transport.flush()
+    await asyncio.sleep(0)
+    assert real.writes == [b"head chunk", b"a ", b"b"]
+
+
+@pytest.mark.anyio
 async def test_close_sends_what_is_pending_first() -> None:
     real = Recorder()
     transport = CoalescingTransport(real)  # type: ignore[arg-type]

@@ -14,6 +14,11 @@ stock uvicorn and to meshkit's protocol and compares the bytes that come back.
 ``receive`` and ``run_asgi`` are uvicorn's own. Together: -16k instructions a request
 (M's callee served in process, /hello).
 
+Its writes go through ``CoalescingTransport``, which sends what one loop iteration wrote
+in one TLS record. A head followed by a body of known length, and a response's last
+bytes, are held rather than written (``hold``): completing the response flushes them,
+so a small response leaves in one write with no callback arranged: -5k more.
+
 Used only while uvicorn's cycle and protocol have the shapes this module knows
 (``LEAN_CYCLE``, checked at import); otherwise the protocol runs uvicorn's own.
 """
@@ -143,12 +148,14 @@ class MeshCycle(RequestResponseCycle):
     def __init__(
         self,
         protocol: HttpToolsProtocol,
+        writes: CoalescingTransport,
         keep_alive: bool,
         on_response: Callable[[], None],
     ) -> None:
         # uvicorn's constructor, its arguments read from the protocol here.
         self.scope = protocol.scope
         self.transport = protocol.transport
+        self._writes = writes  # the transport, as what it is
         self.flow = protocol.flow
         self.logger = protocol.logger
         self.access_logger = protocol.access_logger
@@ -183,7 +190,11 @@ class MeshCycle(RequestResponseCycle):
         status = message["status"]
         if self.access_log:
             self._log_access(status)
-        self.transport.write(self._head(status, message.get("headers", ())))
+        head = self._head(status, message.get("headers", ()))
+        if self.chunked_encoding:
+            self.transport.write(head)  # a stream's head leaves at once
+        else:
+            self._writes.hold(head)  # a body of known length follows: they leave together
 
     def _head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The status line and headers, as uvicorn writes them (names lowercased, then
@@ -233,12 +244,12 @@ class MeshCycle(RequestResponseCycle):
             content = [b"%x\r\n" % len(body), body, _CRLF] if body else []
             if not more_body:
                 content.append(b"0\r\n\r\n")
-            self.transport.write(b"".join(content))
+            self._write(b"".join(content), more_body)
         else:
             if len(body) > self.expected_content_length:
                 raise RuntimeError("Response content longer than Content-Length")
             self.expected_content_length -= len(body)
-            self.transport.write(body)
+            self._write(body, more_body)
         if not more_body:
             if self.expected_content_length != 0:
                 raise RuntimeError("Response content shorter than Content-Length")
@@ -247,6 +258,12 @@ class MeshCycle(RequestResponseCycle):
             if not self.keep_alive:
                 self.transport.close()
             self.on_response()
+
+    def _write(self, data: bytes, more: bool) -> None:
+        if more:
+            self.transport.write(data)
+        else:  # the last: on_response() flushes it below, or close() on any error
+            self._writes.hold(data)
 
     def _log_access(self, status: int) -> None:
         self.access_logger.info(
@@ -259,8 +276,9 @@ class MeshCycle(RequestResponseCycle):
         )
 
 
-def start_request(protocol: HttpToolsProtocol) -> None:
-    """uvicorn's ``on_headers_complete`` for ``protocol``, its request in a ``MeshCycle``."""
+def start_request(protocol: HttpToolsProtocol, writes: CoalescingTransport) -> None:
+    """uvicorn's ``on_headers_complete`` for ``protocol`` (whose transport is ``writes``),
+    its request in a ``MeshCycle``."""
     parser = protocol.parser
     scope = protocol.scope
     http_version = parser.get_http_version()
@@ -284,7 +302,7 @@ def start_request(protocol: HttpToolsProtocol) -> None:
         protocol.logger.warning("Exceeded concurrency limit.")
     keep_alive = http_version != "1.0" and parser.should_keep_alive()
     existing = protocol.cycle
-    protocol.cycle = MeshCycle(protocol, keep_alive, protocol.on_response_complete)
+    protocol.cycle = MeshCycle(protocol, writes, keep_alive, protocol.on_response_complete)
     if existing is None or existing.response_complete:
         protocol._start_asgi_task(protocol.cycle, app)
     else:  # pipelined: queued until the one before has answered
@@ -292,4 +310,61 @@ def start_request(protocol: HttpToolsProtocol) -> None:
         protocol.pipeline.appendleft((protocol.cycle, app))
 
 
-__all__ = ["LEAN_CYCLE", "MeshCycle", "start_request"]
+class CoalescingTransport:
+    """A transport whose writes of one event-loop iteration leave in one write.
+
+    uvicorn writes a response's status line and headers, then its body: two writes,
+    which over TLS are two records, two encryptions and two ``send`` calls, a large share
+    of a small response's CPU. Buffering until ``flush()`` (the protocol calls it when a
+    response is complete), the end of the iteration or a close sends both at once; the
+    order of bytes is unchanged. Everything else is the real transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+        self._flush_due = False  # a flush is arranged for the end of this iteration
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self.flush)
+        self._pending.append(bytes(data))
+
+    def hold(self, data: bytes) -> None:
+        """Buffer ``data`` without arranging a flush: for bytes that more of the same
+        response certainly follows (the next ``write``, ``flush`` or ``close`` sends them),
+        so a response written whole costs no callback at all."""
+        self._pending.append(data)
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        """Send what is buffered now."""
+        self._flush_due = False
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        # uvicorn asks twice per request: spelled out, not found through __getattr__.
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+__all__ = ["LEAN_CYCLE", "CoalescingTransport", "MeshCycle", "start_request"]

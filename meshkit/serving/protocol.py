@@ -12,7 +12,6 @@ import json
 import math
 import ssl
 import time
-from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -25,7 +24,7 @@ from meshkit.deadline import (
     START_HEADER_BYTES,
 )
 from meshkit.identity import PEER_IDENTITY_KEY, identity_from_peercert
-from meshkit.serving.cycle import LEAN_CYCLE, start_request
+from meshkit.serving.cycle import LEAN_CYCLE, CoalescingTransport, start_request
 from meshkit.settings import ConnectionLimits
 
 #: The scope key of the request's headers that the mesh reads, in the order they came:
@@ -155,7 +154,7 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(413, "request_body_too_large")
             return
         if LEAN_CYCLE:
-            start_request(self)
+            start_request(self, self._writes)
         else:  # pragma: no cover - a uvicorn whose cycle meshkit does not know
             super().on_headers_complete()
 
@@ -296,51 +295,3 @@ def _not_after(ssl_object: ssl.SSLObject) -> float:
     peercert = ssl_object.getpeercert()
     not_after = peercert.get("notAfter") if peercert else None
     return ssl.cert_time_to_seconds(not_after) if isinstance(not_after, str) else math.inf
-
-
-class CoalescingTransport:
-    """A transport whose writes of one event-loop iteration leave in one write.
-
-    uvicorn writes a response's status line and headers, then its body: two writes,
-    which over TLS are two records, two encryptions and two ``send`` calls, a large share
-    of a small response's CPU. Buffering until ``flush()`` (the protocol calls it when a
-    response is complete), the end of the iteration or a close sends both at once; the
-    order of bytes is unchanged. Everything else is the real transport's.
-    """
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._loop = asyncio.get_running_loop()
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
-    def flush(self) -> None:
-        """Send what is buffered now."""
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def is_closing(self) -> bool:
-        # uvicorn asks twice per request: spelled out, not found through __getattr__.
-        return self._transport.is_closing()
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
