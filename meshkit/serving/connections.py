@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import anyio
 
+from meshkit.deadline import now
 from meshkit.serving.protocol import error_response
 from meshkit.settings import ConnectionLimits
 from meshkit.tls import HANDSHAKE_FAILED
@@ -175,7 +176,7 @@ class Acceptor:
         return len(self._pending) + len(self._connections)
 
     def _start(self, connection: socket.socket, peer: str) -> None:
-        handshake = _Handshake(peer, asyncio.get_running_loop().time())
+        handshake = _Handshake(peer, now())
         task = asyncio.get_running_loop().create_task(self._hand_over(connection, handshake))
         self._pending[task] = handshake
         task.add_done_callback(self._pending.pop)
@@ -239,14 +240,13 @@ class Acceptor:
         return True
 
     async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(_SWEEP_SECONDS)
-            now = loop.time()
+            checked_at = now()
             for connection in list(self._connections):
                 check = getattr(connection, "check", None)
                 if check is not None:
-                    check(now)
+                    check(checked_at)
 
     def _refused(self, peer: str, reason: str) -> None:
         self._refusals.refused(peer, reason, self.name)
