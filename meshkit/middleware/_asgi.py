@@ -1,15 +1,16 @@
-"""Small ASGI helpers shared by the mesh middleware: JSON error answers, caller keys, a
-send that notes the response's status."""
+"""Small ASGI helpers shared by the mesh middleware: JSON error answers, caller keys, what
+notes the response's status."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Message, Scope, Send
 
 from meshkit.identity import peer_identity
+from meshkit.serving.cycle import RESPONSE_KEY
 
 ANONYMOUS = "anonymous"
 
@@ -50,3 +51,24 @@ class ObservedSend:
         else:
             self.sent += len(message.get("body", b""))
         return self._send(message)
+
+
+class Observed(Protocol):
+    """What a response sent so far: its status (0 until it started), its body bytes."""
+
+    status: int
+    sent: int
+
+
+def observe(scope: Scope, send: Send) -> tuple[Observed, Send]:
+    """What notes the response's status and size, and the ``send`` to hand on.
+
+    meshkit's server notes both itself (its request cycle, in the scope under
+    ``RESPONSE_KEY``): nothing is wrapped. Elsewhere an ``ObservedSend`` from further
+    out is used as it is, or a new one wraps ``send``. The per-request paths inline the
+    first case (``scope.get(RESPONSE_KEY)``) and call this only without it."""
+    response: Observed | None = scope.get(RESPONSE_KEY)
+    if response is not None:
+        return response, send
+    wrapped = send if type(send) is ObservedSend else ObservedSend(send)
+    return wrapped, wrapped

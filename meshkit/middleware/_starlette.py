@@ -9,9 +9,10 @@ and each wraps ``send`` in another coroutine to note whether the response starte
 together ~38k instructions a request on a small endpoint, a quarter of what Starlette
 costs. Their work matters only when something raises.
 
-In a meshed app the mesh's telemetry middleware already notes the response's status
-(``ObservedSend``) and catches what the app raises, so ``fast_stack`` builds the same
-stack without those layers: the telemetry answers 500 as ``ServerErrorMiddleware``
+In a meshed app the response's status is already noted (by meshkit's server in its
+request cycle, elsewhere by the telemetry's ``ObservedSend``) and the mesh's telemetry
+middleware catches what the app raises, so ``fast_stack`` builds the same stack
+without those layers: the telemetry answers 500 as ``ServerErrorMiddleware``
 would, through Starlette's own ``ServerErrorMiddleware`` (made for it and used only
 then), ``MeshExceptions`` stands for ``ExceptionMiddleware`` and ``direct_handle`` for
 a function route's ``request_response``. What they do on an exception mirrors
@@ -44,7 +45,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute, request_response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
-from meshkit.middleware._asgi import ObservedSend
+from meshkit.middleware._asgi import Observed, observe
+from meshkit.serving.cycle import RESPONSE_KEY
 
 try:  # Starlette's own rules for which handler answers, and how it is called
     from starlette._exception_handler import _lookup_exception_handler
@@ -114,16 +116,18 @@ class MeshExceptions:
             await self._stock(scope, receive, send)
             return
         scope[HANDLERS_KEY] = self._handlers
-        # Below the mesh's telemetry ``send`` is its ObservedSend: no wrapper of our own.
-        observed = send if type(send) is ObservedSend else ObservedSend(send)
+        # meshkit's server, or the mesh's telemetry outside, notes the status: no wrapper.
+        observed: Observed | None = scope.get(RESPONSE_KEY)
+        if observed is None:
+            observed, send = observe(scope, send)
         known = self._known
         try:
             if known is None:
-                await self.app(scope, receive, observed)
-            elif (handling := known.handle(scope, receive, observed)) is not None:
+                await self.app(scope, receive, send)
+            elif (handling := known.handle(scope, receive, send)) is not None:
                 await handling
             else:
-                await self.app(scope, receive, observed)
+                await self.app(scope, receive, send)
                 known.learn(scope)
         except Exception as exc:
             conn = Request(scope, receive, send)
@@ -205,13 +209,15 @@ class EndpointHandle:
         if self._methods and scope["method"] not in self._methods:
             await self._handle(scope, receive, send)  # Starlette's 405
             return
-        observed = send if type(send) is ObservedSend else ObservedSend(send)
-        request = Request(scope, receive, observed)
+        observed: Observed | None = scope.get(RESPONSE_KEY)
+        if observed is None:
+            observed, send = observe(scope, send)
+        request = Request(scope, receive, send)
         try:
             response = await self._endpoint(request)
-            await response(scope, receive, observed)
+            await response(scope, receive, send)
         except Exception as exc:
-            await answer_handled(request, exc, bool(observed.status), scope, receive, observed)
+            await answer_handled(request, exc, bool(observed.status), scope, receive, send)
 
 
 def direct_handle(route: Any, handle: ASGIApp) -> ASGIApp:

@@ -25,7 +25,8 @@ import anyio
 
 from meshkit import deadline as deadlines
 from meshkit.client import DeadlineExceeded
-from meshkit.middleware._asgi import ObservedSend, send_json
+from meshkit.middleware._asgi import Observed, observe, send_json
+from meshkit.serving.cycle import RESPONSE_KEY
 from meshkit.serving.protocol import NOTED_HEADERS_KEY
 from meshkit.settings import MeshSettings
 
@@ -92,16 +93,18 @@ class DeadlineMiddleware:
         if now >= start_by:
             await send_deadline_exceeded(send, _NOT_STARTED)
             return
-        # Whether the response started: the telemetry middleware's send outside this one
-        # already notes its status, so it is used as it is; only alone is send wrapped.
-        observed = send if type(send) is ObservedSend else ObservedSend(send)
+        # Whether the response started: meshkit's server notes it itself, as does the
+        # telemetry middleware's send outside this one; only alone is send wrapped.
+        observed: Observed | None = scope.get(RESPONSE_KEY)
+        if observed is None:
+            observed, send = observe(scope, send)
         overdue = self._overdue
         watched = overdue.watch_current(deadline, now) if overdue is not None else None
         if watched is None:
             watched = self._watch_first(deadline, now)
         if watched is None:  # not asyncio (trio under anyio): anyio's own cancel scope
             try:
-                if not await self._run_in_cancel_scope(deadline, scope, receive, observed):
+                if not await self._run_in_cancel_scope(deadline, scope, receive, send):
                     return
             except DeadlineExceeded:
                 if observed.status:
@@ -110,7 +113,7 @@ class DeadlineMiddleware:
             overdue, task, entry = watched
             token = deadlines.enter_deadline(deadline)
             try:
-                await self.app(scope, receive, observed)
+                await self.app(scope, receive, send)
             except asyncio.CancelledError:
                 # Time ran out if the cancellation was ours, and ours alone.
                 if not overdue.done(entry) or task.uncancel() > 0:

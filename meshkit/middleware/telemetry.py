@@ -31,8 +31,10 @@ from starlette.routing import Host, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
-from meshkit.middleware._asgi import ObservedSend
+from meshkit.middleware._asgi import Observed, observe
 from meshkit.middleware._starlette import ErrorAnswer
+from meshkit.serving.cycle import RESPONSE_KEY
+from meshkit.serving.protocol import NOTED_HEADERS_KEY
 from meshkit.telemetry._loopmetrics import HistogramChild
 from meshkit.telemetry._otel_sdk import (
     SpanStarter,
@@ -127,13 +129,19 @@ class TelemetryMiddleware:
         # to carry on to calls the handler makes. Its attributes are set at the end, in
         # one call, and only if it records: a dropped span costs no dict.
         name = "HTTP" if method == "_OTHER" else method
-        span, context, recording = self._spans.start_server(name, scope["headers"])
+        # meshkit's protocol has set the trace headers apart from the others.
+        noted = scope.get(NOTED_HEADERS_KEY)
+        headers = scope["headers"] if noted is None else noted
+        span, context, recording = self._spans.start_server(name, headers)
         token = None if context is None else attach(context)
-        observed = ObservedSend(send)
+        # meshkit's server notes the response's status itself; elsewhere send is wrapped.
+        observed: Observed | None = scope.get(RESPONSE_KEY)
+        if observed is None:
+            observed, send = observe(scope, send)
         error: BaseException | None = None
         unanswered: tuple[ErrorAnswer, Exception] | None = None
         try:
-            await self.app(scope, receive, observed)
+            await self.app(scope, receive, send)
         except Exception as exc:
             error = exc
             if self.on_error is None:

@@ -67,6 +67,21 @@ FIELDS = frozenset(
     }
 )
 _CRLF = b"\r\n"
+#: The scope key of the request's ``Sent``: what the cycle noted of the response as the
+#: app sent it, so the mesh middleware need not wrap ``send`` to learn it.
+RESPONSE_KEY = "meshkit.response"
+
+
+class Sent:
+    """What of a response the app has sent: its status (0 until it started) and its body
+    bytes. Not the cycle itself: the scope holds it, and a cycle holding its scope would
+    make every request's objects garbage for the collector instead of freed at once."""
+
+    __slots__ = ("sent", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.sent = 0
 
 
 def _fields_known() -> bool:
@@ -172,8 +187,14 @@ class MeshCycle(RequestResponseCycle):
         self.response_complete = False
         self.chunked_encoding: bool | None = None
         self.expected_content_length = 0
+        # What the app sent, as the mesh middleware's ObservedSend would note it.
+        self.response = Sent()
 
     async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.response.status = message["status"]
+        else:
+            self.response.sent += len(message.get("body", b""))
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.disconnected:
@@ -302,7 +323,8 @@ def start_request(protocol: HttpToolsProtocol, writes: CoalescingTransport) -> N
         protocol.logger.warning("Exceeded concurrency limit.")
     keep_alive = http_version != "1.0" and parser.should_keep_alive()
     existing = protocol.cycle
-    protocol.cycle = MeshCycle(protocol, writes, keep_alive, protocol.on_response_complete)
+    protocol.cycle = cycle = MeshCycle(protocol, writes, keep_alive, protocol.on_response_complete)
+    scope[RESPONSE_KEY] = cycle.response  # type: ignore[literal-required]
     if existing is None or existing.response_complete:
         protocol._start_asgi_task(protocol.cycle, app)
     else:  # pipelined: queued until the one before has answered
@@ -367,4 +389,11 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-__all__ = ["LEAN_CYCLE", "CoalescingTransport", "MeshCycle", "start_request"]
+__all__ = [
+    "LEAN_CYCLE",
+    "RESPONSE_KEY",
+    "CoalescingTransport",
+    "MeshCycle",
+    "Sent",
+    "start_request",
+]

@@ -20,7 +20,8 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message
 
 from meshkit.ca.x509 import LocalAuthority
-from meshkit.middleware.telemetry import ObservedSend, TelemetryMiddleware
+from meshkit.middleware._asgi import ObservedSend
+from meshkit.middleware.telemetry import TelemetryMiddleware
 from meshkit.telemetry.metrics import MeshMetrics
 from meshkit.telemetry.propagation import inject_context
 from tests.middleware.servers import connect, get, running
