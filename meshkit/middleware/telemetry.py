@@ -41,7 +41,6 @@ from meshkit.telemetry._otel_sdk import (
     attach,
     detach,
     set_mesh_attributes,
-    trace_id_of,
 )
 from meshkit.telemetry.metrics import (
     UNKNOWN_NAMESPACE,
@@ -76,7 +75,7 @@ class TelemetryMiddleware:
         on_error: ErrorAnswer | None = None,
     ) -> None:
         self.app = app
-        self.tap = tap
+        self.tap = tap if tap is not None and tap.size else None  # a ring of 0 keeps none
         # In the mesh's own stack (``_starlette.fast_stack``) no ServerErrorMiddleware is
         # outside: this answers an unhandled exception as it would, then re-raises.
         self.on_error = on_error
@@ -89,12 +88,14 @@ class TelemetryMiddleware:
         # Found once, then kept (bounded): a request's method label and active-requests
         # series by its method, and by (method, route, status, caller) its route
         # template, source label and duration series.
-        self._methods: dict[str, tuple[str, list[float]]] = {}
+        self._methods: dict[str, tuple[str, list[float], str]] = {}
         self._outcomes: dict[_OutcomeKey, tuple[str, str, HistogramChild]] = {}
 
-    def _method(self, raw: str) -> tuple[str, list[float]]:
+    def _method(self, raw: str) -> tuple[str, list[float], str]:
+        """The method label, its active-requests series and the SERVER span's name."""
         method = method_label(raw)
-        started = (method, self.metrics.server_active(method))
+        name = "HTTP" if method == "_OTHER" else method
+        started = (method, self.metrics.server_active(method), name)
         if method == raw:  # a known method: any other is _OTHER and left out of the cache
             self._methods[raw] = started
         return started
@@ -123,16 +124,15 @@ class TelemetryMiddleware:
         started = self._methods.get(scope["method"])
         if started is None:
             started = self._method(scope["method"])
-        method, active = started
+        method, active, name = started
         active[0] += 1
         # The SERVER span, made current (with the caller's baggage) when there is anything
         # to carry on to calls the handler makes. Its attributes are set at the end, in
         # one call, and only if it records: a dropped span costs no dict.
-        name = "HTTP" if method == "_OTHER" else method
         # meshkit's protocol has set the trace headers apart from the others.
         noted = scope.get(NOTED_HEADERS_KEY)
         headers = scope["headers"] if noted is None else noted
-        span, context, recording = self._spans.start_server(name, headers)
+        span, context, recording, trace_id = self._spans.start_server(name, headers)
         token = None if context is None else attach(context)
         # meshkit's server notes the response's status itself; elsewhere send is wrapped.
         observed: Observed | None = scope.get(RESPONSE_KEY)
@@ -165,7 +165,6 @@ class TelemetryMiddleware:
             duration_series.observe(duration)
             active[0] -= 1
             if self.tap is not None:
-                trace_id = trace_id_of(span)
                 self.tap.record(start, identity, method, route, status, duration, trace_id)
             if recording:
                 self._server_spans.finish(

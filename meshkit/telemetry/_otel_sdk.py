@@ -109,7 +109,6 @@ from meshkit.telemetry.propagation import (
     extract_context,
     get_tracer,
     lone_traceparent,
-    traceparent_context,
 )
 
 logger = logging.getLogger(__name__)
@@ -429,10 +428,13 @@ class SpanStarter:
             return self._tracer.start_span(name, context=context, kind=kind)
         return recorder.start(name, kind, context)
 
-    def start_server(self, name: str, headers: RawHeaders) -> tuple[Span, Context | None, bool]:
+    def start_server(
+        self, name: str, headers: RawHeaders
+    ) -> tuple[Span, Context | None, bool, int]:
         """A request's SERVER span continuing the caller's trace from ``headers``; the
         context to make current for the handler (the caller's, baggage included, with
-        the span in it; None when there is nothing to carry on); whether the span records.
+        the span in it; None when there is nothing to carry on); whether the span
+        records; its trace id (0 for none).
 
         For the usual caller, a lone ``traceparent`` that is not sampled and a sampler
         that follows it, the span is decided from the field's trace id and flags
@@ -444,33 +446,42 @@ class SpanStarter:
         """
         if self._global and time.monotonic() >= self._next_check:
             self._follow_global()
-        if not self._tracing:
-            parent = extract_context(headers)
-            if parent is EMPTY_CONTEXT:
-                return INVALID_SPAN, None, False
-            return trace.get_current_span(parent), parent, False
-        found = lone_traceparent(headers)
         recorder = self._recorder
-        if (
-            isinstance(found, bytes)
-            and recorder is not None
-            and recorder.tracer._tracer_config.is_enabled
-        ):
-            if recorder.sampling.follows_parent:
-                unsampled = tracecontext.parse_unsampled(found)
-                if unsampled is not None:
-                    trace_id, flags = unsampled
-                    random_id = bool(flags & _RANDOM_TRACE_ID)
-                    dropped = _DroppedSpan(recorder, trace_id, random_id, DEFAULT_TRACE_STATE)
-                    return dropped, Context({recorder.span_key: dropped}), False
-            caller = tracecontext.parse_traceparent(found.decode("latin-1"))
-            context = EMPTY_CONTEXT if caller is None else recorder.remote_context(caller)
-            span = recorder.start(name, SpanKind.SERVER, context)
-            return span, Context({recorder.span_key: span}), span.is_recording()
-        if isinstance(found, bytes):
-            found = traceparent_context(found)
-        span = self.start(name, SpanKind.SERVER, found)
-        return span, with_span(span, found), span.is_recording()
+        if recorder is None or not recorder.tracer._tracer_config.is_enabled:
+            return self._start_server_stock(name, headers)
+        found = lone_traceparent(headers)
+        if not isinstance(found, bytes):  # no trace header, or more than a traceparent
+            span = recorder.start(name, SpanKind.SERVER, found)
+            return _server_span(span, with_span(span, found))
+        if recorder.follows_parent:
+            unsampled = tracecontext.parse_unsampled(found)
+            if unsampled is not None:
+                trace_id, flags = unsampled
+                # _DroppedSpan's fields set here, without its constructor's call.
+                dropped = _new_object(_DroppedSpan)
+                dropped.recorder = recorder
+                dropped.trace_id = trace_id
+                dropped.random_id = flags == _RANDOM_TRACE_ID
+                dropped.state = DEFAULT_TRACE_STATE
+                return dropped, Context({recorder.span_key: dropped}), False, trace_id
+        caller = tracecontext.parse_traceparent(found.decode("latin-1"))
+        context = EMPTY_CONTEXT if caller is None else recorder.remote_context(caller)
+        span = recorder.start(name, SpanKind.SERVER, context)
+        return _server_span(span, Context({recorder.span_key: span}))
+
+    def _start_server_stock(
+        self, name: str, headers: RawHeaders
+    ) -> tuple[Span, Context | None, bool, int]:
+        """``start_server`` where meshkit does not stand in for the tracer: without
+        tracing, the caller's span and context as they came; else the tracer's span."""
+        parent = extract_context(headers)
+        if self._tracing:
+            span = self.start(name, SpanKind.SERVER, parent)
+            return span, with_span(span, parent), span.is_recording(), trace_id_of(span)
+        if parent is EMPTY_CONTEXT:
+            return INVALID_SPAN, None, False, 0
+        span = trace.get_current_span(parent)
+        return span, parent, False, trace_id_of(span)
 
     def start_call(self, name: str) -> tuple[Span, Context]:
         """A mesh call's CLIENT span, child of the current span, and the current context
@@ -588,6 +599,7 @@ class _Recorder:
     def __init__(self, tracer: SdkTracer, sampling: _Sampling, internals: _Internals) -> None:
         self.tracer = tracer
         self.sampling = sampling
+        self.follows_parent = sampling.follows_parent
         self.span_key = internals.span_key
         self.baggage_key = internals.baggage_key
         self.ids = tracer.id_generator
@@ -1104,6 +1116,12 @@ def with_span(span: Span, parent: Context) -> Context:
     values = dict(parent)
     values[_INTERNALS.span_key] = span
     return Context(values)
+
+
+def _server_span(span: Span, context: Context) -> tuple[Span, Context, bool, int]:
+    """``start_server``'s answer for a span ``_Recorder.start`` made: a ``_DroppedSpan``,
+    else a ``MeshSpan`` just started (so recording)."""
+    return span, context, type(span) is not _DroppedSpan, trace_id_of(span)
 
 
 def trace_id_of(span: Span) -> int:

@@ -14,6 +14,7 @@ in between, which the answer says (``dropped``).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class TapRing:
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
         self._entries: deque[_Entry] = deque(maxlen=max(size, 1))
-        self._next = 1
+        self._numbers = itertools.count(1)
         # Start times come from the perf_counter clock the middleware already read; the
         # wall clock is derived when an entry is read, not paid per request.
         self._wall_offset = time.time() - time.perf_counter()
@@ -75,16 +76,14 @@ class TapRing:
     ) -> None:
         """One request (``start`` from ``time.perf_counter``); on the event loop only."""
         if self.size:
-            sequence = self._next
-            self._next = sequence + 1
-            self._entries.append(
-                (sequence, start, caller, method, route, status, seconds, trace_id)
-            )
+            entry = (next(self._numbers), start, caller, method, route, status, seconds, trace_id)
+            self._entries.append(entry)
 
     @property
     def last(self) -> int:
         """The number of the newest entry (0 before any)."""
-        return self._next - 1
+        entries = self._entries
+        return entries[-1][0] if entries else 0
 
     def read(
         self, since: int = 0, *, limit: int = MAX_READ, only: TapFilter | None = None
