@@ -529,7 +529,8 @@ class SpanStarter:
         if type(span) is recorder.span_class:
             # A recorded attempt (a call's recorded span has recorded children): its
             # ids read from its SpanContext's tuple, without a property call each.
-            trace_id, span_id, _, flags, state, _ = cast(SpanContext, span._context)
+            ids: Any = span._context
+            trace_id, span_id, _, flags, state, _ = ids
             _append_ids(headers, trace_id, span_id, flags, state)
         else:
             append_trace_headers(headers, span, context)

@@ -80,12 +80,19 @@ class _Route:
     """The labels of a destination, method and subset, its spans' name, and the metric
     series of its outcomes, found once, then kept (bounded)."""
 
-    __slots__ = ("labels", "name", "outcomes")
+    __slots__ = ("attributes", "labels", "name", "outcomes")
 
     def __init__(self, labels: _Labels) -> None:
+        destination, method, _ = labels
         self.labels = labels
-        self.name = _span_name(labels[1])
+        self.name = _span_name(method)
         self.outcomes: dict[_Outcome, _Series] = {}
+        # What every span of the route records (a recorded span gets a copy).
+        self.attributes: dict[str, Any] = {
+            "http.request.method": method_label(method),
+            "server.address": destination,
+            "peer.service": destination,
+        }
 
 
 #: The recorder's state of a call: its span, the context it began in, its route, and
@@ -158,8 +165,7 @@ class ClientTelemetry(BaseClientHooks):
         # nothing to record or end.
         if type(span) is not DroppedSpan:
             if span.is_recording():
-                destination, method, _ = route.labels
-                attributes = _attributes(method, destination, status, _error_type(status, error))
+                attributes = _attributes(route, status, _error_type(status, error))
                 # A URL is decoded only for a span that records.
                 attributes["url.path"] = url if isinstance(url, str) else url.path
                 attributes["meshkit.attempts"] = attempts
@@ -220,8 +226,7 @@ class ClientTelemetry(BaseClientHooks):
         if span is None:  # dropped: nothing to record or end
             return
         if span.is_recording():
-            destination, method, _ = route.labels
-            attributes = _attributes(method, destination, status, _error_type(status, error))
+            attributes = _attributes(route, status, _error_type(status, error))
             if attempt > 1:
                 attributes["http.request.resend_count"] = attempt - 1
             if endpoint is not None:
@@ -268,12 +273,8 @@ def _error_type(status: int | None, error: BaseException | None) -> str:
     return ""
 
 
-def _attributes(method: str, destination: str, status: int | None, error: str) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "http.request.method": method_label(method),
-        "server.address": destination,
-        "peer.service": destination,
-    }
+def _attributes(route: _Route, status: int | None, error: str) -> dict[str, Any]:
+    attributes = route.attributes.copy()
     if status is not None:
         attributes["http.response.status_code"] = status
     if error:
