@@ -13,7 +13,8 @@ the parent can sample the servers' CPU exactly around the measured window:
 
 ``--mesh-headers`` sends with each request what a meshkit caller's mesh client sends: a
 ``traceparent`` of a new trace (10% of them sampled) and the deadline headers of a
-10 s call timeout, so a meshkit server does per request what M's callee does.
+10 s call timeout, and none of aiohttp's ``Accept`` and ``Accept-Encoding`` (the mesh
+client sends neither), so a meshkit server does per request what M's callee does.
 """
 
 from __future__ import annotations
@@ -182,7 +183,10 @@ async def parent_says() -> None:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     connector = aiohttp.TCPConnector(limit=args.concurrency, ssl=tls_context(args))
-    async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
+    skip = ("Accept", "Accept-Encoding") if args.mesh_headers else ()
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=REQUEST_TIMEOUT, skip_auto_headers=skip
+    ) as session:
         await wait_ready(session, args.url, args.ready_timeout)
         headers = mesh_headers if args.mesh_headers else no_headers
         await phase(session, args.url, args.concurrency, args.warmup, headers)

@@ -77,8 +77,11 @@ class MeshClient(AsyncClient):
             trust_env=False,
             headers={"user-agent": _USER_AGENT},
         )
-        # Compression costs CPU on both sides of a datacenter hop; ask for none.
-        del self.headers["accept-encoding"]
+        # Compression costs CPU on both sides of a datacenter hop; ask for none. Accept
+        # and Connection say what HTTP/1.1 means without them (any type, keep-alive),
+        # and each header is parsed again by the callee on every call.
+        for default in ("accept-encoding", "accept", "connection"):
+            del self.headers[default]
         self.destination = destination
         self._mesh_transport = transport  # what the short path calls, past httpx's send()
         self._urls: dict[str, URL] = {}

@@ -547,7 +547,7 @@ class PoolSender:
         if call.send_deadline:
             parts.append(deadline_headers(started, deadline, sent_deadline))
         for name, value in call.extra_headers:
-            parts += [_header_line(name, value)]
+            parts.append(_header_line(name, value))
         parts += [_CRLF, call.body]
         assert call.pool is not None
         return call.pool.request(b"".join(parts), head=request.method == "HEAD", deadline=deadline)

@@ -131,6 +131,7 @@ _new_object = object.__new__
 _SAMPLED = TraceFlags.SAMPLED
 _RANDOM_TRACE_ID = TraceFlags.RANDOM_TRACE_ID
 _PROVIDER_RECHECK_SECONDS = 1.0
+_CLIENT = SpanKind.CLIENT  # an Enum member read from its class costs a lookup each time
 #: The status of every span nobody set one on (one object: the encoder compares identity).
 UNSET_STATUS = Status(StatusCode.UNSET)
 
@@ -498,10 +499,12 @@ class SpanStarter:
         recorder = self._recorder
         if recorder is not None and recorder.tracer._tracer_config.is_enabled:
             parent: Any = current.get(recorder.span_key)
+            if parent is None:  # a call outside any span: the root of a trace
+                return recorder.root(name, _CLIENT, current), current
             if type(parent) is _DroppedSpan and recorder.sampling.follows_parent:
                 return parent, current
-            return recorder.start(name, SpanKind.CLIENT, current), current
-        return self._tracer.start_span(name, context=current, kind=SpanKind.CLIENT), current
+            return recorder.start(name, _CLIENT, current), current
+        return self._tracer.start_span(name, context=current, kind=_CLIENT), current
 
     def start_attempt(
         self, name: str, call: Span, context: Context, headers: list[tuple[str, str]]
@@ -519,7 +522,7 @@ class SpanStarter:
             or not recorder.tracer._tracer_config.is_enabled
             or context.get(recorder.baggage_key)
         ):
-            span = self.start_child(name, SpanKind.CLIENT, call, context)
+            span = self.start_child(name, _CLIENT, call, context)
             append_trace_headers(headers, span, context)
             return span
         if type(call) is _DroppedSpan and recorder.sampling.follows_parent:
@@ -528,13 +531,17 @@ class SpanStarter:
             if not span_id:
                 span_id = recorder.ids.generate_span_id()
             flags = _RANDOM_TRACE_ID if call.random_id else 0
-            _append_ids(headers, call.trace_id, span_id, flags, call.state)
+            headers.append(("traceparent", tracecontext.format_ids(call.trace_id, span_id, flags)))
+            state = call.state
+            if state is not DEFAULT_TRACE_STATE and state:
+                headers.append(("tracestate", state.to_header()))
             return None
-        span = recorder.start(name, SpanKind.CLIENT, with_span(call, context))
+        span = recorder.start(name, _CLIENT, with_span(call, context))
         if type(span) is recorder.span_class:
             # A recorded attempt (a call's recorded span has recorded children): its
             # ids read from its SpanContext's tuple, without a property call each.
-            trace_id, span_id, _, flags, state, _ = cast(SpanContext, span._context)
+            ids: Any = span._context
+            trace_id, span_id, _, flags, state, _ = ids
             _append_ids(headers, trace_id, span_id, flags, state)
         else:
             append_trace_headers(headers, span, context)
@@ -656,6 +663,10 @@ class _Recorder:
                         return _DroppedSpan(self, trace_id, random_id, state)
                     flags = _FLAGS[True, random_id]
                     return self._record(name, kind, context, parent, trace_id, flags)
+        return self.root(name, kind, context)
+
+    def root(self, name: str, kind: SpanKind, context: Context | None) -> Span:
+        """The span ``start`` decides for in ``context`` without a span: a new trace's."""
         trace_id = random.getrandbits(128) if self.stock_ids else 0
         if not trace_id:
             trace_id = self.ids.generate_trace_id()

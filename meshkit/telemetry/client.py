@@ -54,16 +54,12 @@ from meshkit.telemetry.propagation import EMPTY_CONTEXT
 
 #: A call's destination, method and subset: its metrics' labels and its spans'.
 _Labels = tuple[str, str, str]
-#: The recorder's state of a call: its span, the context it began in, its labels, and
-#: its URL (or, through the events, its path).
-_Call = tuple[Span, Context, _Labels, "URL | str"]
-#: The recorder's state of an attempt: its span (None: dropped, nothing to end), its
-#: call's labels, number and endpoint.
-_Attempt = tuple[Span | None, _Labels, int, Endpoint | None]
-#: A call's or attempt's labels with its outcome (status, error class): what its metric
-#: series are kept by.
-_OutcomeKey = tuple[_Labels, int | None, type]
-_OUTCOMES_LIMIT = 1024
+#: An outcome of a call or attempt, what its metric series are kept by: its status, or
+#: with an error, its status and the error's class (which decide its ``error_type``).
+_Outcome = int | None | tuple[int | None, type]
+_Series = tuple[list[float], HistogramChild]
+_ROUTES_LIMIT = 1024
+_OUTCOMES_LIMIT = 64
 #: The span name of a call by its method: semconv's "{method}" for a client span
 #: without a URL template, "HTTP" for a method it does not know.
 _SPAN_NAMES = {method: method for method in KNOWN_METHODS}
@@ -80,6 +76,33 @@ _RECORDING = (
 )
 
 
+class _Route:
+    """The labels of a destination, method and subset, its spans' name, and the metric
+    series of its outcomes, found once, then kept (bounded)."""
+
+    __slots__ = ("attributes", "labels", "name", "outcomes")
+
+    def __init__(self, labels: _Labels) -> None:
+        destination, method, _ = labels
+        self.labels = labels
+        self.name = _span_name(method)
+        self.outcomes: dict[_Outcome, _Series] = {}
+        # What every span of the route records (a recorded span gets a copy).
+        self.attributes: dict[str, Any] = {
+            "http.request.method": method_label(method),
+            "server.address": destination,
+            "peer.service": destination,
+        }
+
+
+#: The recorder's state of a call: its span, the context it began in, its route, and
+#: its URL (or, through the events, its path).
+_Call = tuple[Span, Context, _Route, "URL | str"]
+#: The recorder's state of an attempt: its span (None: dropped, nothing to end), its
+#: call's route, its number and endpoint.
+_Attempt = tuple[Span | None, _Route, int, Endpoint | None]
+
+
 class ClientTelemetry(BaseClientHooks):
     """``ClientHooks`` recording into ``metrics`` and tracing with ``tracer_provider``
     (the global provider when None)."""
@@ -89,9 +112,7 @@ class ClientTelemetry(BaseClientHooks):
     ) -> None:
         self.metrics = metrics
         self._spans = SpanStarter(tracer_provider)
-        # By labels and outcome: the attempts counter's and the duration histogram's
-        # series, found once, then kept (bounded).
-        self._outcomes: dict[_OutcomeKey, tuple[list[float], HistogramChild]] = {}
+        self._routes: dict[_Labels, _Route] = {}
 
     def call_recorder(self) -> CallRecorder | None:
         """Itself, unless a subclass changed how calls are recorded (then the client
@@ -103,8 +124,9 @@ class ClientTelemetry(BaseClientHooks):
 
     # The call and attempt hooks, each in its two forms: events, and the recorder's. The
     # recorder's states carry what the end methods need: a call's span, the context it
-    # began in (its attempts' parent's), its labels and URL; an attempt's span, labels,
-    # number and endpoint.
+    # began in (its attempts' parent's), its route and URL; an attempt's span, route,
+    # number and endpoint. A route holds the labels and metric series a call's outcome
+    # is recorded in, looked up once a call.
 
     def on_call_start(self, event: CallStarted) -> object:
         # The current context read once: the span's parent, and where its attempts go.
@@ -113,14 +135,17 @@ class ClientTelemetry(BaseClientHooks):
         return span, otel_context.attach(trace.set_span_in_context(span, current))
 
     def call_started(self, destination: str, method: str, url: URL, subset: str) -> _Call:
-        span, current = self._spans.start_call(_SPAN_NAMES.get(method, "HTTP"))
-        return span, current, (destination, method, subset), url
+        route = self._routes.get((destination, method, subset))
+        if route is None:
+            route = self._route(destination, method, subset)
+        span, current = self._spans.start_call(route.name)
+        return span, current, route, url
 
     def on_call_end(self, event: CallEnded) -> None:
         span, token = cast("tuple[Span, Token[Context]]", event.state)
         otel_context.detach(token)
-        labels = (event.destination, event.method, event.subset)
-        call = (span, EMPTY_CONTEXT, labels, event.path)  # its attempts have ended: no context
+        route = self._route(event.destination, event.method, event.subset)
+        call = (span, EMPTY_CONTEXT, route, event.path)  # its attempts have ended: no context
         self.call_ended(call, event.status, event.duration, event.attempts, event.error)
 
     def call_ended(
@@ -131,34 +156,40 @@ class ClientTelemetry(BaseClientHooks):
         attempts: int,
         error: BaseException | None,
     ) -> None:
-        span, _, labels, url = state
-        series = self._outcomes.get((labels, status, type(error)))
+        span, _, route, url = state
+        series = route.outcomes.get(status if error is None else (status, type(error)))
         if series is None:
-            series = self._series(labels, status, error)
+            series = self._series(route, status, error)
         series[1].observe(duration)
         # A dropped call's span (often the dropped server span it continues) has
         # nothing to record or end.
         if type(span) is not DroppedSpan:
             if span.is_recording():
-                destination, method, _ = labels
-                attributes = _attributes(method, destination, status, _error_type(status, error))
+                attributes = _attributes(route, status, _error_type(status, error))
                 # A URL is decoded only for a span that records.
                 attributes["url.path"] = url if isinstance(url, str) else url.path
                 attributes["meshkit.attempts"] = attempts
                 _finish(span, attributes, error)
             span.end()
 
-    def _series(
-        self, labels: _Labels, status: int | None, error: BaseException | None
-    ) -> tuple[list[float], HistogramChild]:
-        """The metric series of a call's or attempt's labels and outcome, kept by
-        labels, status and error class (which decide its ``error_type``)."""
-        destination, method, subset = labels
+    def _route(self, destination: str, method: str, subset: str) -> _Route:
+        """The route of these labels, kept (bounded, whatever destinations come)."""
+        labels = (destination, method, subset)
+        route = self._routes.get(labels)
+        if route is None:
+            if len(self._routes) >= _ROUTES_LIMIT:
+                self._routes.clear()
+            route = self._routes[labels] = _Route(labels)
+        return route
+
+    def _series(self, route: _Route, status: int | None, error: BaseException | None) -> _Series:
+        """The metric series of a call's or attempt's route and outcome, kept."""
+        destination, method, subset = route.labels
         error_type = _error_type(status, error)
         series = self.metrics.client_series(method, destination, status, error_type, subset)
-        if len(self._outcomes) >= _OUTCOMES_LIMIT:
-            self._outcomes.clear()  # bounded, whatever statuses and errors come
-        self._outcomes[labels, status, type(error)] = series
+        if len(route.outcomes) >= _OUTCOMES_LIMIT:
+            route.outcomes.clear()  # bounded, whatever statuses and errors come
+        route.outcomes[status if error is None else (status, type(error))] = series
         return series
 
     def on_attempt_start(self, event: AttemptStarted) -> object:
@@ -175,29 +206,27 @@ class ClientTelemetry(BaseClientHooks):
         endpoint: Endpoint | None,
         headers: list[tuple[str, str]],
     ) -> _Attempt:
-        call_span, current, labels, _ = call_state
-        name = _SPAN_NAMES.get(labels[1], "HTTP")
-        span = self._spans.start_attempt(name, call_span, current, headers)
-        return span, labels, attempt, endpoint
+        call_span, current, route, _ = call_state
+        span = self._spans.start_attempt(route.name, call_span, current, headers)
+        return span, route, attempt, endpoint
 
     def on_attempt_end(self, event: AttemptEnded) -> None:
-        labels = (event.destination, event.method, event.subset)
-        attempt = (cast(Span, event.state), labels, event.attempt, event.endpoint)
+        route = self._route(event.destination, event.method, event.subset)
+        attempt = (cast(Span, event.state), route, event.attempt, event.endpoint)
         self.attempt_ended(attempt, event.status, event.duration, event.error)
 
     def attempt_ended(
         self, state: _Attempt, status: int | None, duration: float, error: BaseException | None
     ) -> None:
-        span, labels, attempt, endpoint = state
-        series = self._outcomes.get((labels, status, type(error)))
+        span, route, attempt, endpoint = state
+        series = route.outcomes.get(status if error is None else (status, type(error)))
         if series is None:
-            series = self._series(labels, status, error)
+            series = self._series(route, status, error)
         series[0][0] += 1
         if span is None:  # dropped: nothing to record or end
             return
         if span.is_recording():
-            destination, method, _ = labels
-            attributes = _attributes(method, destination, status, _error_type(status, error))
+            attributes = _attributes(route, status, _error_type(status, error))
             if attempt > 1:
                 attributes["http.request.resend_count"] = attempt - 1
             if endpoint is not None:
@@ -244,12 +273,8 @@ def _error_type(status: int | None, error: BaseException | None) -> str:
     return ""
 
 
-def _attributes(method: str, destination: str, status: int | None, error: str) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "http.request.method": method_label(method),
-        "server.address": destination,
-        "peer.service": destination,
-    }
+def _attributes(route: _Route, status: int | None, error: str) -> dict[str, Any]:
+    attributes = route.attributes.copy()
     if status is not None:
         attributes["http.response.status_code"] = status
     if error:

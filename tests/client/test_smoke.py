@@ -65,3 +65,27 @@ async def test_each_call_sends_its_own_headers(authority: LocalAuthority) -> Non
             assert tenants == ["blue", "green", "blue", "red"]
         finally:
             await mesh.aclose()
+
+
+async def headers(request: Request) -> JSONResponse:
+    return JSONResponse([name.decode() for name, _ in request.scope["headers"]])
+
+
+async def test_a_call_sends_no_header_http_1_1_implies(authority: LocalAuthority) -> None:
+    """No ``Accept: */*`` or ``Connection: keep-alive`` (what their absence means), nor
+    ``Accept-Encoding``; a caller's own are sent."""
+    app = Starlette(routes=[Route("/headers", headers)])
+    async with serve(app, contexts(authority, "payments")) as port:
+        source = StaticSource({"payments": [endpoint("payments", port)]})
+        mesh = factory(authority, source)
+        client = mesh.client("payments")
+        try:
+            sent = (await client.get("/headers")).json()
+            assert sent == ["host", "user-agent", "x-meshkit-deadline-ms", "x-meshkit-sent-ms"]
+            own = {"accept": "application/json", "connection": "keep-alive"}
+            sent = (await client.get("/headers", headers=own)).json()
+            assert {"accept", "connection"} <= set(sent)
+            client.headers["accept"] = "text/plain"
+            assert "accept" in (await client.get("/headers")).json()
+        finally:
+            await mesh.aclose()
