@@ -85,9 +85,9 @@ class MeshHttpToolsProtocol(HttpToolsProtocol):
       every response and cancelled by the next request: a kept-alive connection idle
       for ``keepalive_timeout`` is closed by ``check`` (within a second after it).
     - ``idle_since`` (None while a request is active) lets the server shed the oldest
-      idle connection when it is full. The times are ``meshkit.deadline.now()``'s clock,
-      as the server's ``check(now)`` calls are: uvloop's ``loop.time()`` costs ~4x as
-      much a read, and a request reads the clock three times.
+      idle connection when it is full. Times are ``meshkit.deadline.now()``'s, as are
+      the server's ``check(now)`` calls and the arrival time the deadline middleware
+      reads (uvloop's ``loop.time()`` is the loop iteration's start, in whole ms).
     - Each request runs in a ``MeshCycle`` (``meshkit.serving.cycle``): uvicorn's cycle,
       made and sending for less; the request line and headers are read as uvicorn reads
       them, the Content-Length noted on the way for the body limit.
