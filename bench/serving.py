@@ -3,6 +3,7 @@
     python -m bench.serving [--concurrency 16] [--duration 3] [--warmup 1] [--rounds 5]
     python -m bench.serving --callgrind [--concurrency 1] [--windows 3,9]
     python -m bench.serving --callgrind --app [--calls 1000,4000] [--servers bare,meshkit,...]
+    python -m bench.serving --callgrind --protocol [--calls 1000,4000] [--servers ...]
 
 Two servers, each one process, serve the same ``/hello`` endpoint (bench/_endpoint.py):
 
@@ -40,6 +41,13 @@ is what a change to the middleware is measured by. ``--servers`` there also take
 callee with one part left out (``meshkit-notelemetry``, ``-nodeadline``, ``-noauthz``,
 ``-notap``, ``-unsampled``): each one's ``app_instructions_<part>_saves`` in the JSON
 line is what that part costs a request, when ``meshkit`` is measured in the same run.
+
+``--callgrind --protocol`` counts the same in-process way with the server's HTTP
+protocol in front (bench/_serving_protocol.py): each request fed as bytes to uvicorn's
+protocol (bare) or meshkit's (its request cycle, writes, noted headers), no sockets or
+TLS. It repeats within ~0.5% too, and is what a change to ``meshkit/serving`` is
+measured by; its JSON keys say ``protocol_instructions`` where ``--app``'s say
+``app_instructions``.
 """
 
 from __future__ import annotations
@@ -96,14 +104,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="callgrind: count the app side alone, called in process (bench/_serving_app.py)",
     )
     parser.add_argument(
+        "--protocol",
+        action="store_true",
+        help="callgrind: count the protocol and app, fed requests in process "
+        "(bench/_serving_protocol.py)",
+    )
+    parser.add_argument(
         "--calls",
         default="1000,4000",
-        help="--app: the two runs' numbers of calls (short,long)",
+        help="--app, --protocol: the two runs' numbers of calls (short,long)",
     )
     args = parser.parse_args(argv)
     args.servers = args.servers.split(",")
-    # --app also counts M's callee with one part left out (bench/_serving_app.py).
-    known = set(SERVERS) | ({f"meshkit-{a}" for a in ABLATIONS} if args.app else set())
+    # --app and --protocol also count M's callee with one part left out.
+    in_process = args.app or args.protocol
+    known = set(SERVERS) | ({f"meshkit-{a}" for a in ABLATIONS} if in_process else set())
     if set(args.servers) - known:
         parser.error(f"--servers: choose from {', '.join(sorted(known))}")
     if args.concurrency is None:
@@ -202,30 +217,34 @@ def measure_instructions(args: argparse.Namespace, ws: Workspace, out: Path) -> 
 
 
 def measure_app_instructions(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Instructions per request of the app side alone: two processes calling the app
-    in process (bench/_serving_app.py) a different number of times, under callgrind;
-    their difference per call (start-up and the uncounted warm-up cancel)."""
+    """Instructions per request of the app side alone (``--app``: bench/_serving_app.py
+    calls the app) or with the server's protocol (``--protocol``: bench/_serving_protocol.py
+    feeds it requests): two processes doing it a different number of times, under
+    callgrind; their difference per call (start-up and the uncounted warm-up cancel)."""
     short, long = (int(value) for value in args.calls.split(","))
+    part, module = (
+        ("protocol", "bench._serving_protocol") if args.protocol else ("app", "bench._serving_app")
+    )
     figures: dict[str, Any] = {"calls": [short, long]}
     for name in args.servers:
         totals = []
         for calls in (short, long):
-            dump = out / f"callgrind.app.{name}.{calls}.out"
+            dump = out / f"callgrind.{part}.{name}.{calls}.out"
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", PYTHON]
-            argv += ["-m", "bench._serving_app", name, str(calls)]
+            argv += ["-m", module, name, str(calls)]
             subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
             totals.append(int(_TOTALS.findall(dump.read_text(errors="replace"))[-1]))
         per_call = round((totals[1] - totals[0]) / (long - short))
-        figures[f"app_instructions_per_request_{name}"] = per_call
-        print(f"{name:>8}: {per_call:,} instructions/request, app side (annotate {dump})")
-    per_request = {n: figures[f"app_instructions_per_request_{n}"] for n in args.servers}
+        figures[f"{part}_instructions_per_request_{name}"] = per_call
+        print(f"{name:>8}: {per_call:,} instructions/request, {part} side (annotate {dump})")
+    per_request = {n: figures[f"{part}_instructions_per_request_{n}"] for n in args.servers}
     if "meshkit" in per_request and "bare" in per_request:
         meshkit, bare = per_request["meshkit"], per_request["bare"]
-        figures["ratio_app_instructions_meshkit_over_bare"] = round(meshkit / bare, 3)
+        figures[f"ratio_{part}_instructions_meshkit_over_bare"] = round(meshkit / bare, 3)
     if "meshkit" in per_request:
         for name, count in per_request.items():
             if name.startswith("meshkit-"):  # what the part left out costs
-                figures[f"app_instructions_{name.partition('-')[2]}_saves"] = (
+                figures[f"{part}_instructions_{name.partition('-')[2]}_saves"] = (
                     per_request["meshkit"] - count
                 )
     return figures
@@ -365,7 +384,7 @@ def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             return measure_cpu(args, ws)
         out = args.out or Path(tempfile.mkdtemp(prefix="bench-serving-callgrind-"))
         out.mkdir(parents=True, exist_ok=True)
-        if args.app:
+        if args.app or args.protocol:
             return measure_app_instructions(args, out)
         return measure_instructions(args, ws, out)
 

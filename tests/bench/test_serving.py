@@ -34,3 +34,18 @@ def test_the_app_side_answers_every_call(server: str) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert f"{server}: 550 of 550 calls answered 200" in done.stdout
+
+
+@pytest.mark.parametrize("server", ["meshkit", "bare"])
+def test_the_protocol_side_answers_every_request(server: str) -> None:
+    """What --callgrind --protocol counts: every request, fed as bytes to the server's
+    HTTP protocol (meshkit's or uvicorn's), answered 200."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench._serving_protocol", server, "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert f"{server}: 550 of 550 requests answered 200" in done.stdout
