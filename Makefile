@@ -63,7 +63,8 @@ LATEST_LIBS := starlette httpx 'uvicorn[standard]' opentelemetry-api opentelemet
 SMOKE := tests/test_layout.py tests/test_otel_sdk.py tests/test_spans.py tests/test_otlp.py \
 	tests/test_otlp_http.py tests/test_tracing.py tests/client/test_httpx_adapter.py \
 	tests/client/test_smoke.py tests/middleware/test_telemetry.py tests/test_app.py \
-	tests/middleware/test_fast_stack.py tests/test_requests_adapter.py
+	tests/middleware/test_fast_stack.py tests/test_requests_adapter.py \
+	tests/test_serving_cycle.py tests/test_coalescing_transport.py
 test-latest:
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip --disable-pip-version-check -q install -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
