@@ -440,8 +440,8 @@ class SpanStarter:
         that follows it, the span is decided from the field's trace id and flags
         (``tracecontext.parse_unsampled``): the caller's parent id, ``SpanContext``,
         span and context are never made (a dropped span's children read none of them).
-        Any other lone ``traceparent`` is parsed, and its context made without the API's
-        calls (``_Recorder.remote_context``). Without tracing the caller's context is
+        Any other lone ``traceparent`` is parsed, and the span started from the caller's
+        ids (``_Recorder.start_remote``). Without tracing the caller's context is
         carried on as it came.
         """
         if self._global and time.monotonic() >= self._next_check:
@@ -465,8 +465,10 @@ class SpanStarter:
                 dropped.state = DEFAULT_TRACE_STATE
                 return dropped, Context({recorder.span_key: dropped}), False, trace_id
         caller = tracecontext.parse_traceparent(found.decode("latin-1"))
-        context = EMPTY_CONTEXT if caller is None else recorder.remote_context(caller)
-        span = recorder.start(name, SpanKind.SERVER, context)
+        if caller is None:
+            span = recorder.start(name, SpanKind.SERVER, EMPTY_CONTEXT)
+        else:
+            span = recorder.start_remote(name, SpanKind.SERVER, caller)
         return _server_span(span, Context({recorder.span_key: span}))
 
     def _start_server_stock(
@@ -593,6 +595,11 @@ class _Processors(NamedTuple):
         )
 
 
+#: ``_Recorder._record``'s context for a span ``start_remote`` made: the caller's, made
+#: only if a span processor's ``on_start`` is to read it.
+_REMOTE_PARENT = Context()
+
+
 class _Recorder:
     """What one SDK tracer decides and records, taken over by meshkit."""
 
@@ -663,13 +670,26 @@ class _Recorder:
             return _DroppedSpan(self, trace_id, self.random_trace_ids, DEFAULT_TRACE_STATE)
         return self._record(name, kind, context, None, trace_id, self.root_flags)
 
-    def remote_context(self, parent: tracecontext.TraceParent) -> Context:
-        """``propagation.remote_parent_context(parent, ())``: the caller's span, with its
-        ``SpanContext`` made from its tuple (valid by parsing) and no API call."""
-        trace_id, parent_id, flags = parent
-        span_context = (trace_id, parent_id, True, _TRACE_FLAGS[flags], DEFAULT_TRACE_STATE, True)
+    def start_remote(self, name: str, kind: SpanKind, caller: tracecontext.TraceParent) -> Span:
+        """``start(name, kind, propagation.remote_parent_context(caller, ()))``: the
+        caller's ``SpanContext`` made from its tuple (valid by parsing), and the context
+        holding it only for span processors that read it in ``on_start``."""
+        trace_id, parent_id, flags = caller
+        random_id = bool(flags & _RANDOM_TRACE_ID)
+        if self.follows_parent:
+            sampled = bool(flags & _SAMPLED)
+        else:
+            sampled = trace_id & _LOW_64 < self.sampling.bound
+        if not sampled:
+            return _DroppedSpan(self, trace_id, random_id, DEFAULT_TRACE_STATE)
+        fields = (trace_id, parent_id, True, _TRACE_FLAGS[flags], DEFAULT_TRACE_STATE, True)
+        parent = _new_tuple(SpanContext, fields)
+        return self._record(name, kind, _REMOTE_PARENT, parent, trace_id, _FLAGS[True, random_id])
+
+    def _remote_context(self, parent: SpanContext) -> Context:
+        """The context ``propagation.remote_parent_context`` makes for ``parent``."""
         remote = _new_object(NonRecordingSpan)
-        remote._context = _new_tuple(SpanContext, span_context)
+        remote._context = parent
         return Context({self.span_key: remote})
 
     def _record(
@@ -700,11 +720,14 @@ class _Recorder:
         span._attributes = {}
         span._start_time = time_ns()
         processors = self.processors()
-        if processors is None:
-            self.tracer.span_processor.on_start(span, parent_context=context)
-        else:
-            for processor in processors.starting:
-                processor.on_start(span, parent_context=context)
+        if processors is None or processors.starting:
+            if context is _REMOTE_PARENT:
+                context = self._remote_context(cast(SpanContext, parent))
+            if processors is None:
+                self.tracer.span_processor.on_start(span, parent_context=context)
+            else:
+                for processor in processors.starting:
+                    processor.on_start(span, parent_context=context)
         return span
 
     def processors(self) -> _Processors | None:
