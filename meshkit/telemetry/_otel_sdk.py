@@ -467,9 +467,10 @@ class SpanStarter:
         caller = tracecontext.parse_traceparent(found.decode("latin-1"))
         if caller is None:
             span = recorder.start(name, SpanKind.SERVER, EMPTY_CONTEXT)
-        else:
-            span = recorder.start_remote(name, SpanKind.SERVER, caller)
-        return _server_span(span, Context({recorder.span_key: span}))
+            return _server_span(span, Context({recorder.span_key: span}))
+        span = recorder.start_remote(name, SpanKind.SERVER, caller)
+        recording = type(span) is not _DroppedSpan
+        return span, Context({recorder.span_key: span}), recording, caller[0]  # in its trace
 
     def _start_server_stock(
         self, name: str, headers: RawHeaders
@@ -992,17 +993,21 @@ def set_mesh_attributes(span: Span, attributes: dict[str, Any], name: str | None
     not change it afterwards."""
     # Every MeshSpan's class is its tracer's subclass: known without the Span ABC's
     # isinstance check.
-    if type(span).__base__ is MeshSpan and cast(MeshSpan, span)._end_time is None:
-        span = cast(MeshSpan, span)
-        own = span._attributes
-        limit = span._limits.max_span_attributes
-        if type(own) is dict and (limit is None or len(own) + len(attributes) <= limit):
+    if type(span).__base__ is MeshSpan:
+        mesh = cast(MeshSpan, span)
+        own = mesh._attributes
+        limit = mesh._limits.max_span_attributes
+        if (
+            mesh._end_time is None
+            and type(own) is dict
+            and (limit is None or len(own) + len(attributes) <= limit)
+        ):
             if own:
                 own.update(attributes)
             else:
-                span._attributes = attributes  # handed over: no copy
+                mesh._attributes = attributes  # handed over: no copy
             if name is not None:
-                span._name = name
+                mesh._name = name
             return
     # Another span, an ended one, or limits to apply: the checked path warns or bounds.
     if name is not None:

@@ -231,7 +231,8 @@ class SpanEncoder:
         # A SpanContext is a tuple (its layout checked where span_fields is): its fields
         # without a property call each.
         trace_id, span_id, _, _, trace_state, _ = context
-        name_and_kind = self._names.cache.get((name, kind))
+        # By the kind's id: a SpanKind's hash is a Python call.
+        name_and_kind = self._names.cache.get((name, id(kind)))
         if name_and_kind is None:
             name_and_kind = self._name_and_kind(name, kind)
         if parent is None:
@@ -260,7 +261,7 @@ class SpanEncoder:
 
     def _name_and_kind(self, name: str, kind: SpanKind) -> bytes:
         name_field = _delimited(b"\x2a", name.encode()) if name else b""
-        return self._names.store((name, kind), name_field + b"\x30" + _SMALL[_KIND[kind]])
+        return self._names.store((name, id(kind)), name_field + b"\x30" + _SMALL[_KIND[kind]])
 
     def _status(self, status: Status) -> bytes:
         key = (status.status_code, status.description)
