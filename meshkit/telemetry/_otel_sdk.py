@@ -707,8 +707,10 @@ class _Recorder:
         span_id = random.getrandbits(64) if self.stock_ids else 0
         if not span_id:
             span_id = self.ids.generate_span_id()
-        # What SpanContext.__new__ makes (its tuple layout is checked at import).
-        valid = 0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID
+        # What SpanContext.__new__ makes (its tuple layout is checked at import). The
+        # trace id is a valid parent's, parsed, or drawn as the span id is: only another
+        # generator's ids need checking.
+        valid = self.stock_ids or (0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID)
         span_context = _new_tuple(SpanContext, (trace_id, span_id, False, flags, state, valid))
         # Not the SDK's constructor (nor its __new__): the fields it sets that differ
         # per span; MeshSpan's class holds the rest.
@@ -717,7 +719,6 @@ class _Recorder:
         span._context = span_context
         span._parent = parent
         span._kind = kind
-        span._resource = self.tracer.resource
         span._attributes = {}
         span._start_time = time_ns()
         processors = self.processors()
@@ -894,7 +895,7 @@ class MeshSpan(SdkSpan):
     """An SDK ``Span`` made without the SDK's per-span setup (``_Recorder._record``
     sets the fields that differ per span).
 
-    What every span of one tracer shares (its processors, limits and scope) is set once
+    What every span of one tracer shares (its processors, limits, resource and scope) is set once
     on a subclass per tracer (``_span_class``); what most spans never use (events,
     links, a status) defaults on the class and is made on first use. Attributes start as
     a plain dict that meshkit's own, valid by construction, go into as they are
@@ -979,6 +980,7 @@ def _span_class(tracer: SdkTracer, recorder: _Recorder) -> type[MeshSpan]:
     shared = {
         "_recorder": recorder,
         "_span_processor": tracer.span_processor,
+        "_resource": tracer.resource,
         "_limits": tracer._span_limits,
         "_instrumentation_info": tracer.instrumentation_info,
         "_instrumentation_scope": tracer._instrumentation_scope,
