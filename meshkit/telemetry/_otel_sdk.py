@@ -895,9 +895,9 @@ class MeshSpan(SdkSpan):
     """An SDK ``Span`` made without the SDK's per-span setup (``_Recorder._record``
     sets the fields that differ per span).
 
-    What every span of one tracer shares (its processors, limits, resource and scope) is set once
-    on a subclass per tracer (``_span_class``); what most spans never use (events,
-    links, a status) defaults on the class and is made on first use. Attributes start as
+    What every span of one tracer shares (its processors, limits, resource and scope) is
+    set once on a subclass per tracer (``_span_class``); what most spans never use
+    (events, links, a status) defaults on the class and is made on first use. Attributes start as
     a plain dict that meshkit's own, valid by construction, go into as they are
     (``set_mesh_attributes``); the first attribute set through the API turns them into
     the SDK's ``BoundedAttributes``, checked and bounded as on any SDK span. An ended
