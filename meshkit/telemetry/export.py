@@ -55,6 +55,7 @@ _CACHE_LIMIT = 4096
 _pack_double = struct.Struct("<d").pack
 _pack_fixed32 = struct.Struct("<I").pack
 _pack_short = struct.Struct("<H").pack
+_pack_head = struct.Struct("BBB").pack  # a tag, then a length of two varint bytes
 _pack_fixed64 = struct.Struct("<Q").pack
 # Span fields 1 (trace_id) and 2 (span_id) with their tags and lengths, ids big-endian
 # as on the wire in W3C headers; field 4 (parent_span_id); fields 7 and 8 (times).
@@ -222,7 +223,12 @@ class SpanEncoder:
     def encoded_fields(self, fields: SpanFields) -> _Encoded:
         """``encoded`` for the span ``span_fields`` read."""
         message = self._message(fields)
-        return fields[10], fields[11], b"\x12" + _varint(len(message)) + message
+        size = len(message)
+        if 128 <= size < 16384:  # nearly every span: its length in two bytes, no call
+            head = _pack_head(0x12, size & 0x7F | 0x80, size >> 7)
+        else:
+            head = b"\x12" + _varint(size)
+        return fields[10], fields[11], head + message
 
     def _message(self, fields: SpanFields) -> bytes:
         # Fields in field-number order, as protobuf writes them.
