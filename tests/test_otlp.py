@@ -16,7 +16,7 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
@@ -152,6 +152,23 @@ def test_mesh_spans_encode_as_sdk_spans_do() -> None:
     batch = exporter.get_finished_spans()
     assert all(isinstance(span, MeshSpan) for span in batch)
     assert_same(batch)
+
+
+def test_readable_spans_made_directly_encode_as_the_stock_encoder_encodes_them() -> None:
+    """A ReadableSpan built by hand (as other SDKs' bridges build them): events and
+    links in tuples, attributes in a plain dict; sizes whose length takes one, two and
+    three bytes."""
+    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1))
+    context = SpanContext(0xABC, 0x123, is_remote=False, trace_flags=TraceFlags(1))
+    event = Event("retried", {"attempt": 2}, timestamp=5)
+    resource = Resource({"service.name": "bridged"})  # one: the encoder groups by identity
+    made = [
+        ReadableSpan("tiny", context, start_time=1, end_time=2, resource=resource),
+        ReadableSpan("dict", context, remote, resource, {"k": "v"}, start_time=1, end_time=2),
+        ReadableSpan("events", context, None, resource, None, (event,), (Link(remote),)),
+        ReadableSpan("huge", context, attributes={"blob": "x" * 20000}, resource=resource),
+    ]
+    assert_same(made)
 
 
 #: Attribute values of every kind the encoders meet, the unusual ones included.

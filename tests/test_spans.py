@@ -415,3 +415,35 @@ def test_every_processor_hook_a_span_goes_through_runs_in_order() -> None:
     span.end()
     assert hooks[3:] == ["start b", "ending b", "end b"]
     concurrent.shutdown()
+
+
+class Parents(SpanProcessor):
+    """Notes the span of the context each span starts in."""
+
+    def __init__(self) -> None:
+        self.parents: list[SpanContext] = []
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.parents.append(trace.get_current_span(parent_context).get_span_context())
+
+
+@pytest.mark.parametrize("sampler", [ParentBased(TraceIdRatioBased(0.0)), ALWAYS_ON])
+def test_a_server_span_continues_its_callers_lone_traceparent(sampler: Sampler) -> None:
+    """The caller's span context is made from the parsed field, as the API makes it; the
+    context holding it only for a processor that reads it in ``on_start``."""
+    provider, exporter = provider_with(sampler)
+    starter = SpanStarter(provider)
+    header = [(b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03")]
+    caller = trace.get_current_span(extract_context(header)).get_span_context()
+    without, _, _, _ = starter.start_server("GET", header)
+    parents = Parents()
+    provider.add_span_processor(parents)
+    span, context, recording, trace_id = starter.start_server("GET", header)
+    assert isinstance(span, MeshSpan) and recording and trace_id == caller.trace_id
+    assert context is not None and trace.get_current_span(context) is span
+    assert parents.parents == [caller]
+    for made in (without, span):
+        assert made.parent == caller and made.parent.is_remote
+        assert made.get_span_context().trace_flags == caller.trace_flags
+        made.end()
+    assert [s.parent for s in exporter.get_finished_spans()] == [caller, caller]

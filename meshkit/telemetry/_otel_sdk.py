@@ -441,8 +441,8 @@ class SpanStarter:
         that follows it, the span is decided from the field's trace id and flags
         (``tracecontext.parse_unsampled``): the caller's parent id, ``SpanContext``,
         span and context are never made (a dropped span's children read none of them).
-        Any other lone ``traceparent`` is parsed, and its context made without the API's
-        calls (``_Recorder.remote_context``). Without tracing the caller's context is
+        Any other lone ``traceparent`` is parsed, and the span started from the caller's
+        ids (``_Recorder.start_remote``). Without tracing the caller's context is
         carried on as it came.
         """
         if self._global and time.monotonic() >= self._next_check:
@@ -466,9 +466,12 @@ class SpanStarter:
                 dropped.state = DEFAULT_TRACE_STATE
                 return dropped, Context({recorder.span_key: dropped}), False, trace_id
         caller = tracecontext.parse_traceparent(found.decode("latin-1"))
-        context = EMPTY_CONTEXT if caller is None else recorder.remote_context(caller)
-        span = recorder.start(name, SpanKind.SERVER, context)
-        return _server_span(span, Context({recorder.span_key: span}))
+        if caller is None:
+            span = recorder.start(name, SpanKind.SERVER, EMPTY_CONTEXT)
+            return _server_span(span, Context({recorder.span_key: span}))
+        span = recorder.start_remote(name, SpanKind.SERVER, caller)
+        recording = type(span) is not _DroppedSpan
+        return span, Context({recorder.span_key: span}), recording, caller[0]  # in its trace
 
     def _start_server_stock(
         self, name: str, headers: RawHeaders
@@ -600,6 +603,11 @@ class _Processors(NamedTuple):
         )
 
 
+#: ``_Recorder._record``'s context for a span ``start_remote`` made: the caller's, made
+#: only if a span processor's ``on_start`` is to read it.
+_REMOTE_PARENT = Context()
+
+
 class _Recorder:
     """What one SDK tracer decides and records, taken over by meshkit."""
 
@@ -674,13 +682,26 @@ class _Recorder:
             return _DroppedSpan(self, trace_id, self.random_trace_ids, DEFAULT_TRACE_STATE)
         return self._record(name, kind, context, None, trace_id, self.root_flags)
 
-    def remote_context(self, parent: tracecontext.TraceParent) -> Context:
-        """``propagation.remote_parent_context(parent, ())``: the caller's span, with its
-        ``SpanContext`` made from its tuple (valid by parsing) and no API call."""
-        trace_id, parent_id, flags = parent
-        span_context = (trace_id, parent_id, True, _TRACE_FLAGS[flags], DEFAULT_TRACE_STATE, True)
+    def start_remote(self, name: str, kind: SpanKind, caller: tracecontext.TraceParent) -> Span:
+        """``start(name, kind, propagation.remote_parent_context(caller, ()))``: the
+        caller's ``SpanContext`` made from its tuple (valid by parsing), and the context
+        holding it only for span processors that read it in ``on_start``."""
+        trace_id, parent_id, flags = caller
+        random_id = bool(flags & _RANDOM_TRACE_ID)
+        if self.follows_parent:
+            sampled = bool(flags & _SAMPLED)
+        else:
+            sampled = trace_id & _LOW_64 < self.sampling.bound
+        if not sampled:
+            return _DroppedSpan(self, trace_id, random_id, DEFAULT_TRACE_STATE)
+        fields = (trace_id, parent_id, True, _TRACE_FLAGS[flags], DEFAULT_TRACE_STATE, True)
+        parent = _new_tuple(SpanContext, fields)
+        return self._record(name, kind, _REMOTE_PARENT, parent, trace_id, _FLAGS[True, random_id])
+
+    def _remote_context(self, parent: SpanContext) -> Context:
+        """The context ``propagation.remote_parent_context`` makes for ``parent``."""
         remote = _new_object(NonRecordingSpan)
-        remote._context = _new_tuple(SpanContext, span_context)
+        remote._context = parent
         return Context({self.span_key: remote})
 
     def _record(
@@ -697,8 +718,10 @@ class _Recorder:
         span_id = random.getrandbits(64) if self.stock_ids else 0
         if not span_id:
             span_id = self.ids.generate_span_id()
-        # What SpanContext.__new__ makes (its tuple layout is checked at import).
-        valid = 0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID
+        # What SpanContext.__new__ makes (its tuple layout is checked at import). The
+        # trace id is a valid parent's, parsed, or drawn as the span id is: only another
+        # generator's ids need checking.
+        valid = self.stock_ids or (0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID)
         span_context = _new_tuple(SpanContext, (trace_id, span_id, False, flags, state, valid))
         # Not the SDK's constructor (nor its __new__): the fields it sets that differ
         # per span; MeshSpan's class holds the rest.
@@ -707,15 +730,17 @@ class _Recorder:
         span._context = span_context
         span._parent = parent
         span._kind = kind
-        span._resource = self.tracer.resource
         span._attributes = {}
         span._start_time = time_ns()
         processors = self.processors()
-        if processors is None:
-            self.tracer.span_processor.on_start(span, parent_context=context)
-        else:
-            for processor in processors.starting:
-                processor.on_start(span, parent_context=context)
+        if processors is None or processors.starting:
+            if context is _REMOTE_PARENT:
+                context = self._remote_context(cast(SpanContext, parent))
+            if processors is None:
+                self.tracer.span_processor.on_start(span, parent_context=context)
+            else:
+                for processor in processors.starting:
+                    processor.on_start(span, parent_context=context)
         return span
 
     def processors(self) -> _Processors | None:
@@ -881,9 +906,9 @@ class MeshSpan(SdkSpan):
     """An SDK ``Span`` made without the SDK's per-span setup (``_Recorder._record``
     sets the fields that differ per span).
 
-    What every span of one tracer shares (its processors, limits and scope) is set once
-    on a subclass per tracer (``_span_class``); what most spans never use (events,
-    links, a status) defaults on the class and is made on first use. Attributes start as
+    What every span of one tracer shares (its processors, limits, resource and scope) is
+    set once on a subclass per tracer (``_span_class``); what most spans never use
+    (events, links, a status) defaults on the class and is made on first use. Attributes start as
     a plain dict that meshkit's own, valid by construction, go into as they are
     (``set_mesh_attributes``); the first attribute set through the API turns them into
     the SDK's ``BoundedAttributes``, checked and bounded as on any SDK span. An ended
@@ -966,6 +991,7 @@ def _span_class(tracer: SdkTracer, recorder: _Recorder) -> type[MeshSpan]:
     shared = {
         "_recorder": recorder,
         "_span_processor": tracer.span_processor,
+        "_resource": tracer.resource,
         "_limits": tracer._span_limits,
         "_instrumentation_info": tracer.instrumentation_info,
         "_instrumentation_scope": tracer._instrumentation_scope,
@@ -980,17 +1006,21 @@ def set_mesh_attributes(span: Span, attributes: dict[str, Any], name: str | None
     not change it afterwards."""
     # Every MeshSpan's class is its tracer's subclass: known without the Span ABC's
     # isinstance check.
-    if type(span).__base__ is MeshSpan and cast(MeshSpan, span)._end_time is None:
-        span = cast(MeshSpan, span)
-        own = span._attributes
-        limit = span._limits.max_span_attributes
-        if type(own) is dict and (limit is None or len(own) + len(attributes) <= limit):
+    if type(span).__base__ is MeshSpan:
+        mesh = cast(MeshSpan, span)
+        own = mesh._attributes
+        limit = mesh._limits.max_span_attributes
+        if (
+            mesh._end_time is None
+            and type(own) is dict
+            and (limit is None or len(own) + len(attributes) <= limit)
+        ):
             if own:
                 own.update(attributes)
             else:
-                span._attributes = attributes  # handed over: no copy
+                mesh._attributes = attributes  # handed over: no copy
             if name is not None:
-                span._name = name
+                mesh._name = name
             return
     # Another span, an ended one, or limits to apply: the checked path warns or bounds.
     if name is not None:
@@ -1016,26 +1046,26 @@ SpanFields = tuple[
     Resource,
     InstrumentationScope | None,
 ]
-_read_fields = operator.attrgetter(
-    "_name",
-    "_kind",
-    "_context",
-    "_parent",
-    "_start_time",
-    "_end_time",
-    "_attributes",
-    "_events",
-    "_links",
-    "_status",
-    "_resource",
-    "_instrumentation_scope",
+#: ``span``'s fields in one call, without the copies its properties make: an encoder
+#: reads every field of every span, and must not change them. The getter itself, no
+#: Python frame around it: it runs for every span that ends.
+span_fields = cast(
+    Callable[[ReadableSpan], SpanFields],
+    operator.attrgetter(
+        "_name",
+        "_kind",
+        "_context",
+        "_parent",
+        "_start_time",
+        "_end_time",
+        "_attributes",
+        "_events",
+        "_links",
+        "_status",
+        "_resource",
+        "_instrumentation_scope",
+    ),
 )
-
-
-def span_fields(span: ReadableSpan) -> SpanFields:
-    """``span``'s fields in one call, without the copies its properties make: an
-    encoder reads every field of every span, and must not change them."""
-    return cast(SpanFields, _read_fields(span))
 
 
 class SpanPoster:

@@ -54,6 +54,8 @@ _LOW_64 = 2**64 - 1
 _CACHE_LIMIT = 4096
 _pack_double = struct.Struct("<d").pack
 _pack_fixed32 = struct.Struct("<I").pack
+_pack_short = struct.Struct("<H").pack
+_pack_head = struct.Struct("BBB").pack  # a tag, then a length of two varint bytes
 _pack_fixed64 = struct.Struct("<Q").pack
 # Span fields 1 (trace_id) and 2 (span_id) with their tags and lengths, ids big-endian
 # as on the wire in W3C headers; field 4 (parent_span_id); fields 7 and 8 (times).
@@ -65,6 +67,7 @@ _LOCAL_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x100)
 _REMOTE_PARENT_FLAGS = b"\x85\x01" + struct.pack("<I", 0x300)
 _SMALL = [bytes((value,)) for value in range(128)]
 _SHUTDOWN_SECONDS = 30.0
+_NONE = ()  # the events and links of a span that has none (MeshSpan's, ReadableSpan's)
 _SAMPLED = TraceFlags.SAMPLED
 _UNSET_STATUS_FIELD = b"\x7a\x00"  # Span.status present and empty, as the stock encoder sends
 # KeyValue fields: in Span (9), Event (3), Link (4), Resource (1), InstrumentationScope (3).
@@ -82,6 +85,8 @@ class _Unencodable(Exception):
 def _varint(value: int) -> bytes:
     if 0 <= value < 128:
         return _SMALL[value]
+    if 0 < value < 16384:  # most messages: two bytes, without the loop
+        return _pack_short((value & 0x7F | 0x80) | (value >> 7) << 8)
     if value < 0:
         value += 1 << 64  # int64 is sent as its two's complement
     out = bytearray()
@@ -213,38 +218,56 @@ class SpanEncoder:
     def encoded(self, span: ReadableSpan) -> _Encoded:
         """``span``'s resource and scope, and the span as a field of ``ScopeSpans`` (its
         tag and length, then the ``Span`` message): what a request body holds of it."""
-        fields = span_fields(span)
-        return fields[10], fields[11], _delimited(b"\x12", self._message(fields))
+        return self.encoded_fields(span_fields(span))
+
+    def encoded_fields(self, fields: SpanFields) -> _Encoded:
+        """``encoded`` for the span ``span_fields`` read."""
+        message = self._message(fields)
+        size = len(message)
+        if 128 <= size < 16384:  # nearly every span: its length in two bytes, no call
+            head = _pack_head(0x12, size & 0x7F | 0x80, size >> 7)
+        else:
+            head = b"\x12" + _varint(size)
+        return fields[10], fields[11], head + message
 
     def _message(self, fields: SpanFields) -> bytes:
         # Fields in field-number order, as protobuf writes them.
         name, kind, context, parent, start, end, attributes, events, links, status, _, _ = fields
         assert context is not None  # an SDK span has one (the stock encoder needs it too)
-        trace_id, trace_state = context.trace_id, context.trace_state
-        name_and_kind = self._names.cache.get((name, kind))
+        # A SpanContext is a tuple (its layout checked where span_fields is): its fields
+        # without a property call each.
+        trace_id, span_id, _, _, trace_state, _ = context
+        # By the kind's id: a SpanKind's hash is a Python call.
+        name_and_kind = self._names.cache.get((name, id(kind)))
         if name_and_kind is None:
             name_and_kind = self._name_and_kind(name, kind)
+        if parent is None:
+            parent_field, flags_field = b"", _LOCAL_PARENT_FLAGS
+        else:
+            parent_field = _pack_parent(0x2208, parent[1])
+            flags_field = _REMOTE_PARENT_FLAGS if parent[2] else _LOCAL_PARENT_FLAGS
         return b"".join(
             (
-                _pack_ids(0x0A10, trace_id >> 64, trace_id & _LOW_64, 0x1208, context.span_id),
+                _pack_ids(0x0A10, trace_id >> 64, trace_id & _LOW_64, 0x1208, span_id),
                 b""
                 if trace_state is DEFAULT_TRACE_STATE or not trace_state
                 else _trace_state_field(trace_state),
-                b"" if parent is None else _pack_parent(0x2208, parent.span_id),
+                parent_field,
                 name_and_kind,
                 _pack_times(0x39, start, 0x41, end) if start and end else _times(start, end),
                 self._key_values.encode(attributes) if attributes else b"",
-                _after_attributes(attributes, events, links),
+                # Nearly every span: no events, no links, no limits applied.
+                b""
+                if events is _NONE and links is _NONE and type(attributes) is dict
+                else _after_attributes(attributes, events, links),
                 _UNSET_STATUS_FIELD if status is UNSET_STATUS else self._status(status),
-                _REMOTE_PARENT_FLAGS
-                if parent is not None and parent.is_remote
-                else _LOCAL_PARENT_FLAGS,
+                flags_field,
             )
         )
 
     def _name_and_kind(self, name: str, kind: SpanKind) -> bytes:
         name_field = _delimited(b"\x2a", name.encode()) if name else b""
-        return self._names.store((name, kind), name_field + b"\x30" + _SMALL[_KIND[kind]])
+        return self._names.store((name, id(kind)), name_field + b"\x30" + _SMALL[_KIND[kind]])
 
     def _status(self, status: Status) -> bytes:
         key = (status.status_code, status.description)
@@ -425,15 +448,18 @@ class OTLPBatchProcessor(SpanProcessor):
         self._worker.start()
 
     def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
-        if context is None or not context.trace_flags & _SAMPLED or self._shutdown:
+        if self._shutdown:
+            return
+        fields = span_fields(span)
+        context = fields[2]
+        if context is None or not context[3] & _SAMPLED:  # its trace_flags
             return
         queue = self._queue
         if len(queue) >= self._max_queue_size:
             self._dropped += 1  # two threads at once may count one: it only feeds a warning
             return
         # Encoded now, so that the span object goes as soon as it ends.
-        queue.append(self._encoder.encoded(span))
+        queue.append(self._encoder.encoded_fields(fields))
         if len(queue) >= self._max_export_batch_size and not self._wake.is_set():
             self._wake.set()
 
