@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from meshkit.serving.cycle import LEAN_CYCLE
 from meshkit.serving.protocol import NOTED_HEADERS_KEY, MeshHttpToolsProtocol
+from tests.middleware.servers import running
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -103,38 +100,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send(message)
 
 
-@contextmanager
-def serving(protocol: Any) -> Iterator[int]:
-    config = uvicorn.Config(
-        app,
-        http=protocol,
-        interface="asgi3",
-        loop="uvloop",
-        lifespan="off",
-        log_level="critical",
-        access_log=False,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def ports() -> Iterator[tuple[int, int]]:
-    with serving("httptools") as stock, serving(MeshHttpToolsProtocol) as mesh:
+    with running(app, http="httptools") as stock, running(app) as mesh:
         yield stock, mesh
 
 

@@ -22,30 +22,25 @@ def test_a_tiny_run_measures_both_servers_with_a_mesh_clients_headers() -> None:
 
 
 @pytest.mark.parametrize("server", ["meshkit", "bare"])
-def test_the_app_side_answers_every_call(server: str) -> None:
-    """What --callgrind --app counts: every call, with a mesh client's headers (a
-    deadline, a trace parent), answered 200 by M's callee or the bare app."""
+@pytest.mark.parametrize(
+    ("module", "answered"),
+    [
+        ("bench._serving_app", "550 of 550 calls"),
+        ("bench._serving_protocol", "550 of 550 requests"),
+    ],
+)
+def test_the_in_process_counts_answer_every_request(
+    server: str, module: str, answered: str
+) -> None:
+    """What --callgrind --app and --protocol count: every call with a mesh client's headers
+    (a deadline, a trace parent) answered 200 by M's callee or the bare app, called in
+    process (--app) or fed as bytes through the server's HTTP protocol (--protocol)."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench._serving_app", server, "50"],
+        [sys.executable, "-m", module, server, "50"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    assert f"{server}: 550 of 550 calls answered 200" in done.stdout
-
-
-@pytest.mark.parametrize("server", ["meshkit", "bare"])
-def test_the_protocol_side_answers_every_request(server: str) -> None:
-    """What --callgrind --protocol counts: every request, fed as bytes to the server's
-    HTTP protocol (meshkit's or uvicorn's), answered 200."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench._serving_protocol", server, "50"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    assert f"{server}: 550 of 550 requests answered 200" in done.stdout
+    assert f"{server}: {answered} answered 200" in done.stdout

@@ -22,9 +22,14 @@ from meshkit.tls import TLSMaterial, client_context
 
 @contextmanager
 def running(
-    app: ASGIApp, *, identity: IssuedIdentity | None = None, directory: Path | None = None
+    app: ASGIApp,
+    *,
+    identity: IssuedIdentity | None = None,
+    directory: Path | None = None,
+    http: Any = MeshHttpToolsProtocol,
 ) -> Iterator[int]:
-    """Serve ``app`` on 127.0.0.1 (strict mTLS when ``identity`` is given); yield the port."""
+    """Serve ``app`` on 127.0.0.1 (strict mTLS when ``identity`` is given) with the HTTP
+    protocol ``http`` (meshkit's by default); yield the port."""
     options: dict[str, Any] = {}
     if identity is not None:
         assert directory is not None
@@ -37,7 +42,7 @@ def running(
         }
     config = uvicorn.Config(
         app,
-        http=MeshHttpToolsProtocol,
+        http=http,
         interface="asgi3",
         loop="uvloop",
         lifespan="off",

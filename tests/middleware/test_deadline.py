@@ -154,6 +154,19 @@ async def test_a_downstream_deadline_error_is_answered_504() -> None:
     assert sent[0]["status"] == 504
 
 
+async def status_within(middleware: DeadlineMiddleware, budget_ms: int) -> int:
+    """The status a request with ``budget_ms`` of budget gets from ``middleware``."""
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"%d" % budget_ms)]}
+    await middleware(scope, None, send)
+    status: int = sent[0]["status"]
+    return status
+
+
 async def test_a_shorter_deadline_after_a_longer_one_still_fires_in_time() -> None:
     """One timer serves every request: a request with less time than those already
     running moves it earlier."""
@@ -161,14 +174,7 @@ async def test_a_shorter_deadline_after_a_longer_one_still_fires_in_time() -> No
     answers: dict[int, int] = {}
 
     async def one(budget_ms: int) -> None:
-        sent: list[Any] = []
-
-        async def send(message: Any) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"%d" % budget_ms)]}
-        await middleware(scope, None, send)
-        answers[budget_ms] = sent[0]["status"]
+        answers[budget_ms] = await status_within(middleware, budget_ms)
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
@@ -204,14 +210,8 @@ async def test_a_far_deadline_waits_off_the_heap_and_still_fires_in_time() -> No
     started = time.monotonic()
 
     async def one(budget_ms: int) -> None:
-        sent: list[Any] = []
-
-        async def send(message: Any) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "headers": [(b"x-meshkit-deadline-ms", b"%d" % budget_ms)]}
-        await middleware(scope, None, send)
-        finished[budget_ms] = (sent[0]["status"], time.monotonic() - started)
+        status = await status_within(middleware, budget_ms)
+        finished[budget_ms] = (status, time.monotonic() - started)
 
     far_ms = int((HORIZON + 2 * SWEEP) * 1000)
     with anyio.fail_after(10):
