@@ -19,6 +19,10 @@ in one TLS record. A head followed by a body of known length, and a response's l
 bytes, are held rather than written (``hold``): completing the response flushes them,
 so a small response leaves in one write with no callback arranged: -5k more.
 
+As the app sends, the cycle notes the response's status and body bytes in a ``Sent``
+record the scope holds (``RESPONSE_KEY``): the mesh middleware reads it instead of
+wrapping ``send`` to learn them.
+
 Used only while uvicorn's cycle and protocol have the shapes this module knows
 (``LEAN_CYCLE``, checked at import); otherwise the protocol runs uvicorn's own.
 """
