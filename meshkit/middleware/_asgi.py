@@ -65,8 +65,7 @@ def observe(scope: Scope, send: Send) -> tuple[Observed, Send]:
 
     meshkit's server notes both itself (its request cycle, in the scope under
     ``RESPONSE_KEY``): nothing is wrapped. Elsewhere an ``ObservedSend`` from further
-    out is used as it is, or a new one wraps ``send``. The per-request paths inline the
-    first case (``scope.get(RESPONSE_KEY)``) and call this only without it."""
+    out is used as it is, or a new one wraps ``send``."""
     response: Observed | None = scope.get(RESPONSE_KEY)
     if response is not None:
         return response, send

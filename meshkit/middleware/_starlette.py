@@ -45,8 +45,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute, request_response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
-from meshkit.middleware._asgi import Observed, observe
-from meshkit.serving.cycle import RESPONSE_KEY
+from meshkit.middleware._asgi import observe
 
 try:  # Starlette's own rules for which handler answers, and how it is called
     from starlette._exception_handler import _lookup_exception_handler
@@ -117,9 +116,7 @@ class MeshExceptions:
             return
         scope[HANDLERS_KEY] = self._handlers
         # meshkit's server, or the mesh's telemetry outside, notes the status: no wrapper.
-        observed: Observed | None = scope.get(RESPONSE_KEY)
-        if observed is None:
-            observed, send = observe(scope, send)
+        observed, send = observe(scope, send)
         known = self._known
         try:
             if known is None:
@@ -209,9 +206,7 @@ class EndpointHandle:
         if self._methods and scope["method"] not in self._methods:
             await self._handle(scope, receive, send)  # Starlette's 405
             return
-        observed: Observed | None = scope.get(RESPONSE_KEY)
-        if observed is None:
-            observed, send = observe(scope, send)
+        observed, send = observe(scope, send)
         request = Request(scope, receive, send)
         try:
             response = await self._endpoint(request)

@@ -25,8 +25,7 @@ import anyio
 
 from meshkit import deadline as deadlines
 from meshkit.client import DeadlineExceeded
-from meshkit.middleware._asgi import Observed, observe, send_json
-from meshkit.serving.cycle import RESPONSE_KEY
+from meshkit.middleware._asgi import observe, send_json
 from meshkit.serving.protocol import NOTED_HEADERS_KEY
 from meshkit.settings import MeshSettings
 
@@ -95,9 +94,7 @@ class DeadlineMiddleware:
             return
         # Whether the response started: meshkit's server notes it itself, as does the
         # telemetry middleware's send outside this one; only alone is send wrapped.
-        observed: Observed | None = scope.get(RESPONSE_KEY)
-        if observed is None:
-            observed, send = observe(scope, send)
+        observed, send = observe(scope, send)
         overdue = self._overdue
         watched = overdue.watch_current(deadline, now) if overdue is not None else None
         if watched is None:

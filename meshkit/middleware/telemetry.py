@@ -31,9 +31,8 @@ from starlette.routing import Host, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshkit.identity import SpiffeId, peer_identity
-from meshkit.middleware._asgi import Observed, observe
+from meshkit.middleware._asgi import observe
 from meshkit.middleware._starlette import ErrorAnswer
-from meshkit.serving.cycle import RESPONSE_KEY
 from meshkit.serving.protocol import NOTED_HEADERS_KEY
 from meshkit.telemetry._loopmetrics import HistogramChild
 from meshkit.telemetry._otel_sdk import (
@@ -135,9 +134,7 @@ class TelemetryMiddleware:
         span, context, recording, trace_id = self._spans.start_server(name, headers)
         token = None if context is None else attach(context)
         # meshkit's server notes the response's status itself; elsewhere send is wrapped.
-        observed: Observed | None = scope.get(RESPONSE_KEY)
-        if observed is None:
-            observed, send = observe(scope, send)
+        observed, send = observe(scope, send)
         error: BaseException | None = None
         unanswered: tuple[ErrorAnswer, Exception] | None = None
         try:
